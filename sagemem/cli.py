@@ -1,0 +1,67 @@
+"""The `sagemem` command line: `services up|status|down` and `check`.
+
+Each subcommand lives with the code it drives; this module only parses the first word and
+dispatches, so importing it stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _checkout_root() -> Path | None:
+    """The source checkout that holds `proofs/`, found through the real path of `sagemem.spec`."""
+    spec_dir = (Path(__file__).parent / "spec").resolve()
+    root = spec_dir.parent
+    return root if (root / "proofs" / "__init__.py").is_file() else None
+
+
+def _run_check(argv: Sequence[str]) -> int:
+    root = _checkout_root()
+    if root is None:
+        print(
+            "sagemem check: the model checkers live in the source checkout's proofs/ folder, "
+            "which an installed wheel does not ship; run it from a clone with `uv run sagemem "
+            "check`",
+            file=sys.stderr,
+        )
+        return 2
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from proofs.cli import main as check_main
+
+    return check_main(list(argv))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `sagemem` console script; returns the process exit status."""
+    parser = argparse.ArgumentParser(
+        prog="sagemem", description="sagemem: coherent tiered memory for LLM agents"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    services = commands.add_parser(
+        "services", help="start, inspect or stop the embedded Redis and Postgres servers"
+    )
+    services.add_argument("action", choices=["up", "status", "down"])
+    check = commands.add_parser(
+        "check", help="model-check the coherence protocol table (see `sagemem check --help`)"
+    )
+    check.add_argument("check_args", nargs=argparse.REMAINDER)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "services":
+        from sagemem.services import run_services_command
+
+        return run_services_command(args.action)
+    if args.command == "check":
+        return _run_check([*args.check_args, *rest])
+    parser.error(f"unknown command {args.command!r}")
+    return 2  # pragma: no cover  # parser.error exits
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,145 @@
+"""Validation and encoding of keys and values, done before any tier is touched.
+
+A value is JSON-compatible: `dict` with `str` keys, `list`, `str`, `int`, `float` (finite),
+`bool` or `None`, nested to a bounded depth. Anything that would not read back equal from every
+tier (tuples, sets, non-str dict keys, NaN, infinities, subclasses, NUL characters and lone
+surrogates that Postgres JSONB refuses) is rejected with `InvalidValueError` naming the path of
+the offending part. Values are stored as their canonical JSON text, so every read decodes a
+fresh object and no caller can mutate what is stored.
+
+Keys are non-empty `str` of at most `KEY_LENGTH_MAX` characters with no control characters.
+Namespaces are `NAMESPACE_PATTERN` (no ':'), so the prefix `sagemem:<namespace>:` of one
+namespace can never be a prefix of another's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Final
+
+from sagemem.errors import (
+    ConfigurationError,
+    InvalidKeyError,
+    InvalidValueError,
+    ValueTooLargeError,
+)
+
+__all__ = [
+    "DEPTH_MAX",
+    "KEY_LENGTH_MAX",
+    "NAMESPACE_PATTERN",
+    "VALUE_SIZE_MAX_BYTES",
+    "JSONValue",
+    "check_key",
+    "check_namespace",
+    "decode_value",
+    "encode_value",
+]
+
+type JSONValue = dict[str, JSONValue] | list[JSONValue] | str | int | float | bool | None
+
+KEY_LENGTH_MAX: Final = 512
+DEPTH_MAX: Final = 64
+VALUE_SIZE_MAX_BYTES: Final = 1 << 20
+NAMESPACE_PATTERN: Final = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_FORBIDDEN_KEY_CHARS: Final = re.compile(r"[\x00-\x1f\x7f]")
+_SURROGATE: Final = re.compile(r"[\ud800-\udfff]")
+
+
+def check_key(key: object) -> str:
+    """Return `key` if it is a valid key, else raise `InvalidKeyError` saying why."""
+    if type(key) is not str:
+        raise InvalidKeyError(
+            f"key must be a str, got {type(key).__name__}: {key!r}; convert it with str() first"
+        )
+    if not key:
+        raise InvalidKeyError("key must be a non-empty string, got ''")
+    if len(key) > KEY_LENGTH_MAX:
+        raise InvalidKeyError(
+            f"key {key[:40]!r}... is {len(key)} characters long; the maximum is {KEY_LENGTH_MAX}"
+        )
+    if _FORBIDDEN_KEY_CHARS.search(key) or _SURROGATE.search(key):
+        raise InvalidKeyError(
+            f"key {key!r} contains a control character or a lone surrogate; "
+            "use printable characters only"
+        )
+    return key
+
+
+def check_namespace(namespace: object) -> str:
+    """Return `namespace` if it matches `NAMESPACE_PATTERN`, else raise `ConfigurationError`."""
+    if type(namespace) is not str or not NAMESPACE_PATTERN.fullmatch(namespace):
+        raise ConfigurationError(
+            f"namespace {namespace!r} is invalid: use 1 to 64 characters from "
+            "letters, digits, '_', '.' and '-' (no ':', so namespaces cannot overlap)"
+        )
+    return namespace
+
+
+def _check(value: object, path: str, depth: int) -> None:
+    kind = type(value)
+    if value is None or kind is bool or kind is int:
+        return
+    if kind is float:
+        if not math.isfinite(value):  # type: ignore[arg-type]  # kind is float here
+            raise InvalidValueError(
+                f"value at {path} is {value!r}; JSON has no NaN or infinity, store None or a "
+                "string instead"
+            )
+        return
+    if kind is str:
+        if "\x00" in value or _SURROGATE.search(value):  # type: ignore[operator,arg-type]
+            raise InvalidValueError(
+                f"string at {path} contains a NUL character or a lone surrogate, which "
+                "Postgres JSONB cannot store; remove it or encode the text (e.g. base64)"
+            )
+        return
+    if depth >= DEPTH_MAX:
+        raise InvalidValueError(f"value at {path} is nested deeper than {DEPTH_MAX} levels")
+    if kind is list:
+        for index, item in enumerate(value):  # type: ignore[arg-type]
+            _check(item, f"{path}[{index}]", depth + 1)
+        return
+    if kind is dict:
+        for item_key, item in value.items():  # type: ignore[attr-defined]
+            if type(item_key) is not str:
+                raise InvalidValueError(
+                    f"dict at {path} has a {type(item_key).__name__} key {item_key!r}; JSON "
+                    "object keys are strings, so it would read back as a different key: "
+                    "convert the key to str"
+                )
+            if "\x00" in item_key or _SURROGATE.search(item_key):
+                raise InvalidValueError(
+                    f"dict key {item_key!r} at {path} contains a NUL character or a lone "
+                    "surrogate, which Postgres JSONB cannot store"
+                )
+            _check(item, f"{path}[{item_key!r}]", depth + 1)
+        return
+    hint = "use a list" if kind in (tuple, set, frozenset) else "convert it to a JSON type"
+    raise InvalidValueError(
+        f"value at {path} is a {kind.__name__} ({value!r:.80}), which would not read back "
+        f"unchanged; {hint} (allowed: dict with str keys, list, str, int, float, bool, None)"
+    )
+
+
+def encode_value(value: object, *, size_max_bytes: int = VALUE_SIZE_MAX_BYTES) -> str:
+    """Validate `value` and return its canonical JSON text, or raise `InvalidValueError`."""
+    _check(value, "value", 0)
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    size = len(text.encode("utf-8"))
+    if size > size_max_bytes:
+        raise ValueTooLargeError(
+            f"value encodes to {size} bytes of JSON, over the limit of {size_max_bytes}; "
+            "store it in pieces or raise value_size_max_bytes",
+            size_bytes=size,
+            limit_bytes=size_max_bytes,
+        )
+    return text
+
+
+def decode_value(text: str | bytes) -> JSONValue:
+    """Decode JSON text written by `encode_value` into a fresh object."""
+    result: JSONValue = json.loads(text)
+    return result
