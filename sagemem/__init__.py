@@ -1,9 +1,76 @@
 """sagemem: a memory hierarchy for teams of LLM agents with a formally checked coherence protocol.
 
 Importing `sagemem` (or `sagemem.spec`) loads no driver: the public names below are imported
-on first use, so the protocol specification stays importable without redis or asyncpg.
+on first use (PEP 562), so the protocol specification stays importable without redis or asyncpg.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "ClosedResourceError",
+    "ConfigurationError",
+    "InvalidKeyError",
+    "InvalidValueError",
+    "MemoryHierarchy",
+    "SageMemError",
+    "ScopeViolationError",
+    "TierEntry",
+    "TierUnavailable",
+    "ValueTooLargeError",
+    "VersionConflict",
+    "connect",
+]
+
+_LAZY = {
+    "MemoryHierarchy": "sagemem.hierarchy",
+    "TierEntry": "sagemem.tiers.base",
+    "connect": "sagemem.connection",
+    **{
+        name: "sagemem.errors"
+        for name in (
+            "ClosedResourceError",
+            "ConfigurationError",
+            "InvalidKeyError",
+            "InvalidValueError",
+            "SageMemError",
+            "ScopeViolationError",
+            "TierUnavailable",
+            "ValueTooLargeError",
+            "VersionConflict",
+        )
+    },
+}
+
+if TYPE_CHECKING:
+    from sagemem.connection import connect
+    from sagemem.errors import (
+        ClosedResourceError,
+        ConfigurationError,
+        InvalidKeyError,
+        InvalidValueError,
+        SageMemError,
+        ScopeViolationError,
+        TierUnavailable,
+        ValueTooLargeError,
+        VersionConflict,
+    )
+    from sagemem.hierarchy import MemoryHierarchy
+    from sagemem.tiers.base import TierEntry
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sagemem' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

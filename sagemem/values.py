@@ -82,39 +82,31 @@ def _check(value: object, path: str, depth: int) -> None:
     kind = type(value)
     if value is None or kind is bool or kind is int:
         return
-    if kind is float:
-        if not math.isfinite(value):  # type: ignore[arg-type]  # kind is float here
+    if kind is float and isinstance(value, float):
+        if not math.isfinite(value):
             raise InvalidValueError(
                 f"value at {path} is {value!r}; JSON has no NaN or infinity, store None or a "
                 "string instead"
             )
         return
-    if kind is str:
-        if "\x00" in value or _SURROGATE.search(value):  # type: ignore[operator,arg-type]
-            raise InvalidValueError(
-                f"string at {path} contains a NUL character or a lone surrogate, which "
-                "Postgres JSONB cannot store; remove it or encode the text (e.g. base64)"
-            )
+    if kind is str and isinstance(value, str):
+        _check_text(value, f"string at {path}")
         return
     if depth >= DEPTH_MAX:
         raise InvalidValueError(f"value at {path} is nested deeper than {DEPTH_MAX} levels")
-    if kind is list:
-        for index, item in enumerate(value):  # type: ignore[arg-type]
+    if kind is list and isinstance(value, list):
+        for index, item in enumerate(value):
             _check(item, f"{path}[{index}]", depth + 1)
         return
-    if kind is dict:
-        for item_key, item in value.items():  # type: ignore[attr-defined]
+    if kind is dict and isinstance(value, dict):
+        for item_key, item in value.items():
             if type(item_key) is not str:
                 raise InvalidValueError(
                     f"dict at {path} has a {type(item_key).__name__} key {item_key!r}; JSON "
                     "object keys are strings, so it would read back as a different key: "
                     "convert the key to str"
                 )
-            if "\x00" in item_key or _SURROGATE.search(item_key):
-                raise InvalidValueError(
-                    f"dict key {item_key!r} at {path} contains a NUL character or a lone "
-                    "surrogate, which Postgres JSONB cannot store"
-                )
+            _check_text(item_key, f"dict key {item_key!r} at {path}")
             _check(item, f"{path}[{item_key!r}]", depth + 1)
         return
     hint = "use a list" if kind in (tuple, set, frozenset) else "convert it to a JSON type"
@@ -122,6 +114,14 @@ def _check(value: object, path: str, depth: int) -> None:
         f"value at {path} is a {kind.__name__} ({value!r:.80}), which would not read back "
         f"unchanged; {hint} (allowed: dict with str keys, list, str, int, float, bool, None)"
     )
+
+
+def _check_text(text: str, what: str) -> None:
+    if "\x00" in text or _SURROGATE.search(text):
+        raise InvalidValueError(
+            f"{what} contains a NUL character or a lone surrogate, which Postgres JSONB "
+            "cannot store; remove it or encode the text (e.g. base64)"
+        )
 
 
 def encode_value(value: object, *, size_max_bytes: int = VALUE_SIZE_MAX_BYTES) -> str:
