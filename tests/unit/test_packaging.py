@@ -1,0 +1,55 @@
+"""What the wheel ships and what importing sagemem loads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import sagemem
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        ["uv", "build", "--wheel", "--out-dir", str(out), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
+    (wheel,) = out.glob("sagemem-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        return archive.namelist()
+
+
+def test_wheel_ships_the_spec_under_the_sagemem_name_only(wheel_names: list[str]) -> None:
+    """The protocol table ships as sagemem/spec; no generic top-level name is taken."""
+    top_levels = {name.split("/", 1)[0] for name in wheel_names}
+    assert {name for name in top_levels if not name.startswith("sagemem")} == set()
+    assert any(name.startswith("sagemem/spec/") and name.endswith(".py") for name in wheel_names)
+    assert "sagemem/py.typed" in wheel_names
+
+
+def test_importing_sagemem_loads_no_driver() -> None:
+    """`import sagemem`, its errors and value checks import neither redis nor asyncpg."""
+    code = (
+        "import sys, sagemem, sagemem.errors, sagemem.values, sagemem.spec; "
+        "print(sorted(m for m in ('redis', 'asyncpg', 'networkx', 'z3') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def test_every_public_name_resolves() -> None:
+    """Each name in sagemem.__all__ is importable from the package."""
+    for name in sagemem.__all__:
+        assert getattr(sagemem, name) is not None, name
+    assert set(sagemem.__all__) <= set(dir(sagemem))
