@@ -50,6 +50,8 @@ _SURROGATE: Final = re.compile(r"[\ud800-\udfff]")
 
 def check_key(key: object) -> str:
     """Return `key` if it is a valid key, else raise `InvalidKeyError` saying why."""
+    if type(key) is str and 0 < len(key) <= KEY_LENGTH_MAX and key.isprintable():
+        return key  # fast path: printable text has no control characters or lone surrogates
     if type(key) is not str:
         raise InvalidKeyError(
             f"key must be a str, got {type(key).__name__}: {key!r}; convert it with str() first"
@@ -127,7 +129,12 @@ def _check_text(text: str, what: str) -> None:
 def encode_value(value: object, *, size_max_bytes: int = VALUE_SIZE_MAX_BYTES) -> str:
     """Validate `value` and return its canonical JSON text, or raise `InvalidValueError`."""
     _check(value, "value", 0)
-    text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except ValueError as error:  # an int too long to convert to decimal text
+        raise InvalidValueError(
+            f"value could not be encoded as JSON: {error}; store very large numbers as strings"
+        ) from error
     size = len(text.encode("utf-8"))
     if size > size_max_bytes:
         raise ValueTooLargeError(

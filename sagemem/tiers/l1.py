@@ -26,10 +26,12 @@ _SCALARS: Final = (str, int, float, bool, type(None))
 @dataclass(slots=True)
 class _Slot:
     text: str
-    scalar: JSONValue
-    is_scalar: bool
+    entry: TierEntry | None  # kept for immutable scalars only: a hit then allocates nothing
     version: int | None
     size_bytes: int
+
+    def read(self) -> TierEntry:
+        return self.entry or TierEntry(decode_value(self.text), self.version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +109,7 @@ class L1Tier:
             return None
         self._entries.move_to_end(key)
         self._hits += 1
-        value = slot.scalar if slot.is_scalar else decode_value(slot.text)
-        return TierEntry(value, slot.version)
+        return slot.read()
 
     async def get(self, key: str, default: JSONValue = None) -> JSONValue:
         """Return the value cached for `key`, or `default` on a miss."""
@@ -119,7 +120,7 @@ class L1Tier:
             return default
         self._entries.move_to_end(key)
         self._hits += 1
-        return slot.scalar if slot.is_scalar else decode_value(slot.text)
+        return slot.read().value
 
     async def write(self, key: str, value: JSONValue) -> int | None:
         """Cache `value` for `key` with no home version; L1 assigns no versions."""
@@ -165,11 +166,11 @@ class L1Tier:
                 f"entry {key!r} needs {size} bytes, more than this L1's size_max_bytes="
                 f"{self.size_max_bytes}; raise size_max_bytes or write it to a slower tier"
             )
-        is_scalar = type(value) in _SCALARS
+        entry = TierEntry(value, version) if type(value) in _SCALARS else None
         old = self._entries.pop(key, None)
         if old is not None:
             self._size_bytes -= old.size_bytes
-        self._entries[key] = _Slot(text, value if is_scalar else None, is_scalar, version, size)
+        self._entries[key] = _Slot(text, entry, version, size)
         self._size_bytes += size
         self._evict_to_fit()
 

@@ -120,3 +120,9 @@ def test_invalid_namespaces_are_refused(namespace: object) -> None:
     """Namespaces cannot contain ':' (so no namespace prefix can overlap another's)."""
     with pytest.raises(ConfigurationError):
         check_namespace(namespace)
+
+
+def test_integers_too_long_for_decimal_text_are_refused() -> None:
+    """An int Python refuses to print in decimal is an InvalidValueError, not a raw ValueError."""
+    with pytest.raises(InvalidValueError, match="large numbers as strings"):
+        encode_value({"n": 10**5000})

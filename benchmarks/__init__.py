@@ -1,0 +1,1 @@
+"""Benchmarks: each measures sagemem beside a baseline in the same run and reports ratios."""

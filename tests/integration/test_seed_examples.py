@@ -1,0 +1,91 @@
+"""The design note's quickstart as written, on the session's real servers; sagemem.connect()."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import sagemem
+from sagemem.tiers.base import TierEntry
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The seed's quickstart, character for character except the two addresses, which are the
+# servers this test session runs (the note's localhost addresses are placeholders), and the
+# last three lines of main(), which hand what happened to the test and close the tiers.
+SEED_QUICKSTART = """
+import asyncio
+from sagemem.tiers.l1 import L1Tier
+from sagemem.tiers.l2 import L2Tier
+from sagemem.tiers.l3 import L3Tier
+from sagemem.hierarchy import MemoryHierarchy
+
+async def main():
+    l1 = L1Tier(capacity=128)
+    l2 = L2Tier(url="redis://localhost:6379", namespace="myapp")
+    l3 = L3Tier(dsn="postgresql://localhost/mydb")
+    await l2.connect()
+    await l3.connect()
+    h = MemoryHierarchy(tiers=[l1, l2, l3])
+    # Write to L3; read falls through L1 -> L2 -> L3, promotes on hit
+    await h.set("fact:pi", 3.14159, tier_index=2)
+    value = await h.get("fact:pi")  # L1 miss -> L2 miss -> L3 hit -> promotes to L1+L2
+    value = await h.get("fact:pi")  # L1 hit
+    RESULT.update(value=value, stats=h.statistics(), l1_keys=l1.keys())
+    RESULT.update(l2_entry=await l2.read("fact:pi"), l3_entry=await l3.read("fact:pi"))
+    await l2.delete("fact:pi"); await l3.delete("fact:pi"); await l2.aclose(); await l3.aclose()
+
+asyncio.run(main())
+"""
+
+
+def test_seed_quickstart_runs_as_written(redis_url: str, postgres_dsn: str) -> None:
+    """The quickstart writes at L3, the first read promotes into L1 and L2, the second hits L1."""
+    source = SEED_QUICKSTART.replace("redis://localhost:6379", redis_url).replace(
+        "postgresql://localhost/mydb", postgres_dsn
+    )
+    result: dict[str, object] = {}
+    exec(
+        compile(source, "seed_quickstart", "exec"), {"RESULT": result, "__name__": "seed"}
+    )  # running the documented snippet is the point
+    assert result["value"] == 3.14159
+    stats = result["stats"]
+    assert isinstance(stats, sagemem.hierarchy.HierarchyStatistics)
+    assert [(t.name, t.hits, t.misses) for t in stats.tiers] == [
+        ("L1", 1, 1),
+        ("L2", 0, 1),
+        ("L3", 1, 0),
+    ]
+    assert result["l1_keys"] == ["fact:pi"]
+    assert isinstance(result["l3_entry"], TierEntry)
+    assert result["l2_entry"] == result["l3_entry"]
+
+
+async def test_connect_gives_a_ready_hierarchy_on_the_configured_servers(namespace: str) -> None:
+    """sagemem.connect() builds L1 -> L2 -> L3 from the environment and closes what it made."""
+    async with sagemem.connect(namespace=namespace) as memory:
+        assert [tier.name for tier in memory.tiers] == ["L1", "L2", "L3"]
+        version = await memory.set("belief:x", {"v": [1, 2]}, tier_index=2)
+        assert version is not None
+        assert await memory.get("belief:x") == {"v": [1, 2]}
+        assert memory.statistics().tier("L3").hits == 1
+        await memory.clear()
+    with pytest.raises(sagemem.ClosedResourceError):
+        await memory.get("belief:x")
+
+
+def test_quickstart_demo_module_runs(redis_url: str, postgres_dsn: str) -> None:
+    """`python -m demo.quickstart` (the README's first command) succeeds on these servers."""
+    result = subprocess.run(
+        [sys.executable, "-m", "demo.quickstart"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "second read: 3.14159  (L1 hit)" in result.stdout
