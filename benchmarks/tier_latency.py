@@ -28,18 +28,21 @@ import redis.asyncio as aioredis
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sagemem.tiers.dram import DRAMTier
-from sagemem.tiers.l3 import L3Tier
-from sagemem.values import JSONValue
-
 from benchmarks.stats import LatencySummary, format_table, summarise
 from sagemem.hierarchy import MemoryHierarchy
 from sagemem.services import resolve_postgres_dsn, resolve_redis_url
+from sagemem.tiers.dram import DRAMTier
 from sagemem.tiers.l1 import L1Tier
 from sagemem.tiers.l2 import L2Tier
+from sagemem.tiers.l3 import L3Tier
+from sagemem.values import JSONValue
 
 KEYS = 1000
-VALUE: JSONValue = {"belief": "the meeting moved to Thursday at 10:00", "confidence": 0.82, "source": 7}
+VALUE: JSONValue = {
+    "belief": "the meeting moved to Thursday at 10:00",
+    "confidence": 0.82,
+    "source": 7,
+}
 SCALAR = "the meeting moved to Thursday at 10:00"
 
 type Op = Callable[[int], Awaitable[object]]
