@@ -1,9 +1,10 @@
-"""JSON values that are easy to get wrong on the way through a tier, and a type-exact comparison.
-
-Shared by the tier tests so every tier is held to the same list.
+"""JSON values that are easy to get wrong on the way through a tier, a strategy generating
+JSON values, and a type-exact comparison. Shared so every tier is held to the same values.
 """
 
 from __future__ import annotations
+
+from hypothesis import strategies as st
 
 from sagemem.values import JSONValue
 
@@ -53,3 +54,17 @@ def assert_same_json(expected: JSONValue, actual: JSONValue) -> None:
             assert_same_json(want, have)
     else:
         assert actual == expected
+
+
+_text = st.text(
+    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=20
+)
+json_values: st.SearchStrategy[JSONValue] = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | _text,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(_text, children, max_size=4),
+    max_leaves=20,
+)

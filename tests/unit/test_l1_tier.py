@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
 
 from sagemem.errors import ConfigurationError, InvalidKeyError, InvalidValueError
 from sagemem.tiers.base import TierEntry
 from sagemem.tiers.l1 import L1Tier
 from sagemem.values import JSONValue
+from tests.json_samples import assert_same_json, json_values
 
 
 async def test_least_recently_used_entry_is_evicted_at_capacity() -> None:
@@ -94,3 +96,11 @@ async def test_aclose_is_idempotent_and_empties_the_cache() -> None:
         await l1.set("k", 1)
     await l1.aclose()
     assert len(l1) == 0
+
+
+@given(json_values)
+async def test_every_json_value_reads_back_equal_with_the_same_types(value: JSONValue) -> None:
+    """Whatever L1 accepts, it returns equal, with the same type at every position."""
+    l1 = L1Tier()
+    await l1.set("k", value)
+    assert_same_json(value, await l1.get("k"))

@@ -6,7 +6,6 @@ import math
 
 import pytest
 from hypothesis import given
-from hypothesis import strategies as st
 
 from sagemem.errors import (
     ConfigurationError,
@@ -23,19 +22,7 @@ from sagemem.values import (
     decode_value,
     encode_value,
 )
-
-_text = st.text(
-    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=20
-)
-json_values: st.SearchStrategy[JSONValue] = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**80), max_value=2**80)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | _text,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(_text, children, max_size=4),
-    max_leaves=20,
-)
+from tests.json_samples import json_values
 
 
 @given(json_values)
