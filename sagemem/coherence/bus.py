@@ -1,0 +1,887 @@
+"""`CoherenceBus`: the Redis pub/sub transport of the coherence protocol.
+
+The bus delivers `InvalidateMessage`s and `RecallMessage`s to agent ids; who must receive a
+message (the holders of a key, the owner to recall) is the directory's decision, not the bus's.
+Each agent has its own channel `sagemem-bus:<namespace>:<agent_id>` and a sequence counter
+`sagemem-bus:<namespace>:<agent_id>:seq`. Publishing runs one Lua script per call that, for
+every target, INCRs the target's counter and PUBLISHes the message stamped with that number,
+atomically, so the receiving listener can tell when a message went missing.
+
+Pub/sub is at most once. The bus never hides a loss: its one listener task (owned by the bus,
+started by `connect()`, cancelled and awaited by `aclose()`) reports `Missed` to a subscriber as
+soon as it detects that messages may have been lost (the connection failed, a PING went
+unanswered, the channel's sequence numbers skipped), reconnects with bounded exponential
+backoff, resubscribes, reads each channel's counter to learn where the sequence stands, and
+only then reports `Resynced`. A message that is not well formed is counted and dropped; a
+handler that raises or overruns its time limit is counted and logged; neither stops the
+listener. See docs/decisions/0003-bus-wire-format.md.
+
+The subscriber side drives a raw redis-py connection (send a command, read a reply) instead of
+`redis.asyncio.PubSub`, because `PubSub` reconnects and resubscribes by itself on a read error
+and so can lose messages without telling anyone, which is the failure this module exists to
+prevent.
+
+This module must never let a redis exception escape: driver errors become `BusUnavailable`
+(a `TierUnavailable`) with the driver's exception as the cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Final, Self
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+
+from sagemem._driver_errors import tier_unavailable
+from sagemem.coherence.messages import (
+    BusEvent,
+    BusHandler,
+    Delivered,
+    InvalidateMessage,
+    MalformedMessage,
+    Message,
+    Missed,
+    MissedReason,
+    RecallMessage,
+    Resynced,
+    check_agent_id,
+    decode,
+    encode_unsequenced,
+)
+from sagemem.errors import ClosedResourceError, ConfigurationError, TierUnavailable
+from sagemem.values import check_key, check_namespace
+
+__all__ = ["BusStatistics", "BusUnavailable", "CoherenceBus", "Subscription"]
+
+_logger = logging.getLogger("sagemem.coherence.bus")
+
+_DRIVER_ERRORS: Final = (RedisError, OSError, TimeoutError)
+_HINT: Final = (
+    "check that the Redis server is running and that the URL (argument or SAGEMEM_REDIS_URL) "
+    "points at it; `sagemem services status` shows the embedded servers"
+)
+_TIER: Final = "bus"
+_CHANNEL_PREFIX: Final = "sagemem-bus"
+_SEQUENCE_SUFFIX: Final = ":seq"
+# One script call publishes to at most this many targets (bounds the script's run time).
+_TARGETS_PER_SCRIPT_MAX: Final = 256
+# Messages that reach a channel between its SUBSCRIBE and the read of its counter are held
+# (then delivered in order); past this many, they are dropped and the subscriber told so.
+_HELD_MESSAGES_MAX: Final = 1024
+# Baselines are read in one MGET once every pending SUBSCRIBE is confirmed, or sooner if this
+# many channels wait or the oldest has waited this long.
+_BASELINE_BATCH_MAX: Final = 64
+_BASELINE_WAIT_MAX_S: Final = 0.05
+_READ_WAIT_MAX_S: Final = 1.0
+_READ_WAIT_MIN_S: Final = 0.01
+_CLOSE_TIMEOUT_S: Final = 5.0
+_MALFORMED_LOG_FIRST: Final = 10
+_MALFORMED_LOG_EVERY: Final = 1000
+_PING_TOKEN: Final = b"sagemem-bus-health"
+
+# KEYS[i]: target i's sequence counter. ARGV[1]: the message up to its seq (encode_unsequenced);
+# ARGV[2]: the counters' time to live in ms; ARGV[2 + i]: target i's channel.
+# Returns the number of messages published. The counter lives as long as its channel is used:
+# a counter that expired restarts at 1, which the listener reports as a sequence gap (safe).
+_PUBLISH_SCRIPT: Final = """
+local sent = 0
+for i = 1, #KEYS do
+  local seq = redis.call('INCR', KEYS[i])
+  redis.call('PEXPIRE', KEYS[i], ARGV[2])
+  redis.call('PUBLISH', ARGV[2 + i], ARGV[1] .. string.format('%d', seq) .. '}')
+  sent = sent + 1
+end
+return sent
+"""
+
+
+class BusUnavailable(TierUnavailable):
+    """The bus's Redis server could not be reached or failed; the driver's error is the cause."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, tier=_TIER)
+
+
+def _bus_unavailable(
+    operation: str, error: BaseException, key: str | None = None
+) -> BusUnavailable:
+    # Reuse the tiers' wording (operation, key, driver error, hint) under the bus's own type.
+    return BusUnavailable(str(tier_unavailable(_TIER, operation, error, hint=_HINT, key=key)))
+
+
+@dataclass(frozen=True, slots=True)
+class BusStatistics:
+    """Counters since `connect()` (they survive reconnects), as returned by `statistics()`."""
+
+    invalidations_sent: int
+    recalls_sent: int
+    invalidations_received: int
+    recalls_received: int
+    malformed_messages: int
+    handler_errors: int
+    disconnects: int
+    reconnects: int
+    health_check_failures: int
+    sequence_gaps: int
+    subscriptions: int
+    connected: bool
+
+
+class _HealthCheckFailed(Exception):
+    """The pub/sub connection did not answer a PING in time: treat it as dead."""
+
+
+def _check_seconds(name: str, value: object) -> float:
+    if type(value) not in (int, float) or not isinstance(value, int | float):
+        raise ConfigurationError(f"CoherenceBus {name} must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(f"CoherenceBus {name} must be positive and finite, got {value!r}")
+    return float(value)
+
+
+@dataclass(eq=False)
+class _Channel:
+    """One subscriber's channel and where its sequence stands on the current connection."""
+
+    agent_id: str
+    name: bytes
+    sequence_key: str
+    handler: BusHandler
+    # Set once the channel is subscribed on the current connection and its baseline is known.
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    requested_on: _Link | None = None
+    expected_seq: int = 0  # the last sequence number accepted
+    window_end: int | None = None  # messages with seq <= this predate the baseline read
+    held: list[Message] = field(default_factory=list)
+    overflowed: bool = False
+    missed: bool = False  # a Missed was reported and its Resynced is still due
+    awaiting_since: float = 0.0
+    closed: bool = False
+
+    def reset(self) -> None:
+        """Forget the connection: nothing is known about the sequence until a new baseline."""
+        self.ready.clear()
+        self.requested_on = None
+        self.window_end = None
+        self.held.clear()
+        self.overflowed = False
+
+
+class _Link:
+    """One raw pub/sub connection: commands go out under a lock, replies come in to the listener.
+
+    Only the listener reads; any task may send (SUBSCRIBE from `subscribe()`, PING from the
+    listener). Sends are serialised so two commands never interleave on the socket.
+    """
+
+    def __init__(self, connection: AbstractConnection, command_timeout_s: float) -> None:
+        self.connection = connection
+        self._command_timeout_s = command_timeout_s
+        self._send_lock = asyncio.Lock()
+        self.outstanding: dict[bytes, int] = {}  # channel -> SUBSCRIBE replies still due
+        self.alive = True
+        self.opened_at = asyncio.get_running_loop().time()
+        self.last_frame_at = self.opened_at
+        self.ping_deadline: float | None = None
+
+    async def send(self, *args: bytes | str) -> None:
+        async with asyncio.timeout(self._command_timeout_s), self._send_lock:
+            await self.connection.send_command(*args, check_health=False)
+
+    async def subscribe(self, channels: list[bytes]) -> None:
+        for name in channels:  # counted before sending: the reply may be read at once
+            self.outstanding[name] = self.outstanding.get(name, 0) + 1
+        await self.send("SUBSCRIBE", *channels)
+
+    def confirm(self, name: bytes) -> bool:
+        """Count a SUBSCRIBE reply; True when the channel has no more replies due."""
+        left = self.outstanding.get(name, 0) - 1
+        if left > 0:
+            self.outstanding[name] = left
+            return False
+        self.outstanding.pop(name, None)
+        return True
+
+    async def read(self, timeout_s: float) -> object:
+        """The next frame, or None when none arrived within `timeout_s`."""
+        return await self.connection.read_response(timeout=timeout_s, disconnect_on_error=False)
+
+    async def close(self) -> None:
+        self.alive = False
+        with contextlib.suppress(*_DRIVER_ERRORS, RuntimeError):
+            async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                await self.connection.disconnect(nowait=True)
+
+
+class Subscription:
+    """An agent's subscription to its channel; `aclose()` (idempotent) unsubscribes."""
+
+    def __init__(self, bus: CoherenceBus, channel: _Channel) -> None:
+        self._bus = bus
+        self._channel = channel
+
+    @property
+    def agent_id(self) -> str:
+        """The agent whose channel this is."""
+        return self._channel.agent_id
+
+    @property
+    def channel(self) -> str:
+        """The pub/sub channel name."""
+        return self._channel.name.decode()
+
+    @property
+    def active(self) -> bool:
+        """True while subscribed with a known sequence (False during a resubscription)."""
+        return not self._channel.closed and self._channel.ready.is_set()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._channel.closed else "active" if self.active else "resyncing"
+        return f"Subscription(agent_id={self.agent_id!r}, {state})"
+
+    async def aclose(self) -> None:
+        """Unsubscribe; the handler receives nothing afterwards (idempotent)."""
+        await self._bus._unsubscribe(self._channel)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class CoherenceBus:
+    """Redis pub/sub transport of invalidations and recalls, addressed to agent ids.
+
+    `url=None` takes `SAGEMEM_REDIS_URL`, else the embedded server, when `connect()` runs. The
+    bus owns two Redis clients, both created by `connect()` and closed by `aclose()`: a small
+    pool for publishing (and reading sequence counters) and one dedicated pub/sub connection
+    (replaced after a failure), plus the listener task that reads it. Several agents of one
+    process share one bus: each `subscribe()`s its own agent id.
+
+    Handlers run one at a time on the listener task, in the order events arrive, each bounded by
+    `handler_timeout_s`; they must not await `subscribe()` (the listener is what completes it).
+    Every wait is bounded: connecting (`connect_timeout_s`), each command (`command_timeout_s`),
+    `subscribe()` (`subscribe_timeout_s`). The listener PINGs the pub/sub connection after
+    `health_check_interval_s` of silence and declares it dead if no frame arrives within
+    `health_check_timeout_s`; it reconnects after a delay growing from `reconnect_delay_min_s`
+    to `reconnect_delay_max_s`.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        namespace: str = "default",
+        connect_timeout_s: float = 5.0,
+        command_timeout_s: float = 5.0,
+        subscribe_timeout_s: float = 10.0,
+        handler_timeout_s: float = 5.0,
+        health_check_interval_s: float = 1.0,
+        health_check_timeout_s: float = 2.0,
+        reconnect_delay_min_s: float = 0.05,
+        reconnect_delay_max_s: float = 2.0,
+        sequence_ttl_s: float = 7 * 24 * 3600.0,
+        connections_max: int = 16,
+    ) -> None:
+        if url is not None and (type(url) is not str or not url):
+            raise ConfigurationError(
+                f"CoherenceBus url must be a redis:// URL string or None, got {url!r}; None "
+                "uses SAGEMEM_REDIS_URL or the embedded server"
+            )
+        self.namespace: Final = check_namespace(namespace)
+        self._url_argument: Final = url
+        self._connect_timeout_s: Final = _check_seconds("connect_timeout_s", connect_timeout_s)
+        self._command_timeout_s: Final = _check_seconds("command_timeout_s", command_timeout_s)
+        self._subscribe_timeout_s: Final = _check_seconds(
+            "subscribe_timeout_s", subscribe_timeout_s
+        )
+        self._handler_timeout_s: Final = _check_seconds("handler_timeout_s", handler_timeout_s)
+        self._health_interval_s: Final = _check_seconds(
+            "health_check_interval_s", health_check_interval_s
+        )
+        self._health_timeout_s: Final = _check_seconds(
+            "health_check_timeout_s", health_check_timeout_s
+        )
+        self._delay_min_s: Final = _check_seconds("reconnect_delay_min_s", reconnect_delay_min_s)
+        self._delay_max_s: Final = max(
+            self._delay_min_s, _check_seconds("reconnect_delay_max_s", reconnect_delay_max_s)
+        )
+        self._sequence_ttl_ms: Final = max(
+            1, math.ceil(_check_seconds("sequence_ttl_s", sequence_ttl_s) * 1000)
+        )
+        if type(connections_max) is not int or connections_max < 1:
+            raise ConfigurationError(
+                f"CoherenceBus connections_max must be a positive int, got {connections_max!r}"
+            )
+        self._connections_max: Final = connections_max
+        self._prefix: Final = f"{_CHANNEL_PREFIX}:{self.namespace}:"
+
+        self._lifecycle_lock = asyncio.Lock()
+        self._client: aioredis.Redis | None = None
+        self._publish_pool: aioredis.ConnectionPool | None = None
+        # Bounds the commands in flight (so the pool never needs more connections) and their
+        # wait for a turn; cheaper per call than redis-py's BlockingConnectionPool.
+        self._slots = asyncio.Semaphore(connections_max)
+        self._subscriber_pool: aioredis.ConnectionPool | None = None
+        self._publish_script: AsyncScript | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._link: _Link | None = None
+        self._channels: dict[bytes, _Channel] = {}
+        self._awaiting_baseline: dict[bytes, _Channel] = {}
+        self._zero_statistics()
+
+    def _zero_statistics(self) -> None:
+        self._invalidations_sent = 0
+        self._recalls_sent = 0
+        self._invalidations_received = 0
+        self._recalls_received = 0
+        self._malformed = 0
+        self._handler_errors = 0
+        self._disconnects = 0
+        self._reconnects = 0
+        self._health_failures = 0
+        self._gaps = 0
+
+    def __repr__(self) -> str:
+        state = "connected" if self._task is not None else "not connected"
+        return f"CoherenceBus(namespace={self.namespace!r}, {state})"
+
+    # -- names --------------------------------------------------------------------------------
+
+    def channel_for(self, agent_id: str) -> str:
+        """The pub/sub channel on which `agent_id` receives its messages."""
+        return self._prefix + check_agent_id(agent_id)
+
+    def sequence_key_for(self, agent_id: str) -> str:
+        """The Redis key counting the messages published on `agent_id`'s channel."""
+        return self.channel_for(agent_id) + _SEQUENCE_SUFFIX
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Resolve the URL, open both clients, check the server answers, start the listener.
+
+        Idempotent; raises `BusUnavailable` if the server cannot be reached.
+        """
+        async with self._lifecycle_lock:
+            if self._task is not None:
+                return
+            url = self._url_argument
+            if url is None:
+                from sagemem.services import resolve_redis_url
+
+                url = await asyncio.to_thread(resolve_redis_url, None)
+            try:
+                publish_pool = aioredis.ConnectionPool.from_url(
+                    url,
+                    max_connections=self._connections_max,
+                    socket_connect_timeout=self._connect_timeout_s,
+                    socket_timeout=self._command_timeout_s,
+                    retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.2), retries=2),
+                )
+                # No retries on the subscriber: a failure must surface so that it is reported.
+                subscriber_pool = aioredis.ConnectionPool.from_url(
+                    url,
+                    socket_connect_timeout=self._connect_timeout_s,
+                    socket_timeout=self._command_timeout_s,
+                    retry=Retry(NoBackoff(), 0),
+                    client_name=f"sagemem-bus-{self.namespace}",
+                )
+                # RESP2 on the subscriber, whatever the URL says: in RESP3 redis-py hands
+                # pub/sub pushes to a callback instead of returning them from read_response.
+                subscriber_pool.connection_kwargs["protocol"] = 2
+            except (ValueError, TypeError) as error:
+                raise ConfigurationError(
+                    f"CoherenceBus url {url!r} is not a valid Redis URL ({error}); use "
+                    "redis://host:port/db or unix:///path/to/socket"
+                ) from error
+            client = aioredis.Redis(connection_pool=publish_pool)
+            link: _Link | None = None
+            try:
+                async with asyncio.timeout(self._connect_timeout_s + self._command_timeout_s):
+                    await client.ping()
+                self._subscriber_pool = subscriber_pool
+                link = await self._open_link()
+            except _DRIVER_ERRORS as error:
+                self._subscriber_pool = None
+                await self._close_clients(client, publish_pool, subscriber_pool)
+                raise _bus_unavailable("connect", error) from error
+            except BaseException:
+                self._subscriber_pool = None
+                await self._close_clients(client, publish_pool, subscriber_pool)
+                raise
+            self._zero_statistics()
+            self._client = client
+            self._publish_pool = publish_pool
+            self._publish_script = client.register_script(_PUBLISH_SCRIPT)
+            self._task = asyncio.create_task(
+                self._supervise(link), name=f"sagemem-bus-listener-{self.namespace}"
+            )
+
+    async def aclose(self) -> None:
+        """Stop the listener, end every subscription, close both clients (idempotent)."""
+        async with self._lifecycle_lock:
+            task, self._task = self._task, None
+            # A handler may close the bus: then the listener is the current task, and it is
+            # cancelled last, so that this cleanup runs to the end first.
+            from_listener = task is not None and task is asyncio.current_task()
+            if task is not None and not from_listener:
+                task.cancel()
+                _, pending = await asyncio.wait([task], timeout=_CLOSE_TIMEOUT_S)
+                if pending:
+                    _logger.error("bus %s: listener did not stop in time", self.namespace)
+            for channel in self._channels.values():
+                channel.closed = True
+                channel.ready.set()  # wakes a subscribe() still waiting: it sees `closed`
+            self._channels.clear()
+            self._awaiting_baseline.clear()
+            link, self._link = self._link, None
+            if link is not None:
+                await link.close()
+            client, self._client = self._client, None
+            pool, self._publish_pool = self._publish_pool, None
+            subscriber_pool, self._subscriber_pool = self._subscriber_pool, None
+            self._publish_script = None
+            if client is not None and pool is not None and subscriber_pool is not None:
+                await self._close_clients(client, pool, subscriber_pool)
+            if task is not None and from_listener:
+                task.cancel()
+
+    async def _close_clients(
+        self,
+        client: aioredis.Redis,
+        publish_pool: aioredis.ConnectionPool,
+        subscriber_pool: aioredis.ConnectionPool,
+    ) -> None:
+        # Closing must release the sockets even when the server is gone.
+        try:
+            async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                await client.aclose()
+                await publish_pool.aclose()
+                await subscriber_pool.aclose()
+        except (*_DRIVER_ERRORS, RuntimeError):
+            with contextlib.suppress(*_DRIVER_ERRORS, RuntimeError):
+                await publish_pool.disconnect(inuse_connections=True)
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _require_connected(self) -> aioredis.Redis:
+        if self._client is None or self._task is None:
+            raise ClosedResourceError(
+                "CoherenceBus is not connected: call `await bus.connect()` first (or use "
+                "`async with bus:`); a bus is also disconnected after `aclose()`"
+            )
+        return self._client
+
+    def statistics(self) -> BusStatistics:
+        """A snapshot of the bus's counters."""
+        return BusStatistics(
+            invalidations_sent=self._invalidations_sent,
+            recalls_sent=self._recalls_sent,
+            invalidations_received=self._invalidations_received,
+            recalls_received=self._recalls_received,
+            malformed_messages=self._malformed,
+            handler_errors=self._handler_errors,
+            disconnects=self._disconnects,
+            reconnects=self._reconnects,
+            health_check_failures=self._health_failures,
+            sequence_gaps=self._gaps,
+            subscriptions=len(self._channels),
+            connected=self._link is not None and self._link.alive,
+        )
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    async def publish_invalidate(
+        self, key: str, version: int, targets: Iterable[str], *, sender: str
+    ) -> int:
+        """Tell each target agent that `version` of `key` was committed; return messages sent.
+
+        One round trip for up to 256 targets; duplicates in `targets` are sent once.
+        """
+        message = InvalidateMessage(self.namespace, check_key(key), version, sender)
+        sent = await self._publish(message, targets)
+        self._invalidations_sent += sent
+        return sent
+
+    async def publish_recall(
+        self, key: str, targets: Iterable[str], *, sender: str, owner_epoch: int | None = None
+    ) -> int:
+        """Ask each target (the key's owner) to write the key back and release it."""
+        message = RecallMessage(self.namespace, check_key(key), sender, owner_epoch)
+        sent = await self._publish(message, targets)
+        self._recalls_sent += sent
+        return sent
+
+    async def _publish(self, message: Message, targets: Iterable[str]) -> int:
+        self._require_connected()
+        script = self._publish_script
+        if isinstance(targets, str | bytes):
+            raise ConfigurationError(
+                "targets must be an iterable of agent ids, got the single "
+                f"{type(targets).__name__} {targets!r:.80}; wrap one agent id in a list"
+            )
+        unique = list(dict.fromkeys(check_agent_id(target) for target in targets))
+        prefix = encode_unsequenced(message)
+        sent = 0
+        for start in range(0, len(unique), _TARGETS_PER_SCRIPT_MAX):
+            batch = unique[start : start + _TARGETS_PER_SCRIPT_MAX]
+            keys = [self.sequence_key_for(agent) for agent in batch]
+            args: list[bytes | str | int] = [prefix, self._sequence_ttl_ms]
+            args.extend(self.channel_for(agent) for agent in batch)
+            assert script is not None
+            try:
+                async with asyncio.timeout(self._command_timeout_s * 2), self._slots:
+                    result = await script(keys=keys, args=args)
+            except _DRIVER_ERRORS as error:
+                raise _bus_unavailable(
+                    f"publish {message.kind.value}", error, message.key
+                ) from error
+            sent += int(result)
+        return sent
+
+    # -- subscribing --------------------------------------------------------------------------
+
+    async def subscribe(self, agent_id: str, handler: BusHandler) -> Subscription:
+        """Deliver `agent_id`'s messages (and Missed/Resynced events) to `handler`.
+
+        Returns once the channel is subscribed and its sequence is known, so every message
+        published afterwards is delivered or reported missed. One subscription per agent id.
+        Raises `BusUnavailable` if that takes longer than `subscribe_timeout_s`.
+        """
+        self._require_connected()
+        name = self.channel_for(agent_id).encode()
+        if not callable(handler):
+            raise ConfigurationError(f"handler must be an async callable, got {handler!r:.80}")
+        if name in self._channels:
+            raise ConfigurationError(
+                f"agent {agent_id!r} is already subscribed on this bus; close its "
+                "Subscription first (one subscription per agent id)"
+            )
+        channel = _Channel(
+            agent_id=agent_id,
+            name=name,
+            sequence_key=self.sequence_key_for(agent_id),
+            handler=handler,
+        )
+        self._channels[name] = channel
+        try:
+            link = self._link
+            if link is not None and link.alive:
+                channel.requested_on = link
+                with contextlib.suppress(*_DRIVER_ERRORS):
+                    # A failed send fails the link too: the listener then resubscribes all.
+                    await link.subscribe([name])
+            async with asyncio.timeout(self._subscribe_timeout_s):
+                await channel.ready.wait()
+        except TimeoutError as error:
+            await self._unsubscribe(channel)
+            raise BusUnavailable(
+                f"bus subscribe of agent {agent_id!r} was not confirmed within "
+                f"{self._subscribe_timeout_s} s (disconnects so far: {self._disconnects}); " + _HINT
+            ) from error
+        except BaseException:
+            await self._unsubscribe(channel)
+            raise
+        if channel.closed:
+            raise ClosedResourceError(
+                f"CoherenceBus was closed while agent {agent_id!r} was subscribing"
+            )
+        return Subscription(self, channel)
+
+    async def _unsubscribe(self, channel: _Channel) -> None:
+        if channel.closed:
+            return
+        channel.closed = True
+        if self._channels.get(channel.name) is channel:
+            del self._channels[channel.name]
+        self._awaiting_baseline.pop(channel.name, None)
+        link = self._link
+        if link is not None and link.alive and channel.requested_on is link:
+            with contextlib.suppress(*_DRIVER_ERRORS):
+                await link.send("UNSUBSCRIBE", channel.name)
+
+    # -- the listener ---------------------------------------------------------------------------
+
+    async def _open_link(self) -> _Link:
+        pool = self._subscriber_pool
+        assert pool is not None
+        # redis-py leaves these two untyped; make_connection() returns the pool's class.
+        connection: AbstractConnection = pool.make_connection()  # type: ignore[no-untyped-call]
+        try:
+            async with asyncio.timeout(self._connect_timeout_s + self._command_timeout_s):
+                await connection.connect()  # type: ignore[no-untyped-call]  # see above
+        except BaseException:
+            with contextlib.suppress(*_DRIVER_ERRORS, RuntimeError):
+                await connection.disconnect(nowait=True)
+            raise
+        return _Link(connection, self._command_timeout_s)
+
+    def _reconnect_delay_s(self, failures: int) -> float:
+        ceiling = min(self._delay_max_s, self._delay_min_s * 2.0 ** min(failures, 32))
+        return ceiling * random.uniform(0.5, 1.0)
+
+    async def _supervise(self, link: _Link | None) -> None:
+        """The listener task: listen, and after any failure report it and reconnect, forever."""
+        failures = 0
+        try:
+            while True:
+                if link is None:
+                    await asyncio.sleep(self._reconnect_delay_s(failures))
+                    try:
+                        link = await self._open_link()
+                    except _DRIVER_ERRORS as error:
+                        failures += 1
+                        _logger.warning(
+                            "bus %s: reconnect attempt %d failed: %s",
+                            self.namespace,
+                            failures,
+                            error,
+                        )
+                        continue
+                    self._reconnects += 1
+                reason, detail = MissedReason.DISCONNECTED, "the listener failed"
+                try:
+                    await self._listen(link)
+                except _HealthCheckFailed as error:
+                    self._health_failures += 1
+                    reason, detail = MissedReason.HEALTH_CHECK_FAILED, str(error)
+                except _DRIVER_ERRORS as error:
+                    detail = f"{type(error).__name__}: {error}"
+                except Exception as error:  # a bug must not end invalidation: report, reconnect
+                    _logger.exception("bus %s: listener error; reconnecting", self.namespace)
+                    detail = f"listener error {type(error).__name__}: {error}"
+                # A link that lived a while resets the backoff; one that dies at once grows it.
+                lived_s = asyncio.get_running_loop().time() - link.opened_at
+                failures = 0 if lived_s > self._delay_max_s else failures + 1
+                lost, link = link, None
+                await self._lose_link(lost, reason, detail)
+        finally:
+            if link is not None:
+                await link.close()
+            if self._link is not None:
+                await self._link.close()
+                self._link = None
+
+    async def _lose_link(self, link: _Link, reason: MissedReason, detail: str) -> None:
+        """Report the loss to every subscriber that was in sync, then forget the connection."""
+        self._disconnects += 1
+        self._link = None
+        self._awaiting_baseline.clear()
+        await link.close()
+        _logger.warning("bus %s: pub/sub connection lost (%s): %s", self.namespace, reason, detail)
+        for channel in list(self._channels.values()):
+            was_ready = channel.ready.is_set()
+            channel.reset()
+            if was_ready and not channel.missed:
+                channel.missed = True
+                await self._dispatch(channel, Missed(reason, detail))
+
+    async def _listen(self, link: _Link) -> None:
+        """Subscribe every channel on `link`, then read and handle frames until it fails."""
+        self._link = link
+        # No await between publishing the link and the snapshot: a subscribe() that runs later
+        # sees the link and sends its own SUBSCRIBE.
+        channels = list(self._channels.values())
+        for channel in channels:
+            channel.requested_on = link
+        if channels:
+            await link.subscribe([channel.name for channel in channels])
+        loop = asyncio.get_running_loop()
+        link.last_frame_at = loop.time()
+        while True:
+            now = loop.time()
+            wait_s = await self._check_health(link, now)
+            if self._awaiting_baseline:
+                wait_s = min(wait_s, _BASELINE_WAIT_MAX_S)
+            frame = await link.read(max(_READ_WAIT_MIN_S, min(wait_s, _READ_WAIT_MAX_S)))
+            now = loop.time()
+            if frame is None and link.ping_deadline is not None and now >= link.ping_deadline:
+                # Judged only after a read found nothing: a stalled event loop whose answer
+                # already waits in the socket must not be mistaken for a dead connection.
+                raise _HealthCheckFailed(f"no answer to PING within {self._health_timeout_s} s")
+            if frame is not None:
+                link.last_frame_at = now
+                if link.ping_deadline is not None:  # frames still flow: the link is alive
+                    link.ping_deadline = max(link.ping_deadline, now + self._health_timeout_s)
+                await self._handle_frame(link, frame, now)
+            if self._awaiting_baseline and (
+                not link.outstanding
+                or len(self._awaiting_baseline) >= _BASELINE_BATCH_MAX
+                or now - min(c.awaiting_since for c in self._awaiting_baseline.values())
+                >= _BASELINE_WAIT_MAX_S
+            ):
+                await self._fetch_baselines(link)
+
+    async def _check_health(self, link: _Link, now: float) -> float:
+        """Send a PING after a silence. Returns how long to wait for the next frame."""
+        if link.ping_deadline is not None:
+            return link.ping_deadline - now
+        idle_until = link.last_frame_at + self._health_interval_s
+        if now >= idle_until:
+            link.ping_deadline = now + self._health_timeout_s
+            await link.send("PING", _PING_TOKEN)
+            return self._health_timeout_s
+        return idle_until - now
+
+    async def _handle_frame(self, link: _Link, frame: object, now: float) -> None:
+        if frame == b"PONG" or frame == _PING_TOKEN:  # PING's answer while nothing is subscribed
+            link.ping_deadline = None
+            return
+        if type(frame) is not list or not frame:
+            return  # nothing a RESP2 subscriber is sent; ignore rather than guess
+        kind = frame[0]
+        if kind == b"message" and len(frame) == 3:
+            await self._on_message(frame[1], frame[2])
+        elif kind == b"subscribe" and len(frame) == 3:
+            name = frame[1]
+            if type(name) is bytes and link.confirm(name):
+                channel = self._channels.get(name)
+                if channel is not None and channel.requested_on is link:
+                    channel.awaiting_since = now
+                    self._awaiting_baseline[name] = channel
+        elif kind == b"pong":
+            link.ping_deadline = None
+
+    async def _fetch_baselines(self, link: _Link) -> None:
+        """Read the counters of the newly subscribed channels; they are then in sync."""
+        channels = list(self._awaiting_baseline.values())
+        self._awaiting_baseline.clear()
+        client = self._client
+        assert client is not None
+        async with asyncio.timeout(self._command_timeout_s * 2), self._slots:
+            values = await client.mget([channel.sequence_key for channel in channels])
+        for channel, value in zip(channels, values, strict=True):
+            if channel.closed or channel.requested_on is not link:
+                continue
+            try:
+                baseline = int(value) if value is not None else 0
+            except ValueError:
+                _logger.warning("bus: counter %s holds %r; using 0", channel.sequence_key, value)
+                baseline = 0
+            channel.expected_seq = baseline
+            channel.window_end = baseline
+            channel.ready.set()
+            if channel.overflowed:
+                channel.overflowed = False
+                if not channel.missed:
+                    channel.missed = True
+                    await self._dispatch(
+                        channel,
+                        Missed(MissedReason.OVERFLOW, "too many messages during resubscription"),
+                    )
+            if channel.missed:
+                channel.missed = False
+                await self._dispatch(channel, Resynced())
+            held, channel.held = channel.held, []
+            for message in held:
+                await self._accept(channel, message)
+
+    async def _on_message(self, name: object, data: object) -> None:
+        channel = self._channels.get(name) if type(name) is bytes else None
+        if channel is None:
+            return  # a channel unsubscribed a moment ago
+        try:
+            if type(data) is not bytes:
+                raise MalformedMessage(f"message payload is a {type(data).__name__}")
+            message = decode(data)
+            if message.namespace != self.namespace:
+                raise MalformedMessage(
+                    f"message for namespace {message.namespace!r} on a channel of "
+                    f"{self.namespace!r}"
+                )
+        except MalformedMessage as error:
+            self._malformed += 1
+            if (
+                self._malformed <= _MALFORMED_LOG_FIRST
+                or self._malformed % _MALFORMED_LOG_EVERY == 0
+            ):
+                _logger.warning(
+                    "bus %s: dropped malformed message %d on %s: %s",
+                    self.namespace,
+                    self._malformed,
+                    channel.agent_id,
+                    error,
+                )
+            return
+        if not channel.ready.is_set():
+            if len(channel.held) < _HELD_MESSAGES_MAX:
+                channel.held.append(message)
+            else:
+                channel.held.clear()
+                channel.overflowed = True
+            return
+        await self._accept(channel, message)
+
+    async def _accept(self, channel: _Channel, message: Message) -> None:
+        """Check the message's place in the channel's sequence, then deliver it."""
+        seq = message.seq
+        if seq == channel.expected_seq + 1:
+            channel.expected_seq = seq
+            channel.window_end = None
+        elif channel.window_end is not None and seq <= channel.window_end:
+            pass  # published between the SUBSCRIBE and the counter read: in order, not a gap
+        else:
+            self._gaps += 1
+            detail = f"expected seq {channel.expected_seq + 1}, received {seq}"
+            channel.expected_seq = seq
+            channel.window_end = None
+            await self._dispatch(channel, Missed(MissedReason.SEQUENCE_GAP, detail))
+            await self._dispatch(channel, Resynced())
+        if isinstance(message, InvalidateMessage):
+            self._invalidations_received += 1
+        else:
+            self._recalls_received += 1
+        await self._dispatch(channel, Delivered(message))
+
+    async def _dispatch(self, channel: _Channel, event: BusEvent) -> None:
+        """Run the handler on one event; its failure is counted and logged, never propagated."""
+        if channel.closed:
+            return
+        try:
+            async with asyncio.timeout(self._handler_timeout_s):
+                await channel.handler(event)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the bus is closing
+            self._count_handler_error(channel, event)
+        except Exception:
+            self._count_handler_error(channel, event)
+
+    def _count_handler_error(self, channel: _Channel, event: BusEvent) -> None:
+        self._handler_errors += 1
+        _logger.exception(
+            "bus %s: handler of agent %s failed on %s",
+            self.namespace,
+            channel.agent_id,
+            type(event).__name__,
+        )

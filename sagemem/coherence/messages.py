@@ -1,0 +1,323 @@
+"""The coherence bus's vocabulary: wire messages, their codec, and the events a subscriber sees.
+
+Two messages travel on the bus (`spec.vocabulary.MessageKind`): `InvalidateMessage` ("version n
+of this key was committed; copies older than n are stale") and `RecallMessage` ("someone waits
+for the data you own: write it back and release"). Neither ever carries a value: a receiver
+that acts on a message at worst drops a copy and refetches it from the home, so a forged or
+replayed message can cost a refetch but can never put data into a cache.
+
+The wire format (see docs/decisions/0003-bus-wire-format.md) is one compact JSON object of
+UTF-8 text with a format version `fmt`, the kind, the namespace, the key, the sender's agent
+id, a version (invalidate) or an optional owner epoch (recall), and last the per-channel
+sequence number `seq` that the bus's publish script stamps on it. `decode` accepts exactly that
+and raises `MalformedMessage` for anything else, checking the size before parsing.
+
+This module must never do I/O or import a driver: the sans-IO core and its tests use it too.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import ClassVar, Final, NoReturn
+
+from sagemem.errors import ConfigurationError, InvalidKeyError, SageMemError
+from sagemem.spec.vocabulary import MessageKind
+from sagemem.values import NAMESPACE_PATTERN, check_key
+
+__all__ = [
+    "AGENT_ID_PATTERN",
+    "FORMAT_VERSION",
+    "INTEGER_MAX",
+    "MESSAGE_SIZE_MAX_BYTES",
+    "BusEvent",
+    "BusHandler",
+    "Delivered",
+    "InvalidateMessage",
+    "MalformedMessage",
+    "Message",
+    "Missed",
+    "MissedReason",
+    "RecallMessage",
+    "Resynced",
+    "check_agent_id",
+    "decode",
+    "encode",
+    "encode_unsequenced",
+]
+
+FORMAT_VERSION: Final = 1
+# The largest valid message is about 2.4 KB (a 512-character key of 4-byte characters is 2 KB);
+# anything longer is refused before it is parsed, so a hostile payload costs a length check.
+MESSAGE_SIZE_MAX_BYTES: Final = 4096
+# Versions are Postgres bigints and sequence numbers Redis INCR counters: both signed 64-bit.
+INTEGER_MAX: Final = (1 << 63) - 1
+# Agent ids name pub/sub channels and Redis keys: no ':' (so one id is never a prefix of
+# another's channel), no glob characters, no spaces.
+AGENT_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+
+_INVALIDATE_FIELDS: Final = frozenset({"fmt", "kind", "ns", "key", "version", "sender", "seq"})
+_RECALL_FIELDS: Final = frozenset({"fmt", "kind", "ns", "key", "sender", "seq"})
+_RECALL_OPTIONAL_FIELDS: Final = frozenset({"owner_epoch"})
+
+
+class MalformedMessage(SageMemError, ValueError):
+    """Bytes received on the bus (or fields given to a message) are not a valid message."""
+
+
+def check_agent_id(agent_id: object) -> str:
+    """Return `agent_id` if it matches `AGENT_ID_PATTERN`, else raise `ConfigurationError`."""
+    if type(agent_id) is str and AGENT_ID_PATTERN.fullmatch(agent_id):
+        return agent_id
+    raise ConfigurationError(
+        f"agent id {agent_id!r:.80} is invalid: use 1 to 128 characters from letters, digits, "
+        "'_', '.' and '-' (it names a pub/sub channel)"
+    )
+
+
+def _check_integer(name: str, value: object) -> int:
+    # bool is an int subclass: `True` must not pass for version 1.
+    if type(value) is not int:
+        raise MalformedMessage(
+            f"message field {name!r} must be an integer, got {type(value).__name__}: {value!r:.80}"
+        )
+    if not 0 <= value <= INTEGER_MAX:
+        raise MalformedMessage(
+            f"message field {name!r} must be between 0 and 2**63-1, got {value!r:.80}"
+        )
+    return value
+
+
+def _check_common(namespace: object, key: object, sender: object, seq: object) -> None:
+    if type(namespace) is not str or not NAMESPACE_PATTERN.fullmatch(namespace):
+        raise MalformedMessage(
+            f"message namespace {namespace!r:.80} is invalid: use 1 to 64 characters from "
+            "letters, digits, '_', '.' and '-'"
+        )
+    try:
+        check_key(key)
+    except InvalidKeyError as error:
+        raise MalformedMessage(f"message key is invalid: {error}") from None
+    try:
+        check_agent_id(sender)
+    except ConfigurationError as error:
+        raise MalformedMessage(f"message sender is invalid: {error}") from None
+    _check_integer("seq", seq)
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidateMessage:
+    """Version `version` of `key` was committed: copies older than it are stale.
+
+    `seq` is the per-channel sequence number stamped by the bus when it publishes (0 until then).
+    """
+
+    namespace: str
+    key: str
+    version: int
+    sender: str
+    seq: int = 0
+
+    kind: ClassVar[MessageKind] = MessageKind.INVALIDATE
+
+    def __post_init__(self) -> None:
+        _check_common(self.namespace, self.key, self.sender, self.seq)
+        _check_integer("version", self.version)
+
+
+@dataclass(frozen=True, slots=True)
+class RecallMessage:
+    """Someone waits for the data the receiver owns: write it back and release ownership.
+
+    `owner_epoch`, when given, is the ownership grant the sender saw at the home; an owner whose
+    grant is newer can tell the recall is about an earlier ownership. `seq` as for invalidations.
+    """
+
+    namespace: str
+    key: str
+    sender: str
+    owner_epoch: int | None = None
+    seq: int = 0
+
+    kind: ClassVar[MessageKind] = MessageKind.RECALL
+
+    def __post_init__(self) -> None:
+        _check_common(self.namespace, self.key, self.sender, self.seq)
+        if self.owner_epoch is not None:
+            _check_integer("owner_epoch", self.owner_epoch)
+
+
+type Message = InvalidateMessage | RecallMessage
+
+
+# -- codec ------------------------------------------------------------------------------------
+
+
+def _dumps(text: str) -> str:
+    # Validated keys, namespaces and agent ids hold no control character, so only '"' and '\\'
+    # need escaping; the common case skips the JSON encoder.
+    if '"' in text or "\\" in text:
+        return json.dumps(text, ensure_ascii=False)
+    return f'"{text}"'
+
+
+def encode_unsequenced(message: Message) -> bytes:
+    """The message's wire form up to its sequence number: append the decimal seq and `}`.
+
+    This is what the bus hands its publish script, which stamps each target's own sequence
+    number; `encode(m) == encode_unsequenced(m) + str(m.seq).encode() + b"}"`.
+    """
+    head = (
+        f'{{"fmt":{FORMAT_VERSION},"kind":"{message.kind.value}",'
+        f'"ns":{_dumps(message.namespace)},"key":{_dumps(message.key)},'
+    )
+    if isinstance(message, InvalidateMessage):
+        body = f'"version":{message.version},"sender":{_dumps(message.sender)},'
+    else:
+        epoch = "" if message.owner_epoch is None else f'"owner_epoch":{message.owner_epoch},'
+        body = f'"sender":{_dumps(message.sender)},{epoch}'
+    return f'{head}{body}"seq":'.encode()
+
+
+def encode(message: Message) -> bytes:
+    """The message's complete wire form (compact JSON, UTF-8), including its `seq`."""
+    return encode_unsequenced(message) + f"{message.seq}}}".encode()
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise MalformedMessage(f"message contains the non-JSON number {name}")
+
+
+def _unique_object(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        names = [name for name, _ in pairs]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        raise MalformedMessage(f"message repeats the fields {repeated!r:.80}")
+    return result
+
+
+# Built once: json.loads with hooks would build a decoder per call (three times slower).
+_DECODER: Final = json.JSONDecoder(
+    object_pairs_hook=_unique_object, parse_constant=_reject_constant
+)
+
+
+def decode(raw: bytes) -> Message:
+    """Parse one message received on the bus, or raise `MalformedMessage` saying what is wrong.
+
+    Nothing but `MalformedMessage` ever escapes, whatever the bytes are.
+    """
+    if type(raw) is not bytes:
+        raise MalformedMessage(f"message must be bytes, got {type(raw).__name__}")
+    if len(raw) > MESSAGE_SIZE_MAX_BYTES:
+        raise MalformedMessage(
+            f"message is {len(raw)} bytes long, over the limit of {MESSAGE_SIZE_MAX_BYTES}"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise MalformedMessage(f"message is not UTF-8 text: {error}") from None
+    try:
+        document: object = _DECODER.decode(text)
+    except MalformedMessage:
+        raise
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, int too long, too deep
+        raise MalformedMessage(f"message is not JSON: {error}"[:300]) from None
+    if type(document) is not dict:
+        raise MalformedMessage(
+            f"message must be a JSON object, got a JSON {type(document).__name__}"
+        )
+    fmt = document.get("fmt")
+    if type(fmt) is not int or fmt != FORMAT_VERSION:
+        raise MalformedMessage(
+            f"message format {fmt!r:.40} is not supported: this sagemem reads format "
+            f"{FORMAT_VERSION} (upgrade every process on the bus to the same sagemem)"
+        )
+    kind = document.get("kind")
+    fields = frozenset(document)
+    if kind == MessageKind.INVALIDATE.value:
+        _check_fields(fields, _INVALIDATE_FIELDS, frozenset(), str(kind))
+        return InvalidateMessage(
+            namespace=document["ns"],
+            key=document["key"],
+            version=document["version"],
+            sender=document["sender"],
+            seq=document["seq"],
+        )
+    if kind == MessageKind.RECALL.value:
+        _check_fields(fields, _RECALL_FIELDS, _RECALL_OPTIONAL_FIELDS, str(kind))
+        epoch = document.get("owner_epoch")
+        if "owner_epoch" in document:
+            _check_integer("owner_epoch", epoch)  # present means an integer, never null
+        return RecallMessage(
+            namespace=document["ns"],
+            key=document["key"],
+            sender=document["sender"],
+            owner_epoch=epoch,
+            seq=document["seq"],
+        )
+    raise MalformedMessage(
+        f"message kind {kind!r:.40} is unknown: expected one of "
+        f"{sorted(member.value for member in MessageKind)}"
+    )
+
+
+def _check_fields(
+    fields: frozenset[str], required: frozenset[str], optional: frozenset[str], kind: str
+) -> None:
+    missing = required - fields
+    extra = fields - required - optional
+    if missing or extra:
+        raise MalformedMessage(
+            f"{kind} message has missing fields {sorted(missing)} and unexpected fields "
+            f"{sorted(extra)[:8]}; expected exactly {sorted(required)}"
+            + (f" (optionally {sorted(optional)})" if optional else "")
+        )
+
+
+# -- events handed to a subscriber ------------------------------------------------------------
+
+
+class MissedReason(StrEnum):
+    """Why the bus told a subscriber that messages may have been lost."""
+
+    DISCONNECTED = "disconnected"  # the pub/sub connection failed or was closed by the server
+    HEALTH_CHECK_FAILED = "health_check_failed"  # no answer to a PING: a silently dead link
+    SEQUENCE_GAP = "sequence_gap"  # the channel's sequence numbers skipped or went backwards
+    OVERFLOW = "overflow"  # more messages arrived during a resubscription than it can hold
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """A well-formed message arrived on the subscriber's channel (the spec's DELIVER_* events)."""
+
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Missed:
+    """Messages to this subscriber may have been lost (the spec's MARK_MISSED effect).
+
+    Until the `Resynced` that follows, the subscriber must not serve a read from a copy that a
+    lost invalidation could concern.
+    """
+
+    reason: MissedReason
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Resynced:
+    """The subscription is re-established after a `Missed` (the spec's RESYNC event).
+
+    Every message published from now on is delivered or reported missed; entries cached before
+    must be dropped or revalidated by version before they serve a read.
+    """
+
+
+type BusEvent = Delivered | Missed | Resynced
+type BusHandler = Callable[[BusEvent], Awaitable[None]]
