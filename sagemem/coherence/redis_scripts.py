@@ -1,0 +1,254 @@
+"""The Redis half of the coherence protocol as server-side Lua scripts, and their loader.
+
+Each script is ONE atomic step of `sagemem.spec` (see `spec.vocabulary.Effect`: "the HOME_*,
+L2_* and DIRECTORY_* effects of a server step are the body of one atomic script"). The
+meaning every script implements is the one `spec/model.py` gives the effect it names:
+
+- `FILL_SCRIPT`: the Redis half of FILL_FETCH: DIRECTORY_ADD_HOLDER, then L2_READ on a hit or
+  L2_TAKE_LEASE on a miss (one lease per key: a new lease replaces, so voids, the older one).
+  In strict mode a miss while an acknowledgement is still owed (FETCH_UNSETTLED) does nothing.
+- `LEASED_FILL_SCRIPT`: L2_LEASED_FILL: store the copy only if the caller's lease is still the
+  key's lease, and consume the lease.
+- `INVALIDATE_SCRIPT`: the Redis half of OUTBOX_RELAY: L2_DELETE (the copy and the lease),
+  then PUBLISH_INVALIDATIONS (one message per holder except the sender, who are then
+  forgotten) or PUBLISH_INVALIDATIONS_AWAIT_ACKS (also record an owed ack per holder).
+- `EXPIRE_HOLDER_SCRIPT`: HOLDER_EXPIRE / DIRECTORY_EXPIRE_HOLDER for one agent, only once its
+  read lease (the registration's deadline) has passed.
+- `EXPIRE_LAPSED_SCRIPT`: HOLDER_EXPIRE for every lapsed holder and owed ack of a key.
+- `LIVE_MEMBERS_SCRIPT`: read-only: the members of a holders/acks set whose deadline is ahead.
+
+Time is the Redis server's clock (`TIME`), never a client's, so every deadline in the
+directory is compared with one clock. Holder and ack sets are sorted sets scored by the
+registration's deadline in milliseconds; every key the scripts create carries an expiry.
+
+The invalidation script publishes exactly what `CoherenceBus.publish_invalidate` publishes:
+on channel `sagemem-bus:<namespace>:<agent>` the message `encode_unsequenced(message)`
+followed by the target's next sequence number (INCR of `<channel>:seq`) and `}`. The holder
+set names the channels, so those keys are built inside the script: the scripts need a single
+Redis server (or a cluster slot holding the whole namespace), as the bus does.
+
+`register_directory_scripts(client)` wraps each source in redis-py's `register_script`: every
+call is an EVALSHA that falls back to SCRIPT LOAD and retries once on NOSCRIPT (a restarted or
+flushed server). This module must never run a command at import or registration time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+__all__ = [
+    "EXPIRE_HOLDER_SCRIPT",
+    "EXPIRE_LAPSED_SCRIPT",
+    "FILL_L2_HIT",
+    "FILL_LEASED",
+    "FILL_SCRIPT",
+    "FILL_UNSETTLED",
+    "INVALIDATE_SCRIPT",
+    "LEASED_FILL_APPLIED",
+    "LEASED_FILL_LEASE_VOID",
+    "LEASED_FILL_OCCUPIED",
+    "LEASED_FILL_SCRIPT",
+    "LIVE_MEMBERS_SCRIPT",
+    "DirectoryScripts",
+    "register_directory_scripts",
+]
+
+# Shared Lua helpers, prepended to the scripts that need them. `now_ms` is the server's clock;
+# `expire_at_newest` makes a sorted set live exactly as long as its latest deadline.
+_PRELUDE: Final = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function ms(n)
+  return string.format('%d', n)
+end
+local function expire_at_newest(key)
+  local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  if newest[2] then
+    redis.call('PEXPIREAT', key, newest[2])
+  end
+end
+"""
+
+FILL_L2_HIT: Final = 1
+"""`FILL_SCRIPT` reply kind: L2 held a copy (spec guard FETCH_L2_HIT); the payload is it."""
+FILL_LEASED: Final = 2
+"""`FILL_SCRIPT` reply kind: L2 missed and a fill lease was handed out; the payload is its token."""
+FILL_UNSETTLED: Final = 3
+"""`FILL_SCRIPT` reply kind (strict): L2 missed while acks are owed: nothing was done."""
+
+# KEYS[1] the L2 copy, KEYS[2] the key's fill lease, KEYS[3] holders, KEYS[4] owed acks.
+# ARGV[1] agent, ARGV[2] a fresh random lease token, ARGV[3] lease ttl ms, ARGV[4] holder
+# ttl ms, ARGV[5] holders max, ARGV[6] '1' in strict mode.
+# Reply {kind, registered 0/1, payload (copy or token, '' when none), acks still owed}.
+FILL_SCRIPT: Final = (
+    _PRELUDE
+    + """
+local agent = ARGV[1]
+local now = now_ms()
+local copy = redis.call('GET', KEYS[1])
+local owed = 0
+if not copy then
+  -- Strict FETCH_UNSETTLED: while a holder still owes an ack the fill waits, with no effect.
+  -- Lapsed acks are expired first (HOLDER_EXPIRE is a timer that may fire at any time).
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ms(now))
+  owed = redis.call('ZCARD', KEYS[4])
+  if ARGV[6] == '1' and owed > 0 then
+    return {3, 0, '', owed}
+  end
+end
+-- DIRECTORY_ADD_HOLDER, refused (registered = 0) when the set is full of live holders: the
+-- caller may return the data once but must not cache it.
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ms(now))
+local registered = 0
+if redis.call('ZSCORE', KEYS[3], agent) or redis.call('ZCARD', KEYS[3]) < tonumber(ARGV[5]) then
+  redis.call('ZADD', KEYS[3], ms(now + tonumber(ARGV[4])), agent)
+  expire_at_newest(KEYS[3])
+  registered = 1
+end
+if copy then
+  -- L2_READ
+  return {1, registered, copy, owed}
+end
+-- L2_TAKE_LEASE: the key has one lease; handing out a new one voids the older one.
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], 'token', ARGV[2], 'agent', agent)
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return {2, registered, ARGV[2], owed}
+"""
+)
+
+LEASED_FILL_APPLIED: Final = 1
+"""`LEASED_FILL_SCRIPT` reply: the lease was valid and the copy is stored."""
+LEASED_FILL_LEASE_VOID: Final = 0
+"""`LEASED_FILL_SCRIPT` reply: the lease was voided (delete, newer lease, expiry) or used."""
+LEASED_FILL_OCCUPIED: Final = 2
+"""`LEASED_FILL_SCRIPT` reply: the lease was valid (now consumed) but L2 already holds a copy
+written outside the protocol; it is left alone rather than overwritten by a maybe older one."""
+
+# KEYS[1] the L2 copy, KEYS[2] the key's fill lease.
+# ARGV[1] agent, ARGV[2] lease token, ARGV[3] the L2 entry ('<version>;<json>'), ARGV[4] L2
+# ttl ms ('0': none).
+LEASED_FILL_SCRIPT: Final = """
+local lease = redis.call('HMGET', KEYS[2], 'token', 'agent')
+if lease[1] ~= ARGV[2] or lease[2] ~= ARGV[1] then
+  return 0
+end
+redis.call('DEL', KEYS[2])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 2
+end
+if ARGV[4] == '0' then
+  redis.call('SET', KEYS[1], ARGV[3])
+else
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+end
+return 1
+"""
+
+# KEYS[1] the L2 copy, KEYS[2] the key's fill lease, KEYS[3] holders, KEYS[4] owed acks.
+# ARGV[1] the bus's channel prefix 'sagemem-bus:<namespace>:', ARGV[2] the invalidation's wire
+# form up to its sequence number, ARGV[3] the sender (not messaged), ARGV[4] '1' to await
+# acks, ARGV[5] the sequence counters' ttl ms.
+# Reply: the agents messaged.
+INVALIDATE_SCRIPT: Final = (
+    _PRELUDE
+    + """
+local now = now_ms()
+-- L2_DELETE: the copy goes, and with the key's lease every fill lease handed out is void.
+redis.call('DEL', KEYS[1], KEYS[2])
+-- Lapsed holders have dropped their copies by their own clock: they need no message.
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ms(now))
+local entries = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+local sent = {}
+for i = 1, #entries, 2 do
+  local agent = entries[i]
+  if agent ~= ARGV[3] then
+    local channel = ARGV[1] .. agent
+    local seq = redis.call('INCR', channel .. ':seq')
+    redis.call('PEXPIRE', channel .. ':seq', ARGV[5])
+    redis.call('PUBLISH', channel, ARGV[2] .. string.format('%d', seq) .. '}')
+    redis.call('ZREM', KEYS[3], agent)
+    if ARGV[4] == '1' then
+      -- The ack is owed until the holder's read lease (its registration's deadline) lapses.
+      redis.call('ZADD', KEYS[4], 'GT', entries[i + 1], agent)
+    end
+    sent[#sent + 1] = agent
+  end
+end
+if ARGV[4] == '1' and #sent > 0 then
+  expire_at_newest(KEYS[4])
+end
+return sent
+"""
+)
+
+# KEYS[1] holders, KEYS[2] owed acks. ARGV[1] agent.
+# Reply 1 if a lapsed owed ack or lapsed registration of the agent was dropped, else 0.
+EXPIRE_HOLDER_SCRIPT: Final = (
+    _PRELUDE
+    + """
+local now = now_ms()
+local expired = 0
+local owed = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if owed and tonumber(owed) <= now then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  expired = 1
+end
+local held = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if held and tonumber(held) <= now then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  expired = 1
+end
+return expired
+"""
+)
+
+# KEYS[1] holders, KEYS[2] owed acks. Reply: the agents whose owed ack was expired.
+EXPIRE_LAPSED_SCRIPT: Final = (
+    _PRELUDE
+    + """
+local now = ms(now_ms())
+local lapsed = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return lapsed
+"""
+)
+
+# KEYS[1] a holders or owed-acks set. Reply: its members whose deadline is still ahead.
+LIVE_MEMBERS_SCRIPT: Final = (
+    _PRELUDE
+    + """
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ms(now_ms()), '+inf')
+"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryScripts:
+    """The directory's scripts registered on one client (EVALSHA, SCRIPT LOAD on NOSCRIPT)."""
+
+    fill: AsyncScript
+    leased_fill: AsyncScript
+    invalidate: AsyncScript
+    expire_holder: AsyncScript
+    expire_lapsed: AsyncScript
+    live_members: AsyncScript
+
+
+def register_directory_scripts(client: aioredis.Redis) -> DirectoryScripts:
+    """Wrap every directory script for `client`; no command is sent until a script is called."""
+    return DirectoryScripts(
+        fill=client.register_script(FILL_SCRIPT),
+        leased_fill=client.register_script(LEASED_FILL_SCRIPT),
+        invalidate=client.register_script(INVALIDATE_SCRIPT),
+        expire_holder=client.register_script(EXPIRE_HOLDER_SCRIPT),
+        expire_lapsed=client.register_script(EXPIRE_LAPSED_SCRIPT),
+        live_members=client.register_script(LIVE_MEMBERS_SCRIPT),
+    )
