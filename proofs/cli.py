@@ -1,0 +1,438 @@
+"""`sagemem check`: run the model checkers on the protocol table and print what they found.
+
+- `sagemem check` (quick): for each mode, the exhaustive explorer at the quick bounds (3 agents,
+  2 writes, every fault and timer event), the Z3 one-step table checks and a bounded model
+  check of depth `QUICK_DEPTH` for 3 agents.
+- `sagemem check --deep`: the explorer at 4 agents and bounded model checking to depth
+  `DEEP_DEPTH` (>= 20) for 3 agents.
+- `sagemem check --mutants`: the quick checks, then every single-row mutant of the table through
+  the kill chain of `proofs.mutants`; prints the kill rate and every surviving mutant.
+
+Progress goes to stderr while a checker runs; the summary goes to stdout. The exit status is 0
+when every check passed, 1 when a checker found a violation (its counterexample, an event
+sequence with each step's state, is printed), 2 for a usage error or a checker that cannot
+run (Z3 missing is a failure, never a silent skip).
+
+This module only parses options, runs checkers and prints; it never changes the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TextIO
+
+from proofs.report import CheckReport
+from sagemem.spec.invariants import invariants_for
+from sagemem.spec.model import ProtocolDefinition, deep, quick
+from sagemem.spec.table import TABLE, Rule
+from sagemem.spec.vocabulary import Mode
+
+__all__ = ["CheckOptions", "ProgressLine", "main", "parse_options", "run_checks"]
+
+QUICK_BMC_DEPTH = 10
+DEEP_BMC_DEPTH = 20
+BMC_AGENTS = 3
+BMC_WRITES = 1
+
+
+class ProgressLine:
+    """One throttled, self-overwriting progress line on a stream (a plain line per update
+    when the stream is not a terminal, at most one every `interval_s`)."""
+
+    def __init__(self, stream: TextIO, *, interval_s: float = 1.0) -> None:
+        self._stream = stream
+        self._interval_s = interval_s
+        self._tty = stream.isatty()
+        self._last_s = 0.0
+        self._width = 0
+
+    def show(self, text: str, *, force: bool = False) -> None:
+        """Print `text` now unless the last line was printed less than `interval_s` ago."""
+        now = time.monotonic()
+        if not force and now - self._last_s < self._interval_s:
+            return
+        self._last_s = now
+        if self._tty:
+            padding = " " * max(0, self._width - len(text))
+            self._stream.write(f"\r{text}{padding}")
+            self._width = len(text)
+        else:
+            self._stream.write(text + "\n")
+        self._stream.flush()
+
+    def done(self, text: str) -> None:
+        """Print the final line of a task and start a fresh line."""
+        self.show(text, force=True)
+        if self._tty:
+            self._stream.write("\n")
+            self._stream.flush()
+        self._width = 0
+        self._last_s = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CheckOptions:
+    """What to check, parsed from the command line."""
+
+    modes: tuple[Mode, ...] = (Mode.COHERENT, Mode.STRICT)
+    deep: bool = False
+    mutants: bool = False
+    agents: int | None = None
+    writes: int | None = None
+    fault_budget: int | None = None
+    bmc_depth: int | None = None
+    bmc_agents: int = BMC_AGENTS
+    bmc_writes: int = BMC_WRITES
+    workers: int = 2
+
+    @property
+    def custom_bounds(self) -> bool:
+        """Whether the explorer runs one definition with the given bounds instead of the
+        spec's quick (or deep) definitions."""
+        return self.agents is not None or self.writes is not None or self.fault_budget is not None
+
+    @property
+    def depth(self) -> int:
+        """Depth of the bounded model check."""
+        if self.bmc_depth is not None:
+            return self.bmc_depth
+        return DEEP_BMC_DEPTH if self.deep else QUICK_BMC_DEPTH
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sagemem check",
+        description=(
+            "Model-check the coherence protocol table: exhaustive exploration, Z3 one-step "
+            "checks and bounded model checking, optionally mutation testing of the checkers."
+        ),
+    )
+    parser.add_argument(
+        "--deep",
+        action="store_true",
+        help=f"explore the deep bounds (up to 4 agents) and model-check to depth {DEEP_BMC_DEPTH}",
+    )
+    parser.add_argument(
+        "--mutants",
+        action="store_true",
+        help="also run every single-row mutant of the table through the checkers",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=["coherent", "strict", "both"],
+        default="both",
+        help="which consistency mode to check (default: both)",
+    )
+    parser.add_argument(
+        "--agents",
+        type=int,
+        help="explore ONE definition with this many agents instead of the quick/deep set",
+    )
+    parser.add_argument(
+        "--writes", type=int, help="version-creating writes of that definition (default: 2)"
+    )
+    parser.add_argument(
+        "--fault-budget",
+        type=int,
+        help="fault steps one run of that definition may take (default: 1)",
+    )
+    parser.add_argument(
+        "--bmc-depth",
+        type=int,
+        help=f"bounded model checking depth (default: {QUICK_BMC_DEPTH}, {DEEP_BMC_DEPTH} "
+        "with --deep; 0 skips it)",
+    )
+    parser.add_argument(
+        "--bmc-agents",
+        type=int,
+        default=BMC_AGENTS,
+        help=f"agents for bounded model checking (default: {BMC_AGENTS})",
+    )
+    parser.add_argument(
+        "--bmc-writes",
+        type=int,
+        default=BMC_WRITES,
+        help=f"writes for bounded model checking (default: {BMC_WRITES})",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="processes for --mutants (default: 2)"
+    )
+    return parser
+
+
+def parse_options(argv: Sequence[str]) -> CheckOptions:
+    """The options of `argv`; exits with status 2 (argparse) on a usage error."""
+    parser = _parser()
+    args = parser.parse_args(list(argv))
+    for name in ("agents", "bmc_agents"):
+        value = getattr(args, name)
+        if value is not None and not 1 <= value <= 6:
+            parser.error(f"--{name.replace('_', '-')}={value} is out of range; use 1..6")
+    for name in ("writes", "bmc_writes", "fault_budget"):
+        value = getattr(args, name)
+        if value is not None and not 0 <= value <= 6:
+            parser.error(f"--{name.replace('_', '-')}={value} is out of range; use 0..6")
+    if args.bmc_depth is not None and args.bmc_depth < 0:
+        parser.error(f"--bmc-depth={args.bmc_depth} is negative; use 0 to skip it")
+    if args.workers < 1:
+        parser.error(f"--workers={args.workers} is out of range; use 1 or more")
+    modes = tuple(Mode) if args.mode == "both" else (Mode(args.mode),)
+    return CheckOptions(
+        modes=modes,
+        deep=args.deep,
+        mutants=args.mutants,
+        agents=args.agents,
+        writes=args.writes,
+        fault_budget=args.fault_budget,
+        bmc_depth=args.bmc_depth,
+        bmc_agents=args.bmc_agents,
+        bmc_writes=args.bmc_writes,
+        workers=args.workers,
+    )
+
+
+class CheckerUnavailable(RuntimeError):
+    """A checker module cannot be imported (Z3 missing, or the module not written yet)."""
+
+
+def _load(module: str, name: str) -> Callable[..., CheckReport]:
+    try:
+        loaded = importlib.import_module(module)
+    except ImportError as error:
+        raise CheckerUnavailable(
+            f"cannot import {module} ({error}); install the dev dependencies with `uv sync` "
+            "and run `uv run sagemem check` from the source checkout"
+        ) from error
+    function: Callable[..., CheckReport] = getattr(loaded, name)
+    return function
+
+
+@dataclass(frozen=True, slots=True)
+class _Task:
+    label: str
+    run: Callable[[ProgressLine], CheckReport]
+
+
+def _explore_task(defn: ProtocolDefinition) -> _Task:
+    explore = _load("proofs.explore", "explore")
+    label = (
+        f"explore  {defn.mode.value:<8} {defn.agents} agents, {defn.writes} writes, "
+        f"fault budget {defn.fault_budget}"
+    )
+
+    def run(line: ProgressLine) -> CheckReport:
+        started = time.monotonic()
+
+        def progress(states: int, edges: int, depth: int) -> None:
+            elapsed = max(time.monotonic() - started, 1e-9)
+            line.show(
+                f"{label}: {states:,} states ({states / elapsed:,.0f}/s), {edges:,} edges, "
+                f"depth {depth}, {elapsed:.0f}s"
+            )
+
+        return explore(defn, progress=progress)
+
+    return _Task(label, run)
+
+
+def _table_task(defn: ProtocolDefinition) -> _Task:
+    check_table = _load("proofs.z3_check", "check_table")
+    label = f"z3 table {defn.mode.value:<8} one-step totality, determinism, type invariant"
+
+    def run(line: ProgressLine) -> CheckReport:
+        line.show(f"{label}: solving", force=True)
+        return check_table(defn)
+
+    return _Task(label, run)
+
+
+def _bmc_task(defn: ProtocolDefinition, depth: int) -> _Task:
+    bounded_model_check = _load("proofs.z3_check", "bounded_model_check")
+    label = (
+        f"z3 bmc   {defn.mode.value:<8} {defn.agents} agents, {defn.writes} writes, depth {depth}"
+    )
+
+    def run(line: ProgressLine) -> CheckReport:
+        def progress(text: str) -> None:
+            line.show(f"{label}: {text}", force=True)
+
+        return bounded_model_check(defn, depth=depth, progress=progress)
+
+    return _Task(label, run)
+
+
+def explored_definitions(
+    options: CheckOptions, mode: Mode, table: tuple[Rule, ...]
+) -> tuple[ProtocolDefinition, ...]:
+    """The definitions the explorer checks in `mode`: the spec's quick or deep set, or one
+    definition with the bounds given on the command line."""
+    if options.custom_bounds:
+        base = ProtocolDefinition(mode=mode, table=table)
+        return (
+            dataclasses.replace(
+                base,
+                agents=base.agents if options.agents is None else options.agents,
+                writes=base.writes if options.writes is None else options.writes,
+                fault_budget=(
+                    base.fault_budget if options.fault_budget is None else options.fault_budget
+                ),
+            ),
+        )
+    return deep(mode, table=table) if options.deep else quick(mode, table=table)
+
+
+def _plan(options: CheckOptions, table: tuple[Rule, ...]) -> list[_Task]:
+    tasks: list[_Task] = []
+    for mode in options.modes:
+        base = ProtocolDefinition(mode=mode, table=table)
+        tasks.append(_table_task(base))
+        tasks.extend(_explore_task(defn) for defn in explored_definitions(options, mode, table))
+        if options.depth > 0:
+            bmc_defn = dataclasses.replace(
+                base, agents=options.bmc_agents, writes=options.bmc_writes
+            )
+            tasks.append(_bmc_task(bmc_defn, options.depth))
+    return tasks
+
+
+def _format_summary(report: CheckReport) -> str:
+    return ", ".join(
+        f"{key}={value:,}" if isinstance(value, int) else f"{key}={value}"
+        for key, value in report.summary.items()
+        if key != "mode"
+    )
+
+
+def run_checks(
+    options: CheckOptions,
+    *,
+    table: tuple[Rule, ...] = TABLE,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """Run the checks `options` select on `table`; print progress, summary, counterexample.
+
+    Returns the exit status: 0 all passed, 1 a violation (or a surviving mutant is NOT a
+    failure: survivors are listed for review), 2 a checker could not run.
+    """
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    line = ProgressLine(err)
+    started = time.monotonic()
+    kind = "deep" if options.deep else "quick"
+    modes = ", ".join(mode.value for mode in options.modes)
+    print(f"sagemem check ({kind}): {len(table)} rows, modes {modes}", file=out)
+    try:
+        tasks = _plan(options, table)
+    except CheckerUnavailable as error:
+        print(f"sagemem check: {error}", file=err)
+        return 2
+    totals = _Totals()
+    for task in tasks:
+        task_started = time.monotonic()
+        report = task.run(line)
+        totals.add(report)
+        seconds = time.monotonic() - task_started
+        verdict = "ok" if report.ok else "VIOLATION"
+        line.done(f"{task.label}: {verdict} in {seconds:.1f}s")
+        print(f"  {task.label}: {verdict} ({seconds:.1f}s) {_format_summary(report)}", file=out)
+        if not report.ok:
+            print(f"\n{task.label} found a violation:", file=out)
+            if report.counterexample is not None:
+                print(report.counterexample.render(), file=out)
+            print(
+                f"\nresult: FAILED after {time.monotonic() - started:.1f}s "
+                "(the trace above is the shortest known event sequence)",
+                file=out,
+            )
+            return 1
+    print(totals.render(options.modes), file=out)
+    if options.mutants:
+        status = _run_mutation_testing(options, table, out=out, line=line)
+        if status != 0:
+            return status
+    print(f"result: OK, every check passed in {time.monotonic() - started:.1f}s", file=out)
+    return 0
+
+
+@dataclass(slots=True)
+class _Totals:
+    """Sums over the explorer runs and the Z3 checks, for the closing summary."""
+
+    states: int = 0
+    edges: int = 0
+    depth: int = 0
+    explorer_runs: int = 0
+    obligations: int = 0
+    bmc_depth: int = 0
+
+    def add(self, report: CheckReport) -> None:
+        summary = report.summary
+
+        def number(key: str) -> int:
+            value = summary.get(key, 0)
+            return value if isinstance(value, int) else 0
+
+        if report.checker == "explore":
+            self.explorer_runs += 1
+            self.states += number("states")
+            self.edges += number("edges")
+            self.depth = max(self.depth, number("depth"))
+        elif report.checker == "z3 table checks":
+            self.obligations += sum(number(key) for key in summary if key.endswith("obligations"))
+        elif report.checker.endswith("bmc"):
+            self.bmc_depth = max(self.bmc_depth, number("depth"))
+
+    def render(self, modes: Sequence[Mode]) -> str:
+        invariants = ", ".join(f"{len(invariants_for(mode))} in {mode.value}" for mode in modes)
+        return (
+            f"summary: {self.states:,} states, {self.edges:,} edges, max depth {self.depth} "
+            f"over {self.explorer_runs} explorer runs; invariants checked in every state: "
+            f"{invariants}; {self.obligations:,} Z3 one-step obligations proved; bounded "
+            f"model checking to depth {self.bmc_depth}"
+        )
+
+
+def _run_mutation_testing(
+    options: CheckOptions, table: tuple[Rule, ...], *, out: TextIO, line: ProgressLine
+) -> int:
+    from proofs.mutants import MutantProgress, run_mutants
+
+    def progress(update: MutantProgress) -> None:
+        rate = update.done / max(update.elapsed_s, 1e-9)
+        line.show(
+            f"mutants: {update.done}/{update.total} checked, {update.killed} killed "
+            f"({rate:.1f}/s, {update.elapsed_s:.0f}s)"
+        )
+
+    defn = ProtocolDefinition(table=table)
+    try:
+        report = run_mutants(defn, progress=progress, workers=options.workers)
+    except CheckerUnavailable as error:
+        print(f"sagemem check: {error}", file=sys.stderr)
+        return 2
+    line.done(f"mutants: {report.killed}/{report.total} killed in {report.seconds:.0f}s")
+    print(
+        f"  mutants: {report.killed}/{report.total} killed ({report.kill_rate:.1%}) "
+        f"in {report.seconds:.0f}s",
+        file=out,
+    )
+    for checker, count in report.kills_by_checker().items():
+        print(f"    first killed by {checker}: {count}", file=out)
+    if report.survivors:
+        print(f"  {len(report.survivors)} surviving mutants:", file=out)
+        for outcome in report.survivors:
+            print(f"    {outcome.mutant.name}: {outcome.mutant.describe()}", file=out)
+    return 0
+
+
+def main(argv: list[str], *, table: tuple[Rule, ...] | None = None) -> int:
+    """Entry point of `sagemem check`; `table` replaces the real table (for tests)."""
+    options = parse_options(argv)
+    return run_checks(options, table=TABLE if table is None else table)

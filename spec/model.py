@@ -1,0 +1,903 @@
+"""The interpreter: what every guard and effect of the table MEANS, over a global state of one key.
+
+The global `State` holds N agents (L1 entry, what the agent knows locally, its messages in
+flight, and its directory/home/L2 records), the home (version, outbox, whether the newest data
+still sits at the owner), the L2 copy, and ghost fields for trace properties (reads seen,
+writes acknowledged, completed writes, the first violation observed). Values are versions:
+the value of version n is whatever the write that created version n wrote.
+
+`successors(defn, state)` enumerates every enabled step (one table row for one subject); a
+(state, event) the table does not handle, or handles twice, or lists as impossible, becomes a
+step into a state whose `violation` field says so, so every checker reports it as a failure.
+
+Standard library only; no I/O. The meaning of each guard and effect lives ONLY here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import IntEnum, unique
+from typing import Any, Final, NamedTuple
+
+from .table import REFUSALS, TABLE, Refusal, RefusalKind, RowKey, Rule
+from .vocabulary import (
+    EVENT_KIND,
+    EVENT_SITE,
+    ActorState,
+    Effect,
+    Event,
+    EventKind,
+    Guard,
+    L1State,
+    Mode,
+    Site,
+)
+
+__all__ = [
+    "ALL_FAULTS",
+    "DEEP_BOUNDS",
+    "OP_NONE",
+    "OP_READ",
+    "OP_WRITE",
+    "QUICK_BOUNDS",
+    "RECALL",
+    "AgentState",
+    "Bounds",
+    "ProtocolDefinition",
+    "Request",
+    "State",
+    "Transition",
+    "canonical",
+    "deep",
+    "definitions",
+    "describe",
+    "holds",
+    "initial_state",
+    "quick",
+    "successors",
+    "transitions",
+]
+
+RECALL: Final = 0  # inbox encoding: 0 is a recall, n >= 1 is "invalidate, version n committed"
+
+NO_GRANT: Final = 0
+GRANT_LIVE_INCARNATION: Final = 1
+GRANT_DEAD_INCARNATION: Final = 2
+
+
+@unique
+class Request(IntEnum):
+    """What an agent's adapter is waiting for (set by REQUEST_*/AWAIT_* effects)."""
+
+    NONE = 0
+    FILL = 1
+    DATA = 2
+    COMMIT = 3
+    ACQUIRE = 4
+    SETTLE = 5
+    WRITE_BACK = 6
+    FLUSH = 7
+    WAIT_OWNER = 8
+
+
+class AgentState(NamedTuple):
+    """One agent's view of the key plus its records held by the directory, home and L2.
+
+    No field stores an agent id, so sorting agents is a sound symmetry reduction.
+    """
+
+    st: L1State
+    ver: int  # version of the L1 copy (S/E/M/...), or the committed version (WT_A/IM_A); -1 none
+    data: int  # version of fill data in flight; -1 none
+    floor: int  # newest version this agent has read, written or been told about (local)
+    missed: bool  # the bus lost a message to this agent and it has not resynced yet
+    inbox: tuple[int, ...]  # messages in flight to it, sorted (RECALL=0, INV(n)=n)
+    req: Request
+    lease: bool  # its owner lease is live by its own clock
+    rlease: bool  # strict: its read lease (from registration as holder) is live by its own clock
+    registered: bool  # directory: listed as a holder
+    ack_owed: bool  # directory (strict): owes an acknowledgement
+    grant: int  # home: 0 none, 1 this incarnation owns the key, 2 a dead incarnation does
+    l2_lease: bool  # L2: holds a valid fill lease
+    unsaved: bool  # ghost: it holds an acknowledged write the home does not have
+    op: int  # ghost: the application operation in progress (0 none, 1 read, 2 write)
+    told: int  # ghost: highest invalidation version delivered to this agent (this process)
+
+
+class State(NamedTuple):
+    """The global state of one key. Hashable; `canonical()` sorts the agents."""
+
+    agents: tuple[AgentState, ...]
+    home: int  # the home's version (the initial value is version 0)
+    outbox: int  # version whose invalidations are still to be relayed; 0 none
+    dirty: bool  # the data of version `home` is at the owner, not at the home
+    l2: int  # version of the L2 copy; -1 empty
+    l2_high: int  # ghost: highest version L2 ever held
+    commits: int  # ghost: successful compare-and-swaps / grants at the home
+    writes: int  # bound: version-creating writes started so far
+    faults: int  # bound: FAULT-kind events (and lease lapses) taken so far
+    done: int  # ghost (strict): highest version of a completed (acknowledged) write
+    read_max: int  # ghost (strict): highest version any read returned
+    violation: str  # ghost: first trace property broken, or a table defect; "" none
+
+
+FAULT_EVENTS: Final[tuple[Event, ...]] = (
+    *(e for e, k in EVENT_KIND.items() if k is EventKind.FAULT),
+    Event.LEASE_LAPSE,
+)
+ALL_FAULTS: Final[frozenset[Event]] = frozenset(FAULT_EVENTS)
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolDefinition:
+    """What every checker checks: a table, a mode and the bounds of the exploration.
+
+    Mutate with `dataclasses.replace(defn, table=...)`. `faults` lists the FAULT events (and
+    LEASE_LAPSE) that may happen (all of them by default); `fault_budget` bounds how many of
+    them one run takes (None: unbounded). Protocol timers (RETRY, expiries) are always on.
+    """
+
+    mode: Mode = Mode.COHERENT
+    table: tuple[Rule, ...] = field(default=TABLE, repr=False)
+    refusals: tuple[Refusal, ...] = field(default=REFUSALS, repr=False)
+    agents: int = 3
+    writes: int = 2
+    faults: frozenset[Event] = ALL_FAULTS
+    fault_budget: int | None = 1
+    name: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.agents <= 6:
+            raise ValueError(f"agents={self.agents} is out of range; use 1..6")
+        if not 0 <= self.writes <= 6:
+            raise ValueError(f"writes={self.writes} is out of range; use 0..6")
+        if self.fault_budget is not None and self.fault_budget < 0:
+            raise ValueError(f"fault_budget={self.fault_budget} must be >= 0 or None")
+        unknown = self.faults - ALL_FAULTS
+        if unknown:
+            raise ValueError(
+                f"faults {sorted(e.name for e in unknown)} are not fault/timer events; "
+                f"choose from {sorted(e.name for e in ALL_FAULTS)}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """One exploration bound: agents, version-creating writes, faults per run."""
+
+    agents: int
+    writes: int
+    fault_budget: int | None
+
+
+QUICK_BOUNDS: Final[tuple[Bounds, ...]] = (Bounds(3, 1, 1), Bounds(2, 2, 1))
+"""`sagemem check`: 3 agents with every fault event, and 2 writes (two runs per mode)."""
+
+DEEP_BOUNDS: Final[tuple[Bounds, ...]] = (Bounds(3, 2, 1), Bounds(4, 1, 1))
+"""`sagemem check --deep`: 3 agents with 2 writes, and 4 agents."""
+
+
+def definitions(
+    mode: Mode, bounds: tuple[Bounds, ...], *, table: tuple[Rule, ...] = TABLE
+) -> tuple[ProtocolDefinition, ...]:
+    """One ProtocolDefinition per bound, all with every fault event enabled."""
+    return tuple(
+        ProtocolDefinition(
+            mode=mode,
+            table=table,
+            agents=b.agents,
+            writes=b.writes,
+            fault_budget=b.fault_budget,
+            name=f"{mode.value}-{b.agents}agents-{b.writes}writes-{b.fault_budget}faults",
+        )
+        for b in bounds
+    )
+
+
+def quick(mode: Mode, *, table: tuple[Rule, ...] = TABLE) -> tuple[ProtocolDefinition, ...]:
+    """The quick definitions of `mode` (see QUICK_BOUNDS)."""
+    return definitions(mode, QUICK_BOUNDS, table=table)
+
+
+def deep(mode: Mode, *, table: tuple[Rule, ...] = TABLE) -> tuple[ProtocolDefinition, ...]:
+    """The deep definitions of `mode` (see DEEP_BOUNDS)."""
+    return definitions(mode, DEEP_BOUNDS, table=table)
+
+
+_EMPTY_AGENT: Final = AgentState(
+    st=L1State.I,
+    ver=-1,
+    data=-1,
+    floor=0,
+    missed=False,
+    inbox=(),
+    req=Request.NONE,
+    lease=False,
+    rlease=False,
+    registered=False,
+    ack_owed=False,
+    grant=NO_GRANT,
+    l2_lease=False,
+    unsaved=False,
+    op=0,
+    told=0,
+)
+
+
+def initial_state(defn: ProtocolDefinition) -> State:
+    """Every L1 invalid, L2 empty, the home holding version 0, nothing in flight."""
+    return State(
+        agents=(_EMPTY_AGENT,) * defn.agents,
+        home=0,
+        outbox=0,
+        dirty=False,
+        l2=-1,
+        l2_high=-1,
+        commits=0,
+        writes=0,
+        faults=0,
+        done=0,
+        read_max=0,
+        violation="",
+    )
+
+
+def canonical(state: State) -> State:
+    """Symmetry reduction: agents are interchangeable (no field names another agent)."""
+    return state._replace(agents=tuple(sorted(state.agents)))
+
+
+class Transition(NamedTuple):
+    """One enabled step: who, what, which row (None for a table-defect step), where to."""
+
+    event: Event
+    kind: EventKind
+    agent: int | None
+    payload: int
+    rule: Rule | None
+    target: State
+
+    @property
+    def label(self) -> str:
+        """The step as an event-script line, e.g. "agent2 READ: I -> IS_D {request_fill}"."""
+        detail = _rule_detail(self.rule) if self.rule is not None else self.target.violation
+        return _label(self.event, self.agent, self.payload, detail)
+
+
+# ----------------------------------------------------------------------------------------------
+# compiled index of a definition
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    rules: tuple[Rule, ...]
+    refusals: tuple[Refusal, ...]
+    guards: tuple[Guard, ...]
+
+
+_CACHE: dict[int, tuple[ProtocolDefinition, dict[tuple[RowKey, Event], _Entry]]] = {}
+
+
+def _index(defn: ProtocolDefinition) -> dict[tuple[RowKey, Event], _Entry]:
+    cached = _CACHE.get(id(defn))
+    if cached is not None and cached[0] is defn:
+        return cached[1]
+    keys: set[tuple[RowKey, Event]] = set()
+    for r in defn.table:
+        keys.add((r.source, r.event))
+    for f in defn.refusals:
+        keys.add((f.source, f.event))
+    index: dict[tuple[RowKey, Event], _Entry] = {}
+    for key in keys:
+        rules = tuple(r for r in defn.table if (r.source, r.event) == key and defn.mode in r.modes)
+        refusals = tuple(
+            f for f in defn.refusals if (f.source, f.event) == key and defn.mode in f.modes
+        )
+        guards = tuple(
+            dict.fromkeys([r.guard for r in rules] + [f.guard for f in refusals if f.guard])
+        )
+        index[key] = _Entry(rules, refusals, guards)
+    if len(_CACHE) > 64:
+        _CACHE.clear()
+    _CACHE[id(defn)] = (defn, index)
+    return index
+
+
+# ----------------------------------------------------------------------------------------------
+# guards
+
+
+def _owned_by_other(state: State, a: int) -> bool:
+    return any(
+        (ag.grant != NO_GRANT if i != a else ag.grant == GRANT_DEAD_INCARNATION)
+        for i, ag in enumerate(state.agents)
+    )
+
+
+def _any_grant(state: State) -> bool:
+    return any(ag.grant != NO_GRANT for ag in state.agents)
+
+
+def _acks_owed(state: State) -> bool:
+    return any(ag.ack_owed for ag in state.agents)
+
+
+def holds(guard: Guard, state: State, a: int | None, payload: int) -> bool:
+    """Whether `guard` holds for subject agent `a` (None for agent-less steps) and payload."""
+    ag = state.agents[a] if a is not None else None
+    match guard:
+        case Guard.ALWAYS:
+            return True
+        case Guard.CONN_OK:
+            return ag is not None and not ag.missed
+        case Guard.CONN_MISSED:
+            return ag is not None and ag.missed
+        case Guard.INV_NEWER:
+            return ag is not None and payload > ag.ver
+        case Guard.INV_NOT_NEWER:
+            return ag is not None and payload <= ag.ver
+        case Guard.FETCH_L2_HIT:
+            return state.l2 >= 0
+        case Guard.FETCH_OWNED:
+            return state.l2 < 0 and _any_grant(state)
+        case Guard.FETCH_FREE:
+            return state.l2 < 0 and not _any_grant(state)
+        case Guard.FETCH_SETTLED:
+            return (
+                state.l2 < 0
+                and not _any_grant(state)
+                and state.outbox == 0
+                and not _acks_owed(state)
+            )
+        case Guard.FETCH_UNSETTLED:
+            return (
+                state.l2 < 0 and not _any_grant(state) and (state.outbox != 0 or _acks_owed(state))
+            )
+        case Guard.DATA_FRESH:
+            return ag is not None and not ag.missed and ag.data >= ag.floor
+        case Guard.DATA_STALE:
+            return ag is not None and not ag.missed and ag.data < ag.floor
+        case Guard.DATA_NOT_OLDER:
+            return ag is not None and ag.data >= ag.floor
+        case Guard.DATA_OLDER:
+            return ag is not None and ag.data < ag.floor
+        case Guard.OWNED_BY_OTHER:
+            return a is not None and _owned_by_other(state, a)
+        case Guard.NOT_OWNED_BY_OTHER:
+            return a is not None and not _owned_by_other(state, a)
+        case Guard.PUBLISHED:
+            return state.outbox == 0
+        case Guard.UNPUBLISHED:
+            return state.outbox != 0
+        case Guard.ACKNOWLEDGED:
+            return state.outbox == 0 and not _acks_owed(state)
+        case Guard.UNACKNOWLEDGED:
+            return state.outbox != 0 or _acks_owed(state)
+        case Guard.GRANT_HELD:
+            return ag is not None and ag.grant == GRANT_LIVE_INCARNATION
+        case Guard.GRANT_LOST:
+            return ag is not None and ag.grant != GRANT_LIVE_INCARNATION
+        case Guard.OWNER_LEASE_LAPSED:
+            return ag is not None and (
+                ag.grant == GRANT_DEAD_INCARNATION
+                or (ag.grant == GRANT_LIVE_INCARNATION and not ag.lease)
+            )
+        case Guard.OWNER_LEASE_LIVE:
+            return ag is not None and ag.grant == GRANT_LIVE_INCARNATION and ag.lease
+        case Guard.HOLDER_LEASE_LAPSED:
+            return ag is not None and not ag.rlease
+        case Guard.HOLDER_LEASE_LIVE:
+            return ag is not None and ag.rlease
+    raise AssertionError(f"unknown guard {guard!r}")  # pragma: no cover
+
+
+# ----------------------------------------------------------------------------------------------
+# effects
+
+
+_new_agent = tuple.__new__
+_new_state = tuple.__new__
+_AGENT_POOL: dict[AgentState, AgentState] = {}
+
+
+def _intern(agent: AgentState) -> AgentState:
+    """Share equal agent tuples between states (millions of states, a few hundred agents)."""
+    if len(_AGENT_POOL) > 200_000:  # interning only saves memory; a fresh pool is as correct
+        _AGENT_POOL.clear()
+    return _AGENT_POOL.setdefault(agent, agent)
+
+
+class _Work:
+    """A mutable copy of a State while a row's effects run."""
+
+    __slots__ = ("agents", "g")
+
+    def __init__(self, state: State) -> None:
+        # fields of mixed types, addressed by the position constants below
+        self.agents: list[list[Any]] = [list(ag) for ag in state.agents]
+        self.g: list[Any] = list(state[1:])
+
+    def freeze(self) -> State:
+        agents = tuple([_intern(_new_agent(AgentState, ag)) for ag in self.agents])
+        return _new_state(State, (agents, *self.g))
+
+
+# field positions
+_ST, _VER, _DATA, _FLOOR, _MISSED, _INBOX, _REQ, _LEASE, _RLEASE, _REG, _ACK, _GRANT = range(12)
+_L2L, _UNSAVED, _OP, _TOLD = 12, 13, 14, 15
+OP_NONE: Final = 0
+OP_READ: Final = 1
+OP_WRITE: Final = 2
+_HOME, _OUTBOX, _DIRTY, _L2, _L2HIGH, _COMMITS, _WRITES, _FAULTS, _DONE, _READMAX, _VIOL = range(11)
+
+
+def _violate(w: _Work, text: str) -> None:
+    if not w.g[_VIOL]:
+        w.g[_VIOL] = text
+
+
+def _check_read(w: _Work, mode: Mode, a: int, version: int) -> None:
+    ag = w.agents[a]
+    if ag[_OP] != OP_READ:
+        _violate(w, "every_operation_answered: a value was returned to no read")
+    ag[_OP] = OP_NONE
+    floor = int(ag[_FLOOR])
+    if version < floor:
+        _violate(
+            w,
+            f"monotonic_reads_and_read_your_writes: a read returned v{version} although the "
+            f"agent had read, written or been told of v{floor}",
+        )
+    ag[_FLOOR] = max(floor, version)
+    if version < ag[_TOLD]:
+        _violate(
+            w,
+            f"reads_respect_invalidations: a read returned v{version} after the invalidation "
+            f"for v{ag[_TOLD]} was delivered",
+        )
+    if mode is Mode.STRICT:
+        if version < w.g[_DONE]:
+            _violate(w, f"linearizable_reads: read v{version} after write v{w.g[_DONE]} completed")
+        if version < w.g[_READMAX]:
+            _violate(w, f"linearizable_reads: read v{version} after a read of v{w.g[_READMAX]}")
+        w.g[_READMAX] = max(w.g[_READMAX], version)
+
+
+def _add_message(ag: list[Any], message: int) -> None:
+    inbox = ag[_INBOX]
+    assert isinstance(inbox, tuple)
+    if message not in inbox:
+        ag[_INBOX] = tuple(sorted((*inbox, message)))
+
+
+def _apply(  # one case per effect, by design
+    effect: Effect, w: _Work, mode: Mode, a: int | None, payload: int
+) -> None:
+    g = w.g
+    ag: list[Any] = w.agents[a] if a is not None else []
+    match effect:
+        case Effect.RETURN_VALUE:
+            assert a is not None
+            _check_read(w, mode, a, int(ag[_VER]))
+        case Effect.RETURN_VALUE_UNCACHED:
+            assert a is not None
+            _check_read(w, mode, a, int(ag[_DATA]))
+            ag[_DATA] = -1
+            ag[_REQ] = Request.NONE
+        case Effect.INSTALL_COPY:
+            ag[_VER] = ag[_DATA]
+            ag[_DATA] = -1
+            ag[_REQ] = Request.NONE
+        case Effect.DROP_COPY:
+            ag[_VER] = -1
+        case Effect.NOTE_INVALIDATION:
+            ag[_FLOOR] = max(int(ag[_FLOOR]), payload)
+        case Effect.ACK_WRITE:
+            if ag[_OP] != OP_WRITE:
+                _violate(w, "every_operation_answered: a write was acknowledged twice")
+            ag[_OP] = OP_NONE
+            ag[_FLOOR] = max(int(ag[_FLOOR]), int(ag[_VER]))
+            ag[_UNSAVED] = ag[_GRANT] == GRANT_LIVE_INCARNATION and bool(g[_DIRTY])
+            ag[_REQ] = Request.NONE
+            if mode is Mode.STRICT:
+                g[_DONE] = max(int(g[_DONE]), int(ag[_VER]))
+        case Effect.START_OWNER_LEASE:
+            ag[_LEASE] = True
+        case Effect.LEASE_LAPSED:
+            ag[_LEASE] = False
+            ag[_RLEASE] = False
+        case Effect.REPORT_FENCED:
+            ag[_UNSAVED] = False
+            ag[_VER] = -1
+            ag[_REQ] = Request.NONE
+            ag[_LEASE] = False
+        case Effect.RESYNC_CONNECTION:
+            ag[_MISSED] = False
+        case Effect.LOSE_VOLATILE_STATE:
+            ag[_VER] = -1
+            ag[_DATA] = -1
+            ag[_FLOOR] = 0
+            ag[_MISSED] = False
+            ag[_INBOX] = ()
+            ag[_REQ] = Request.NONE
+            ag[_LEASE] = False
+            ag[_RLEASE] = False
+            if ag[_GRANT] != NO_GRANT:
+                ag[_GRANT] = GRANT_DEAD_INCARNATION
+            ag[_L2L] = False
+            ag[_UNSAVED] = False
+            ag[_OP] = OP_NONE
+            ag[_TOLD] = 0
+        case Effect.REFETCH:
+            ag[_DATA] = -1
+            ag[_REQ] = Request.FILL
+        case Effect.MARK_DIRTY:
+            g[_DIRTY] = True
+        case Effect.AWAIT_INVALIDATIONS:
+            ag[_REQ] = Request.SETTLE
+        case Effect.AWAIT_OWNER:
+            ag[_REQ] = Request.WAIT_OWNER
+        case Effect.REQUEST_FILL:
+            ag[_DATA] = -1
+            ag[_REQ] = Request.FILL
+        case Effect.REQUEST_COMMIT:
+            ag[_REQ] = Request.COMMIT
+        case Effect.REQUEST_OWNERSHIP:
+            ag[_REQ] = Request.ACQUIRE
+        case Effect.REQUEST_WRITE_BACK:
+            ag[_REQ] = Request.WRITE_BACK
+        case Effect.REQUEST_FLUSH:
+            ag[_REQ] = Request.FLUSH
+        case Effect.SEND_RECALL:
+            for other in w.agents:
+                if other[_GRANT] != NO_GRANT:
+                    _add_message(other, RECALL)
+        case Effect.SEND_ACK:
+            ag[_ACK] = False
+        case Effect.DISCARD_MESSAGE:
+            ag[_INBOX] = tuple(m for m in ag[_INBOX] if m != payload)
+        case Effect.DISCARD_ALL_MESSAGES:
+            ag[_INBOX] = ()
+        case Effect.MARK_MISSED:
+            ag[_MISSED] = True
+        case Effect.DIRECTORY_ADD_HOLDER:
+            ag[_REG] = True
+            if mode is Mode.STRICT:
+                ag[_RLEASE] = True
+        case Effect.DIRECTORY_REMOVE_HOLDER:
+            ag[_REG] = False
+            ag[_RLEASE] = False
+        case Effect.DIRECTORY_EXPIRE_HOLDER:
+            ag[_REG] = False
+            ag[_ACK] = False
+        case Effect.PUBLISH_INVALIDATIONS | Effect.PUBLISH_INVALIDATIONS_AWAIT_ACKS:
+            version = int(g[_OUTBOX])
+            for other in w.agents:
+                if other[_REG]:
+                    _add_message(other, version)
+                    other[_REG] = False
+                    if effect is Effect.PUBLISH_INVALIDATIONS_AWAIT_ACKS:
+                        other[_ACK] = True
+        case Effect.L2_READ:
+            ag[_DATA] = g[_L2]
+            ag[_L2L] = False
+            ag[_REQ] = Request.DATA
+        case Effect.L2_TAKE_LEASE:
+            for other in w.agents:
+                other[_L2L] = False
+            ag[_L2L] = True
+        case Effect.HOME_READ:
+            ag[_DATA] = g[_HOME]
+            ag[_REQ] = Request.DATA
+        case Effect.L2_LEASED_FILL:
+            if ag[_L2L]:
+                _l2_set(w, int(ag[_DATA]))
+                ag[_L2L] = False
+        case Effect.L2_FILL_IF_NEWER:
+            data = int(ag[_DATA])
+            if data > int(g[_L2]):
+                _l2_set(w, data)
+        case Effect.L2_DELETE:
+            g[_L2] = -1
+            for other in w.agents:
+                other[_L2L] = False
+        case Effect.L2_EVICT_COPY:
+            g[_L2] = -1
+        case Effect.L2_ABANDON_LEASE:
+            ag[_L2L] = False
+        case Effect.L2_SET_IF_NEWER:
+            version = int(g[_OUTBOX])
+            if version > int(g[_L2]):
+                _l2_set(w, version)
+        case Effect.HOME_COMMIT_VERSION:
+            _home_new_version(w, ag)
+            if ag[_GRANT] == GRANT_LIVE_INCARNATION:
+                _void_recalls(ag)
+                ag[_GRANT] = NO_GRANT
+                ag[_LEASE] = False
+            g[_DIRTY] = False
+            ag[_UNSAVED] = False
+        case Effect.HOME_RESERVE_AND_GRANT:
+            _home_new_version(w, ag)
+            ag[_GRANT] = GRANT_LIVE_INCARNATION
+            g[_DIRTY] = True
+        case Effect.HOME_STORE_AND_RELEASE:
+            g[_DIRTY] = False
+            _void_recalls(ag)
+            ag[_GRANT] = NO_GRANT
+            ag[_UNSAVED] = False
+            ag[_LEASE] = False
+            ag[_REQ] = Request.NONE
+        case Effect.HOME_STORE_UNFENCED:
+            version = int(ag[_VER])
+            if ag[_GRANT] != GRANT_LIVE_INCARNATION and int(g[_HOME]) > version:
+                _violate(
+                    w,
+                    f"no_acked_write_lost: a late write-back of v{version} overwrote the "
+                    f"home's newer v{g[_HOME]}",
+                )
+            if ag[_GRANT] == GRANT_LIVE_INCARNATION:
+                g[_DIRTY] = False
+                _void_recalls(ag)
+                ag[_GRANT] = NO_GRANT
+            ag[_UNSAVED] = False
+            ag[_VER] = -1
+            ag[_LEASE] = False
+            ag[_REQ] = Request.NONE
+        case Effect.HOME_STORE_KEEP_GRANT:
+            g[_DIRTY] = False
+            ag[_UNSAVED] = False
+            ag[_REQ] = Request.NONE
+        case Effect.HOME_REVOKE_GRANT:
+            _void_recalls(ag)
+            ag[_GRANT] = NO_GRANT
+            g[_DIRTY] = False
+        case Effect.HOME_CLEAR_OUTBOX:
+            g[_OUTBOX] = 0
+        case _:  # pragma: no cover
+            raise AssertionError(f"effect {effect!r} has no meaning in model.py")
+
+
+def _void_recalls(ag: list[Any]) -> None:
+    """A released or revoked grant voids the recalls addressed to it (production tags each
+    recall with the grant's epoch, and a stale one is ignored on arrival)."""
+    ag[_INBOX] = tuple(m for m in ag[_INBOX] if m != RECALL)
+
+
+def _l2_set(w: _Work, version: int) -> None:
+    w.g[_L2] = version
+    w.g[_L2HIGH] = max(int(w.g[_L2HIGH]), version)
+
+
+def _home_new_version(w: _Work, ag: list[Any]) -> None:
+    g = w.g
+    g[_HOME] = int(g[_HOME]) + 1
+    g[_COMMITS] = int(g[_COMMITS]) + 1
+    g[_OUTBOX] = g[_HOME]
+    ag[_VER] = g[_HOME]
+    ag[_REQ] = Request.SETTLE
+
+
+# ----------------------------------------------------------------------------------------------
+# successors
+
+_REQUEST_EVENT: Final[dict[Request, Event]] = {
+    Request.FILL: Event.FILL_FETCH,
+    Request.DATA: Event.FILL_DATA,
+    Request.COMMIT: Event.HOME_COMMIT,
+    Request.ACQUIRE: Event.HOME_ACQUIRE,
+    Request.SETTLE: Event.WRITE_SETTLED,
+    Request.WRITE_BACK: Event.HOME_WRITE_BACK,
+    Request.FLUSH: Event.HOME_FLUSH,
+    Request.WAIT_OWNER: Event.RETRY,
+}
+_FAULT_SET: Final = frozenset(FAULT_EVENTS)
+_OPERATION: Final = {Event.READ: OP_READ, Event.WRITE_L1: OP_WRITE, Event.WRITE_THROUGH: OP_WRITE}
+_USER_EVENTS: Final = (Event.READ, Event.WRITE_L1, Event.WRITE_THROUGH, Event.FLUSH)
+_VERSION_CREATING: Final = frozenset({Effect.REQUEST_COMMIT, Effect.REQUEST_OWNERSHIP})
+_SITE_KEY: Final[dict[Site, ActorState]] = {
+    Site.HOME: ActorState.HOME,
+    Site.REDIS: ActorState.REDIS,
+    Site.BUS: ActorState.BUS,
+}
+
+
+def _offers(defn: ProtocolDefinition, state: State) -> Iterator[tuple[Event, int | None, int]]:
+    """Every (event, subject agent, payload) the environment offers in `state`."""
+    budget = defn.fault_budget
+    faults = defn.faults if budget is None or state.faults < budget else frozenset()
+    for a, ag in enumerate(state.agents):
+        for event in _USER_EVENTS:
+            yield event, a, 0
+        if Event.EVICT in faults:
+            yield Event.EVICT, a, 0
+        for message in ag.inbox:
+            if message == RECALL:
+                yield Event.DELIVER_RECALL, a, RECALL
+            else:
+                yield Event.DELIVER_INVALIDATE, a, message
+            if Event.DROP_MESSAGE in faults:
+                yield Event.DROP_MESSAGE, a, message
+        if ag.inbox and Event.DISCONNECT in faults:
+            yield Event.DISCONNECT, a, 0
+        if ag.req is not Request.NONE:
+            yield _REQUEST_EVENT[ag.req], a, 0
+        if ag.missed:
+            yield Event.RESYNC, a, 0
+        if Event.LEASE_LAPSE in faults:
+            yield Event.LEASE_LAPSE, a, 0
+        if Event.CRASH in faults:
+            yield Event.CRASH, a, 0
+        if ag.grant != NO_GRANT:
+            yield Event.HOME_EXPIRE_OWNER, a, 0
+        if ag.ack_owed:
+            yield Event.HOLDER_EXPIRE, a, 0
+    if state.outbox:
+        yield Event.OUTBOX_RELAY, None, 0
+    if state.l2 >= 0 and Event.L2_EVICT in faults:
+        yield Event.L2_EVICT, None, 0
+
+
+def _label(event: Event, a: int | None, payload: int, detail: str) -> str:
+    who = f"agent{a + 1}" if a is not None else EVENT_SITE[event].value
+    if event in (Event.DELIVER_INVALIDATE, Event.DROP_MESSAGE) and payload != RECALL:
+        what = f"{event.name}(v{payload})"
+    elif event is Event.DROP_MESSAGE:
+        what = f"{event.name}(recall)"
+    else:
+        what = event.name
+    return f"{who} {what}: {detail}"
+
+
+def transitions(defn: ProtocolDefinition, state: State) -> Iterator[Transition]:
+    """Every enabled step of `state` (self-loops included), with its row."""
+    if state.violation:
+        return
+    index = _index(defn)
+    for event, a, payload in _offers(defn, state):
+        site = EVENT_SITE[event]
+        key: RowKey = (
+            state.agents[a].st if site is Site.AGENT and a is not None else _SITE_KEY[site]
+        )
+        entry = index.get((key, event))
+        kind = EVENT_KIND[event]
+        if entry is None:
+            yield _defect(
+                state, event, kind, a, payload, f"unhandled: no row for ({key.name}, {event.name})"
+            )
+            continue
+        matched = [r for r in entry.rules if holds(r.guard, state, a, payload)]
+        refused = [
+            f for f in entry.refusals if f.guard is None or holds(f.guard, state, a, payload)
+        ]
+        if len(matched) > 1:
+            yield _defect(
+                state,
+                event,
+                kind,
+                a,
+                payload,
+                f"nondeterministic: {len(matched)} rows for ({key.name}, {event.name})",
+            )
+            continue
+        if matched and refused:
+            yield _defect(
+                state,
+                event,
+                kind,
+                a,
+                payload,
+                f"overlap: a row and a refusal for ({key.name}, {event.name})",
+            )
+            continue
+        if not matched:
+            if not refused:
+                yield _defect(
+                    state,
+                    event,
+                    kind,
+                    a,
+                    payload,
+                    f"unhandled: no row for ({key.name}, {event.name}) under these guards",
+                )
+            elif any(f.kind is RefusalKind.IMPOSSIBLE for f in refused):
+                yield _defect(
+                    state,
+                    event,
+                    kind,
+                    a,
+                    payload,
+                    f"impossible_reached: ({key.name}, {event.name}): {refused[0].reason}",
+                )
+            continue
+        rule = matched[0]
+        w = _Work(state)
+        if event in _FAULT_SET:
+            w.g[_FAULTS] = state.faults + 1
+        if event is Event.DELIVER_INVALIDATE or event is Event.DELIVER_RECALL:
+            assert a is not None
+            agent = w.agents[a]
+            agent[_INBOX] = tuple(m for m in agent[_INBOX] if m != payload)
+            if event is Event.DELIVER_INVALIDATE:
+                agent[_TOLD] = max(agent[_TOLD], payload)
+        if kind is EventKind.USER and _VERSION_CREATING.intersection(rule.effects):
+            if state.writes >= defn.writes:
+                continue
+            w.g[_WRITES] = state.writes + 1
+        if isinstance(rule.target, L1State) and a is not None and site is Site.AGENT:
+            w.agents[a][_ST] = rule.target
+            if event in _OPERATION:
+                w.agents[a][_OP] = _OPERATION[event]
+        for effect in rule.effects:
+            _apply(effect, w, defn.mode, a, payload)
+        yield Transition(event, kind, a, payload, rule, w.freeze())
+
+
+def _rule_detail(rule: Rule) -> str:
+    moves = (
+        f"{rule.source.name} -> {rule.target.name}"
+        if isinstance(rule.source, L1State)
+        else rule.source.name
+    )
+    guard = "" if rule.guard is Guard.ALWAYS else f" [{rule.guard.value}]"
+    effects = ", ".join(e.value for e in rule.effects)
+    return f"{moves}{guard} {{{effects}}}"
+
+
+def _defect(
+    state: State, event: Event, kind: EventKind, a: int | None, payload: int, text: str
+) -> Transition:
+    return Transition(event, kind, a, payload, None, state._replace(violation=text))
+
+
+def successors(defn: ProtocolDefinition, state: State) -> Iterator[tuple[str, State]]:
+    """(label, next state) for every enabled step that changes the state.
+
+    Labels read as event scripts: "agent2 FILL_FETCH: IS_D -> IS_D [fetch_free] {...}".
+    """
+    for t in transitions(defn, state):
+        if t.target != state:
+            yield t.label, t.target
+
+
+# ----------------------------------------------------------------------------------------------
+# rendering
+
+
+def describe(state: State) -> str:
+    """A compact one-line rendering of a global state for traces."""
+    parts = []
+    for i, ag in enumerate(state.agents, start=1):
+        bits = [ag.st.name]
+        if ag.ver >= 0:
+            bits.append(f"v{ag.ver}")
+        if ag.data >= 0:
+            bits.append(f"data=v{ag.data}")
+        if ag.req is not Request.NONE:
+            bits.append(f"req={ag.req.name.lower()}")
+        if ag.floor:
+            bits.append(f"floor=v{ag.floor}")
+        if ag.missed:
+            bits.append("MISSED")
+        if ag.inbox:
+            msgs = ",".join("recall" if m == RECALL else f"inv(v{m})" for m in ag.inbox)
+            bits.append(f"inbox=[{msgs}]")
+        if ag.registered:
+            bits.append("holder")
+        if ag.ack_owed:
+            bits.append("ack_owed")
+        if ag.grant:
+            bits.append("grant" if ag.grant == GRANT_LIVE_INCARNATION else "grant(dead)")
+        if ag.lease:
+            bits.append("lease")
+        if ag.rlease:
+            bits.append("read_lease")
+        if ag.l2_lease:
+            bits.append("l2_lease")
+        parts.append(f"a{i}:{' '.join(bits)}")
+    home = f"home=v{state.home}" + (" (data at owner)" if state.dirty else "")
+    outbox = f" outbox=v{state.outbox}" if state.outbox else ""
+    l2 = f"L2=v{state.l2}" if state.l2 >= 0 else "L2=empty"
+    viol = f" VIOLATION={state.violation!r}" if state.violation else ""
+    return f"{home}{outbox} {l2} | " + " | ".join(parts) + viol

@@ -1,0 +1,154 @@
+"""The explorer passes the real table in both modes and rejects broken tables with a trace."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from proofs.explore import explore
+from proofs.report import CheckReport
+from sagemem.spec import (
+    REFUSALS,
+    TABLE,
+    Effect,
+    Event,
+    Guard,
+    L1State,
+    Mode,
+    ProtocolDefinition,
+    Refusal,
+    RefusalKind,
+    quick,
+)
+
+# Rows that need more than the quick bounds to fire (a resync of an already invalidated fill
+# needs an invalidation to arrive, then a second message to the same agent to be lost).
+_NEEDS_DEEPER_BOUNDS = {(L1State.IS_D_I, Event.RESYNC)}
+
+
+@pytest.fixture(scope="module")
+def quick_runs() -> tuple[list[CheckReport], set[int]]:
+    """Every quick definition of both modes explored once, with the rows that fired."""
+    fired: set[int] = set()
+    reports = [explore(defn, fired_rows=fired) for mode in Mode for defn in quick(mode)]
+    return reports, fired
+
+
+def test_real_table_passes_every_quick_bound(
+    quick_runs: tuple[list[CheckReport], set[int]],
+) -> None:
+    """Every invariant, quiescence and internal termination hold for the quick bounds."""
+    reports, _ = quick_runs
+    assert {str(r.summary["mode"]) for r in reports} == {"coherent", "strict"}
+    for report in reports:
+        assert report.ok, report.counterexample.render() if report.counterexample else report
+        assert int(report.summary["states"]) > 10_000
+        assert int(report.summary["quiescent_states"]) > 0
+
+
+def test_every_row_fires_within_the_quick_bounds(
+    quick_runs: tuple[list[CheckReport], set[int]],
+) -> None:
+    """No row of the table is dead: each fires in some reachable state of the quick runs."""
+    _, fired = quick_runs
+    dead = {(rule.source, rule.event) for index, rule in enumerate(TABLE) if index not in fired}
+    assert dead == _NEEDS_DEEPER_BOUNDS
+
+
+def test_progress_is_reported_while_exploring() -> None:
+    """The progress callback sees growing state counts and a final call."""
+    calls: list[tuple[int, int, int]] = []
+    report = explore(
+        ProtocolDefinition(mode=Mode.COHERENT, agents=2, writes=1, fault_budget=1),
+        progress=lambda states, edges, depth: calls.append((states, edges, depth)),
+    )
+    assert report.ok
+    assert calls
+    assert calls[-1][0] == report.summary["states"]
+
+
+def test_max_states_truncates_and_does_not_pass() -> None:
+    """A truncated exploration is not a pass, and says why."""
+    report = explore(ProtocolDefinition(mode=Mode.COHERENT, agents=2, writes=1), max_states=50)
+    assert not report.ok
+    assert report.counterexample is None
+    assert "truncated" in str(report.summary["status"])
+
+
+def test_missing_row_is_reported_as_an_unhandled_event_with_a_readable_trace() -> None:
+    """Dropping the Shared read-hit row is found at the first read of a cached copy."""
+    table = tuple(r for r in TABLE if not (r.source is L1State.S and r.event is Event.READ))
+    report = explore(ProtocolDefinition(mode=Mode.COHERENT, table=table, agents=1, writes=0))
+    assert report.counterexample is not None
+    trace = report.counterexample
+    assert trace.property_name == "table_handles_every_event"
+    assert "unhandled" in trace.explanation
+    assert [s.event.split(":")[0] for s in trace.steps] == [
+        "agent1 READ",
+        "agent1 FILL_FETCH",
+        "agent1 FILL_DATA",
+        "agent1 READ",
+    ]
+    text = trace.render()
+    assert text.startswith("violated: table_handles_every_event")
+    assert "a1:S v0" in text
+
+
+def test_copy_kept_after_invalidation_is_reported() -> None:
+    """A Shared copy that survives its invalidation is older than what its agent knows of."""
+    table = tuple(
+        dataclasses.replace(r, target=L1State.S, effects=(Effect.NOTE_INVALIDATION,))
+        if r.source is L1State.S and r.event is Event.DELIVER_INVALIDATE
+        else r
+        for r in TABLE
+    )
+    report = explore(ProtocolDefinition(mode=Mode.COHERENT, table=table, agents=2, writes=1))
+    assert report.counterexample is not None
+    assert report.counterexample.property_name == "fill_respects_invalidations"
+    assert "caches v0 after the invalidation for v1 arrived" in report.counterexample.explanation
+
+
+def test_retry_without_backoff_is_reported_as_an_internal_loop() -> None:
+    """Re-sending a fill at once when the key is owned can spin forever against a dead owner."""
+    table = tuple(
+        dataclasses.replace(r, effects=(Effect.SEND_RECALL, Effect.REQUEST_FILL))
+        if r.event is Event.FILL_FETCH and r.guard is Guard.FETCH_OWNED
+        else r
+        for r in TABLE
+    )
+    report = explore(ProtocolDefinition(mode=Mode.COHERENT, table=table, agents=2, writes=1))
+    assert report.counterexample is not None
+    assert report.counterexample.property_name == "internal_steps_terminate"
+    assert "DELIVER_RECALL" in report.counterexample.steps[-1].event
+
+
+def test_a_request_nobody_answers_is_reported_as_a_deadlock() -> None:
+    """If the home never answers a write-through, the lone writer is stuck."""
+    table = tuple(
+        r
+        for r in TABLE
+        if not (r.event is Event.HOME_COMMIT and r.guard is Guard.NOT_OWNED_BY_OTHER)
+    )
+    refusals = (
+        *REFUSALS,
+        Refusal(
+            L1State.WT_H,
+            Event.HOME_COMMIT,
+            Guard.NOT_OWNED_BY_OTHER,
+            RefusalKind.STALLED,
+            "test: the home never answers",
+        ),
+    )
+    defn = ProtocolDefinition(
+        mode=Mode.COHERENT,
+        table=table,
+        refusals=refusals,
+        agents=1,
+        writes=1,
+        faults=frozenset(),
+    )
+    report = explore(defn)
+    assert report.counterexample is not None
+    assert report.counterexample.property_name == "no_deadlock"
+    assert report.counterexample.steps[-1].event.startswith("agent1 WRITE_THROUGH")

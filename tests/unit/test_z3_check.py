@@ -1,0 +1,186 @@
+"""The Z3 checks: they pass on the real table, agree with the model, and catch broken tables."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+
+from proofs.z3_check import QUICK_DEPTH, bounded_model_check, check_table, compare_with_model
+from sagemem.spec.model import ProtocolDefinition, State, initial_state, transitions
+from sagemem.spec.table import Rule
+from sagemem.spec.vocabulary import ActorState, Effect, Event, Guard, L1State, Mode
+from tests.property.strategies import without_stale_fill_fix
+
+MODES = pytest.mark.parametrize("mode", list(Mode), ids=lambda mode: mode.value)
+
+
+def _three_agents(mode: Mode) -> ProtocolDefinition:
+    """The first quick bound: 3 agents, 1 write, one fault per run (every fault event)."""
+    return ProtocolDefinition(mode=mode, agents=3, writes=1, fault_budget=1)
+
+
+def _small(mode: Mode) -> ProtocolDefinition:
+    """2 agents, 1 write: enough for every race below, and fast."""
+    return ProtocolDefinition(mode=mode, agents=2, writes=1, fault_budget=1)
+
+
+def _replace_rows(
+    defn: ProtocolDefinition, match: dict[str, object], **changes: object
+) -> ProtocolDefinition:
+    """`defn` with every row whose fields equal `match` changed by `changes` (at least one)."""
+
+    def hit(rule: Rule) -> bool:
+        return all(getattr(rule, key) == value for key, value in match.items())
+
+    table = tuple(dataclasses.replace(r, **changes) if hit(r) else r for r in defn.table)  # type: ignore[arg-type]  # field names checked by dataclasses.replace
+    assert table != defn.table, f"no row matches {match}"
+    return dataclasses.replace(defn, table=table)
+
+
+def _drop_effect(
+    defn: ProtocolDefinition, match: dict[str, object], effect: Effect
+) -> ProtocolDefinition:
+    rows = []
+    for rule in defn.table:
+        if all(getattr(rule, key) == value for key, value in match.items()):
+            rule = dataclasses.replace(
+                rule, effects=tuple(e for e in rule.effects if e is not effect)
+            )
+        rows.append(rule)
+    assert tuple(rows) != defn.table, f"no row matches {match} with {effect.name}"
+    return dataclasses.replace(defn, table=tuple(rows))
+
+
+def _sample_states(defn: ProtocolDefinition, count: int, seed: int) -> list[State]:
+    """Reachable states from seeded random walks through the model's interpreter."""
+    rng = random.Random(seed)
+    states: list[State] = []
+    while len(states) < count:
+        state = initial_state(defn)
+        for _ in range(rng.randint(5, 30)):
+            options = [t.target for t in transitions(defn, state)]
+            if not options:
+                break
+            state = rng.choice(options)
+            if state.violation:
+                break
+            states.append(state)
+    return states[:count]
+
+
+@MODES
+def test_table_checks_pass_on_the_real_table(mode: Mode) -> None:
+    """Totality, determinism and type-invariant preservation hold for every row."""
+    report = check_table(_three_agents(mode))
+    assert report.counterexample is None
+    assert report.ok
+
+
+@MODES
+def test_bmc_finds_no_violation_at_the_quick_depth(mode: Mode) -> None:
+    """No execution of 3 agents up to the quick depth breaks an invariant."""
+    report = bounded_model_check(_three_agents(mode), depth=QUICK_DEPTH)
+    assert report.counterexample is None, report.counterexample.render()
+    assert report.summary["depth"] == QUICK_DEPTH
+
+
+@MODES
+def test_encoding_agrees_with_the_model_on_sampled_states(mode: Mode) -> None:
+    """On reachable states, Z3's successors and invariant verdicts equal the interpreter's."""
+    defn = _three_agents(mode)
+    for state in _sample_states(defn, 12, seed=7):
+        assert compare_with_model(defn, state) == []
+
+
+def test_encoding_agreement_check_can_fail() -> None:
+    """The Z3 encoding of a different table disagrees with the model where the tables differ."""
+    defn = _small(Mode.COHERENT)
+    state = initial_state(defn)
+    script = [
+        (Event.WRITE_THROUGH, 1),
+        (Event.READ, 0),
+        (Event.FILL_FETCH, 0),
+        (Event.HOME_COMMIT, 1),
+        (Event.OUTBOX_RELAY, None),
+    ]
+    for event, agent in script:
+        state = next(
+            t.target for t in transitions(defn, state) if t.event is event and t.agent == agent
+        )
+    assert compare_with_model(defn, state) == []
+    problems = compare_with_model(defn, state, encoded=without_stale_fill_fix(defn))
+    assert problems
+    assert any("DELIVER_INVALIDATE" in problem for problem in problems)
+
+
+def test_table_checks_catch_a_weakened_guard() -> None:
+    """Two rows enabled together (a guard weakened to ALWAYS) break determinism."""
+    defn = _replace_rows(
+        _three_agents(Mode.COHERENT),
+        {"source": L1State.IS_D, "event": Event.FILL_DATA, "guard": Guard.DATA_STALE},
+        guard=Guard.ALWAYS,
+    )
+    report = check_table(defn)
+    assert not report.ok
+    assert report.counterexample is not None
+    assert report.counterexample.property_name == "determinism"
+
+
+def test_table_checks_catch_a_dropped_row() -> None:
+    """A (state, event) left without a row or refusal breaks totality."""
+    defn = _three_agents(Mode.COHERENT)
+    table = tuple(r for r in defn.table if not (r.source is L1State.M and r.event is Event.FLUSH))
+    report = check_table(dataclasses.replace(defn, table=table))
+    assert not report.ok
+    assert report.counterexample is not None
+    assert report.counterexample.property_name == "totality"
+    assert "(M, FLUSH)" in report.counterexample.explanation
+
+
+def test_table_checks_catch_a_wrong_target() -> None:
+    """A row into a state whose shape its effects do not produce breaks the type invariant."""
+    defn = _replace_rows(
+        _three_agents(Mode.COHERENT),
+        {"source": L1State.WT_A, "event": Event.WRITE_SETTLED},
+        target=L1State.S,
+    )
+    report = check_table(defn)
+    assert not report.ok
+    assert report.counterexample is not None
+    assert report.counterexample.property_name == "type_invariant_preserved"
+    assert "WT_A --WRITE_SETTLED" in report.counterexample.explanation
+
+
+def test_bmc_catches_the_stale_fill_without_its_fix() -> None:
+    """Without IS_D -> IS_D_I, BMC finds a fill that installs a version nobody invalidates."""
+    report = bounded_model_check(without_stale_fill_fix(_small(Mode.COHERENT)), depth=12)
+    assert not report.ok
+    cex = report.counterexample
+    assert cex is not None
+    assert cex.property_name in ("stale_copies_covered", "fill_respects_invalidations")
+    labels = [step.event for step in cex.steps]
+    assert any("DELIVER_INVALIDATE" in label for label in labels), cex.render()
+    assert all("no such step" not in label for label in labels), cex.render()
+
+
+def test_bmc_catches_a_dropped_l2_delete() -> None:
+    """A relay that no longer deletes L2 (nor voids fill leases) leaves an old L2 copy."""
+    defn = _drop_effect(
+        _small(Mode.COHERENT),
+        {"source": ActorState.HOME, "event": Event.OUTBOX_RELAY},
+        Effect.L2_DELETE,
+    )
+    report = bounded_model_check(defn, depth=12)
+    assert not report.ok
+    cex = report.counterexample
+    assert cex is not None
+    assert cex.property_name == "stale_copies_covered"
+    assert any("OUTBOX_RELAY" in step.event for step in cex.steps), cex.render()
+
+
+def test_bmc_rejects_a_negative_depth() -> None:
+    """A negative depth is a usage error that names the value."""
+    with pytest.raises(ValueError, match="depth=-1"):
+        bounded_model_check(_three_agents(Mode.COHERENT), depth=-1)
