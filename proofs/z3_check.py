@@ -23,7 +23,8 @@ Both return `proofs.report.CheckReport`; neither ever changes the definition it 
 
 Measured on the shared 2-core machine (3 agents, 1 write, 1 fault per run; every fault event):
 `check_table` about 1.5 s per mode; BMC to `QUICK_DEPTH` (6) about 6 s, depth 12 about 45 s,
-`DEEP_DEPTH` (20) about 14 minutes for the coherent mode. Each depth is one fresh bit-blasting
+`DEEP_DEPTH` (20) about 14 minutes for the coherent mode (strict is slower: depth 13 took
+16 minutes with the machine busy). Each depth is one fresh bit-blasting
 SAT query (simplify, bit-blast, sat), which beat Z3's incremental modes here; the cost of a
 depth grows with it, because interleavings of 3 agents and the faults multiply.
 """

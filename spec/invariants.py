@@ -379,14 +379,19 @@ INVARIANTS: Final[tuple[Invariant, ...]] = (
 )
 
 
+_BY_MODE: Final[dict[Mode, tuple[Invariant, ...]]] = {
+    mode: tuple(inv for inv in INVARIANTS if mode in inv.modes) for mode in Mode
+}
+
+
 def invariants_for(mode: Mode) -> tuple[Invariant, ...]:
     """The invariants that apply in `mode`, in checking order."""
-    return tuple(inv for inv in INVARIANTS if mode in inv.modes)
+    return _BY_MODE[mode]
 
 
 def first_violation(defn: ProtocolDefinition, state: State) -> tuple[str, str] | None:
     """(invariant name, explanation) of the first invariant `state` breaks, or None."""
-    for inv in invariants_for(defn.mode):
+    for inv in _BY_MODE[defn.mode]:
         text = inv.check(defn, state)
         if text is not None:
             return inv.name, text

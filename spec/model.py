@@ -245,7 +245,11 @@ def initial_state(defn: ProtocolDefinition) -> State:
 
 def canonical(state: State) -> State:
     """Symmetry reduction: agents are interchangeable (no field names another agent)."""
-    return state._replace(agents=tuple(sorted(state.agents)))
+    agents = state[0]
+    ordered = tuple(sorted(agents))
+    if ordered == agents:
+        return state
+    return tuple.__new__(State, (ordered, *state[1:]))
 
 
 class Transition(NamedTuple):
