@@ -40,6 +40,9 @@ def _run_check(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sagemem` console script; returns the process exit status."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["check"]:  # `sagemem check` owns all of its arguments, --help included
+        return _run_check(arguments[1:])
     parser = argparse.ArgumentParser(
         prog="sagemem", description="sagemem: coherent tiered memory for LLM agents"
     )
@@ -52,13 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check", help="model-check the coherence protocol table (see `sagemem check --help`)"
     )
     check.add_argument("check_args", nargs=argparse.REMAINDER)
-    args, rest = parser.parse_known_args(argv)
+    args = parser.parse_args(arguments)
     if args.command == "services":
         from sagemem.services import run_services_command
 
         return run_services_command(args.action)
-    if args.command == "check":
-        return _run_check([*args.check_args, *rest])
     parser.error(f"unknown command {args.command!r}")
 
 
