@@ -34,11 +34,11 @@ PROTOCOL_SETTINGS = settings(
 )
 
 # The bug-finding demonstration must not depend on luck or on the example database: a fixed
-# seed (derandomize) and no database; scripts long enough for the 6-step race, short enough
-# to shrink fast.
+# seed (derandomize) and no database; scripts long enough for the 7-step race, short enough
+# to shrink fast; the example budget is generous because the search stops at the first failure.
 MUTANT_SETTINGS = settings(
-    max_examples=200,
-    stateful_step_count=12,
+    max_examples=2000,
+    stateful_step_count=16,
     deadline=None,
     derandomize=True,
     database=None,
