@@ -50,8 +50,10 @@ async def run() -> int:
 
         _say("\nper-tier statistics:")
         for tier in h.statistics().tiers:
-            median = "-" if tier.read_latency_us_median is None else (
-                f"{tier.read_latency_us_median:.1f} us"
+            median = (
+                "-"
+                if tier.read_latency_us_median is None
+                else (f"{tier.read_latency_us_median:.1f} us")
             )
             _say(
                 f"  {tier.name}: hits={tier.hits} misses={tier.misses} writes={tier.writes} "
