@@ -15,12 +15,15 @@ tables. `generate_mutants` derives every single-row mutant of a definition's tab
 ordered from cheap to expensive, and stops at the first checker that rejects the mutant (it is
 killed): the explorer at 2 agents, 1 write, 1 fault (a fraction of a second); the Z3 one-step
 table checks (totality, determinism, type invariant; about 1.5 s); the explorer on every quick
-definition of the mode; and last row coverage: a row that fires at the quick bounds on the
-original table no longer fires on the mutant (the mutation cut off part of the protocol, which
-no safety property can see). A truncated or inconclusive run never counts as a kill. A mutant
-no checker kills survives; each survivor is either equivalent to the real table for every
-property the checkers state (the list with reasons is in docs/coherence-protocol.md) or a gap
-in the checks.
+definition of the mode; the explorer at 2 agents, 3 writes and no fault (a third write exposes
+copies that a second write left unregistered, which the quick bounds cannot); the explorer at
+2 agents, 1 write and 2 faults (the smallest bound where a fill already invalidated meets a
+detected message loss, so that the (IS_D_I, RESYNC) rows fire); and last row coverage: a row
+that fires at the quick bounds on the original table no longer fires on the mutant (the
+mutation cut off part of the protocol, which no safety property can see). A truncated or
+inconclusive run never counts as a kill. A mutant no checker kills survives; each survivor is
+either equivalent to the real table for every property the checkers state (the list with
+reasons is in docs/coherence-protocol.md) or a gap in the checks.
 
 This module never edits the table: mutants are new tuples passed as `ProtocolDefinition.table`.
 """
@@ -204,6 +207,8 @@ def default_checkers() -> tuple[CheckerSpec, ...]:
         CheckerSpec(CheckerKind.EXPLORE, agents=2, writes=1, fault_budget=1),
         CheckerSpec(CheckerKind.TABLE),
         CheckerSpec(CheckerKind.QUICK),
+        CheckerSpec(CheckerKind.EXPLORE, agents=2, writes=3, fault_budget=0),
+        CheckerSpec(CheckerKind.EXPLORE, agents=2, writes=1, fault_budget=2),
         CheckerSpec(CheckerKind.COVERAGE),
     )
 
