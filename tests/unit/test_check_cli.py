@@ -80,7 +80,10 @@ def test_bad_options_are_usage_errors(argv: list[str]) -> None:
     assert raised.value.code == 2
 
 
-def test_deep_selects_the_deep_bounds_and_depth_20() -> None:
-    """--deep raises the bounded model checking depth to at least 20."""
-    assert parse_options(["--deep"]).depth >= 20
-    assert parse_options([]).depth < parse_options(["--deep"]).depth
+def test_deep_selects_depth_20_in_coherent_mode_and_deeper_checks_in_both() -> None:
+    """--deep checks coherent mode to depth 20 and both modes deeper than the quick check."""
+    deep, quick = parse_options(["--deep"]), parse_options([])
+    assert deep.depth(Mode.COHERENT) >= 20
+    for mode in Mode:
+        assert quick.depth(mode) < deep.depth(mode)
+    assert parse_options(["--deep", "--bmc-depth", "7"]).depth(Mode.STRICT) == 7
