@@ -13,7 +13,7 @@ import asyncio
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import asyncpg
@@ -120,3 +120,13 @@ def pg_schema(postgres_dsn: str) -> Iterator[str]:
         executor.submit(asyncio.run, _drop_schema(postgres_dsn, schema)).result(
             timeout=_DROP_TIMEOUT_S * 2
         )
+
+
+@pytest.fixture
+async def raw_postgres(postgres_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain asyncpg connection to the session's server, to look behind a tier's back."""
+    connection = await asyncpg.connect(postgres_dsn, timeout=10)
+    try:
+        yield connection
+    finally:
+        await connection.close(timeout=10)

@@ -49,16 +49,6 @@ async def dram(postgres_dsn: str, namespace: str, pg_schema: str) -> AsyncIterat
         yield tier
 
 
-@pytest.fixture
-async def raw_postgres(postgres_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    """A plain asyncpg connection to the same server, to look behind the tier's back."""
-    connection = await asyncpg.connect(postgres_dsn, timeout=10)
-    try:
-        yield connection
-    finally:
-        await connection.close(timeout=10)
-
-
 async def _store_corpus(tier: DRAMTier) -> None:
     for key, value in CORPUS.items():
         await tier.set(key, value)

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from sagemem.errors import (
     ClosedResourceError,
@@ -22,7 +21,7 @@ from sagemem.errors import (
 from sagemem.tiers.base import Tier, TierEntry
 from sagemem.tiers.l3 import ConnectionPool, L3Tier, LeaseExpired
 from sagemem.values import JSONValue
-from tests.json_samples import TRICKY_VALUES, assert_same_json
+from tests.json_samples import TRICKY_VALUES, assert_same_json, json_values
 
 
 @pytest.fixture
@@ -30,16 +29,6 @@ async def l3(postgres_dsn: str, namespace: str, pg_schema: str) -> AsyncIterator
     """A connected L3 on a fresh schema and namespace, closed after the test."""
     async with L3Tier(postgres_dsn, namespace=namespace, schema=pg_schema) as tier:
         yield tier
-
-
-@pytest.fixture
-async def raw_postgres(postgres_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    """A plain asyncpg connection to the same server, to look behind the tier's back."""
-    connection = await asyncpg.connect(postgres_dsn, timeout=10)
-    try:
-        yield connection
-    finally:
-        await connection.close(timeout=10)
 
 
 async def _rows(connection: asyncpg.Connection, schema: str) -> list[tuple[object, ...]]:
@@ -68,25 +57,11 @@ async def test_tricky_values_read_back_equal_with_the_same_types(
     assert_same_json(value, entry.value)
 
 
-_text = st.text(
-    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=12
-)
-_json_values: st.SearchStrategy[JSONValue] = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**80), max_value=2**80)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | _text,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(_text, children, max_size=4),
-    max_leaves=12,
-)
-
-
 # The tier fixture is shared by all examples on purpose: each example writes the same key.
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(value=_json_values)
+@given(value=json_values)
 async def test_any_json_value_reads_back_equal_with_the_same_types(
     l3: L3Tier, value: JSONValue
 ) -> None:
