@@ -10,8 +10,9 @@ Property checked, for the given `ProtocolDefinition` (table, mode and bounds):
 - no deadlock: every reachable state that is not quiescent has a successor;
 - from every reachable state a quiescent coherent state (`is_quiescent`) is reachable using
   only protocol steps and timers (no new user operation, no further fault);
-- protocol-internal steps alone cannot loop forever (the internal-step graph is acyclic,
-  self-loops, which change nothing, excluded).
+- protocol-internal steps alone cannot loop forever: the internal-step graph is acyclic and
+  no internal step leaves the state unchanged (such a step stays enabled and can repeat
+  forever; self-loops of user, timer and fault events are ignored).
 
 Bound: the definition's agent count, version-creating writes and fault budget; reads,
 evictions and message deliveries are unbounded within those. States are canonicalised by
@@ -113,6 +114,22 @@ def explore(  # one BFS with its bookkeeping, kept in one place
                 fired_rows.add(row_index[id(step.rule)])
             target = canonical(step.target)
             if target == state:
+                if step.kind is EventKind.INTERNAL:
+                    # An internal step that changes nothing stays enabled, so it can repeat
+                    # forever: a livelock (the real table has none; a mutant dropping the
+                    # effect that makes progress, e.g. a refetch's HOME_READ, has one).
+                    return finish(
+                        False,
+                        _counterexample(
+                            defn,
+                            states,
+                            parent,
+                            sid,
+                            "internal_steps_terminate",
+                            f"the internal step '{step.label}' leaves the state unchanged and "
+                            "stays enabled, so it can repeat forever",
+                        ),
+                    )
                 continue
             moved = True
             tid = ids.get(target)

@@ -120,7 +120,8 @@ def test_retry_without_backoff_is_reported_as_an_internal_loop() -> None:
     report = explore(ProtocolDefinition(mode=Mode.COHERENT, table=table, agents=2, writes=1))
     assert report.counterexample is not None
     assert report.counterexample.property_name == "internal_steps_terminate"
-    assert "DELIVER_RECALL" in report.counterexample.steps[-1].event
+    # The immediate re-send is a FILL_FETCH that changes nothing while the owner is away.
+    assert "FILL_FETCH" in report.counterexample.explanation
 
 
 def test_a_request_nobody_answers_is_reported_as_a_deadlock() -> None:
@@ -152,3 +153,28 @@ def test_a_request_nobody_answers_is_reported_as_a_deadlock() -> None:
     assert report.counterexample is not None
     assert report.counterexample.property_name == "no_deadlock"
     assert report.counterexample.steps[-1].event.startswith("agent1 WRITE_THROUGH")
+
+
+def test_an_internal_step_that_changes_nothing_is_reported_as_a_livelock() -> None:
+    """Dropping the refetch's HOME_READ makes a stale fill repeat FILL_DATA forever: caught."""
+    stale_refetch = next(
+        rule
+        for rule in TABLE
+        if rule.source is L1State.IS_D
+        and rule.event is Event.FILL_DATA
+        and rule.guard is Guard.DATA_STALE
+    )
+    table = tuple(
+        dataclasses.replace(
+            rule, effects=tuple(e for e in rule.effects if e is not Effect.HOME_READ)
+        )
+        if rule is stale_refetch
+        else rule
+        for rule in TABLE
+    )
+    defn = ProtocolDefinition(mode=Mode.COHERENT, table=table, agents=2, writes=2, fault_budget=0)
+    report = explore(defn)
+    assert not report.ok
+    assert report.counterexample is not None
+    assert report.counterexample.property_name == "internal_steps_terminate"
+    assert "FILL_DATA" in report.counterexample.explanation
