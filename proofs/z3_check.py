@@ -39,7 +39,6 @@ import z3
 
 from proofs.report import CheckReport, Counterexample, TraceStep
 from proofs.z3_encoding import (
-    SITE_KEY,
     VIOLATION_NONE,
     Encoding,
     Step,
@@ -47,7 +46,14 @@ from proofs.z3_encoding import (
     violation_category,
 )
 from sagemem.spec.invariants import first_violation, invariants_for
-from sagemem.spec.model import ProtocolDefinition, State, describe, initial_state, transitions
+from sagemem.spec.model import (
+    SITE_KEY,
+    ProtocolDefinition,
+    State,
+    describe,
+    initial_state,
+    transitions,
+)
 from sagemem.spec.table import RefusalKind, RowKey, Rule
 from sagemem.spec.vocabulary import EVENT_SITE, Event, L1State, Site
 

@@ -29,15 +29,20 @@ from sagemem.spec.invariants import (  # the shape tables are data shared with t
     _REQUESTS_BY_STATE,
     invariants_for,
 )
-from sagemem.spec.model import FAULT_EVENTS as FAULT_EVENT_LIST
 from sagemem.spec.model import (
+    FAULT_EVENT_SET,
     GRANT_DEAD_INCARNATION,
     GRANT_LIVE_INCARNATION,
     NO_GRANT,
     OP_NONE,
     OP_READ,
     OP_WRITE,
+    OPERATION,
     RECALL,
+    REQUEST_EVENT,
+    SITE_KEY,
+    USER_OFFERED,
+    VERSION_CREATING,
     AgentState,
     ProtocolDefinition,
     Request,
@@ -48,7 +53,6 @@ from sagemem.spec.table import Refusal, RefusalKind, RowKey, Rule
 from sagemem.spec.vocabulary import (
     EVENT_KIND,
     EVENT_SITE,
-    ActorState,
     Effect,
     Event,
     EventKind,
@@ -107,27 +111,6 @@ def violation_category(text: str) -> str:
             return VIOLATION_CODES[code]
     return "other:" + text
 
-
-# Mirrors of the interpreter's dispatch data (model.py); the cross-check test guards them.
-REQUEST_EVENT: Final[dict[Request, Event]] = {
-    Request.FILL: Event.FILL_FETCH,
-    Request.DATA: Event.FILL_DATA,
-    Request.COMMIT: Event.HOME_COMMIT,
-    Request.ACQUIRE: Event.HOME_ACQUIRE,
-    Request.SETTLE: Event.WRITE_SETTLED,
-    Request.WRITE_BACK: Event.HOME_WRITE_BACK,
-    Request.FLUSH: Event.HOME_FLUSH,
-    Request.WAIT_OWNER: Event.RETRY,
-}
-FAULT_EVENT_SET: Final = frozenset(FAULT_EVENT_LIST)
-OPERATION: Final = {Event.READ: OP_READ, Event.WRITE_L1: OP_WRITE, Event.WRITE_THROUGH: OP_WRITE}
-USER_OFFERED: Final = (Event.READ, Event.WRITE_L1, Event.WRITE_THROUGH, Event.FLUSH)
-VERSION_CREATING: Final = frozenset({Effect.REQUEST_COMMIT, Effect.REQUEST_OWNERSHIP})
-SITE_KEY: Final[dict[Site, ActorState]] = {
-    Site.HOME: ActorState.HOME,
-    Site.REDIS: ActorState.REDIS,
-    Site.BUS: ActorState.BUS,
-}
 
 # The invariants' shape data, shared with invariants.py (data, not meaning: one copy).
 REQUESTS_BY_STATE: Final = _REQUESTS_BY_STATE

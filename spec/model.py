@@ -37,11 +37,17 @@ from .vocabulary import (
 __all__ = [
     "ALL_FAULTS",
     "DEEP_BOUNDS",
+    "FAULT_EVENT_SET",
+    "OPERATION",
     "OP_NONE",
     "OP_READ",
     "OP_WRITE",
     "QUICK_BOUNDS",
     "RECALL",
+    "REQUEST_EVENT",
+    "SITE_KEY",
+    "USER_OFFERED",
+    "VERSION_CREATING",
     "AgentState",
     "Bounds",
     "ProtocolDefinition",
@@ -686,7 +692,8 @@ def _home_new_version(w: _Work, ag: list[Any]) -> None:
 # ----------------------------------------------------------------------------------------------
 # successors
 
-_REQUEST_EVENT: Final[dict[Request, Event]] = {
+# Dispatch data of the interpreter, public so the Z3 encoding reads the same objects.
+REQUEST_EVENT: Final[dict[Request, Event]] = {
     Request.FILL: Event.FILL_FETCH,
     Request.DATA: Event.FILL_DATA,
     Request.COMMIT: Event.HOME_COMMIT,
@@ -696,11 +703,11 @@ _REQUEST_EVENT: Final[dict[Request, Event]] = {
     Request.FLUSH: Event.HOME_FLUSH,
     Request.WAIT_OWNER: Event.RETRY,
 }
-_FAULT_SET: Final = frozenset(FAULT_EVENTS)
-_OPERATION: Final = {Event.READ: OP_READ, Event.WRITE_L1: OP_WRITE, Event.WRITE_THROUGH: OP_WRITE}
-_USER_EVENTS: Final = (Event.READ, Event.WRITE_L1, Event.WRITE_THROUGH, Event.FLUSH)
-_VERSION_CREATING: Final = frozenset({Effect.REQUEST_COMMIT, Effect.REQUEST_OWNERSHIP})
-_SITE_KEY: Final[dict[Site, ActorState]] = {
+FAULT_EVENT_SET: Final = frozenset(FAULT_EVENTS)
+OPERATION: Final = {Event.READ: OP_READ, Event.WRITE_L1: OP_WRITE, Event.WRITE_THROUGH: OP_WRITE}
+USER_OFFERED: Final = (Event.READ, Event.WRITE_L1, Event.WRITE_THROUGH, Event.FLUSH)
+VERSION_CREATING: Final = frozenset({Effect.REQUEST_COMMIT, Effect.REQUEST_OWNERSHIP})
+SITE_KEY: Final[dict[Site, ActorState]] = {
     Site.HOME: ActorState.HOME,
     Site.REDIS: ActorState.REDIS,
     Site.BUS: ActorState.BUS,
@@ -712,7 +719,7 @@ def _offers(defn: ProtocolDefinition, state: State) -> Iterator[tuple[Event, int
     budget = defn.fault_budget
     faults = defn.faults if budget is None or state.faults < budget else frozenset()
     for a, ag in enumerate(state.agents):
-        for event in _USER_EVENTS:
+        for event in USER_OFFERED:
             yield event, a, 0
         if Event.EVICT in faults:
             yield Event.EVICT, a, 0
@@ -726,7 +733,7 @@ def _offers(defn: ProtocolDefinition, state: State) -> Iterator[tuple[Event, int
         if ag.inbox and Event.DISCONNECT in faults:
             yield Event.DISCONNECT, a, 0
         if ag.req is not Request.NONE:
-            yield _REQUEST_EVENT[ag.req], a, 0
+            yield REQUEST_EVENT[ag.req], a, 0
         if ag.missed:
             yield Event.RESYNC, a, 0
         if Event.LEASE_LAPSE in faults:
@@ -761,9 +768,7 @@ def transitions(defn: ProtocolDefinition, state: State) -> Iterator[Transition]:
     index = _index(defn)
     for event, a, payload in _offers(defn, state):
         site = EVENT_SITE[event]
-        key: RowKey = (
-            state.agents[a].st if site is Site.AGENT and a is not None else _SITE_KEY[site]
-        )
+        key: RowKey = state.agents[a].st if site is Site.AGENT and a is not None else SITE_KEY[site]
         entry = index.get((key, event))
         kind = EVENT_KIND[event]
         if entry is None:
@@ -817,7 +822,7 @@ def transitions(defn: ProtocolDefinition, state: State) -> Iterator[Transition]:
             continue
         rule = matched[0]
         w = _Work(state)
-        if event in _FAULT_SET:
+        if event in FAULT_EVENT_SET:
             w.g[_FAULTS] = state.faults + 1
         if event is Event.DELIVER_INVALIDATE or event is Event.DELIVER_RECALL:
             assert a is not None
@@ -825,14 +830,14 @@ def transitions(defn: ProtocolDefinition, state: State) -> Iterator[Transition]:
             agent[_INBOX] = tuple(m for m in agent[_INBOX] if m != payload)
             if event is Event.DELIVER_INVALIDATE:
                 agent[_TOLD] = max(agent[_TOLD], payload)
-        if kind is EventKind.USER and _VERSION_CREATING.intersection(rule.effects):
+        if kind is EventKind.USER and VERSION_CREATING.intersection(rule.effects):
             if state.writes >= defn.writes:
                 continue
             w.g[_WRITES] = state.writes + 1
         if isinstance(rule.target, L1State) and a is not None and site is Site.AGENT:
             w.agents[a][_ST] = rule.target
-            if event in _OPERATION:
-                w.agents[a][_OP] = _OPERATION[event]
+            if event in OPERATION:
+                w.agents[a][_OP] = OPERATION[event]
         for effect in rule.effects:
             _apply(effect, w, defn.mode, a, payload)
         yield Transition(event, kind, a, payload, rule, w.freeze())

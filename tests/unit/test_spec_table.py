@@ -25,6 +25,7 @@ from sagemem.spec import (
     lookup,
     quick,
 )
+from sagemem.spec.model import SITE_KEY
 from sagemem.spec.table import GUARD_PARTITIONS, RowKey, candidates
 from sagemem.spec.vocabulary import (
     EFFECT_MEANING,
@@ -37,7 +38,6 @@ from sagemem.spec.vocabulary import (
 )
 
 SPEC_DIR = Path(__file__).resolve().parents[2] / "spec"
-_SITE_KEY = {Site.HOME: ActorState.HOME, Site.REDIS: ActorState.REDIS, Site.BUS: ActorState.BUS}
 
 
 def _pairs() -> list[tuple[RowKey, Event]]:
@@ -47,7 +47,7 @@ def _pairs() -> list[tuple[RowKey, Event]]:
         if site is Site.AGENT:
             pairs += [(state, event) for state in L1State]
         else:
-            pairs.append((_SITE_KEY[site], event))
+            pairs.append((SITE_KEY[site], event))
     return pairs
 
 
