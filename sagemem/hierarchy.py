@@ -15,9 +15,9 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
+from sagemem._lifecycle import AsyncResource
 from sagemem.errors import ClosedResourceError, ConfigurationError
 from sagemem.tiers.base import Tier, TierEntry, TierStatistics
 from sagemem.values import JSONValue, check_key, encode_value
@@ -53,7 +53,7 @@ class _TierCounters:
         self.latencies_ns: deque[int] = deque(maxlen=_LATENCY_SAMPLES_MAX)
 
 
-class MemoryHierarchy:
+class MemoryHierarchy(AsyncResource):
     """An ordered list of tiers, fastest first, read through and promoted on hit.
 
     The tiers are borrowed unless `owns_tiers=True`: `aclose()` closes only tiers it owns
@@ -97,18 +97,6 @@ class MemoryHierarchy:
                 errors.append(error)
         if errors:
             raise errors[0]
-
-    async def __aenter__(self) -> Self:
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def _check_open(self) -> None:
         if self._closed:

@@ -45,6 +45,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from sagemem._driver_errors import tier_unavailable
+from sagemem._lifecycle import AsyncResource
 from sagemem.coherence.messages import (
     BusEvent,
     BusHandler,
@@ -267,7 +268,7 @@ class Subscription:
         await self.aclose()
 
 
-class CoherenceBus:
+class CoherenceBus(AsyncResource):
     """Redis pub/sub transport of invalidations and recalls, addressed to agent ids.
 
     `url=None` takes `SAGEMEM_REDIS_URL`, else the embedded server, when `connect()` runs. The
@@ -480,18 +481,6 @@ class CoherenceBus:
         except (*_DRIVER_ERRORS, RuntimeError):
             with contextlib.suppress(*_DRIVER_ERRORS, RuntimeError):
                 await publish_pool.disconnect(inuse_connections=True)
-
-    async def __aenter__(self) -> Self:
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def _require_connected(self) -> aioredis.Redis:
         if self._client is None or self._task is None:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import marshal
 from collections import OrderedDict
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
+from sagemem._lifecycle import AsyncResource
 from sagemem.errors import ConfigurationError
 from sagemem.tiers.base import TierEntry
 from sagemem.values import VALUE_SIZE_MAX_BYTES, JSONValue, check_key, encode_value
@@ -54,7 +54,7 @@ class L1Statistics:
     evictions: int
 
 
-class L1Tier:
+class L1Tier(AsyncResource):
     """An in-process LRU of at most `capacity` entries (and `size_max_bytes` bytes, if given).
 
     It holds no external resource: `connect()` and `aclose()` exist so it fits the `Tier`
@@ -96,18 +96,6 @@ class L1Tier:
         """Drop every entry (idempotent)."""
         self._entries.clear()
         self._size_bytes = 0
-
-    async def __aenter__(self) -> Self:
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def read(self, key: str) -> TierEntry | None:
         """Return the cached entry for `key` (marking it most recently used), or None."""

@@ -16,8 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -25,6 +24,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 
 from sagemem._driver_errors import not_connected, tier_unavailable
+from sagemem._lifecycle import AsyncResource
 from sagemem.errors import ConfigurationError, InvalidValueError, TierUnavailable
 from sagemem.tiers.base import TierEntry
 from sagemem.values import (
@@ -60,7 +60,7 @@ def _check_positive_seconds(name: str, value: object, *, allow_none: bool) -> fl
     return float(value)  # type: ignore[arg-type]  # int or float by the check above
 
 
-class L2Tier:
+class L2Tier(AsyncResource):
     """A Redis-backed tier: one namespace of a Redis server, optionally with a TTL per entry.
 
     `url=None` takes `SAGEMEM_REDIS_URL`, else the embedded server (started or reused by
@@ -188,18 +188,6 @@ class L2Tier:
         except (*_DRIVER_ERRORS, RuntimeError):
             with contextlib.suppress(*_DRIVER_ERRORS, RuntimeError):
                 await pool.disconnect(inuse_connections=True)
-
-    async def __aenter__(self) -> Self:
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # -- the Tier interface ---------------------------------------------------------------
 

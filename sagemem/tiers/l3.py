@@ -32,11 +32,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from types import TracebackType
-from typing import ClassVar, Final, Self
+from typing import ClassVar, Final
 
 import asyncpg
 
 from sagemem._driver_errors import not_connected, tier_unavailable
+from sagemem._lifecycle import AsyncResource
 from sagemem.errors import ConfigurationError, InvalidValueError, VersionConflict
 from sagemem.tiers.base import TierEntry
 from sagemem.values import (
@@ -387,7 +388,7 @@ def _build_statements(table: str, extras: tuple[str, ...]) -> _Statements:
     )
 
 
-class VersionedRowTier:
+class VersionedRowTier(AsyncResource):
     """Versioned rows of JSON values in one Postgres table, shared by L3 and the semantic tier.
 
     Subclasses name the table and may add columns (`_extra_columns`) whose values they compute
@@ -559,18 +560,6 @@ class VersionedRowTier:
             self._pool = None
             if pool is not None:
                 await pool.close(self._command_timeout_s)
-
-    async def __aenter__(self) -> Self:
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # -- reads ----------------------------------------------------------------------------
 
