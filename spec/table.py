@@ -374,8 +374,11 @@ def _server_rows() -> tuple[Rule, ...]:
             Event.FILL_DATA,
             Guard.DATA_STALE,
             IS_D,
-            (X.L2_ABANDON_LEASE, X.HOME_READ),
-            note="never install a version older than one this agent knows of: read the home",
+            (X.L2_ABANDON_LEASE, X.REFETCH),
+            note=(
+                "never install a version older than one this agent knows of: fetch again "
+                "(through FILL_FETCH, which asks whether an owner holds newer data)"
+            ),
         ),
         Rule(
             IS_D_I,
@@ -391,9 +394,9 @@ def _server_rows() -> tuple[Rule, ...]:
             Event.FILL_DATA,
             Guard.DATA_OLDER,
             IS_D_I,
-            (X.L2_ABANDON_LEASE, X.HOME_READ),
+            (X.L2_ABANDON_LEASE, X.REFETCH),
             _COHERENT,
-            note="older than a version this agent knows of: read the home instead",
+            note="older than a version this agent knows of: fetch again (owner check included)",
         ),
         Rule(
             IS_D_I,

@@ -320,6 +320,22 @@ class RedisDirectory:
             )
         raise DirectoryUnavailable(f"fill script of key {key!r} replied an unknown kind {kind!r}")
 
+    async def add_holder(self, key: str, agent_id: str) -> bool:
+        """DIRECTORY_ADD_HOLDER alone (a recalled owner keeps a Shared copy): register
+        `agent_id` for `holder_ttl_s`; False if the holder set was full (do not keep a copy)."""
+        agent = check_agent_id(agent_id)
+        reply = await self._run(
+            "add holder",
+            key,
+            self._scripts.add_holder(
+                keys=[self.holders_key(key)], args=[agent, self._holder_ttl_ms, self._holders_max]
+            ),
+        )
+        if int(reply):
+            return True
+        self._registrations_refused += 1
+        return False
+
     async def leased_fill(
         self, key: str, agent_id: str, token: str, version: int, value: JSONValue
     ) -> bool:

@@ -41,6 +41,7 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 __all__ = [
+    "ADD_HOLDER_SCRIPT",
     "EXPIRE_HOLDER_SCRIPT",
     "EXPIRE_LAPSED_SCRIPT",
     "FILL_L2_HIT",
@@ -190,6 +191,23 @@ return sent
 
 # KEYS[1] holders, KEYS[2] owed acks. ARGV[1] agent.
 # Reply 1 if a lapsed owed ack or lapsed registration of the agent was dropped, else 0.
+# DIRECTORY_ADD_HOLDER on its own (a recalled owner keeps a Shared copy: it must be a holder).
+# KEYS[1] holders; ARGV[1] agent, ARGV[2] holder ttl ms, ARGV[3] holders max. Reply 1 if
+# registered, 0 if the set was full of live holders.
+ADD_HOLDER_SCRIPT: Final = (
+    _PRELUDE
+    + """
+local now = now_ms()
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms(now))
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], ms(now + tonumber(ARGV[2])), ARGV[1])
+  expire_at_newest(KEYS[1])
+  return 1
+end
+return 0
+"""
+)
+
 EXPIRE_HOLDER_SCRIPT: Final = (
     _PRELUDE
     + """
@@ -235,6 +253,7 @@ class DirectoryScripts:
     """The directory's scripts registered on one client (EVALSHA, SCRIPT LOAD on NOSCRIPT)."""
 
     fill: AsyncScript
+    add_holder: AsyncScript
     leased_fill: AsyncScript
     invalidate: AsyncScript
     expire_holder: AsyncScript
@@ -246,6 +265,7 @@ def register_directory_scripts(client: aioredis.Redis) -> DirectoryScripts:
     """Wrap every directory script for `client`; no command is sent until a script is called."""
     return DirectoryScripts(
         fill=client.register_script(FILL_SCRIPT),
+        add_holder=client.register_script(ADD_HOLDER_SCRIPT),
         leased_fill=client.register_script(LEASED_FILL_SCRIPT),
         invalidate=client.register_script(INVALIDATE_SCRIPT),
         expire_holder=client.register_script(EXPIRE_HOLDER_SCRIPT),

@@ -698,6 +698,19 @@ class VersionedRowTier(AsyncResource):
                 self.name, operation, error, hint=POSTGRES_HINT, key=key
             ) from error
 
+    async def _fetch(
+        self, operation: str, key: str | None, sql: str, *args: object
+    ) -> list[asyncpg.Record]:
+        pool = self._connected()
+        try:
+            async with pool.lease() as connection:
+                rows: list[asyncpg.Record] = await connection.fetch(sql, *args)
+                return rows
+        except POSTGRES_DRIVER_ERRORS as error:
+            raise tier_unavailable(
+                self.name, operation, error, hint=POSTGRES_HINT, key=key
+            ) from error
+
     async def _execute(self, operation: str, key: str | None, sql: str, *args: object) -> None:
         pool = self._connected()
         try:
@@ -725,3 +738,16 @@ class L3Tier(VersionedRowTier):
 
     name: str = "L3"
     _table: ClassVar[str] = "l3_entries"
+
+    def _ddl(self) -> list[str]:
+        # The coherence protocol's home columns (sagemem.coherence.home): who owns the key
+        # (agent and incarnation), until when (server clock), and the committed version whose
+        # invalidations are still to be published (the transactional outbox).
+        return [
+            *super()._ddl(),
+            f"ALTER TABLE {self.table} ADD COLUMN IF NOT EXISTS owner text, "
+            "ADD COLUMN IF NOT EXISTS owner_deadline timestamptz, "
+            "ADD COLUMN IF NOT EXISTS outbox bigint",
+            f"CREATE INDEX IF NOT EXISTS {self._table}_outbox ON {self.table} (namespace) "
+            "WHERE outbox IS NOT NULL",
+        ]

@@ -42,7 +42,7 @@ def test_mutated_table_exits_1_with_a_counterexample_trace(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Without the stale-fill fix the run fails and prints the event sequence and states."""
-    status = main(["--mode", "strict", *SMALL], table=_stale_fill_table())
+    status = main(["--mode", "coherent", *SMALL], table=_stale_fill_table())
     assert status == 1
     out = capsys.readouterr().out
     assert "violated:" in out

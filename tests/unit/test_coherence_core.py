@@ -134,9 +134,9 @@ def test_fill_racing_an_invalidation_returns_the_data_uncached() -> None:
     assert (entry.version, entry.value, entry.data) == (NO_VERSION, None, NO_VERSION)
 
 
-def test_fill_older_than_a_known_version_reads_the_home_again() -> None:
-    """Fill data older than the floor is never used: the core asks for a home read and takes
-    the answer as the next FILL_DATA's payload."""
+def test_fill_older_than_a_known_version_fetches_again() -> None:
+    """Fill data older than the floor is never used: the core runs the fill script again (which
+    asks the home whether an owner holds newer data) and installs only the fresh answer."""
     core = AgentCore()
     core.handle(KEY, Event.DELIVER_INVALIDATE, Payload(version=5))  # floor 5, still I
     core.handle(KEY, Event.READ)
@@ -144,11 +144,14 @@ def test_fill_older_than_a_known_version_reads_the_home_again() -> None:
     stale = core.handle(KEY, Event.FILL_DATA)
     assert stale.target is L1State.IS_D
     assert stale.guard is Guard.DATA_STALE
-    assert effects(stale) == [Effect.L2_ABANDON_LEASE, Effect.HOME_READ]
-    assert core.snapshot(KEY).data_pending
+    assert effects(stale) == [Effect.L2_ABANDON_LEASE, Effect.REFETCH]
+    assert core.snapshot(KEY).request is Request.FILL
     with pytest.raises(ProtocolError, match="no fill data"):
         core.handle(KEY, Event.FILL_DATA)
-    fresh = core.handle(KEY, Event.FILL_DATA, Payload(version=5, value="v5"))
+    core.handle(
+        KEY, Event.FILL_FETCH, Payload(branch=Guard.FETCH_FREE, version=5, value="v5", fill_lease="t")
+    )
+    fresh = core.handle(KEY, Event.FILL_DATA)
     assert fresh.target is L1State.S
     assert fresh.actions[-1] == Action(Effect.RETURN_VALUE, version=5, value="v5")
 

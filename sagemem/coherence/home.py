@@ -1,0 +1,240 @@
+"""`HomeStore`: the Postgres half of the coherence protocol, on the L3 table.
+
+Each method is ONE SQL statement and performs exactly the HOME_* effects of `sagemem.spec` it
+names, with the meaning `spec/model.py` gives them; the statement's answer is the branch (the
+server guard) the agent's core is fed. No transition is decided here.
+
+The home of a key is its L3 row (`L3Tier`'s table), which carries three more columns:
+
+- `owner`: the grant of an L1 writer, `<agent id>/<incarnation>`, so a restarted agent (a new
+  incarnation) is never mistaken for the owner it replaced; NULL when nobody owns the key;
+- `owner_deadline`: the end of the owner's lease on the server's clock (renewed by the owner);
+- `outbox`: the committed (or reserved) version whose invalidations are still to be published.
+
+The grant's epoch is the version it reserved: while an agent owns a key the row's version is
+that epoch (nobody else can move it), so a write-back fenced by `(owner, version)` is refused
+after the grant was revoked, even if the same agent was granted the key again meanwhile.
+
+While a key is owned, the row holds the reserved version but the value last written back (a
+tombstone if none): read owned keys through the protocol (a fill recalls the owner), not with
+`L3Tier.read`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, cast
+
+from sagemem.spec.vocabulary import Guard
+from sagemem.tiers.l3 import L3Tier, jsonb_text
+from sagemem.values import JSONValue, check_key, decode_value, encode_value
+
+__all__ = ["ABSENT", "CommitAnswer", "HomeRead", "HomeStore", "owner_token"]
+
+
+class _Absent:
+    """The value of a key that does not exist (never stored, or deleted)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+# Cached, returned and compared by identity, never serialised: the core treats values as opaque.
+ABSENT: Final = cast(JSONValue, _Absent())
+
+
+def owner_token(agent_id: str, incarnation: str) -> str:
+    """The `owner` column's value for an agent's incarnation."""
+    return f"{agent_id}/{incarnation}"
+
+
+def owner_agent(token: str) -> str:
+    """The agent id of an `owner` column value."""
+    return token.rsplit("/", 1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class HomeRead:
+    """What the home holds for a key: version (0 if never written) and value (or ABSENT), who
+    owns it (None, or an owner token) and whether that owner's lease lapsed on the server's
+    clock, and the outbox version still to be published (None if none)."""
+
+    version: int
+    value: JSONValue
+    owner: str | None
+    owner_lapsed: bool
+    outbox: int | None
+
+    def owned_by_other(self, me: str) -> bool:
+        """Guard OWNED_BY_OTHER / FETCH_OWNED for the owner token `me`."""
+        return self.owner is not None and self.owner != me
+
+
+@dataclass(frozen=True, slots=True)
+class CommitAnswer:
+    """The answer of a commit or ownership request: the branch, the version committed or
+    reserved (None when refused), and the current owner when refused."""
+
+    branch: Guard
+    version: int | None
+    owner: str | None = None
+    owner_lapsed: bool = False
+
+
+class HomeStore:
+    """The home statements over `l3`'s table (borrowed: the caller connects and closes it)."""
+
+    def __init__(self, l3: L3Tier) -> None:
+        self.l3: Final = l3
+        self.namespace: Final = l3.namespace
+        t = l3.table
+        where = "t.namespace = $1 AND t.key = $2"
+        lease = "clock_timestamp() + $4::bigint * interval '1 millisecond'"
+        self._read: Final = (
+            f"SELECT value::text, version, deleted, owner, "
+            f"coalesce(owner_deadline < clock_timestamp(), false), outbox FROM {t} AS t "
+            f"WHERE {where}"
+        )
+        # HOME_COMMIT_VERSION: version + 1, the value, release this agent's grant, outbox it.
+        # $3 value JSON text (NULL: a delete), $4 this agent's owner token.
+        self._commit: Final = (
+            f"INSERT INTO {t} AS t (namespace, key, value, version, deleted, updated_at, outbox) "
+            "VALUES ($1, $2, $3::text::jsonb, 1, $3::text IS NULL, now(), 1) "
+            "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, "
+            "version = t.version + 1, deleted = excluded.deleted, updated_at = now(), "
+            "owner = NULL, owner_deadline = NULL, outbox = t.version + 1 "
+            "WHERE t.owner IS NULL OR t.owner = $4::text RETURNING t.version"
+        )
+        # HOME_RESERVE_AND_GRANT: version + 1 held at the owner ($3), lease $4 ms, outbox it.
+        self._acquire: Final = (
+            f"INSERT INTO {t} AS t (namespace, key, value, version, deleted, updated_at, "
+            "owner, owner_deadline, outbox) "
+            f"VALUES ($1, $2, NULL, 1, true, now(), $3, {lease}, 1) "
+            "ON CONFLICT (namespace, key) DO UPDATE SET version = t.version + 1, "
+            f"owner = $3, owner_deadline = {lease}, outbox = t.version + 1, updated_at = now() "
+            "WHERE t.owner IS NULL OR t.owner = $3 RETURNING t.version"
+        )
+        # HOME_STORE_AND_RELEASE / HOME_STORE_KEEP_GRANT, fenced by (owner $3, epoch $4).
+        fenced = f"WHERE {where} AND t.owner = $3 AND t.version = $4"
+        self._write_back: Final = (
+            f"UPDATE {t} AS t SET value = $5::text::jsonb, deleted = false, updated_at = now(), "
+            f"owner = NULL, owner_deadline = NULL {fenced} RETURNING t.version"
+        )
+        self._flush: Final = (
+            f"UPDATE {t} AS t SET value = $5::text::jsonb, deleted = false, updated_at = now(), "
+            "owner_deadline = greatest(t.owner_deadline, clock_timestamp() + "
+            f"$6::bigint * interval '1 millisecond') {fenced} RETURNING t.version"
+        )
+        self._renew: Final = (
+            f"UPDATE {t} AS t SET owner_deadline = clock_timestamp() + "
+            "$4::bigint * interval '1 millisecond' "
+            "WHERE t.namespace = $1 AND t.key = ANY($2::text[]) AND t.owner = $3 RETURNING t.key"
+        )
+        # HOME_REVOKE_GRANT (guard OWNER_LEASE_LAPSED on the server's clock).
+        self._revoke: Final = (
+            f"UPDATE {t} AS t SET owner = NULL, owner_deadline = NULL WHERE {where} "
+            "AND t.owner = $3 AND t.owner_deadline < clock_timestamp() RETURNING t.version"
+        )
+        self._outbox: Final = f"SELECT outbox FROM {t} AS t WHERE {where}"
+        # HOME_CLEAR_OUTBOX for the version relayed (a newer commit's entry stays).
+        self._clear_outbox: Final = (
+            f"UPDATE {t} AS t SET outbox = NULL WHERE {where} AND t.outbox <= $3 "
+            "RETURNING t.version"
+        )
+        self._stale_outboxes: Final = (
+            f"SELECT key, outbox FROM {t} AS t WHERE t.namespace = $1 AND t.outbox IS NOT NULL "
+            "AND t.updated_at < now() - $2::bigint * interval '1 millisecond' LIMIT 256"
+        )
+        self._lapsed_owners: Final = (
+            f"SELECT key, owner FROM {t} AS t WHERE t.namespace = $1 AND t.owner IS NOT NULL "
+            "AND t.owner_deadline < clock_timestamp() LIMIT 256"
+        )
+
+    def _value_text(self, value: JSONValue) -> str:
+        return jsonb_text(value, encode_value(value, size_max_bytes=self.l3.value_size_max_bytes))
+
+    async def read(self, key: str) -> HomeRead:
+        """HOME_READ (and the ownership and outbox facts the fill's branch depends on)."""
+        row = await self.l3._fetchrow("home read", key, self._read, self.namespace, key)
+        if row is None:
+            return HomeRead(0, ABSENT, None, False, None)
+        value = ABSENT if row[2] else decode_value(row[0])
+        outbox = None if row[5] is None else int(row[5])
+        return HomeRead(int(row[1]), value, row[3], bool(row[4]), outbox)
+
+    async def commit(self, key: str, value: JSONValue, me: str) -> CommitAnswer:
+        """HOME_COMMIT: commit `value` (ABSENT: a delete) unless another agent owns the key."""
+        check_key(key)
+        text = None if value is ABSENT else self._value_text(value)
+        row = await self.l3._fetchrow(
+            "home commit", key, self._commit, self.namespace, key, text, me
+        )
+        if row is not None:
+            return CommitAnswer(Guard.NOT_OWNED_BY_OTHER, int(row[0]))
+        current = await self.read(key)
+        return CommitAnswer(Guard.OWNED_BY_OTHER, None, current.owner, current.owner_lapsed)
+
+    async def acquire(self, key: str, me: str, lease_ms: int) -> CommitAnswer:
+        """HOME_ACQUIRE: reserve the next version and grant it to `me` unless owned by another."""
+        check_key(key)
+        row = await self.l3._fetchrow(
+            "home acquire", key, self._acquire, self.namespace, key, me, lease_ms
+        )
+        if row is not None:
+            return CommitAnswer(Guard.NOT_OWNED_BY_OTHER, int(row[0]))
+        current = await self.read(key)
+        return CommitAnswer(Guard.OWNED_BY_OTHER, None, current.owner, current.owner_lapsed)
+
+    async def write_back(
+        self, key: str, me: str, epoch: int, value: JSONValue, *, keep_ms: int | None = None
+    ) -> Guard:
+        """HOME_WRITE_BACK (release) or, with `keep_ms`, HOME_FLUSH (keep the grant, lease at
+        least `keep_ms` more): GRANT_HELD if stored, GRANT_LOST if the grant was revoked."""
+        text = self._value_text(value)
+        if keep_ms is None:
+            row = await self.l3._fetchrow(
+                "home write-back", key, self._write_back, self.namespace, key, me, epoch, text
+            )
+        else:
+            row = await self.l3._fetchrow(
+                "home flush", key, self._flush, self.namespace, key, me, epoch, text, keep_ms
+            )
+        return Guard.GRANT_LOST if row is None else Guard.GRANT_HELD
+
+    async def renew(self, keys: list[str], me: str, lease_ms: int) -> set[str]:
+        """Extend `me`'s lease on `keys`; return the keys it still owns."""
+        rows = await self.l3._fetch(
+            "home renew", None, self._renew, self.namespace, keys, me, lease_ms
+        )
+        return {str(row[0]) for row in rows}
+
+    async def revoke(self, key: str, owner: str) -> bool:
+        """HOME_EXPIRE_OWNER: drop `owner`'s grant if its lease lapsed; True if revoked."""
+        row = await self.l3._fetchrow("home revoke", key, self._revoke, self.namespace, key, owner)
+        return row is not None
+
+    async def outbox(self, key: str) -> int | None:
+        """The version whose invalidations are still to be published (None: outbox empty)."""
+        row = await self.l3._fetchrow("home outbox", key, self._outbox, self.namespace, key)
+        return None if row is None or row[0] is None else int(row[0])
+
+    async def clear_outbox(self, key: str, version: int) -> bool:
+        """HOME_CLEAR_OUTBOX after `version` was relayed (a newer entry is kept)."""
+        row = await self.l3._fetchrow(
+            "home clear outbox", key, self._clear_outbox, self.namespace, key, version
+        )
+        return row is not None
+
+    async def stale_outboxes(self, older_than_ms: int) -> list[tuple[str, int]]:
+        """Outbox entries not relayed for `older_than_ms` (their writer may have died)."""
+        rows = await self.l3._fetch(
+            "home outbox sweep", None, self._stale_outboxes, self.namespace, older_than_ms
+        )
+        return [(str(row[0]), int(row[1])) for row in rows]
+
+    async def lapsed_owners(self) -> list[tuple[str, str]]:
+        """(key, owner) of grants whose lease lapsed on the server's clock."""
+        rows = await self.l3._fetch("home owner sweep", None, self._lapsed_owners, self.namespace)
+        return [(str(row[0]), str(row[1])) for row in rows]
