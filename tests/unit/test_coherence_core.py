@@ -149,7 +149,9 @@ def test_fill_older_than_a_known_version_fetches_again() -> None:
     with pytest.raises(ProtocolError, match="no fill data"):
         core.handle(KEY, Event.FILL_DATA)
     core.handle(
-        KEY, Event.FILL_FETCH, Payload(branch=Guard.FETCH_FREE, version=5, value="v5", fill_lease="t")
+        KEY,
+        Event.FILL_FETCH,
+        Payload(branch=Guard.FETCH_FREE, version=5, value="v5", fill_lease="t"),
     )
     fresh = core.handle(KEY, Event.FILL_DATA)
     assert fresh.target is L1State.S
