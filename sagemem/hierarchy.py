@@ -4,8 +4,15 @@ The hierarchy validates keys and values once, before any tier is touched, so bad
 nothing anywhere. A write at tier i stores the value there and removes the key from the faster
 tiers 0..i-1 (they would otherwise serve the older copy); the next read falls through to tier i
 and promotes the new value. Promotion copies the entry with its home version, so a cached copy
-always says which version it is. For several agents sharing tiers, coherent L1s keep every
-agent's copies fresh (see `sagemem.tiers.l1_coherent`); this module adds no coherence itself.
+always says which version it is.
+
+With a `CoherentL1Tier` as tier 0 (several agents sharing L2 and L3), the hierarchy hands the
+shared tiers to the protocol: the L1 uses the hierarchy's L3 as its home, a read is the L1's
+coherent read (its fill consults L2 with a fill lease, then the home; a promotion is a fill and
+never invalidates anyone), a write at tier 0 takes ownership, a write at the L2 or L3 index is
+a write-through (the home commits a new version, then every copy, L2's included, is
+invalidated), and `delete` commits a deletion the same way. Tiers after the home (the semantic
+tier) are consulted only when the home has no value, and written directly.
 """
 
 from __future__ import annotations
@@ -15,11 +22,14 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from sagemem._lifecycle import AsyncResource
 from sagemem.errors import ClosedResourceError, ConfigurationError
 from sagemem.tiers.base import Tier, TierEntry, TierStatistics
+
+if TYPE_CHECKING:
+    from sagemem.tiers.l1_coherent import CoherentL1Tier
 from sagemem.values import JSONValue, check_key, encode_value
 
 __all__ = ["HierarchyStatistics", "MemoryHierarchy"]
@@ -71,16 +81,72 @@ class MemoryHierarchy(AsyncResource):
                     "Tier interface (read/write/fill/delete/exists/clear/connect/aclose)"
                 )
         self.tiers: Final[tuple[Tier, ...]] = tuple(tiers)
+        self._coherent: CoherentL1Tier | None = None
+        self._home_index = -1
+        self._l2_index = -1
+        if type(tiers[0]).__module__ == "sagemem.tiers.l1_coherent":
+            self._bind_coherent_l1()
         self._owns_tiers = owns_tiers
         self._closed = False
         self._counters = tuple(_TierCounters() for _ in self.tiers)
         self._reads = 0
         self._misses = 0
 
+    def _bind_coherent_l1(self) -> None:
+        """Give the coherent L1 the hierarchy's L3 as its home; check the namespaces agree."""
+        from sagemem.tiers.l1_coherent import CoherentL1Tier
+        from sagemem.tiers.l2 import L2Tier
+        from sagemem.tiers.l3 import L3Tier
+
+        l1 = self.tiers[0]
+        assert isinstance(l1, CoherentL1Tier)
+        for index, tier in enumerate(self.tiers):
+            if index and isinstance(tier, CoherentL1Tier):
+                raise ConfigurationError(
+                    f"tiers[{index}] is a CoherentL1Tier: only tier 0 may be one"
+                )
+            if isinstance(tier, L3Tier):
+                if self._home_index >= 0:
+                    raise ConfigurationError(
+                        "a hierarchy with a CoherentL1Tier needs exactly one L3Tier (the home); "
+                        f"tiers[{self._home_index}] and tiers[{index}] are both L3Tiers"
+                    )
+                self._home_index = index
+            elif isinstance(tier, L2Tier):
+                self._l2_index = index
+        if self._home_index < 0:
+            raise ConfigurationError(
+                "a hierarchy with a CoherentL1Tier needs an L3Tier: the home where versions "
+                "are committed (e.g. tiers=[coherent_l1, l2, l3])"
+            )
+        if 0 <= self._l2_index > self._home_index:
+            raise ConfigurationError("the L2Tier must come before the L3Tier")
+        namespace = l1.bus.namespace
+        for index in (self._l2_index, self._home_index):
+            if index >= 0:
+                tier_namespace = getattr(self.tiers[index], "namespace", namespace)
+                if tier_namespace != namespace:
+                    raise ConfigurationError(
+                        f"tiers[{index}] ({self.tiers[index].name}) has namespace "
+                        f"{tier_namespace!r} but the coherence bus has {namespace!r}: the "
+                        "protocol needs one namespace for the bus, L2 and L3"
+                    )
+        home = self.tiers[self._home_index]
+        assert isinstance(home, L3Tier)
+        l1.attach_home(home)
+        self._coherent = l1
+
+    @property
+    def coherent_l1(self) -> CoherentL1Tier | None:
+        """Tier 0 if it is a `CoherentL1Tier`, else None."""
+        return self._coherent
+
     async def connect(self) -> None:
-        """Connect every tier."""
-        for tier in self.tiers:
+        """Connect every tier (a coherent L1 last, once its home is connected)."""
+        for tier in self.tiers[1:] if self._coherent is not None else self.tiers:
             await tier.connect()
+        if self._coherent is not None:
+            await self._coherent.start()
 
     async def aclose(self) -> None:
         """Close the tiers this hierarchy owns (idempotent); borrowed tiers stay open."""
@@ -115,6 +181,8 @@ class MemoryHierarchy(AsyncResource):
         self._check_open()
         check_key(key)
         self._reads += 1
+        if self._coherent is not None:
+            return await self._coherent_read(self._coherent, key)
         for index, tier in enumerate(self.tiers):
             counters = self._counters[index]
             started_ns = time.perf_counter_ns()
@@ -129,6 +197,31 @@ class MemoryHierarchy(AsyncResource):
             return entry
         self._misses += 1
         return None
+
+    async def _coherent_read(self, l1: CoherentL1Tier, key: str) -> TierEntry | None:
+        started_ns = time.perf_counter_ns()
+        entry, source = await l1.read_from(key)
+        elapsed_ns = time.perf_counter_ns() - started_ns
+        found = {0: 0, 1: self._l2_index, 2: self._home_index}[source]
+        if found < 0:
+            found = self._home_index
+        if entry is None:
+            found = self._home_index + 1
+            for index in range(self._home_index + 1, len(self.tiers)):
+                entry = await self.tiers[index].read(key)
+                if entry is not None:
+                    found = index
+                    break
+        for index in range(min(found + 1, len(self.tiers))):
+            counters = self._counters[index]
+            if index == found:
+                counters.hits += 1
+                counters.latencies_ns.append(elapsed_ns)
+            elif index == 0 or index in (self._l2_index, self._home_index):
+                counters.misses += 1
+        if entry is None:
+            self._misses += 1
+        return entry
 
     async def get(self, key: str, default: JSONValue = None) -> JSONValue:
         """The value of `key` from the fastest tier holding it, or `default` if no tier has it.
@@ -148,6 +241,17 @@ class MemoryHierarchy(AsyncResource):
         check_key(key)
         index = self._check_tier_index(tier_index)
         encode_value(value)
+        l1 = self._coherent
+        if l1 is not None:
+            if index == 0:
+                version = await l1.set(key, value)
+            elif index <= self._home_index:
+                version = await l1.write_through(key, value)
+            else:  # past the home: stored there, the protocol deletes the faster copies
+                version = await self.tiers[index].write(key, value)
+                await l1.delete(key)
+            self._counters[index].writes += 1
+            return version
         version = await self.tiers[index].write(key, value)
         self._counters[index].writes += 1
         for faster in self.tiers[:index]:
@@ -159,6 +263,10 @@ class MemoryHierarchy(AsyncResource):
         self._check_open()
         check_key(key)
         removed = False
+        if self._coherent is not None:
+            for tier in self.tiers[self._home_index + 1 :]:
+                removed = await tier.delete(key) or removed
+            return await self._coherent.delete(key) or removed
         for tier in reversed(self.tiers):
             removed = await tier.delete(key) or removed
         return removed
@@ -167,14 +275,30 @@ class MemoryHierarchy(AsyncResource):
         """Whether any tier holds `key` (does not promote)."""
         self._check_open()
         check_key(key)
+        if self._coherent is not None:
+            return await self.read(key) is not None
         for tier in self.tiers:
             if await tier.exists(key):
                 return True
         return False
 
     async def clear(self) -> None:
-        """Clear every tier (each tier clears only its own namespace)."""
+        """Clear every tier (each tier clears only its own namespace).
+
+        With a coherent L1, every live key of the home is deleted through the protocol (so
+        every agent's copy is invalidated), then the tiers past the home are cleared.
+        """
         self._check_open()
+        if self._coherent is not None:
+            from sagemem.tiers.l3 import L3Tier
+
+            home = self.tiers[self._home_index]
+            assert isinstance(home, L3Tier)
+            for key in await home.live_keys():
+                await self._coherent.delete(key)
+            for tier in self.tiers[self._home_index + 1 :]:
+                await tier.clear()
+            return
         for tier in self.tiers:
             await tier.clear()
 

@@ -490,6 +490,17 @@ class CoherenceBus(AsyncResource):
             )
         return self._client
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The bus's publishing client, for the namespace's `RedisDirectory` to borrow (it is
+        closed by the bus's `aclose()`). Raises `ClosedResourceError` when not connected."""
+        return self._require_connected()
+
+    @property
+    def connected(self) -> bool:
+        """True between `connect()` and `aclose()`."""
+        return self._client is not None and self._task is not None
+
     def statistics(self) -> BusStatistics:
         """A snapshot of the bus's counters."""
         return BusStatistics(

@@ -33,7 +33,7 @@ that is not a row of the table.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum, IntEnum, unique
 from typing import Final
@@ -394,6 +394,13 @@ class AgentCore:
     def keys(self) -> tuple[str, ...]:
         """Every key the core holds an entry for."""
         return tuple(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        """The keys the core holds an entry for (a snapshot: handling events meanwhile is safe)."""
+        return iter(tuple(self._entries))
 
     def load(self, key: str, entry: EntryCore) -> None:
         """Install a copy of `entry` as the entry of `key` (restore a snapshot; the conformance

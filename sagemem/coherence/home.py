@@ -81,6 +81,8 @@ class CommitAnswer:
     version: int | None
     owner: str | None = None
     owner_lapsed: bool = False
+    owner_epoch: int | None = None
+    existed: bool = False  # a commit: the key held a live value before it
 
 
 class HomeStore:
@@ -100,12 +102,14 @@ class HomeStore:
         # HOME_COMMIT_VERSION: version + 1, the value, release this agent's grant, outbox it.
         # $3 value JSON text (NULL: a delete), $4 this agent's owner token.
         self._commit: Final = (
+            f"WITH prev AS (SELECT NOT deleted AS live FROM {t} AS t WHERE {where}) "
             f"INSERT INTO {t} AS t (namespace, key, value, version, deleted, updated_at, outbox) "
             "VALUES ($1, $2, $3::text::jsonb, 1, $3::text IS NULL, now(), 1) "
             "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, "
             "version = t.version + 1, deleted = excluded.deleted, updated_at = now(), "
             "owner = NULL, owner_deadline = NULL, outbox = t.version + 1 "
-            "WHERE t.owner IS NULL OR t.owner = $4::text RETURNING t.version"
+            "WHERE t.owner IS NULL OR t.owner = $4::text "
+            "RETURNING t.version, coalesce((SELECT live FROM prev), false)"
         )
         # HOME_RESERVE_AND_GRANT: version + 1 held at the owner ($3), lease $4 ms, outbox it.
         self._acquire: Final = (
@@ -172,9 +176,18 @@ class HomeStore:
             "home commit", key, self._commit, self.namespace, key, text, me
         )
         if row is not None:
-            return CommitAnswer(Guard.NOT_OWNED_BY_OTHER, int(row[0]))
+            return CommitAnswer(Guard.NOT_OWNED_BY_OTHER, int(row[0]), existed=bool(row[1]))
+        return await self._refused(key)
+
+    async def _refused(self, key: str) -> CommitAnswer:
         current = await self.read(key)
-        return CommitAnswer(Guard.OWNED_BY_OTHER, None, current.owner, current.owner_lapsed)
+        return CommitAnswer(
+            Guard.OWNED_BY_OTHER,
+            None,
+            current.owner,
+            current.owner_lapsed,
+            owner_epoch=current.version if current.owner is not None else None,
+        )
 
     async def acquire(self, key: str, me: str, lease_ms: int) -> CommitAnswer:
         """HOME_ACQUIRE: reserve the next version and grant it to `me` unless owned by another."""
@@ -184,8 +197,7 @@ class HomeStore:
         )
         if row is not None:
             return CommitAnswer(Guard.NOT_OWNED_BY_OTHER, int(row[0]))
-        current = await self.read(key)
-        return CommitAnswer(Guard.OWNED_BY_OTHER, None, current.owner, current.owner_lapsed)
+        return await self._refused(key)
 
     async def write_back(
         self, key: str, me: str, epoch: int, value: JSONValue, *, keep_ms: int | None = None

@@ -751,3 +751,14 @@ class L3Tier(VersionedRowTier):
             f"CREATE INDEX IF NOT EXISTS {self._table}_outbox ON {self.table} (namespace) "
             "WHERE outbox IS NOT NULL",
         ]
+
+    async def live_keys(self) -> list[str]:
+        """Every key of this namespace with a live value or an owner (sorted)."""
+        rows = await self._fetch(
+            "live keys",
+            None,
+            f"SELECT key FROM {self.table} WHERE namespace = $1 "
+            "AND (NOT deleted OR owner IS NOT NULL) ORDER BY key",
+            self.namespace,
+        )
+        return [str(row[0]) for row in rows]
