@@ -39,6 +39,7 @@ from sagemem.spec.model import (
     OP_WRITE,
     OPERATION,
     RECALL,
+    REQUEST_ALTERNATIVE,
     REQUEST_EVENT,
     SITE_KEY,
     USER_OFFERED,
@@ -535,6 +536,17 @@ class Encoding:
             case Effect.LEASE_LAPSED:
                 ag["lease"] = z3.BoolVal(False)
                 ag["rlease"] = z3.BoolVal(False)
+            case Effect.REPORT_CONFLICT:
+                g["violation"] = z3.If(
+                    z3.And(
+                        g["violation"] == self.code("viol", VIOLATION_NONE),
+                        ag["op"] != self.v(OP_WRITE),
+                    ),
+                    self.code("viol", VIOLATION_UNANSWERED),
+                    g["violation"],
+                )
+                ag["op"] = self.v(OP_NONE)
+                ag["req"] = req("req", Request.NONE)
             case Effect.REPORT_FENCED:
                 ag["unsaved"] = z3.BoolVal(False)
                 ag["ver"] = self.v(-1)
@@ -720,6 +732,8 @@ class Encoding:
             if Event.DISCONNECT in faults:
                 yield Event.DISCONNECT, a, 0, z3.And(fault_ok, z3.Or(*box))
             for request, event in REQUEST_EVENT.items():
+                yield event, a, 0, self._req_is(ag, request)
+            for request, event in REQUEST_ALTERNATIVE.items():
                 yield event, a, 0, self._req_is(ag, request)
             yield Event.RESYNC, a, 0, ag["missed"]
             if Event.LEASE_LAPSE in faults:

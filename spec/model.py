@@ -44,6 +44,7 @@ __all__ = [
     "OP_WRITE",
     "QUICK_BOUNDS",
     "RECALL",
+    "REQUEST_ALTERNATIVE",
     "REQUEST_EVENT",
     "SITE_KEY",
     "USER_OFFERED",
@@ -517,6 +518,11 @@ def _apply(  # one case per effect, by design
         case Effect.LEASE_LAPSED:
             ag[_LEASE] = False
             ag[_RLEASE] = False
+        case Effect.REPORT_CONFLICT:
+            if ag[_OP] != OP_WRITE:
+                _violate(w, "every_operation_answered: a conflict answered no write")
+            ag[_OP] = OP_NONE
+            ag[_REQ] = Request.NONE
         case Effect.REPORT_FENCED:
             ag[_UNSAVED] = False
             ag[_VER] = -1
@@ -693,6 +699,9 @@ def _home_new_version(w: _Work, ag: list[Any]) -> None:
 # successors
 
 # Dispatch data of the interpreter, public so the Z3 encoding reads the same objects.
+# Events that may also answer a request: a write-through's commit may be refused as a
+# conflict (the model does not track the caller's expected version, so it offers both).
+REQUEST_ALTERNATIVE: Final[dict[Request, Event]] = {Request.COMMIT: Event.HOME_CONFLICT}
 REQUEST_EVENT: Final[dict[Request, Event]] = {
     Request.FILL: Event.FILL_FETCH,
     Request.DATA: Event.FILL_DATA,
@@ -734,6 +743,9 @@ def _offers(defn: ProtocolDefinition, state: State) -> Iterator[tuple[Event, int
             yield Event.DISCONNECT, a, 0
         if ag.req is not Request.NONE:
             yield REQUEST_EVENT[ag.req], a, 0
+            alternative = REQUEST_ALTERNATIVE.get(ag.req)
+            if alternative is not None:
+                yield alternative, a, 0
         if ag.missed:
             yield Event.RESYNC, a, 0
         if Event.LEASE_LAPSE in faults:

@@ -424,6 +424,14 @@ def _server_rows() -> tuple[Rule, ...]:
             note="the home commits first (outbox in the same transaction)",
         ),
         Rule(
+            WT_H,
+            Event.HOME_CONFLICT,
+            Guard.GRANT_LOST,
+            I,
+            (X.REPORT_CONFLICT,),
+            note="a compare-and-swap whose expected version is stale: nothing committed",
+        ),
+        Rule(
             IM_H,
             Event.HOME_ACQUIRE,
             Guard.OWNED_BY_OTHER,
@@ -736,6 +744,14 @@ REFUSALS: Final[tuple[Refusal, ...]] = (
         RefusalKind.STALLED,
         "the recall waits until the flush is answered",
     ),
+    Refusal(
+        WT_H,
+        Event.HOME_CONFLICT,
+        Guard.GRANT_HELD,
+        RefusalKind.NOT_APPLICABLE,
+        "an owner compares versions itself (its copy is the only one that can change): the home "
+        "never refuses its commit",
+    ),
     *(
         Refusal(s, ev, None, RefusalKind.IMPOSSIBLE, "no such request is outstanding in this state")
         for s in L1State
@@ -746,6 +762,7 @@ REFUSALS: Final[tuple[Refusal, ...]] = (
         Refusal(s, ev, None, RefusalKind.IMPOSSIBLE, "no such request is outstanding in this state")
         for s, ev in (
             *((s, Event.HOME_COMMIT) for s in L1State if s is not WT_H),
+            *((s, Event.HOME_CONFLICT) for s in L1State if s is not WT_H),
             *((s, Event.HOME_ACQUIRE) for s in L1State if s is not IM_H),
             *((s, Event.WRITE_SETTLED) for s in L1State if s not in (WT_A, IM_A)),
             *((s, Event.HOME_WRITE_BACK) for s in L1State if s not in (MI_A, MS_A)),

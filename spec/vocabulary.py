@@ -154,6 +154,7 @@ class Event(Enum):
     FILL_FETCH = "fill_fetch"
     FILL_DATA = "fill_data"
     HOME_COMMIT = "home_commit"
+    HOME_CONFLICT = "home_conflict"
     HOME_ACQUIRE = "home_acquire"
     WRITE_SETTLED = "write_settled"
     HOME_WRITE_BACK = "home_write_back"
@@ -183,6 +184,7 @@ EVENT_SITE: Final[dict[Event, Site]] = {
     Event.FILL_FETCH: Site.AGENT,
     Event.FILL_DATA: Site.AGENT,
     Event.HOME_COMMIT: Site.AGENT,
+    Event.HOME_CONFLICT: Site.AGENT,
     Event.HOME_ACQUIRE: Site.AGENT,
     Event.WRITE_SETTLED: Site.AGENT,
     Event.HOME_WRITE_BACK: Site.AGENT,
@@ -210,6 +212,7 @@ EVENT_KIND: Final[dict[Event, EventKind]] = {
     Event.FILL_FETCH: EventKind.INTERNAL,
     Event.FILL_DATA: EventKind.INTERNAL,
     Event.HOME_COMMIT: EventKind.INTERNAL,
+    Event.HOME_CONFLICT: EventKind.INTERNAL,
     Event.HOME_ACQUIRE: EventKind.INTERNAL,
     Event.WRITE_SETTLED: EventKind.INTERNAL,
     Event.HOME_WRITE_BACK: EventKind.INTERNAL,
@@ -237,6 +240,10 @@ EVENT_MEANING: Final[dict[Event, str]] = {
     Event.FILL_FETCH: "the fill script runs: register as holder, L2 get or lease, else home read",
     Event.FILL_DATA: "the fetched data reaches the agent's core",
     Event.HOME_COMMIT: "the home's compare-and-swap for a write-through runs",
+    Event.HOME_CONFLICT: (
+        "the home refuses a conditional write-through: the version it expects is not the "
+        "current one (nothing is committed)"
+    ),
     Event.HOME_ACQUIRE: "the home's ownership grant for an L1 write runs",
     Event.WRITE_SETTLED: "the writer learns whether its invalidations are published (and acked)",
     Event.HOME_WRITE_BACK: "the home's fenced write-back (release ownership) runs",
@@ -341,6 +348,7 @@ class Effect(Enum):
     START_OWNER_LEASE = "start_owner_lease"
     LEASE_LAPSED = "lease_lapsed"
     REPORT_FENCED = "report_fenced"
+    REPORT_CONFLICT = "report_conflict"
     RESYNC_CONNECTION = "resync_connection"
     LOSE_VOLATILE_STATE = "lose_volatile_state"
     REFETCH = "refetch"
@@ -395,6 +403,7 @@ EFFECT_MEANING: Final[dict[Effect, str]] = {
     Effect.START_OWNER_LEASE: "start renewing the ownership lease",
     Effect.LEASE_LAPSED: "stop renewing: the agent's own lease clock ran out",
     Effect.REPORT_FENCED: "report to the application that its owned write was fenced (lost)",
+    Effect.REPORT_CONFLICT: "answer the writer: version conflict, nothing was committed",
     Effect.RESYNC_CONNECTION: "reconnect/resubscribe; clear the missed-messages condition",
     Effect.LOSE_VOLATILE_STATE: "the process died: L1, requests, leases and messages are gone",
     Effect.REFETCH: "discard the fetched data and run the fill script again",

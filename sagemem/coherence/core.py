@@ -79,6 +79,7 @@ SERVER_STEP_EVENTS: Final[frozenset[Event]] = frozenset(
     {
         Event.FILL_FETCH,
         Event.HOME_COMMIT,
+        Event.HOME_CONFLICT,
         Event.HOME_ACQUIRE,
         Event.WRITE_SETTLED,
         Event.HOME_WRITE_BACK,
@@ -640,9 +641,9 @@ class AgentCore:
                 if operation is not Operation.READ:
                     raise ProtocolError(f"{where}: {effect.name} but no read is in progress")
                 operation = Operation.NONE
-            elif effect is Effect.ACK_WRITE:
+            elif effect in (Effect.ACK_WRITE, Effect.REPORT_CONFLICT):
                 if operation is not Operation.WRITE:
-                    raise ProtocolError(f"{where}: ACK_WRITE but no write is in progress")
+                    raise ProtocolError(f"{where}: {effect.name} but no write is in progress")
                 operation = Operation.NONE
             elif effect is Effect.LOSE_VOLATILE_STATE:
                 operation = Operation.NONE
@@ -709,6 +710,11 @@ class AgentCore:
             case Effect.LEASE_LAPSED:
                 entry.owner_lease = False
                 entry.read_lease = False
+            case Effect.REPORT_CONFLICT:
+                action = Action(effect, version=payload.version)
+                entry.write_value = None
+                entry.request = Request.NONE
+                entry.operation = Operation.NONE
             case Effect.REPORT_FENCED:
                 action = Action(effect, version=entry.version, value=entry.value)
                 entry.version, entry.value = NO_VERSION, None

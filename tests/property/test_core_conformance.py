@@ -36,6 +36,7 @@ from sagemem.coherence.core import (
     Payload,
 )
 from sagemem.spec.model import (
+    REQUEST_ALTERNATIVE,
     AgentState,
     ProtocolDefinition,
     Request,
@@ -141,7 +142,7 @@ def answer(
         case Event.HOME_COMMIT | Event.HOME_ACQUIRE:
             branch = server_branch(defn, state, a, event)
             return Payload(branch=branch, version=state.home + 1, owner_epoch=state.commits + 1)
-        case Event.WRITE_SETTLED | Event.HOME_WRITE_BACK | Event.HOME_FLUSH:
+        case Event.WRITE_SETTLED | Event.HOME_WRITE_BACK | Event.HOME_FLUSH | Event.HOME_CONFLICT:
             return Payload(branch=server_branch(defn, state, a, event))
     return NO_PAYLOAD
 
@@ -174,6 +175,9 @@ def offered_events(defn: ProtocolDefinition, state: State, ag: AgentState) -> li
     ]
     if ag.req is not Request.NONE:
         events.append(_RESPONSE_EVENT[ag.req])
+        alternative = REQUEST_ALTERNATIVE.get(ag.req)
+        if alternative is not None:
+            events.append(alternative)
     return events
 
 
@@ -371,7 +375,13 @@ class ExhaustiveCheck:
 
 # Agent rows these bounds cannot reach (they need deeper runs; the unit tests exercise them).
 _UNREACHED: dict[Mode, frozenset[tuple[L1State, Event, Guard]]] = {
-    Mode.COHERENT: frozenset({(L1State.IS_D_I, Event.RESYNC, Guard.ALWAYS)}),
+    # IS_D FILL_DATA [DATA_STALE] is defensive (see tests/unit/test_explore.py)
+    Mode.COHERENT: frozenset(
+        {
+            (L1State.IS_D_I, Event.RESYNC, Guard.ALWAYS),
+            (L1State.IS_D, Event.FILL_DATA, Guard.DATA_STALE),
+        }
+    ),
     Mode.STRICT: frozenset(
         {
             (L1State.IS_D_I, Event.RESYNC, Guard.ALWAYS),

@@ -129,11 +129,13 @@ def test_retry_without_backoff_is_reported_as_an_internal_loop() -> None:
 
 
 def test_a_request_nobody_answers_is_reported_as_a_deadlock() -> None:
-    """If the home never answers a write-through, the lone writer is stuck."""
+    """If the home never answers a write-through (neither commits nor refuses it as a
+    conflict), the lone writer is stuck."""
     table = tuple(
         r
         for r in TABLE
         if not (r.event is Event.HOME_COMMIT and r.guard is Guard.NOT_OWNED_BY_OTHER)
+        and r.event is not Event.HOME_CONFLICT
     )
     refusals = (
         *REFUSALS,
@@ -141,6 +143,13 @@ def test_a_request_nobody_answers_is_reported_as_a_deadlock() -> None:
             L1State.WT_H,
             Event.HOME_COMMIT,
             Guard.NOT_OWNED_BY_OTHER,
+            RefusalKind.STALLED,
+            "test: the home never answers",
+        ),
+        Refusal(
+            L1State.WT_H,
+            Event.HOME_CONFLICT,
+            Guard.GRANT_LOST,
             RefusalKind.STALLED,
             "test: the home never answers",
         ),
