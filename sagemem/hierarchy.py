@@ -20,16 +20,17 @@ from __future__ import annotations
 import statistics as _stats
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from sagemem._lifecycle import AsyncResource
-from sagemem.errors import ClosedResourceError, ConfigurationError
+from sagemem.errors import ClosedResourceError, ConfigurationError, VersionConflict
 from sagemem.tiers.base import Tier, TierEntry, TierStatistics
 
 if TYPE_CHECKING:
-    from sagemem.tiers.l1_coherent import CoherentL1Tier
+    from sagemem.tiers.l1_coherent import CoherentL1Tier, ConflictPolicy
+    from sagemem.tiers.l3 import L3Tier
 from sagemem.values import JSONValue, check_key, encode_value
 
 __all__ = ["HierarchyStatistics", "MemoryHierarchy"]
@@ -257,6 +258,94 @@ class MemoryHierarchy(AsyncResource):
         for faster in self.tiers[:index]:
             await faster.delete(key)
         return version
+
+    async def compare_and_swap(
+        self,
+        key: str,
+        value: JSONValue,
+        expected_version: int | None,
+        *,
+        on_conflict: ConflictPolicy = "reject",
+        attempts: int = 10,
+    ) -> int:
+        """Store `value` at the home only if `key` is live at `expected_version` (None: only if
+        it does not exist); return the new version. On a mismatch `on_conflict` decides:
+        `"reject"` raises `VersionConflict`, `"last_writer_wins"` writes anyway, a function
+        `merge(mine, theirs)` merges and retries (see `CoherentL1Tier.compare_and_swap`).
+        Needs a coherent L1, or an L3 tier (whose faster tiers' copies are then dropped)."""
+        self._check_open()
+        check_key(key)
+        encode_value(value)
+        if self._coherent is not None:
+            return await self._coherent.compare_and_swap(
+                key, value, expected_version, on_conflict=on_conflict, attempts=attempts
+            )
+        home_index, home = self._plain_home()
+        policy = on_conflict
+        mine, expected = value, expected_version
+        for _ in range(attempts):
+            try:
+                version = await home.compare_and_swap(key, mine, expected)
+            except VersionConflict:
+                if policy == "reject":
+                    raise
+                if policy == "last_writer_wins":
+                    version = await home.write(key, value)
+                elif callable(policy):
+                    current = await home.read(key)
+                    mine = policy(value, None if current is None else current.value)
+                    encode_value(mine)
+                    expected = None if current is None else current.version
+                    continue
+                else:
+                    raise ConfigurationError(
+                        "on_conflict must be 'reject', 'last_writer_wins' or a merge function, "
+                        f"got {policy!r:.80}"
+                    ) from None
+            for faster in self.tiers[:home_index]:
+                await faster.delete(key)
+            self._counters[home_index].writes += 1
+            return version
+        raise VersionConflict(key, expected=expected, actual=await home.version(key))
+
+    async def update(
+        self,
+        key: str,
+        fn: Callable[[JSONValue], JSONValue],
+        *,
+        default: JSONValue = None,
+        attempts: int = 10,
+    ) -> int:
+        """Read-modify-write with compare-and-swap: store `fn(current)` (`default` if absent),
+        retrying on conflicts up to `attempts` times; return the new version."""
+        self._check_open()
+        check_key(key)
+        if self._coherent is not None:
+            return await self._coherent.update(key, fn, default=default, attempts=attempts)
+        _, home = self._plain_home()
+        last: VersionConflict | None = None
+        for _ in range(attempts):
+            current = await home.read(key)
+            try:
+                return await self.compare_and_swap(
+                    key,
+                    fn(default if current is None else current.value),
+                    None if current is None else current.version,
+                )
+            except VersionConflict as conflict:
+                last = conflict
+        assert last is not None
+        raise last
+
+    def _plain_home(self) -> tuple[int, L3Tier]:
+        from sagemem.tiers.l3 import L3Tier
+
+        for index, tier in enumerate(self.tiers):
+            if isinstance(tier, L3Tier):
+                return index, tier
+        raise ConfigurationError(
+            "compare_and_swap and update need an L3Tier in the hierarchy (versions live there)"
+        )
 
     async def delete(self, key: str) -> bool:
         """Remove `key` from every tier, slowest first; return whether any tier held it."""

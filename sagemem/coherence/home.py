@@ -111,6 +111,27 @@ class HomeStore:
             "WHERE t.owner IS NULL OR t.owner = $4::text "
             "RETURNING t.version, coalesce((SELECT live FROM prev), false)"
         )
+        # The same commit, conditional (compare-and-swap): $5 the expected live version, which
+        # this agent's own grant also satisfies (its data may not be written back yet).
+        self._commit_if_version: Final = (
+            f"WITH prev AS (SELECT NOT deleted AS live FROM {t} AS t WHERE {where}) "
+            f"UPDATE {t} AS t SET value = $3::text::jsonb, version = t.version + 1, "
+            "deleted = $3::text IS NULL, updated_at = now(), owner = NULL, "
+            f"owner_deadline = NULL, outbox = t.version + 1 WHERE {where} AND t.version = $5 "
+            "AND ((t.owner IS NULL AND NOT t.deleted) OR t.owner = $4::text) "
+            "RETURNING t.version, coalesce((SELECT live FROM prev), false)"
+        )
+        # ... expecting the key not to exist (never written, or deleted).
+        self._commit_if_absent: Final = self._commit.replace(
+            "WHERE t.owner IS NULL OR t.owner = $4::text",
+            "WHERE t.deleted AND (t.owner IS NULL OR t.owner = $4::text)",
+        )
+        # Release this agent's own lapsed grant (HOME_REVOKE_GRANT for OWNER_LEASE_LAPSED by
+        # the owner's own clock: its Exclusive entry lapsed and was dropped).
+        self._release_own: Final = (
+            f"UPDATE {t} AS t SET owner = NULL, owner_deadline = NULL WHERE {where} "
+            "AND t.owner = $3 RETURNING t.version"
+        )
         # HOME_RESERVE_AND_GRANT: version + 1 held at the owner ($3), lease $4 ms, outbox it.
         self._acquire: Final = (
             f"INSERT INTO {t} AS t (namespace, key, value, version, deleted, updated_at, "
@@ -178,6 +199,44 @@ class HomeStore:
         if row is not None:
             return CommitAnswer(Guard.NOT_OWNED_BY_OTHER, int(row[0]), existed=bool(row[1]))
         return await self._refused(key)
+
+    async def commit_if(
+        self, key: str, value: JSONValue, me: str, expected: int | None
+    ) -> CommitAnswer:
+        """HOME_COMMIT of a compare-and-swap: commit only if the key is live at `expected`
+        (None: does not exist). Branches: NOT_OWNED_BY_OTHER (committed), OWNED_BY_OTHER
+        (recall the owner and retry), GRANT_LOST (HOME_CONFLICT: `version` is the key's
+        current live version, or None if it does not exist; nothing was committed)."""
+        check_key(key)
+        text = None if value is ABSENT else self._value_text(value)
+        if expected is None:
+            row = await self.l3._fetchrow(
+                "home commit-if", key, self._commit_if_absent, self.namespace, key, text, me
+            )
+        else:
+            row = await self.l3._fetchrow(
+                "home commit-if",
+                key,
+                self._commit_if_version,
+                self.namespace,
+                key,
+                text,
+                me,
+                expected,
+            )
+        if row is not None:
+            return CommitAnswer(Guard.NOT_OWNED_BY_OTHER, int(row[0]), existed=bool(row[1]))
+        current = await self.read(key)
+        if current.owned_by_other(me):
+            return await self._refused(key)
+        if current.owner == me:
+            # A grant this agent no longer uses (its Exclusive copy lapsed): give it up, so
+            # the home does not record it as the owner of a key it is refused.
+            await self.l3._fetchrow(
+                "home release own grant", key, self._release_own, self.namespace, key, me
+            )
+        live = current.value is not ABSENT
+        return CommitAnswer(Guard.GRANT_LOST, current.version if live else None)
 
     async def _refused(self, key: str) -> CommitAnswer:
         current = await self.read(key)

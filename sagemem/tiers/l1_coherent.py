@@ -37,7 +37,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Final, cast
+from typing import Final, Literal, cast
 
 from sagemem._lifecycle import AsyncResource
 from sagemem.coherence.bus import CoherenceBus
@@ -57,8 +57,10 @@ from sagemem.coherence.messages import (
 from sagemem.errors import (
     ClosedResourceError,
     ConfigurationError,
+    InvalidValueError,
     SageMemError,
     TierUnavailable,
+    VersionConflict,
 )
 from sagemem.spec.model import ProtocolDefinition, Request
 from sagemem.spec.table import REFUSALS, TABLE, Refusal, Rule
@@ -71,6 +73,7 @@ __all__ = [
     "RELAY_SENDER",
     "CoherentL1Statistics",
     "CoherentL1Tier",
+    "ConflictPolicy",
     "FencedWrite",
     "L1State",
     "Mode",
@@ -82,6 +85,25 @@ RELAY_SENDER: Final = "sagemem.relay"
 """The sender of invalidations relayed by a sweeper for a writer that died (not an agent id)."""
 
 _SCALARS: Final = (str, int, float, bool, type(None))
+
+type ConflictPolicy = (
+    Literal["reject", "last_writer_wins"] | Callable[[JSONValue, JSONValue], JSONValue]
+)
+"""What a compare-and-swap does when the home holds another version: raise, overwrite, or
+merge (`merge(mine, theirs)`, theirs None if the key does not exist)."""
+
+
+def _check_policy(policy: object) -> ConflictPolicy:
+    if policy in ("reject", "last_writer_wins"):
+        return cast(ConflictPolicy, policy)
+    if callable(policy):
+        return cast(ConflictPolicy, policy)
+    raise InvalidValueError(
+        f"on_conflict must be 'reject', 'last_writer_wins' or a merge function "
+        f"merge(mine, theirs) -> value, got {policy!r:.80}"
+    )
+
+
 _OWNED_STATES: Final = frozenset({L1State.E, L1State.M})
 _COPY_STATES: Final = frozenset({L1State.S, L1State.E, L1State.M})
 
@@ -172,6 +194,8 @@ class _KeyState:
     existed: bool = False  # the last commit replaced a live value
     relayed: int = -1  # the newest version this agent relayed for its own write
     source: int = 0  # where the last fill found the data: 1 L2, 2 the home
+    conditional: bool = False  # the write-through in progress is a compare-and-swap
+    expected: int | None = None  # ... expecting this live version (None: absent)
 
 
 class CoherentL1Tier(AsyncResource):
@@ -537,6 +561,112 @@ class CoherentL1Tier(AsyncResource):
         assert action.version is not None
         return action.version
 
+    async def compare_and_swap(
+        self,
+        key: str,
+        value: JSONValue,
+        expected_version: int | None,
+        *,
+        on_conflict: ConflictPolicy = "reject",
+        attempts: int = 10,
+    ) -> int:
+        """Commit `value` at the home only if the key is live at `expected_version` (None: only
+        if it does not exist); invalidate every other copy; return the new version.
+
+        On a mismatch nothing is committed and `on_conflict` decides, explicitly:
+        `"reject"` raises `VersionConflict` (with the expected and the actual version);
+        `"last_writer_wins"` commits `value` anyway (a plain write-through); a function
+        `merge(mine, theirs)` is called with this value and the current one (None if absent)
+        and its result is compare-and-swapped against the current version, up to `attempts`
+        times before `VersionConflict` is raised.
+        """
+        check_key(key)
+        encode_value(value)
+        if expected_version is not None and (
+            type(expected_version) is not int or expected_version < 1
+        ):
+            raise InvalidValueError(
+                f"expected_version must be a version (an int >= 1) or None (the key must not "
+                f"exist), got {expected_version!r}"
+            )
+        policy = _check_policy(on_conflict)
+        if type(attempts) is not int or attempts < 1:
+            raise InvalidValueError(f"attempts must be a positive int, got {attempts!r}")
+        mine, expected = value, expected_version
+        for _ in range(attempts):
+            try:
+                return await self._compare_and_swap_once(key, mine, expected)
+            except VersionConflict as conflict:
+                if policy == "reject":
+                    raise
+                if policy == "last_writer_wins":
+                    return await self.write_through(key, value)
+                assert callable(policy)
+                current = await self.read(key)
+                if current is None and conflict.actual is not None:
+                    continue  # deleted meanwhile: read again
+                mine = policy(value, None if current is None else current.value)
+                encode_value(mine)
+                expected = None if current is None else current.version
+        raise VersionConflict(key, expected=expected, actual=await self._home_version(key))
+
+    async def update(
+        self,
+        key: str,
+        fn: Callable[[JSONValue], JSONValue],
+        *,
+        default: JSONValue = None,
+        attempts: int = 10,
+    ) -> int:
+        """Read-modify-write: store `fn(current value)` (`default` if the key does not exist)
+        with a compare-and-swap, retrying with a fresh read up to `attempts` times; return the
+        new version, or raise `VersionConflict` if every attempt lost a race."""
+        check_key(key)
+        if not callable(fn):
+            raise InvalidValueError(f"fn must be a function of the current value, got {fn!r:.80}")
+        if type(attempts) is not int or attempts < 1:
+            raise InvalidValueError(f"attempts must be a positive int, got {attempts!r}")
+        last: VersionConflict | None = None
+        for attempt in range(attempts):
+            current = await self.read(key)
+            expected = None if current is None else current.version
+            new = fn(default if current is None else current.value)
+            encode_value(new)
+            try:
+                return await self._compare_and_swap_once(key, new, expected)
+            except VersionConflict as conflict:
+                last = conflict
+                await self._backoff(attempt)
+        assert last is not None
+        raise last
+
+    async def _compare_and_swap_once(self, key: str, value: JSONValue, expected: int | None) -> int:
+        self._require_started()
+        core_entry = self.core.snapshot(key)
+        if core_entry.state in _OWNED_STATES:
+            # The owner compares versions itself: nobody else can commit while it owns the key
+            # (and the table never lets the home refuse an owner's commit).
+            held = None if core_entry.value is ABSENT else core_entry.version
+            if held != expected:
+                raise VersionConflict(key, expected=expected, actual=held)
+        self._counts["writes_through"] += 1
+        state = self._state(key)
+        action = await self._operate(
+            key, Event.WRITE_THROUGH, Payload(value=_pack(value)), conditional=(expected,)
+        )
+        assert action is not None
+        if action.effect is Effect.REPORT_CONFLICT:
+            raise VersionConflict(key, expected=expected, actual=action.version)
+        assert action.version is not None
+        state.conditional = False
+        return action.version
+
+    async def _home_version(self, key: str) -> int | None:
+        home = self._home
+        assert home is not None
+        found = await home.read(key)
+        return None if found.value is ABSENT or found.owner is not None else found.version
+
     async def delete(self, key: str) -> bool:
         """Delete the key at the home (a new, absent version), invalidating every copy.
 
@@ -577,7 +707,14 @@ class CoherentL1Tier(AsyncResource):
 
     # -- operations ---------------------------------------------------------------------------
 
-    async def _operate(self, key: str, event: Event, payload: Payload) -> Action | None:
+    async def _operate(
+        self,
+        key: str,
+        event: Event,
+        payload: Payload,
+        *,
+        conditional: tuple[int | None] | None = None,
+    ) -> Action | None:
         """Start a user operation and wait for its answer (None for a no-op such as flushing
         a clean entry)."""
         self._require_started()
@@ -592,6 +729,8 @@ class CoherentL1Tier(AsyncResource):
                     self._fire(key, Event.DISCONNECT, NO_PAYLOAD)
                 op = _Op(loop.create_future())
                 state.op = op
+                state.conditional = conditional is not None
+                state.expected = None if conditional is None else conditional[0]
                 step = self._fire(key, event, payload)
                 if step.fired:
                     if event is Event.READ:
@@ -792,9 +931,21 @@ class CoherentL1Tier(AsyncResource):
                 if step.stalled:  # the bus missed messages: wait for RESYNC
                     await self._wait_changed(state)
             case Request.COMMIT:
-                answer = await home.commit(key, _unpack(entry.write_value), self._me)
+                value = _unpack(entry.write_value)
+                if state.conditional:
+                    answer = await home.commit_if(key, value, self._me, state.expected)
+                else:
+                    answer = await home.commit(key, value, self._me)
                 state.existed = answer.existed
                 state.owner_hint = answer.owner
+                if answer.branch is Guard.GRANT_LOST:
+                    self._counts["conflicts"] += 1
+                    self._fire(
+                        key,
+                        Event.HOME_CONFLICT,
+                        Payload(branch=Guard.GRANT_LOST, version=answer.version),
+                    )
+                    return
                 if answer.branch is Guard.OWNED_BY_OTHER:
                     self._counts["conflicts"] += 1
                     await self._expire_owner(key, answer.owner, answer.owner_lapsed)
@@ -944,7 +1095,12 @@ class CoherentL1Tier(AsyncResource):
         directory = self._directory
         assert directory is not None
         match action.effect:
-            case Effect.RETURN_VALUE | Effect.RETURN_VALUE_UNCACHED | Effect.ACK_WRITE:
+            case (
+                Effect.RETURN_VALUE
+                | Effect.RETURN_VALUE_UNCACHED
+                | Effect.ACK_WRITE
+                | Effect.REPORT_CONFLICT
+            ):
                 op = state.op
                 if op is not None and not op.future.done():
                     op.future.set_result(action)
