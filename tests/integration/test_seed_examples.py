@@ -1,4 +1,5 @@
-"""The design note's quickstart as written, on the session's real servers; sagemem.connect()."""
+"""The design note's examples as written (quickstart, coherence), on the session's real servers;
+sagemem.connect()."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 import sagemem
 from sagemem.tiers.base import TierEntry
+from sagemem.tiers.l1_coherent import CoherentL1Statistics, L1State
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,3 +91,52 @@ def test_quickstart_demo_module_runs(redis_url: str, postgres_dsn: str) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "second read: 3.14159  (L1 hit)" in result.stdout
+
+
+# The seed's coherence example, character for character except the bus address (the session's
+# server instead of the note's placeholder), a namespace of its own for this test run, the
+# wrapping coroutine the note leaves out (its lines use `await`) and the lines after the last
+# comment, which hand the observed states to the test, do the read the comment describes and
+# close everything.
+SEED_COHERENCE = """
+from sagemem.coherence.bus import CoherenceBus
+from sagemem.tiers.l1_coherent import CoherentL1Tier
+
+async def main():
+    bus = CoherenceBus(url="redis://localhost:6379")
+    await bus.connect()
+    l1_a = CoherentL1Tier(agent_id="agent-a", bus=bus)
+    l1_b = CoherentL1Tier(agent_id="agent-b", bus=bus)
+    await l1_a.start()  # subscribes to invalidation messages
+    await l1_b.start()
+    await l1_b.set("belief:x", "old value")   # Agent B caches a value
+    await l1_a.set("belief:x", "new value")   # Agent A writes: broadcasts InvalidateMessage
+    # l1_b's entry for "belief:x" is now Invalid; the next read by agent B re-fetches from L2/L3
+    RESULT.update(b_state=l1_b.get_state("belief:x"), a_state=l1_a.get_state("belief:x"))
+    RESULT.update(b_read=await l1_b.get("belief:x"), b_stats=l1_b.statistics())
+    await l1_a.aclose(); await l1_b.aclose(); await bus.aclose()
+"""
+
+
+async def test_seed_coherence_example_runs_as_written(redis_url: str, namespace: str) -> None:
+    """B caches (owns) a value; A's write recalls it and invalidates B; B's next read refetches
+    A's value. The home is the default L3 on the session's Postgres (SAGEMEM_POSTGRES_DSN)."""
+    source = SEED_COHERENCE.replace(
+        'CoherenceBus(url="redis://localhost:6379")',
+        f'CoherenceBus(url="{redis_url}", namespace="{namespace}")',
+    )
+    assert source != SEED_COHERENCE
+    scope: dict[str, object] = {"RESULT": {}, "__name__": "seed"}
+    exec(compile(source, "seed_coherence", "exec"), scope)  # the documented snippet is the point
+    main = scope["main"]
+    assert callable(main)
+    await main()
+    result = scope["RESULT"]
+    assert isinstance(result, dict)
+    assert result["b_state"] is L1State.I
+    assert result["a_state"] is L1State.M
+    assert result["b_read"] == "new value"
+    stats = result["b_stats"]
+    assert isinstance(stats, CoherentL1Statistics)
+    assert stats.invalidations_received == 1
+    assert stats.recalls_received == 1
