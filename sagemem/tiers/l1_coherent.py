@@ -194,6 +194,7 @@ class _KeyState:
     existed: bool = False  # the last commit replaced a live value
     relayed: int = -1  # the newest version this agent relayed for its own write
     source: int = 0  # where the last fill found the data: 1 L2, 2 the home
+    waits: int = 0  # consecutive backoffs of the request in progress
     conditional: bool = False  # the write-through in progress is a compare-and-swap
     expected: int | None = None  # ... expecting this live version (None: absent)
 
@@ -302,9 +303,9 @@ class CoherentL1Tier(AsyncResource):
         self._disconnected = False
         self._lifecycle = asyncio.Lock()
         self._fenced: list[FencedWrite] = []
+        self._hits = 0
         self._counts: dict[str, int] = dict.fromkeys(
             (
-                "hits",
                 "misses",
                 "fills_from_l2",
                 "fills_from_home",
@@ -464,7 +465,7 @@ class CoherentL1Tier(AsyncResource):
             agent_id=self.agent_id,
             mode=self.mode.value,
             entries=len(self._lru),
-            hits=c["hits"],
+            hits=self._hits,
             misses=c["misses"],
             fills_from_l2=c["fills_from_l2"],
             fills_from_home=c["fills_from_home"],
@@ -506,7 +507,7 @@ class CoherentL1Tier(AsyncResource):
         if hit is not None:
             state = self._keys.get(key)
             if state is not None and time.monotonic() < state.deadline:
-                self._counts["hits"] += 1
+                self._hits += 1
                 self._lru.move_to_end(key)
                 version, value = hit
                 return (None if value is ABSENT else TierEntry(_unpack(value), version)), 0
@@ -521,7 +522,17 @@ class CoherentL1Tier(AsyncResource):
 
     async def get(self, key: str, default: JSONValue = None) -> JSONValue:
         """The key's value (see `read`), or `default` if it does not exist."""
-        entry = await self.read(key)
+        hit = self.core.hit(key)  # the hit path inline: no coroutine, no TierEntry
+        if hit is not None:
+            state = self._keys.get(key)
+            if state is not None and time.monotonic() < state.deadline:
+                self._hits += 1
+                self._lru.move_to_end(key)
+                value = hit[1]
+                if value is ABSENT:
+                    return default
+                return value if type(value) in _SCALARS else _unpack(value)
+        entry = (await self.read_from(key))[0]
         return default if entry is None else entry.value
 
     async def exists(self, key: str) -> bool:
@@ -877,6 +888,7 @@ class CoherentL1Tier(AsyncResource):
                         state.actions.popleft()
                     request = self.core.snapshot(key).request
                     if request is Request.NONE:
+                        state.waits = 0
                         return
                     await self._request(key, state, request)
                     failures = 0
@@ -904,6 +916,11 @@ class CoherentL1Tier(AsyncResource):
             ):
                 self._kick(key, state)
 
+    async def _wait_turn(self, state: _KeyState) -> None:
+        """Back off before asking again (an owner, a settling write): 1, 2, 4... ms, capped."""
+        await self._backoff(state.waits)
+        state.waits += 1
+
     async def _backoff(self, attempt: int) -> None:
         await asyncio.sleep(
             min(self._retry_delay_max_s, self._retry_delay_s * 2 ** min(attempt, 16))
@@ -919,7 +936,7 @@ class CoherentL1Tier(AsyncResource):
                 payload = await self._fill_fetch(key, state)
                 step = self._fire(key, Event.FILL_FETCH, payload)
                 if step.stalled:  # strict: a write is still settling
-                    await self._backoff(3)
+                    await self._wait_turn(state)
             case Request.DATA:
                 payload = NO_PAYLOAD
                 if entry.data_pending:
@@ -973,9 +990,9 @@ class CoherentL1Tier(AsyncResource):
                 branch = await self._settle(key, state, entry.version)
                 step = self._fire(key, Event.WRITE_SETTLED, Payload(branch=branch))
                 if step.stalled:
-                    await self._backoff(2)
+                    await self._wait_turn(state)
             case Request.WAIT_OWNER:
-                await self._backoff(4)
+                await self._wait_turn(state)
                 self._fire(key, Event.RETRY, NO_PAYLOAD)
             case Request.WRITE_BACK | Request.FLUSH:
                 assert entry.owner_epoch is not None
