@@ -515,6 +515,26 @@ def _server_rows() -> tuple[Rule, ...]:
             (X.HOME_STORE_KEEP_GRANT,),
             note="flushed: clean owner",
         ),
+        # Defensive rows, unreachable in the model (a recalled or flushing owner's lease is
+        # live there, and the home revokes only lapsed grants), reachable in production when the
+        # owner's process stalls longer than its lease between deciding and the home's answer
+        # (a SIGSTOP, a swap storm): the write is fenced and reported, never applied.
+        Rule(
+            MS_A,
+            Event.HOME_WRITE_BACK,
+            Guard.GRANT_LOST,
+            I,
+            (X.DIRECTORY_REMOVE_HOLDER, X.REPORT_FENCED),
+            note="a recalled owner that stalled past its lease: fenced, keeps no copy",
+        ),
+        Rule(
+            ME_A,
+            Event.HOME_FLUSH,
+            Guard.GRANT_LOST,
+            I,
+            (X.REPORT_FENCED,),
+            note="a flushing owner that stalled past its lease: fenced",
+        ),
     ]
     retry = (
         (IS_D, X.REQUEST_FILL),
@@ -724,13 +744,6 @@ REFUSALS: Final[tuple[Refusal, ...]] = (
         "a write-through commit released the grant and voided its recalls",
     ),
     Refusal(
-        MS_A,
-        Event.HOME_WRITE_BACK,
-        Guard.GRANT_LOST,
-        RefusalKind.IMPOSSIBLE,
-        "a recalled owner's lease is live (M and E leave for MI_A/I when it lapses)",
-    ),
-    Refusal(
         IM_A,
         Event.DELIVER_RECALL,
         None,
@@ -818,13 +831,6 @@ REFUSALS: Final[tuple[Refusal, ...]] = (
         RefusalKind.STALLED,
         "the write returns after every holder acknowledged",
         _STRICT,
-    ),
-    Refusal(
-        ME_A,
-        Event.HOME_FLUSH,
-        Guard.GRANT_LOST,
-        RefusalKind.IMPOSSIBLE,
-        "a flushing owner's lease is live (it cannot lapse while ME_A)",
     ),
     Refusal(
         S,

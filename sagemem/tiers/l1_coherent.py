@@ -58,6 +58,7 @@ from sagemem.errors import (
     ClosedResourceError,
     ConfigurationError,
     InvalidValueError,
+    ProtocolError,
     SageMemError,
     TierUnavailable,
     VersionConflict,
@@ -195,6 +196,7 @@ class _KeyState:
     relayed: int = -1  # the newest version this agent relayed for its own write
     source: int = 0  # where the last fill found the data: 1 L2, 2 the home
     waits: int = 0  # consecutive backoffs of the request in progress
+    broken: ProtocolError | None = None  # the table refused a transition: the key is stuck
     conditional: bool = False  # the write-through in progress is a compare-and-swap
     expected: int | None = None  # ... expecting this live version (None: absent)
 
@@ -733,6 +735,11 @@ class CoherentL1Tier(AsyncResource):
         deadline = loop.time() + self._operation_timeout_s
         state = self._state(key)
         while True:
+            if state.broken is not None:
+                raise ProtocolError(
+                    f"L1 {self.agent_id}: key {key!r} is stuck after a protocol error: "
+                    f"{state.broken}"
+                )
             if state.op is None and state.driver is None and not state.actions:
                 self._expire_if_lapsed(key, state)
             if state.op is None:
@@ -855,7 +862,7 @@ class CoherentL1Tier(AsyncResource):
 
     def _kick(self, key: str, state: _KeyState) -> None:
         """Make sure the key's driver runs if it has actions to perform or a request open."""
-        if state.driver is not None or self._closed:
+        if state.driver is not None or self._closed or state.broken is not None:
             return
         if not state.actions and self.core.snapshot(key).request is Request.NONE:
             return
@@ -892,6 +899,15 @@ class CoherentL1Tier(AsyncResource):
                         return
                     await self._request(key, state, request)
                     failures = 0
+                except ProtocolError as error:
+                    # A transition the table does not allow: a bug (in the table or here).
+                    # Stop driving this key and fail its operations loudly, never loop.
+                    state.broken = error
+                    _logger.error("L1 %s: key %r: %s", self.agent_id, key, error)
+                    op = state.op
+                    if op is not None and not op.future.done():
+                        op.future.set_exception(error)
+                    return
                 except TierUnavailable as error:
                     failures += 1
                     self._counts["io_retries"] += 1
@@ -1193,7 +1209,20 @@ class CoherentL1Tier(AsyncResource):
                     self._deliver(key, Event.RESYNC, NO_PAYLOAD)
 
     def _deliver(self, key: str, event: Event, payload: Payload) -> None:
-        """Feed an event that does not start an operation; hold it if the table says wait."""
+        """Feed an event that does not start an operation; hold it if the table says wait.
+
+        An owned entry whose lease ran out by this agent's clock gets its LEASE_LAPSE first:
+        the table assumes the owner notices its lapse before anything else happens to the
+        entry (the home revokes only grants whose lease lapsed on the later server clock).
+        """
+        state = self._keys.get(key)
+        if (
+            state is not None
+            and self.core.state(key) in _OWNED_STATES
+            and time.monotonic() >= state.deadline
+        ):
+            self._counts["lease_lapses"] += 1
+            self._fire(key, Event.LEASE_LAPSE, NO_PAYLOAD)
         step = self.core.handle(key, event, payload)
         if step.stalled:
             self._state(key).held.append((event, payload))

@@ -526,3 +526,22 @@ def test_mode_must_be_a_spec_mode() -> None:
     """A mode that is not a sagemem.spec.Mode is a ConfigurationError naming the value."""
     with pytest.raises(ConfigurationError, match="'strict'"):
         AgentCore("strict")  # type: ignore[arg-type]  # the wrong type is the point
+
+
+def test_a_recalled_owner_whose_grant_lapsed_meanwhile_is_fenced_not_stuck() -> None:
+    """An owner stalled past its lease (SIGSTOP) handles a queued recall, and its write-back
+    finds the grant revoked: the write is reported fenced and the entry drops to I (it used to
+    be an IMPOSSIBLE refusal that wedged the key)."""
+    core = AgentCore()
+    core.handle(KEY, Event.WRITE_L1, Payload(value="late"))
+    core.handle(
+        KEY, Event.HOME_ACQUIRE, Payload(branch=Guard.NOT_OWNED_BY_OTHER, version=2, owner_epoch=2)
+    )
+    core.handle(KEY, Event.WRITE_SETTLED, Payload(branch=Guard.PUBLISHED))
+    recalled = core.handle(KEY, Event.DELIVER_RECALL, Payload(owner_epoch=2))
+    assert recalled.target is L1State.MS_A
+    fenced = core.handle(KEY, Event.HOME_WRITE_BACK, Payload(branch=Guard.GRANT_LOST))
+    assert fenced.target is L1State.I
+    assert effects(fenced) == [Effect.DIRECTORY_REMOVE_HOLDER, Effect.REPORT_FENCED]
+    assert fenced.actions[-1] == Action(Effect.REPORT_FENCED, version=2, value="late")
+    assert core.snapshot(KEY).owner_epoch is None

@@ -28,7 +28,14 @@ from sagemem.spec import (
 # neither L2 nor the home can hand a fill data older than a version the agent knows of (the
 # relay deletes L2 before it publishes); production keeps the row for an L2 copy written
 # outside the protocol (a plain L2Tier.write, a Redis restored from an old snapshot).
-_NEEDS_DEEPER_BOUNDS = {(L1State.IS_D_I, Event.RESYNC), (L1State.IS_D, Event.FILL_DATA)}
+# MS_A HOME_WRITE_BACK [GRANT_LOST] and ME_A HOME_FLUSH [GRANT_LOST] are defensive too: only a
+# production owner stalled past its lease reaches them (see spec/table.py).
+_NEEDS_DEEPER_BOUNDS = {
+    (L1State.IS_D_I, Event.RESYNC),
+    (L1State.IS_D, Event.FILL_DATA),
+    (L1State.MS_A, Event.HOME_WRITE_BACK),
+    (L1State.ME_A, Event.HOME_FLUSH),
+}
 
 
 @pytest.fixture(scope="module")
