@@ -524,8 +524,11 @@ def _server_rows() -> tuple[Rule, ...]:
             Event.HOME_WRITE_BACK,
             Guard.GRANT_LOST,
             I,
-            (X.DIRECTORY_REMOVE_HOLDER, X.REPORT_FENCED),
-            note="a recalled owner that stalled past its lease: fenced, keeps no copy",
+            (X.REPORT_FENCED,),
+            note=(
+                "a recalled owner that stalled past its lease: fenced, keeps no copy (its "
+                "registration lapses: at most one needless invalidation)"
+            ),
         ),
         Rule(
             ME_A,

@@ -542,6 +542,6 @@ def test_a_recalled_owner_whose_grant_lapsed_meanwhile_is_fenced_not_stuck() -> 
     assert recalled.target is L1State.MS_A
     fenced = core.handle(KEY, Event.HOME_WRITE_BACK, Payload(branch=Guard.GRANT_LOST))
     assert fenced.target is L1State.I
-    assert effects(fenced) == [Effect.DIRECTORY_REMOVE_HOLDER, Effect.REPORT_FENCED]
+    assert effects(fenced) == [Effect.REPORT_FENCED]
     assert fenced.actions[-1] == Action(Effect.REPORT_FENCED, version=2, value="late")
     assert core.snapshot(KEY).owner_epoch is None
