@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal, cast
 
 from sagemem._lifecycle import AsyncResource
-from sagemem.coherence.bus import CoherenceBus
+from sagemem.coherence.bus import CoherenceBus, Subscription
 from sagemem.coherence.core import NO_PAYLOAD, Action, AgentCore, Outcome, Payload, Step, Tracer
 from sagemem.coherence.directory import FillKind, RedisDirectory
 from sagemem.coherence.home import ABSENT, HomeStore, owner_agent, owner_token
@@ -294,7 +294,7 @@ class CoherentL1Tier(AsyncResource):
         self._on_fenced = on_fenced
         self._home: HomeStore | None = None
         self._directory: RedisDirectory | None = None
-        self._subscription: object | None = None
+        self._subscription: Subscription | None = None
         self._maintenance: asyncio.Task[None] | None = None
         self._keys: dict[str, _KeyState] = {}
         self._lru: OrderedDict[str, None] = OrderedDict()
@@ -443,7 +443,37 @@ class CoherentL1Tier(AsyncResource):
             self._subscription = None
             if subscription is not None:
                 with contextlib.suppress(SageMemError):
-                    await subscription.aclose()  # type: ignore[attr-defined]
+                    await subscription.aclose()
+            if self._owns_home and self._home_tier is not None:
+                await self._home_tier.aclose()
+
+    async def abandon(self) -> None:
+        """Stop at once as a crashed process would: nothing is written back, registrations and
+        grants are left to lapse (the home revokes a lapsed owner; its data is lost). For fault
+        injection (tests, the demo); `aclose()` is the orderly way to stop."""
+        async with self._lifecycle:
+            if self._closed:
+                return
+            self._closed = True
+            tasks = [t for t in self._tasks]
+            tasks += [s.driver for s in self._keys.values() if s.driver is not None]
+            if self._maintenance is not None:
+                tasks.append(self._maintenance)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks)
+            for state in self._keys.values():
+                op = state.op
+                if op is not None and not op.future.done():
+                    op.future.set_exception(
+                        ClosedResourceError(f"{self!r} was abandoned (simulated crash)")
+                    )
+            subscription = self._subscription
+            self._subscription = None
+            if subscription is not None:
+                with contextlib.suppress(SageMemError):
+                    await subscription.aclose()
             if self._owns_home and self._home_tier is not None:
                 await self._home_tier.aclose()
 
