@@ -25,9 +25,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, cast
 
+from sagemem.errors import TierUnavailable
 from sagemem.spec.vocabulary import Guard
 from sagemem.tiers.l3 import L3Tier, jsonb_text
 from sagemem.values import JSONValue, check_key, decode_value, encode_value
+
+_CONDITIONAL_ATTEMPTS: Final = 5
 
 __all__ = ["ABSENT", "CommitAnswer", "HomeRead", "HomeStore", "owner_token"]
 
@@ -83,6 +86,7 @@ class CommitAnswer:
     owner_lapsed: bool = False
     owner_epoch: int | None = None
     existed: bool = False  # a commit: the key held a live value before it
+    row_version: int | None = None  # a conflict: the row's version, a tombstone's included
 
 
 class HomeStore:
@@ -100,11 +104,18 @@ class HomeStore:
             f"WHERE {where}"
         )
         # HOME_COMMIT_VERSION: version + 1, the value, release this agent's grant, outbox it.
-        # $3 value JSON text (NULL: a delete), $4 this agent's owner token.
+        # $3 value JSON text (NULL: a delete), $4 this agent's owner token. `prev` locks the
+        # row first (a locking read waits for a concurrent writer and sees its result) and is
+        # MATERIALIZED and joined into the insert's source, so it is evaluated before the row
+        # changes; it tells whether the key held a live value (what a delete returns).
+        prev = (
+            f"WITH prev AS MATERIALIZED (SELECT NOT t.deleted AS live FROM {t} AS t "
+            f"WHERE {where} FOR UPDATE) "
+        )
         self._commit: Final = (
-            f"WITH prev AS (SELECT NOT deleted AS live FROM {t} AS t WHERE {where}) "
-            f"INSERT INTO {t} AS t (namespace, key, value, version, deleted, updated_at, outbox) "
-            "VALUES ($1, $2, $3::text::jsonb, 1, $3::text IS NULL, now(), 1) "
+            prev + f"INSERT INTO {t} AS t (namespace, key, value, version, deleted, updated_at, "
+            "outbox) SELECT $1, $2, $3::text::jsonb, 1, $3::text IS NULL, now(), 1 "
+            "FROM (VALUES (1)) AS one LEFT JOIN prev ON true "
             "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, "
             "version = t.version + 1, deleted = excluded.deleted, updated_at = now(), "
             "owner = NULL, owner_deadline = NULL, outbox = t.version + 1 "
@@ -114,10 +125,11 @@ class HomeStore:
         # The same commit, conditional (compare-and-swap): $5 the expected live version, which
         # this agent's own grant also satisfies (its data may not be written back yet).
         self._commit_if_version: Final = (
-            f"WITH prev AS (SELECT NOT deleted AS live FROM {t} AS t WHERE {where}) "
-            f"UPDATE {t} AS t SET value = $3::text::jsonb, version = t.version + 1, "
+            prev + f"UPDATE {t} AS t SET value = $3::text::jsonb, version = t.version + 1, "
             "deleted = $3::text IS NULL, updated_at = now(), owner = NULL, "
-            f"owner_deadline = NULL, outbox = t.version + 1 WHERE {where} AND t.version = $5 "
+            "owner_deadline = NULL, outbox = t.version + 1 "
+            "FROM (VALUES (1)) AS one LEFT JOIN prev ON true "
+            f"WHERE {where} AND t.version = $5 "
             "AND ((t.owner IS NULL AND NOT t.deleted) OR t.owner = $4::text) "
             "RETURNING t.version, coalesce((SELECT live FROM prev), false)"
         )
@@ -126,6 +138,32 @@ class HomeStore:
             "WHERE t.owner IS NULL OR t.owner = $4::text",
             "WHERE t.deleted AND (t.owner IS NULL OR t.owner = $4::text)",
         )
+        # Both conditional commits, answering with the row as their own lock saw it, so a
+        # refusal names a version that was current while the statement ran (a second read
+        # could see a later one). Columns: committed version (NULL: refused), existed, then
+        # the locked row's version, liveness, owner and whether the owner's lease lapsed
+        # (all NULL if the key had no row).
+        locked = (
+            f"WITH prev AS MATERIALIZED (SELECT NOT t.deleted AS live, t.version, t.owner, "
+            "coalesce(t.owner_deadline < clock_timestamp(), false) AS lapsed "
+            f"FROM {t} AS t WHERE {where} FOR UPDATE), "
+        )
+
+        def answering(statement: str) -> str:
+            body = statement.removeprefix(prev).replace(
+                "RETURNING t.version, coalesce((SELECT live FROM prev), false)",
+                "RETURNING t.version",
+            )
+            return (
+                locked
+                + f"done AS ({body}) "
+                + "SELECT (SELECT version FROM done), coalesce(prev.live, false), prev.version, "
+                "prev.live, prev.owner, prev.lapsed FROM (VALUES (1)) AS one "
+                "LEFT JOIN prev ON true"
+            )
+
+        self._cas_if_version: Final = answering(self._commit_if_version)
+        self._cas_if_absent: Final = answering(self._commit_if_absent)
         # Release this agent's own lapsed grant (HOME_REVOKE_GRANT for OWNER_LEASE_LAPSED by
         # the owner's own clock: its Exclusive entry lapsed and was dropped).
         self._release_own: Final = (
@@ -209,34 +247,46 @@ class HomeStore:
         current live version, or None if it does not exist; nothing was committed)."""
         check_key(key)
         text = None if value is ABSENT else self._value_text(value)
-        if expected is None:
-            row = await self.l3._fetchrow(
-                "home commit-if", key, self._commit_if_absent, self.namespace, key, text, me
+        for _ in range(_CONDITIONAL_ATTEMPTS):
+            if expected is None:
+                row = await self.l3._fetchrow(
+                    "home commit-if", key, self._cas_if_absent, self.namespace, key, text, me
+                )
+            else:
+                row = await self.l3._fetchrow(
+                    "home commit-if",
+                    key,
+                    self._cas_if_version,
+                    self.namespace,
+                    key,
+                    text,
+                    me,
+                    expected,
+                )
+            assert row is not None, "the answering statement always returns one row"
+            committed, existed, version, live, owner, lapsed = row
+            if committed is not None:
+                return CommitAnswer(Guard.NOT_OWNED_BY_OTHER, int(committed), existed=existed)
+            if version is None:
+                continue  # no row when locked, but one was inserted meanwhile: ask again
+            if owner is not None and owner != me:
+                return CommitAnswer(
+                    Guard.OWNED_BY_OTHER, None, owner, bool(lapsed), owner_epoch=int(version)
+                )
+            if owner == me:
+                # A grant this agent no longer uses (its Exclusive copy lapsed): give it up,
+                # so the home does not record it as the owner of a key it is refused.
+                await self.l3._fetchrow(
+                    "home release own grant", key, self._release_own, self.namespace, key, me
+                )
+            return CommitAnswer(
+                Guard.GRANT_LOST, int(version) if live else None, row_version=int(version)
             )
-        else:
-            row = await self.l3._fetchrow(
-                "home commit-if",
-                key,
-                self._commit_if_version,
-                self.namespace,
-                key,
-                text,
-                me,
-                expected,
-            )
-        if row is not None:
-            return CommitAnswer(Guard.NOT_OWNED_BY_OTHER, int(row[0]), existed=bool(row[1]))
-        current = await self.read(key)
-        if current.owned_by_other(me):
-            return await self._refused(key)
-        if current.owner == me:
-            # A grant this agent no longer uses (its Exclusive copy lapsed): give it up, so
-            # the home does not record it as the owner of a key it is refused.
-            await self.l3._fetchrow(
-                "home release own grant", key, self._release_own, self.namespace, key, me
-            )
-        live = current.value is not ABSENT
-        return CommitAnswer(Guard.GRANT_LOST, current.version if live else None)
+        raise TierUnavailable(
+            f"compare-and-swap of key {key!r} kept racing with concurrent creators "
+            f"({_CONDITIONAL_ATTEMPTS} attempts); retry",
+            tier="L3",
+        )
 
     async def _refused(self, key: str) -> CommitAnswer:
         current = await self.read(key)

@@ -106,6 +106,8 @@ def _check_policy(policy: object) -> ConflictPolicy:
 
 
 _OWNED_STATES: Final = frozenset({L1State.E, L1State.M})
+# A retrying reader or writer sends the same recall (owner, epoch) at most this often.
+_RECALL_REPEAT_S: Final = 0.05
 _COPY_STATES: Final = frozenset({L1State.S, L1State.E, L1State.M})
 
 
@@ -183,7 +185,9 @@ class _Op:
 class _KeyState:
     """What the adapter keeps per key beside the core's entry."""
 
-    actions: deque[tuple[Action, Step]] = field(default_factory=deque)
+    # each queued action with the user operation that was waiting when its row fired (None:
+    # none, or it gave up): answers go to that operation only, never to a later one
+    actions: deque[tuple[Action, Step, _Op | None]] = field(default_factory=deque)
     held: list[tuple[Event, Payload]] = field(default_factory=list)
     driver: asyncio.Task[None] | None = None
     op: _Op | None = None
@@ -194,9 +198,12 @@ class _KeyState:
     owner_hint: str | None = None  # the owner token the last refused request reported
     existed: bool = False  # the last commit replaced a live value
     relayed: int = -1  # the newest version this agent relayed for its own write
+    conflict_row_version: int | None = None  # the home row's version a conflict reported
     source: int = 0  # where the last fill found the data: 1 L2, 2 the home
     waits: int = 0  # consecutive backoffs of the request in progress
     broken: ProtocolError | None = None  # the table refused a transition: the key is stuck
+    recalled: tuple[str | None, int | None] | None = None  # the last recall sent (owner, epoch)
+    recalled_at: float = 0.0
     conditional: bool = False  # the write-through in progress is a compare-and-swap
     expected: int | None = None  # ... expecting this live version (None: absent)
 
@@ -406,7 +413,9 @@ class CoherentL1Tier(AsyncResource):
     async def aclose(self) -> None:
         """Write owned entries back, drop registrations, unsubscribe; idempotent.
 
-        Writes that the home fences meanwhile are reported (`fenced_writes()`), not raised.
+        Writes that the home fences meanwhile are reported (`fenced_writes()`), not raised. If
+        the release takes longer than `operation_timeout_s` (servers down), or the caller
+        cancels `aclose()`, the rest is abandoned: every task of the tier is stopped anyway.
         """
         async with self._lifecycle:
             if self._closed:
@@ -415,11 +424,11 @@ class CoherentL1Tier(AsyncResource):
                 self._closed = True
                 return
             self._closing = True
-            if self._maintenance is not None:
-                self._maintenance.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._maintenance
             try:
+                if self._maintenance is not None:
+                    self._maintenance.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self._maintenance
                 async with asyncio.timeout(self._operation_timeout_s):
                     for key in list(self._lru):
                         await self._release(key)
@@ -428,24 +437,8 @@ class CoherentL1Tier(AsyncResource):
                             await asyncio.wait({state.driver})
             except (TimeoutError, SageMemError) as error:
                 _logger.warning("L1 %s: release on close incomplete: %s", self.agent_id, error)
-            self._closed = True
-            for task in list(self._tasks):
-                task.cancel()
-            for state in self._keys.values():
-                if state.driver is not None:
-                    state.driver.cancel()
-            pending = [t for t in self._tasks] + [
-                s.driver for s in self._keys.values() if s.driver is not None
-            ]
-            if pending:
-                await asyncio.wait(pending)
-            subscription = self._subscription
-            self._subscription = None
-            if subscription is not None:
-                with contextlib.suppress(SageMemError):
-                    await subscription.aclose()
-            if self._owns_home and self._home_tier is not None:
-                await self._home_tier.aclose()
+            finally:
+                await self._stop()
 
     async def abandon(self) -> None:
         """Stop at once as a crashed process would: nothing is written back, registrations and
@@ -454,28 +447,31 @@ class CoherentL1Tier(AsyncResource):
         async with self._lifecycle:
             if self._closed:
                 return
-            self._closed = True
-            tasks = [t for t in self._tasks]
-            tasks += [s.driver for s in self._keys.values() if s.driver is not None]
-            if self._maintenance is not None:
-                tasks.append(self._maintenance)
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                await asyncio.wait(tasks)
-            for state in self._keys.values():
-                op = state.op
-                if op is not None and not op.future.done():
-                    op.future.set_exception(
-                        ClosedResourceError(f"{self!r} was abandoned (simulated crash)")
-                    )
-            subscription = self._subscription
-            self._subscription = None
-            if subscription is not None:
-                with contextlib.suppress(SageMemError):
-                    await subscription.aclose()
-            if self._owns_home and self._home_tier is not None:
-                await self._home_tier.aclose()
+            await self._stop()
+
+    async def _stop(self) -> None:
+        """Cancel every task of the tier, fail waiting operations, unsubscribe, close what it
+        owns. Runs to the end even if the caller is cancelled meanwhile."""
+        self._closed = True
+        tasks = [t for t in self._tasks]
+        tasks += [s.driver for s in self._keys.values() if s.driver is not None]
+        if self._maintenance is not None:
+            tasks.append(self._maintenance)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.shield(asyncio.wait(tasks))
+        for state in self._keys.values():
+            op = state.op
+            if op is not None and not op.future.done():
+                op.future.set_exception(ClosedResourceError(f"{self!r} was closed"))
+        subscription = self._subscription
+        self._subscription = None
+        if subscription is not None:
+            with contextlib.suppress(SageMemError):
+                await asyncio.shield(subscription.aclose())
+        if self._owns_home and self._home_tier is not None:
+            await asyncio.shield(self._home_tier.aclose())
 
     def _require_started(self) -> None:
         if self._closed or (self._closing and not self._lifecycle.locked()):
@@ -699,10 +695,36 @@ class CoherentL1Tier(AsyncResource):
         )
         assert action is not None
         if action.effect is Effect.REPORT_CONFLICT:
+            seen = self._state(key).conflict_row_version
+            if self.mode is Mode.STRICT and seen is not None:
+                # The conflict tells the caller that the key is at `actual` (a version, or
+                # absent: a tombstone's version). In strict mode every later read must then
+                # return that or newer, so the answer waits, as a write would, until that
+                # version has settled (its invalidations relayed and acknowledged): no copy
+                # older than it remains anywhere.
+                await self._await_settled(key, seen)
             raise VersionConflict(key, expected=expected, actual=action.version)
         assert action.version is not None
         state.conditional = False
         return action.version
+
+    async def _await_settled(self, key: str, version: int) -> None:
+        """Wait (bounded) until no invalidation of `version` or older is pending for `key`."""
+        home, directory = self._home, self._directory
+        assert home is not None
+        assert directory is not None
+        async with asyncio.timeout(self._operation_timeout_s):
+            attempt = 0
+            while True:
+                pending = await home.outbox(key)
+                if pending is not None and pending <= version:
+                    await self._relay(key, pending, RELAY_SENDER)
+                elif not await directory.pending_acks(key):
+                    return
+                else:
+                    await directory.expire_lapsed(key)
+                await self._backoff(attempt)
+                attempt += 1
 
     async def _home_version(self, key: str) -> int | None:
         home = self._home
@@ -844,7 +866,7 @@ class CoherentL1Tier(AsyncResource):
     def _after(self, key: str, step: Step) -> None:
         state = self._state(key)
         for action in step.actions:
-            state.actions.append((action, step))
+            state.actions.append((action, step, state.op))
         self._note(key, state, step)
         self._signal(state)
         if state.held:
@@ -920,8 +942,8 @@ class CoherentL1Tier(AsyncResource):
             while True:
                 try:
                     while state.actions:
-                        action, step = state.actions[0]
-                        await self._perform(key, state, action, step)
+                        action, _, owner = state.actions[0]
+                        await self._perform(key, state, action, owner)
                         state.actions.popleft()
                     request = self.core.snapshot(key).request
                     if request is Request.NONE:
@@ -991,6 +1013,7 @@ class CoherentL1Tier(AsyncResource):
                 step = self._fire(key, Event.FILL_DATA, payload)
                 if step.fired and step.guard in (Guard.DATA_STALE, Guard.DATA_OLDER):
                     self._counts["fills_discarded_stale"] += 1
+                    await self._wait_turn(state)  # the newer copy is on its way: back off
                 if step.stalled:  # the bus missed messages: wait for RESYNC
                     await self._wait_changed(state)
             case Request.COMMIT:
@@ -1003,6 +1026,7 @@ class CoherentL1Tier(AsyncResource):
                 state.owner_hint = answer.owner
                 if answer.branch is Guard.GRANT_LOST:
                     self._counts["conflicts"] += 1
+                    state.conflict_row_version = answer.row_version
                     self._fire(
                         key,
                         Event.HOME_CONFLICT,
@@ -1153,8 +1177,8 @@ class CoherentL1Tier(AsyncResource):
             return Guard.UNACKNOWLEDGED
         return Guard.ACKNOWLEDGED
 
-    async def _perform(self, key: str, state: _KeyState, action: Action, step: Step) -> None:
-        """Carry out one action of a fired row."""
+    async def _perform(self, key: str, state: _KeyState, action: Action, owner: _Op | None) -> None:
+        """Carry out one action of a fired row; `owner` is the operation its answer is for."""
         directory = self._directory
         assert directory is not None
         match action.effect:
@@ -1164,9 +1188,8 @@ class CoherentL1Tier(AsyncResource):
                 | Effect.ACK_WRITE
                 | Effect.REPORT_CONFLICT
             ):
-                op = state.op
-                if op is not None and not op.future.done():
-                    op.future.set_result(action)
+                if owner is not None and not owner.future.done():
+                    owner.future.set_result(action)
             case Effect.REPORT_FENCED:
                 fenced = FencedWrite(key, action.version or 0, _unpack(action.value))
                 self._fenced.append(fenced)
@@ -1179,15 +1202,19 @@ class CoherentL1Tier(AsyncResource):
                 )
                 if self._on_fenced is not None:
                     self._on_fenced(fenced)
-                op = state.op
-                if op is not None and not op.future.done():
-                    op.future.set_result(action)
+                if owner is not None and not owner.future.done():
+                    owner.future.set_result(action)
             case Effect.SEND_RECALL:
-                owner = state.owner_hint
-                if owner is not None:
+                holder = state.owner_hint
+                now = time.monotonic()
+                recall = (holder, action.owner_epoch)
+                if state.recalled == recall and now - state.recalled_at < _RECALL_REPEAT_S:
+                    return  # the same recall left moments ago (a lost one is sent again later)
+                state.recalled, state.recalled_at = recall, now
+                if holder is not None:
                     await self.bus.publish_recall(
                         key,
-                        [owner_agent(owner)],
+                        [owner_agent(holder)],
                         sender=self.agent_id,
                         owner_epoch=action.owner_epoch,
                     )

@@ -127,6 +127,12 @@ class L2Tier(AsyncResource):
         state = "connected" if self._client is not None else "not connected"
         return f"L2Tier(namespace={self.namespace!r}, ttl={self.ttl!r}, {state})"
 
+    @property
+    def url(self) -> str | None:
+        """The Redis URL given to the constructor (None: `SAGEMEM_REDIS_URL` or the embedded
+        server, resolved when `connect()` runs)."""
+        return self._url_argument
+
     # -- lifecycle ------------------------------------------------------------------------
 
     async def connect(self) -> None:

@@ -524,8 +524,36 @@ class VersionedRowTier(AsyncResource):
             raise
         return connection
 
+    async def _objects_exist(self, connection: asyncpg.Connection) -> bool:
+        """Whether the table and every column the statements use exist already (then no DDL
+        runs, so a role without CREATE rights, e.g. a scoped agent's, can connect)."""
+        rows = await connection.fetch(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = $1 AND table_name = $2",
+            self.schema,
+            self._table,
+        )
+        present = {str(row[0]) for row in rows}
+        return set(self._required_columns()) <= present
+
+    def _required_columns(self) -> tuple[str, ...]:
+        """The columns the tier's statements need (subclasses add theirs)."""
+        return (
+            "namespace",
+            "key",
+            "value",
+            "version",
+            "deleted",
+            "updated_at",
+            *self._extra_columns,
+        )
+
     async def _create_objects(self, connection: asyncpg.Connection) -> None:
         # The pool and its watchdog do not exist yet: bound the whole set-up here.
+        async with asyncio.timeout(self._lease_time_max_s):
+            if await self._objects_exist(connection):
+                await self._check_objects(connection)
+                return
         async with asyncio.timeout(self._lease_time_max_s), connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK_ID)
             await self._create_objects_locked(connection)
@@ -751,6 +779,9 @@ class L3Tier(VersionedRowTier):
             f"CREATE INDEX IF NOT EXISTS {self._table}_outbox ON {self.table} (namespace) "
             "WHERE outbox IS NOT NULL",
         ]
+
+    def _required_columns(self) -> tuple[str, ...]:
+        return (*super()._required_columns(), "owner", "owner_deadline", "outbox")
 
     async def live_keys(self) -> list[str]:
         """Every key of this namespace with a live value or an owner (sorted)."""

@@ -518,3 +518,14 @@ async def test_an_owners_write_back_racing_a_recall_is_not_lost(
     assert any(
         r.event is Event.DELIVER_RECALL and r.source is L1State.MI_A for r in cluster.traces["a"]
     )
+
+
+async def test_of_two_concurrent_deletes_exactly_one_removed_the_value(cluster: Cluster) -> None:
+    """The delete's answer comes from the row as locked by its own commit: when two agents
+    delete one live value at once, one says it removed it and the other found nothing."""
+    a = await cluster.agent("a", mode="strict")
+    b = await cluster.agent("b", mode="strict")
+    for round_ in range(20):
+        await a.write_through("k", round_)
+        answers = await asyncio.gather(a.delete("k"), b.delete("k"))
+        assert sorted(answers) == [False, True], (round_, answers)
