@@ -1,4 +1,4 @@
-"""The `sagemem` command line: `services up|status|down` and `check`.
+"""The `sagemem` command line: `services up|status|down`, `check`, `grants` and `demo`.
 
 Each subcommand lives with the code it drives; this module only parses the first word and
 dispatches, so importing it stays cheap.
@@ -19,6 +19,22 @@ def _checkout_root() -> Path | None:
     spec_dir = (Path(__file__).parent / "spec").resolve()
     root = spec_dir.parent
     return root if (root / "proofs" / "__init__.py").is_file() else None
+
+
+def _run_demo(argv: Sequence[str]) -> int:
+    root = _checkout_root()
+    if root is None or not (root / "demo" / "server" / "main.py").is_file():
+        print(
+            "sagemem demo: the live demo lives in the source checkout's demo/ folder, which an "
+            "installed wheel does not ship; run it from a clone with `uv run sagemem demo`",
+            file=sys.stderr,
+        )
+        return 2
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from demo.server.main import main as demo_main
+
+    return demo_main(list(argv))
 
 
 def _run_check(argv: Sequence[str]) -> int:
@@ -43,6 +59,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["check"]:  # `sagemem check` owns all of its arguments, --help included
         return _run_check(arguments[1:])
+    if arguments[:1] == ["demo"]:  # so does `sagemem demo`
+        return _run_demo(arguments[1:])
+    if arguments[:1] == ["grants"]:  # and `sagemem grants`
+        from sagemem.grants import main as grants_main
+
+        return grants_main(arguments[1:])
     parser = argparse.ArgumentParser(
         prog="sagemem", description="sagemem: coherent tiered memory for LLM agents"
     )
@@ -55,6 +77,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check", help="model-check the coherence protocol table (see `sagemem check --help`)"
     )
     check.add_argument("check_args", nargs=argparse.REMAINDER)
+    demo = commands.add_parser(
+        "demo", help="run the live demo at http://localhost:8000 (see `sagemem demo --help`)"
+    )
+    demo.add_argument("demo_args", nargs=argparse.REMAINDER)
+    grants = commands.add_parser(
+        "grants",
+        help="provision Redis ACL users and Postgres roles for agent capabilities "
+        "(see `sagemem grants --help`)",
+    )
+    grants.add_argument("grants_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(arguments)
     if args.command == "services":
         from sagemem.services import run_services_command
