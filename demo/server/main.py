@@ -1,0 +1,200 @@
+"""`sagemem demo` / `python -m demo.server.main`: serve the live demo at http://localhost:8000.
+
+Finds Redis and Postgres (`SAGEMEM_REDIS_URL` / `SAGEMEM_POSTGRES_DSN`, else the embedded
+servers, started if needed, with progress on stderr), starts a run of the agents and a uvicorn
+server, and prints exactly one line on stdout when the page can be opened:
+`sagemem demo: open http://localhost:PORT`. SIGINT or SIGTERM stops it cleanly: the run's L1s,
+buses and tiers are closed, the event streams end, and no task is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from typing import Final
+
+import uvicorn
+
+from demo.server.app import DemoController, create_app
+from demo.server.events import EventHub
+from demo.server.run import AGENTS_MAX, AGENTS_MIN, RunSettings
+from sagemem.errors import SageMemError
+from sagemem.services import resolve_postgres_dsn, resolve_redis_url
+from sagemem.spec.vocabulary import Mode
+
+__all__ = ["main"]
+
+_SHUTDOWN_TIMEOUT_S: Final = 15.0
+
+
+def _progress(message: str) -> None:
+    print(f"sagemem demo: {message}", file=sys.stderr, flush=True)
+
+
+def _agents(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--agents must be a number, got {text!r}") from None
+    if not AGENTS_MIN <= count <= AGENTS_MAX:
+        raise argparse.ArgumentTypeError(
+            f"--agents must be from {AGENTS_MIN} to {AGENTS_MAX}, got {count}"
+        )
+    return count
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sagemem demo",
+        description="Live demo: agents writing conflicting beliefs on real Redis and Postgres, "
+        "watched in the browser (MESI states, messages, convergence).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument(
+        "--port", type=int, default=8000, help="port to listen on (0: any free port)"
+    )
+    parser.add_argument(
+        "--agents", type=_agents, default=2, help=f"agents ({AGENTS_MIN}..{AGENTS_MAX})"
+    )
+    parser.add_argument("--mode", choices=["coherent", "strict"], default="coherent")
+    parser.add_argument(
+        "--delay-ms", type=int, default=400, help="pause between an agent's operations"
+    )
+    parser.add_argument("--rounds", type=int, default=8, help="rounds per run")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the workload")
+    parser.add_argument("--no-autostart", action="store_true", help="wait for Start on the page")
+    parser.add_argument(
+        "--no-compare",
+        action="store_true",
+        help="skip the side-by-side run with coherence off",
+    )
+    parser.add_argument(
+        "--no-browser-hint",
+        action="store_true",
+        help="do not print the hint about opening a browser (the address line is printed)",
+    )
+    parser.add_argument("--log-level", default="warning", help="log level of the server")
+    return parser
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling (main() handles signals), and with a
+    `ready` event set once it accepts connections."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.ready.set()
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        return await _serve_until(args, stop)
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+async def _serve_until(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    started = time.monotonic()
+    _progress("finding Redis and Postgres (starting the embedded servers if none is set) ...")
+    redis_url = await asyncio.to_thread(resolve_redis_url, None)
+    _progress(f"Redis at {redis_url}")
+    postgres_dsn = await asyncio.to_thread(resolve_postgres_dsn, None)
+    _progress(f"Postgres at {postgres_dsn.split('@')[-1]}")
+    listener = socket.create_server((args.host, args.port), reuse_port=False)
+    port = listener.getsockname()[1]
+    hub = EventHub()
+    controller = DemoController(
+        hub,
+        redis_url=redis_url,
+        postgres_dsn=postgres_dsn,
+        settings=RunSettings(
+            agents=args.agents,
+            mode=Mode(args.mode),
+            delay_ms=args.delay_ms,
+            rounds=args.rounds,
+            seed=args.seed,
+            compare_off=not args.no_compare,
+        ),
+    )
+    config = uvicorn.Config(
+        create_app(controller),
+        log_level=args.log_level,
+        lifespan="off",
+        timeout_graceful_shutdown=5,
+        access_log=False,
+    )
+    server = _Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[listener]), name="demo-uvicorn")
+    try:
+        if args.no_autostart:
+            await controller.pause()
+        else:
+            await controller.start()
+        ready = asyncio.create_task(server.ready.wait())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({ready, serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        await asyncio.wait({ready})
+        if server.ready.is_set() and not stop.is_set():
+            print(f"sagemem demo: open http://localhost:{port}", flush=True)
+            if not args.no_browser_hint:
+                _progress(f"ready in {time.monotonic() - started:.1f} s; Ctrl+C stops it")
+            await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        await asyncio.wait({stopping})
+    finally:
+        _progress("stopping ...")
+        await controller.aclose()
+        hub.close()
+        server.should_exit = True
+        try:
+            async with asyncio.timeout(_SHUTDOWN_TIMEOUT_S):
+                await serving
+        except TimeoutError:
+            server.force_exit = True
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+        listener.close()
+    leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    if leftover:
+        _progress(f"leftover tasks at exit: {[t.get_name() for t in leftover]}")
+        return 1
+    _progress("stopped")
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run the demo until SIGINT/SIGTERM; return the process exit status."""
+    args = _parser().parse_args(list(argv))
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(_serve(args))
+    except (SageMemError, OSError) as error:
+        _progress(f"failed: {error}")
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
