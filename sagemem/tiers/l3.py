@@ -63,6 +63,8 @@ POSTGRES_HINT: Final = (
     "check that the Postgres server is running and that the DSN (argument or "
     "SAGEMEM_POSTGRES_DSN) points at it; `sagemem services status` shows the embedded servers"
 )
+# A create-if-absent that races deletes is retried this often before it reports a conflict.
+_CREATE_ATTEMPTS: Final = 5
 # One lock id for every sagemem DDL, so processes connecting at once create objects in turn.
 _DDL_LOCK_ID: Final = 0x5A6E_0002
 
@@ -638,15 +640,24 @@ class VersionedRowTier(AsyncResource):
         """
         expected = _check_expected_version(expected_version)
         parameters = await self._row_parameters(key, value)
-        if expected is None:
-            row = await self._fetchrow("compare_and_swap", key, self._sql.create, *parameters)
-        else:
+        if expected is not None:
             row = await self._fetchrow(
                 "compare_and_swap", key, self._sql.swap, *parameters, expected
             )
-        if row is None:
-            raise VersionConflict(key, expected=expected, actual=await self.version(key))
-        return int(row[0])
+            if row is None:
+                raise VersionConflict(key, expected=expected, actual=await self.version(key))
+            return int(row[0])
+        for _ in range(_CREATE_ATTEMPTS):
+            row = await self._fetchrow("compare_and_swap", key, self._sql.create, *parameters)
+            if row is not None:
+                return int(row[0])
+            actual = await self.version(key)
+            if actual is not None:
+                raise VersionConflict(key, expected=None, actual=actual)
+            # Live when the create ran, deleted again by the time we looked: the key does not
+            # exist now, so "must not exist yet" may hold: try again rather than report a
+            # conflict that names no version.
+        raise VersionConflict(key, expected=None, actual=await self.version(key))
 
     async def fill(self, key: str, entry: TierEntry) -> None:
         """Install a copy promoted from a slower tier, only where `key` has no live entry.
