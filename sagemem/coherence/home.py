@@ -15,6 +15,12 @@ The grant's epoch is the version it reserved: while an agent owns a key the row'
 that epoch (nobody else can move it), so a write-back fenced by `(owner, version)` is refused
 after the grant was revoked, even if the same agent was granted the key again meanwhile.
 
+A delete's answer (whether the key held a value) is exact on PostgreSQL 18 and later (the
+statement returns the row it replaced); on older servers it comes from a locked read in the
+same statement, which cannot see a row a concurrent writer inserts after the statement began:
+then a delete may answer False although it replaced that value (its version and invalidations
+are right either way).
+
 While a key is owned, the row holds the reserved version but the value last written back (a
 tombstone if none): read owned keys through the protocol (a fill recalls the owner), not with
 `L3Tier.read`.
@@ -122,6 +128,18 @@ class HomeStore:
             "WHERE t.owner IS NULL OR t.owner = $4::text "
             "RETURNING t.version, coalesce((SELECT live FROM prev), false)"
         )
+        # On PostgreSQL 18 and later the commit reports the replaced row itself (RETURNING
+        # old.*), which is exact even when the row was inserted by a concurrent writer after
+        # the statement's snapshot, where `prev` saw nothing.
+        self._commit_returning_old: Final = (
+            self._commit.removeprefix(prev)
+            .replace("FROM (VALUES (1)) AS one LEFT JOIN prev ON true ", "")
+            .replace(
+                "RETURNING t.version, coalesce((SELECT live FROM prev), false)",
+                "RETURNING t.version, coalesce(NOT old.deleted, false)",
+            )
+        )
+        self._returning_old: bool | None = None
         # The same commit, conditional (compare-and-swap): $5 the expected live version, which
         # this agent's own grant also satisfies (its data may not be written back yet).
         self._commit_if_version: Final = (
@@ -231,9 +249,11 @@ class HomeStore:
         """HOME_COMMIT: commit `value` (ABSENT: a delete) unless another agent owns the key."""
         check_key(key)
         text = None if value is ABSENT else self._value_text(value)
-        row = await self.l3._fetchrow(
-            "home commit", key, self._commit, self.namespace, key, text, me
-        )
+        if self._returning_old is None:
+            found = await self.l3._fetchrow("server version", None, "SHOW server_version_num")
+            self._returning_old = found is not None and int(found[0]) >= 180000
+        sql = self._commit_returning_old if self._returning_old else self._commit
+        row = await self.l3._fetchrow("home commit", key, sql, self.namespace, key, text, me)
         if row is not None:
             return CommitAnswer(Guard.NOT_OWNED_BY_OTHER, int(row[0]), existed=bool(row[1]))
         return await self._refused(key)
