@@ -1150,6 +1150,11 @@ class CoherentL1Tier(AsyncResource):
             key, version, sender, await_acks=self.mode is Mode.STRICT
         )
         self._counts["invalidations_sent"] += len(messaged)
+        if messaged:
+            # Agents of this process may have just received the invalidation: let their bus
+            # listener run before this writer's bookkeeping (the outbox), so a co-located
+            # holder stops serving its copy sooner.
+            await asyncio.sleep(0)
         return await home.clear_outbox(key, version)
 
     async def _settle(self, key: str, state: _KeyState, version: int) -> Guard:
