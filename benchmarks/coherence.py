@@ -12,9 +12,12 @@ microseconds and the ratio of medians:
 2. Invalidation delivery: from the writer's HOME_COMMIT row to the peer's DELIVER_INVALIDATE
    row (both timed by `AgentCore` tracers with `time.perf_counter_ns`), against a raw redis-py
    PUBLISH of the same bytes to a `PubSub` subscriber in the same process. Target: within 1.5x
-   at the median. `CoherenceBus.publish_invalidate` to a subscribed handler (the bus alone,
-   no protocol) is measured beside the same baseline, and the end-to-end `write_through`
-   beside `L3Tier.write`.
+   at the median. Measured twice: with the peer in the writer's process (one event loop runs
+   both ends, so the writer's own work after publishing delays the peer) and with the peer in
+   another process (timed with `time.monotonic_ns`, one clock for all processes on Linux),
+   each beside a raw message to the same place. `CoherenceBus.publish_invalidate` to a
+   subscribed handler (the bus alone, no protocol) is measured beside the same baseline, and
+   the end-to-end `write_through` beside `L3Tier.write`.
 3. Messages per write: 32 agents on one bus, 2 of which hold the key, a third writes through;
    invalidations counted by the writer's L1, by the bus's receivers and on the wire (a raw
    PSUBSCRIBE on the namespace's channels). Target: at most 3 (a broadcast would send 31).
@@ -78,6 +81,7 @@ HIT_M: Final = "CoherentL1Tier.get hit, M (str value)"
 AWAITED_LRU: Final = "OrderedDict LRU get (awaited coroutine)"
 
 type Op = Callable[[int], Awaitable[object]]
+_THIS_FILE: Final = str(Path(__file__).resolve())
 
 
 def _progress(message: str) -> None:
@@ -195,6 +199,7 @@ class Results:
 
     rows: list[tuple[LatencySummary, LatencySummary | None]]
     delivery: tuple[LatencySummary, LatencySummary]
+    cross_process: tuple[LatencySummary, LatencySummary]
     messages: MessagesPerWrite
     hit_counters: dict[str, int]
     environment: dict[str, str]
@@ -496,6 +501,168 @@ async def measure_delivery(
     return rows, delivery, baseline
 
 
+# -- 2b. delivery to an agent in another process ---------------------------------------------
+
+
+async def _peer_process(
+    redis_url: str, postgres_dsn: str, schema: str, namespace: str, channel: str
+) -> None:
+    """The other process of `measure_delivery_across_processes`: a coherent L1 and a raw
+    subscriber that print, on stdout, when an invalidation's row fired or a raw message
+    arrived (`time.monotonic_ns`, one clock for every process on Linux)."""
+    out = sys.stdout
+
+    def tell(line: str) -> None:
+        out.write(line + "\n")
+        out.flush()
+
+    def on_transition(record: TraceRecord) -> None:
+        now = time.monotonic_ns()
+        if record.event is Event.DELIVER_INVALIDATE:
+            tell(f"inv {now}")
+
+    bus = CoherenceBus(url=redis_url, namespace=namespace)
+    await bus.connect()
+    home = L3Tier(dsn=postgres_dsn, namespace=namespace, schema=schema)
+    await home.connect()
+    peer = CoherentL1Tier("xpeer", bus, home=home, operation_timeout_s=WAIT_S)
+    await peer.start()
+    peer.core.tracer = on_transition
+    client = aioredis.Redis.from_url(redis_url)
+    pubsub = client.pubsub()
+    await pubsub.subscribe(channel)
+
+    async def listen() -> None:
+        async for message in pubsub.listen():
+            now = time.monotonic_ns()
+            if message["type"] == "message":
+                tell(f"raw {now}")
+
+    listener = asyncio.create_task(listen())
+    tell("ready")
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            line = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
+            if not line or line == "quit":
+                break
+            command, _, key = line.partition(" ")
+            if command == "fill":
+                await peer.get(key)
+                tell(f"filled {peer.get_state(key).name}")
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+        await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        await client.aclose()
+        await peer.aclose()
+        await home.aclose()
+        await bus.aclose()
+
+
+async def measure_delivery_across_processes(
+    run: _Run, iterations: int
+) -> tuple[LatencySummary, LatencySummary]:
+    """Delivery to a peer in another process, beside a raw pub/sub message to that process:
+    the deployment where agents are processes, without one event loop shared by both ends."""
+    bus, home = await run.space("xdelivery")
+    writer = await run.agent("xwriter", bus, home)
+    channel = f"{run.prefix}-xraw-channel"
+    namespace = run.namespaces[-1]
+    commit_at: list[int] = []
+
+    def on_commit(record: TraceRecord) -> None:
+        now = time.monotonic_ns()
+        if record.event is Event.HOME_COMMIT:
+            commit_at.append(now)
+
+    writer.core.tracer = on_commit
+    peer = await asyncio.create_subprocess_exec(
+        sys.executable,
+        _THIS_FILE,
+        "--peer",
+        run.redis_url,
+        run.postgres_dsn,
+        run.schema,
+        namespace,
+        channel,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert peer.stdin is not None
+    assert peer.stdout is not None
+    stdin, stdout = peer.stdin, peer.stdout
+
+    async def expect(prefix: str) -> str:
+        async with asyncio.timeout(WAIT_S * 3):
+            while True:
+                line = (await stdout.readline()).decode().strip()
+                if not line:
+                    raise BenchmarkError(f"the peer process ended while {prefix!r} was awaited")
+                if line.startswith(prefix):
+                    return line
+
+    async def stop_peer() -> None:
+        if peer.returncode is None:
+            with contextlib.suppress(ConnectionError):
+                stdin.write(b"quit\n")
+                await stdin.drain()
+            try:
+                async with asyncio.timeout(WAIT_S):
+                    await peer.wait()
+            except TimeoutError:
+                peer.kill()
+                await peer.wait()
+
+    run.stack.push_async_callback(stop_peer)
+    await expect("ready")
+    publisher = aioredis.Redis.from_url(run.redis_url)
+    run.stack.push_async_callback(publisher.aclose)
+    key = "xdelivery:key"
+    delivery_ns: list[int] = []
+    raw_ns: list[int] = []
+
+    async def coherent(i: int, record: bool) -> None:
+        await writer.write_through(key, i)
+        stdin.write(f"fill {key}\n".encode())
+        await stdin.drain()
+        filled = await expect("filled")
+        if filled != "filled S":
+            raise BenchmarkError(f"the peer must hold the key before the write, got {filled}")
+        commit_at.clear()
+        await writer.write_through(key, -i)
+        delivered = int((await expect("inv")).split()[1])
+        if not commit_at:
+            raise BenchmarkError("the writer's HOME_COMMIT row was not traced")
+        if record:
+            delivery_ns.append(delivered - commit_at[-1])
+
+    async def raw(i: int, record: bool) -> None:
+        payload = encode(InvalidateMessage(run.prefix, key, i + 1, "xwriter", seq=i + 1))
+        started = time.monotonic_ns()
+        await publisher.publish(channel, payload)
+        received = int((await expect("raw")).split()[1])
+        if record:
+            raw_ns.append(received - started)
+
+    _progress(f"invalidation delivery to another process, {iterations} iterations ...")
+    for i in range(min(iterations, WARMUP_ITERATIONS)):
+        await coherent(i, False)
+        await raw(i, False)
+    for i in range(iterations):
+        first, second = (coherent, raw) if i % 2 == 0 else (raw, coherent)
+        await first(i, True)
+        await second(i, True)
+    writer.core.tracer = None
+    baseline = summarise("redis-py PUBLISH -> PubSub receive in another process", raw_ns)
+    delivery = summarise(
+        "invalidation delivery to another process (HOME_COMMIT -> DELIVER_INVALIDATE)",
+        delivery_ns,
+    )
+    return delivery, baseline
+
+
 # -- 3. messages per write -----------------------------------------------------------------
 
 
@@ -713,6 +880,8 @@ async def run(iterations: int, hit_iterations: int, writes: int) -> Results:
     try:
         hit_rows, hit_counters = await measure_hits(bench, hit_iterations)
         delivery_rows, delivery, delivery_baseline = await measure_delivery(bench, iterations)
+        cross, cross_baseline = await measure_delivery_across_processes(bench, iterations)
+        delivery_rows += [(cross_baseline, None), (cross, cross_baseline)]
         messages = await measure_messages(bench, writes)
         mode_rows = await measure_modes(bench, iterations)
     finally:
@@ -721,6 +890,7 @@ async def run(iterations: int, hit_iterations: int, writes: int) -> Results:
     return Results(
         rows=hit_rows + delivery_rows + mode_rows,
         delivery=(delivery, delivery_baseline),
+        cross_process=(cross, cross_baseline),
         messages=messages,
         hit_counters=hit_counters,
         environment=environment,
@@ -742,6 +912,8 @@ def _targets(results: Results) -> list[dict[str, object]]:
     )
     delivery, baseline = results.delivery
     delivery_ratio = delivery.median_us / baseline.median_us
+    cross, cross_baseline = results.cross_process
+    cross_ratio = cross.median_us / cross_baseline.median_us
     messages = results.messages.published_by_writer_max
     return [
         {
@@ -751,10 +923,18 @@ def _targets(results: Results) -> list[dict[str, object]]:
             "met": worst_hit <= TARGET_HIT_RATIO,
         },
         {
-            "target": "invalidation delivery within 1.5x of raw pub/sub at the median",
+            "target": "invalidation delivery within 1.5x of raw pub/sub at the median "
+            "(writer and peer in one process)",
             "measured": round(delivery_ratio, 2),
             "limit": TARGET_DELIVERY_RATIO,
             "met": delivery_ratio <= TARGET_DELIVERY_RATIO,
+        },
+        {
+            "target": "invalidation delivery within 1.5x of raw pub/sub at the median "
+            "(peer in another process)",
+            "measured": round(cross_ratio, 2),
+            "limit": TARGET_DELIVERY_RATIO,
+            "met": cross_ratio <= TARGET_DELIVERY_RATIO,
         },
         {
             "target": "invalidations per write with 32 agents, 2 holders (max over writes)",
@@ -814,6 +994,13 @@ def to_json(results: Results, iterations: int, hit_iterations: int) -> dict[str,
             "baseline_median_us": baseline.median_us,
             "ratio": delivery.median_us / baseline.median_us,
         },
+        "invalidation_delivery_across_processes": {
+            "median_us": results.cross_process[0].median_us,
+            "p95_us": results.cross_process[0].p95_us,
+            "p99_us": results.cross_process[0].p99_us,
+            "baseline_median_us": results.cross_process[1].median_us,
+            "ratio": results.cross_process[0].median_us / results.cross_process[1].median_us,
+        },
         "messages_per_write": asdict(results.messages),
         "hit_counters": results.hit_counters,
         "targets": _targets(results),
@@ -831,7 +1018,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     )
     parser.add_argument("--writes", type=int, help="writes in the 32-agent run (default 1/4)")
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
+    parser.add_argument("--peer", nargs=5, help=argparse.SUPPRESS)  # the other process
     args = parser.parse_args(argv)
+    if args.peer:
+        asyncio.run(_peer_process(*args.peer))
+        return {}
     iterations = max(1, args.iterations)
     hit_iterations = max(1, args.hit_iterations or 25 * iterations)
     writes = max(1, args.writes or iterations // 4)
