@@ -106,6 +106,8 @@ def _check_policy(policy: object) -> ConflictPolicy:
 
 
 _OWNED_STATES: Final = frozenset({L1State.E, L1State.M})
+# Keys with no copy and nothing in flight are forgotten after this long (see _forget_idle).
+_FORGET_IDLE_S: Final = 30.0
 # A retrying reader or writer sends the same recall (owner, epoch) at most this often.
 _RECALL_REPEAT_S: Final = 0.05
 _COPY_STATES: Final = frozenset({L1State.S, L1State.E, L1State.M})
@@ -204,6 +206,7 @@ class _KeyState:
     broken: ProtocolError | None = None  # the table refused a transition: the key is stuck
     recalled: tuple[str | None, int | None] | None = None  # the last recall sent (owner, epoch)
     recalled_at: float = 0.0
+    idle_since: float | None = None  # when the maintenance first found the key idle
     conditional: bool = False  # the write-through in progress is a compare-and-swap
     expected: int | None = None  # ... expecting this live version (None: absent)
 
@@ -1315,8 +1318,32 @@ class CoherentL1Tier(AsyncResource):
                 if now - last_sweep >= self._outbox_sweep_after_s:
                     last_sweep = now
                     await self._sweep_outboxes()
+                    self._forget_idle(now)
             except SageMemError as error:
                 _logger.warning("L1 %s: maintenance failed: %s", self.agent_id, error)
+
+    def _forget_idle(self, now: float) -> None:
+        """Drop what is kept for keys with no copy and nothing in flight, idle for a while, so
+        an agent touching many keys does not grow without bound. Only the floor is lost: after
+        `_FORGET_IDLE_S` every invalidation the floor records has long been relayed (the
+        relay deletes L2 first, and outboxes are swept every `outbox_sweep_after_s`), so no
+        fill can return a version older than it."""
+        for key in list(self._keys):
+            state = self._keys[key]
+            if (
+                key in self._lru
+                or state.op is not None
+                or state.driver is not None
+                or state.actions
+                or state.held
+                or state.broken is not None
+            ):
+                state.idle_since = None
+                continue
+            if state.idle_since is None:
+                state.idle_since = now
+            elif now - state.idle_since >= _FORGET_IDLE_S and self.core.forget(key):
+                del self._keys[key]
 
     async def _renew_grants(self) -> None:
         home = self._home
