@@ -12,13 +12,17 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "AgentCapability",
     "ClosedResourceError",
+    "CoherenceBus",
+    "CoherentL1Tier",
     "ConfigurationError",
     "InvalidKeyError",
     "InvalidValueError",
     "MemoryHierarchy",
     "SageMemError",
     "ScopeViolationError",
+    "ScopedHierarchy",
     "TierEntry",
     "TierUnavailable",
     "ValueTooLargeError",
@@ -27,7 +31,11 @@ __all__ = [
 ]
 
 _LAZY = {
+    "AgentCapability": "sagemem.scope",
+    "CoherenceBus": "sagemem.coherence.bus",
+    "CoherentL1Tier": "sagemem.tiers.l1_coherent",
     "MemoryHierarchy": "sagemem.hierarchy",
+    "ScopedHierarchy": "sagemem.scope",
     "TierEntry": "sagemem.tiers.base",
     "connect": "sagemem.connection",
     **{
@@ -47,6 +55,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from sagemem.coherence.bus import CoherenceBus
     from sagemem.connection import connect
     from sagemem.errors import (
         ClosedResourceError,
@@ -60,7 +69,9 @@ if TYPE_CHECKING:
         VersionConflict,
     )
     from sagemem.hierarchy import MemoryHierarchy
+    from sagemem.scope import AgentCapability, ScopedHierarchy
     from sagemem.tiers.base import TierEntry
+    from sagemem.tiers.l1_coherent import CoherentL1Tier
 
 
 def __getattr__(name: str) -> Any:

@@ -1,17 +1,22 @@
 """`sagemem.connect()`: a ready hierarchy (L1, L2, L3 and optionally the semantic tier) in one call.
 
 Addresses come from the arguments, else `SAGEMEM_REDIS_URL` / `SAGEMEM_POSTGRES_DSN`, else the
-embedded servers (started or reused; see `sagemem.services`).
+embedded servers (started or reused; see `sagemem.services`). With `agent_id`, tier 0 is a
+`CoherentL1Tier` on a `CoherenceBus` of its own, so several agents (processes or tasks) that
+connect to the same namespace stay coherent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sagemem.hierarchy import MemoryHierarchy
 from sagemem.tiers.base import Tier
+
+if TYPE_CHECKING:
+    from sagemem.coherence.bus import CoherenceBus
 
 __all__ = ["connect"]
 
@@ -19,14 +24,20 @@ __all__ = ["connect"]
 class _Connection:
     """Awaitable and async context manager around one hierarchy that owns its tiers."""
 
-    def __init__(self, hierarchy: MemoryHierarchy) -> None:
+    def __init__(self, hierarchy: MemoryHierarchy, bus: CoherenceBus | None = None) -> None:
         self._hierarchy = hierarchy
+        self._bus = bus
 
     async def _open(self) -> MemoryHierarchy:
         try:
+            if self._bus is not None:
+                await self._bus.connect()
+                self._hierarchy.closing_callbacks.append(self._bus.aclose)
             await self._hierarchy.connect()
         except BaseException:
             await self._hierarchy.aclose()
+            if self._bus is not None:
+                await self._bus.aclose()
             raise
         return self._hierarchy
 
@@ -53,19 +64,33 @@ def connect(
     l1_capacity: int = 1024,
     l2_ttl_s: float | None = None,
     semantic: bool = False,
+    agent_id: str | None = None,
+    mode: str = "coherent",
 ) -> _Connection:
     """A hierarchy L1 -> L2 -> L3 (-> DRAM if `semantic`) on the configured or embedded servers.
 
     Use `async with sagemem.connect() as memory:` (closed on exit), or
     `memory = await sagemem.connect()` and `await memory.aclose()` when done. The hierarchy
-    owns its tiers.
+    owns its tiers. `agent_id` makes L1 a `CoherentL1Tier` of that agent (`mode` "coherent"
+    or "strict"; every agent of a namespace must use the same mode) on a bus the hierarchy
+    also closes.
     """
     from sagemem.tiers.l1 import L1Tier
     from sagemem.tiers.l2 import L2Tier
     from sagemem.tiers.l3 import L3Tier
 
+    bus = None
+    l1: Tier
+    if agent_id is None:
+        l1 = L1Tier(capacity=l1_capacity)
+    else:
+        from sagemem.coherence.bus import CoherenceBus
+        from sagemem.tiers.l1_coherent import CoherentL1Tier
+
+        bus = CoherenceBus(url=redis_url, namespace=namespace)
+        l1 = CoherentL1Tier(agent_id, bus, l1_capacity, mode=mode)
     tiers: list[Tier] = [
-        L1Tier(capacity=l1_capacity),
+        l1,
         L2Tier(url=redis_url, namespace=namespace, ttl=l2_ttl_s),
         L3Tier(dsn=postgres_dsn, namespace=namespace),
     ]
@@ -73,4 +98,4 @@ def connect(
         from sagemem.tiers.dram import DRAMTier
 
         tiers.append(DRAMTier(dsn=postgres_dsn, namespace=namespace))
-    return _Connection(MemoryHierarchy(tiers, owns_tiers=True))
+    return _Connection(MemoryHierarchy(tiers, owns_tiers=True), bus)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import statistics as _stats
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -88,6 +88,9 @@ class MemoryHierarchy(AsyncResource):
         if type(tiers[0]).__module__ == "sagemem.tiers.l1_coherent":
             self._bind_coherent_l1()
         self._owns_tiers = owns_tiers
+        # Awaited by aclose() after the owned tiers are closed (e.g. the bus of a coherent L1
+        # that sagemem.connect() made).
+        self.closing_callbacks: list[Callable[[], Awaitable[None]]] = []
         self._closed = False
         self._counters = tuple(_TierCounters() for _ in self.tiers)
         self._reads = 0
@@ -154,13 +157,17 @@ class MemoryHierarchy(AsyncResource):
         if self._closed:
             return
         self._closed = True
-        if not self._owns_tiers:
-            return
         errors: list[BaseException] = []
-        for tier in reversed(self.tiers):
+        if self._owns_tiers:
+            for tier in reversed(self.tiers):
+                try:
+                    await tier.aclose()
+                except Exception as error:  # close the rest, then report the first failure
+                    errors.append(error)
+        for callback in self.closing_callbacks:
             try:
-                await tier.aclose()
-            except Exception as error:  # close the rest, then report the first failure
+                await callback()
+            except Exception as error:
                 errors.append(error)
         if errors:
             raise errors[0]

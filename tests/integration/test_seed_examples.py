@@ -140,3 +140,23 @@ async def test_seed_coherence_example_runs_as_written(redis_url: str, namespace:
     assert isinstance(stats, CoherentL1Statistics)
     assert stats.invalidations_received == 1
     assert stats.recalls_received == 1
+
+
+async def test_connect_with_an_agent_id_gives_coherent_agents(namespace: str) -> None:
+    """Two `sagemem.connect(agent_id=...)` hierarchies on one namespace stay coherent: a write
+    through one invalidates the other's copy; closing closes the bus too."""
+    async with (
+        sagemem.connect(namespace=namespace, agent_id="a") as a,
+        sagemem.connect(namespace=namespace, agent_id="b") as b,
+    ):
+        l1_a, l1_b = a.coherent_l1, b.coherent_l1
+        assert isinstance(l1_a, sagemem.CoherentL1Tier)
+        assert isinstance(l1_b, sagemem.CoherentL1Tier)
+        await a.set("belief:x", "one", tier_index=2)
+        assert await b.get("belief:x") == "one"
+        await a.set("belief:x", "two", tier_index=2)
+        assert await b.get("belief:x") == "two"
+        assert l1_b.statistics().invalidations_received >= 1
+        await a.delete("belief:x")
+    assert not l1_a.bus.connected
+    assert not l1_b.bus.connected
