@@ -106,6 +106,8 @@ def _check_policy(policy: object) -> ConflictPolicy:
 
 
 _OWNED_STATES: Final = frozenset({L1State.E, L1State.M})
+# A read whose entry restarts empty (see _reset_bogus_floor) starts again at most this often.
+_READ_RESTARTS: Final = 3
 # Keys with no copy and nothing in flight are forgotten after this long (see _forget_idle).
 _FORGET_IDLE_S: Final = 30.0
 # A retrying reader or writer sends the same recall (owner, epoch) at most this often.
@@ -170,6 +172,7 @@ class CoherentL1Statistics:
     fenced_writes: int
     evictions: int
     lease_lapses: int
+    floors_reset: int
     disconnects: int
     resyncs: int
     held_events: int
@@ -207,6 +210,8 @@ class _KeyState:
     recalled: tuple[str | None, int | None] | None = None  # the last recall sent (owner, epoch)
     recalled_at: float = 0.0
     idle_since: float | None = None  # when the maintenance first found the key idle
+    reset: bool = False  # the entry restarted empty (a bogus floor) during the operation
+    stale_since: float | None = None  # when the fill in progress first got stale data
     conditional: bool = False  # the write-through in progress is a compare-and-swap
     expected: int | None = None  # ... expecting this live version (None: absent)
 
@@ -301,6 +306,9 @@ class CoherentL1Tier(AsyncResource):
         self._retry_delay_max_s: Final = max(float(retry_delay_max_s), self._retry_delay_s)
         self._operation_timeout_s: Final = float(operation_timeout_s)
         self._outbox_sweep_after_s: Final = float(outbox_sweep_after_s)
+        # How long L2 may keep answering a fill with data older than the agent's floor before
+        # the floor is taken as bogus: the sweep's period twice, plus a second.
+        self._stale_l2_limit_s: Final = 2 * self._outbox_sweep_after_s + 1.0
         self._on_fenced = on_fenced
         self._home: HomeStore | None = None
         self._directory: RedisDirectory | None = None
@@ -333,6 +341,7 @@ class CoherentL1Tier(AsyncResource):
                 "conflicts",
                 "evictions",
                 "lease_lapses",
+                "floors_reset",
                 "disconnects",
                 "resyncs",
                 "io_retries",
@@ -513,6 +522,7 @@ class CoherentL1Tier(AsyncResource):
             fenced_writes=len(self._fenced),
             evictions=c["evictions"],
             lease_lapses=c["lease_lapses"],
+            floors_reset=c["floors_reset"],
             disconnects=c["disconnects"],
             resyncs=c["resyncs"],
             held_events=sum(len(s.held) for s in self._keys.values()),
@@ -544,8 +554,12 @@ class CoherentL1Tier(AsyncResource):
                 return (None if value is ABSENT else TierEntry(_unpack(value), version)), 0
         check_key(key)
         state = self._state(key)
-        state.source = 0
-        action = await self._operate(key, Event.READ, NO_PAYLOAD)
+        for _ in range(_READ_RESTARTS):
+            state.source = 0
+            state.reset = False
+            action = await self._operate(key, Event.READ, NO_PAYLOAD)
+            if not (action is None and state.reset):
+                break  # else the entry restarted empty under this read: read again
         source = state.source
         if action is None or action.value is ABSENT:
             return None, source
@@ -1016,7 +1030,18 @@ class CoherentL1Tier(AsyncResource):
                 step = self._fire(key, Event.FILL_DATA, payload)
                 if step.fired and step.guard in (Guard.DATA_STALE, Guard.DATA_OLDER):
                     self._counts["fills_discarded_stale"] += 1
-                    await self._wait_turn(state)  # the newer copy is on its way: back off
+                    now = time.monotonic()
+                    if state.stale_since is None:
+                        state.stale_since = now
+                    # From the home (unowned), older data than the floor is proof the floor is
+                    # bogus; from L2 it is legitimate only until the pending relay deletes the
+                    # copy, which the outbox sweep bounds.
+                    if state.source == 2 or now - state.stale_since > self._stale_l2_limit_s:
+                        self._reset_bogus_floor(key, state)
+                    else:
+                        await self._wait_turn(state)  # the newer copy is on its way: back off
+                elif step.fired:
+                    state.stale_since = None
                 if step.stalled:  # the bus missed messages: wait for RESYNC
                     await self._wait_changed(state)
             case Request.COMMIT:
@@ -1085,6 +1110,23 @@ class CoherentL1Tier(AsyncResource):
     @property
     def _owner_lease_ms(self) -> int:
         return max(1, math.ceil(self._owner_lease_s * 1000))
+
+    def _reset_bogus_floor(self, key: str, state: _KeyState) -> None:
+        """The home itself, with no owner, answered a version older than this agent's floor.
+        Versions are committed at the home before any invalidation names them, so that floor
+        came from an invalidation the protocol never sent (forged, or from another home): the
+        entry's volatile state is dropped (its CRASH row: it restarts empty, as after a
+        restart) and the read starts again, instead of refetching forever."""
+        self._counts["floors_reset"] += 1
+        _logger.warning(
+            "L1 %s: key %r: the home's version is older than an invalidation this agent "
+            "received (forged?); the entry restarts empty",
+            self.agent_id,
+            key,
+        )
+        state.reset = True
+        state.stale_since = None
+        self._fire(key, Event.CRASH, NO_PAYLOAD)
 
     async def _wait_changed(self, state: _KeyState) -> None:
         with contextlib.suppress(TimeoutError):

@@ -550,3 +550,30 @@ async def test_idle_keys_are_forgotten_and_read_again_correctly(
     assert a.get_state("k") is L1State.I
     await b.write_through("k", "v2")
     assert await a.get("k") == "v2"
+
+
+@pytest.mark.parametrize("l2_copy", [False, True], ids=["home", "l2"])
+async def test_a_forged_invalidation_cannot_stall_reads(
+    cluster: Cluster, redis_url: str, l2_copy: bool
+) -> None:
+    """An invalidation naming a version the home never committed raises the reader's floor
+    above anything a fill can return. The home's own answer (or L2's, past the relay bound)
+    proves the floor bogus: the entry restarts empty and the read returns the current value,
+    instead of refetching forever."""
+    a = await cluster.agent("a", outbox_sweep_after_s=0.2)
+    b = await cluster.agent("b")
+    await b.write_through("k", "current")
+    assert await a.get("k") == "current"  # a holds it; its fill also put the copy in L2
+    if not l2_copy:
+        await cluster.redis.delete(f"sagemem:{cluster.bus.namespace}:k")
+    forger = CoherenceBus(url=redis_url, namespace=cluster.bus.namespace)
+    await forger.connect()
+    try:
+        await forger.publish_invalidate("k", 10**12, ["a"], sender="mallory")
+    finally:
+        await forger.aclose()
+    await eventually(lambda: a.get_state("k") is L1State.I, "the forged message arrived")
+    async with asyncio.timeout(WAIT_S):
+        assert await a.get("k") == "current"
+    assert a.statistics().floors_reset == 1
+    assert a.get_state("k") is L1State.S
