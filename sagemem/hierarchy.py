@@ -25,11 +25,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from sagemem._lifecycle import AsyncResource
-from sagemem.errors import ClosedResourceError, ConfigurationError, VersionConflict
+from sagemem.conflicts import ConflictPolicy, check_attempts, check_policy, swap_with_policy
+from sagemem.conflicts import update as update_with_retries
+from sagemem.errors import ClosedResourceError, ConfigurationError
 from sagemem.tiers.base import Tier, TierEntry, TierStatistics
 
 if TYPE_CHECKING:
-    from sagemem.tiers.l1_coherent import CoherentL1Tier, ConflictPolicy
+    from sagemem.tiers.l1_coherent import CoherentL1Tier
     from sagemem.tiers.l3 import L3Tier
 from sagemem.values import JSONValue, check_key, encode_value
 
@@ -288,32 +290,27 @@ class MemoryHierarchy(AsyncResource):
                 key, value, expected_version, on_conflict=on_conflict, attempts=attempts
             )
         home_index, home = self._plain_home()
-        policy = on_conflict
-        mine, expected = value, expected_version
-        for _ in range(attempts):
-            try:
-                version = await home.compare_and_swap(key, mine, expected)
-            except VersionConflict:
-                if policy == "reject":
-                    raise
-                if policy == "last_writer_wins":
-                    version = await home.write(key, value)
-                elif callable(policy):
-                    current = await home.read(key)
-                    mine = policy(value, None if current is None else current.value)
-                    encode_value(mine)
-                    expected = None if current is None else current.version
-                    continue
-                else:
-                    raise ConfigurationError(
-                        "on_conflict must be 'reject', 'last_writer_wins' or a merge function, "
-                        f"got {policy!r:.80}"
-                    ) from None
-            for faster in self.tiers[:home_index]:
-                await faster.delete(key)
-            self._counters[home_index].writes += 1
-            return version
-        raise VersionConflict(key, expected=expected, actual=await home.version(key))
+
+        async def swap_once(mine: JSONValue, expected: int | None) -> int:
+            return await home.compare_and_swap(key, mine, expected)
+
+        async def overwrite(mine: JSONValue) -> int:
+            return await home.write(key, mine)
+
+        version = await swap_with_policy(
+            key,
+            value,
+            expected_version,
+            check_policy(on_conflict),
+            check_attempts(attempts),
+            swap_once=swap_once,
+            read=lambda: home.read(key),
+            overwrite=overwrite,
+        )
+        for faster in self.tiers[:home_index]:
+            await faster.delete(key)
+        self._counters[home_index].writes += 1
+        return version
 
     async def update(
         self,
@@ -330,19 +327,13 @@ class MemoryHierarchy(AsyncResource):
         if self._coherent is not None:
             return await self._coherent.update(key, fn, default=default, attempts=attempts)
         _, home = self._plain_home()
-        last: VersionConflict | None = None
-        for _ in range(attempts):
-            current = await home.read(key)
-            try:
-                return await self.compare_and_swap(
-                    key,
-                    fn(default if current is None else current.value),
-                    None if current is None else current.version,
-                )
-            except VersionConflict as conflict:
-                last = conflict
-        assert last is not None
-        raise last
+
+        async def swap_once(new: JSONValue, expected: int | None) -> int:
+            return await self.compare_and_swap(key, new, expected)
+
+        return await update_with_retries(
+            fn, default, check_attempts(attempts), swap_once=swap_once, read=lambda: home.read(key)
+        )
 
     def _plain_home(self) -> tuple[int, L3Tier]:
         from sagemem.tiers.l3 import L3Tier

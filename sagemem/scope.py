@@ -45,8 +45,8 @@ from sagemem.tiers.l1 import L1Tier
 from sagemem.values import KEY_LENGTH_MAX, JSONValue, check_key, check_namespace, encode_value
 
 if TYPE_CHECKING:
+    from sagemem.conflicts import ConflictPolicy
     from sagemem.hierarchy import MemoryHierarchy
-    from sagemem.tiers.l1_coherent import ConflictPolicy
 
 __all__ = [
     "L1_INDEX",

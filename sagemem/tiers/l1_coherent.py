@@ -37,7 +37,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Final, Literal, cast
+from typing import Final, cast
 
 from sagemem._lifecycle import AsyncResource
 from sagemem.coherence.bus import CoherenceBus, Subscription
@@ -54,6 +54,8 @@ from sagemem.coherence.messages import (
     Resynced,
     check_agent_id,
 )
+from sagemem.conflicts import ConflictPolicy, check_attempts, check_policy, swap_with_policy
+from sagemem.conflicts import update as update_with_retries
 from sagemem.errors import (
     ClosedResourceError,
     ConfigurationError,
@@ -87,32 +89,15 @@ RELAY_SENDER: Final = "sagemem.relay"
 
 _SCALARS: Final = (str, int, float, bool, type(None))
 
-type ConflictPolicy = (
-    Literal["reject", "last_writer_wins"] | Callable[[JSONValue, JSONValue], JSONValue]
-)
-"""What a compare-and-swap does when the home holds another version: raise, overwrite, or
-merge (`merge(mine, theirs)`, theirs None if the key does not exist)."""
-
-
-def _check_policy(policy: object) -> ConflictPolicy:
-    if policy in ("reject", "last_writer_wins"):
-        return cast(ConflictPolicy, policy)
-    if callable(policy):
-        return cast(ConflictPolicy, policy)
-    raise InvalidValueError(
-        f"on_conflict must be 'reject', 'last_writer_wins' or a merge function "
-        f"merge(mine, theirs) -> value, got {policy!r:.80}"
-    )
-
 
 _OWNED_STATES: Final = frozenset({L1State.E, L1State.M})
+_COPY_STATES: Final = frozenset({L1State.S, L1State.E, L1State.M})
 # A read whose entry restarts empty (see _reset_bogus_floor) starts again at most this often.
 _READ_RESTARTS: Final = 3
 # Keys with no copy and nothing in flight are forgotten after this long (see _forget_idle).
 _FORGET_IDLE_S: Final = 30.0
 # A retrying reader or writer sends the same recall (owner, epoch) at most this often.
 _RECALL_REPEAT_S: Final = 0.05
-_COPY_STATES: Final = frozenset({L1State.S, L1State.E, L1State.M})
 
 
 class _Packed:
@@ -645,26 +630,28 @@ class CoherentL1Tier(AsyncResource):
                 f"expected_version must be a version (an int >= 1) or None (the key must not "
                 f"exist), got {expected_version!r}"
             )
-        policy = _check_policy(on_conflict)
-        if type(attempts) is not int or attempts < 1:
-            raise InvalidValueError(f"attempts must be a positive int, got {attempts!r}")
-        mine, expected = value, expected_version
-        for _ in range(attempts):
-            try:
-                return await self._compare_and_swap_once(key, mine, expected)
-            except VersionConflict as conflict:
-                if policy == "reject":
-                    raise
-                if policy == "last_writer_wins":
-                    return await self.write_through(key, value)
-                assert callable(policy)
-                current = await self.read(key)
-                if current is None and conflict.actual is not None:
-                    continue  # deleted meanwhile: read again
-                mine = policy(value, None if current is None else current.value)
-                encode_value(mine)
-                expected = None if current is None else current.version
-        raise VersionConflict(key, expected=expected, actual=await self._home_version(key))
+        policy = check_policy(on_conflict)
+        tries = check_attempts(attempts)
+
+        async def swap_once(mine: JSONValue, expected: int | None) -> int:
+            return await self._compare_and_swap_once(key, mine, expected)
+
+        async def read() -> TierEntry | None:
+            return await self.read(key)
+
+        async def overwrite(mine: JSONValue) -> int:
+            return await self.write_through(key, mine)
+
+        return await swap_with_policy(
+            key,
+            value,
+            expected_version,
+            policy,
+            tries,
+            swap_once=swap_once,
+            read=read,
+            overwrite=overwrite,
+        )
 
     async def update(
         self,
@@ -678,23 +665,17 @@ class CoherentL1Tier(AsyncResource):
         with a compare-and-swap, retrying with a fresh read up to `attempts` times; return the
         new version, or raise `VersionConflict` if every attempt lost a race."""
         check_key(key)
-        if not callable(fn):
-            raise InvalidValueError(f"fn must be a function of the current value, got {fn!r:.80}")
-        if type(attempts) is not int or attempts < 1:
-            raise InvalidValueError(f"attempts must be a positive int, got {attempts!r}")
-        last: VersionConflict | None = None
-        for attempt in range(attempts):
-            current = await self.read(key)
-            expected = None if current is None else current.version
-            new = fn(default if current is None else current.value)
-            encode_value(new)
-            try:
-                return await self._compare_and_swap_once(key, new, expected)
-            except VersionConflict as conflict:
-                last = conflict
-                await self._backoff(attempt)
-        assert last is not None
-        raise last
+        tries = check_attempts(attempts)
+
+        async def swap_once(new: JSONValue, expected: int | None) -> int:
+            return await self._compare_and_swap_once(key, new, expected)
+
+        async def read() -> TierEntry | None:
+            return await self.read(key)
+
+        return await update_with_retries(
+            fn, default, tries, swap_once=swap_once, read=read, backoff=self._backoff
+        )
 
     async def _compare_and_swap_once(self, key: str, value: JSONValue, expected: int | None) -> int:
         self._require_started()
@@ -742,12 +723,6 @@ class CoherentL1Tier(AsyncResource):
                     await directory.expire_lapsed(key)
                 await self._backoff(attempt)
                 attempt += 1
-
-    async def _home_version(self, key: str) -> int | None:
-        home = self._home
-        assert home is not None
-        found = await home.read(key)
-        return None if found.value is ABSENT or found.owner is not None else found.version
 
     async def delete(self, key: str) -> bool:
         """Delete the key at the home (a new, absent version), invalidating every copy.
