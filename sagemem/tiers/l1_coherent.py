@@ -177,7 +177,7 @@ class _KeyState:
 
     # each queued action with the user operation that was waiting when its row fired (None:
     # none, or it gave up): answers go to that operation only, never to a later one
-    actions: deque[tuple[Action, Step, _Op | None]] = field(default_factory=deque)
+    actions: deque[tuple[Action, _Op | None]] = field(default_factory=deque)
     held: list[tuple[Event, Payload]] = field(default_factory=list)
     driver: asyncio.Task[None] | None = None
     op: _Op | None = None
@@ -858,7 +858,7 @@ class CoherentL1Tier(AsyncResource):
     def _after(self, key: str, step: Step) -> None:
         state = self._state(key)
         for action in step.actions:
-            state.actions.append((action, step, state.op))
+            state.actions.append((action, state.op))
         self._note(key, state, step)
         self._signal(state)
         if state.held:
@@ -934,7 +934,7 @@ class CoherentL1Tier(AsyncResource):
             while True:
                 try:
                     while state.actions:
-                        action, _, owner = state.actions[0]
+                        action, owner = state.actions[0]
                         await self._perform(key, state, action, owner)
                         state.actions.popleft()
                     request = self.core.snapshot(key).request
