@@ -42,7 +42,6 @@ import platform
 import secrets
 import sys
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -54,6 +53,7 @@ import redis.asyncio as aioredis
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.baselines import LRU_AWAITED, LruBaseline, await_subscribed
 from benchmarks.stats import LatencySummary, format_table, summarise
 from sagemem.coherence.bus import CoherenceBus
 from sagemem.coherence.core import TraceRecord
@@ -78,7 +78,7 @@ TARGET_DELIVERY_RATIO: Final = 1.5
 TARGET_MESSAGES_PER_WRITE: Final = 3.0
 HIT_S: Final = "CoherentL1Tier.get hit, S (str value)"
 HIT_M: Final = "CoherentL1Tier.get hit, M (str value)"
-AWAITED_LRU: Final = "OrderedDict LRU get (awaited coroutine)"
+AWAITED_LRU: Final = LRU_AWAITED
 
 type Op = Callable[[int], Awaitable[object]]
 _THIS_FILE: Final = str(Path(__file__).resolve())
@@ -298,19 +298,11 @@ async def measure_hits(
         await reader.set(key, SCALAR)
         _require_state(reader, key, L1State.M, "a write at L1 takes ownership")
 
-    lru: OrderedDict[str, object] = OrderedDict((key, SCALAR) for key in shared)
+    lru = LruBaseline(shared, SCALAR)
+    lru_get_async = lru.get_awaited
     plain_l1 = L1Tier(capacity=HIT_KEYS)
     for key in shared:
         await plain_l1.set(key, SCALAR)
-
-    def lru_get(key: str) -> object:
-        value = lru.get(key)
-        if value is not None:
-            lru.move_to_end(key)
-        return value
-
-    async def lru_get_async(i: int) -> object:
-        return lru_get(shared[i % HIT_KEYS])
 
     async def hit_shared(i: int) -> object:
         return await reader.get(shared[i % HIT_KEYS])
@@ -326,12 +318,7 @@ async def measure_hits(
 
     _progress(f"coherent L1 hits vs OrderedDict LRU get, {iterations} iterations each ...")
     before = reader.statistics()
-    sync_ns: list[int] = []
-    for i in range(iterations):
-        started = time.perf_counter_ns()
-        lru_get(shared[i % HIT_KEYS])
-        sync_ns.append(time.perf_counter_ns() - started)
-    lru_sync = summarise("OrderedDict LRU get (plain call)", sync_ns)
+    lru_sync = lru.measure_plain(iterations)
     rows: list[tuple[LatencySummary, LatencySummary | None]] = [(lru_sync, None)]
     for name, op in (
         (HIT_S, hit_shared),
@@ -370,11 +357,7 @@ class _RawSubscriber:
 
     async def start(self) -> None:
         await self._pubsub.subscribe(self._channel)
-        confirmed = False
-        async with asyncio.timeout(WAIT_S):
-            while not confirmed:
-                message = await self._pubsub.get_message(timeout=WAIT_S)
-                confirmed = message is not None and message["type"] == "subscribe"
+        await await_subscribed(self._pubsub, "subscribe", WAIT_S)
         self._task = asyncio.create_task(self._listen(), name="bench-raw-subscriber")
 
     async def _listen(self) -> None:
@@ -531,6 +514,7 @@ async def _peer_process(
     client = aioredis.Redis.from_url(redis_url)
     pubsub = client.pubsub()
     await pubsub.subscribe(channel)
+    await await_subscribed(pubsub, "subscribe", WAIT_S)
 
     async def listen() -> None:
         async for message in pubsub.listen():
@@ -679,11 +663,7 @@ class _WireCounter:
 
     async def start(self) -> None:
         await self._pubsub.psubscribe(self._pattern)
-        confirmed = False
-        async with asyncio.timeout(WAIT_S):
-            while not confirmed:
-                message = await self._pubsub.get_message(timeout=WAIT_S)
-                confirmed = message is not None and message["type"] == "psubscribe"
+        await await_subscribed(self._pubsub, "psubscribe", WAIT_S)
         self._task = asyncio.create_task(self._listen(), name="bench-wire-counter")
 
     async def _listen(self) -> None:

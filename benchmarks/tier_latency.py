@@ -18,7 +18,6 @@ import asyncio
 import json
 import sys
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import redis.asyncio as aioredis
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.baselines import LRU_AWAITED, LruBaseline
 from benchmarks.stats import LatencySummary, format_table, summarise
 from sagemem.hierarchy import MemoryHierarchy
 from sagemem.services import resolve_postgres_dsn, resolve_redis_url
@@ -81,32 +81,18 @@ async def run(iterations: int) -> list[tuple[LatencySummary, LatencySummary | No
 
     # -- L1 -------------------------------------------------------------------------------
     l1 = L1Tier(capacity=KEYS)
-    lru: OrderedDict[str, object] = OrderedDict()
     for key in keys:
         await l1.set(key, SCALAR)
-        lru[key] = SCALAR
-
-    def lru_get(key: str) -> object:
-        value = lru.get(key)
-        if value is not None:
-            lru.move_to_end(key)
-        return value
-
-    async def lru_get_async(i: int) -> object:
-        return lru_get(keys[i % KEYS])
+    lru = LruBaseline(keys, SCALAR)
+    lru_get_async = lru.get_awaited
 
     async def l1_get(i: int) -> object:
         return await l1.get(keys[i % KEYS])
 
     _progress(f"L1 hit vs OrderedDict LRU get, {iterations} iterations ...")
-    sync_ns: list[int] = []
-    for i in range(iterations):
-        started = time.perf_counter_ns()
-        lru_get(keys[i % KEYS])
-        sync_ns.append(time.perf_counter_ns() - started)
+    lru_sync = lru.measure_plain(iterations)
     l1_ns, lru_async_ns = await _pair(iterations, l1_get, lru_get_async)
-    lru_sync = summarise("OrderedDict LRU get (plain call)", sync_ns)
-    lru_async = summarise("OrderedDict LRU get (awaited coroutine)", lru_async_ns)
+    lru_async = summarise(LRU_AWAITED, lru_async_ns)
     l1_scalar = summarise("L1Tier.get hit (str value)", l1_ns)
     rows += [(lru_sync, None), (lru_async, None), (l1_scalar, lru_async), (l1_scalar, lru_sync)]
 
@@ -121,7 +107,7 @@ async def run(iterations: int) -> list[tuple[LatencySummary, LatencySummary | No
     rows.append(
         (
             summarise("L1Tier.get hit (dict value, fresh copy)", l1_dict_ns),
-            summarise("OrderedDict LRU get (awaited coroutine)", lru_async_ns2),
+            summarise(LRU_AWAITED, lru_async_ns2),
         )
     )
 
@@ -134,7 +120,7 @@ async def run(iterations: int) -> list[tuple[LatencySummary, LatencySummary | No
     rows.append(
         (
             summarise("MemoryHierarchy.get, L1 hit", h_ns),
-            summarise("OrderedDict LRU get (awaited coroutine)", lru_async_ns3),
+            summarise(LRU_AWAITED, lru_async_ns3),
         )
     )
 

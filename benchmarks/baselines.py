@@ -1,0 +1,56 @@
+"""Baselines shared by the benchmarks, so every ratio is taken against the same thing."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from benchmarks.stats import LatencySummary, summarise
+
+__all__ = ["LruBaseline", "await_subscribed"]
+
+LRU_PLAIN: str = "OrderedDict LRU get (plain call)"
+LRU_AWAITED: str = "OrderedDict LRU get (awaited coroutine)"
+
+
+class LruBaseline:
+    """An `OrderedDict` LRU over `keys` (all holding `value`): the cheapest possible L1 hit."""
+
+    def __init__(self, keys: Sequence[str], value: object) -> None:
+        self._keys = list(keys)
+        self._lru: OrderedDict[str, object] = OrderedDict((key, value) for key in self._keys)
+
+    def get(self, key: str) -> object:
+        value = self._lru.get(key)
+        if value is not None:
+            self._lru.move_to_end(key)
+        return value
+
+    async def get_awaited(self, i: int) -> object:
+        """The i-th key's get inside a coroutine (the calling convention of an async tier)."""
+        return self.get(self._keys[i % len(self._keys)])
+
+    def measure_plain(self, iterations: int) -> LatencySummary:
+        """The plain call, timed one call at a time."""
+        samples: list[int] = []
+        for i in range(iterations):
+            key = self._keys[i % len(self._keys)]
+            started = time.perf_counter_ns()
+            self.get(key)
+            samples.append(time.perf_counter_ns() - started)
+        return summarise(LRU_PLAIN, samples)
+
+
+async def await_subscribed(pubsub: Any, kind: str, timeout_s: float) -> None:
+    """Wait until redis-py's `pubsub` confirms its (p)subscription (`kind` "subscribe" or
+    "psubscribe"), so that every message published afterwards reaches it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"no {kind} confirmation within {timeout_s} s")
+        message = await pubsub.get_message(timeout=remaining)
+        if message is not None and message["type"] == kind:
+            return
