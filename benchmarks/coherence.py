@@ -57,9 +57,15 @@ from benchmarks.baselines import LRU_AWAITED, LruBaseline, await_subscribed
 from benchmarks.stats import LatencySummary, format_table, summarise
 from sagemem.coherence.bus import CoherenceBus
 from sagemem.coherence.core import TraceRecord
-from sagemem.coherence.messages import BusEvent, Delivered, InvalidateMessage, encode
+from sagemem.coherence.messages import (
+    CHANNEL_PREFIX,
+    BusEvent,
+    Delivered,
+    InvalidateMessage,
+    encode,
+)
 from sagemem.services import resolve_postgres_dsn, resolve_redis_url
-from sagemem.spec.vocabulary import Event
+from sagemem.spec.vocabulary import Event, MessageKind
 from sagemem.tiers.l1 import L1Tier
 from sagemem.tiers.l1_coherent import CoherentL1Tier, L1State
 from sagemem.tiers.l3 import L3Tier
@@ -655,8 +661,10 @@ class _WireCounter:
 
     def __init__(self, client: aioredis.Redis, bus: CoherenceBus) -> None:
         self._pubsub = client.pubsub()
-        self._pattern: Final = bus.channel_for("x")[:-1] + "*"
-        self._sentinel: Final = bus.channel_for("zz-bench-sentinel").encode()
+        self._pattern: Final = f"{CHANNEL_PREFIX}:{bus.namespace}:*"
+        self._sentinel: Final = bus.channel_for(
+            "zz-bench-sentinel", MessageKind.INVALIDATE, "sentinel"
+        ).encode()
         self.count = 0
         self._sentinel_seen: asyncio.Event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None

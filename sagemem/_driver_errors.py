@@ -7,9 +7,9 @@ chained as `__cause__`. This module must never swallow an error or catch `Cancel
 
 from __future__ import annotations
 
-from sagemem.errors import ClosedResourceError, TierUnavailable
+from sagemem.errors import ClosedResourceError, ScopeViolationError, TierUnavailable
 
-__all__ = ["not_connected", "tier_unavailable"]
+__all__ = ["not_connected", "refused_by_server", "tier_unavailable"]
 
 _DETAIL_LENGTH_MAX = 300
 
@@ -28,6 +28,19 @@ def tier_unavailable(
     return TierUnavailable(
         f"{tier} {operation}{target} failed: {type(error).__name__}: {detail}; {hint}",
         tier=tier,
+    )
+
+
+def refused_by_server(
+    tier: str, operation: str, key: str | None, error: BaseException
+) -> ScopeViolationError:
+    """The error for a command the server refused for lack of permission (Redis NOPERM): the
+    credentials in use belong to a grant (`sagemem.grants`) that does not cover it."""
+    target = f" of key {key!r}" if key is not None else ""
+    return ScopeViolationError(
+        f"the server refused {tier} {operation}{target}: {error}; the credentials in use are "
+        "a restricted grant's that do not allow it (see `sagemem grants list`), so nothing "
+        "was changed"
     )
 
 

@@ -10,10 +10,13 @@ channels and no commands):
 - the L3-labelled copies `sagemem:<ns>:*` (the protocol's L2): read per L3 read prefix when the
   agent has tier 1 and L3 read, written only per L3 write prefix; with L3 read, the coherence
   directory keys `sagemem-dir:<ns>:{lease,holders,acks}:<prefix>*` of the L3 read prefixes;
-- the bus: the root permissions allow SUBSCRIBE only to its own channel
-  `sagemem-bus:<ns>:<agent>`; an agent that may write L3 gets a selector allowing PUBLISH to the
-  namespace's channels (invalidating the holders of what it writes) and nothing else, so it can
-  publish but cannot subscribe to anyone else's invalidations;
+- the bus (channels `sagemem-bus:<ns>:<agent>|<i or r>|<key>`, see
+  `sagemem.coherence.messages.channel_name`): the root permissions allow only PSUBSCRIBE to the
+  agent's own pattern `sagemem-bus:<ns>:<agent>|*`. An agent that may write L3 gets a selector
+  allowing PUBLISH of invalidations (`|i|`) of its L3 write prefixes and of recalls (`|r|`) of
+  its L3 read prefixes, to any agent, plus the sequence counters those bump, and nothing else:
+  it cannot forge an invalidation of a key it may not write, and cannot listen to anyone
+  else's messages;
 - commands: only those sagemem's tiers send (GET, SET, UNLINK, EXISTS, PING, ...; the scripting
   and sorted-set commands of the coherence directory when L3 is granted). No SCAN or KEYS (they
   list key names regardless of key patterns), no FLUSH*, CONFIG, ACL, CLIENT LIST, MONITOR.
@@ -52,8 +55,10 @@ import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from sagemem.coherence.messages import CHANNEL_PREFIX, channel_suffix, subscription_pattern
 from sagemem.errors import ConfigurationError, SageMemError
 from sagemem.scope import L2_INDEX, L2_SPACE_SUFFIX, L3_INDEX, AgentCapability
+from sagemem.spec.vocabulary import MessageKind
 from sagemem.values import check_namespace
 
 __all__ = [
@@ -100,8 +105,14 @@ _COHERENCE_COMMANDS: Final = (
     "+hget",
     "+hgetall",
     "+pexpire",
-    "+subscribe",
-    "+unsubscribe",
+    "+pexpireat",
+    "+mget",
+    "+del",
+    "+hset",
+    "+hmget",
+    "+zcard",
+    "+zremrangebyscore",
+    "+time",
 )
 
 
@@ -193,16 +204,28 @@ def redis_acl_rules(capability: AgentCapability, *, agent_id: str, namespace: st
         rules += list(_COHERENCE_COMMANDS)
         for kind in ("lease:", "holders:", "acks:"):
             rules += [f"~{_glob_escape(directory + kind + p)}*" for p in l3_reads]
-    own_channel = f"sagemem-bus:{namespace}:{agent}"
-    rules += [f"&{_glob_escape(own_channel)}", "+subscribe", "+unsubscribe"]
+        # The bus's listener reads its own sequence counter (MGET) when it (re)subscribes.
+        rules.append(f"%R~{_glob_escape(f'{CHANNEL_PREFIX}:{namespace}:{agent}:seq')}")
+    # PSUBSCRIBE is allowed only for a pattern that literally equals an allowed one.
+    own = subscription_pattern(namespace, agent)
+    rules += [f"&{_glob_escape(own[:-1])}*", "+psubscribe", "+punsubscribe"]
     if capability.l3_write:
         l3_writes = _prefixes(writes, L3_INDEX)
         if L2_INDEX in capability.tiers:
             rules += [f"%W~{_glob_escape(copies + p)}*" for p in l3_writes]
-        # A selector: PUBLISH (and the sequence counters it bumps) on the namespace's channels,
-        # and nothing else; the root permissions keep SUBSCRIBE on the agent's own channel.
-        bus = _glob_escape(f"sagemem-bus:{namespace}:")
-        rules.append(f"(+publish +evalsha +eval +incr &{bus}* ~{bus}*:seq)")
+        # A selector: PUBLISH (and the sequence counters it bumps) of invalidations of the
+        # keys it may write and of recalls of the keys it may read, and nothing else. A channel
+        # holds exactly two '|' (agent ids have none, channel_key encodes the key's), so
+        # `*|i|P*` matches exactly the invalidations of the keys starting with P.
+        bus = _glob_escape(f"{CHANNEL_PREFIX}:{namespace}:")
+        channels = [
+            f"&{bus}*{_glob_escape(channel_suffix(MessageKind.INVALIDATE, p))}*" for p in l3_writes
+        ]
+        channels += [
+            f"&{bus}*{_glob_escape(channel_suffix(MessageKind.RECALL, p))}*"
+            for p in _prefixes(reads, L3_INDEX)
+        ]
+        rules.append(f"(+publish +evalsha +eval +incr +pexpire {' '.join(channels)} ~{bus}*:seq)")
     return rules
 
 

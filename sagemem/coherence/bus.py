@@ -2,8 +2,13 @@
 
 The bus delivers `InvalidateMessage`s and `RecallMessage`s to agent ids; who must receive a
 message (the holders of a key, the owner to recall) is the directory's decision, not the bus's.
-Each agent has its own channel `sagemem-bus:<namespace>:<agent_id>` and a sequence counter
-`sagemem-bus:<namespace>:<agent_id>:seq`. Publishing runs one Lua script per call that, for
+A message of kind K about key k to agent a travels on the channel
+`sagemem-bus:<namespace>:<a>|<K's tag>|<k>` (`messages.channel_name`), so that Redis ACLs can
+confine who may publish about which keys (`sagemem.grants`); agent a receives all of its
+messages through one pattern subscription, `sagemem-bus:<namespace>:<a>|*`, and checks that
+each message's channel names the kind and key the message carries (a message published on
+another key's channel is dropped and counted as misaddressed). Each agent has one sequence
+counter `sagemem-bus:<namespace>:<a>:seq`. Publishing runs one Lua script per call that, for
 every target, INCRs the target's counter and PUBLISHes the message stamped with that number,
 atomically, so the receiving listener can tell when a message went missing.
 
@@ -42,11 +47,12 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, RedisError
 
-from sagemem._driver_errors import tier_unavailable
+from sagemem._driver_errors import refused_by_server, tier_unavailable
 from sagemem._lifecycle import AsyncResource
 from sagemem.coherence.messages import (
+    CHANNEL_PREFIX,
     BusEvent,
     BusHandler,
     Delivered,
@@ -57,11 +63,15 @@ from sagemem.coherence.messages import (
     MissedReason,
     RecallMessage,
     Resynced,
+    channel_name,
+    channel_suffix,
     check_agent_id,
     decode,
     encode_unsequenced,
+    subscription_pattern,
 )
 from sagemem.errors import ClosedResourceError, ConfigurationError, TierUnavailable
+from sagemem.spec.vocabulary import MessageKind
 from sagemem.values import check_key, check_namespace
 
 __all__ = ["BusStatistics", "BusUnavailable", "CoherenceBus", "Subscription"]
@@ -74,7 +84,6 @@ _HINT: Final = (
     "points at it; `sagemem services status` shows the embedded servers"
 )
 _TIER: Final = "bus"
-_CHANNEL_PREFIX: Final = "sagemem-bus"
 _SEQUENCE_SUFFIX: Final = ":seq"
 # One script call publishes to at most this many targets (bounds the script's run time).
 _TARGETS_PER_SCRIPT_MAX: Final = 256
@@ -93,10 +102,14 @@ _MALFORMED_LOG_EVERY: Final = 1000
 _PING_TOKEN: Final = b"sagemem-bus-health"
 
 # KEYS[i]: target i's sequence counter. ARGV[1]: the message up to its seq (encode_unsequenced);
-# ARGV[2]: the counters' time to live in ms; ARGV[2 + i]: target i's channel.
-# Returns the number of messages published. The counter lives as long as its channel is used:
+# ARGV[2]: the counters' time to live in ms; ARGV[2 + i]: target i's channel for this message.
+# Returns the number of messages published; refuses (NOPERM) before changing anything when the
+# caller's ACL does not allow the publication. The counter lives as long as its channel is used:
 # a counter that expired restarts at 1, which the listener reports as a sequence gap (safe).
 _PUBLISH_SCRIPT: Final = """
+if #KEYS > 0 and not redis.acl_check_cmd('PUBLISH', ARGV[3], '') then
+  return redis.error_reply('NOPERM this user may not publish this message')
+end
 local sent = 0
 for i = 1, #KEYS do
   local seq = redis.call('INCR', KEYS[i])
@@ -131,6 +144,7 @@ class BusStatistics:
     invalidations_received: int
     recalls_received: int
     malformed_messages: int
+    misaddressed_messages: int  # well formed, but sent on another key's or kind's channel
     handler_errors: int
     disconnects: int
     reconnects: int
@@ -138,6 +152,13 @@ class BusStatistics:
     sequence_gaps: int
     subscriptions: int
     connected: bool
+
+
+def _log_dropped(count: int, message: str, *args: object) -> None:
+    """Log a dropped message: the first few, then one in `_MALFORMED_LOG_EVERY` (a hostile
+    publisher must not flood the log)."""
+    if count <= _MALFORMED_LOG_FIRST or count % _MALFORMED_LOG_EVERY == 0:
+        _logger.warning(message, *args)
 
 
 class _HealthCheckFailed(Exception):
@@ -154,10 +175,12 @@ def _check_seconds(name: str, value: object) -> float:
 
 @dataclass(eq=False)
 class _Channel:
-    """One subscriber's channel and where its sequence stands on the current connection."""
+    """One subscriber's pattern subscription and where its sequence stands on the current
+    connection."""
 
     agent_id: str
-    name: bytes
+    name: bytes  # the subscription pattern `sagemem-bus:<ns>:<agent>|*`
+    prefix: bytes  # the pattern without its `*`: what every channel of this agent starts with
     sequence_key: str
     handler: BusHandler
     # Set once the channel is subscribed on the current connection and its baseline is known.
@@ -191,7 +214,7 @@ class _Link:
         self.connection = connection
         self._command_timeout_s = command_timeout_s
         self._send_lock = asyncio.Lock()
-        self.outstanding: dict[bytes, int] = {}  # channel -> SUBSCRIBE replies still due
+        self.outstanding: dict[bytes, int] = {}  # pattern -> PSUBSCRIBE replies still due
         self.alive = True
         self.opened_at = asyncio.get_running_loop().time()
         self.last_frame_at = self.opened_at
@@ -201,13 +224,13 @@ class _Link:
         async with asyncio.timeout(self._command_timeout_s), self._send_lock:
             await self.connection.send_command(*args, check_health=False)
 
-    async def subscribe(self, channels: list[bytes]) -> None:
-        for name in channels:  # counted before sending: the reply may be read at once
+    async def subscribe(self, patterns: list[bytes]) -> None:
+        for name in patterns:  # counted before sending: the reply may be read at once
             self.outstanding[name] = self.outstanding.get(name, 0) + 1
-        await self.send("SUBSCRIBE", *channels)
+        await self.send("PSUBSCRIBE", *patterns)
 
     def confirm(self, name: bytes) -> bool:
-        """Count a SUBSCRIBE reply; True when the channel has no more replies due."""
+        """Count a PSUBSCRIBE reply; True when the pattern has no more replies due."""
         left = self.outstanding.get(name, 0) - 1
         if left > 0:
             self.outstanding[name] = left
@@ -227,7 +250,7 @@ class _Link:
 
 
 class Subscription:
-    """An agent's subscription to its channel; `aclose()` (idempotent) unsubscribes."""
+    """An agent's subscription to its messages; `aclose()` (idempotent) unsubscribes."""
 
     def __init__(self, bus: CoherenceBus, channel: _Channel) -> None:
         self._bus = bus
@@ -240,7 +263,7 @@ class Subscription:
 
     @property
     def channel(self) -> str:
-        """The pub/sub channel name."""
+        """The pub/sub pattern the agent's messages arrive on, `sagemem-bus:<ns>:<agent>|*`."""
         return self._channel.name.decode()
 
     @property
@@ -333,7 +356,7 @@ class CoherenceBus(AsyncResource):
                 f"CoherenceBus connections_max must be a positive int, got {connections_max!r}"
             )
         self._connections_max: Final = connections_max
-        self._prefix: Final = f"{_CHANNEL_PREFIX}:{self.namespace}:"
+        self._prefix: Final = f"{CHANNEL_PREFIX}:{self.namespace}:"
 
         self._lifecycle_lock = asyncio.Lock()
         self._client: aioredis.Redis | None = None
@@ -355,6 +378,7 @@ class CoherenceBus(AsyncResource):
         self._invalidations_received = 0
         self._recalls_received = 0
         self._malformed = 0
+        self._misaddressed = 0
         self._handler_errors = 0
         self._disconnects = 0
         self._reconnects = 0
@@ -367,13 +391,17 @@ class CoherenceBus(AsyncResource):
 
     # -- names --------------------------------------------------------------------------------
 
-    def channel_for(self, agent_id: str) -> str:
-        """The pub/sub channel on which `agent_id` receives its messages."""
-        return self._prefix + check_agent_id(agent_id)
+    def channel_for(self, agent_id: str, kind: MessageKind, key: str) -> str:
+        """The pub/sub channel on which `agent_id` receives messages of `kind` about `key`."""
+        return channel_name(self.namespace, check_agent_id(agent_id), kind, check_key(key))
+
+    def pattern_for(self, agent_id: str) -> str:
+        """The pattern through which `agent_id` receives all of its messages."""
+        return subscription_pattern(self.namespace, check_agent_id(agent_id))
 
     def sequence_key_for(self, agent_id: str) -> str:
-        """The Redis key counting the messages published on `agent_id`'s channel."""
-        return self.channel_for(agent_id) + _SEQUENCE_SUFFIX
+        """The Redis key counting the messages published to `agent_id`."""
+        return self._prefix + check_agent_id(agent_id) + _SEQUENCE_SUFFIX
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -509,6 +537,7 @@ class CoherenceBus(AsyncResource):
             invalidations_received=self._invalidations_received,
             recalls_received=self._recalls_received,
             malformed_messages=self._malformed,
+            misaddressed_messages=self._misaddressed,
             handler_errors=self._handler_errors,
             disconnects=self._disconnects,
             reconnects=self._reconnects,
@@ -551,16 +580,21 @@ class CoherenceBus(AsyncResource):
             )
         unique = list(dict.fromkeys(check_agent_id(target) for target in targets))
         prefix = encode_unsequenced(message)
+        suffix = channel_suffix(message.kind, message.key)
         sent = 0
         for start in range(0, len(unique), _TARGETS_PER_SCRIPT_MAX):
             batch = unique[start : start + _TARGETS_PER_SCRIPT_MAX]
             keys = [self.sequence_key_for(agent) for agent in batch]
             args: list[bytes | str | int] = [prefix, self._sequence_ttl_ms]
-            args.extend(self.channel_for(agent) for agent in batch)
+            args.extend(self._prefix + agent + suffix for agent in batch)
             assert script is not None
             try:
                 async with asyncio.timeout(self._command_timeout_s * 2), self._slots:
                     result = await script(keys=keys, args=args)
+            except NoPermissionError as error:
+                raise refused_by_server(
+                    _TIER, f"publish {message.kind.value}", message.key, error
+                ) from error
             except _DRIVER_ERRORS as error:
                 raise _bus_unavailable(
                     f"publish {message.kind.value}", error, message.key
@@ -578,7 +612,8 @@ class CoherenceBus(AsyncResource):
         Raises `BusUnavailable` if that takes longer than `subscribe_timeout_s`.
         """
         self._require_connected()
-        name = self.channel_for(agent_id).encode()
+        pattern = self.pattern_for(agent_id)
+        name = pattern.encode()
         if not callable(handler):
             raise ConfigurationError(f"handler must be an async callable, got {handler!r:.80}")
         if name in self._channels:
@@ -589,6 +624,7 @@ class CoherenceBus(AsyncResource):
         channel = _Channel(
             agent_id=agent_id,
             name=name,
+            prefix=pattern[:-1].encode(),
             sequence_key=self.sequence_key_for(agent_id),
             handler=handler,
         )
@@ -627,7 +663,7 @@ class CoherenceBus(AsyncResource):
         link = self._link
         if link is not None and link.alive and channel.requested_on is link:
             with contextlib.suppress(*_DRIVER_ERRORS):
-                await link.send("UNSUBSCRIBE", channel.name)
+                await link.send("PUNSUBSCRIBE", channel.name)
 
     # -- the listener ---------------------------------------------------------------------------
 
@@ -759,9 +795,9 @@ class CoherenceBus(AsyncResource):
         if type(frame) is not list or not frame:
             return  # nothing a RESP2 subscriber is sent; ignore rather than guess
         kind = frame[0]
-        if kind == b"message" and len(frame) == 3:
-            await self._on_message(frame[1], frame[2])
-        elif kind == b"subscribe" and len(frame) == 3:
+        if kind == b"pmessage" and len(frame) == 4:
+            await self._on_message(frame[1], frame[2], frame[3])
+        elif kind == b"psubscribe" and len(frame) == 3:
             name = frame[1]
             if type(name) is bytes and link.confirm(name):
                 channel = self._channels.get(name)
@@ -805,10 +841,10 @@ class CoherenceBus(AsyncResource):
             for message in held:
                 await self._accept(channel, message)
 
-    async def _on_message(self, name: object, data: object) -> None:
+    async def _on_message(self, name: object, sent_on: object, data: object) -> None:
         channel = self._channels.get(name) if type(name) is bytes else None
         if channel is None:
-            return  # a channel unsubscribed a moment ago
+            return  # a pattern unsubscribed a moment ago
         try:
             if type(data) is not bytes:
                 raise MalformedMessage(f"message payload is a {type(data).__name__}")
@@ -820,17 +856,31 @@ class CoherenceBus(AsyncResource):
                 )
         except MalformedMessage as error:
             self._malformed += 1
-            if (
-                self._malformed <= _MALFORMED_LOG_FIRST
-                or self._malformed % _MALFORMED_LOG_EVERY == 0
-            ):
-                _logger.warning(
-                    "bus %s: dropped malformed message %d on %s: %s",
-                    self.namespace,
-                    self._malformed,
-                    channel.agent_id,
-                    error,
-                )
+            _log_dropped(
+                self._malformed,
+                "bus %s: dropped malformed message %d on %s: %s",
+                self.namespace,
+                self._malformed,
+                channel.agent_id,
+                error,
+            )
+            return
+        if type(sent_on) is not bytes or sent_on != channel.prefix + (
+            channel_suffix(message.kind, message.key)[1:].encode()
+        ):
+            # Published on a channel of another key or kind, which is what an agent allowed
+            # to publish about some keys would do to forge a message about others: dropped
+            # before its sequence number is looked at.
+            self._misaddressed += 1
+            _log_dropped(
+                self._misaddressed,
+                "bus %s: dropped %s message %d about key %r sent on channel %r",
+                self.namespace,
+                message.kind.value,
+                self._misaddressed,
+                message.key,
+                sent_on,
+            )
             return
         if not channel.ready.is_set():
             if len(channel.held) < _HELD_MESSAGES_MAX:

@@ -19,8 +19,9 @@ Redis keys (`<ns>` the namespace, `<key>` the user's key):
   data must be returned once, never cached).
 - `sagemem-dir:<ns>:acks:<key>` (strict): the agents that owe an acknowledgement, scored by
   the deadline of the registration the invalidation was sent for; it expires likewise.
-- `sagemem-bus:<ns>:<agent>` and `...:seq`: the bus's channels and sequence counters
-  (`CoherenceBus`), through which invalidations are published in the bus's wire format.
+- `sagemem-bus:<ns>:<agent>|i|<key>` and `sagemem-bus:<ns>:<agent>:seq`: the bus's channels
+  and sequence counters (`CoherenceBus`), through which invalidations are published in the
+  bus's wire format.
 
 Deadlines: a holder registration lives `holder_ttl_s` from the moment the fill script runs.
 An agent must stop trusting a copy obtained through a registration (coherent: the entry's
@@ -42,12 +43,16 @@ from enum import Enum, unique
 from typing import Final, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
+from sagemem._driver_errors import refused_by_server as _refused
 from sagemem._driver_errors import tier_unavailable
 from sagemem.coherence.messages import (
+    CHANNEL_PREFIX,
     INTEGER_MAX,
     InvalidateMessage,
+    channel_name,
+    channel_suffix,
     check_agent_id,
     encode_unsequenced,
 )
@@ -60,7 +65,13 @@ from sagemem.coherence.redis_scripts import (
     LEASED_FILL_OCCUPIED,
     register_directory_scripts,
 )
-from sagemem.errors import ConfigurationError, InvalidValueError, TierUnavailable
+from sagemem.errors import (
+    ConfigurationError,
+    InvalidValueError,
+    ScopeViolationError,
+    TierUnavailable,
+)
+from sagemem.spec.vocabulary import MessageKind
 from sagemem.tiers.base import TierEntry
 from sagemem.values import (
     VALUE_SIZE_MAX_BYTES,
@@ -89,7 +100,9 @@ _HINT: Final = (
 )
 _DIRECTORY_PREFIX: Final = "sagemem-dir"
 _L2_PREFIX: Final = "sagemem"  # L2Tier's prefix: the leased fill writes L2Tier's own key
-_BUS_PREFIX: Final = "sagemem-bus"  # CoherenceBus's channels: `<prefix>:<ns>:<agent>`
+# How Redis words an ACL refusal of a command run inside a script (a plain ResponseError).
+_ACL_FAILURE: Final = "ACL failure in script"
+_BUS_PREFIX: Final = CHANNEL_PREFIX  # CoherenceBus's: `<prefix>:<ns>:<agent>|...`
 _L2_SEPARATOR: Final = b";"
 _TOKEN_BYTES: Final = 16
 _SEQUENCE_TTL_S: Final = 7 * 24 * 3600.0  # as CoherenceBus's default `sequence_ttl_s`
@@ -267,9 +280,11 @@ class RedisDirectory:
         """The Redis key of `key`'s owed acknowledgements (strict mode)."""
         return f"{self._prefix}acks:{check_key(key)}"
 
-    def channel_for(self, agent_id: str) -> str:
-        """The bus channel of `agent_id` (the same as `CoherenceBus.channel_for`)."""
-        return self._channel_prefix + check_agent_id(agent_id)
+    def channel_for(self, agent_id: str, key: str) -> str:
+        """The channel of `agent_id`'s invalidations of `key` (as `CoherenceBus.channel_for`)."""
+        return channel_name(
+            self.namespace, check_agent_id(agent_id), MessageKind.INVALIDATE, check_key(key)
+        )
 
     # -- the protocol's Redis steps ---------------------------------------------------------
 
@@ -291,7 +306,7 @@ class RedisDirectory:
             "fill",
             key,
             self._scripts.fill(
-                keys=keys,
+                keys=keys[1:],
                 args=[
                     agent,
                     token,
@@ -299,6 +314,7 @@ class RedisDirectory:
                     self._holder_ttl_ms,
                     self._holders_max,
                     1 if strict else 0,
+                    keys[0],  # the copy, only read: see FILL_SCRIPT
                 ],
             ),
         )
@@ -343,7 +359,8 @@ class RedisDirectory:
 
         The lease is consumed either way it was valid. Returns True if the copy was stored;
         False if the lease was voided (a writer's delete, a newer lease, its expiry, or an
-        earlier use), or if L2 already holds a copy written outside the protocol.
+        earlier use), if L2 already holds a copy written outside the protocol, or if the
+        agent's grant does not let it write the copy (the server refused; nothing changed).
         """
         agent = check_agent_id(agent_id)
         if type(token) is not str or not token:
@@ -356,14 +373,21 @@ class RedisDirectory:
             )
         text = encode_value(value, size_max_bytes=self._value_size_max_bytes)
         payload = str(version).encode() + _L2_SEPARATOR + text.encode()
-        reply = await self._run(
-            "leased fill",
-            key,
-            self._scripts.leased_fill(
-                keys=[self.l2_key(key), self.lease_key(key)],
-                args=[agent, token, payload, self._l2_ttl_ms],
-            ),
-        )
+        try:
+            reply = await self._run(
+                "leased fill",
+                key,
+                self._scripts.leased_fill(
+                    keys=[self.l2_key(key), self.lease_key(key)],
+                    args=[agent, token, payload, self._l2_ttl_ms],
+                ),
+            )
+        except ScopeViolationError:
+            # The agent may read this key but not write its L2 copy (its grant): the server
+            # refused before the script ran, so nothing changed. The lease goes unused and
+            # expires (L2_ABANDON_LEASE); the next fill of an agent allowed to write it fills L2.
+            self._leased_fills_refused += 1
+            return False
         if int(reply) == LEASED_FILL_APPLIED:
             self._leased_fills_applied += 1
             return True
@@ -401,6 +425,7 @@ class RedisDirectory:
                     sender,
                     1 if await_acks else 0,
                     self._sequence_ttl_ms,
+                    channel_suffix(MessageKind.INVALIDATE, key),
                 ],
             ),
         )
@@ -499,6 +524,14 @@ class RedisDirectory:
         try:
             async with asyncio.timeout(self._command_timeout_s):
                 return await call
+        except NoPermissionError as error:
+            raise _refused(_TIER, operation, key, error) from error
+        except ResponseError as error:
+            if str(error).startswith(_ACL_FAILURE):  # a command refused inside a script
+                raise _refused(_TIER, operation, key, error) from error
+            raise DirectoryUnavailable(
+                str(tier_unavailable(_TIER, operation, error, hint=_HINT, key=key))
+            ) from error
         except _DRIVER_ERRORS as error:
             raise DirectoryUnavailable(
                 str(tier_unavailable(_TIER, operation, error, hint=_HINT, key=key))

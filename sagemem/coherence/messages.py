@@ -30,6 +30,7 @@ from sagemem.values import NAMESPACE_PATTERN, check_key
 
 __all__ = [
     "AGENT_ID_PATTERN",
+    "CHANNEL_PREFIX",
     "FORMAT_VERSION",
     "INTEGER_MAX",
     "MESSAGE_SIZE_MAX_BYTES",
@@ -43,10 +44,14 @@ __all__ = [
     "MissedReason",
     "RecallMessage",
     "Resynced",
+    "channel_key",
+    "channel_name",
+    "channel_suffix",
     "check_agent_id",
     "decode",
     "encode",
     "encode_unsequenced",
+    "subscription_pattern",
 ]
 
 FORMAT_VERSION: Final = 1
@@ -55,8 +60,8 @@ FORMAT_VERSION: Final = 1
 MESSAGE_SIZE_MAX_BYTES: Final = 4096
 # Versions are Postgres bigints and sequence numbers Redis INCR counters: both signed 64-bit.
 INTEGER_MAX: Final = (1 << 63) - 1
-# Agent ids name pub/sub channels and Redis keys: no ':' (so one id is never a prefix of
-# another's channel), no glob characters, no spaces.
+# Agent ids name pub/sub channels and Redis keys: no ':' or '|' (so one id is never a prefix
+# of another's channel, and a channel's '|' are its separators), no glob characters, no spaces.
 AGENT_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 
 _INVALIDATE_FIELDS: Final = frozenset({"fmt", "kind", "ns", "key", "version", "sender", "seq"})
@@ -76,6 +81,44 @@ def check_agent_id(agent_id: object) -> str:
         f"agent id {agent_id!r:.80} is invalid: use 1 to 128 characters from letters, digits, "
         "'_', '.' and '-' (it names a pub/sub channel)"
     )
+
+
+# -- channel names -------------------------------------------------------------------------
+#
+# A message to agent `a` about `key` travels on `sagemem-bus:<ns>:<a>|<tag>|<channel_key(key)>`
+# (tag `i` for an invalidation, `r` for a recall); agent `a` receives all of them through ONE
+# pattern subscription, `sagemem-bus:<ns>:<a>|*`. The key is in the channel name so that Redis
+# ACL channel rules can confine who publishes what (`sagemem.grants`): `&sagemem-bus:<ns>:*|i|P*`
+# lets a user publish invalidations of the keys starting with P and nothing else. For that
+# rule to mean exactly "keys starting with P", a channel holds exactly two '|': agent ids and
+# namespaces have none, and `channel_key` writes '|' (and '%', to stay reversible) as `%7C` and
+# `%25`. That encoding maps characters one by one to a prefix-free code, so
+# `channel_key(p)` is a prefix of `channel_key(k)` exactly when `p` is a prefix of `k`.
+
+CHANNEL_PREFIX: Final = "sagemem-bus"
+_KIND_TAGS: Final = {MessageKind.INVALIDATE: "i", MessageKind.RECALL: "r"}
+
+
+def channel_key(key: str) -> str:
+    """`key` as written in a bus channel name: '%' as `%25` and '|' as `%7C`, the rest as is."""
+    if "%" in key or "|" in key:
+        return key.replace("%", "%25").replace("|", "%7C")
+    return key
+
+
+def channel_suffix(kind: MessageKind, key: str) -> str:
+    """The part of a channel name after the agent id: `|<tag>|<channel_key(key)>`."""
+    return f"|{_KIND_TAGS[kind]}|{channel_key(key)}"
+
+
+def channel_name(namespace: str, agent_id: str, kind: MessageKind, key: str) -> str:
+    """The channel on which `agent_id` receives messages of `kind` about `key`."""
+    return f"{CHANNEL_PREFIX}:{namespace}:{agent_id}{channel_suffix(kind, key)}"
+
+
+def subscription_pattern(namespace: str, agent_id: str) -> str:
+    """The pattern through which `agent_id` receives all its messages (one PSUBSCRIBE)."""
+    return f"{CHANNEL_PREFIX}:{namespace}:{agent_id}|*"
 
 
 def _check_integer(name: str, value: object) -> int:

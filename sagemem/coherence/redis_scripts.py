@@ -22,9 +22,10 @@ directory is compared with one clock. Holder and ack sets are sorted sets scored
 registration's deadline in milliseconds; every key the scripts create carries an expiry.
 
 The invalidation script publishes exactly what `CoherenceBus.publish_invalidate` publishes:
-on channel `sagemem-bus:<namespace>:<agent>` the message `encode_unsequenced(message)`
-followed by the target's next sequence number (INCR of `<channel>:seq`) and `}`. The holder
-set names the channels, so those keys are built inside the script: the scripts need a single
+on channel `sagemem-bus:<namespace>:<agent>|i|<key>` the message `encode_unsequenced(message)`
+followed by the target's next sequence number (INCR of `sagemem-bus:<namespace>:<agent>:seq`)
+and `}`. The holder set names the agents, so those keys are built inside the script: the
+scripts need a single
 Redis server (or a cluster slot holding the whole namespace), as the bus does.
 
 `register_directory_scripts(client)` wraps each source in redis-py's `register_script`: every
@@ -83,33 +84,37 @@ FILL_LEASED: Final = 2
 FILL_UNSETTLED: Final = 3
 """`FILL_SCRIPT` reply kind (strict): L2 missed while acks are owed: nothing was done."""
 
-# KEYS[1] the L2 copy, KEYS[2] the key's fill lease, KEYS[3] holders, KEYS[4] owed acks.
+# KEYS[1] the key's fill lease, KEYS[2] holders, KEYS[3] owed acks.
 # ARGV[1] agent, ARGV[2] a fresh random lease token, ARGV[3] lease ttl ms, ARGV[4] holder
-# ttl ms, ARGV[5] holders max, ARGV[6] '1' in strict mode.
+# ttl ms, ARGV[5] holders max, ARGV[6] '1' in strict mode, ARGV[7] the L2 copy's key. The copy
+# is only read here, so it is not declared: Redis checks declared keys for reading AND
+# writing, and an agent whose grant lets it read a key but not write it (sagemem.grants) may
+# read the copy, never write it.
 # Reply {kind, registered 0/1, payload (copy or token, '' when none), acks still owed}.
 FILL_SCRIPT: Final = (
     _PRELUDE
     + """
 local agent = ARGV[1]
+local COPY = ARGV[7]
 local now = now_ms()
-local copy = redis.call('GET', KEYS[1])
+local copy = redis.call('GET', COPY)
 local owed = 0
 if not copy then
   -- Strict FETCH_UNSETTLED: while a holder still owes an ack the fill waits, with no effect.
   -- Lapsed acks are expired first (HOLDER_EXPIRE is a timer that may fire at any time).
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ms(now))
-  owed = redis.call('ZCARD', KEYS[4])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ms(now))
+  owed = redis.call('ZCARD', KEYS[3])
   if ARGV[6] == '1' and owed > 0 then
     return {3, 0, '', owed}
   end
 end
 -- DIRECTORY_ADD_HOLDER, refused (registered = 0) when the set is full of live holders: the
 -- caller may return the data once but must not cache it.
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ms(now))
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ms(now))
 local registered = 0
-if redis.call('ZSCORE', KEYS[3], agent) or redis.call('ZCARD', KEYS[3]) < tonumber(ARGV[5]) then
-  redis.call('ZADD', KEYS[3], ms(now + tonumber(ARGV[4])), agent)
-  expire_at_newest(KEYS[3])
+if redis.call('ZSCORE', KEYS[2], agent) or redis.call('ZCARD', KEYS[2]) < tonumber(ARGV[5]) then
+  redis.call('ZADD', KEYS[2], ms(now + tonumber(ARGV[4])), agent)
+  expire_at_newest(KEYS[2])
   registered = 1
 end
 if copy then
@@ -117,9 +122,9 @@ if copy then
   return {1, registered, copy, owed}
 end
 -- L2_TAKE_LEASE: the key has one lease; handing out a new one voids the older one.
-redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], 'token', ARGV[2], 'agent', agent)
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'token', ARGV[2], 'agent', agent)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {2, registered, ARGV[2], owed}
 """
 )
@@ -155,11 +160,18 @@ return 1
 # KEYS[1] the L2 copy, KEYS[2] the key's fill lease, KEYS[3] holders, KEYS[4] owed acks.
 # ARGV[1] the bus's channel prefix 'sagemem-bus:<namespace>:', ARGV[2] the invalidation's wire
 # form up to its sequence number, ARGV[3] the sender (not messaged), ARGV[4] '1' to await
-# acks, ARGV[5] the sequence counters' ttl ms.
+# acks, ARGV[5] the sequence counters' ttl ms, ARGV[6] the channel suffix '|i|<key>'
+# (`messages.channel_suffix`): holder h's channel is ARGV[1] .. h .. ARGV[6], its counter
+# ARGV[1] .. h .. ':seq'.
 # Reply: the agents messaged.
 INVALIDATE_SCRIPT: Final = (
     _PRELUDE
     + """
+-- A restricted caller may publish invalidations only of the keys it may write (its ACL): check
+-- before changing anything, since a command refused half-way would not undo the earlier ones.
+if not redis.acl_check_cmd('PUBLISH', ARGV[1] .. ARGV[3] .. ARGV[6], '') then
+  return redis.error_reply('NOPERM this user may not publish invalidations of this key')
+end
 local now = now_ms()
 -- L2_DELETE: the copy goes, and with the key's lease every fill lease handed out is void.
 redis.call('DEL', KEYS[1], KEYS[2])
@@ -170,10 +182,10 @@ local sent = {}
 for i = 1, #entries, 2 do
   local agent = entries[i]
   if agent ~= ARGV[3] then
-    local channel = ARGV[1] .. agent
-    local seq = redis.call('INCR', channel .. ':seq')
-    redis.call('PEXPIRE', channel .. ':seq', ARGV[5])
-    redis.call('PUBLISH', channel, ARGV[2] .. string.format('%d', seq) .. '}')
+    local counter = ARGV[1] .. agent .. ':seq'
+    local seq = redis.call('INCR', counter)
+    redis.call('PEXPIRE', counter, ARGV[5])
+    redis.call('PUBLISH', ARGV[1] .. agent .. ARGV[6], ARGV[2] .. string.format('%d', seq) .. '}')
     redis.call('ZREM', KEYS[3], agent)
     if ARGV[4] == '1' then
       -- The ack is owed until the holder's read lease (its registration's deadline) lapses.

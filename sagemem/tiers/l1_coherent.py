@@ -62,6 +62,7 @@ from sagemem.errors import (
     InvalidValueError,
     ProtocolError,
     SageMemError,
+    ScopeViolationError,
     TierUnavailable,
     VersionConflict,
 )
@@ -191,7 +192,9 @@ class _KeyState:
     conflict_row_version: int | None = None  # the home row's version a conflict reported
     source: int = 0  # where the last fill found the data: 1 L2, 2 the home
     waits: int = 0  # consecutive backoffs of the request in progress
-    broken: ProtocolError | None = None  # the table refused a transition: the key is stuck
+    # The table refused a transition (a bug), or the servers refused a step to this agent's
+    # credentials (the key is outside its grant): the key is stuck, its operations raise.
+    broken: ProtocolError | ScopeViolationError | None = None
     recalled: tuple[str | None, int | None] | None = None  # the last recall sent (owner, epoch)
     recalled_at: float = 0.0
     idle_since: float | None = None  # when the maintenance first found the key idle
@@ -779,6 +782,11 @@ class CoherentL1Tier(AsyncResource):
         deadline = loop.time() + self._operation_timeout_s
         state = self._state(key)
         while True:
+            if isinstance(state.broken, ScopeViolationError):
+                raise ScopeViolationError(
+                    f"L1 {self.agent_id}: key {key!r} is outside what this agent's "
+                    f"credentials allow: {state.broken}"
+                )
             if state.broken is not None:
                 raise ProtocolError(
                     f"L1 {self.agent_id}: key {key!r} is stuck after a protocol error: "
@@ -943,9 +951,11 @@ class CoherentL1Tier(AsyncResource):
                         return
                     await self._request(key, state, request)
                     failures = 0
-                except ProtocolError as error:
-                    # A transition the table does not allow: a bug (in the table or here).
-                    # Stop driving this key and fail its operations loudly, never loop.
+                except (ProtocolError, ScopeViolationError) as error:
+                    # A transition the table does not allow: a bug (in the table or here); or
+                    # a step the servers refused to this agent's grant (sagemem.grants), which
+                    # changed nothing and would be refused again. Stop driving this key and
+                    # fail its operations loudly, never loop.
                     state.broken = error
                     _logger.error("L1 %s: key %r: %s", self.agent_id, key, error)
                     op = state.op
@@ -1166,9 +1176,18 @@ class CoherentL1Tier(AsyncResource):
         assert directory is not None
         rule = self.core.shared_row(Event.OUTBOX_RELAY, Guard.ALWAYS)
         assert isinstance(rule, Rule)
-        messaged = await directory.invalidate(
-            key, version, sender, await_acks=self.mode is Mode.STRICT
-        )
+        try:
+            messaged = await directory.invalidate(
+                key, version, sender, await_acks=self.mode is Mode.STRICT
+            )
+        except ScopeViolationError:
+            if sender != RELAY_SENDER:
+                raise
+            # Relaying another writer's invalidations of a key this agent may read but not
+            # write: its grant does not allow publishing them (sagemem.grants), and nothing was
+            # changed. The writer, or an agent allowed to write the key, relays them.
+            _logger.info("L1 %s: not allowed to relay invalidations of %r", self.agent_id, key)
+            return False
         self._counts["invalidations_sent"] += len(messaged)
         if messaged:
             # Agents of this process may have just received the invalidation: let their bus

@@ -28,6 +28,7 @@ from sagemem.coherence import (
 )
 from sagemem.coherence.messages import MESSAGE_SIZE_MAX_BYTES, encode
 from sagemem.errors import ClosedResourceError, ConfigurationError
+from sagemem.spec.vocabulary import MessageKind
 
 WAIT_S = 10.0
 
@@ -171,7 +172,7 @@ async def test_hostile_messages_are_counted_and_dropped_and_delivery_goes_on(
     """Garbage on an agent's channel is counted as malformed; a valid message still arrives."""
     recorder = EventRecorder()
     await bus.subscribe("victim", recorder)
-    channel = bus.channel_for("victim")
+    channel = bus.channel_for("victim", MessageKind.INVALIDATE, "k")
     foreign = InvalidateMessage("another-namespace", "k", 1, "w", 1)
     payloads = [*HOSTILE_PAYLOADS, encode(foreign)]
 
@@ -184,6 +185,34 @@ async def test_hostile_messages_are_counted_and_dropped_and_delivery_goes_on(
     stats = bus.statistics()
     assert stats.malformed_messages == len(payloads)
     assert (stats.sequence_gaps, stats.disconnects, stats.handler_errors) == (0, 0, 0)
+
+
+async def test_a_message_on_another_keys_channel_is_dropped_as_misaddressed(
+    bus: CoherenceBus, raw: aioredis.Redis
+) -> None:
+    """A message whose channel names another key or kind (what a publisher allowed to publish
+    about some keys would send to forge one about others, see sagemem.grants) is dropped and
+    counted before its sequence number is looked at; a bus that trusted the body alone would
+    deliver it. Keys holding the channel's separators travel encoded and arrive intact."""
+    recorder = EventRecorder()
+    await bus.subscribe("victim", recorder)
+    forged = InvalidateMessage(bus.namespace, "team:secret", 9, "mallory", seq=1)
+    recall = RecallMessage(bus.namespace, "agent:m:x", "mallory", None, seq=1)
+    for channel, payload in (
+        (bus.channel_for("victim", MessageKind.INVALIDATE, "agent:m:x"), encode(forged)),
+        (bus.channel_for("victim", MessageKind.INVALIDATE, "agent:m:x"), encode(recall)),
+        (bus.channel_for("victim", MessageKind.RECALL, "team:secret"), encode(forged)),
+        (bus.pattern_for("victim")[:-1] + "i|team:secret|x", encode(forged)),
+    ):
+        assert await raw.publish(channel, payload) == 1
+    awkward = "a|i|b%7C|r|*?[x]%"
+    await bus.publish_invalidate(awkward, 4, ["victim"], sender="w")
+
+    events = await recorder.wait_for_count(1)
+    assert events == [Delivered(InvalidateMessage(bus.namespace, awkward, 4, "w", 1))]
+    stats = bus.statistics()
+    assert stats.misaddressed_messages == 4
+    assert (stats.malformed_messages, stats.sequence_gaps) == (0, 0)
 
 
 async def test_a_raising_handler_is_counted_and_does_not_stop_delivery(
@@ -348,7 +377,7 @@ async def test_a_forged_out_of_sequence_message_reports_missed(
     await recorder.wait_for_count(2)
 
     forged = InvalidateMessage(bus.namespace, "k", 99, "mallory", seq=1)
-    await raw.publish(bus.channel_for("a"), encode(forged))
+    await raw.publish(bus.channel_for("a", MessageKind.INVALIDATE, "k"), encode(forged))
 
     events = await recorder.wait_for_count(5)
     assert [type(event) for event in events[2:]] == [Missed, Resynced, Delivered]

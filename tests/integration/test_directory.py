@@ -32,6 +32,7 @@ from sagemem.coherence.directory import (
     RedisDirectory,
 )
 from sagemem.errors import ConfigurationError, InvalidValueError
+from sagemem.spec.vocabulary import MessageKind
 from sagemem.tiers.base import TierEntry
 from sagemem.tiers.l2 import L2Tier
 from sagemem.values import JSONValue
@@ -115,7 +116,9 @@ def test_keys_match_l2_tier_and_bus_and_never_collide(
     directory = RedisDirectory(client, namespace)
     assert directory.l2_key(KEY) == L2Tier(namespace=namespace).redis_key(KEY)
     bus = CoherenceBus(namespace=namespace)
-    assert directory.channel_for("agent-1") == bus.channel_for("agent-1")
+    assert directory.channel_for("agent-1", "k|x") == bus.channel_for(
+        "agent-1", MessageKind.INVALIDATE, "k|x"
+    )
     for name in (directory.lease_key(KEY), directory.holders_key(KEY), directory.acks_key(KEY)):
         assert name.startswith(f"sagemem-dir:{namespace}:")
         assert not name.startswith(f"sagemem:{namespace}:")

@@ -16,6 +16,8 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 
 from sagemem.coherence.bus import CoherenceBus
+from sagemem.coherence.directory import RedisDirectory
+from sagemem.coherence.messages import InvalidateMessage, encode
 from sagemem.errors import ScopeViolationError, VersionConflict
 from sagemem.grants import (
     GrantCredentials,
@@ -28,6 +30,7 @@ from sagemem.grants import (
 )
 from sagemem.hierarchy import MemoryHierarchy
 from sagemem.scope import AgentCapability, ScopedHierarchy
+from sagemem.spec.vocabulary import L1State
 from sagemem.tiers.l1 import L1Tier
 from sagemem.tiers.l1_coherent import CoherentL1Tier
 from sagemem.tiers.l2 import L2Tier
@@ -70,6 +73,14 @@ async def _subscribe(pubsub: PubSub, channel: str, *, pattern: bool = False) -> 
             message = await pubsub.get_message(timeout=1.0)
             if message is not None:
                 return str(message["type"])
+
+
+async def _eventually(predicate: Callable[[], bool]) -> None:
+    """Wait (bounded) until `predicate()` holds: a message crosses the bus to another agent."""
+    async with asyncio.timeout(10):
+        # The bus's listener task changes what the predicate reads: no single event to await.
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
 
 
 @pytest.fixture
@@ -267,21 +278,24 @@ async def test_redis_user_is_confined_to_its_grant(
             raw.config_get("*"),
             raw.acl_list(),
             raw.client_list(),
-            raw.publish(f"sagemem-bus:{namespace}:b", b"forged"),
-            raw.publish(f"sagemem-bus:{namespace}:a", b"forged"),
+            raw.publish(f"sagemem-bus:{namespace}:b|i|agent:a:x", b"forged"),
+            raw.publish(f"sagemem-bus:{namespace}:a|i|agent:a:x", b"forged"),
         ):
             with pytest.raises(NoPermissionError):
                 await forbidden
         assert await admin_redis.exists(space + "team:y") == 0
         pubsub = raw.pubsub()
-        assert await _subscribe(pubsub, f"sagemem-bus:{namespace}:a") == "subscribe"
+        own = f"sagemem-bus:{namespace}:a|*"
+        assert await _subscribe(pubsub, own, pattern=True) == "psubscribe"
         await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
-        for pattern in (False, True):
+        for channel, pattern in (
+            (f"sagemem-bus:{namespace}:*", True),
+            (f"sagemem-bus:{namespace}:b|*", True),
+            (f"sagemem-bus:{namespace}:b|i|team:y", False),
+        ):
             refused = raw.pubsub()
             with pytest.raises(NoPermissionError):
-                await _subscribe(
-                    refused, f"sagemem-bus:{namespace}:{'*' if pattern else 'b'}", pattern=pattern
-                )
+                await _subscribe(refused, channel, pattern=pattern)
             await refused.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
     finally:
         await raw.aclose()
@@ -290,13 +304,21 @@ async def test_redis_user_is_confined_to_its_grant(
 async def test_l3_writer_may_publish_but_not_listen_to_other_agents(
     provision: Provision, namespace: str
 ) -> None:
-    """The bus: an agent that may write L3 publishes invalidations to other agents' channels but
-    cannot subscribe to them (it would learn the keys they hold); it writes the L3-labelled L2
-    copies of its write prefixes only."""
+    """The bus: an agent that may write L3 publishes to other agents' channels, invalidations
+    only of the keys it may write and recalls of those it may read (a naive grant, PUBLISH on
+    all of `sagemem-bus:<ns>:*`, let it forge invalidations of any key), but cannot subscribe
+    to them (it would learn the keys they hold); it writes the L3-labelled L2 copies of its
+    write prefixes only."""
     credentials = await provision(TEAM_READER, "a")
     raw = aioredis.Redis.from_url(credentials.redis_url)
+    bus = f"sagemem-bus:{namespace}:b"
     try:
-        assert await raw.publish(f"sagemem-bus:{namespace}:b", b"x") == 0
+        assert await raw.publish(f"{bus}|i|agent:a:k", b"x") == 0
+        assert await raw.publish(f"{bus}|r|team:k", b"x") == 0
+        assert await raw.publish(f"{bus}|r|agent:a:k", b"x") == 0
+        for channel in (f"{bus}|i|team:k", f"{bus}|i|secret:k", f"{bus}|r|secret:k", bus):
+            with pytest.raises(NoPermissionError):
+                await raw.publish(channel, b"forged")
         assert await raw.set(f"sagemem:{namespace}:agent:a:k", b"1;1") is True
         assert await raw.get(f"sagemem:{namespace}:team:k") is None
         with pytest.raises(NoPermissionError):
@@ -562,7 +584,8 @@ async def test_bus_carries_no_invalidation_for_keys_outside_the_grant(
     raw = aioredis.Redis.from_url(credentials.redis_url)
     pubsub = raw.pubsub()
     try:
-        assert await _subscribe(pubsub, f"sagemem-bus:{namespace}:intern") == "subscribe"
+        own = f"sagemem-bus:{namespace}:intern|*"
+        assert await _subscribe(pubsub, own, pattern=True) == "psubscribe"
         far_ms = 2**52
         with pytest.raises(NoPermissionError):
             await raw.zadd(f"sagemem-dir:{namespace}:holders:secret:k", {"intern": far_ms})
@@ -571,10 +594,11 @@ async def test_bus_carries_no_invalidation_for_keys_outside_the_grant(
         await coherent_hierarchy.set("team:x", "plan", tier_index=2)
         async with asyncio.timeout(10):
             message = None
-            while message is None or message["type"] != "message":
+            while message is None or message["type"] != "pmessage":
                 message = await pubsub.get_message(timeout=1.0)
         assert b"team:x" in message["data"]
         assert b"secret" not in message["data"]
+        assert message["channel"] == f"sagemem-bus:{namespace}:intern|i|team:x".encode()
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
         await raw.aclose()
@@ -598,3 +622,81 @@ async def test_scoped_views_of_a_coherent_hierarchy(coherent_hierarchy: MemoryHi
     assert await coherent_hierarchy.get("belief:x") is None
     for view in (restricted, reader):
         await view.aclose()
+
+
+async def test_a_restricted_coherent_agent_runs_on_its_credentials_and_cannot_forge(
+    coherent_hierarchy: MemoryHierarchy,
+    provision: Provision,
+    admin_redis: aioredis.Redis,
+    namespace: str,
+    pg_schema: str,
+) -> None:
+    """A coherent agent whose process holds only its grant's credentials takes part in the
+    protocol (it reads team keys without writing their L2 copies, and its writes invalidate the
+    privileged agent's copies), but it
+    cannot invalidate copies of keys it may only read: not through the library (a typed
+    error, nothing changed), not with a raw PUBLISH on the victim's channel (NOPERM), and not
+    by hiding a forged message on a channel its ACL admits (the victim's bus drops it, since
+    the channel does not name the key). A naive grant (PUBLISH on all of `sagemem-bus:<ns>:*`)
+    admitted all three: the boss's copy of `team:plan` would be dropped at will."""
+    boss = coherent_hierarchy.tiers[0]
+    assert isinstance(boss, CoherentL1Tier)
+    await coherent_hierarchy.set("team:plan", "v1", tier_index=2)
+    await coherent_hierarchy.set("agent:a:note", "draft", tier_index=2)
+    assert await coherent_hierarchy.get("team:plan") == "v1"
+    assert await coherent_hierarchy.get("agent:a:note") == "draft"
+    assert boss.get_state("team:plan") is L1State.S
+    assert boss.get_state("agent:a:note") is L1State.S
+    copy_key = f"sagemem:{namespace}:team:plan"
+
+    credentials = await provision(TEAM_READER, "a")
+    bus = CoherenceBus(url=credentials.redis_url, namespace=namespace)
+    home = L3Tier(dsn=credentials.postgres_dsn, namespace=namespace, schema=pg_schema)
+    agent = CoherentL1Tier(agent_id="a", bus=bus, home=home)
+    raw = aioredis.Redis.from_url(credentials.redis_url)
+    try:
+        await bus.connect()
+        await home.connect()
+        await agent.start()
+        assert await agent.get("agent:a:note") == "draft"
+        # A key it may only read: the fill reads L2 and the home, and its leased write of the
+        # L2 copy is refused by the server (only write prefixes may write copies) and skipped.
+        saved = await admin_redis.get(copy_key)
+        assert saved is not None  # the boss's fill stored it
+        await admin_redis.delete(copy_key)
+        assert await agent.get("team:plan") == "v1"
+        assert await admin_redis.exists(copy_key) == 0
+        await admin_redis.set(copy_key, saved)
+        # Outside every prefix: the server refuses the first step (registering as a holder),
+        # typed; a ScopedHierarchy over this agent would return None without asking.
+        with pytest.raises(ScopeViolationError, match="secret:k"):
+            await agent.get("secret:k")
+        version = await agent.write_through("agent:a:note", "final")
+        await _eventually(lambda: boss.get_state("agent:a:note") is L1State.I)
+        assert await coherent_hierarchy.get("agent:a:note") == "final"
+        assert version >= 2
+
+        copy_before = await admin_redis.get(copy_key)
+        assert copy_before == saved
+        received = boss.statistics().invalidations_received
+        with pytest.raises(ScopeViolationError, match="team:plan"):
+            await bus.publish_invalidate("team:plan", 99, ["boss"], sender="a")
+        with pytest.raises(NoPermissionError):
+            await raw.publish(f"sagemem-bus:{namespace}:boss|i|team:plan", b"forged")
+        forged = InvalidateMessage(namespace, "team:plan", 99, "a", seq=1)
+        hidden = f"sagemem-bus:{namespace}:boss|i|x|i|agent:a:y"  # admitted by `*|i|agent:a:*`
+        assert await raw.publish(hidden, encode(forged)) == 1
+        boss_bus = boss.bus
+        await _eventually(lambda: boss_bus.statistics().misaddressed_messages >= 1)
+        assert boss.get_state("team:plan") is L1State.S
+        assert boss.statistics().invalidations_received == received
+        directory = RedisDirectory(bus.client, namespace=namespace)
+        with pytest.raises(ScopeViolationError, match="team:plan"):
+            await directory.invalidate("team:plan", 99, "sagemem.relay")
+        assert await admin_redis.get(copy_key) == copy_before  # the refused relay deleted nothing
+        assert boss.get_state("team:plan") is L1State.S
+    finally:
+        await raw.aclose()
+        await agent.aclose()
+        await home.aclose()
+        await bus.aclose()

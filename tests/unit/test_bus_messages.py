@@ -21,12 +21,15 @@ from sagemem.coherence.messages import (
     MalformedMessage,
     Message,
     RecallMessage,
+    channel_key,
+    channel_name,
     check_agent_id,
     decode,
     encode,
     encode_unsequenced,
 )
 from sagemem.errors import ConfigurationError, SageMemError
+from sagemem.spec.vocabulary import MessageKind
 from sagemem.values import KEY_LENGTH_MAX
 
 # -- strategies -------------------------------------------------------------------------------
@@ -272,3 +275,29 @@ def test_the_package_exports_what_it_lists() -> None:
     """Every name in sagemem.coherence.__all__ resolves."""
     for name in sagemem.coherence.__all__:
         assert getattr(sagemem.coherence, name) is not None, name
+
+
+# -- channel names ---------------------------------------------------------------------------
+
+_SEPARATOR_HEAVY = st.text(st.sampled_from("ab:|%7C25*"), max_size=12)
+
+
+@given(_SEPARATOR_HEAVY, _SEPARATOR_HEAVY)
+def test_channel_key_keeps_exactly_the_prefix_relation(prefix: str, key: str) -> None:
+    """An ACL rule `*|i|<channel_key(P)>*` means "keys starting with P" only if the encoding
+    keeps the prefix relation both ways; a naive encoding (none) lets `x|i|P...` match."""
+    assert channel_key(key).startswith(channel_key(prefix)) == key.startswith(prefix)
+    assert "|" not in channel_key(key)
+
+
+@given(namespaces, agent_ids, st.sampled_from(MessageKind), keys)
+def test_a_channel_name_has_exactly_two_separators(
+    namespace: str, agent: str, kind: MessageKind, key: str
+) -> None:
+    """The two '|' split agent, kind and key, so a glob's `*` cannot span a separator."""
+    name = channel_name(namespace, agent, kind, key)
+    assert name.count("|") == 2
+    head, tag, tail = name.split("|")
+    assert head == f"sagemem-bus:{namespace}:{agent}"
+    assert tag == ("i" if kind is MessageKind.INVALIDATE else "r")
+    assert tail == channel_key(key)

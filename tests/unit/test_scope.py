@@ -267,8 +267,10 @@ def test_restricted_redis_rules_name_only_the_l2_space_and_own_channel() -> None
     rules = redis_acl_rules(RESTRICTED, agent_id="a", namespace="ns")
     assert rules[:4] == ["reset", "resetkeys", "resetchannels", "-@all"]
     patterns = [rule for rule in rules if "~" in rule or rule.startswith("&")]
-    assert patterns == ["%R~sagemem:ns.l2:*", "%W~sagemem:ns.l2:*", "&sagemem-bus:ns:a"]
+    assert patterns == ["%R~sagemem:ns.l2:*", "%W~sagemem:ns.l2:*", "&sagemem-bus:ns:a|*"]
     assert not any(rule in ("+publish", "+keys", "+scan", "allkeys", "+@all") for rule in rules)
+    assert "+psubscribe" in rules
+    assert "+subscribe" not in rules
 
 
 def test_prefix_glob_characters_are_escaped() -> None:
@@ -279,13 +281,23 @@ def test_prefix_glob_characters_are_escaped() -> None:
 
 
 def test_l3_writer_gets_a_publish_only_selector() -> None:
-    """PUBLISH to the namespace's channels lives in a selector, apart from SUBSCRIBE."""
-    capability = AgentCapability(tiers={0, 1, 2}, write_prefixes={2: ("agent:a:",)})
+    """PUBLISH lives in a selector, apart from PSUBSCRIBE: invalidations only of the write
+    prefixes, recalls of the read prefixes, each prefix encoded as channel names encode keys
+    and glob-escaped, so that `*|i|P*` matches exactly the keys starting with P."""
+    capability = AgentCapability(
+        tiers={0, 1, 2},
+        read_prefixes={2: ("team:", "agent:a:")},
+        write_prefixes={2: ("agent:a:", "x|*%")},
+    )
     rules = redis_acl_rules(capability, agent_id="a", namespace="ns")
     selectors = [rule for rule in rules if rule.startswith("(")]
-    assert selectors == ["(+publish +evalsha +eval +incr &sagemem-bus:ns:* ~sagemem-bus:ns:*:seq)"]
+    assert selectors == [
+        "(+publish +evalsha +eval +incr +pexpire &sagemem-bus:ns:*|i|agent:a:* "
+        "&sagemem-bus:ns:*|i|x%7C\\*%25* &sagemem-bus:ns:*|r|agent:a:* "
+        "&sagemem-bus:ns:*|r|team:* ~sagemem-bus:ns:*:seq)"
+    ]
     assert "%W~sagemem:ns:agent:a:*" in rules
-    assert "&sagemem-bus:ns:*" not in rules
+    assert not any(rule.startswith("&sagemem-bus:ns:*") for rule in rules)
 
 
 def test_postgres_statements_follow_the_grant() -> None:
