@@ -27,7 +27,9 @@ on `<schema>.l3_entries` with L3 read, INSERT and UPDATE with L3 write (never DE
 DDL; sagemem deletes by tombstoning). Row-level security is enabled on the table and the role's
 policies admit only rows of its namespace whose key starts with one of its prefixes (SELECT:
 read or write prefixes, since sagemem's writes read the row they change; INSERT/UPDATE: write
-prefixes). Superusers and the table owner bypass RLS, as they must.
+prefixes). With tier 3 (DRAM) granted, the same on `<schema>.dram_entries` with tier 3's
+prefixes, so semantic searches see only permitted rows. Superusers and the table owner bypass
+RLS, as they must.
 
 The servers can only enforce this when the restricted credentials are the ONLY way in: the
 Redis `default` user must not be `nopass`, and Postgres must authenticate by password (not
@@ -79,6 +81,9 @@ REDIS_USER_PREFIX: Final = "sagemem-grant:"
 POSTGRES_ROLE_PREFIX: Final = "sagemem_g_"
 _TIMEOUT_S: Final = 30.0
 _POLICY_SUFFIXES: Final = ("_select", "_insert", "_update")
+_DRAM_POLICY_SUFFIX: Final = "_dram"
+DRAM_INDEX: Final = 3
+DRAM_TABLE: Final = "dram_entries"  # sagemem.tiers.dram.DRAMTier's table
 # What sagemem's L2 tier sends (plus the handshake redis-py performs on connect).
 _L2_COMMANDS: Final = (
     "+ping",
@@ -254,25 +259,55 @@ def postgres_statements(
         f"NOREPLICATION NOBYPASSRLS PASSWORD {_literal(password)}",
         f'GRANT USAGE ON SCHEMA "{schema}" TO {quoted}',
     ]
-    if not capability.l3_read:
-        return statements
     reads = dict(capability.read_prefixes)
     writes = dict(capability.write_prefixes)
-    read_prefixes = _prefixes(reads, L3_INDEX)
-    write_prefixes = _prefixes(writes, L3_INDEX) if capability.l3_write else ()
+    if capability.l3_read:
+        write_prefixes = _prefixes(writes, L3_INDEX) if capability.l3_write else ()
+        statements += _table_statements(
+            table,
+            role,
+            namespace_condition,
+            _prefixes(reads, L3_INDEX),
+            write_prefixes,
+            suffix="",
+        )
+    if DRAM_INDEX in capability.tiers:
+        statements += _table_statements(
+            f'"{schema}".{DRAM_TABLE}',
+            role,
+            namespace_condition,
+            _prefixes(reads, DRAM_INDEX),
+            _prefixes(writes, DRAM_INDEX),
+            suffix=_DRAM_POLICY_SUFFIX,
+        )
+    return statements
+
+
+def _table_statements(
+    table: str,
+    role: str,
+    namespace_condition: str,
+    read_prefixes: tuple[str, ...],
+    write_prefixes: tuple[str, ...],
+    *,
+    suffix: str,
+) -> list[str]:
+    """SELECT on the rows of the read (and write) prefixes; with write prefixes, INSERT and
+    UPDATE of theirs (sagemem deletes by tombstoning: never DELETE)."""
+    quoted = f'"{role}"'
     visible = tuple(sorted(set(read_prefixes) | set(write_prefixes)))
-    statements += [
+    statements = [
         f"GRANT SELECT ON {table} TO {quoted}",
-        f'CREATE POLICY "{role}_select" ON {table} FOR SELECT TO {quoted} '
+        f'CREATE POLICY "{role}{suffix}_select" ON {table} FOR SELECT TO {quoted} '
         f"USING ({namespace_condition} AND {_key_condition(visible)})",
     ]
-    if capability.l3_write:
+    if write_prefixes:
         writable = f"{namespace_condition} AND {_key_condition(write_prefixes)}"
         statements += [
             f"GRANT INSERT, UPDATE ON {table} TO {quoted}",
-            f'CREATE POLICY "{role}_insert" ON {table} FOR INSERT TO {quoted} '
+            f'CREATE POLICY "{role}{suffix}_insert" ON {table} FOR INSERT TO {quoted} '
             f"WITH CHECK ({writable})",
-            f'CREATE POLICY "{role}_update" ON {table} FOR UPDATE TO {quoted} '
+            f'CREATE POLICY "{role}{suffix}_update" ON {table} FOR UPDATE TO {quoted} '
             f"USING ({writable}) WITH CHECK ({writable})",
         ]
     return statements
@@ -344,11 +379,8 @@ async def create_grant(
         redis_url=admin_redis,
         postgres_dsn=admin_postgres,
     )
-    # The table must exist before policies can be attached to it; L3Tier creates it.
-    from sagemem.tiers.l3 import L3Tier
-
-    async with L3Tier(admin_postgres, namespace=namespace, schema=schema):
-        pass
+    # The tables must exist before policies can be attached to them; the tiers create them.
+    await _ensure_tables(capability, admin_postgres, namespace, schema)
     username = redis_username(agent_id=agent, namespace=namespace)
     role = postgres_role_name(agent_id=agent, namespace=namespace, schema=schema)
     redis_password = secrets.token_hex(24)
@@ -366,11 +398,16 @@ async def create_grant(
         connection = await _admin_postgres(admin_postgres)
         try:
             async with asyncio.timeout(_TIMEOUT_S), connection.transaction():
-                table = f'"{schema}".l3_entries'
+                # Enabling RLS hides every row from roles without a policy; sagemem's own
+                # administrator connections (owner, superuser) are not affected.
                 if capability.l3_read:
-                    # Enabling RLS hides every row from roles without a policy; sagemem's own
-                    # administrator connections (owner, superuser) are not affected.
-                    await connection.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+                    await connection.execute(
+                        f'ALTER TABLE "{schema}".l3_entries ENABLE ROW LEVEL SECURITY'
+                    )
+                if DRAM_INDEX in capability.tiers:
+                    await connection.execute(
+                        f'ALTER TABLE "{schema}".{DRAM_TABLE} ENABLE ROW LEVEL SECURITY'
+                    )
                 for statement in postgres_statements(
                     capability,
                     role=role,
@@ -400,6 +437,29 @@ async def create_grant(
     )
 
 
+async def _ensure_tables(
+    capability: AgentCapability, admin_postgres: str, namespace: str, schema: str
+) -> None:
+    """Create the L3 table (always) and, when tier 3 is granted and it is missing, the
+    semantic tier's table with the default embedder's size (an existing one is left as is)."""
+    from sagemem.tiers.dram import DRAMTier
+    from sagemem.tiers.l3 import L3Tier
+
+    async with L3Tier(admin_postgres, namespace=namespace, schema=schema):
+        pass
+    if DRAM_INDEX not in capability.tiers:
+        return
+    connection = await _admin_postgres(admin_postgres)
+    try:
+        async with asyncio.timeout(_TIMEOUT_S):
+            exists = await connection.fetchval("SELECT to_regclass($1)", f'"{schema}".{DRAM_TABLE}')
+    finally:
+        await connection.close(timeout=_TIMEOUT_S)
+    if not exists:
+        async with DRAMTier(admin_postgres, namespace=namespace, schema=schema):
+            pass
+
+
 async def _delete_redis_user(url: str, username: str) -> bool:
     client = await _admin_redis(url)
     try:
@@ -421,11 +481,12 @@ async def _drop_role(connection: asyncpg.Connection, role: str, schema: str) -> 
         await connection.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role
         )
-        if await connection.fetchval("SELECT to_regclass($1)", f'"{schema}".l3_entries'):
-            for suffix in _POLICY_SUFFIXES:
-                await connection.execute(
-                    f'DROP POLICY IF EXISTS "{role}{suffix}" ON "{schema}".l3_entries'
-                )
+        for table, prefix in (("l3_entries", ""), (DRAM_TABLE, _DRAM_POLICY_SUFFIX)):
+            if await connection.fetchval("SELECT to_regclass($1)", f'"{schema}".{table}'):
+                for suffix in _POLICY_SUFFIXES:
+                    await connection.execute(
+                        f'DROP POLICY IF EXISTS "{role}{prefix}{suffix}" ON "{schema}".{table}'
+                    )
         await connection.execute(f'DROP OWNED BY "{role}"')
         await connection.execute(f'DROP ROLE "{role}"')
     return True

@@ -25,7 +25,7 @@ from typing import ClassVar, Final
 import asyncpg
 from pgvector.asyncpg import register_vector
 
-from sagemem._driver_errors import tier_unavailable
+from sagemem._driver_errors import refused_by_server, tier_unavailable
 from sagemem.embedding import DIMENSIONS_MAX, Embedder, HashingEmbedder
 from sagemem.errors import ConfigurationError, InvalidValueError, TierUnavailable
 from sagemem.tiers.l3 import POSTGRES_DRIVER_ERRORS, POSTGRES_HINT, VersionedRowTier
@@ -286,6 +286,8 @@ class DRAMTier(VersionedRowTier):
                         rows = await connection.fetch(
                             self._sql_search, self.namespace, vector, limit
                         )
+        except asyncpg.InsufficientPrivilegeError as error:  # the role of a grant
+            raise refused_by_server(self.name, "search", None, error) from error
         except POSTGRES_DRIVER_ERRORS as error:
             raise tier_unavailable(self.name, "search", error, hint=POSTGRES_HINT) from error
         return [SearchHit(row[0], decode_value(row[1]), int(row[2]), float(row[3])) for row in rows]

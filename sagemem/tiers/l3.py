@@ -36,7 +36,7 @@ from typing import ClassVar, Final
 
 import asyncpg
 
-from sagemem._driver_errors import not_connected, tier_unavailable
+from sagemem._driver_errors import not_connected, refused_by_server, tier_unavailable
 from sagemem._lifecycle import AsyncResource
 from sagemem.errors import ConfigurationError, InvalidValueError, VersionConflict
 from sagemem.tiers.base import TierEntry
@@ -732,6 +732,8 @@ class VersionedRowTier(AsyncResource):
             async with pool.lease() as connection:
                 row: asyncpg.Record | None = await connection.fetchrow(sql, *args)
                 return row
+        except asyncpg.InsufficientPrivilegeError as error:  # the role of a grant: RLS, rights
+            raise refused_by_server(self.name, operation, key, error) from error
         except POSTGRES_DRIVER_ERRORS as error:
             raise tier_unavailable(
                 self.name, operation, error, hint=POSTGRES_HINT, key=key
@@ -745,6 +747,8 @@ class VersionedRowTier(AsyncResource):
             async with pool.lease() as connection:
                 rows: list[asyncpg.Record] = await connection.fetch(sql, *args)
                 return rows
+        except asyncpg.InsufficientPrivilegeError as error:  # the role of a grant: RLS, rights
+            raise refused_by_server(self.name, operation, key, error) from error
         except POSTGRES_DRIVER_ERRORS as error:
             raise tier_unavailable(
                 self.name, operation, error, hint=POSTGRES_HINT, key=key
@@ -755,6 +759,8 @@ class VersionedRowTier(AsyncResource):
         try:
             async with pool.lease() as connection:
                 await connection.execute(sql, *args)
+        except asyncpg.InsufficientPrivilegeError as error:  # the role of a grant: RLS, rights
+            raise refused_by_server(self.name, operation, key, error) from error
         except POSTGRES_DRIVER_ERRORS as error:
             raise tier_unavailable(
                 self.name, operation, error, hint=POSTGRES_HINT, key=key

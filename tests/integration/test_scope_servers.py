@@ -31,6 +31,7 @@ from sagemem.grants import (
 from sagemem.hierarchy import MemoryHierarchy
 from sagemem.scope import AgentCapability, ScopedHierarchy
 from sagemem.spec.vocabulary import L1State
+from sagemem.tiers.dram import DRAMTier
 from sagemem.tiers.l1 import L1Tier
 from sagemem.tiers.l1_coherent import CoherentL1Tier
 from sagemem.tiers.l2 import L2Tier
@@ -700,3 +701,36 @@ async def test_a_restricted_coherent_agent_runs_on_its_credentials_and_cannot_fo
         await agent.aclose()
         await home.aclose()
         await bus.aclose()
+
+
+async def test_semantic_tier_role_sees_and_writes_only_its_prefixes(
+    provision: Provision, postgres_dsn: str, namespace: str, pg_schema: str
+) -> None:
+    """Tier 3 (DRAM) at the server: a DRAMTier on the grant's DSN reads its read prefixes,
+    writes its write prefixes, and a semantic search returns only rows it may see (a naive
+    grant, or none at all, either exposed every key of the shared table to a nearest-neighbour
+    search or left the granted tier unusable). A refused write raises ScopeViolationError
+    and changes nothing."""
+    capability = AgentCapability(
+        tiers={0, 3}, read_prefixes={3: ("team:",)}, write_prefixes={3: ("agent:a:",)}
+    )
+    admin = DRAMTier(postgres_dsn, namespace=namespace, schema=pg_schema)
+    async with admin:
+        for key in ("team:plan", "secret:plan", "agent:b:plan"):
+            await admin.set(key, f"the launch plan of {key}")
+        credentials = await provision(capability, "a")
+        own = DRAMTier(credentials.postgres_dsn, namespace=namespace, schema=pg_schema)
+        async with own:
+            assert await own.get("team:plan") == "the launch plan of team:plan"
+            assert await own.get("secret:plan") is None
+            hits = await own.search("the launch plan", limit=10)
+            assert [hit.key for hit in hits] == ["team:plan"]
+            await own.set("agent:a:plan", "my plan")
+            assert await own.get("agent:a:plan") == "my plan"
+            for key in ("team:plan", "secret:plan", "agent:b:new"):
+                with pytest.raises(ScopeViolationError, match=key):
+                    await own.set(key, "forged")
+        assert await admin.get("team:plan") == "the launch plan of team:plan"
+        assert await admin.get("secret:plan") == "the launch plan of secret:plan"
+        assert await admin.get("agent:b:new") is None
+        assert await admin.get("agent:a:plan") == "my plan"

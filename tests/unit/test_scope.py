@@ -316,6 +316,30 @@ def test_postgres_statements_follow_the_grant() -> None:
     assert "namespace = 'ns' AND (starts_with(key, 'it''s:') OR starts_with(key, 'team:'))" in text
 
 
+def test_the_semantic_tier_gets_its_own_policies_when_granted() -> None:
+    """Tier 3 (DRAM) granted: SELECT on its read prefixes and INSERT/UPDATE on its write
+    prefixes of `dram_entries`, with policies named apart from L3's; not granted: nothing."""
+    capability = AgentCapability(
+        tiers={0, 3}, read_prefixes={3: ("team:",)}, write_prefixes={3: ("agent:a:",)}
+    )
+    text = "\n".join(
+        postgres_statements(capability, role="r", namespace="ns", schema="s", password="p")
+    )
+    assert "l3_entries" not in text
+    assert 'GRANT SELECT ON "s".dram_entries TO "r"' in text
+    assert 'GRANT INSERT, UPDATE ON "s".dram_entries TO "r"' in text
+    assert (
+        'CREATE POLICY "r_dram_select" ON "s".dram_entries FOR SELECT TO "r" USING (namespace '
+        "= 'ns' AND (starts_with(key, 'agent:a:') OR starts_with(key, 'team:')))"
+    ) in text
+    assert "WITH CHECK (namespace = 'ns' AND (starts_with(key, 'agent:a:')))" in text
+    assert "DELETE" not in text
+    without = postgres_statements(
+        AgentCapability(tiers={0, 1, 2}), role="r", namespace="ns", schema="s", password="p"
+    )
+    assert not any("dram_entries" in statement for statement in without)
+
+
 def test_names_are_bounded_and_distinct() -> None:
     """Role names fit Postgres's 63 bytes and differ per schema, namespace and agent."""
     names = {
