@@ -11,13 +11,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import asyncpg
 import pytest
+import redis
 import redis.asyncio as aioredis
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from redis.asyncio.client import PubSub
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 
 from sagemem.coherence.bus import CoherenceBus
 from sagemem.coherence.directory import RedisDirectory
-from sagemem.coherence.messages import InvalidateMessage, encode
+from sagemem.coherence.messages import InvalidateMessage, channel_name, encode
 from sagemem.errors import ScopeViolationError, VersionConflict
 from sagemem.grants import (
     GrantCredentials,
@@ -25,12 +28,13 @@ from sagemem.grants import (
     list_grants,
     main,
     postgres_role_name,
+    redis_acl_rules,
     redis_username,
     revoke_grant,
 )
 from sagemem.hierarchy import MemoryHierarchy
 from sagemem.scope import AgentCapability, ScopedHierarchy
-from sagemem.spec.vocabulary import L1State
+from sagemem.spec.vocabulary import L1State, MessageKind
 from sagemem.tiers.dram import DRAMTier
 from sagemem.tiers.l1 import L1Tier
 from sagemem.tiers.l1_coherent import CoherentL1Tier
@@ -734,3 +738,58 @@ async def test_semantic_tier_role_sees_and_writes_only_its_prefixes(
         assert await admin.get("secret:plan") == "the launch plan of secret:plan"
         assert await admin.get("agent:b:new") is None
         assert await admin.get("agent:a:plan") == "my plan"
+
+
+# Characters that are special to Redis globs, to the channel encoding, or to both.
+_AWKWARD = st.text(st.sampled_from("abi:|%7C25*?[]\\é"), max_size=8)
+
+
+@pytest.fixture
+def acl_probe(redis_url: str, namespace: str) -> Iterator[tuple[redis.Redis, redis.Redis]]:
+    """An administrator client and a client logged in as a scratch ACL user, deleted after."""
+    admin = redis.Redis.from_url(redis_url)
+    username = f"sagemem-probe:{namespace}"
+    admin.execute_command("ACL", "SETUSER", username, "on", ">probe-password", "+auth")  # type: ignore[no-untyped-call]  # untyped in redis-py
+    kwargs = admin.connection_pool.connection_kwargs
+    user = redis.Redis(
+        host=kwargs["host"], port=kwargs["port"], username=username, password="probe-password"
+    )
+    try:
+        yield admin, user
+    finally:
+        user.close()
+        admin.execute_command("ACL", "DELUSER", username)  # type: ignore[no-untyped-call]  # untyped in redis-py
+        admin.close()
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@example(prefix="x|", key="x|y")
+@example(prefix="a", key="z|i|a")
+@example(prefix="a*", key="ab")
+@example(prefix="%7C", key="|")
+@given(prefix=_AWKWARD, key=_AWKWARD.filter(bool))
+def test_redis_admits_an_invalidation_exactly_for_keys_under_a_write_prefix(
+    acl_probe: tuple[redis.Redis, redis.Redis], namespace: str, prefix: str, key: str
+) -> None:
+    """The grant's channel rules, evaluated by Redis's own glob matcher: a writer of prefix P
+    may publish the invalidation of key k to any agent exactly when k starts with P, whatever
+    glob or separator characters P and k hold (an unescaped prefix such as `a*` would admit
+    `ab...` keys' channels too, and without encoding the key's `|` the channel of key `z|i|a`
+    would be admitted by prefix `a`)."""
+    admin, user = acl_probe
+    capability = AgentCapability(
+        tiers={0, 1, 2}, read_prefixes={2: ("",)}, write_prefixes={2: (prefix,)}
+    )
+    rules = redis_acl_rules(capability, agent_id="a", namespace=namespace)
+    admin.execute_command(
+        "ACL", "SETUSER", f"sagemem-probe:{namespace}", *rules, "on", ">probe-password"
+    )  # type: ignore[no-untyped-call]  # untyped in redis-py
+    channel = channel_name(namespace, "b", MessageKind.INVALIDATE, key)
+    try:
+        user.publish(channel, b"probe")
+        admitted = True
+    except redis.exceptions.NoPermissionError:
+        admitted = False
+    assert admitted == key.startswith(prefix), (prefix, key, channel)
