@@ -621,7 +621,9 @@ def _parser() -> argparse.ArgumentParser:
     def identity(command: argparse.ArgumentParser) -> None:
         command.add_argument("--agent", required=True, help="the agent id")
         command.add_argument("--namespace", required=True, help="the hierarchy's namespace")
-        command.add_argument("--schema", default="sagemem", help="the L3 schema (sagemem)")
+        command.add_argument(
+            "--schema", default="sagemem", help="the schema of the L3 and DRAM tables (sagemem)"
+        )
 
     create = actions.add_parser(
         "create", help="create (or re-create) a grant; prints eval-able credential lines"
