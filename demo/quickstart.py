@@ -12,7 +12,7 @@ import sys
 import time
 
 from sagemem.hierarchy import MemoryHierarchy
-from sagemem.services import resolve_postgres_dsn, resolve_redis_url
+from sagemem.services import redacted_url, resolve_postgres_dsn, resolve_redis_url
 from sagemem.tiers.l1 import L1Tier
 from sagemem.tiers.l2 import L2Tier
 from sagemem.tiers.l3 import L3Tier
@@ -28,8 +28,8 @@ async def run() -> int:
     _say("sagemem quickstart: finding or starting Redis and Postgres ...")
     redis_url = await asyncio.to_thread(resolve_redis_url, None)
     postgres_dsn = await asyncio.to_thread(resolve_postgres_dsn, None)
-    _say(f"  Redis:    {redis_url}")
-    _say(f"  Postgres: {postgres_dsn}")
+    _say(f"  Redis:    {redacted_url(redis_url)}")
+    _say(f"  Postgres: {redacted_url(postgres_dsn)}")
 
     l1 = L1Tier(capacity=128)
     l2 = L2Tier(url=redis_url, namespace="quickstart")

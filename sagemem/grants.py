@@ -33,10 +33,12 @@ RLS, as they must.
 
 The servers can only enforce this when the restricted credentials are the ONLY way in: the
 Redis `default` user must not be `nopass`, and Postgres must authenticate by password (not
-`trust`). The embedded development servers of `sagemem.services` are open on loopback/socket
-for convenience, so there the grants restrict what a process logged in with them can do, not
-who may log in otherwise. This module talks to the servers with the driver clients directly
-(it is an adapter); driver errors become `GrantError` with the cause chained.
+`trust`). The embedded servers of `sagemem.services` comply (a random `requirepass`, SCRAM for
+every Postgres connection); their administrator passwords live in the runtime directory, which
+only the servers' OS user can read, so restricted agents run under another OS user.
+
+This module talks to the servers with the driver clients directly (it is an adapter); driver
+errors become `GrantError` with the cause chained.
 """
 
 from __future__ import annotations

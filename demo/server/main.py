@@ -26,7 +26,7 @@ from demo.server.app import DemoController, create_app
 from demo.server.events import EventHub
 from demo.server.run import AGENTS_MAX, AGENTS_MIN, RunSettings
 from sagemem.errors import SageMemError
-from sagemem.services import resolve_postgres_dsn, resolve_redis_url
+from sagemem.services import redacted_url, resolve_postgres_dsn, resolve_redis_url
 from sagemem.spec.vocabulary import Mode
 
 __all__ = ["main"]
@@ -118,9 +118,9 @@ async def _serve_until(args: argparse.Namespace, stop: asyncio.Event) -> int:
     started = time.monotonic()
     _progress("finding Redis and Postgres (starting the embedded servers if none is set) ...")
     redis_url = await asyncio.to_thread(resolve_redis_url, None)
-    _progress(f"Redis at {redis_url}")
+    _progress(f"Redis at {redacted_url(redis_url)}")
     postgres_dsn = await asyncio.to_thread(resolve_postgres_dsn, None)
-    _progress(f"Postgres at {postgres_dsn.split('@')[-1]}")
+    _progress(f"Postgres at {redacted_url(postgres_dsn)}")
     listener = socket.create_server((args.host, args.port), reuse_port=False)
     port = listener.getsockname()[1]
     hub = EventHub()

@@ -438,8 +438,11 @@ class CoherenceBus(AsyncResource):
                 # pub/sub pushes to a callback instead of returning them from read_response.
                 subscriber_pool.connection_kwargs["protocol"] = 2
             except (ValueError, TypeError) as error:
+                from sagemem.services import redacted_url
+
                 raise ConfigurationError(
-                    f"CoherenceBus url {url!r} is not a valid Redis URL ({error}); use "
+                    f"CoherenceBus url {redacted_url(url)!r} is not a valid Redis URL ({error}); "
+                    "use "
                     "redis://host:port/db or unix:///path/to/socket"
                 ) from error
             client = aioredis.Redis(connection_pool=publish_pool)

@@ -157,8 +157,10 @@ class L2Tier(AsyncResource):
                     retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.2), retries=2),
                 )
             except (ValueError, TypeError) as error:
+                from sagemem.services import redacted_url
+
                 raise ConfigurationError(
-                    f"L2 url {url!r} is not a valid Redis URL ({error}); use "
+                    f"L2 url {redacted_url(url)!r} is not a valid Redis URL ({error}); use "
                     "redis://host:port/db or unix:///path/to/socket"
                 ) from error
             client = aioredis.Redis(connection_pool=pool)

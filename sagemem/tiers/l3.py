@@ -488,8 +488,10 @@ class VersionedRowTier(AsyncResource):
                     first.terminate()
                     raise
             except asyncpg.ClientConfigurationError as error:
+                from sagemem.services import redacted_url
+
                 raise ConfigurationError(
-                    f"{self.name} DSN {dsn!r} is not valid ({error}); use "
+                    f"{self.name} DSN {redacted_url(dsn)!r} is not valid ({error}); use "
                     "postgresql://user:password@host:port/database or ...?host=/socket/dir"
                 ) from error
             except POSTGRES_DRIVER_ERRORS as error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +20,10 @@ from sagemem.services import (
     RUNTIME_DIR_ENV,
     EmbeddedServices,
     ServerState,
+    ServerStatus,
     ServiceEndpoints,
     format_env_lines,
+    redacted_url,
     resolve_postgres_dsn,
     resolve_redis_url,
     run_services_command,
@@ -133,17 +136,24 @@ def test_runtime_dir_comes_from_the_environment(
     assert f"sagemem-{os.geteuid()}" == EmbeddedServices().runtime_dir.parent.name
 
 
-def write_record(runtime_dir: Path, *, redis_pid: int, postgres_pid: int) -> None:
-    """Write a services record in the documented format."""
+PASSWORD = "p" * 43  # the shape of the passwords sagemem generates
+
+
+def write_record(
+    runtime_dir: Path, *, redis_pid: int, postgres_pid: int, record_format: int = 2
+) -> None:
+    """Write a services record in the documented format (or, with `record_format=1`, in the
+    format sagemem wrote before its servers required passwords)."""
     runtime_dir.mkdir(parents=True, exist_ok=True)
+    redis: dict[str, object] = {"pid": redis_pid, "port": 1, "url": "redis://127.0.0.1:1/0"}
+    dsn = f"postgresql://postgres:@/postgres?host={runtime_dir / 'pg'}"
+    if record_format >= 2:
+        redis |= {"password": PASSWORD, "url": f"redis://:{PASSWORD}@127.0.0.1:1/0"}
+        dsn = f"postgresql://postgres:{PASSWORD}@/postgres?host={runtime_dir / 'pg'}"
     record = {
-        "format": 1,
-        "redis": {"pid": redis_pid, "port": 1, "url": "redis://127.0.0.1:1/0"},
-        "postgres": {
-            "pid": postgres_pid,
-            "pgdata": str(runtime_dir / "pg"),
-            "dsn": f"postgresql://postgres:@/postgres?host={runtime_dir / 'pg'}",
-        },
+        "format": record_format,
+        "redis": redis,
+        "postgres": {"pid": postgres_pid, "pgdata": str(runtime_dir / "pg"), "dsn": dsn},
     }
     (runtime_dir / "services.json").write_text(json.dumps(record))
 
@@ -166,6 +176,14 @@ def test_record_of_a_live_pid_that_does_not_answer_is_stale(tmp_path: Path) -> N
     assert status.postgres.state == ServerState.STALE
 
 
+def test_record_without_passwords_counts_as_absent(tmp_path: Path) -> None:
+    """A record from before the servers required passwords reads as no record, even with live
+    pids: `up()` then stops what runs in the directory and starts servers with passwords."""
+    write_record(tmp_path, redis_pid=os.getpid(), postgres_pid=os.getpid(), record_format=1)
+    status = EmbeddedServices(tmp_path).status()
+    assert (status.redis.state, status.postgres.state) == (ServerState.ABSENT, ServerState.ABSENT)
+
+
 def test_stale_record_is_replaced_by_fresh_servers(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -175,7 +193,7 @@ def test_stale_record_is_replaced_by_fresh_servers(
 
     def fake_start_redis(runtime_dir: Path) -> services._RedisRecord:
         started.append(runtime_dir)
-        return services._RedisRecord(pid=os.getpid(), port=2)
+        return services._RedisRecord(pid=os.getpid(), port=2, password=PASSWORD)
 
     def fake_start_postgres(runtime_dir: Path) -> services._PostgresRecord:
         started.append(runtime_dir)
@@ -184,11 +202,65 @@ def test_stale_record_is_replaced_by_fresh_servers(
     monkeypatch.setattr(services, "_start_redis", fake_start_redis)
     monkeypatch.setattr(services, "_start_postgres", fake_start_postgres)
     endpoints = EmbeddedServices(tmp_path).up()
-    assert ServiceEndpoints("redis://127.0.0.1:2/0", "postgresql://x/y") == endpoints
+    assert ServiceEndpoints(f"redis://:{PASSWORD}@127.0.0.1:2/0", "postgresql://x/y") == endpoints
     assert [tmp_path, tmp_path] == started
     recorded = json.loads((tmp_path / "services.json").read_text())
     assert (os.getpid(), 2) == (recorded["redis"]["pid"], recorded["redis"]["port"])
     assert os.getpid() == recorded["postgres"]["pid"]
+    assert recorded["redis"]["password"] == PASSWORD
+
+
+def test_record_is_readable_by_its_owner_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The record holds the passwords: it is written 0600 even under a permissive umask."""
+    monkeypatch.setattr(
+        services,
+        "_start_redis",
+        lambda runtime_dir: services._RedisRecord(pid=os.getpid(), port=2, password=PASSWORD),
+    )
+    (tmp_path / "services.json").write_text("{}")
+    os.chmod(tmp_path / "services.json", 0o644)
+    old_umask = os.umask(0)
+    try:
+        EmbeddedServices(tmp_path).ensure_redis()
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(os.stat(tmp_path / "services.json").st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (f"redis://:{PASSWORD}@127.0.0.1:1/0", "redis://:***@127.0.0.1:1/0"),
+        (f"redis://default:{PASSWORD}@h:1/0", "redis://default:***@h:1/0"),
+        (
+            f"postgresql://postgres:{PASSWORD}@/postgres?host=/t",
+            "postgresql://postgres:***@/postgres?host=/t",
+        ),
+        ("redis://127.0.0.1:1/0", "redis://127.0.0.1:1/0"),
+        ("postgresql://postgres:@/postgres?host=/t", "postgresql://postgres:@/postgres?host=/t"),
+    ],
+)
+def test_redacted_url_hides_only_the_password(url: str, shown: str) -> None:
+    """`redacted_url` replaces the password by *** and leaves everything else as it was."""
+    assert shown == redacted_url(url)
+
+
+def test_reprs_and_messages_never_show_a_password(tmp_path: Path) -> None:
+    """Endpoints, statuses and records print with the password hidden; so does a refused URL."""
+    url = f"redis://:{PASSWORD}@127.0.0.1:1/0"
+    dsn = f"postgresql://postgres:{PASSWORD}@/postgres?host=/t"
+    shown = [
+        repr(ServiceEndpoints(url, dsn)),
+        repr(ServerStatus("redis", ServerState.RUNNING, 1, url)),
+        repr(services._RedisRecord(pid=1, port=1, password=PASSWORD)),
+        repr(services._PostgresRecord(pid=1, pgdata="/t", dsn=dsn)),
+    ]
+    with pytest.raises(ConfigurationError) as refused:
+        resolve_redis_url(f"http://:{PASSWORD}@h/")
+    shown.append(str(refused.value))
+    assert [text for text in shown if PASSWORD in text] == []
 
 
 def test_unreadable_record_counts_as_absent(tmp_path: Path) -> None:
@@ -209,7 +281,10 @@ def test_runtime_dir_too_long_for_a_socket_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "endpoints",
     [
-        ServiceEndpoints("redis://127.0.0.1:16379/0", "postgresql://postgres:@/postgres?host=/t"),
+        ServiceEndpoints(
+            f"redis://:{PASSWORD}@127.0.0.1:16379/0",
+            f"postgresql://postgres:{PASSWORD}@/postgres?host=/t",
+        ),
         ServiceEndpoints("redis://h:1/0?x=it's", 'postgresql://u:p@/d?host=/a dir/$HOME/"q"'),
     ],
 )
@@ -240,7 +315,9 @@ def test_status_of_a_stale_record_exits_1_and_says_stale(
     write_record(tmp_path, redis_pid=pid, postgres_pid=pid)
     monkeypatch.setenv(RUNTIME_DIR_ENV, str(tmp_path))
     assert run_services_command("status") == 1
-    assert f"redis: stale, pid {pid}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"redis: stale, pid {pid}, redis://:***@127.0.0.1:1/0" in out
+    assert PASSWORD not in out
 
 
 def test_down_with_nothing_running_exits_0(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
