@@ -107,7 +107,7 @@ _PING_TOKEN: Final = b"sagemem-bus-health"
 # caller's ACL does not allow the publication. The counter lives as long as its channel is used:
 # a counter that expired restarts at 1, which the listener reports as a sequence gap (safe).
 _PUBLISH_SCRIPT: Final = """
-if #KEYS > 0 and not redis.acl_check_cmd('PUBLISH', ARGV[3], '') then
+if #KEYS > 0 and redis.acl_check_cmd and not redis.acl_check_cmd('PUBLISH', ARGV[3], '') then
   return redis.error_reply('NOPERM this user may not publish this message')
 end
 local sent = 0

@@ -169,7 +169,9 @@ INVALIDATE_SCRIPT: Final = (
     + """
 -- A restricted caller may publish invalidations only of the keys it may write (its ACL): check
 -- before changing anything, since a command refused half-way would not undo the earlier ones.
-if not redis.acl_check_cmd('PUBLISH', ARGV[1] .. ARGV[3] .. ARGV[6], '') then
+-- (redis.acl_check_cmd exists from Redis 7.0 on; older servers have no channel ACLs anyway.)
+local probe = ARGV[1] .. ARGV[3] .. ARGV[6]
+if redis.acl_check_cmd and not redis.acl_check_cmd('PUBLISH', probe, '') then
   return redis.error_reply('NOPERM this user may not publish invalidations of this key')
 end
 local now = now_ms()
