@@ -22,7 +22,11 @@ served from a copy until the bus has resubscribed (RESYNC drops Shared copies).
 Values are copied in and out like `L1Tier`'s; a key that does not exist is cached as absent.
 Home I/O failures are retried in the background (with backoff) until they succeed or the tier
 closes; an operation that has not completed after `operation_timeout_s` raises
-`TierUnavailable`, and the protocol step it started still completes later.
+`TierUnavailable`, and the protocol step it started still completes later. A step the servers
+refuse to the credentials in use (a grant of `sagemem.grants` that does not cover the key) is
+not retried: it changed nothing, the operation raises `ScopeViolationError`, and so does every
+later operation on that key in this tier (re-provisioned grants need a new tier). Relaying
+another writer's invalidations of a key the grant may only read is left to others.
 """
 
 from __future__ import annotations
