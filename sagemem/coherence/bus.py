@@ -442,8 +442,7 @@ class CoherenceBus(AsyncResource):
 
                 raise ConfigurationError(
                     f"CoherenceBus url {redacted_url(url)!r} is not a valid Redis URL ({error}); "
-                    "use "
-                    "redis://host:port/db or unix:///path/to/socket"
+                    "use redis://host:port/db or unix:///path/to/socket"
                 ) from error
             client = aioredis.Redis(connection_pool=publish_pool)
             link: _Link | None = None
