@@ -377,6 +377,7 @@ class CoherenceBus(AsyncResource):
         self._recalls_sent = 0
         self._invalidations_received = 0
         self._recalls_received = 0
+        self._last_failure = ""
         self._malformed = 0
         self._misaddressed = 0
         self._handler_errors = 0
@@ -642,9 +643,12 @@ class CoherenceBus(AsyncResource):
                 await channel.ready.wait()
         except TimeoutError as error:
             await self._unsubscribe(channel)
+            last = f"; the last one: {self._last_failure}" if self._last_failure else ""
             raise BusUnavailable(
                 f"bus subscribe of agent {agent_id!r} was not confirmed within "
-                f"{self._subscribe_timeout_s} s (disconnects so far: {self._disconnects}); " + _HINT
+                f"{self._subscribe_timeout_s} s (disconnects so far: {self._disconnects}{last}); "
+                + _HINT
+                + " (a NoPermissionError means the credentials' grant does not cover the bus)"
             ) from error
         except BaseException:
             await self._unsubscribe(channel)
@@ -732,6 +736,7 @@ class CoherenceBus(AsyncResource):
     async def _lose_link(self, link: _Link, reason: MissedReason, detail: str) -> None:
         """Report the loss to every subscriber that was in sync, then forget the connection."""
         self._disconnects += 1
+        self._last_failure = detail
         self._link = None
         self._awaiting_baseline.clear()
         await link.close()

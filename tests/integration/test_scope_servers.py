@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from redis.asyncio.client import PubSub
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 
-from sagemem.coherence.bus import CoherenceBus
+from sagemem.coherence.bus import BusUnavailable, CoherenceBus
 from sagemem.coherence.directory import RedisDirectory
 from sagemem.coherence.messages import InvalidateMessage, channel_name, encode
 from sagemem.errors import ScopeViolationError, VersionConflict
@@ -793,3 +793,19 @@ def test_redis_admits_an_invalidation_exactly_for_keys_under_a_write_prefix(
     except redis.exceptions.NoPermissionError:
         admitted = False
     assert admitted == key.startswith(prefix), (prefix, key, channel)
+
+
+async def test_a_bus_on_credentials_without_the_bus_says_why_it_cannot_subscribe(
+    provision: Provision, namespace: str
+) -> None:
+    """An L1+L2 grant has no part in the protocol: a CoherenceBus on its credentials cannot
+    subscribe, and the error names the server's refusal instead of only a timeout."""
+    credentials = await provision(RESTRICTED, "intern")
+    bus = CoherenceBus(url=credentials.redis_url, namespace=namespace, subscribe_timeout_s=1.0)
+    async with bus:
+
+        async def ignore(event: object) -> None:
+            del event
+
+        with pytest.raises(BusUnavailable, match="NoPermissionError"):
+            await bus.subscribe("intern", ignore)
