@@ -9,6 +9,10 @@
   `DEEP_BMC_DEPTH_STRICT` (14) in strict mode.
 - `sagemem check --mutants`: the quick checks, then every single-row mutant of the table through
   the kill chain of `proofs.mutants`; prints the kill rate and every surviving mutant.
+  `--only NAME,NAME` (or `--only @FILE`, one name a line) checks only those mutants.
+- every run also plays the hostile scenarios of `proofs.scenarios` (situations beyond the model:
+  a forged invalidation, an L2 restored from an old snapshot, an owner stalled past its lease)
+  on the table in each mode.
 
 Progress goes to stderr while a checker runs; the summary goes to stdout. The exit status is 0
 when every check passed, 1 when a checker found a violation (its counterexample, an event
@@ -97,6 +101,7 @@ class CheckOptions:
     bmc_agents: int = BMC_AGENTS
     bmc_writes: int = BMC_WRITES
     workers: int = 2
+    only: tuple[str, ...] = ()
 
     @property
     def custom_bounds(self) -> bool:
@@ -174,7 +179,29 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers", type=int, default=2, help="processes for --mutants (default: 2)"
     )
+    parser.add_argument(
+        "--only",
+        help="with --mutants: check only these mutants, comma-separated names as the survivor "
+        "list prints them (row65:dropped_effect=0), or @FILE with one name a line",
+    )
     return parser
+
+
+def _mutant_names(parser: argparse.ArgumentParser, text: str | None) -> tuple[str, ...]:
+    if text is None:
+        return ()
+    if text.startswith("@"):
+        try:
+            with open(text[1:], encoding="utf-8") as listing:
+                names = listing.read().split()
+        except OSError as error:
+            parser.error(f"--only {text}: cannot read the file ({error.strerror})")
+    else:
+        names = text.split(",")
+    chosen = tuple(name.strip() for name in names if name.strip())
+    if not chosen:
+        parser.error(f"--only {text!r} names no mutant; give names such as row65:dropped_effect=0")
+    return chosen
 
 
 def parse_options(argv: Sequence[str]) -> CheckOptions:
@@ -193,6 +220,9 @@ def parse_options(argv: Sequence[str]) -> CheckOptions:
         parser.error(f"--bmc-depth={args.bmc_depth} is negative; use 0 to skip it")
     if args.workers < 1:
         parser.error(f"--workers={args.workers} is out of range; use 1 or more")
+    only = _mutant_names(parser, args.only)
+    if only and not args.mutants:
+        parser.error("--only selects mutants: use it with --mutants")
     modes = tuple(Mode) if args.mode == "both" else (Mode(args.mode),)
     return CheckOptions(
         modes=modes,
@@ -205,6 +235,7 @@ def parse_options(argv: Sequence[str]) -> CheckOptions:
         bmc_agents=args.bmc_agents,
         bmc_writes=args.bmc_writes,
         workers=args.workers,
+        only=only,
     )
 
 
@@ -263,6 +294,17 @@ def _table_task(defn: ProtocolDefinition) -> _Task:
     return _Task(label, run)
 
 
+def _scenario_task(defn: ProtocolDefinition) -> _Task:
+    check_scenarios = _load("proofs.scenarios", "check_scenarios")
+    label = f"hostile  {defn.mode.value:<8} scenarios beyond the model"
+
+    def run(line: ProgressLine) -> CheckReport:
+        line.show(f"{label}: playing", force=True)
+        return check_scenarios(defn)
+
+    return _Task(label, run)
+
+
 def _bmc_task(defn: ProtocolDefinition, depth: int) -> _Task:
     bounded_model_check = _load("proofs.z3_check", "bounded_model_check")
     label = (
@@ -304,6 +346,7 @@ def _plan(options: CheckOptions, table: tuple[Rule, ...]) -> list[_Task]:
         base = ProtocolDefinition(mode=mode, table=table)
         tasks.append(_table_task(base))
         tasks.extend(_explore_task(defn) for defn in explored_definitions(options, mode, table))
+        tasks.append(_scenario_task(base))
         if options.depth(mode) > 0:
             bmc_defn = dataclasses.replace(
                 base, agents=options.bmc_agents, writes=options.bmc_writes
@@ -339,6 +382,14 @@ def run_checks(
     kind = "deep" if options.deep else "quick"
     modes = ", ".join(mode.value for mode in options.modes)
     print(f"sagemem check ({kind}): {len(table)} rows, modes {modes}", file=out)
+    if options.only:
+        from proofs.mutants import select_mutants
+
+        try:  # before the quick checks: a misspelt name must not wait for them
+            select_mutants(ProtocolDefinition(table=table), options.only)
+        except ValueError as error:
+            print(f"sagemem check: --only: {error}", file=err)
+            return 2
     try:
         tasks = _plan(options, table)
     except CheckerUnavailable as error:
@@ -413,7 +464,7 @@ class _Totals:
 def _run_mutation_testing(
     options: CheckOptions, table: tuple[Rule, ...], *, out: TextIO, line: ProgressLine
 ) -> int:
-    from proofs.mutants import MutantProgress, run_mutants
+    from proofs.mutants import MutantProgress, run_mutants, select_mutants
 
     def progress(update: MutantProgress) -> None:
         rate = update.done / max(update.elapsed_s, 1e-9)
@@ -424,7 +475,12 @@ def _run_mutation_testing(
 
     defn = ProtocolDefinition(table=table)
     try:
-        report = run_mutants(defn, progress=progress, workers=options.workers)
+        chosen = select_mutants(defn, options.only) if options.only else None
+    except ValueError as error:
+        print(f"sagemem check: --only: {error}", file=sys.stderr)
+        return 2
+    try:
+        report = run_mutants(defn, progress=progress, mutants=chosen, workers=options.workers)
     except CheckerUnavailable as error:
         print(f"sagemem check: {error}", file=sys.stderr)
         return 2

@@ -10,6 +10,16 @@ Property checked, for the given `ProtocolDefinition` (table, mode and bounds):
 - no deadlock: every reachable state that is not quiescent has a successor;
 - from every reachable state a quiescent coherent state (`is_quiescent`) is reachable using
   only protocol steps and timers (no new user operation, no further fault);
+- prompt progress: from every state reached without a crash or a lapsed lease (message loss,
+  disconnects and evictions allowed), a quiescent state is reachable using only
+  protocol-internal steps (message deliveries, server answers, resyncs) and backoff retries:
+  no lease or registration expiry (HOME_EXPIRE_OWNER, HOLDER_EXPIRE), no fault, no user event
+  of any agent and no conflict answer (the model offers HOME_CONFLICT to every write-through,
+  but an unconditional write is never refused, so it must be able to commit). So every
+  pending operation completes, and every copy settles, without waiting for a lease to run
+  out; a protocol that forgets a recall or an acknowledgement is only correct "up to a lease"
+  and fails here. After a crash or a lapsed lease, waiting for the lease IS the protocol, so
+  those states are only held to the previous property;
 - protocol-internal steps alone cannot loop forever: the internal-step graph is acyclic and
   no internal step leaves the state unchanged (such a step stays enabled and can repeat
   forever; self-loops of user, timer and fault events are ignored).
@@ -21,9 +31,14 @@ sorting the agents (no state field names an agent, so this symmetry reduction is
 Method: breadth-first search over canonical states with a plain dict (memory matters past a
 few hundred thousand states); invariants are checked when a state is dequeued, and BFS
 parents give a SHORTEST counterexample, re-simulated without canonicalisation so that agent
-numbers stay stable along the trace. Quiescence is ONE multi-source BFS over the reversed
-graph of protocol and timer edges from the quiescent states; acyclicity is Kahn's algorithm
-on the internal-edge graph, and a cycle, if any, is extracted with networkx.
+numbers stay stable along the trace. Every edge is kept (target and event class, grouped by
+source: the BFS dequeues states in id order). Quiescence is ONE multi-source BFS over the
+reversed graph of protocol and timer edges from the quiescent states; prompt progress is one
+forward BFS over the edges that are neither a crash nor a lease lapse (the states it must
+hold in, with shortest such paths for traces) and ONE multi-source reverse BFS over the
+internal and retry edges from the quiescent states (a violation's trace is a shortest such
+path, then the prompt steps into the wait); acyclicity is Kahn's algorithm on the
+internal-edge graph, and a cycle, if any, is extracted with networkx.
 """
 
 from __future__ import annotations
@@ -31,7 +46,7 @@ from __future__ import annotations
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import networkx as nx
 
@@ -47,7 +62,7 @@ from sagemem.spec.model import (
     transitions,
 )
 from sagemem.spec.table import Rule
-from sagemem.spec.vocabulary import EventKind
+from sagemem.spec.vocabulary import Event, EventKind
 
 __all__ = ["ProgressCallback", "explore", "replay_path", "unfired_rows"]
 
@@ -55,8 +70,43 @@ type ProgressCallback = Callable[[int, int, int], None]
 """Called as progress(states, edges, depth) every `PROGRESS_EVERY` states."""
 
 PROGRESS_EVERY = 20_000
-_INTERNAL = 1
-_TIMER = 2
+
+# Edge classes (one byte per edge). A self-loop is never stored.
+_USER = 0  # READ, WRITE_L1, WRITE_THROUGH, FLUSH
+_INTERNAL = 1  # deliveries, server answers, RESYNC, OUTBOX_RELAY
+_EXPIRY = 2  # HOME_EXPIRE_OWNER, HOLDER_EXPIRE: a lease or registration runs out
+_RETRY = 3  # RETRY: the protocol's own backoff, not a lease
+_LAPSE = 4  # LEASE_LAPSE: an agent's lease clock runs out (a fault-budget event)
+_FAULT = 5  # EVICT, L2_EVICT, DROP_MESSAGE, DISCONNECT: recovered by protocol steps
+_CRASH = 6  # CRASH: the agent restarts empty (its grant and acks wait for a lease)
+_CONFLICT = 7  # HOME_CONFLICT: the caller's expected version decides, not the protocol
+
+
+def _mask(*classes: int) -> bytes:
+    return bytes(1 if code in classes else 0 for code in range(_CONFLICT + 1))
+
+
+_QUIESCENCE_EDGES = _mask(_INTERNAL, _CONFLICT, _EXPIRY, _RETRY, _LAPSE)  # protocol, timers
+# Prompt progress: protocol steps and backoff retries only. A conflict answer is left out: the
+# model offers it to every write-through (it does not track the expected version), but an
+# unconditional write is never refused, so it must be able to complete by committing.
+_PROMPT_EDGES = _mask(_INTERNAL, _RETRY)
+_UNDISRUPTED_EDGES = _mask(_USER, _INTERNAL, _CONFLICT, _EXPIRY, _RETRY, _FAULT)
+
+
+def _edge_class(step: Transition) -> int:
+    match step.kind:
+        case EventKind.USER:
+            return _USER
+        case EventKind.INTERNAL:
+            return _CONFLICT if step.event is Event.HOME_CONFLICT else _INTERNAL
+        case EventKind.TIMER:
+            if step.event is Event.RETRY:
+                return _RETRY
+            return _LAPSE if step.event is Event.LEASE_LAPSE else _EXPIRY
+        case EventKind.FAULT:
+            return _CRASH if step.event is Event.CRASH else _FAULT
+    raise AssertionError(f"unknown event kind {step.kind!r}")  # pragma: no cover
 
 
 def explore(  # one BFS with its bookkeeping, kept in one place
@@ -78,10 +128,9 @@ def explore(  # one BFS with its bookkeeping, kept in one place
     states: list[State] = [root]
     parent = array("l", [-1])
     depth_of = array("l", [0])
-    edge_src = array("l")
+    edge_start = array("l")  # the out-edges of state i are edge_start[i]:edge_start[i + 1]
     edge_dst = array("l")
-    edge_kind = bytearray()
-    edges = 0
+    edge_class = bytearray()
     quiescent = bytearray()
     queue: deque[int] = deque([0])
     summary: dict[str, int | float | str] = {
@@ -94,20 +143,21 @@ def explore(  # one BFS with its bookkeeping, kept in one place
     def finish(ok: bool, counterexample: Counterexample | None = None) -> CheckReport:
         summary.update(
             states=len(states),
-            edges=edges,
+            edges=len(edge_dst),
             depth=max(depth_of) if depth_of else 0,
             seconds=round(time.perf_counter() - started, 2),
         )
         return CheckReport("explore", ok, dict(summary), counterexample)
 
     while queue:
-        sid = queue.popleft()
+        sid = queue.popleft()  # ids are dequeued in order: edge_start[sid], quiescent[sid]
+        edge_start.append(len(edge_dst))
         state = states[sid]
         broken = first_violation(defn, state)
         if broken is not None:
             return finish(False, _counterexample(defn, states, parent, sid, *broken))
         good = is_quiescent(defn, state)
-        quiescent.append(good)  # ids are dequeued in order: this is quiescent[sid]
+        quiescent.append(good)
         moved = False
         for step in transitions(defn, state):
             if fired_rows is not None and step.rule is not None:
@@ -144,12 +194,9 @@ def explore(  # one BFS with its bookkeeping, kept in one place
                 depth_of.append(depth_of[sid] + 1)
                 queue.append(tid)
                 if progress is not None and tid % PROGRESS_EVERY == 0:
-                    progress(len(states), edges, depth_of[sid] + 1)
-            edges += 1
-            if step.kind is EventKind.INTERNAL or step.kind is EventKind.TIMER:
-                edge_src.append(sid)
-                edge_dst.append(tid)
-                edge_kind.append(_INTERNAL if step.kind is EventKind.INTERNAL else _TIMER)
+                    progress(len(states), len(edge_dst), depth_of[sid] + 1)
+            edge_dst.append(tid)
+            edge_class.append(_edge_class(step))
         if not moved and not good:
             return finish(
                 False,
@@ -162,14 +209,17 @@ def explore(  # one BFS with its bookkeeping, kept in one place
                     "no step is enabled but the state is not quiescent",
                 ),
             )
+    edge_start.append(len(edge_dst))
     if progress is not None:
-        progress(len(states), edges, max(depth_of))
+        progress(len(states), len(edge_dst), max(depth_of))
     del ids
+    graph = _Graph(len(states), edge_start, edge_dst, edge_class)
     summary["quiescent_states"] = sum(quiescent)
-    summary["protocol_edges"] = len(edge_src)
+    summary["protocol_edges"] = sum(_QUIESCENCE_EDGES[c] for c in edge_class)
 
-    stuck = _unreachable_quiescence(len(states), quiescent, edge_src, edge_dst)
-    if stuck is not None:
+    settles = graph.backward(quiescent, _QUIESCENCE_EDGES)
+    stuck = settles.find(0)
+    if stuck >= 0:
         return finish(
             False,
             _counterexample(
@@ -182,7 +232,32 @@ def explore(  # one BFS with its bookkeeping, kept in one place
                 "and timers alone",
             ),
         )
-    cycle = _internal_cycle(len(states), edge_src, edge_dst, edge_kind)
+
+    prompt = graph.backward(quiescent, _PROMPT_EDGES)
+    order, undisrupted_parent = graph.forward(_UNDISRUPTED_EDGES)
+    summary["prompt_states"] = len(order)
+    slow = next((node for node in order if not prompt[node]), None)
+    if slow is not None:
+        why, path = _prompt_wait(defn, states, graph, slow, settles)
+        reached_at, node = 0, slow
+        while undisrupted_parent[node] >= 0:
+            reached_at, node = reached_at + 1, undisrupted_parent[node]
+        return finish(
+            False,
+            _counterexample(
+                defn,
+                states,
+                undisrupted_parent,
+                slow,
+                "prompt_progress",
+                f"no crash and no lease lapse happened, yet from the state after step "
+                f"{reached_at} no quiescent state is reachable by protocol steps and retries "
+                f"alone: {why}",
+                loop=path,
+            ),
+        )
+
+    cycle = _internal_cycle(graph)
     if cycle is not None:
         start, loop = cycle
         return finish(
@@ -216,43 +291,129 @@ def unfired_rows(defns: tuple[ProtocolDefinition, ...]) -> tuple[Rule, ...]:
     return tuple(rule for i, rule in enumerate(table) if i not in fired)
 
 
-def _unreachable_quiescence(
-    count: int, quiescent: bytearray, src: array[int], dst: array[int]
-) -> int | None:
-    """The smallest state id from which no quiescent state is reachable, or None."""
-    reverse_start = array("l", [0]) * (count + 1)
-    for d in dst:
-        reverse_start[d + 1] += 1
-    for i in range(count):
-        reverse_start[i + 1] += reverse_start[i]
-    fill = array("l", reverse_start)
-    reverse = array("l", [0]) * len(src)
-    for s, d in zip(src, dst, strict=True):
-        reverse[fill[d]] = s
-        fill[d] += 1
-    reached = bytearray(quiescent)
-    frontier = deque(i for i in range(count) if quiescent[i])
-    while frontier:
-        node = frontier.popleft()
-        for k in range(reverse_start[node], reverse_start[node + 1]):
-            pred = reverse[k]
-            if not reached[pred]:
-                reached[pred] = 1
-                frontier.append(pred)
-    missing = reached.find(0)
-    return None if missing < 0 else missing
+class _Graph:
+    """The explored state graph: every non-self-loop edge, grouped by source state."""
+
+    __slots__ = ("count", "dst", "klass", "start")
+
+    def __init__(self, count: int, start: array[int], dst: array[int], klass: bytearray) -> None:
+        self.count = count
+        self.start = start
+        self.dst = dst
+        self.klass = klass
+
+    def edges(self, mask: bytes) -> Iterator[tuple[int, int]]:
+        """(source, target) of every edge whose class is in `mask`."""
+        start, dst, klass = self.start, self.dst, self.klass
+        for node in range(self.count):
+            for k in range(start[node], start[node + 1]):
+                if mask[klass[k]]:
+                    yield node, dst[k]
+
+    def backward(self, seeds: bytearray, mask: bytes) -> bytearray:
+        """Every state from which some seed is reachable by edges of `mask` (one multi-source
+        BFS over the reversed edges)."""
+        count = self.count
+        reverse_start = array("l", [0]) * (count + 1)
+        for _, d in self.edges(mask):  # two passes: no list of millions of pairs
+            reverse_start[d + 1] += 1
+        for i in range(count):
+            reverse_start[i + 1] += reverse_start[i]
+        fill = array("l", reverse_start)
+        reverse = array("l", [0]) * reverse_start[count]
+        for s, d in self.edges(mask):
+            reverse[fill[d]] = s
+            fill[d] += 1
+        reached = bytearray(seeds)
+        frontier = deque(i for i in range(count) if seeds[i])
+        while frontier:
+            node = frontier.popleft()
+            for k in range(reverse_start[node], reverse_start[node + 1]):
+                pred = reverse[k]
+                if not reached[pred]:
+                    reached[pred] = 1
+                    frontier.append(pred)
+        return reached
+
+    def forward(self, mask: bytes, source: int = 0) -> tuple[list[int], array[int]]:
+        """The states reachable from `source` by edges of `mask`, in BFS order, and the BFS
+        parents (-1 for `source` and for states not reached)."""
+        start, dst, klass = self.start, self.dst, self.klass
+        parent = array("l", [-1]) * self.count
+        seen = bytearray(self.count)
+        seen[source] = 1
+        order = [source]
+        position = 0
+        while position < len(order):
+            node = order[position]
+            position += 1
+            for k in range(start[node], start[node + 1]):
+                target = dst[k]
+                if mask[klass[k]] and not seen[target]:
+                    seen[target] = 1
+                    parent[target] = node
+                    order.append(target)
+        return order, parent
 
 
-def _internal_cycle(
-    count: int, src: array[int], dst: array[int], kind: bytearray
-) -> tuple[int, list[int]] | None:
+def _prompt_wait(
+    defn: ProtocolDefinition, states: list[State], graph: _Graph, node: int, settles: bytearray
+) -> tuple[str, list[int]]:
+    """Why `node` cannot settle promptly, and a path of prompt steps from `node` to the first
+    state (in BFS order) where the wait shows: a non-prompt step, an expiry if any, leads on
+    to a quiescent state from there."""
+    closure, towards = graph.forward(_PROMPT_EDGES, node)
+    escapes: set[str] = set()
+    first_exit: int | None = None
+    first_expiry: int | None = None
+    for member in closure:
+        exits = {
+            graph.dst[k]: graph.klass[k]
+            for k in range(graph.start[member], graph.start[member + 1])
+            if not _PROMPT_EDGES[graph.klass[k]] and settles[graph.dst[k]]
+        }
+        if not exits:
+            continue
+        if first_exit is None:
+            first_exit = member
+        if first_expiry is None and _EXPIRY in exits.values():
+            first_expiry = member
+        targets = {states[t] for t in exits}
+        escapes.update(
+            step.event.name
+            for step in transitions(defn, states[member])
+            if step.kind is not EventKind.USER and canonical(step.target) in targets
+        )
+    end = first_expiry if first_expiry is not None else first_exit
+    path = [node]
+    if end is not None and end != node:
+        back = [end]
+        while back[-1] != node:
+            back.append(towards[back[-1]])
+        path = back[::-1]
+    named = sorted(escapes - {Event.HOME_CONFLICT.name})
+    if named:
+        waits = ", ".join(named)
+    elif escapes:
+        waits = "HOME_CONFLICT: the waiting write gives up as a failed compare-and-swap"
+    else:
+        waits = "none but a user event"
+    why = (
+        f"the {len(closure)} states that protocol steps and retries reach from here settle "
+        f"only after a step that is not prompt ({waits}); the trace ends with the prompt "
+        "steps into the wait"
+    )
+    return why, path
+
+
+def _internal_cycle(graph: _Graph) -> tuple[int, list[int]] | None:
     """(first node of a cycle, the cycle's nodes) among internal edges, or None (Kahn)."""
+    count = graph.count
     indegree = array("l", [0]) * count
     out: dict[int, list[int]] = {}
-    for s, d, k in zip(src, dst, kind, strict=True):
-        if k == _INTERNAL and s != d:
-            out.setdefault(s, []).append(d)
-            indegree[d] += 1
+    for s, d in graph.edges(_mask(_INTERNAL, _CONFLICT)):
+        out.setdefault(s, []).append(d)
+        indegree[d] += 1
     ready = deque(i for i in range(count) if indegree[i] == 0)
     removed = 0
     while ready:

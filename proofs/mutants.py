@@ -18,12 +18,16 @@ table checks (totality, determinism, type invariant; about 1.5 s); the explorer 
 definition of the mode; the explorer at 2 agents, 3 writes and no fault (a third write exposes
 copies that a second write left unregistered, which the quick bounds cannot); the explorer at
 2 agents, 1 write and 2 faults (the smallest bound where a fill already invalidated meets a
-detected message loss, so that the (IS_D_I, RESYNC) rows fire); and last row coverage: a row
-that fires at the quick bounds on the original table no longer fires on the mutant (the
-mutation cut off part of the protocol, which no safety property can see). A truncated or
-inconclusive run never counts as a kill. A mutant no checker kills survives; each survivor is
-either equivalent to the real table for every property the checkers state (the list with
-reasons is in docs/coherence-protocol.md) or a gap in the checks.
+detected message loss, so that the (IS_D_I, RESYNC) rows fire); row coverage: a row that
+fires at the quick bounds on the original table no longer fires on the mutant (the mutation
+cut off part of the protocol, which no safety property can see); and last the hostile
+scenarios (`proofs.scenarios`): scripted runs through situations production meets and the
+model cannot reach (a forged invalidation, an L2 restored from an old snapshot, an owner
+stalled past its lease, exactly one RESYNC per detected loss), each with its expected end.
+Every explorer link checks every property of `proofs.explore`, prompt progress included. A
+truncated or inconclusive run never counts as a kill. A mutant no checker kills survives;
+each survivor is either equivalent to the real table for every property the checkers state
+(the list with reasons is in docs/coherence-protocol.md) or a gap in the checks.
 
 This module never edits the table: mutants are new tuples passed as `ProtocolDefinition.table`.
 """
@@ -33,13 +37,17 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from enum import Enum, unique
 
 from proofs.report import CheckReport
-from sagemem.spec.model import ProtocolDefinition, quick
+from proofs.scenarios import check_scenarios
+from sagemem.spec.model import (
+    ProtocolDefinition,
+    quick,
+)
 from sagemem.spec.table import Rule
 from sagemem.spec.vocabulary import Guard, L1State, Mode
 
@@ -57,6 +65,7 @@ __all__ = [
     "generate_mutants",
     "mutate",
     "run_mutants",
+    "select_mutants",
 ]
 
 
@@ -150,6 +159,21 @@ def generate_mutants(defn: ProtocolDefinition) -> Iterator[Mutant]:
             yield Mutant(MutationKind.WEAKENED_GUARD, index, rule)
 
 
+def select_mutants(defn: ProtocolDefinition, names: Iterable[str]) -> list[Mutant]:
+    """The mutants of `defn.table` with these names (as `Mutant.name` prints them), in the
+    order given; an unknown name is a ValueError naming it."""
+    by_name = {mutant.name: mutant for mutant in generate_mutants(defn)}
+    wanted = [name.strip() for name in names if name.strip()]
+    unknown = [name for name in wanted if name not in by_name]
+    if unknown:
+        raise ValueError(
+            f"no mutant of this {len(defn.table)}-row table is named {', '.join(unknown)}; "
+            "names look like row12:wrong_target=I, row3:dropped_effect=0, row5:dropped_row or "
+            "row7:weakened_guard (`sagemem check --mutants` lists the survivors by name)"
+        )
+    return [by_name[name] for name in wanted]
+
+
 # ----------------------------------------------------------------------------------------------
 # checkers
 
@@ -163,6 +187,7 @@ class CheckerKind(Enum):
     QUICK = "quick"  # the explorer on every quick definition of the mode (collects coverage)
     COVERAGE = "coverage"  # a row that fires on the real table is dead in the mutant
     BMC = "bmc"  # Z3 bounded model checking
+    SCENARIOS = "scenarios"  # hostile scenarios beyond the model (see `hostile_scenarios`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +215,8 @@ class CheckerSpec:
                 return "explore(quick bounds)"
             case CheckerKind.COVERAGE:
                 return "row coverage at the quick bounds"
+            case CheckerKind.SCENARIOS:
+                return "hostile scenarios"
             case CheckerKind.BMC:
                 return (
                     f"bmc({_count(self.agents, 'agent')}, {_count(self.writes, 'write')}, "
@@ -202,7 +229,8 @@ def _count(number: int, noun: str) -> str:
 
 
 def default_checkers() -> tuple[CheckerSpec, ...]:
-    """The kill chain of `sagemem check --mutants`: cheap first, row coverage last."""
+    """The kill chain of `sagemem check --mutants`: cheap first, then row coverage, then the
+    hostile scenarios (last, so that adding them left every earlier link's kills unchanged)."""
     return (
         CheckerSpec(CheckerKind.EXPLORE, agents=2, writes=1, fault_budget=1),
         CheckerSpec(CheckerKind.TABLE),
@@ -210,6 +238,7 @@ def default_checkers() -> tuple[CheckerSpec, ...]:
         CheckerSpec(CheckerKind.EXPLORE, agents=2, writes=3, fault_budget=0),
         CheckerSpec(CheckerKind.EXPLORE, agents=2, writes=1, fault_budget=2),
         CheckerSpec(CheckerKind.COVERAGE),
+        CheckerSpec(CheckerKind.SCENARIOS),
     )
 
 
@@ -259,6 +288,8 @@ def _run_one(spec: CheckerSpec, defn: ProtocolDefinition, fired: set[int]) -> Ch
                 defn, agents=spec.agents, writes=spec.writes, fault_budget=spec.fault_budget
             )
             return bounded_model_check(bounded, depth=spec.depth)
+        case CheckerKind.SCENARIOS:
+            return check_scenarios(defn)
         case CheckerKind.COVERAGE:
             return None
 

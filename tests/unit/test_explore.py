@@ -19,6 +19,7 @@ from sagemem.spec import (
     ProtocolDefinition,
     Refusal,
     RefusalKind,
+    Rule,
     quick,
 )
 
@@ -29,7 +30,8 @@ from sagemem.spec import (
 # relay deletes L2 before it publishes); production keeps the row for an L2 copy written
 # outside the protocol (a plain L2Tier.write, a Redis restored from an old snapshot).
 # MS_A HOME_WRITE_BACK [GRANT_LOST] and ME_A HOME_FLUSH [GRANT_LOST] are defensive too: only a
-# production owner stalled past its lease reaches them (see spec/table.py).
+# production owner stalled past its lease reaches them (see spec/table.py). The hostile
+# scenarios of proofs/mutants.py reach all three (tests/unit/test_mutants.py).
 _NEEDS_DEEPER_BOUNDS = {
     (L1State.IS_D_I, Event.RESYNC),
     (L1State.IS_D, Event.FILL_DATA),
@@ -56,6 +58,8 @@ def test_real_table_passes_every_quick_bound(
         assert report.ok, report.counterexample.render() if report.counterexample else report
         assert int(report.summary["states"]) > 10_000
         assert int(report.summary["quiescent_states"]) > 0
+        # prompt progress held in the states reached without a crash or a lease lapse
+        assert 0 < int(report.summary["prompt_states"]) < int(report.summary["states"])
 
 
 def test_every_row_fires_within_the_quick_bounds(
@@ -197,3 +201,91 @@ def test_an_internal_step_that_changes_nothing_is_reported_as_a_livelock() -> No
     assert report.counterexample is not None
     assert report.counterexample.property_name == "internal_steps_terminate"
     assert "FILL_DATA" in report.counterexample.explanation
+
+
+def _without_effect(
+    source: L1State, event: Event, guard: Guard, effect: Effect, mode: Mode
+) -> tuple[Rule, ...]:
+    """TABLE with `effect` dropped from the one row (source, event, guard) of `mode`."""
+    rows = [
+        i
+        for i, rule in enumerate(TABLE)
+        if (rule.source, rule.event, rule.guard) == (source, event, guard) and mode in rule.modes
+    ]
+    assert len(rows) == 1
+    rule = TABLE[rows[0]]
+    assert effect in rule.effects
+    changed = dataclasses.replace(rule, effects=tuple(e for e in rule.effects if e is not effect))
+    return (*TABLE[: rows[0]], changed, *TABLE[rows[0] + 1 :])
+
+
+@pytest.mark.parametrize("mode", list(Mode), ids=lambda m: m.value)
+def test_a_write_that_never_recalls_the_owner_breaks_prompt_progress(mode: Mode) -> None:
+    """Row (WT_H, HOME_COMMIT, [OWNED_BY_OTHER]) without SEND_RECALL: the write-through waits
+    until the owner leaves on its own (an eviction, a lapsed lease). Every safety invariant
+    and the timed quiescence property still hold; prompt progress does not."""
+    table = _without_effect(
+        L1State.WT_H, Event.HOME_COMMIT, Guard.OWNED_BY_OTHER, Effect.SEND_RECALL, mode
+    )
+    report = explore(ProtocolDefinition(mode=mode, table=table, agents=2, writes=2, fault_budget=0))
+    assert not report.ok
+    trace = report.counterexample
+    assert trace is not None
+    assert trace.property_name == "prompt_progress"
+    events = [step.event.split(":")[0] for step in trace.steps]
+    assert "agent1 WRITE_L1" in events or "agent2 WRITE_L1" in events
+    assert any(event.endswith("WRITE_THROUGH") for event in events)
+    assert len(events) <= 6
+    assert "a2:WT_H" in trace.steps[-1].state or "a1:WT_H" in trace.steps[-1].state
+    # no fault is offered (budget 0): only giving up as a failed compare-and-swap ends the wait
+    assert "HOME_CONFLICT: the waiting write gives up" in trace.explanation
+    assert trace.render().startswith("violated: prompt_progress")
+
+
+def test_a_write_that_never_recalls_the_owner_waits_for_a_fault() -> None:
+    """With faults offered, the explanation names them: the owner's eviction, lease lapse or
+    crash would end the wait (none of them is a protocol step)."""
+    table = _without_effect(
+        L1State.WT_H, Event.HOME_COMMIT, Guard.OWNED_BY_OTHER, Effect.SEND_RECALL, Mode.COHERENT
+    )
+    report = explore(
+        ProtocolDefinition(mode=Mode.COHERENT, table=table, agents=2, writes=2, fault_budget=1)
+    )
+    assert report.counterexample is not None
+    assert report.counterexample.property_name == "prompt_progress"
+    for fault in ("CRASH", "EVICT", "LEASE_LAPSE"):
+        assert fault in report.counterexample.explanation
+
+
+def test_an_ack_replaced_by_a_holder_expiry_breaks_prompt_progress() -> None:
+    """Strict (WT_H, DELIVER_INVALIDATE) without SEND_ACK: a writer's invalidation reaches a
+    holder that is itself writing; without the ack the first writer waits for the holder's
+    registration to expire (HOLDER_EXPIRE): correct up to a lease, not prompt."""
+    table = _without_effect(
+        L1State.WT_H, Event.DELIVER_INVALIDATE, Guard.ALWAYS, Effect.SEND_ACK, Mode.STRICT
+    )
+    report = explore(
+        ProtocolDefinition(mode=Mode.STRICT, table=table, agents=2, writes=2, fault_budget=0)
+    )
+    trace = report.counterexample
+    assert trace is not None
+    assert trace.property_name == "prompt_progress"
+    assert "HOLDER_EXPIRE" in trace.explanation
+    # the trace ends with the holder owing an ack for an invalidation it will not acknowledge
+    assert "ack_owed" in trace.steps[-1].state
+    assert "WT_H" in trace.steps[-1].state
+
+
+def test_prompt_progress_is_not_required_after_a_crash() -> None:
+    """After a crash, waiting for the dead owner's lease IS the protocol: the real table
+    passes although a crashed owner blocks the others until HOME_EXPIRE_OWNER."""
+    defn = ProtocolDefinition(
+        mode=Mode.COHERENT,
+        agents=2,
+        writes=1,
+        faults=frozenset({Event.CRASH}),
+        fault_budget=1,
+    )
+    report = explore(defn)
+    assert report.ok, report.counterexample.render() if report.counterexample else report
+    assert int(report.summary["prompt_states"]) < int(report.summary["states"])

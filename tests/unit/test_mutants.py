@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
+from proofs.cli import parse_options, run_checks
 from proofs.mutants import (
     CheckerKind,
     CheckerSpec,
@@ -16,7 +19,9 @@ from proofs.mutants import (
     generate_mutants,
     mutate,
     run_mutants,
+    select_mutants,
 )
+from proofs.scenarios import Scenario, check_scenarios, hostile_scenarios, run_scenario
 from sagemem.spec.model import ProtocolDefinition
 from sagemem.spec.table import TABLE, Rule
 from sagemem.spec.vocabulary import ActorState, Effect, Event, Guard, L1State, Mode
@@ -122,3 +127,165 @@ def test_the_real_table_passes_the_small_explorer() -> None:
             mode=mode, agents=first.agents, writes=first.writes, fault_budget=first.fault_budget
         )
         assert explore(defn).ok
+
+
+def _named(*names: str) -> list[Mutant]:
+    return select_mutants(ProtocolDefinition(), names)
+
+
+def _dropping(source: L1State, event: Event, guard: Guard, effect: Effect, mode: Mode) -> Mutant:
+    """The mutant that drops `effect` from the row (source, event, guard) of `mode`, found by
+    content so that the test survives renumbering of the table."""
+    (index,) = (
+        i
+        for i, rule in enumerate(TABLE)
+        if (rule.source, rule.event, rule.guard) == (source, event, guard) and mode in rule.modes
+    )
+    position = TABLE[index].effects.index(effect)
+    (mutant,) = _named(f"row{index}:dropped_effect={position}")
+    return mutant
+
+
+def test_select_mutants_finds_names_and_rejects_unknown_ones() -> None:
+    """`--only` names resolve to the generated mutants, in the order given."""
+    chosen = _named("row5:dropped_effect=1", "row0:dropped_row")
+    assert [mutant.name for mutant in chosen] == ["row5:dropped_effect=1", "row0:dropped_row"]
+    assert chosen[0].rule is TABLE[5]
+    assert chosen[1].kind is MutationKind.DROPPED_ROW
+    with pytest.raises(ValueError, match="row999:dropped_row"):
+        _named("row999:dropped_row")
+
+
+def test_only_option_selects_mutants(tmp_path: Path) -> None:
+    """`sagemem check --mutants --only` takes a comma list or @FILE, and needs --mutants."""
+    options = parse_options(["--mutants", "--only", "row1:dropped_row, row2:dropped_row"])
+    assert options.only == ("row1:dropped_row", "row2:dropped_row")
+    listing = tmp_path / "survivors.txt"
+    listing.write_text("row3:dropped_row\nrow4:dropped_row\n", encoding="utf-8")
+    assert parse_options(["--mutants", "--only", f"@{listing}"]).only == (
+        "row3:dropped_row",
+        "row4:dropped_row",
+    )
+    with pytest.raises(SystemExit):
+        parse_options(["--only", "row1:dropped_row"])
+
+
+def test_an_unknown_only_name_fails_before_any_check_runs() -> None:
+    """A misspelt --only name is reported at once (status 2), not after the quick checks."""
+    out, err = io.StringIO(), io.StringIO()
+    options = parse_options(["--mutants", "--only", "row1:dropped_row,row999:nonsense"])
+    assert run_checks(options, out=out, err=err) == 2
+    assert "row999:nonsense" in err.getvalue()
+    assert "explore" not in out.getvalue()
+
+
+def test_the_chain_ends_with_the_hostile_scenarios() -> None:
+    """The scenarios are the last link, so adding them changed no earlier link's kills."""
+    assert default_checkers()[-1].kind is CheckerKind.SCENARIOS
+
+
+@pytest.mark.parametrize("mode", list(Mode), ids=lambda m: m.value)
+def test_the_real_table_passes_every_hostile_scenario(mode: Mode) -> None:
+    """Every scenario plays to its expected end on the real table (and reaches the defensive
+    rows the model cannot: IS_D FILL_DATA [DATA_STALE], and the stalled owner's rows)."""
+    report = check_scenarios(ProtocolDefinition(mode=mode))
+    assert report.ok, report.counterexample.render() if report.counterexample else report
+    played = [scenario for scenario in hostile_scenarios() if mode in scenario.modes]
+    assert int(report.summary["scenarios"]) == len(played) >= 10
+    fired = set()
+    for scenario in played:
+        assert run_scenario(ProtocolDefinition(mode=mode), scenario) is None
+        fired.update(_rows_fired(mode, scenario))
+    defensive = {
+        i
+        for i, rule in enumerate(TABLE)
+        if (rule.source, rule.event, rule.guard)
+        in {
+            (L1State.IS_D, Event.FILL_DATA, Guard.DATA_STALE),
+            (L1State.MS_A, Event.HOME_WRITE_BACK, Guard.GRANT_LOST),
+            (L1State.ME_A, Event.HOME_FLUSH, Guard.GRANT_LOST),
+        }
+    }
+    assert len(defensive) == 3
+    assert defensive <= fired
+
+
+def _rows_fired(mode: Mode, scenario: Scenario) -> set[int]:
+    """Indices of the rows a scenario's table steps fire (replayed move by move)."""
+    from sagemem.spec.model import initial_state, transitions
+
+    defn = ProtocolDefinition(mode=mode, agents=scenario.agents, writes=6, fault_budget=None)
+    index = {id(rule): i for i, rule in enumerate(TABLE)}
+    state = initial_state(defn)
+    fired: set[int] = set()
+    for move in scenario.moves:
+        if move.change is not None:
+            state = move.change(state)
+            continue
+        subject = None if move.agent is None else move.agent - 1
+        step = next(
+            t
+            for t in transitions(defn, state)
+            if t.event is move.event
+            and t.agent == subject
+            and (move.payload is None or t.payload == move.payload)
+        )
+        assert step.rule is not None
+        fired.add(index[id(step.rule)])
+        state = step.target
+    return fired
+
+
+def test_a_fill_that_keeps_stale_data_is_killed_by_a_hostile_scenario() -> None:
+    """IS_D FILL_DATA [DATA_STALE] without REFETCH (unreachable in the model) keeps the stale
+    data and never fetches again: the restored-snapshot scenario rejects it with a trace."""
+    mutant = _dropping(
+        L1State.IS_D, Event.FILL_DATA, Guard.DATA_STALE, Effect.REFETCH, Mode.COHERENT
+    )
+    outcome = check_mutant(ProtocolDefinition(), mutant, (CheckerSpec(CheckerKind.SCENARIOS),))
+    assert outcome.killed
+    assert outcome.killer == "hostile scenarios"
+    assert "stale_l2_copy_is_refetched" in outcome.violation
+    report = check_scenarios(ProtocolDefinition(table=mutate(TABLE, mutant)))
+    trace = report.counterexample
+    assert trace is not None
+    text = trace.render()
+    assert "HOSTILE: Redis is restored from a snapshot" in text
+    assert "agent1 FILL_FETCH, is not enabled" in trace.explanation
+    assert "a1:IS_D data=v0 req=data" in trace.steps[-1].state
+
+
+def test_a_stalled_owner_that_does_not_acknowledge_is_killed_in_strict_mode() -> None:
+    """MS_A DELIVER_INVALIDATE without SEND_ACK (strict): the writer would wait for the stalled
+    owner's registration to lapse; the scenario expects the write to settle at once."""
+    mutant = _dropping(
+        L1State.MS_A, Event.DELIVER_INVALIDATE, Guard.ALWAYS, Effect.SEND_ACK, Mode.STRICT
+    )
+    outcome = check_mutant(ProtocolDefinition(), mutant, (CheckerSpec(CheckerKind.SCENARIOS),))
+    assert outcome.killed
+    assert outcome.mode is Mode.STRICT
+    assert "agent3 WRITE_SETTLED, is not enabled" in outcome.violation
+
+
+def test_a_write_that_never_recalls_the_owner_is_killed_by_prompt_progress() -> None:
+    """WT_H HOME_COMMIT [OWNED_BY_OTHER] without SEND_RECALL survived every link before prompt
+    progress; the explorer at 2 agents and 2 writes now kills it."""
+    mutant = _dropping(
+        L1State.WT_H, Event.HOME_COMMIT, Guard.OWNED_BY_OTHER, Effect.SEND_RECALL, Mode.COHERENT
+    )
+    chain = (CheckerSpec(CheckerKind.EXPLORE, agents=2, writes=2, fault_budget=0),)
+    outcome = check_mutant(ProtocolDefinition(), mutant, chain)
+    assert outcome.killed
+    assert outcome.violation.startswith("prompt_progress")
+
+
+@pytest.mark.parametrize("mode", list(Mode), ids=lambda m: m.value)
+def test_a_resync_that_leaves_the_loss_marked_is_killed(mode: Mode) -> None:
+    """S RESYNC without RESYNC_CONNECTION: the model offers RESYNC again while the agent is
+    marked missed, production feeds one per detected loss; the scenario catches the
+    entry that stays missed (its next fill cannot install)."""
+    mutant = _dropping(L1State.S, Event.RESYNC, Guard.ALWAYS, Effect.RESYNC_CONNECTION, mode)
+    outcome = check_mutant(ProtocolDefinition(), mutant, (CheckerSpec(CheckerKind.SCENARIOS),))
+    assert outcome.killed
+    assert "lost_invalidation_to_a_holder_resyncs_once" in outcome.violation
+    assert "agent1 FILL_DATA, is not enabled" in outcome.violation
