@@ -6,8 +6,16 @@ import dataclasses
 import random
 
 import pytest
+import z3
 
-from proofs.z3_check import QUICK_DEPTH, bounded_model_check, check_table, compare_with_model
+from proofs.z3_check import (
+    QUICK_DEPTH,
+    _AgentOrder,
+    bounded_model_check,
+    check_table,
+    compare_with_model,
+)
+from proofs.z3_encoding import Encoding
 from sagemem.spec.model import ProtocolDefinition, State, initial_state, transitions
 from sagemem.spec.table import Rule
 from sagemem.spec.vocabulary import ActorState, Effect, Event, Guard, L1State, Mode
@@ -84,6 +92,7 @@ def test_bmc_finds_no_violation_at_the_quick_depth(mode: Mode) -> None:
     report = bounded_model_check(_three_agents(mode), depth=QUICK_DEPTH)
     assert report.counterexample is None, report.counterexample.render()
     assert report.summary["depth"] == QUICK_DEPTH
+    assert report.summary["symmetry_breaking"] == ("on" if mode is Mode.STRICT else "off")
 
 
 @MODES
@@ -165,10 +174,11 @@ def test_bmc_catches_the_stale_fill_without_its_fix() -> None:
     assert all("no such step" not in label for label in labels), cex.render()
 
 
-def test_bmc_catches_a_dropped_l2_delete() -> None:
+@MODES
+def test_bmc_catches_a_dropped_l2_delete(mode: Mode) -> None:
     """A relay that no longer deletes L2 (nor voids fill leases) leaves an old L2 copy."""
     defn = _drop_effect(
-        _small(Mode.COHERENT),
+        _small(mode),
         {"source": ActorState.HOME, "event": Event.OUTBOX_RELAY},
         Effect.L2_DELETE,
     )
@@ -178,6 +188,57 @@ def test_bmc_catches_a_dropped_l2_delete() -> None:
     assert cex is not None
     assert cex.property_name == "stale_copies_covered"
     assert any("OUTBOX_RELAY" in step.event for step in cex.steps), cex.render()
+
+
+def test_bmc_symmetry_breaking_keeps_the_shortest_violation() -> None:
+    """Searching up to a renaming of the agents finds the same race at the same depth."""
+    defn = without_stale_fill_fix(_small(Mode.COHERENT))
+    reduced = bounded_model_check(defn, depth=8, symmetry=True)
+    full = bounded_model_check(defn, depth=8, symmetry=False)
+    assert not reduced.ok
+    assert not full.ok
+    assert reduced.counterexample is not None
+    assert full.counterexample is not None
+    assert reduced.counterexample.property_name == full.counterexample.property_name
+    assert reduced.summary["violation_depth"] == full.summary["violation_depth"]
+
+
+def test_bmc_symmetry_breaking_lets_every_agent_act() -> None:
+    """The race needs a reader and a writer: agent1 acts first, agent2 still takes part."""
+    report = bounded_model_check(
+        without_stale_fill_fix(_small(Mode.COHERENT)), depth=8, symmetry=True
+    )
+    cex = report.counterexample
+    assert cex is not None
+    actors = [step.event.split()[0] for step in cex.steps if step.event.startswith("agent")]
+    assert actors[0] == "agent1", cex.render()
+    assert "agent2" in actors, cex.render()
+    assert all("no such step" not in step.event for step in cex.steps), cex.render()
+
+
+def test_agent_order_admits_exactly_first_steps_in_agent_order() -> None:
+    """Agent k+1's first step may follow agent k's, never precede it; agent-less steps are free."""
+    defn = _three_agents(Mode.STRICT)
+    enc = Encoding(defn)
+    steps = enc.steps(enc.fresh("s"))
+    width = max(1, (len(steps) - 1).bit_length())
+    first = {
+        who: next(i for i, step in enumerate(steps) if step.agent == who) for who in (0, 1, 2, None)
+    }
+
+    def admitted(*agents: int | None) -> bool:
+        order = _AgentOrder(defn.agents)
+        solver = z3.Solver()
+        for k, who in enumerate(agents):
+            choice = z3.BitVec(f"choice{k}", width)
+            solver.add(order.constrain(choice, steps), choice == first[who])
+        return bool(solver.check() == z3.sat)
+
+    assert admitted(0, 1, 2)
+    assert admitted(None, 0, 0, 1, 0, 2, 1)
+    assert not admitted(1)
+    assert not admitted(0, 2)
+    assert not admitted(None, 0, 2, 1)
 
 
 def test_bmc_rejects_a_negative_depth() -> None:
