@@ -15,6 +15,8 @@ __all__ = ["AsyncResource"]
 class AsyncResource:
     """Base of resources used as `async with resource:` (connect on entry, aclose on exit)."""
 
+    __slots__ = ()  # subclasses with slots (ScopedHierarchy) stay without an instance dict
+
     async def connect(self) -> None:
         raise NotImplementedError
 

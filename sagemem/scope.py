@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping
-from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Final, Self
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Final
 
+from sagemem._lifecycle import AsyncResource
 from sagemem.errors import (
     ClosedResourceError,
     ConfigurationError,
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from sagemem.hierarchy import MemoryHierarchy
 
 __all__ = [
+    "DRAM_INDEX",
     "L1_INDEX",
     "L2_INDEX",
     "L2_SPACE_SUFFIX",
@@ -62,10 +64,11 @@ __all__ = [
 L1_INDEX: Final = 0
 L2_INDEX: Final = 1
 L3_INDEX: Final = 2
+DRAM_INDEX: Final = 3  # the semantic tier, after L3
 TIER_INDEX_MAX: Final = 15
 # The L2-labelled namespace of a hierarchy namespace `ns` is `ns + L2_SPACE_SUFFIX`.
 L2_SPACE_SUFFIX: Final = ".l2"
-_TIER_NAMES: Final = {L1_INDEX: "L1", L2_INDEX: "L2", L3_INDEX: "L3"}
+_TIER_NAMES: Final = {L1_INDEX: "L1", L2_INDEX: "L2", L3_INDEX: "L3", DRAM_INDEX: "DRAM"}
 
 
 class CapabilityError(ConfigurationError):
@@ -74,7 +77,7 @@ class CapabilityError(ConfigurationError):
 
 def tier_name(index: int) -> str:
     """The conventional name of tier `index` (L1, L2, L3, then DRAM for the semantic tier)."""
-    return _TIER_NAMES.get(index, "DRAM" if index == 3 else f"tier {index}")
+    return _TIER_NAMES.get(index, f"tier {index}")
 
 
 def _check_tier_index(index: object, where: str) -> int:
@@ -264,7 +267,7 @@ class AgentCapability:
         return f"{name}: {read}, {write}"
 
 
-class ScopedHierarchy:
+class ScopedHierarchy(AsyncResource):
     """The view of a `MemoryHierarchy` that an agent with `capability` may use.
 
     The hierarchy's tiers are expected in the usual order: 0=L1 (plain or coherent), 1=L2,
@@ -386,18 +389,6 @@ class ScopedHierarchy:
         await self.__own_l1.aclose()
         if self.__owns_l2_space and self.__l2_space is not None:
             await self.__l2_space.aclose()
-
-    async def __aenter__(self) -> Self:
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # -- reads ------------------------------------------------------------------------------
 
