@@ -61,7 +61,7 @@ from redis.exceptions import RedisError
 
 from sagemem.coherence.messages import CHANNEL_PREFIX, channel_suffix, subscription_pattern
 from sagemem.errors import ConfigurationError, SageMemError
-from sagemem.scope import L2_INDEX, L2_SPACE_SUFFIX, L3_INDEX, AgentCapability
+from sagemem.scope import DRAM_INDEX, L2_INDEX, L2_SPACE_SUFFIX, L3_INDEX, AgentCapability
 from sagemem.spec.vocabulary import MessageKind
 from sagemem.values import check_namespace
 
@@ -84,7 +84,6 @@ POSTGRES_ROLE_PREFIX: Final = "sagemem_g_"
 _TIMEOUT_S: Final = 30.0
 _POLICY_SUFFIXES: Final = ("_select", "_insert", "_update")
 _DRAM_POLICY_SUFFIX: Final = "_dram"
-DRAM_INDEX: Final = 3
 DRAM_TABLE: Final = "dram_entries"  # sagemem.tiers.dram.DRAMTier's table
 # What sagemem's L2 tier sends (plus the handshake redis-py performs on connect).
 _L2_COMMANDS: Final = (

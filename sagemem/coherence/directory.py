@@ -102,7 +102,6 @@ _DIRECTORY_PREFIX: Final = "sagemem-dir"
 _L2_PREFIX: Final = "sagemem"  # L2Tier's prefix: the leased fill writes L2Tier's own key
 # How Redis words an ACL refusal of a command run inside a script (a plain ResponseError).
 _ACL_FAILURE: Final = "ACL failure in script"
-_BUS_PREFIX: Final = CHANNEL_PREFIX  # CoherenceBus's: `<prefix>:<ns>:<agent>|...`
 _L2_SEPARATOR: Final = b";"
 _TOKEN_BYTES: Final = 16
 _SEQUENCE_TTL_S: Final = 7 * 24 * 3600.0  # as CoherenceBus's default `sequence_ttl_s`
@@ -245,7 +244,7 @@ class RedisDirectory:
         self._scripts: Final = register_directory_scripts(client)
         self._prefix: Final = f"{_DIRECTORY_PREFIX}:{self.namespace}:"
         self._l2_prefix: Final = f"{_L2_PREFIX}:{self.namespace}:"
-        self._channel_prefix: Final = f"{_BUS_PREFIX}:{self.namespace}:"
+        self._channel_prefix: Final = f"{CHANNEL_PREFIX}:{self.namespace}:"
         self._fills = 0
         self._l2_hits = 0
         self._leases_granted = 0
