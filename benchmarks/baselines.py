@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from benchmarks.stats import LatencySummary, summarise
 
-__all__ = ["LruBaseline", "await_subscribed"]
+__all__ = ["LruBaseline", "Op", "await_subscribed", "interleaved"]
+
+type Op = Callable[[int], Awaitable[object]]
+"""One timed operation; it gets the iteration number (to pick a key)."""
 
 LRU_PLAIN: str = "OrderedDict LRU get (plain call)"
 LRU_AWAITED: str = "OrderedDict LRU get (awaited coroutine)"
@@ -54,3 +57,24 @@ async def await_subscribed(pubsub: Any, kind: str, timeout_s: float) -> None:
         message = await pubsub.get_message(timeout=remaining)
         if message is not None and message["type"] == kind:
             return
+
+
+async def interleaved(
+    iterations: int, tier_op: Op, baseline_op: Op, *, warmup: int = 200
+) -> tuple[list[int], list[int]]:
+    """Time both operations `iterations` times each, alternating which goes first, after
+    `warmup` untimed rounds (caches, statement plans); returns both lists of nanoseconds."""
+    tier_ns: list[int] = []
+    base_ns: list[int] = []
+    clock = time.perf_counter_ns
+    for i in range(min(iterations, warmup)):
+        await tier_op(i)
+        await baseline_op(i)
+    for i in range(iterations):
+        for which in (0, 1) if i % 2 == 0 else (1, 0):
+            op = tier_op if which == 0 else baseline_op
+            started = clock()
+            await op(i)
+            elapsed = clock() - started
+            (tier_ns if which == 0 else base_ns).append(elapsed)
+    return tier_ns, base_ns

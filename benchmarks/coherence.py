@@ -42,7 +42,7 @@ import platform
 import secrets
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Final
@@ -53,7 +53,7 @@ import redis.asyncio as aioredis
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.baselines import LRU_AWAITED, LruBaseline, await_subscribed
+from benchmarks.baselines import LRU_AWAITED, LruBaseline, await_subscribed, interleaved
 from benchmarks.stats import LatencySummary, format_table, summarise
 from sagemem.coherence.bus import CoherenceBus
 from sagemem.coherence.core import TraceRecord
@@ -86,7 +86,6 @@ HIT_S: Final = "CoherentL1Tier.get hit, S (str value)"
 HIT_M: Final = "CoherentL1Tier.get hit, M (str value)"
 AWAITED_LRU: Final = LRU_AWAITED
 
-type Op = Callable[[int], Awaitable[object]]
 _THIS_FILE: Final = str(Path(__file__).resolve())
 
 
@@ -152,24 +151,6 @@ def _require_value(l1: CoherentL1Tier, key: str, actual: JSONValue, expected: JS
 def _labelled(baseline: LatencySummary) -> LatencySummary:
     """`baseline` named with its median: the table shows a baseline only in its ratio column."""
     return replace(baseline, name=f"{baseline.name}: {baseline.median_us:.2f} us")
-
-
-async def _pair(iterations: int, tier_op: Op, baseline_op: Op) -> tuple[list[int], list[int]]:
-    """Time both operations `iterations` times, interleaved, after a short warm-up."""
-    tier_ns: list[int] = []
-    base_ns: list[int] = []
-    clock = time.perf_counter_ns
-    for i in range(min(iterations, HIT_WARMUP_ITERATIONS)):
-        await tier_op(i)
-        await baseline_op(i)
-    for i in range(iterations):
-        for which in (0, 1) if i % 2 == 0 else (1, 0):
-            op = tier_op if which == 0 else baseline_op
-            started = clock()
-            await op(i)
-            elapsed = clock() - started
-            (tier_ns if which == 0 else base_ns).append(elapsed)
-    return tier_ns, base_ns
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +313,9 @@ async def measure_hits(
         ("CoherentL1Tier.get hit, S (dict value, fresh copy)", hit_shared_dict),
         ("L1Tier.get hit (non-coherent, str value)", hit_plain),
     ):
-        tier_ns, base_ns = await _pair(iterations, op, lru_get_async)
+        tier_ns, base_ns = await interleaved(
+            iterations, op, lru_get_async, warmup=HIT_WARMUP_ITERATIONS
+        )
         baseline = _labelled(summarise(AWAITED_LRU, base_ns))
         summary = summarise(name, tier_ns)
         rows.append((summary, baseline))

@@ -18,7 +18,6 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
@@ -27,7 +26,7 @@ import redis.asyncio as aioredis
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.baselines import LRU_AWAITED, LruBaseline
+from benchmarks.baselines import LRU_AWAITED, LruBaseline, interleaved
 from benchmarks.stats import LatencySummary, format_table, summarise
 from sagemem.hierarchy import MemoryHierarchy
 from sagemem.services import resolve_postgres_dsn, resolve_redis_url
@@ -46,28 +45,9 @@ VALUE: JSONValue = {
 }
 SCALAR = "the meeting moved to Thursday at 10:00"
 
-type Op = Callable[[int], Awaitable[object]]
-
 
 def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-async def _pair(iterations: int, tier_op: Op, baseline_op: Op) -> tuple[list[int], list[int]]:
-    tier_ns: list[int] = []
-    base_ns: list[int] = []
-    clock = time.perf_counter_ns
-    for i in range(min(iterations, WARMUP_ITERATIONS)):  # warm caches and statement plans
-        await tier_op(i)
-        await baseline_op(i)
-    for i in range(iterations):
-        for which in (0, 1) if i % 2 == 0 else (1, 0):
-            op = tier_op if which == 0 else baseline_op
-            started = clock()
-            await op(i)
-            elapsed = clock() - started
-            (tier_ns if which == 0 else base_ns).append(elapsed)
-    return tier_ns, base_ns
 
 
 async def run(iterations: int) -> list[tuple[LatencySummary, LatencySummary | None]]:
@@ -91,7 +71,9 @@ async def run(iterations: int) -> list[tuple[LatencySummary, LatencySummary | No
 
     _progress(f"L1 hit vs OrderedDict LRU get, {iterations} iterations ...")
     lru_sync = lru.measure_plain(iterations)
-    l1_ns, lru_async_ns = await _pair(iterations, l1_get, lru_get_async)
+    l1_ns, lru_async_ns = await interleaved(
+        iterations, l1_get, lru_get_async, warmup=WARMUP_ITERATIONS
+    )
     lru_async = summarise(LRU_AWAITED, lru_async_ns)
     l1_scalar = summarise("L1Tier.get hit (str value)", l1_ns)
     rows += [(lru_sync, None), (lru_async, None), (l1_scalar, lru_async), (l1_scalar, lru_sync)]
@@ -103,7 +85,9 @@ async def run(iterations: int) -> list[tuple[LatencySummary, LatencySummary | No
     async def l1_dict_get(i: int) -> object:
         return await l1_dict.get(keys[i % KEYS])
 
-    l1_dict_ns, lru_async_ns2 = await _pair(iterations, l1_dict_get, lru_get_async)
+    l1_dict_ns, lru_async_ns2 = await interleaved(
+        iterations, l1_dict_get, lru_get_async, warmup=WARMUP_ITERATIONS
+    )
     rows.append(
         (
             summarise("L1Tier.get hit (dict value, fresh copy)", l1_dict_ns),
@@ -116,7 +100,9 @@ async def run(iterations: int) -> list[tuple[LatencySummary, LatencySummary | No
     async def hierarchy_get(i: int) -> object:
         return await hierarchy.get(keys[i % KEYS])
 
-    h_ns, lru_async_ns3 = await _pair(iterations, hierarchy_get, lru_get_async)
+    h_ns, lru_async_ns3 = await interleaved(
+        iterations, hierarchy_get, lru_get_async, warmup=WARMUP_ITERATIONS
+    )
     rows.append(
         (
             summarise("MemoryHierarchy.get, L1 hit", h_ns),
@@ -146,9 +132,13 @@ async def run(iterations: int) -> list[tuple[LatencySummary, LatencySummary | No
             return await raw_redis.set(f"raw:{namespace}:{keys[i % KEYS]}", raw_payload)
 
         _progress(f"L2 vs redis GET/SET, {iterations} iterations ...")
-        tier_ns, base_ns = await _pair(iterations, l2_get, redis_get)
+        tier_ns, base_ns = await interleaved(
+            iterations, l2_get, redis_get, warmup=WARMUP_ITERATIONS
+        )
         rows.append((summarise("L2Tier.get", tier_ns), summarise("redis GET", base_ns)))
-        tier_ns, base_ns = await _pair(iterations, l2_set, redis_set)
+        tier_ns, base_ns = await interleaved(
+            iterations, l2_set, redis_set, warmup=WARMUP_ITERATIONS
+        )
         rows.append((summarise("L2Tier.set", tier_ns), summarise("redis SET", base_ns)))
         await l2.clear()
         async for raw_key in raw_redis.scan_iter(match=f"raw:{namespace}:*", count=500):
@@ -192,11 +182,15 @@ async def run(iterations: int) -> list[tuple[LatencySummary, LatencySummary | No
                 return await l3.write(keys[i % KEYS], VALUE)
 
             _progress(f"L3 vs asyncpg SELECT/UPSERT, {iterations} iterations ...")
-            tier_ns, base_ns = await _pair(iterations, l3_get, pg_select)
+            tier_ns, base_ns = await interleaved(
+                iterations, l3_get, pg_select, warmup=WARMUP_ITERATIONS
+            )
             rows.append(
                 (summarise("L3Tier.get", tier_ns), summarise("asyncpg SELECT by key", base_ns))
             )
-            tier_ns, base_ns = await _pair(iterations, l3_set, pg_upsert)
+            tier_ns, base_ns = await interleaved(
+                iterations, l3_set, pg_upsert, warmup=WARMUP_ITERATIONS
+            )
             rows.append(
                 (
                     summarise("L3Tier.write (new version)", tier_ns),
@@ -213,7 +207,9 @@ async def run(iterations: int) -> list[tuple[LatencySummary, LatencySummary | No
                 return await dram.get(keys[i % 200])
 
             _progress(f"semantic tier exact lookup vs asyncpg SELECT, {iterations} iterations ...")
-            tier_ns, base_ns = await _pair(iterations, dram_get, pg_select)
+            tier_ns, base_ns = await interleaved(
+                iterations, dram_get, pg_select, warmup=WARMUP_ITERATIONS
+            )
             rows.append(
                 (
                     summarise("DRAMTier.get (exact key)", tier_ns),
