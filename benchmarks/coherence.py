@@ -335,19 +335,44 @@ async def measure_hits(
 # -- 2. invalidation delivery --------------------------------------------------------------
 
 
-class _RawSubscriber:
+class _PubSubListener:
+    """A redis-py PubSub read by a task of its own: `start` subscribes (waiting for the
+    server's confirmation) and starts `_listen`; `aclose` stops the task and the PubSub."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._pubsub = client.pubsub()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _start(self, channel: str, *, pattern: bool, name: str) -> None:
+        if pattern:
+            await self._pubsub.psubscribe(channel)
+            await await_subscribed(self._pubsub, "psubscribe", WAIT_S)
+        else:
+            await self._pubsub.subscribe(channel)
+            await await_subscribed(self._pubsub, "subscribe", WAIT_S)
+        self._task = asyncio.create_task(self._listen(), name=name)
+
+    async def _listen(self) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+
+
+class _RawSubscriber(_PubSubListener):
     """A redis-py PubSub subscriber in a task: when each message arrived (perf_counter_ns)."""
 
     def __init__(self, client: aioredis.Redis, channel: str) -> None:
-        self._pubsub = client.pubsub()
+        super().__init__(client)
         self._channel: Final = channel
-        self._task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[int] | None = None
 
     async def start(self) -> None:
-        await self._pubsub.subscribe(self._channel)
-        await await_subscribed(self._pubsub, "subscribe", WAIT_S)
-        self._task = asyncio.create_task(self._listen(), name="bench-raw-subscriber")
+        await self._start(self._channel, pattern=False, name="bench-raw-subscriber")
 
     async def _listen(self) -> None:
         async for message in self._pubsub.listen():
@@ -359,13 +384,6 @@ class _RawSubscriber:
     def expect(self) -> asyncio.Future[int]:
         self._waiter = asyncio.get_running_loop().create_future()
         return self._waiter
-
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
 
 
 async def measure_delivery(
@@ -639,23 +657,20 @@ async def measure_delivery_across_processes(
 # -- 3. messages per write -----------------------------------------------------------------
 
 
-class _WireCounter:
+class _WireCounter(_PubSubListener):
     """Counts the messages published on a namespace's bus channels (a raw PSUBSCRIBE)."""
 
     def __init__(self, client: aioredis.Redis, bus: CoherenceBus) -> None:
-        self._pubsub = client.pubsub()
+        super().__init__(client)
         self._pattern: Final = f"{CHANNEL_PREFIX}:{bus.namespace}:*"
         self._sentinel: Final = bus.channel_for(
             "zz-bench-sentinel", MessageKind.INVALIDATE, "sentinel"
         ).encode()
         self.count = 0
         self._sentinel_seen: asyncio.Event = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await self._pubsub.psubscribe(self._pattern)
-        await await_subscribed(self._pubsub, "psubscribe", WAIT_S)
-        self._task = asyncio.create_task(self._listen(), name="bench-wire-counter")
+        await self._start(self._pattern, pattern=True, name="bench-wire-counter")
 
     async def _listen(self) -> None:
         async for message in self._pubsub.listen():
@@ -673,13 +688,6 @@ class _WireCounter:
         async with asyncio.timeout(WAIT_S):
             await self._sentinel_seen.wait()
         return self.count
-
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
 
 
 async def measure_messages(run: _Run, writes: int) -> MessagesPerWrite:
