@@ -49,38 +49,13 @@ from sagemem.tiers.l3 import L3Tier
 from sagemem.values import JSONValue
 from tests.integration import fault_agent
 from tests.integration.conftest import stop_and_remove
+from tests.integration.polling import poll_until, wait_until
 
 WAIT_S = 20.0
 """The bound on any single wait for an event (generous: the machine is shared)."""
 
 OWNER_LEASE_S = 1.0
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-async def wait_until(predicate: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    """Poll `predicate` (cheap, in-memory state) until it holds; fail after `timeout_s`."""
-
-    async def probe() -> bool:
-        return predicate()
-
-    await poll_until(probe, what, timeout_s, interval_s=0.01)
-
-
-async def poll_until(
-    probe: Callable[[], Awaitable[bool]],
-    what: str,
-    timeout_s: float = WAIT_S,
-    *,
-    interval_s: float = 0.05,
-) -> None:
-    """Await `probe` until it returns True; fail after `timeout_s`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    async with asyncio.timeout(timeout_s + WAIT_S):  # a probe that hangs fails too
-        while not await probe():
-            if loop.time() >= deadline:
-                raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-            await asyncio.sleep(interval_s)
 
 
 class BusOptions(TypedDict, total=False):

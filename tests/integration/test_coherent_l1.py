@@ -27,6 +27,7 @@ from sagemem.tiers.l1_coherent import CoherentL1Tier, L1State
 from sagemem.tiers.l2 import L2Tier
 from sagemem.tiers.l3 import L3Tier
 from sagemem.values import JSONValue
+from tests.integration.polling import wait_until
 from tests.json_samples import TRICKY_VALUES, assert_same_json
 
 WAIT_S = 10.0
@@ -74,15 +75,6 @@ async def cluster(
         await made.aclose()
 
 
-async def eventually(predicate: Callable[[], bool], what: str) -> None:
-    """Wait (bounded) until `predicate()` holds; the protocol's messages are asynchronous."""
-    async with asyncio.timeout(WAIT_S):
-        # Several tasks and servers change what the predicate reads: no single event to await.
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.002)
-    assert predicate(), what
-
-
 def assert_trace_follows_the_table(records: list[TraceRecord], mode: Mode = Mode.COHERENT) -> None:
     """Every executed transition is a row of the spec's table in `mode`, and per key each one
     starts in the state the previous one left (zero divergence from the table)."""
@@ -121,7 +113,7 @@ async def test_write_through_invalidates_a_holder_and_the_next_read_refetches(
     assert await b.read("k") == await cluster.home.read("k")
     newer = await a.write_through("k", {"belief": 2})
     assert newer == version + 1
-    await eventually(lambda: b.get_state("k") is L1State.I, "b's copy invalidated")
+    await wait_until(lambda: b.get_state("k") is L1State.I, "b's copy invalidated")
     assert await b.get("k") == {"belief": 2}
     assert b.statistics().invalidations_received == 1
     assert_trace_follows_the_table(cluster.traces["a"])
@@ -134,7 +126,7 @@ async def test_l1_write_takes_ownership_and_a_reader_recalls_the_value(cluster: 
     await b.get("k")  # b holds "absent"
     await a.set("k", "mine")
     assert a.get_state("k") is L1State.M
-    await eventually(lambda: b.get_state("k") is L1State.I, "b invalidated by the grant")
+    await wait_until(lambda: b.get_state("k") is L1State.I, "b invalidated by the grant")
     home = await cluster.home.read("k")
     assert home is None  # the value lives in a's L1 until it is written back
     assert await b.get("k") == "mine"  # recalled: a writes back and keeps a Shared copy
@@ -168,7 +160,7 @@ async def test_delete_is_a_committed_version_that_every_agent_sees(cluster: Clus
     await a.write_through("k", "x")
     assert await b.get("k") == "x"
     assert await a.delete("k") is True
-    await eventually(lambda: b.get_state("k") is L1State.I, "b invalidated by the delete")
+    await wait_until(lambda: b.get_state("k") is L1State.I, "b invalidated by the delete")
     assert await b.read("k") is None
     assert await b.get("k", "gone") == "gone"
     assert b.get_state("k") is L1State.S  # absence is cached like any version
@@ -241,7 +233,7 @@ async def test_capacity_evicts_the_least_recently_used_entry(cluster: Cluster) -
     await a.get("k1")
     await a.get("k2")
     await a.set("k3", "owned")  # a third entry: k1 (least recently used) is evicted
-    await eventually(lambda: a.get_state("k1") is L1State.I, "k1 evicted")
+    await wait_until(lambda: a.get_state("k1") is L1State.I, "k1 evicted")
     assert a.statistics().evictions == 1
     assert a.statistics().entries == 2
     assert await b.get("k1") == "k1"
@@ -324,7 +316,7 @@ async def test_hierarchies_of_coherent_agents_share_l2_and_l3(cluster: Cluster) 
         assert await cluster.l2.read("fact") == await cluster.home.read("fact")
         assert b.get_state("fact") is L1State.S
         assert await ha.set("fact", 2, tier_index=1) == version + 1  # L2 write: a write-through
-        await eventually(lambda: b.get_state("fact") is L1State.I, "b invalidated")
+        await wait_until(lambda: b.get_state("fact") is L1State.I, "b invalidated")
         assert await cluster.l2.read("fact") is None  # the relay deleted the stale L2 copy
         assert await hb.get("fact") == 2
         await hb.set("fact", 3)  # tier 0: b owns it
@@ -418,7 +410,7 @@ async def test_a_fill_racing_an_invalidation_is_returned_once_and_never_cached(
     assert b.get_state("k") is L1State.IS_D
     relay.opened.set()
     assert await writer == 2
-    await eventually(lambda: b.get_state("k") is L1State.IS_D_I, "the fill is invalidated")
+    await wait_until(lambda: b.get_state("k") is L1State.IS_D_I, "the fill is invalidated")
     resume.set()
     assert await reader == "v2"
     assert b.get_state("k") is L1State.I  # returned once, never cached
@@ -454,7 +446,7 @@ async def test_fill_data_older_than_an_invalidation_is_fetched_again(
     async with asyncio.timeout(WAIT_S):
         await answered.wait()
     await a.write_through("k", "v2")
-    await eventually(lambda: b.core.snapshot("k").floor == 2, "b heard of version 2")
+    await wait_until(lambda: b.core.snapshot("k").floor == 2, "b heard of version 2")
     resume.set()
     assert await reader == "v2"
     assert b.statistics().fills_discarded_stale == 1
@@ -507,7 +499,7 @@ async def test_an_owners_write_back_racing_a_recall_is_not_lost(
     await gate.until_reached()
     assert a.get_state("k") is L1State.MI_A
     reader = asyncio.create_task(b.get("k"))
-    await eventually(lambda: a.statistics().recalls_received >= 1, "the recall reached a")
+    await wait_until(lambda: a.statistics().recalls_received >= 1, "the recall reached a")
     assert a.get_state("k") is L1State.MI_A
     gate.opened.set()
     assert await reader == "owned"
@@ -572,7 +564,7 @@ async def test_a_forged_invalidation_cannot_stall_reads(
         await forger.publish_invalidate("k", 10**12, ["a"], sender="mallory")
     finally:
         await forger.aclose()
-    await eventually(lambda: a.get_state("k") is L1State.I, "the forged message arrived")
+    await wait_until(lambda: a.get_state("k") is L1State.I, "the forged message arrived")
     async with asyncio.timeout(WAIT_S):
         assert await a.get("k") == "current"
     assert a.statistics().floors_reset == 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
@@ -36,6 +36,7 @@ from sagemem.spec.vocabulary import MessageKind
 from sagemem.tiers.base import TierEntry
 from sagemem.tiers.l2 import L2Tier
 from sagemem.values import JSONValue
+from tests.integration.polling import poll_until
 
 WAIT_S = 10.0
 KEY = "belief:x"
@@ -83,14 +84,6 @@ async def leased(directory: RedisDirectory, agent: str, key: str = KEY) -> str:
     assert step.kind is FillKind.LEASED, step
     assert step.lease_token is not None
     return step.lease_token
-
-
-async def wait_until(condition: Callable[[], Awaitable[bool]]) -> None:
-    """Poll the server through `condition` until it holds (a TTL ran out), for at most WAIT_S."""
-    async with asyncio.timeout(WAIT_S):
-        # A key's TTL running out sends no event to wait for, so the server is polled.
-        while not await condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
 
 
 # A naive L2 update that only stores a version newer than the one L2 holds (what leases
@@ -222,7 +215,9 @@ async def test_lease_expires_after_its_ttl(
     token = await leased(directory, "a")
     lease_key = directory.lease_key(KEY)
 
-    await wait_until(lambda: _gone(client, lease_key))
+    await poll_until(
+        lambda: _gone(client, lease_key), "the lease's TTL to run out", WAIT_S, interval_s=0.02
+    )
     assert await directory.leased_fill(KEY, "a", token, 1, "late") is False
     assert await l2.read(KEY) is None
 
@@ -434,7 +429,7 @@ async def test_a_lapsed_holder_expires_with_its_owed_ack(
     async def only_b_owes() -> bool:
         return await long.pending_acks(KEY) == ("b",)
 
-    await wait_until(only_b_owes)
+    await poll_until(only_b_owes, "only b to owe an ack", WAIT_S, interval_s=0.02)
     assert await long.expire_holder(KEY, "a") is True
     assert await long.expire_holder(KEY, "a") is False
     assert await long.expire_holder(KEY, "b") is False
@@ -454,7 +449,7 @@ async def test_expire_lapsed_drops_every_lapsed_ack(client: aioredis.Redis, name
     async def only_b_owes() -> bool:
         return await long.pending_acks(KEY) == ("b",)
 
-    await wait_until(only_b_owes)
+    await poll_until(only_b_owes, "only b to owe an ack", WAIT_S, interval_s=0.02)
     assert await long.expire_lapsed(KEY) == ("a", "c")
     assert await long.expire_lapsed(KEY) == ()
     assert await client.zrange(long.acks_key(KEY), 0, -1) == [b"b"]
@@ -468,7 +463,7 @@ async def test_lapsed_holders_need_no_message(client: aioredis.Redis, namespace:
     async def lapsed() -> bool:
         return await short.holders(KEY) == ()
 
-    await wait_until(lapsed)
+    await poll_until(lapsed, "the registrations to lapse", WAIT_S, interval_s=0.02)
     await short.fill(KEY, "b")
     assert await short.invalidate(KEY, 2, "writer") == ("b",)
 

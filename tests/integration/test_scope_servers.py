@@ -40,6 +40,7 @@ from sagemem.tiers.l1 import L1Tier
 from sagemem.tiers.l1_coherent import CoherentL1Tier
 from sagemem.tiers.l2 import L2Tier
 from sagemem.tiers.l3 import L3Tier
+from tests.integration.polling import wait_until
 
 type Provision = Callable[[AgentCapability, str], Awaitable[GrantCredentials]]
 
@@ -78,14 +79,6 @@ async def _subscribe(pubsub: PubSub, channel: str, *, pattern: bool = False) -> 
             message = await pubsub.get_message(timeout=1.0)
             if message is not None:
                 return str(message["type"])
-
-
-async def _eventually(predicate: Callable[[], bool]) -> None:
-    """Wait (bounded) until `predicate()` holds: a message crosses the bus to another agent."""
-    async with asyncio.timeout(10):
-        # The bus's listener task changes what the predicate reads: no single event to await.
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
 
 
 @pytest.fixture
@@ -677,7 +670,9 @@ async def test_a_restricted_coherent_agent_runs_on_its_credentials_and_cannot_fo
         with pytest.raises(ScopeViolationError, match="secret:k"):
             await agent.get("secret:k")
         version = await agent.write_through("agent:a:note", "final")
-        await _eventually(lambda: boss.get_state("agent:a:note") is L1State.I)
+        await wait_until(
+            lambda: boss.get_state("agent:a:note") is L1State.I, "the boss's invalidation"
+        )
         assert await coherent_hierarchy.get("agent:a:note") == "final"
         assert version >= 2
 
@@ -692,7 +687,9 @@ async def test_a_restricted_coherent_agent_runs_on_its_credentials_and_cannot_fo
         hidden = f"sagemem-bus:{namespace}:boss|i|x|i|agent:a:y"  # admitted by `*|i|agent:a:*`
         assert await raw.publish(hidden, encode(forged)) == 1
         boss_bus = boss.bus
-        await _eventually(lambda: boss_bus.statistics().misaddressed_messages >= 1)
+        await wait_until(
+            lambda: boss_bus.statistics().misaddressed_messages >= 1, "the forgery to be dropped"
+        )
         assert boss.get_state("team:plan") is L1State.S
         assert boss.statistics().invalidations_received == received
         directory = RedisDirectory(bus.client, namespace=namespace)
