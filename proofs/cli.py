@@ -178,7 +178,10 @@ def _parser() -> argparse.ArgumentParser:
         help=f"writes for bounded model checking (default: {BMC_WRITES})",
     )
     parser.add_argument(
-        "--workers", type=int, default=2, help="processes for --mutants (default: 2)"
+        "--workers",
+        type=int,
+        default=2,
+        help="processes for --mutants and for the depths of bounded model checking (default: 2)",
     )
     parser.add_argument(
         "--only",
@@ -306,7 +309,7 @@ def _scenario_task(defn: ProtocolDefinition) -> _Task:
     return _Task(label, run)
 
 
-def _bmc_task(defn: ProtocolDefinition, depth: int) -> _Task:
+def _bmc_task(defn: ProtocolDefinition, depth: int, workers: int) -> _Task:
     bounded_model_check = _load("proofs.z3_check", "bounded_model_check")
     label = (
         f"z3 bmc   {defn.mode.value:<8} {defn.agents} agents, {defn.writes} writes, depth {depth}"
@@ -316,7 +319,7 @@ def _bmc_task(defn: ProtocolDefinition, depth: int) -> _Task:
         def progress(text: str) -> None:
             line.show(f"{label}: {text}", force=True)
 
-        return bounded_model_check(defn, depth=depth, progress=progress)
+        return bounded_model_check(defn, depth=depth, progress=progress, workers=workers)
 
     return _Task(label, run)
 
@@ -352,7 +355,7 @@ def _plan(options: CheckOptions, table: tuple[Rule, ...]) -> list[_Task]:
             bmc_defn = dataclasses.replace(
                 base, agents=options.bmc_agents, writes=options.bmc_writes
             )
-            tasks.append(_bmc_task(bmc_defn, options.depth(mode)))
+            tasks.append(_bmc_task(bmc_defn, options.depth(mode), options.workers))
     return tasks
 
 

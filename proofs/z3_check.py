@@ -42,8 +42,10 @@ for 2 agents).
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 import z3
@@ -309,62 +311,171 @@ class _AgentOrder:
         return rule
 
 
+class _Unrolling:
+    """The executions of `defn` unrolled step by step: states, transition constraints and the
+    choice variable of each step, with every state before the last asserted safe.
+
+    The bounded model check of depth k asks one question of it: can state k break an
+    invariant while states 0..k-1 do not? The answers for k = 0..K are independent queries,
+    so they can be asked in any order or in parallel; no violation up to K exists exactly when
+    all of them are unsatisfiable (a violating execution has a first violating state j, which
+    answers query j).
+    """
+
+    def __init__(self, defn: ProtocolDefinition, *, symmetry: bool | None) -> None:
+        self.defn = defn
+        self.enc = Encoding(defn)
+        self.states = [self.enc.fresh("s0")]
+        self.constraints: list[Any] = [self.enc.initial(self.states[0])]
+        self.step_lists: list[list[Step]] = []
+        self.choices: list[Any] = []
+        if symmetry is None:
+            symmetry = defn.mode in _SYMMETRY_BREAKING_MODES
+        self.agent_order = (
+            _AgentOrder(defn.agents) if symmetry and _agents_start_alike(defn) else None
+        )
+
+    @property
+    def depth(self) -> int:
+        return len(self.states) - 1
+
+    def violated(self) -> Any:
+        """The last state breaks an invariant (or took an undefined step)."""
+        return z3.Or(*self.enc.invariant_violations(self.states[-1]).values())
+
+    def extend(self) -> None:
+        """Assert the last state safe and add one more step after it."""
+        k = self.depth
+        self.constraints.append(z3.Not(self.violated()))
+        steps = self.enc.steps(self.states[k])
+        width = max(1, (len(steps) - 1).bit_length())
+        choice = z3.BitVec(f"choice{k}", width)
+        following = self.enc.fresh(f"s{k + 1}")
+        self.constraints.append(self.enc.transition(self.states[k], choice, following, steps))
+        if self.agent_order is not None:
+            self.constraints.append(self.agent_order.constrain(choice, steps))
+        self.states.append(following)
+        self.step_lists.append(steps)
+        self.choices.append(choice)
+
+    def solve(self, started: float) -> CheckReport | None:
+        """Query the last depth: None when no violation is possible there, else its report."""
+        # A fresh bit-blasting SAT solver per depth beat every incremental mode of Z3 here.
+        # The earlier states are asserted safe, which prunes the search a lot.
+        sat = z3.With("sat", phase=_SAT_PHASE[self.defn.mode])
+        solver = z3.Then("simplify", "bit-blast", sat).solver()
+        solver.add(*self.constraints, self.violated())
+        if solver.check() != z3.sat:
+            return None
+        return _bmc_failure(
+            self.defn,
+            self.enc,
+            solver.model(),
+            self.states,
+            self.step_lists,
+            self.choices,
+            started,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _DepthOutcome:
+    depth: int
+    seconds: float
+    failure: CheckReport | None
+    steps_per_depth: int
+    symmetry: bool
+
+
+def _check_depths(
+    defn: ProtocolDefinition,
+    depths: range,
+    symmetry: bool | None,
+    started: float,
+    report: Callable[[_DepthOutcome], None],
+) -> None:
+    """Query each depth of `depths` in turn on one unrolling, stopping at the first failure.
+
+    The unrolling is built once from depth 0 (building costs a fraction of a second a step),
+    so a run of consecutive depths costs little more than their queries.
+    """
+    unrolling = _Unrolling(defn, symmetry=symmetry)
+    while True:
+        k = unrolling.depth
+        if k in depths:
+            depth_started = time.perf_counter()
+            failure = unrolling.solve(started)
+            report(
+                _DepthOutcome(
+                    k,
+                    time.perf_counter() - depth_started,
+                    failure,
+                    len(unrolling.step_lists[-1]) if unrolling.step_lists else 0,
+                    unrolling.agent_order is not None,
+                )
+            )
+            if failure is not None:
+                return
+        if k >= depths[-1]:
+            return
+        unrolling.extend()
+
+
 def bounded_model_check(
     defn: ProtocolDefinition,
     *,
     depth: int,
     progress: Progress | None = None,
     symmetry: bool | None = None,
+    workers: int = 1,
 ) -> CheckReport:
     """Search every execution of `defn` of at most `depth` steps for an invariant violation.
 
-    Checks, at each depth k = 0..depth in turn (so the first trace found is a shortest one),
-    the disjunction of the mode's invariants negated, plus table defects (an undefined,
-    doubled or impossible (state, event) taken). `progress` receives one line per depth.
+    Checks each depth k = 0..depth (the first violating state of an execution at step k,
+    with states 0..k-1 safe), for the disjunction of the mode's invariants negated, plus
+    table defects (an undefined, doubled or impossible (state, event) taken); a violation is
+    reported at its shortest depth. `progress` receives one line per depth.
     A depth is a number of protocol steps (one event at one agent, or at the home, L2 or the
     bus). With `symmetry` (when the agents start alike), executions are searched up to a
     renaming of the agents (see `_AgentOrder`): the same verdicts and the same shortest
     violation depth. None (the default) turns it on where it was measured to help: strict mode.
+
+    With `workers > 1` the depths are independent queries spread over that many processes,
+    deepest (slowest) first; the verdict and the reported depth are the same as with one.
     """
     if depth < 0:
         raise ValueError(f"depth={depth} is negative; use 0 or more steps")
+    if workers < 1:
+        raise ValueError(f"workers={workers} is out of range; use 1 or more")
     started = time.perf_counter()
-    enc = Encoding(defn)
-    states = [enc.fresh("s0")]
-    constraints = [enc.initial(states[0])]
-    step_lists: list[list[Step]] = []
-    choices: list[Any] = []
-    step_count = 0
-    if symmetry is None:
-        symmetry = defn.mode in _SYMMETRY_BREAKING_MODES
-    agent_order = _AgentOrder(defn.agents) if symmetry and _agents_start_alike(defn) else None
-    sat = z3.With("sat", phase=_SAT_PHASE[defn.mode])
-    for k in range(depth + 1):
-        violated = z3.Or(*enc.invariant_violations(states[k]).values())
-        # A fresh bit-blasting SAT solver per depth beat every incremental mode of Z3 here.
-        # The earlier states are asserted safe: depth j < k was already proved safe, and it
-        # prunes the search a lot.
-        solver = z3.Then("simplify", "bit-blast", sat).solver()
-        solver.add(*constraints, violated)
-        if solver.check() == z3.sat:
-            return _bmc_failure(defn, enc, solver.model(), states, step_lists, choices, started)
-        elapsed = time.perf_counter() - started
-        if progress is not None:
-            progress(f"bmc {defn.mode.value}: depth {k}/{depth} safe ({elapsed:.1f}s)")
-        if k == depth:
-            break
-        constraints.append(z3.Not(violated))
-        steps = enc.steps(states[k])
-        step_count = len(steps)
-        width = max(1, (len(steps) - 1).bit_length())
-        choice = z3.BitVec(f"choice{k}", width)
-        following = enc.fresh(f"s{k + 1}")
-        constraints.append(enc.transition(states[k], choice, following, steps))
-        if agent_order is not None:
-            constraints.append(agent_order.constrain(choice, steps))
-        states.append(following)
-        step_lists.append(steps)
-        choices.append(choice)
+    outcomes: dict[int, _DepthOutcome] = {}
+
+    def record(outcome: _DepthOutcome) -> None:
+        outcomes[outcome.depth] = outcome
+        if progress is not None and outcome.failure is None:
+            elapsed = time.perf_counter() - started
+            done = f"depth {outcome.depth}/{depth} safe ({outcome.seconds:.1f}s"
+            pending = [k for k in range(depth + 1) if k not in outcomes]
+            tail = f", {len(pending)} to go" if workers > 1 and pending else ""
+            progress(f"bmc {defn.mode.value}: {done}; {elapsed:.1f}s in all{tail})")
+
+    failures: list[CheckReport] = []
+
+    def answer(outcome: _DepthOutcome) -> None:
+        if outcome.failure is None:
+            record(outcome)
+        else:
+            failures.append(outcome.failure)
+
+    if workers == 1 or depth == 0:
+        _check_depths(defn, range(depth + 1), symmetry, started, answer)
+        if failures:
+            return failures[0]
+    else:
+        failure = _check_depths_in_parallel(defn, depth, symmetry, workers, started, record)
+        if failure is not None:
+            return failure
+    last = outcomes[depth]
     return CheckReport(
         checker="z3 bmc",
         ok=True,
@@ -373,11 +484,75 @@ def bounded_model_check(
             "agents": defn.agents,
             "writes": defn.writes,
             "depth": depth,
-            "steps_per_depth": step_count,
-            "symmetry_breaking": "on" if agent_order is not None else "off",
+            "steps_per_depth": last.steps_per_depth,
+            "symmetry_breaking": "on" if last.symmetry else "off",
+            "deepest_query_s": round(last.seconds, 1),
             "seconds": round(time.perf_counter() - started, 2),
         },
     )
+
+
+def _check_depths_in_parallel(
+    defn: ProtocolDefinition,
+    depth: int,
+    symmetry: bool | None,
+    workers: int,
+    started: float,
+    record: Callable[[_DepthOutcome], None],
+) -> CheckReport | None:
+    """Query depths 0..`depth` in `workers` processes; the shallowest failure, or None.
+
+    Each depth costs about twice the one before, so the deepest query is about as long as all
+    shallower ones together: the `workers - 1` deepest depths get a process each and the last
+    process takes every shallower depth in turn on one unrolling. Once a depth fails, only
+    shallower queries are awaited (the failure reported is the shortest) and the workers are
+    then terminated, deeper queries and all.
+    """
+    context = multiprocessing.get_context("fork")
+    answers: multiprocessing.SimpleQueue[_DepthOutcome | str] = context.SimpleQueue()
+    alone = min(workers - 1, depth)
+    jobs = [range(k, k + 1) for k in range(depth, depth - alone, -1)]
+    jobs.append(range(0, depth - alone + 1))
+    failures: dict[int, CheckReport] = {}
+    answered: set[int] = set()
+    with context.Pool(processes=workers, initializer=_set_answers, initargs=(answers,)) as pool:
+        try:
+            for job in jobs:
+                pool.apply_async(
+                    _check_depths_job,
+                    (defn, job, symmetry, started),
+                    error_callback=lambda error: answers.put(f"{type(error).__name__}: {error}"),
+                )
+            while not answered.issuperset(range(depth + 1)):
+                outcome = answers.get()
+                if isinstance(outcome, str):
+                    raise RuntimeError(f"a bounded model checking worker failed: {outcome}")
+                answered.add(outcome.depth)
+                if outcome.failure is None:
+                    record(outcome)
+                else:
+                    failures[outcome.depth] = outcome.failure
+                if failures and answered.issuperset(range(min(failures))):
+                    break
+        finally:
+            pool.terminate()
+    return failures[min(failures)] if failures else None
+
+
+_answers: multiprocessing.SimpleQueue[_DepthOutcome | str] | None = None
+
+
+def _set_answers(answers: multiprocessing.SimpleQueue[_DepthOutcome | str]) -> None:
+    global _answers
+    _answers = answers
+
+
+def _check_depths_job(
+    defn: ProtocolDefinition, depths: range, symmetry: bool | None, started: float
+) -> None:
+    answers = _answers
+    assert answers is not None, "the pool initializer sets the answer queue"
+    _check_depths(defn, depths, symmetry, started, answers.put)
 
 
 def _bmc_failure(

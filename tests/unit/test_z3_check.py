@@ -245,3 +245,47 @@ def test_bmc_rejects_a_negative_depth() -> None:
     """A negative depth is a usage error that names the value."""
     with pytest.raises(ValueError, match="depth=-1"):
         bounded_model_check(_three_agents(Mode.COHERENT), depth=-1)
+
+
+def test_bmc_rejects_no_workers() -> None:
+    """workers=0 is a usage error that names the value."""
+    with pytest.raises(ValueError, match="workers=0"):
+        bounded_model_check(_small(Mode.COHERENT), depth=2, workers=0)
+
+
+def test_bmc_in_parallel_passes_the_real_table() -> None:
+    """Spread over processes, every depth is still answered and the table still passes."""
+    lines: list[str] = []
+    report = bounded_model_check(_small(Mode.STRICT), depth=6, workers=2, progress=lines.append)
+    assert report.ok, report.counterexample
+    assert report.summary["depth"] == 6
+    answered = sorted(int(line.split("depth ")[1].split("/")[0]) for line in lines)
+    assert answered == list(range(7)), lines
+
+
+@pytest.mark.parametrize("extra", [0, 2], ids=["violation-at-the-deepest", "deeper-cancelled"])
+def test_bmc_in_parallel_reports_the_shortest_violation(extra: int) -> None:
+    """The parallel search reports the violation one process finds at the same shortest depth,
+    whether the deepest query or the shallow run finds it (deeper queries are cut short)."""
+    defn = without_stale_fill_fix(_small(Mode.COHERENT))
+    alone = bounded_model_check(defn, depth=8)
+    assert not alone.ok
+    shortest = alone.summary["violation_depth"]
+    assert isinstance(shortest, int)
+    spread = bounded_model_check(defn, depth=shortest + extra, workers=3)
+    assert not spread.ok
+    assert spread.summary["violation_depth"] == shortest
+    assert spread.counterexample is not None
+    assert alone.counterexample is not None
+    assert spread.counterexample.property_name == alone.counterexample.property_name
+
+
+def test_bmc_in_parallel_reports_a_failed_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that raises ends the check with an error naming it, not a hang or a pass."""
+
+    def broken(self: object, started: float) -> None:
+        raise ArithmeticError("solver exploded")
+
+    monkeypatch.setattr("proofs.z3_check._Unrolling.solve", broken)
+    with pytest.raises(RuntimeError, match="ArithmeticError: solver exploded"):
+        bounded_model_check(_small(Mode.COHERENT), depth=3, workers=2)
