@@ -80,10 +80,10 @@ def test_bad_options_are_usage_errors(argv: list[str]) -> None:
     assert raised.value.code == 2
 
 
-def test_deep_selects_depth_20_in_coherent_mode_and_deeper_checks_in_both() -> None:
-    """--deep checks coherent mode to depth 20 and both modes deeper than the quick check."""
+def test_deep_selects_depth_20_in_both_modes() -> None:
+    """--deep checks both modes to depth 20 (the issue's bound), deeper than the quick check."""
     deep, quick = parse_options(["--deep"]), parse_options([])
-    assert deep.depth(Mode.COHERENT) >= 20
     for mode in Mode:
+        assert deep.depth(mode) >= 20
         assert quick.depth(mode) < deep.depth(mode)
     assert parse_options(["--deep", "--bmc-depth", "7"]).depth(Mode.STRICT) == 7
