@@ -28,21 +28,25 @@ Both return `proofs.report.CheckReport`; neither ever changes the definition it 
 
 Measured on the shared 2-core machine (3 agents, 1 write, 1 fault per run; every fault event):
 `check_table` about 1.5 s per mode; BMC to depth 10 about 15 s per mode, to `DEEP_DEPTH` (20)
-about 2.5 minutes in coherent mode; strict mode to depth 16 took 744 s of CPU (depth 16 alone
-318 s; each strict depth costs about twice the previous one, so depth 20 would take hours).
+about 2.5 minutes in coherent mode. Strict mode to depth 20 passed in 2,348 s wall with two
+workers (3,268 s of CPU; `sagemem check --mode strict --bmc-depth 20 --workers 2`,
+2026-11-26); its depths 16-20 took 255, 396, 469, 848 and 943 s each. The depths are
+independent queries (see `_Unrolling`), so `workers > 1` spreads them over processes.
 Each depth is one fresh bit-blasting SAT query (simplify, bit-blast, sat), which beat Z3's
-incremental modes here; the cost of a depth grows with it, because interleavings of 3 agents
-and the faults multiply. Tried and measured without gain (SAT conflicts or CPU at depths
-10-14, strict mode): ordering commuting steps (partial-order reduction, two encodings), a
-sorted-agents canonical form per step (about 4x more conflicts), forbidding repeated states,
-incremental QF_FD solving, other tactics (aig, solve-eqs), lemmas mined from the explorer's
-states (Houdini), k-induction (not inductive up to k=10) and Spacer (no answer in 10 minutes
-for 2 agents).
+incremental modes here (and CaDiCaL, Glucose, Lingeling and MapleChrono on the same CNF at
+strict depth 11: 34, 39, 214 and 96 s against Z3's 12 s); the cost of a depth grows with it,
+because interleavings of 3 agents and the faults multiply. Tried and measured without gain
+(SAT conflicts or CPU at depths 10-14, strict mode): ordering commuting steps (partial-order
+reduction, two encodings), a sorted-agents canonical form per step (about 4x more
+conflicts), forbidding repeated states, incremental QF_FD solving, other tactics (aig,
+solve-eqs), lemmas mined from the explorer's states (Houdini), k-induction (not inductive up
+to k=10) and Spacer (no answer in 10 minutes for 2 agents).
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -393,8 +397,10 @@ def _check_depths(
     symmetry: bool | None,
     started: float,
     report: Callable[[_DepthOutcome], None],
+    began: Callable[[int], None],
 ) -> None:
-    """Query each depth of `depths` in turn on one unrolling, stopping at the first failure.
+    """Query each depth of `depths` in turn on one unrolling, stopping at the first failure;
+    `began(k)` is called as the query of depth k starts, `report` when it is answered.
 
     The unrolling is built once from depth 0 (building costs a fraction of a second a step),
     so a run of consecutive depths costs little more than their queries.
@@ -403,6 +409,7 @@ def _check_depths(
     while True:
         k = unrolling.depth
         if k in depths:
+            began(k)
             depth_started = time.perf_counter()
             failure = unrolling.solve(started)
             report(
@@ -467,12 +474,19 @@ def bounded_model_check(
         else:
             failures.append(outcome.failure)
 
+    def began(k: int) -> None:
+        if progress is not None:
+            elapsed = time.perf_counter() - started
+            progress(f"bmc {defn.mode.value}: querying depth {k}/{depth} ({elapsed:.1f}s in all)")
+
     if workers == 1 or depth == 0:
-        _check_depths(defn, range(depth + 1), symmetry, started, answer)
+        _check_depths(defn, range(depth + 1), symmetry, started, answer, began)
         if failures:
             return failures[0]
     else:
-        failure = _check_depths_in_parallel(defn, depth, symmetry, workers, started, record)
+        failure = _check_depths_in_parallel(
+            defn, depth, symmetry, workers, started, record, progress
+        )
         if failure is not None:
             return failure
     last = outcomes[depth]
@@ -492,6 +506,19 @@ def bounded_model_check(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _DepthBegan:
+    depth: int
+    at: float
+
+
+type _Answer = _DepthBegan | _DepthOutcome | str
+
+# Seconds between progress lines while every running query is still being solved (the
+# deepest strict queries take a quarter of an hour each).
+_QUIET_PROGRESS_S: Final = 30.0
+
+
 def _check_depths_in_parallel(
     defn: ProtocolDefinition,
     depth: int,
@@ -499,6 +526,7 @@ def _check_depths_in_parallel(
     workers: int,
     started: float,
     record: Callable[[_DepthOutcome], None],
+    progress: Progress | None,
 ) -> CheckReport | None:
     """Query depths 0..`depth` in `workers` processes; the shallowest failure, or None.
 
@@ -508,15 +536,17 @@ def _check_depths_in_parallel(
     turn on one unrolling (building a depth from scratch costs about 0.4 s a step, not worth
     repeating for queries of a few seconds). Once a depth fails, only shallower queries are
     awaited (the failure reported is the shortest) and the workers are then terminated,
-    deeper queries and all.
+    deeper queries and all. While no answer arrives, `progress` hears every
+    `_QUIET_PROGRESS_S` which depths are being queried, and for how long.
     """
     context = multiprocessing.get_context("fork")
-    answers: multiprocessing.SimpleQueue[_DepthOutcome | str] = context.SimpleQueue()
+    answers: multiprocessing.Queue[_Answer] = context.Queue()
     shallow = depth // 2
     jobs = [range(k, k + 1) for k in range(depth, shallow, -1)]
     jobs.append(range(0, shallow + 1))
     failures: dict[int, CheckReport] = {}
     answered: set[int] = set()
+    running: dict[int, float] = {}
     with context.Pool(processes=workers, initializer=_set_answers, initargs=(answers,)) as pool:
         try:
             for job in jobs:
@@ -526,9 +556,18 @@ def _check_depths_in_parallel(
                     error_callback=lambda error: answers.put(f"{type(error).__name__}: {error}"),
                 )
             while not answered.issuperset(range(depth + 1)):
-                outcome = answers.get()
+                try:
+                    outcome = answers.get(timeout=_QUIET_PROGRESS_S)
+                except queue.Empty:
+                    if progress is not None:
+                        progress(_still_querying(defn, depth, running, len(answered), started))
+                    continue
                 if isinstance(outcome, str):
                     raise RuntimeError(f"a bounded model checking worker failed: {outcome}")
+                if isinstance(outcome, _DepthBegan):
+                    running[outcome.depth] = outcome.at
+                    continue
+                running.pop(outcome.depth, None)
                 answered.add(outcome.depth)
                 if outcome.failure is None:
                     record(outcome)
@@ -541,10 +580,23 @@ def _check_depths_in_parallel(
     return failures[min(failures)] if failures else None
 
 
-_answers: multiprocessing.SimpleQueue[_DepthOutcome | str] | None = None
+def _still_querying(
+    defn: ProtocolDefinition, depth: int, running: dict[int, float], answered: int, started: float
+) -> str:
+    now = time.perf_counter()
+    queries = ", ".join(
+        f"depth {k} ({now - since:.0f}s)" for k, since in sorted(running.items(), reverse=True)
+    )
+    return (
+        f"bmc {defn.mode.value}: querying {queries or 'nothing yet'}; {answered} of "
+        f"{depth + 1} depths answered, {now - started:.0f}s in all"
+    )
 
 
-def _set_answers(answers: multiprocessing.SimpleQueue[_DepthOutcome | str]) -> None:
+_answers: multiprocessing.Queue[_Answer] | None = None
+
+
+def _set_answers(answers: multiprocessing.Queue[_Answer]) -> None:
     global _answers
     _answers = answers
 
@@ -554,7 +606,14 @@ def _check_depths_job(
 ) -> None:
     answers = _answers
     assert answers is not None, "the pool initializer sets the answer queue"
-    _check_depths(defn, depths, symmetry, started, answers.put)
+    _check_depths(
+        defn,
+        depths,
+        symmetry,
+        started,
+        answers.put,
+        lambda k: answers.put(_DepthBegan(k, time.perf_counter())),
+    )
 
 
 def _bmc_failure(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
+import time
 
 import pytest
 import z3
@@ -11,6 +13,7 @@ import z3
 from proofs.z3_check import (
     QUICK_DEPTH,
     _AgentOrder,
+    _Unrolling,
     bounded_model_check,
     check_table,
     compare_with_model,
@@ -259,8 +262,30 @@ def test_bmc_in_parallel_passes_the_real_table() -> None:
     report = bounded_model_check(_small(Mode.STRICT), depth=6, workers=2, progress=lines.append)
     assert report.ok, report.counterexample
     assert report.summary["depth"] == 6
-    answered = sorted(int(line.split("depth ")[1].split("/")[0]) for line in lines)
+    answered = sorted(
+        int(line.split("depth ")[1].split("/")[0]) for line in lines if " safe " in line
+    )
     assert answered == list(range(7)), lines
+
+
+def test_bmc_in_parallel_says_what_it_is_querying_while_no_answer_comes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A long quiet query still prints progress: which depths run, and for how long."""
+    solve = _Unrolling.solve
+
+    def slow(self: _Unrolling, started: float) -> object:
+        time.sleep(0.5)
+        return solve(self, started)
+
+    monkeypatch.setattr("proofs.z3_check._Unrolling.solve", slow)
+    monkeypatch.setattr("proofs.z3_check._QUIET_PROGRESS_S", 0.1)
+    lines: list[str] = []
+    report = bounded_model_check(_small(Mode.STRICT), depth=3, workers=2, progress=lines.append)
+    assert report.ok, report.counterexample
+    quiet = [line for line in lines if re.search(r"querying depth \d+ \(\d+s\)", line)]
+    assert quiet, lines
+    assert all("depths answered" in line for line in quiet), quiet
 
 
 @pytest.mark.parametrize("extra", [0, 2], ids=["violation-at-the-deepest", "deeper-cancelled"])
