@@ -512,11 +512,19 @@ class _DepthBegan:
     at: float
 
 
-type _Answer = _DepthBegan | _DepthOutcome | str
+@dataclass(frozen=True, slots=True)
+class _JobEnded:
+    job: int
+    error: str | None
+
+
+type _Answer = _DepthBegan | _DepthOutcome | _JobEnded
 
 # Seconds between progress lines while every running query is still being solved (the
-# deepest strict queries take a quarter of an hour each).
+# deepest strict queries take a quarter of an hour each), and between looks at whether a
+# worker died without a word (killed by a signal or the kernel's OOM killer).
 _QUIET_PROGRESS_S: Final = 30.0
+_LIVENESS_S: Final = 2.0
 
 
 def _check_depths_in_parallel(
@@ -537,47 +545,78 @@ def _check_depths_in_parallel(
     repeating for queries of a few seconds). Once a depth fails, only shallower queries are
     awaited (the failure reported is the shortest) and the workers are then terminated,
     deeper queries and all. While no answer arrives, `progress` hears every
-    `_QUIET_PROGRESS_S` which depths are being queried, and for how long.
+    `_QUIET_PROGRESS_S` which depths are being queried, and for how long. A worker that
+    raises, or dies without a word, ends the check with a RuntimeError that says so.
     """
     context = multiprocessing.get_context("fork")
     answers: multiprocessing.Queue[_Answer] = context.Queue()
     shallow = depth // 2
     jobs = [range(k, k + 1) for k in range(depth, shallow, -1)]
     jobs.append(range(0, shallow + 1))
+    waiting = list(enumerate(jobs))
+    processes: dict[int, multiprocessing.process.BaseProcess] = {}
     failures: dict[int, CheckReport] = {}
     answered: set[int] = set()
     running: dict[int, float] = {}
-    with context.Pool(processes=workers, initializer=_set_answers, initargs=(answers,)) as pool:
-        try:
-            for job in jobs:
-                pool.apply_async(
-                    _check_depths_job,
-                    (defn, job, symmetry, started),
-                    error_callback=lambda error: answers.put(f"{type(error).__name__}: {error}"),
+    last_word = time.perf_counter()
+    try:
+        while not answered.issuperset(range(depth + 1)):
+            while waiting and len(processes) < workers:
+                number, job = waiting.pop(0)
+                process = context.Process(
+                    target=_check_depths_job,
+                    args=(answers, number, defn, job, symmetry, started),
+                    name=f"sagemem-bmc-depths-{job.start}-{job.stop - 1}",
+                    daemon=True,
                 )
-            while not answered.issuperset(range(depth + 1)):
-                try:
-                    outcome = answers.get(timeout=_QUIET_PROGRESS_S)
-                except queue.Empty:
-                    if progress is not None:
-                        progress(_still_querying(defn, depth, running, len(answered), started))
-                    continue
-                if isinstance(outcome, str):
-                    raise RuntimeError(f"a bounded model checking worker failed: {outcome}")
-                if isinstance(outcome, _DepthBegan):
-                    running[outcome.depth] = outcome.at
-                    continue
-                running.pop(outcome.depth, None)
-                answered.add(outcome.depth)
-                if outcome.failure is None:
-                    record(outcome)
-                else:
-                    failures[outcome.depth] = outcome.failure
-                if failures and answered.issuperset(range(min(failures))):
-                    break
-        finally:
-            pool.terminate()
+                process.start()
+                processes[number] = process
+            try:
+                answer = answers.get(timeout=_LIVENESS_S)
+            except queue.Empty:
+                _check_alive(processes, jobs)
+                if progress is not None and time.perf_counter() - last_word >= _QUIET_PROGRESS_S:
+                    progress(_still_querying(defn, depth, running, len(answered), started))
+                    last_word = time.perf_counter()
+                continue
+            if isinstance(answer, _JobEnded):
+                if answer.error is not None:
+                    raise RuntimeError(f"a bounded model checking worker failed: {answer.error}")
+                processes.pop(answer.job).join()
+                continue
+            if isinstance(answer, _DepthBegan):
+                running[answer.depth] = answer.at
+                continue
+            last_word = time.perf_counter()
+            running.pop(answer.depth, None)
+            answered.add(answer.depth)
+            if answer.failure is None:
+                record(answer)
+            else:
+                failures[answer.depth] = answer.failure
+            if failures and answered.issuperset(range(min(failures))):
+                break
+    finally:
+        for worker in processes.values():
+            worker.terminate()
+        for worker in processes.values():
+            worker.join()
+        answers.close()
     return failures[min(failures)] if failures else None
+
+
+def _check_alive(
+    processes: dict[int, multiprocessing.process.BaseProcess], jobs: list[range]
+) -> None:
+    """Raise if a worker died before it reported the end of its job (its answers are lost)."""
+    for number, process in processes.items():
+        if not process.is_alive() and process.exitcode != 0:
+            depths = jobs[number]
+            raise RuntimeError(
+                f"a bounded model checking worker (depths {depths.start}-{depths.stop - 1}) "
+                f"died with exit code {process.exitcode} before answering; a negative code is "
+                "the signal that killed it (-9: SIGKILL, often the kernel's OOM killer)"
+            )
 
 
 def _still_querying(
@@ -593,27 +632,30 @@ def _still_querying(
     )
 
 
-_answers: multiprocessing.Queue[_Answer] | None = None
-
-
-def _set_answers(answers: multiprocessing.Queue[_Answer]) -> None:
-    global _answers
-    _answers = answers
-
-
 def _check_depths_job(
-    defn: ProtocolDefinition, depths: range, symmetry: bool | None, started: float
+    answers: multiprocessing.Queue[_Answer],
+    number: int,
+    defn: ProtocolDefinition,
+    depths: range,
+    symmetry: bool | None,
+    started: float,
 ) -> None:
-    answers = _answers
-    assert answers is not None, "the pool initializer sets the answer queue"
-    _check_depths(
-        defn,
-        depths,
-        symmetry,
-        started,
-        answers.put,
-        lambda k: answers.put(_DepthBegan(k, time.perf_counter())),
-    )
+    """A worker process: answer `depths`, then say the job `number` ended (and how)."""
+    try:
+        _check_depths(
+            defn,
+            depths,
+            symmetry,
+            started,
+            answers.put,
+            lambda k: answers.put(_DepthBegan(k, time.perf_counter())),
+        )
+    except Exception as error:  # reported to the parent, which raises it there
+        answers.put(_JobEnded(number, f"{type(error).__name__}: {error}"))
+    else:
+        answers.put(_JobEnded(number, None))
+    answers.close()
+    answers.join_thread()
 
 
 def _bmc_failure(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import re
+import signal
 import time
 
 import pytest
@@ -280,6 +282,7 @@ def test_bmc_in_parallel_says_what_it_is_querying_while_no_answer_comes(
 
     monkeypatch.setattr("proofs.z3_check._Unrolling.solve", slow)
     monkeypatch.setattr("proofs.z3_check._QUIET_PROGRESS_S", 0.1)
+    monkeypatch.setattr("proofs.z3_check._LIVENESS_S", 0.05)
     lines: list[str] = []
     report = bounded_model_check(_small(Mode.STRICT), depth=3, workers=2, progress=lines.append)
     assert report.ok, report.counterexample
@@ -313,4 +316,18 @@ def test_bmc_in_parallel_reports_a_failed_worker(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr("proofs.z3_check._Unrolling.solve", broken)
     with pytest.raises(RuntimeError, match="ArithmeticError: solver exploded"):
+        bounded_model_check(_small(Mode.COHERENT), depth=3, workers=2)
+
+
+def test_bmc_in_parallel_reports_a_worker_killed_without_a_word(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker killed mid-query (as the OOM killer would) ends the check with an error that
+    names the signal, instead of waiting forever for its answers."""
+
+    def killed(self: object, started: float) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    monkeypatch.setattr("proofs.z3_check._Unrolling.solve", killed)
+    with pytest.raises(RuntimeError, match="died with exit code -9"):
         bounded_model_check(_small(Mode.COHERENT), depth=3, workers=2)
