@@ -23,8 +23,13 @@ versioned register cannot represent. Histories with `set` are only checked for s
 guarantees and convergence.
 
 Mode `plain` is the negative control: a reader whose L1 is a plain `L1Tier` in a
-`MemoryHierarchy([L1Tier(), L2Tier, L3Tier])` beside the coherent agents; nothing ever
-invalidates it, so once it has cached a version it keeps serving it. It only reads.
+`MemoryHierarchy([L1Tier(), L3Tier])` beside the coherent agents; nothing ever invalidates it,
+so once it has cached a version it keeps serving it. It only reads, and it has no L2: a plain
+hierarchy promotes a home hit into L2 without a fill lease, so a slow promotion could put back
+an old version that a write had just deleted, and the strict agents would then fill it from L2
+(most likely what happened once, seed 164097056: a strict read returned version 1 after version
+2's write had returned). Mixing a plain hierarchy into a coherent namespace is outside the
+protocol; the control must only observe, never change, what the protocol agents see.
 
 With `--coordinate` the agent synchronises with the test through its standard streams: it
 prints `ready` once connected and waits for `go` on stdin; after the workload it prints
@@ -55,7 +60,6 @@ from sagemem.spec.vocabulary import Event, Guard
 from sagemem.tiers.base import TierEntry
 from sagemem.tiers.l1 import L1Tier
 from sagemem.tiers.l1_coherent import CoherentL1Tier
-from sagemem.tiers.l2 import L2Tier
 from sagemem.tiers.l3 import L3Tier
 from sagemem.values import JSONValue
 from sagemem.verify.history import HistoryRecorder, PendingOperation
@@ -330,7 +334,7 @@ async def run(arguments: argparse.Namespace) -> int:
     with HistoryRecorder(arguments.agent, path=arguments.out) as recorder:
         if arguments.mode == "plain":
             plain = MemoryHierarchy(
-                [L1Tier(), L2Tier(arguments.redis, namespace=arguments.namespace), home],
+                [L1Tier(), home],
                 owns_tiers=True,
             )
             agent = _Agent(arguments, recorder, None, plain)
