@@ -25,6 +25,7 @@ from sagemem.spec.model import (
     AgentState,
     ProtocolDefinition,
     State,
+    Transition,
     describe,
     initial_state,
     transitions,
@@ -49,6 +50,21 @@ class Move:
     payload: int | None = None
     hostile: str = ""
     change: Callable[[State], State] | None = None
+
+    def step_in(self, defn: ProtocolDefinition, state: State) -> Transition | None:
+        """The table step of `defn` this move takes from `state`, or None when it is not
+        offered (or stalled, or refused) there. Only for table moves (`change` is None)."""
+        subject = None if self.agent is None else self.agent - 1
+        return next(
+            (
+                t
+                for t in transitions(defn, state)
+                if t.event is self.event
+                and t.agent == subject
+                and (self.payload is None or t.payload == self.payload)
+            ),
+            None,
+        )
 
 
 def _do(event: Event, agent: int | None = None, payload: int | None = None) -> Move:
@@ -173,6 +189,17 @@ def hostile_scenarios() -> tuple[Scenario, ...]:
         _lose(1, 1),
         _do(Event.RESYNC, 1),
         _do(Event.WRITE_SETTLED, 2),
+    )
+    # the recalled owner loses its connection (a second recall is lost), resynchronises into
+    # MI_A still registered and stalls past its lease; agent3 then writes v2 through
+    resynced_releasing_owner_stalls = (
+        *recalled_owner,
+        _do(Event.RETRY, 2),
+        _do(Event.FILL_FETCH, 2),
+        _disconnect(1),
+        _do(Event.RESYNC, 1),
+        *stall,
+        *write_v2,
     )
     after_stall = _expect_agents((1, L1State.I, -1), (2, L1State.S, 2), (3, L1State.I, -1))
     return (
@@ -339,13 +366,7 @@ def hostile_scenarios() -> tuple[Scenario, ...]:
             "invalidation reaches it in MI_A and it acknowledges at once",
             agents=3,
             moves=(
-                *recalled_owner,
-                _do(Event.RETRY, 2),
-                _do(Event.FILL_FETCH, 2),
-                _disconnect(1),
-                _do(Event.RESYNC, 1),
-                *stall,
-                *write_v2,
+                *resynced_releasing_owner_stalls,
                 _do(Event.DELIVER_INVALIDATE, 1, 2),
                 *fenced_then_read,
             ),
@@ -358,13 +379,7 @@ def hostile_scenarios() -> tuple[Scenario, ...]:
             "too: it resynchronises in MI_A and acknowledges at once",
             agents=3,
             moves=(
-                *recalled_owner,
-                _do(Event.RETRY, 2),
-                _do(Event.FILL_FETCH, 2),
-                _disconnect(1),
-                _do(Event.RESYNC, 1),
-                *stall,
-                *write_v2,
+                *resynced_releasing_owner_stalls,
                 _lose(1, 2),
                 _do(Event.RESYNC, 1),
                 *fenced_then_read,
@@ -398,17 +413,7 @@ def run_scenario(defn: ProtocolDefinition, scenario: Scenario) -> Counterexample
             state = move.change(state)
             steps.append(TraceStep(f"HOSTILE: {move.hostile}", describe(state)))
         else:
-            subject = None if move.agent is None else move.agent - 1
-            step = next(
-                (
-                    t
-                    for t in transitions(played, state)
-                    if t.event is move.event
-                    and t.agent == subject
-                    and (move.payload is None or t.payload == move.payload)
-                ),
-                None,
-            )
+            step = move.step_in(played, state)
             who = "" if move.agent is None else f"agent{move.agent} "
             what = f"{who}{move.event.name if move.event else '?'}"
             if step is None:

@@ -212,7 +212,7 @@ def test_the_real_table_passes_every_hostile_scenario(mode: Mode) -> None:
 
 def _rows_fired(mode: Mode, scenario: Scenario) -> set[int]:
     """Indices of the rows a scenario's table steps fire (replayed move by move)."""
-    from sagemem.spec.model import initial_state, transitions
+    from sagemem.spec.model import initial_state
 
     defn = ProtocolDefinition(mode=mode, agents=scenario.agents, writes=6, fault_budget=None)
     index = {id(rule): i for i, rule in enumerate(TABLE)}
@@ -222,14 +222,8 @@ def _rows_fired(mode: Mode, scenario: Scenario) -> set[int]:
         if move.change is not None:
             state = move.change(state)
             continue
-        subject = None if move.agent is None else move.agent - 1
-        step = next(
-            t
-            for t in transitions(defn, state)
-            if t.event is move.event
-            and t.agent == subject
-            and (move.payload is None or t.payload == move.payload)
-        )
+        step = move.step_in(defn, state)
+        assert step is not None, f"{move} is not enabled"
         assert step.rule is not None
         fired.add(index[id(step.rule)])
         state = step.target
