@@ -441,7 +441,8 @@ def bounded_model_check(
     Checks each depth k = 0..depth (the first violating state of an execution at step k,
     with states 0..k-1 safe), for the disjunction of the mode's invariants negated, plus
     table defects (an undefined, doubled or impossible (state, event) taken); a violation is
-    reported at its shortest depth. `progress` receives one line per depth.
+    reported at its shortest depth. `progress` receives a line as each depth's query starts
+    and as it is answered (and, with workers, every 30 s while none is answered).
     A depth is a number of protocol steps (one event at one agent, or at the home, L2 or the
     bus). With `symmetry` (when the agents start alike), executions are searched up to a
     renaming of the agents (see `_AgentOrder`): the same verdicts and the same shortest
