@@ -161,7 +161,12 @@ class MemoryHierarchy(AsyncResource):
         self._closed = True
         errors: list[BaseException] = []
         if self._owns_tiers:
-            for tier in reversed(self.tiers):
+            # A coherent L1 closes first: it writes its owned entries back to the home (L3)
+            # and releases its registrations in Redis, so both must still be open.
+            order = [t for t in reversed(self.tiers) if t is not self._coherent]
+            if self._coherent is not None:
+                order.insert(0, self._coherent)
+            for tier in order:
                 try:
                     await tier.aclose()
                 except Exception as error:  # close the rest, then report the first failure

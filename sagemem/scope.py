@@ -43,7 +43,14 @@ from sagemem.errors import (
 )
 from sagemem.tiers.base import Tier, TierEntry
 from sagemem.tiers.l1 import L1Tier
-from sagemem.values import KEY_LENGTH_MAX, JSONValue, check_key, check_namespace, encode_value
+from sagemem.values import (
+    DERIVED_NAMESPACE_SUFFIX,
+    KEY_LENGTH_MAX,
+    JSONValue,
+    check_key,
+    check_namespace,
+    encode_value,
+)
 
 if TYPE_CHECKING:
     from sagemem.conflicts import ConflictPolicy
@@ -67,7 +74,7 @@ L3_INDEX: Final = 2
 DRAM_INDEX: Final = 3  # the semantic tier, after L3
 TIER_INDEX_MAX: Final = 15
 # The L2-labelled namespace of a hierarchy namespace `ns` is `ns + L2_SPACE_SUFFIX`.
-L2_SPACE_SUFFIX: Final = ".l2"
+L2_SPACE_SUFFIX: Final = DERIVED_NAMESPACE_SUFFIX
 _TIER_NAMES: Final = {L1_INDEX: "L1", L2_INDEX: "L2", L3_INDEX: "L3", DRAM_INDEX: "DRAM"}
 
 
@@ -344,7 +351,7 @@ class ScopedHierarchy(AsyncResource):
                 f"tier 1 of the hierarchy is a {type(shared).__name__}, not an L2Tier, so the "
                 "L2-labelled space cannot be derived from it; pass l2_space=... explicitly"
             )
-        namespace = check_namespace(shared.namespace + L2_SPACE_SUFFIX)
+        namespace = check_namespace(shared.namespace + L2_SPACE_SUFFIX, derived=True)
         # The same server as the protocol's L2 (the URL argument, or None: env/embedded).
         return L2Tier(shared.url, namespace=namespace, ttl=shared.ttl)
 

@@ -7,9 +7,12 @@ surrogates that Postgres JSONB refuses) is rejected with `InvalidValueError` nam
 the offending part. Values are stored as their canonical JSON text, so every read decodes a
 fresh object and no caller can mutate what is stored.
 
-Keys are non-empty `str` of at most `KEY_LENGTH_MAX` characters with no control characters.
-Namespaces are `NAMESPACE_PATTERN` (no ':'), so the prefix `sagemem:<namespace>:` of one
-namespace can never be a prefix of another's.
+Keys are non-empty `str` of at most `KEY_LENGTH_MAX` characters with no control characters
+(Unicode category Cc: C0, DEL and C1). Namespaces are `NAMESPACE_PATTERN` (no ':'), so the
+prefix `sagemem:<namespace>:` of one namespace can never be a prefix of another's, and do not
+end in `DERIVED_NAMESPACE_SUFFIX` (`<ns>.l2` is the L2-labelled space derived from `<ns>`, see
+`sagemem.scope`). Versions given by callers (`expected_version`) lie in `1..VERSION_MAX`, the
+range of the home's version column.
 """
 
 from __future__ import annotations
@@ -28,10 +31,13 @@ from sagemem.errors import (
 
 __all__ = [
     "DEPTH_MAX",
+    "DERIVED_NAMESPACE_SUFFIX",
     "KEY_LENGTH_MAX",
     "NAMESPACE_PATTERN",
     "VALUE_SIZE_MAX_BYTES",
+    "VERSION_MAX",
     "JSONValue",
+    "check_expected_version",
     "check_key",
     "check_namespace",
     "decode_value",
@@ -44,7 +50,10 @@ KEY_LENGTH_MAX: Final = 512
 DEPTH_MAX: Final = 64
 VALUE_SIZE_MAX_BYTES: Final = 1 << 20
 NAMESPACE_PATTERN: Final = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
-_FORBIDDEN_KEY_CHARS: Final = re.compile(r"[\x00-\x1f\x7f]")
+# Unicode category Cc exactly: C0 controls, DEL and the C1 controls (CSI, NEL, ...).
+_FORBIDDEN_KEY_CHARS: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+DERIVED_NAMESPACE_SUFFIX: Final = ".l2"
+VERSION_MAX: Final = (1 << 63) - 1  # the home's version column is a Postgres bigint
 _SURROGATE: Final = re.compile(r"[\ud800-\udfff]")
 
 
@@ -70,14 +79,40 @@ def check_key(key: object) -> str:
     return key
 
 
-def check_namespace(namespace: object) -> str:
-    """Return `namespace` if it matches `NAMESPACE_PATTERN`, else raise `ConfigurationError`."""
+def check_namespace(namespace: object, *, derived: bool = False) -> str:
+    """Return `namespace` if it matches `NAMESPACE_PATTERN`, else raise `ConfigurationError`.
+
+    A namespace ending in `DERIVED_NAMESPACE_SUFFIX` is the L2-labelled space of another
+    namespace; it is refused unless `derived` (only the L2 tier of that space passes it), so no
+    hierarchy, grant or bus can share its keys with another namespace's scratch space.
+    """
     if type(namespace) is not str or not NAMESPACE_PATTERN.fullmatch(namespace):
         raise ConfigurationError(
             f"namespace {namespace!r} is invalid: use 1 to 64 characters from "
             "letters, digits, '_', '.' and '-' (no ':', so namespaces cannot overlap)"
         )
+    if not derived and namespace.endswith(DERIVED_NAMESPACE_SUFFIX):
+        raise ConfigurationError(
+            f"namespace {namespace!r} ends in {DERIVED_NAMESPACE_SUFFIX!r}, which names the "
+            f"L2-labelled space of namespace {namespace.removesuffix(DERIVED_NAMESPACE_SUFFIX)!r}"
+            " (sagemem.scope); pick a name without that ending, e.g. "
+            f"{namespace.removesuffix(DERIVED_NAMESPACE_SUFFIX) + '-l2'!r}"
+        )
     return namespace
+
+
+def check_expected_version(expected: object) -> int | None:
+    """Return `expected` if it is None or a version (an int in 1..`VERSION_MAX`), else raise
+    `InvalidValueError` saying what a version is."""
+    if expected is None:
+        return None
+    if type(expected) is not int or not 1 <= expected <= VERSION_MAX:
+        raise InvalidValueError(
+            "expected_version must be None (the key must not exist) or a version read from "
+            f"the hierarchy (an int from 1 to {VERSION_MAX}), got "
+            f"{type(expected).__name__} {expected!r}"
+        )
+    return expected
 
 
 def _check(value: object, path: str, depth: int) -> None:

@@ -288,6 +288,10 @@ class HomeStore:
             if committed is not None:
                 return CommitAnswer(Guard.NOT_OWNED_BY_OTHER, int(committed), existed=existed)
             if version is None:
+                if expected is not None:
+                    # No row when the statement locked: the key does not exist, so a swap
+                    # expecting a version is refused (a creator racing with it came later).
+                    return CommitAnswer(Guard.GRANT_LOST, None, row_version=0)
                 continue  # no row when locked, but one was inserted meanwhile: ask again
             if owner is not None and owner != me:
                 return CommitAnswer(

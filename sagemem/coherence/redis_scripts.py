@@ -98,6 +98,11 @@ local agent = ARGV[1]
 local COPY = ARGV[7]
 local now = now_ms()
 local copy = redis.call('GET', COPY)
+-- A copy without a version (a plain hierarchy's write) or in a foreign format is no copy of
+-- the protocol's: a miss, so the fill reads the home (the leased fill then leaves it alone).
+if copy and not string.find(copy, '^%d+;') then
+  copy = false
+end
 local owed = 0
 if not copy then
   -- Strict FETCH_UNSETTLED: while a holder still owes an ack the fill waits, with no effect.

@@ -63,7 +63,6 @@ from sagemem.conflicts import update as update_with_retries
 from sagemem.errors import (
     ClosedResourceError,
     ConfigurationError,
-    InvalidValueError,
     ProtocolError,
     SageMemError,
     ScopeViolationError,
@@ -75,7 +74,7 @@ from sagemem.spec.table import REFUSALS, TABLE, Refusal, Rule
 from sagemem.spec.vocabulary import STABLE_STATES, Effect, Event, Guard, L1State, Mode
 from sagemem.tiers.base import TierEntry
 from sagemem.tiers.l3 import L3Tier
-from sagemem.values import JSONValue, check_key, encode_value
+from sagemem.values import JSONValue, check_expected_version, check_key, encode_value
 
 __all__ = [
     "RELAY_SENDER",
@@ -630,13 +629,7 @@ class CoherentL1Tier(AsyncResource):
         """
         check_key(key)
         encode_value(value)
-        if expected_version is not None and (
-            type(expected_version) is not int or expected_version < 1
-        ):
-            raise InvalidValueError(
-                f"expected_version must be a version (an int >= 1) or None (the key must not "
-                f"exist), got {expected_version!r}"
-            )
+        check_expected_version(expected_version)
         policy = check_policy(on_conflict)
         tries = check_attempts(attempts)
 

@@ -92,7 +92,7 @@ class L2Tier(AsyncResource):
                 f"L2 url must be a redis:// URL string or None, got {url!r}; None uses "
                 "SAGEMEM_REDIS_URL or the embedded server"
             )
-        self.namespace: Final = check_namespace(namespace)
+        self.namespace: Final = check_namespace(namespace, derived=True)
         ttl_s = _check_positive_seconds("ttl", ttl, allow_none=True)
         self.ttl: Final = ttl_s
         # Redis expiries are whole milliseconds; round up so a tiny TTL never becomes "no TTL".

@@ -43,6 +43,7 @@ from sagemem.tiers.base import TierEntry
 from sagemem.values import (
     VALUE_SIZE_MAX_BYTES,
     JSONValue,
+    check_expected_version,
     check_key,
     check_namespace,
     decode_value,
@@ -247,15 +248,6 @@ def _check_positive(owner: str, name: str, value: object) -> float:
     ):
         raise ConfigurationError(f"{owner} {name} must be a positive number, got {value!r}")
     return float(value)  # type: ignore[arg-type]  # int or float by the check above
-
-
-def _check_expected_version(expected: object) -> int | None:
-    if expected is not None and type(expected) is not int:
-        raise InvalidValueError(
-            f'expected_version must be None ("must not exist yet") or an int version read '
-            f"from the tier, got {type(expected).__name__} {expected!r}"
-        )
-    return expected
 
 
 def _positional_float(number: float) -> str:
@@ -640,7 +632,7 @@ class VersionedRowTier(AsyncResource):
         means "must be live at version n" (so it fails for an absent or deleted key). On a
         mismatch nothing is written and `VersionConflict` names the version found.
         """
-        expected = _check_expected_version(expected_version)
+        expected = check_expected_version(expected_version)
         parameters = await self._row_parameters(key, value)
         if expected is not None:
             row = await self._fetchrow(
@@ -689,7 +681,7 @@ class VersionedRowTier(AsyncResource):
         another version.
         """
         check_key(key)
-        expected = _check_expected_version(expected_version)
+        expected = check_expected_version(expected_version)
         if expected is None:
             raise InvalidValueError(
                 "delete_if_version needs the int version to delete; use delete() to delete "

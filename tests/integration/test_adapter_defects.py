@@ -1,0 +1,167 @@
+"""Regression tests for the defects of issue 12, each tried as a user would: through
+`sagemem.connect(namespace=..., agent_id=...)` on the real servers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+
+import sagemem
+from sagemem.errors import ConfigurationError, InvalidKeyError, InvalidValueError, VersionConflict
+from sagemem.hierarchy import MemoryHierarchy
+from sagemem.tiers.l1 import L1Tier
+from sagemem.tiers.l1_coherent import CoherentL1Tier
+from sagemem.tiers.l2 import L2Tier
+from sagemem.tiers.l3 import L3Tier
+
+VERSION_MAX = 2**63 - 1  # the home's bigint version column
+
+pytestmark = pytest.mark.integration
+
+# Short enough that a hang shows as a failure, long enough for a loaded CI machine.
+_BOUND_S = 10.0
+
+
+def _agent(namespace: str, agent_id: str, **kwargs: object) -> sagemem.connection._Connection:
+    return sagemem.connect(namespace=namespace, agent_id=agent_id, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_swap_of_a_never_written_key_is_a_conflict_not_a_hang(namespace: str) -> None:
+    """compare_and_swap expecting a version of a key never written raises VersionConflict
+    (expected=1, actual=None) at once and stores nothing."""
+    async with _agent(namespace, "a") as memory:
+        async with asyncio.timeout(_BOUND_S):
+            with pytest.raises(VersionConflict) as raised:
+                await memory.compare_and_swap("never-written", "v", 1)
+        assert (raised.value.expected, raised.value.actual) == (1, None)
+        assert await memory.get("never-written") is None
+        assert memory.tiers[0].statistics().io_retries == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("mode", ["coherent", "strict"])
+async def test_swap_of_a_deleted_key_expecting_a_version_is_a_conflict(
+    namespace: str, mode: str
+) -> None:
+    """A key written then deleted is absent: a swap expecting its old version is refused with
+    actual=None, and a swap expecting absence succeeds."""
+    async with _agent(namespace, "a", mode=mode) as memory:
+        version = await memory.set("k", "one", tier_index=2)
+        assert version is not None
+        assert await memory.delete("k") is True
+        async with asyncio.timeout(_BOUND_S):
+            with pytest.raises(VersionConflict) as raised:
+                await memory.compare_and_swap("k", "two", version)
+            assert raised.value.actual is None
+            await memory.compare_and_swap("k", "three", None)
+        assert await memory.get("k") == "three"
+
+
+@pytest.mark.parametrize("bad", [2**63, 2**64, 0, -1, True, 1.0, "1"])
+async def test_swap_refuses_versions_outside_the_home_range(namespace: str, bad: object) -> None:
+    """expected_version outside 1..2**63-1 (or not an int) raises InvalidValueError before any
+    I/O, in a coherent and in a plain hierarchy, and nothing is stored."""
+    async with (
+        _agent(namespace, "a") as coherent,
+        sagemem.connect(namespace=namespace) as plain,
+    ):
+        for memory in (coherent, plain):
+            with pytest.raises(InvalidValueError, match="expected_version"):
+                await memory.compare_and_swap("k", 2, bad)  # type: ignore[arg-type]
+        assert await coherent.get("k") is None
+        assert await plain.get("k") is None
+
+
+async def test_swap_at_the_largest_version_is_a_plain_conflict(namespace: str) -> None:
+    """The largest valid version is accepted as input and answered with a conflict."""
+    async with _agent(namespace, "a") as memory:
+        await memory.set("k", 1, tier_index=2)
+        with pytest.raises(VersionConflict):
+            await memory.compare_and_swap("k", 2, VERSION_MAX)
+        assert await memory.get("k") == 1
+
+
+async def test_a_plain_hierarchy_entry_in_the_protocol_l2_is_a_miss(namespace: str) -> None:
+    """A version-less L2 entry written by a plain hierarchy in the same namespace is read as an
+    L2 miss by a coherent agent (it reads the home), never a spin."""
+    plain = MemoryHierarchy([L1Tier(), L2Tier(namespace=namespace), L3Tier(namespace=namespace)])
+    await plain.connect()
+    try:
+        await plain.set("k", "home value", tier_index=2)
+        await plain.tiers[1].write("k", "plain l2 value")  # no version
+        async with _agent(namespace, "a") as memory:
+            async with asyncio.timeout(_BOUND_S):
+                assert await memory.get("k") == "home value"
+            assert memory.tiers[0].statistics().io_retries == 0  # type: ignore[attr-defined]
+    finally:
+        await plain.aclose()
+        for tier in plain.tiers:
+            await tier.aclose()
+
+
+async def test_a_foreign_l2_entry_in_the_protocol_space_is_a_miss(
+    namespace: str, redis_url: str
+) -> None:
+    """Bytes in the protocol's L2 key that sagemem did not write are a miss, not a spin."""
+    async with _agent(namespace, "a") as memory:
+        await memory.set("k", "home value", tier_index=2)
+        raw = aioredis.from_url(redis_url)
+        try:
+            await raw.set(f"sagemem:{namespace}:k", b"\xff not sagemem")
+        finally:
+            await raw.aclose()
+        coherent = memory.tiers[0]
+        assert isinstance(coherent, CoherentL1Tier)
+        await coherent.evict("k")
+        async with asyncio.timeout(_BOUND_S):
+            assert await memory.get("k") == "home value"
+
+
+async def test_leaving_the_block_after_a_tier0_write_stores_the_value_promptly(
+    namespace: str,
+) -> None:
+    """`async with connect(agent_id=...)`, a tier-0 write, and leaving the block: the value is
+    at the home afterwards and the exit does not wait for a timeout."""
+    loop = asyncio.get_running_loop()
+    async with _agent(namespace, "a") as memory:
+        await memory.set("plan", "ship it", tier_index=0)
+        started = loop.time()
+    elapsed = loop.time() - started
+    async with sagemem.connect(namespace=namespace) as plain:
+        assert await plain.get("plan") == "ship it"
+    assert elapsed < _BOUND_S, f"closing took {elapsed:.1f} s"
+
+
+@pytest.mark.parametrize("key", ["a\x9bb", "\x85", "x\x80", "\x9f", "tab\tkey", "\x7f"])
+async def test_keys_with_any_control_character_are_refused(namespace: str, key: str) -> None:
+    """Keys with C0, DEL or C1 control characters raise InvalidKeyError before any I/O."""
+    async with _agent(namespace, "a") as memory:
+        with pytest.raises(InvalidKeyError):
+            await memory.set(key, 1, tier_index=2)
+        with pytest.raises(InvalidKeyError):
+            await memory.get(key)
+
+
+async def test_keys_with_printable_unicode_are_kept(namespace: str) -> None:
+    """Non-control characters (no-break space, emoji, accents) are valid keys."""
+    async with _agent(namespace, "a") as memory:
+        for key in ("a\xa0b", "é\u2028x", "🙂"):
+            await memory.set(key, key, tier_index=2)
+            assert await memory.get(key) == key
+
+
+async def test_a_namespace_that_names_another_namespaces_scratch_space_is_refused() -> None:
+    """`<ns>.l2` is `<ns>`'s L2-labelled space: connect, L3, the bus and grants refuse it."""
+    from sagemem.coherence.bus import CoherenceBus
+    from sagemem.grants import redis_username
+
+    with pytest.raises(ConfigurationError, match=r"\.l2"):
+        sagemem.connect(namespace="team.l2")
+    with pytest.raises(ConfigurationError, match=r"\.l2"):
+        L3Tier(namespace="team.l2")
+    with pytest.raises(ConfigurationError, match=r"\.l2"):
+        CoherenceBus(namespace="team.l2")
+    with pytest.raises(ConfigurationError, match=r"\.l2"):
+        redis_username(agent_id="agent", namespace="team.l2")
+    assert L2Tier(namespace="team.l2").namespace == "team.l2"  # the derived space itself
