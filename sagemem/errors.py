@@ -13,6 +13,7 @@ __all__ = [
     "ConfigurationError",
     "InvalidKeyError",
     "InvalidValueError",
+    "OutcomeUnknown",
     "ProtocolError",
     "SageMemError",
     "ScopeViolationError",
@@ -58,6 +59,20 @@ class TierUnavailable(SageMemError, ConnectionError):
     def __init__(self, message: str, *, tier: str) -> None:
         super().__init__(message)
         self.tier = tier
+
+
+class OutcomeUnknown(TierUnavailable):
+    """A write's commit was sent but its answer could not be learned within the operation's
+    bound (a server or the connection failed meanwhile): it may or may not have taken effect.
+
+    Re-read the key to find out. The commit is never applied twice and a compare-and-swap
+    never loses its version check: a later attempt of the same commit answers what the first
+    did. `key` names the key.
+    """
+
+    def __init__(self, message: str, *, tier: str, key: str) -> None:
+        super().__init__(message, tier=tier)
+        self.key = key
 
 
 class ServiceError(SageMemError, RuntimeError):

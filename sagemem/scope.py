@@ -12,7 +12,9 @@ against the label, wherever the value is cached:
   `sagemem:<ns>.l2:*`). Every scoped write at tier 1 goes there, so a restricted agent's L2
   write can never replace or hide an L3 value for anyone.
 - The agent's own L1: private to this `ScopedHierarchy` (never the hierarchy's L1, which may
-  hold L3 copies), holding only what this agent wrote at tier 0 or read under its grant.
+  hold L3 copies), holding only what this agent wrote at tier 0 or read under its grant. Over
+  a coherent hierarchy (a `CoherentL1Tier` at tier 0) it never keeps L3-labelled values: the
+  coherent L1 caches those and is invalidated by other agents' writes; this one is not.
 
 Precedence (what `read` returns when a key exists at several tiers): the agent's own L1 first
 (its cache and its tier-0 writes), then the L3-labelled value (the L2 copy of L3, then L3), then
@@ -423,6 +425,11 @@ class ScopedHierarchy(AsyncResource):
         entry = None
         if len(self.__hierarchy.tiers) > L3_INDEX and capability.may_read(L3_INDEX, key):
             entry = await self.__read_l3_labelled(key, promote=promote)
+            if entry is not None and self.__hierarchy.coherent_l1 is not None:
+                # The coherent L1 already caches it, and invalidates it when another agent
+                # writes: a copy in the private L1 would never be invalidated (it would serve
+                # the old value for ever), so it is not kept there.
+                return entry
         if entry is None and self.__l2_space is not None and capability.may_read(L2_INDEX, key):
             entry = await self.__l2_space.read(key)
         if entry is None:

@@ -168,6 +168,9 @@ class Payload:
     GRANT_*); `version` and `value` are the data the script returned (fetched, committed or
     reserved version), or the invalidation's version, or the value of a write; `fill_lease` is
     the L2 fill-lease token the fill script handed out; `owner_epoch` identifies a grant.
+    A write operation's event also carries its `operation_id` (what makes its commit
+    idempotent at the home) and, for a compare-and-swap, `conditional` with the `expected`
+    live version (None: the key must not exist).
     """
 
     branch: Guard | None = None
@@ -175,6 +178,9 @@ class Payload:
     value: JSONValue = None
     fill_lease: str | None = None
     owner_epoch: int | None = None
+    operation_id: str | None = None
+    conditional: bool = False
+    expected: int | None = None
 
 
 NO_PAYLOAD: Final = Payload()
@@ -190,7 +196,10 @@ class EntryCore:
     yet; `request`: what the adapter waits for; `owner_lease`/`read_lease`: the agent's own
     lease clocks; `fill_lease`: an L2 fill-lease token in hand (the server may have voided
     it); `owner_epoch`: the grant the home handed out (the home may have revoked it);
-    `write_value`: the value of the write in progress.
+    `write_value`: the value of the write in progress; `write_id`, `write_conditional` and
+    `write_expected`: its operation id and compare-and-swap condition, fixed when the write's
+    row fires and kept until it is answered, whatever operations start meanwhile (a retried
+    commit is the same commit: idempotent, and never less conditional than asked).
     """
 
     state: L1State = L1State.I
@@ -207,6 +216,9 @@ class EntryCore:
     owner_epoch: int | None = None
     operation: Operation = Operation.NONE
     write_value: JSONValue = None
+    write_id: str | None = None
+    write_conditional: bool = False
+    write_expected: int | None = None
 
     @property
     def data_pending(self) -> bool:
@@ -235,6 +247,9 @@ class Action:
     value: JSONValue = None
     fill_lease: str | None = None
     owner_epoch: int | None = None
+    operation_id: str | None = None
+    conditional: bool = False
+    expected: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -660,6 +675,9 @@ class AgentCore:
             entry.operation = operation
             if operation is Operation.WRITE:
                 entry.write_value = payload.value
+                entry.write_id = payload.operation_id
+                entry.write_conditional = payload.conditional
+                entry.write_expected = payload.expected
         if event is Event.FILL_DATA and payload.version is not None:
             entry.data, entry.data_value = payload.version, payload.value
         actions: list[Action] = []
@@ -699,8 +717,9 @@ class AgentCore:
                 if payload.version is not None:
                     entry.floor = max(entry.floor, payload.version)
             case Effect.ACK_WRITE:
-                action = Action(effect, version=entry.version)
+                action = Action(effect, version=entry.version, operation_id=entry.write_id)
                 entry.value, entry.write_value = entry.write_value, None
+                entry.write_id, entry.write_conditional, entry.write_expected = None, False, None
                 entry.floor = max(entry.floor, entry.version)
                 entry.request = Request.NONE
                 entry.operation = Operation.NONE
@@ -711,8 +730,9 @@ class AgentCore:
                 entry.owner_lease = False
                 entry.read_lease = False
             case Effect.REPORT_CONFLICT:
-                action = Action(effect, version=payload.version)
+                action = Action(effect, version=payload.version, operation_id=entry.write_id)
                 entry.write_value = None
+                entry.write_id, entry.write_conditional, entry.write_expected = None, False, None
                 entry.request = Request.NONE
                 entry.operation = Operation.NONE
             case Effect.REPORT_FENCED:
@@ -738,7 +758,14 @@ class AgentCore:
             case Effect.AWAIT_OWNER:
                 entry.request = Request.WAIT_OWNER
             case Effect.REQUEST_COMMIT:
-                action = Action(effect, value=entry.write_value, owner_epoch=entry.owner_epoch)
+                action = Action(
+                    effect,
+                    value=entry.write_value,
+                    owner_epoch=entry.owner_epoch,
+                    operation_id=entry.write_id,
+                    conditional=entry.write_conditional,
+                    expected=entry.write_expected,
+                )
                 entry.request = Request.COMMIT
             case Effect.REQUEST_OWNERSHIP:
                 entry.request = Request.ACQUIRE

@@ -28,6 +28,7 @@ tombstone if none): read owned keys through the protocol (a fill recalls the own
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Final, cast
 
@@ -37,6 +38,9 @@ from sagemem.tiers.l3 import L3Tier, jsonb_text
 from sagemem.values import JSONValue, check_key, decode_value, encode_value
 
 _CONDITIONAL_ATTEMPTS: Final = 5
+# Commit outcomes kept per key (`ops`): a retry after a lost reply comes within the operation
+# timeout, long before this many later commits of the same key could push its record out.
+_OUTCOMES_KEPT: Final = 32
 
 __all__ = ["ABSENT", "CommitAnswer", "HomeRead", "HomeStore", "owner_token"]
 
@@ -95,6 +99,12 @@ class CommitAnswer:
     row_version: int | None = None  # a conflict: the row's version, a tombstone's included
 
 
+def _recorded_answer(recorded: str) -> CommitAnswer:
+    """The answer of a commit that an earlier attempt of the same operation made."""
+    version, existed = json.loads(recorded)
+    return CommitAnswer(Guard.NOT_OWNED_BY_OTHER, int(version), existed=bool(existed))
+
+
 class HomeStore:
     """The home statements over `l3`'s table (borrowed: the caller connects and closes it)."""
 
@@ -104,28 +114,46 @@ class HomeStore:
         t = l3.table
         where = "t.namespace = $1 AND t.key = $2"
         lease = "clock_timestamp() + $4::bigint * interval '1 millisecond'"
+
+        def record(op: str) -> str:
+            """`ops` after a commit of operation `op`: its [version, existed] added, only the
+            newest `_OUTCOMES_KEPT` outcomes kept (a retry comes within seconds)."""
+            return (
+                "(SELECT jsonb_object_agg(kept.k, kept.v) FROM (SELECT e.k, e.v FROM jsonb_each("
+                f"coalesce(t.ops, '{{}}'::jsonb) || jsonb_build_object({op}::text, "
+                "jsonb_build_array(t.version + 1, NOT t.deleted))) AS e(k, v) "
+                f"ORDER BY (e.v->>0)::bigint DESC LIMIT {_OUTCOMES_KEPT}) AS kept)"
+            )
+
+        def unseen(op: str) -> str:
+            """The operation `op` has not committed yet (a retry must not commit twice)."""
+            return f"NOT coalesce(t.ops ? {op}::text, false)"
+
         self._read: Final = (
             f"SELECT value::text, version, deleted, owner, "
             f"coalesce(owner_deadline < clock_timestamp(), false), outbox FROM {t} AS t "
             f"WHERE {where}"
         )
         # HOME_COMMIT_VERSION: version + 1, the value, release this agent's grant, outbox it.
-        # $3 value JSON text (NULL: a delete), $4 this agent's owner token. `prev` locks the
-        # row first (a locking read waits for a concurrent writer and sees its result) and is
-        # MATERIALIZED and joined into the insert's source, so it is evaluated before the row
-        # changes; it tells whether the key held a live value (what a delete returns).
+        # $3 value JSON text (NULL: a delete), $4 this agent's owner token, $5 the operation
+        # id (recorded in `ops`; an operation already recorded is not committed again). `prev`
+        # locks the row first (a locking read waits for a concurrent writer and sees its
+        # result) and is MATERIALIZED and joined into the insert's source, so it is evaluated
+        # before the row changes; it tells whether the key held a live value (what a delete
+        # returns).
         prev = (
             f"WITH prev AS MATERIALIZED (SELECT NOT t.deleted AS live FROM {t} AS t "
             f"WHERE {where} FOR UPDATE) "
         )
         self._commit: Final = (
             prev + f"INSERT INTO {t} AS t (namespace, key, value, version, deleted, updated_at, "
-            "outbox) SELECT $1, $2, $3::text::jsonb, 1, $3::text IS NULL, now(), 1 "
+            "outbox, ops) SELECT $1, $2, $3::text::jsonb, 1, $3::text IS NULL, now(), 1, "
+            "jsonb_build_object($5::text, jsonb_build_array(1, false)) "
             "FROM (VALUES (1)) AS one LEFT JOIN prev ON true "
             "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, "
             "version = t.version + 1, deleted = excluded.deleted, updated_at = now(), "
-            "owner = NULL, owner_deadline = NULL, outbox = t.version + 1 "
-            "WHERE t.owner IS NULL OR t.owner = $4::text "
+            f"owner = NULL, owner_deadline = NULL, outbox = t.version + 1, ops = {record('$5')} "
+            f"WHERE (t.owner IS NULL OR t.owner = $4::text) AND {unseen('$5')} "
             "RETURNING t.version, coalesce((SELECT live FROM prev), false)"
         )
         # On PostgreSQL 18 and later the commit reports the replaced row itself (RETURNING
@@ -141,33 +169,37 @@ class HomeStore:
         )
         self._returning_old: bool | None = None
         # The same commit, conditional (compare-and-swap): $5 the expected live version, which
-        # this agent's own grant also satisfies (its data may not be written back yet).
+        # this agent's own grant also satisfies (its data may not be written back yet); $6
+        # the operation id.
         self._commit_if_version: Final = (
             prev + f"UPDATE {t} AS t SET value = $3::text::jsonb, version = t.version + 1, "
             "deleted = $3::text IS NULL, updated_at = now(), owner = NULL, "
-            "owner_deadline = NULL, outbox = t.version + 1 "
+            f"owner_deadline = NULL, outbox = t.version + 1, ops = {record('$6')} "
             "FROM (VALUES (1)) AS one LEFT JOIN prev ON true "
             f"WHERE {where} AND t.version = $5 "
             "AND ((t.owner IS NULL AND NOT t.deleted) OR t.owner = $4::text) "
+            f"AND {unseen('$6')} "
             "RETURNING t.version, coalesce((SELECT live FROM prev), false)"
         )
         # ... expecting the key not to exist (never written, or deleted).
         self._commit_if_absent: Final = self._commit.replace(
-            "WHERE t.owner IS NULL OR t.owner = $4::text",
+            "WHERE (t.owner IS NULL OR t.owner = $4::text)",
             "WHERE t.deleted AND (t.owner IS NULL OR t.owner = $4::text)",
         )
+
         # Both conditional commits, answering with the row as their own lock saw it, so a
         # refusal names a version that was current while the statement ran (a second read
         # could see a later one). Columns: committed version (NULL: refused), existed, then
         # the locked row's version, liveness, owner and whether the owner's lease lapsed
-        # (all NULL if the key had no row).
-        locked = (
-            f"WITH prev AS MATERIALIZED (SELECT NOT t.deleted AS live, t.version, t.owner, "
-            "coalesce(t.owner_deadline < clock_timestamp(), false) AS lapsed "
-            f"FROM {t} AS t WHERE {where} FOR UPDATE), "
-        )
-
-        def answering(statement: str) -> str:
+        # (all NULL if the key had no row), and the operation's recorded outcome (a JSON
+        # [version, existed] if an earlier attempt of it committed, else NULL).
+        def answering(statement: str, op: str) -> str:
+            locked = (
+                f"WITH prev AS MATERIALIZED (SELECT NOT t.deleted AS live, t.version, t.owner, "
+                "coalesce(t.owner_deadline < clock_timestamp(), false) AS lapsed, "
+                f"(t.ops -> {op}::text)::text AS recorded "
+                f"FROM {t} AS t WHERE {where} FOR UPDATE), "
+            )
             body = statement.removeprefix(prev).replace(
                 "RETURNING t.version, coalesce((SELECT live FROM prev), false)",
                 "RETURNING t.version",
@@ -176,12 +208,13 @@ class HomeStore:
                 locked
                 + f"done AS ({body}) "
                 + "SELECT (SELECT version FROM done), coalesce(prev.live, false), prev.version, "
-                "prev.live, prev.owner, prev.lapsed FROM (VALUES (1)) AS one "
+                "prev.live, prev.owner, prev.lapsed, prev.recorded FROM (VALUES (1)) AS one "
                 "LEFT JOIN prev ON true"
             )
 
-        self._cas_if_version: Final = answering(self._commit_if_version)
-        self._cas_if_absent: Final = answering(self._commit_if_absent)
+        self._cas_if_version: Final = answering(self._commit_if_version, "$6")
+        self._cas_if_absent: Final = answering(self._commit_if_absent, "$5")
+        self._recorded: Final = f"SELECT (t.ops -> $3::text)::text FROM {t} AS t WHERE {where}"
         # Release this agent's own lapsed grant (HOME_REVOKE_GRANT for OWNER_LEASE_LAPSED by
         # the owner's own clock: its Exclusive entry lapsed and was dropped).
         self._release_own: Final = (
@@ -245,32 +278,52 @@ class HomeStore:
         outbox = None if row[5] is None else int(row[5])
         return HomeRead(int(row[1]), value, row[3], bool(row[4]), outbox)
 
-    async def commit(self, key: str, value: JSONValue, me: str) -> CommitAnswer:
-        """HOME_COMMIT: commit `value` (ABSENT: a delete) unless another agent owns the key."""
+    async def commit(self, key: str, value: JSONValue, me: str, operation_id: str) -> CommitAnswer:
+        """HOME_COMMIT: commit `value` (ABSENT: a delete) unless another agent owns the key.
+
+        Idempotent per `operation_id`: if an earlier attempt of the same operation committed
+        (its reply was lost), nothing is committed again and that commit's answer is returned.
+        """
         check_key(key)
         text = None if value is ABSENT else self._value_text(value)
         if self._returning_old is None:
             found = await self.l3._fetchrow("server version", None, "SHOW server_version_num")
             self._returning_old = found is not None and int(found[0]) >= 180000
         sql = self._commit_returning_old if self._returning_old else self._commit
-        row = await self.l3._fetchrow("home commit", key, sql, self.namespace, key, text, me)
+        row = await self.l3._fetchrow(
+            "home commit", key, sql, self.namespace, key, text, me, operation_id
+        )
         if row is not None:
             return CommitAnswer(Guard.NOT_OWNED_BY_OTHER, int(row[0]), existed=bool(row[1]))
+        found = await self.l3._fetchrow(
+            "home commit outcome", key, self._recorded, self.namespace, key, operation_id
+        )
+        if found is not None and found[0] is not None:
+            return _recorded_answer(found[0])
         return await self._refused(key)
 
     async def commit_if(
-        self, key: str, value: JSONValue, me: str, expected: int | None
+        self, key: str, value: JSONValue, me: str, expected: int | None, operation_id: str
     ) -> CommitAnswer:
         """HOME_COMMIT of a compare-and-swap: commit only if the key is live at `expected`
         (None: does not exist). Branches: NOT_OWNED_BY_OTHER (committed), OWNED_BY_OTHER
         (recall the owner and retry), GRANT_LOST (HOME_CONFLICT: `version` is the key's
-        current live version, or None if it does not exist; nothing was committed)."""
+        current live version, or None if it does not exist; nothing was committed).
+        Idempotent per `operation_id`, as `commit`: a retry after a lost reply answers what
+        the first attempt did, and never commits without the version check."""
         check_key(key)
         text = None if value is ABSENT else self._value_text(value)
         for _ in range(_CONDITIONAL_ATTEMPTS):
             if expected is None:
                 row = await self.l3._fetchrow(
-                    "home commit-if", key, self._cas_if_absent, self.namespace, key, text, me
+                    "home commit-if",
+                    key,
+                    self._cas_if_absent,
+                    self.namespace,
+                    key,
+                    text,
+                    me,
+                    operation_id,
                 )
             else:
                 row = await self.l3._fetchrow(
@@ -282,11 +335,14 @@ class HomeStore:
                     text,
                     me,
                     expected,
+                    operation_id,
                 )
             assert row is not None, "the answering statement always returns one row"
-            committed, existed, version, live, owner, lapsed = row
+            committed, existed, version, live, owner, lapsed, recorded = row
             if committed is not None:
                 return CommitAnswer(Guard.NOT_OWNED_BY_OTHER, int(committed), existed=existed)
+            if recorded is not None:
+                return _recorded_answer(recorded)
             if version is None:
                 if expected is not None:
                     # No row when the statement locked: the key does not exist, so a swap

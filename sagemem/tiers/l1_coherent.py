@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import marshal
 import math
@@ -63,6 +64,7 @@ from sagemem.conflicts import update as update_with_retries
 from sagemem.errors import (
     ClosedResourceError,
     ConfigurationError,
+    OutcomeUnknown,
     ProtocolError,
     SageMemError,
     ScopeViolationError,
@@ -203,8 +205,6 @@ class _KeyState:
     idle_since: float | None = None  # when the maintenance first found the key idle
     reset: bool = False  # the entry restarted empty (a bogus floor) during the operation
     stale_since: float | None = None  # when the fill in progress first got stale data
-    conditional: bool = False  # the write-through in progress is a compare-and-swap
-    expected: int | None = None  # ... expecting this live version (None: absent)
 
 
 class CoherentL1Tier(AsyncResource):
@@ -217,6 +217,8 @@ class CoherentL1Tier(AsyncResource):
     hierarchy's L3 is used; standalone and without one, the tier opens its own `L3Tier` on the
     default Postgres (`SAGEMEM_POSTGRES_DSN` or the embedded server) in the bus's namespace.
     The bus must be connected before `start()`; it is borrowed (never closed here).
+    `home_steps` builds the object that runs the home's protocol statements on that tier
+    (`HomeStore`; tests pass a subclass that injects faults such as a lost reply).
     """
 
     name = "L1"
@@ -239,6 +241,7 @@ class CoherentL1Tier(AsyncResource):
         tracer: Tracer | None = None,
         definition: ProtocolDefinition | None = None,
         on_fenced: Callable[[FencedWrite], None] | None = None,
+        home_steps: Callable[[L3Tier], HomeStore] = HomeStore,
     ) -> None:
         self.agent_id: Final = check_agent_id(agent_id)
         if agent_id == RELAY_SENDER:
@@ -301,6 +304,7 @@ class CoherentL1Tier(AsyncResource):
         # the floor is taken as bogus: the sweep's period twice, plus a second.
         self._stale_l2_limit_s: Final = 2 * self._outbox_sweep_after_s + 1.0
         self._on_fenced = on_fenced
+        self._home_steps: Final = home_steps
         self._home: HomeStore | None = None
         self._directory: RedisDirectory | None = None
         self._subscription: Subscription | None = None
@@ -394,7 +398,7 @@ class CoherentL1Tier(AsyncResource):
                     f"{self.bus.namespace!r}: give both (and the L2) the same namespace"
                 )
             await home.connect()
-            self._home = HomeStore(home)
+            self._home = self._home_steps(home)
             self._directory = RedisDirectory(
                 self.bus.client,
                 self.bus.namespace,
@@ -687,7 +691,6 @@ class CoherentL1Tier(AsyncResource):
             if held != expected:
                 raise VersionConflict(key, expected=expected, actual=held)
         self._counts["writes_through"] += 1
-        state = self._state(key)
         action = await self._operate(
             key, Event.WRITE_THROUGH, Payload(value=_pack(value)), conditional=(expected,)
         )
@@ -703,7 +706,6 @@ class CoherentL1Tier(AsyncResource):
                 await self._await_settled(key, seen)
             raise VersionConflict(key, expected=expected, actual=action.version)
         assert action.version is not None
-        state.conditional = False
         return action.version
 
     async def _await_settled(self, key: str, version: int) -> None:
@@ -796,8 +798,15 @@ class CoherentL1Tier(AsyncResource):
                     self._fire(key, Event.DISCONNECT, NO_PAYLOAD)
                 op = _Op(loop.create_future())
                 state.op = op
-                state.conditional = conditional is not None
-                state.expected = None if conditional is None else conditional[0]
+                if event is Event.WRITE_THROUGH:
+                    # The commit's identity and condition travel with the entry (the core keeps
+                    # them until the write is answered): a retry is the same commit.
+                    payload = dataclasses.replace(
+                        payload,
+                        operation_id=secrets.token_hex(8),
+                        conditional=conditional is not None,
+                        expected=None if conditional is None else conditional[0],
+                    )
                 step = self._fire(key, event, payload)
                 if step.fired:
                     if event is Event.READ:
@@ -830,6 +839,15 @@ class CoherentL1Tier(AsyncResource):
             async with asyncio.timeout(max(0.0, deadline - loop.time())):
                 return await asyncio.shield(op.future)
         except TimeoutError:
+            if self.core.snapshot(key).request is Request.COMMIT:
+                raise OutcomeUnknown(
+                    f"L1 {self.agent_id}: the commit of key {key!r} was sent but its answer "
+                    f"could not be learned within {self._operation_timeout_s} s: it may or may "
+                    "not have taken effect (it is never applied twice, and a compare-and-swap "
+                    "keeps its version check). Re-read the key; check the Postgres server",
+                    tier="L3",
+                    key=key,
+                ) from None
             raise TierUnavailable(
                 f"L1 {self.agent_id}: operation on key {key!r} did not complete within "
                 f"{self._operation_timeout_s} s (state {self.core.state(key).name}); it "
@@ -1028,10 +1046,14 @@ class CoherentL1Tier(AsyncResource):
                     await self._wait_changed(state)
             case Request.COMMIT:
                 value = _unpack(entry.write_value)
-                if state.conditional:
-                    answer = await home.commit_if(key, value, self._me, state.expected)
+                operation_id = entry.write_id
+                assert operation_id is not None, "a write-through always carries its id"
+                if entry.write_conditional:
+                    answer = await home.commit_if(
+                        key, value, self._me, entry.write_expected, operation_id
+                    )
                 else:
-                    answer = await home.commit(key, value, self._me)
+                    answer = await home.commit(key, value, self._me, operation_id)
                 state.existed = answer.existed
                 state.owner_hint = answer.owner
                 if answer.branch is Guard.GRANT_LOST:

@@ -786,13 +786,16 @@ class L3Tier(VersionedRowTier):
             *super()._ddl(),
             f"ALTER TABLE {self.table} ADD COLUMN IF NOT EXISTS owner text, "
             "ADD COLUMN IF NOT EXISTS owner_deadline timestamptz, "
-            "ADD COLUMN IF NOT EXISTS outbox bigint",
+            "ADD COLUMN IF NOT EXISTS outbox bigint, "
+            # The outcomes of the key's latest protocol commits, {operation id: [version,
+            # existed]}, so a commit retried after a lost reply learns its own outcome.
+            "ADD COLUMN IF NOT EXISTS ops jsonb",
             f"CREATE INDEX IF NOT EXISTS {self._table}_outbox ON {self.table} (namespace) "
             "WHERE outbox IS NOT NULL",
         ]
 
     def _required_columns(self) -> tuple[str, ...]:
-        return (*super()._required_columns(), "owner", "owner_deadline", "outbox")
+        return (*super()._required_columns(), "owner", "owner_deadline", "outbox", "ops")
 
     async def live_keys(self) -> list[str]:
         """Every key of this namespace with a live value or an owner (sorted)."""

@@ -4,17 +4,34 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
 import sagemem
-from sagemem.errors import ConfigurationError, InvalidKeyError, InvalidValueError, VersionConflict
+from sagemem.coherence.bus import CoherenceBus
+from sagemem.coherence.home import CommitAnswer, HomeStore
+from sagemem.errors import (
+    ConfigurationError,
+    InvalidKeyError,
+    InvalidValueError,
+    OutcomeUnknown,
+    TierUnavailable,
+    VersionConflict,
+)
 from sagemem.hierarchy import MemoryHierarchy
+from sagemem.scope import AgentCapability, ScopedHierarchy
+from sagemem.spec.vocabulary import Guard, L1State
+from sagemem.tiers.base import TierEntry
 from sagemem.tiers.l1 import L1Tier
 from sagemem.tiers.l1_coherent import CoherentL1Tier
 from sagemem.tiers.l2 import L2Tier
 from sagemem.tiers.l3 import L3Tier
+from sagemem.values import JSONValue
+from tests.integration.polling import poll_until, wait_until
 
 VERSION_MAX = 2**63 - 1  # the home's bigint version column
 
@@ -153,7 +170,6 @@ async def test_keys_with_printable_unicode_are_kept(namespace: str) -> None:
 
 async def test_a_namespace_that_names_another_namespaces_scratch_space_is_refused() -> None:
     """`<ns>.l2` is `<ns>`'s L2-labelled space: connect, L3, the bus and grants refuse it."""
-    from sagemem.coherence.bus import CoherenceBus
     from sagemem.grants import redis_username
 
     with pytest.raises(ConfigurationError, match=r"\.l2"):
@@ -165,3 +181,146 @@ async def test_a_namespace_that_names_another_namespaces_scratch_space_is_refuse
     with pytest.raises(ConfigurationError, match=r"\.l2"):
         redis_username(agent_id="agent", namespace="team.l2")
     assert L2Tier(namespace="team.l2").namespace == "team.l2"  # the derived space itself
+
+
+# -- commits: conditions kept, outcomes learned, never applied twice ---------------------------
+
+
+@contextlib.asynccontextmanager
+async def _l1(
+    agent_id: str,
+    namespace: str,
+    *,
+    operation_timeout_s: float = _BOUND_S,
+    command_timeout_s: float = 5.0,
+    home_steps: type[HomeStore] = HomeStore,
+) -> AsyncIterator[CoherentL1Tier]:
+    """One agent with its own bus and home pool, as a separate process would have it."""
+    home = L3Tier(namespace=namespace, command_timeout_s=command_timeout_s)
+    bus = CoherenceBus(namespace=namespace)
+    l1 = CoherentL1Tier(
+        agent_id, bus, home=home, operation_timeout_s=operation_timeout_s, home_steps=home_steps
+    )
+    await bus.connect()
+    try:
+        await l1.start()
+        try:
+            yield l1
+        finally:
+            await l1.aclose()
+            await home.aclose()
+    finally:
+        await bus.aclose()
+
+
+class _LosesFirstReply(HomeStore):
+    """The home's statements, except that the reply of the first commit is lost after the
+    commit took effect (the connection dropped after COMMIT)."""
+
+    lost = 0
+
+    async def commit(self, key: str, value: JSONValue, me: str, operation_id: str) -> CommitAnswer:
+        answer = await super().commit(key, value, me, operation_id)
+        return self._lose(answer)
+
+    async def commit_if(
+        self, key: str, value: JSONValue, me: str, expected: int | None, operation_id: str
+    ) -> CommitAnswer:
+        answer = await super().commit_if(key, value, me, expected, operation_id)
+        return self._lose(answer)
+
+    def _lose(self, answer: CommitAnswer) -> CommitAnswer:
+        if type(self).lost == 0 and answer.branch is Guard.NOT_OWNED_BY_OTHER:
+            type(self).lost += 1
+            raise TierUnavailable("the connection dropped after COMMIT (injected)", tier="L3")
+        return answer
+
+
+async def _home_row(namespace: str, key: str) -> TierEntry | None:
+    probe = L3Tier(namespace=namespace)
+    await probe.connect()
+    try:
+        return await probe.read(key)
+    finally:
+        await probe.aclose()
+
+
+@pytest.mark.parametrize("mode", ["swap", "update", "write_through"])
+async def test_a_commit_whose_reply_was_lost_is_answered_with_its_outcome(
+    namespace: str, mode: str
+) -> None:
+    """A commit that took effect but whose reply was lost is retried with the same operation
+    id: the caller gets the committed version (not a VersionConflict), the value is committed
+    once, and the other agents' copies are invalidated."""
+
+    class Lossy(_LosesFirstReply):
+        lost = 0
+
+    async with _l1("reader", namespace) as reader, _l1("w", namespace, home_steps=Lossy) as w:
+        first = await reader.write_through("k", 1)
+        assert await reader.read("k") == TierEntry(1, first)  # a copy to invalidate
+        async with asyncio.timeout(_BOUND_S):
+            if mode == "swap":
+                version = await w.compare_and_swap("k", 2, first)
+            elif mode == "update":
+                version = await w.update("k", lambda n: n + 1)  # type: ignore[operator]
+            else:
+                version = await w.write_through("k", 2)
+        assert Lossy.lost == 1
+        assert version == first + 1  # committed once: no second version
+        assert await _home_row(namespace, "k") == TierEntry(2, version)
+        await wait_until(lambda: reader.get_state("k") is not L1State.S, "the invalidation")
+        assert await reader.read("k") == TierEntry(2, version)
+
+
+async def test_a_timed_out_swap_keeps_its_version_check_when_another_operation_starts(
+    namespace: str, postgres_dsn: str
+) -> None:
+    """A compare-and-swap that times out while the home is locked is retried in the background;
+    a plain read started meanwhile must not turn it into an unconditional commit: the stale
+    swap is refused and the newer value stays."""
+    async with (
+        _l1("w", namespace) as writer,
+        _l1("cas", namespace, operation_timeout_s=1.0, command_timeout_s=0.2) as impatient,
+    ):
+        stale = await writer.write_through("k", "v1")
+        newest = await writer.write_through("k", "v2")
+        table = impatient.home_tier.table  # type: ignore[union-attr]
+        locker = await asyncpg.connect(postgres_dsn, timeout=_BOUND_S)
+        try:
+            transaction = locker.transaction()
+            await transaction.start()
+            await locker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(OutcomeUnknown) as raised:
+                await impatient.compare_and_swap("k", "stale swap", stale)
+            assert raised.value.key == "k"
+            reading = asyncio.create_task(impatient.get("k"))  # a new operation on the key
+            await asyncio.sleep(0.5)  # the swap's commit is retried (and refused by the lock)
+            await transaction.rollback()
+        finally:
+            await locker.close(timeout=_BOUND_S)
+        async with asyncio.timeout(_BOUND_S):
+            assert await reading == "v2"
+        assert await _home_row(namespace, "k") == TierEntry("v2", newest)
+        assert await writer.read("k") == TierEntry("v2", newest)
+
+
+async def test_a_scoped_view_over_a_coherent_hierarchy_sees_other_agents_writes(
+    namespace: str,
+) -> None:
+    """A ScopedHierarchy over a coherent hierarchy reads L3 values through the coherent L1 only:
+    after another agent's write-through returns, the scoped view reads the new value (it was
+    kept in the view's private, never-invalidated L1 for ever)."""
+    capability = AgentCapability(tiers={0, 1, 2}, l3_read=True, l3_write=False)
+    async with _agent(namespace, "writer") as writer, _agent(namespace, "reader") as hierarchy:
+        scoped = ScopedHierarchy(hierarchy, capability, agent_id="reader")
+        async with scoped:
+            await writer.set("belief", "old", tier_index=2)
+            assert await scoped.get("belief") == "old"
+            assert await scoped.get("belief") == "old"  # a second read: cached somewhere
+            await writer.set("belief", "new", tier_index=2)
+
+            async def sees_new() -> bool:
+                return await scoped.get("belief") == "new"
+
+            await poll_until(sees_new, "the scoped view to read the new value", timeout_s=5.0)
