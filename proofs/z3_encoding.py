@@ -205,10 +205,11 @@ class Encoding:
         self.defn = defn
         self.mode = defn.mode
         self.n = defn.agents
-        self.max_version = defn.writes
+        # each write makes at most one version, and the revocation of its grant at most one more
+        self.max_version = 2 * defn.writes
         # signed versions: room for -1 .. a few steps past the bound, so a version that
         # overruns the bound is reported by the type invariant before it could wrap around
-        needed = 2 * defn.writes + 4
+        needed = 2 * self.max_version + 4
         self.width = max(4, needed.bit_length() + 1)
         self.messages = range(self.max_version + 1)  # RECALL=0, INV(n)=n for n <= bound
         self._steps_cache: dict[int, list[Step]] = {}
@@ -696,6 +697,8 @@ class Encoding:
                 self._void_recalls(w, a, z3.BoolVal(True))
                 ag["grant"] = self.v(NO_GRANT)
                 g["dirty"] = z3.BoolVal(False)
+                g["home"] = g["home"] + self.v(1)
+                g["commits"] = g["commits"] + self.v(1)
             case Effect.HOME_CLEAR_OUTBOX:
                 g["outbox"] = self.v(0)
             case _:
@@ -896,7 +899,7 @@ class Encoding:
         if with_bounds:
             parts += [
                 g["home"] >= zero,
-                g["home"] <= self.v(self.defn.writes),
+                g["home"] <= self.v(self.max_version),
                 g["writes"] >= zero,
                 g["writes"] <= self.v(self.defn.writes),
             ]

@@ -71,8 +71,18 @@ _HOLDS_VERSION: Final = frozenset(
         L1State.MS_A,
     }
 )
+# States whose entry holds the owner's unsaved data, or a write in progress that supersedes it
+# (a write-through, WT_H; an owner's new local write reserving its version, IM_H).
 _HOLDS_OWNED_DATA: Final = frozenset(
-    {L1State.IM_A, L1State.M, L1State.MI_A, L1State.ME_A, L1State.MS_A, L1State.WT_H}
+    {
+        L1State.IM_H,
+        L1State.IM_A,
+        L1State.M,
+        L1State.MI_A,
+        L1State.ME_A,
+        L1State.MS_A,
+        L1State.WT_H,
+    }
 )
 _TABLE_DEFECTS: Final = ("unhandled", "nondeterministic", "overlap", "impossible_reached")
 
@@ -107,7 +117,8 @@ def type_invariant(defn: ProtocolDefinition, state: State) -> str | None:
     """Every field is in its domain and each L1 state has the shape it implies."""
     if len(state.agents) != defn.agents:
         return f"{len(state.agents)} agents, expected {defn.agents}"
-    if not 0 <= state.home <= defn.writes or not 0 <= state.writes <= defn.writes:
+    # Each write makes at most one version, and the revocation of its grant at most one more.
+    if not 0 <= state.home <= 2 * defn.writes or not 0 <= state.writes <= defn.writes:
         return f"home v{state.home} / writes {state.writes} beyond the bound {defn.writes}"
     if not (state.outbox == 0 or 1 <= state.outbox <= state.home):
         return f"outbox v{state.outbox} with the home at v{state.home}"

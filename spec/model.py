@@ -669,6 +669,10 @@ def _apply(  # one case per effect, by design
             _void_recalls(ag)
             ag[_GRANT] = NO_GRANT
             g[_DIRTY] = False
+            # The revoked grant's version may name a value the owner acknowledged and the
+            # home never got: the value the home keeps gets a version of its own.
+            g[_HOME] = int(g[_HOME]) + 1
+            g[_COMMITS] = int(g[_COMMITS]) + 1
         case Effect.HOME_CLEAR_OUTBOX:
             g[_OUTBOX] = 0
         case _:  # pragma: no cover

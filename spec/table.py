@@ -139,15 +139,25 @@ _USER_ROWS: Final[tuple[Rule, ...]] = (
         (X.DIRECTORY_REMOVE_HOLDER, X.DROP_COPY, X.REQUEST_OWNERSHIP),
         note="give up the shared copy, then ask for ownership",
     ),
+    # An owner's new local write names a new version: it reserves the next one at the home
+    # under its grant (a version names exactly one value; the previous value's version must
+    # not be reused for this one).
     Rule(
         E,
         Event.WRITE_L1,
         A,
-        M,
-        (X.MARK_DIRTY, X.ACK_WRITE),
-        note="silent upgrade: the owner already excludes every other copy",
+        IM_H,
+        (X.DROP_COPY, X.REQUEST_OWNERSHIP),
+        note="the owner reserves a new version for its write (the flushed one names the old value)",
     ),
-    Rule(M, Event.WRITE_L1, A, M, (X.ACK_WRITE,), note="the owner overwrites its own unsaved data"),
+    Rule(
+        M,
+        Event.WRITE_L1,
+        A,
+        IM_H,
+        (X.DROP_COPY, X.REQUEST_OWNERSHIP),
+        note="the new write supersedes the unsaved one and takes a new version",
+    ),
     # WRITE_THROUGH: shared tiers are written through; home first, then L2 delete, then holders.
     Rule(
         I,

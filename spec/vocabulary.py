@@ -407,7 +407,10 @@ EFFECT_MEANING: Final[dict[Effect, str]] = {
     Effect.RESYNC_CONNECTION: "reconnect/resubscribe; clear the missed-messages condition",
     Effect.LOSE_VOLATILE_STATE: "the process died: L1, requests, leases and messages are gone",
     Effect.REFETCH: "discard the fetched data and run the fill script again",
-    Effect.MARK_DIRTY: "the owner's copy now holds data the home does not have (E to M)",
+    Effect.MARK_DIRTY: (
+        "(not in TABLE) the owner's copy now holds data the home does not have (E to M); an "
+        "owner's local write now reserves a new version instead (E to IM_H)"
+    ),
     Effect.AWAIT_INVALIDATIONS: "wait until the outbox is relayed (and, strict, acks are in)",
     Effect.AWAIT_OWNER: "the key is owned: wait for the backoff timer, then retry (RETRY)",
     Effect.REQUEST_FILL: "send the fill script (register, L2 get-or-lease, home read)",
@@ -439,6 +442,9 @@ EFFECT_MEANING: Final[dict[Effect, str]] = {
     Effect.HOME_STORE_AND_RELEASE: "store the owner's data (fenced by the grant), release it",
     Effect.HOME_STORE_KEEP_GRANT: "store the owner's data (fenced by the grant), keep the grant",
     Effect.HOME_STORE_UNFENCED: "(not in TABLE) store the write-back without checking the grant",
-    Effect.HOME_REVOKE_GRANT: "drop the lapsed owner's grant (its unsaved data is lost)",
+    Effect.HOME_REVOKE_GRANT: (
+        "drop the lapsed owner's grant (its unsaved data is lost); the value the home keeps "
+        "gets a new version, so the grant's version never names two values"
+    ),
     Effect.HOME_CLEAR_OUTBOX: "delete the relayed outbox entry",
 }

@@ -218,7 +218,8 @@ class HomeStore:
         # Release this agent's own lapsed grant (HOME_REVOKE_GRANT for OWNER_LEASE_LAPSED by
         # the owner's own clock: its Exclusive entry lapsed and was dropped).
         self._release_own: Final = (
-            f"UPDATE {t} AS t SET owner = NULL, owner_deadline = NULL WHERE {where} "
+            f"UPDATE {t} AS t SET owner = NULL, owner_deadline = NULL, version = t.version + 1 "
+            f"WHERE {where} "
             "AND t.owner = $3 RETURNING t.version"
         )
         # HOME_RESERVE_AND_GRANT: version + 1 held at the owner ($3), lease $4 ms, outbox it.
@@ -246,9 +247,12 @@ class HomeStore:
             "$4::bigint * interval '1 millisecond' "
             "WHERE t.namespace = $1 AND t.key = ANY($2::text[]) AND t.owner = $3 RETURNING t.key"
         )
-        # HOME_REVOKE_GRANT (guard OWNER_LEASE_LAPSED on the server's clock).
+        # HOME_REVOKE_GRANT (guard OWNER_LEASE_LAPSED on the server's clock). The grant's
+        # version may name a value the owner acknowledged and never wrote back, so the value
+        # the row keeps gets a version of its own (version + 1): no version names two values.
         self._revoke: Final = (
-            f"UPDATE {t} AS t SET owner = NULL, owner_deadline = NULL WHERE {where} "
+            f"UPDATE {t} AS t SET owner = NULL, owner_deadline = NULL, "
+            f"version = t.version + 1 WHERE {where} "
             "AND t.owner = $3 AND t.owner_deadline < clock_timestamp() RETURNING t.version"
         )
         self._outbox: Final = f"SELECT outbox FROM {t} AS t WHERE {where}"

@@ -324,3 +324,49 @@ async def test_a_scoped_view_over_a_coherent_hierarchy_sees_other_agents_writes(
                 return await scoped.get("belief") == "new"
 
             await poll_until(sees_new, "the scoped view to read the new value", timeout_s=5.0)
+
+
+# -- a version names exactly one value ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["coherent", "strict"])
+async def test_each_local_write_of_an_owner_gets_its_own_version(namespace: str, mode: str) -> None:
+    """Successive tier-0 writes by the owner name different versions, so a swap expecting the
+    first write's version is refused and the later value is not lost."""
+    async with _agent(namespace, "a", mode=mode) as memory:
+        first = await memory.set("k", 1, tier_index=0)
+        second = await memory.set("k", 100, tier_index=0)
+        assert first is not None
+        assert second is not None
+        assert second > first
+        with pytest.raises(VersionConflict) as raised:
+            await memory.compare_and_swap("k", 2, first)
+        assert raised.value.actual == second
+        assert await memory.get("k") == 100
+        assert await memory.compare_and_swap("k", 2, second) > second
+        assert await memory.get("k") == 2
+
+
+async def test_an_owners_version_is_not_reused_after_its_grant_is_revoked(namespace: str) -> None:
+    """An owner that acknowledged a tier-0 write and died (nothing written back): once its grant
+    is revoked, the value the home kept is read under a new version, never the dead owner's."""
+    async with _l1("survivor", namespace) as survivor:
+        await survivor.write_through("k", "kept")
+        home = L3Tier(namespace=namespace)
+        bus = CoherenceBus(namespace=namespace)
+        owner = CoherentL1Tier("owner", bus, home=home, owner_lease_s=0.3)
+        await bus.connect()
+        await owner.start()
+        try:
+            lost_version = await owner.set("k", "lost with the owner")
+            await owner.abandon()  # a crash: nothing is written back
+        finally:
+            await home.aclose()
+            await bus.aclose()
+        async with asyncio.timeout(_BOUND_S):
+            entry = await survivor.read("k")  # recalls, then revokes the lapsed grant
+        assert entry is not None
+        assert entry.value == "kept"
+        assert lost_version is not None
+        assert entry.version is not None
+        assert entry.version > lost_version
