@@ -75,7 +75,14 @@ from sagemem.tiers.dram import DRAMTier
 from sagemem.tiers.l3 import L3Tier
 from sagemem.values import KEY_LENGTH_MAX, JSONValue, check_namespace
 
-__all__ = ["ItemVersionConflict", "SageMemStore", "VersionedItem"]
+__all__ = [
+    "ItemVersionConflict",
+    "SageMemStore",
+    "VersionedItem",
+    "decode_item_key",
+    "encode_item_key",
+    "namespace_key_prefix",
+]
 
 _VECTOR_ROWS_MAX: Final = 1000  # DRAMTier.search returns at most this many rows
 _FILTER_OPERATORS: Final = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte"})
@@ -497,7 +504,9 @@ class SageMemStore(BaseStore):
         self.namespace: Final[str] = check_namespace(
             f"lg-{uuid.uuid4().hex}" if namespace is None else namespace
         )
-        self.agent_id: Final[str] = f"store-{uuid.uuid4().hex[:16]}" if agent_id is None else agent_id
+        self.agent_id: Final[str] = (
+            f"store-{uuid.uuid4().hex[:16]}" if agent_id is None else agent_id
+        )
         if type(self.agent_id) is not str or not self.agent_id:
             raise ConfigurationError(f"agent_id must be a non-empty str, got {agent_id!r}")
         self._redis_url = redis_url
@@ -541,8 +550,9 @@ class SageMemStore(BaseStore):
         if holder.lock is None:
             holder.lock = asyncio.Lock()
         async with holder.lock:
-            if holder.connected is not None:
-                return holder.connected
+            already = self._holder_connected()  # another task may have connected meanwhile
+            if already is not None:
+                return already
             hierarchy = await sagemem.connect(
                 redis_url=self._redis_url,
                 postgres_dsn=self._postgres_dsn,
@@ -569,6 +579,9 @@ class SageMemStore(BaseStore):
                 raise
             holder.connected = _Connected(hierarchy, home, semantic)
             return holder.connected
+
+    def _holder_connected(self) -> _Connected | None:
+        return self._holder.connected
 
     async def _aclose_here(self) -> None:
         holder = self._holder
@@ -696,8 +709,8 @@ class SageMemStore(BaseStore):
         value: Mapping[str, Any],
         index: Literal[False] | list[str] | None = None,
         *,
-        ttl: float | None | NotProvided = NOT_PROVIDED,
-        expected_version: int | None | NotProvided = NOT_PROVIDED,
+        ttl: float | NotProvided | None = NOT_PROVIDED,
+        expected_version: int | NotProvided | None = NOT_PROVIDED,
     ) -> None:
         """`BaseStore.aput`; with `expected_version`, only if the item is at that version
         (None: only if it does not exist), else `ItemVersionConflict`."""
@@ -715,8 +728,8 @@ class SageMemStore(BaseStore):
         value: Mapping[str, Any],
         index: Literal[False] | list[str] | None = None,
         *,
-        ttl: float | None | NotProvided = NOT_PROVIDED,
-        expected_version: int | None | NotProvided = NOT_PROVIDED,
+        ttl: float | NotProvided | None = NOT_PROVIDED,
+        expected_version: int | NotProvided | None = NOT_PROVIDED,
     ) -> None:
         """Sync `aput`."""
         if isinstance(expected_version, NotProvided):
@@ -730,7 +743,7 @@ class SageMemStore(BaseStore):
         key: str,
         value: Mapping[str, Any],
         index: Literal[False] | list[str] | None,
-        ttl: float | None | NotProvided,
+        ttl: float | NotProvided | None,
         expected_version: int | None,
     ) -> PutOp:
         if expected_version is not None and (
@@ -761,7 +774,7 @@ class SageMemStore(BaseStore):
         value: Mapping[str, Any],
         index: Literal[False] | list[str] | None = None,
         *,
-        ttl: float | None | NotProvided = NOT_PROVIDED,
+        ttl: float | NotProvided | None = NOT_PROVIDED,
         expected_version: int | None,
     ) -> int:
         """Store the item only if it is at `expected_version` (None: only if absent); return
@@ -780,7 +793,7 @@ class SageMemStore(BaseStore):
         value: Mapping[str, Any],
         index: Literal[False] | list[str] | None = None,
         *,
-        ttl: float | None | NotProvided = NOT_PROVIDED,
+        ttl: float | NotProvided | None = NOT_PROVIDED,
         expected_version: int | None,
     ) -> int:
         """Sync `aput_versioned`."""
@@ -866,7 +879,7 @@ class SageMemStore(BaseStore):
         self,
         connected: _Connected,
         op: PutOp,
-        expected_version: int | None | NotProvided,
+        expected_version: int | NotProvided | None,
     ) -> int:
         assert op.value is not None
         stored_key = encode_item_key(op.namespace, op.key)
@@ -959,11 +972,11 @@ class SageMemStore(BaseStore):
         )
         window = ranked[op.offset : op.offset + op.limit]
         results = []
-        for namespace, key, record, version in window:
+        for namespace, key, record, _version in window:
             if op.refresh_ttl and record.ttl_minutes is not None:
                 refreshed = await self._live(connected, namespace, key, refresh_ttl=True)
                 if refreshed is not None:
-                    record, version = refreshed
+                    record = refreshed[0]
             score = scores.get((namespace, key)) if op.query and scores else None
             results.append(
                 SearchItem(

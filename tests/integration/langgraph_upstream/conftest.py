@@ -22,7 +22,6 @@ import tarfile
 import tomllib
 import types
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
@@ -74,7 +73,8 @@ def _fetch() -> Path:
 
 def _load(name: str, path: Path) -> types.ModuleType:
     spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -102,13 +102,14 @@ def upstream_store_tests() -> types.ModuleType:
     saved_store = memory.InMemoryStore
     saved_helper = sys.modules.get(helper_name)
     try:
-        memory.InMemoryStore = SageMemStore  # type: ignore[misc]
+        # setattr: mypy refuses assigning to a class name, and this swap is the point.
+        setattr(memory, "InMemoryStore", SageMemStore)  # noqa: B010
         sys.modules[helper_name] = _load(
             "langgraph_upstream_embed_test_utils", directory / "tests" / "embed_test_utils.py"
         )
         _loaded = _load("langgraph_upstream_test_store", directory / "tests" / "test_store.py")
     finally:
-        memory.InMemoryStore = saved_store  # type: ignore[misc]
+        setattr(memory, "InMemoryStore", saved_store)  # noqa: B010
         if saved_helper is None:
             sys.modules.pop(helper_name, None)
         else:
@@ -118,6 +119,6 @@ def upstream_store_tests() -> types.ModuleType:
 
 
 @pytest.fixture(autouse=True)
-def _servers(service_endpoints: ServiceEndpoints) -> Iterator[None]:
+def _servers(service_endpoints: ServiceEndpoints) -> ServiceEndpoints:
     """Every upstream test runs with SAGEMEM_* naming the session's servers."""
-    yield
+    return service_endpoints
