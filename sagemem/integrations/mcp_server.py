@@ -18,6 +18,7 @@ in-process check; `sagemem grants` makes the servers enforce the same grant).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -71,26 +72,34 @@ class MemoryServerConfig:
 
 
 class _Memory:
-    """The server's open hierarchy and the tiers its search and listing use."""
+    """The server's open hierarchy, shared by every session of the server (reference counted:
+    stdio and in-process runs enter the lifespan once per session, streamable HTTP once)."""
 
     def __init__(self, config: MemoryServerConfig) -> None:
         self.config = config
         self._hierarchy: MemoryHierarchy | None = None
+        self._sessions = 0
+        self._lock = asyncio.Lock()
 
     async def open(self) -> None:
         config = self.config
-        self._hierarchy = await sagemem.connect(
-            redis_url=config.redis_url,
-            postgres_dsn=config.postgres_dsn,
-            namespace=config.namespace,
-            agent_id=config.agent_id,
-            semantic=True,
-        )
+        async with self._lock:
+            if self._hierarchy is None:
+                self._hierarchy = await sagemem.connect(
+                    redis_url=config.redis_url,
+                    postgres_dsn=config.postgres_dsn,
+                    namespace=config.namespace,
+                    agent_id=config.agent_id,
+                    semantic=True,
+                )
+            self._sessions += 1
 
-    async def aclose(self) -> None:
-        hierarchy, self._hierarchy = self._hierarchy, None
-        if hierarchy is not None:
-            await hierarchy.aclose()
+    async def release(self) -> None:
+        async with self._lock:
+            self._sessions -= 1
+            if self._sessions == 0 and self._hierarchy is not None:
+                hierarchy, self._hierarchy = self._hierarchy, None
+                await hierarchy.aclose()
 
     @property
     def hierarchy(self) -> MemoryHierarchy:
@@ -154,7 +163,7 @@ def build_server(config: MemoryServerConfig) -> MCPServer[Any]:
         try:
             yield None
         finally:
-            await memory.aclose()
+            await memory.release()
 
     server: MCPServer[Any] = MCPServer(
         name="sagemem",

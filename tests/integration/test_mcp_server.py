@@ -4,7 +4,10 @@ and a stale expected_version is refused with a readable, typed tool error."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import socket
 import sys
 from typing import Any
 
@@ -15,6 +18,7 @@ from mcp_types import CallToolResult, TextContent
 from sagemem.integrations.mcp_server import MemoryServerConfig, build_server
 from sagemem.scope import AgentCapability
 from sagemem.services import POSTGRES_DSN_ENV, REDIS_URL_ENV, ServiceEndpoints
+from tests.integration.polling import poll_until
 
 
 def _text(result: CallToolResult) -> str:
@@ -158,3 +162,68 @@ async def test_two_server_processes_share_writes_at_once_and_refuse_a_stale_expe
             final = await _ok(client, "memory_get", key="plan")
             assert final["value"] == {"step": 2}
             assert final["version"] == updated["version"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def test_the_server_also_serves_streamable_http(
+    service_endpoints: ServiceEndpoints, namespace: str
+) -> None:
+    """`sagemem mcp --transport streamable-http` answers the SDK's HTTP client."""
+    port = _free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sagemem.cli",
+        "mcp",
+        "--namespace",
+        namespace,
+        "--transport",
+        "streamable-http",
+        "--port",
+        str(port),
+        env={
+            **os.environ,
+            REDIS_URL_ENV: service_endpoints.redis_url,
+            POSTGRES_DSN_ENV: service_endpoints.postgres_dsn,
+        },
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+
+        async def listening() -> bool:
+            assert process.returncode is None, "the server exited"
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                return False
+            writer.close()
+            await writer.wait_closed()
+            return True
+
+        await poll_until(listening, f"the MCP server to listen on port {port}")
+        async with Client(f"http://127.0.0.1:{port}/mcp", read_timeout_seconds=60.0) as client:
+            put = await _ok(client, "memory_put", key="over-http", value=[1, 2])
+            got = await _ok(client, "memory_get", key="over-http")
+            assert (got["value"], got["version"]) == ([1, 2], put["version"])
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), timeout=30)
+
+
+async def test_two_sessions_of_one_server_share_its_hierarchy(
+    service_endpoints: ServiceEndpoints, namespace: str
+) -> None:
+    """Concurrent in-process sessions of one server are one agent; closing one keeps the other."""
+    server = build_server(MemoryServerConfig(namespace=namespace, agent_id="shared"))
+    async with Client(server) as first:
+        async with Client(server) as second:
+            put = await _ok(first, "memory_put", key="k", value="v")
+            assert (await _ok(second, "memory_get", key="k"))["version"] == put["version"]
+        assert (await _ok(first, "memory_get", key="k"))["value"] == "v"
