@@ -58,8 +58,8 @@ async def test_parallel_nodes_increment_one_item_without_losing_an_update(
     async with SageMemStore(namespace=namespace) as store:
         await store.aput(("team",), "counter", {"n": 0})
         graph = _fan_out_graph().compile(store=store)
-        result = await graph.ainvoke({"tries": []})
-        assert len(result["tries"]) == BRANCHES
+        result = await graph.ainvoke({"tries": []}, version="v2")
+        assert len(result.value["tries"]) == BRANCHES
         final = await store.aget(("team",), "counter")
         assert final is not None
         assert final.value == {"n": BRANCHES}
@@ -86,8 +86,8 @@ async def test_a_sync_graph_run_writes_what_another_agents_store_reads(
         SageMemStore(namespace=namespace, agent_id="reader") as reader,
     ):
         graph = builder.compile(store=store)
-        result = await asyncio.to_thread(graph.invoke, {"tries": []})
-        assert result == {"tries": [1]}
+        result = await asyncio.to_thread(lambda: graph.invoke({"tries": []}, version="v2"))
+        assert result.value == {"tries": [1]}
         item = await reader.aget(("users", "7"), "likes")
         assert item is not None
         assert item.value == {"food": "pizza"}
