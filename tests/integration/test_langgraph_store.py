@@ -5,6 +5,8 @@ LangGraph's own Postgres store loses and `expected_version` does not."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,7 +25,7 @@ from sagemem.integrations.langgraph import (
     decode_item_key,
     encode_item_key,
 )
-from sagemem.services import ServiceEndpoints
+from sagemem.services import POSTGRES_DSN_ENV, REDIS_URL_ENV, ServiceEndpoints
 from tests.integration.polling import poll_until
 
 INCREMENTS = 24
@@ -321,3 +323,35 @@ async def test_concurrent_increments_lose_updates_on_postgres_store_and_none_on_
         f"{INCREMENTS} increments: AsyncPostgresStore ended at {postgres_final.value['n']}, "
         f"SageMemStore at {INCREMENTS} after {len(conflicts)} refused stale writes"
     )
+
+
+async def test_a_write_from_another_process_is_read_at_once_by_a_store_that_cached_the_item(
+    stores: list[SageMemStore], service_endpoints: ServiceEndpoints
+) -> None:
+    """A store in another process writes; this store's cached copy is gone when that returns."""
+    store = stores[0]
+    await store.aput(("p",), "k", {"v": 1})
+    cached = await store.aget(("p",), "k")
+    assert cached is not None
+    assert cached.value == {"v": 1}
+    program = (
+        "from sagemem.integrations.langgraph import SageMemStore\n"
+        f"with SageMemStore(namespace={store.namespace!r}, agent_id='other-process') as s:\n"
+        "    s.put(('p',), 'k', {'v': 2})\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        program,
+        env={
+            **os.environ,
+            REDIS_URL_ENV: service_endpoints.redis_url,
+            POSTGRES_DSN_ENV: service_endpoints.postgres_dsn,
+        },
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode == 0, stderr.decode()
+    item = await store.aget(("p",), "k")
+    assert item is not None
+    assert item.value == {"v": 2}
