@@ -85,6 +85,7 @@ __all__ = [
 ]
 
 _VECTOR_ROWS_MAX: Final = 1000  # DRAMTier.search returns at most this many rows
+_FINALIZE_WAIT_S: Final = 10.0
 _FILTER_OPERATORS: Final = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte"})
 
 
@@ -393,19 +394,29 @@ class _LoopThread:
         return await asyncio.wrap_future(future)
 
     def close_soon(self, state: _Connected) -> None:
-        """Close `state` on the loop without waiting (a store was garbage-collected)."""
+        """Close `state` on the loop (a store was garbage-collected or the interpreter exits).
+
+        From another thread it waits up to `_FINALIZE_WAIT_S` for the close, so a script that
+        never closed its store still says goodbye to the servers; on the loop's own thread it
+        only schedules the close (waiting there would deadlock). Never raises.
+        """
         loop = self._loop
         if loop is None or loop.is_closed():
             return
 
-        def start() -> None:
+        def start() -> asyncio.Task[None]:
             task = loop.create_task(state.aclose())
             self.pending.add(task)
             task.add_done_callback(self.pending.discard)
+            return task
 
         try:
-            loop.call_soon_threadsafe(start)
-        except RuntimeError:  # the loop is gone (interpreter shutdown)
+            if self.in_loop_thread():
+                loop.call_soon(start)
+                return
+            future = asyncio.run_coroutine_threadsafe(state.aclose(), loop)
+            future.result(timeout=_FINALIZE_WAIT_S)
+        except Exception:  # a finalizer must not raise; the servers drop the connections
             return
 
 

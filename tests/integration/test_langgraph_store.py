@@ -5,6 +5,7 @@ LangGraph's own Postgres store loses and `expected_version` does not."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sys
 import threading
@@ -18,7 +19,13 @@ from langgraph.store.postgres.aio import AsyncPostgresStore
 from psycopg.rows import dict_row
 
 from sagemem.embedding import HashingEmbedder
-from sagemem.errors import InvalidKeyError, InvalidValueError, SageMemError, VersionConflict
+from sagemem.errors import (
+    ClosedResourceError,
+    InvalidKeyError,
+    InvalidValueError,
+    SageMemError,
+    VersionConflict,
+)
 from sagemem.integrations.langgraph import (
     ItemVersionConflict,
     SageMemStore,
@@ -355,3 +362,21 @@ async def test_a_write_from_another_process_is_read_at_once_by_a_store_that_cach
     item = await store.aget(("p",), "k")
     assert item is not None
     assert item.value == {"v": 2}
+
+
+async def test_a_store_that_is_garbage_collected_closes_its_connections(
+    service_endpoints: ServiceEndpoints, namespace: str
+) -> None:
+    """Dropping the last reference closes the hierarchy; an explicitly closed store refuses work."""
+    store = SageMemStore(namespace=namespace)
+    await store.aput(("g",), "k", {"v": 1})
+    connected = store._holder.connected
+    assert connected is not None
+    del store
+    gc.collect()
+    assert connected.closed
+    closed = SageMemStore(namespace=namespace)
+    await closed.aclose()
+    await closed.aclose()  # idempotent
+    with pytest.raises(ClosedResourceError, match=r"closed"):
+        await closed.aget(("g",), "k")
