@@ -17,6 +17,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import io
+import os
 import sys
 import tarfile
 import tomllib
@@ -67,7 +68,10 @@ def _fetch() -> Path:
             assert member is not None, f"the sdist has no {name}"
             target = _CACHE_DIR / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(member.read())
+            # Written aside and renamed: a concurrent run never reads a half-written file.
+            partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+            partial.write_bytes(member.read())
+            partial.replace(target)
     return _CACHE_DIR
 
 
