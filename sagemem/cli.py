@@ -66,8 +66,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return grants_main(arguments[1:])
     if arguments[:1] == ["mcp"]:  # and `sagemem mcp` (needs the extra `sagemem[mcp]`)
-        from sagemem.integrations.mcp_server import main as mcp_main
-
+        try:
+            from sagemem.integrations.mcp_server import main as mcp_main
+        except ModuleNotFoundError as error:
+            if error.name is None or error.name.split(".")[0] not in ("mcp", "mcp_types"):
+                raise
+            print(
+                f"sagemem mcp: the MCP SDK is not installed ({error}); install the extra: "
+                "pip install 'sagemem[mcp]'",
+                file=sys.stderr,
+            )
+            return 2
         return mcp_main(arguments[1:])
     parser = argparse.ArgumentParser(
         prog="sagemem", description="sagemem: coherent tiered memory for LLM agents"
