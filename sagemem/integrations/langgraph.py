@@ -958,7 +958,8 @@ class SageMemStore(BaseStore):
     async def _item_keys(self, connected: _Connected) -> list[tuple[tuple[str, ...], str, str]]:
         """(namespace, key, stored key) of every live item of this store's namespace."""
         items = []
-        for stored_key in await connected.home.live_keys():
+        # Sorted here: the server sorts by its collation, which differs between servers.
+        for stored_key in sorted(await connected.home.live_keys()):
             decoded = decode_item_key(stored_key)
             if decoded is not None:
                 items.append((decoded[0], decoded[1], stored_key))

@@ -261,7 +261,7 @@ def build_server(config: MemoryServerConfig) -> MCPServer[Any]:
             _check_limit("limit", limit, _LIST_LIMIT_MAX)
             keys = [
                 key
-                for key in await memory.home().live_keys()
+                for key in sorted(await memory.home().live_keys())
                 if key.startswith(prefix) and memory.visible(key)
             ]
         except SageMemError as error:
