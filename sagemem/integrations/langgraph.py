@@ -62,6 +62,7 @@ from langgraph.store.base import (
 )
 
 import sagemem
+from sagemem.coherence.messages import check_agent_id
 from sagemem.errors import (
     ClosedResourceError,
     ConfigurationError,
@@ -515,11 +516,9 @@ class SageMemStore(BaseStore):
         self.namespace: Final[str] = check_namespace(
             f"lg-{uuid.uuid4().hex}" if namespace is None else namespace
         )
-        self.agent_id: Final[str] = (
+        self.agent_id: Final[str] = check_agent_id(
             f"store-{uuid.uuid4().hex[:16]}" if agent_id is None else agent_id
         )
-        if type(self.agent_id) is not str or not self.agent_id:
-            raise ConfigurationError(f"agent_id must be a non-empty str, got {agent_id!r}")
         self._redis_url = redis_url
         self._postgres_dsn = postgres_dsn
         self._mode = mode

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from langgraph.store.base import GetOp
 
-from sagemem.errors import InvalidKeyError
+from sagemem.errors import ConfigurationError, InvalidKeyError
 from sagemem.integrations.langgraph import (
     SageMemStore,
     decode_item_key,
@@ -62,3 +62,13 @@ def test_a_pair_too_long_for_a_sagemem_key_is_refused_before_any_io() -> None:
         store.put(("a" * 300,), "b" * 300, {"v": 1})
     with pytest.raises(InvalidKeyError, match=r"must be a str"):
         store.batch([GetOp(("a",), 1)])  # type: ignore[arg-type]  # the bad key is the point
+
+
+def test_bad_store_settings_raise_configuration_errors_before_any_io() -> None:
+    """A bad namespace, agent id or index size is refused by the constructor, naming it."""
+    with pytest.raises(ConfigurationError, match=r"namespace 'a:b'"):
+        SageMemStore(namespace="a:b")
+    with pytest.raises(ConfigurationError, match=r"agent id 'a b'"):
+        SageMemStore(agent_id="a b")
+    with pytest.raises(ConfigurationError, match=r"index\['dims'\]"):
+        SageMemStore(index={"dims": 0, "embed": lambda texts: [[1.0] for _ in texts]})
