@@ -1,4 +1,4 @@
-"""The `sagemem` command line: `services up|status|down`, `check`, `grants` and `demo`.
+"""The `sagemem` command line: `services up|status|down`, `check`, `grants`, `demo` and `mcp`.
 
 Each subcommand lives with the code it drives; this module only parses the first word and
 dispatches, so importing it stays cheap.
@@ -65,6 +65,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sagemem.grants import main as grants_main
 
         return grants_main(arguments[1:])
+    if arguments[:1] == ["mcp"]:  # and `sagemem mcp` (needs the extra `sagemem[mcp]`)
+        try:
+            from sagemem.integrations.mcp_server import main as mcp_main
+        except ModuleNotFoundError as error:
+            if error.name is None or error.name.split(".")[0] not in ("mcp", "mcp_types"):
+                raise
+            print(
+                f"sagemem mcp: the MCP SDK is not installed ({error}); install the extra: "
+                "pip install 'sagemem[mcp]'",
+                file=sys.stderr,
+            )
+            return 2
+        return mcp_main(arguments[1:])
     parser = argparse.ArgumentParser(
         prog="sagemem", description="sagemem: coherent tiered memory for LLM agents"
     )
@@ -87,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(see `sagemem grants --help`)",
     )
     grants.add_argument("grants_args", nargs=argparse.REMAINDER)
+    mcp = commands.add_parser(
+        "mcp", help="serve one namespace's memory as MCP tools (see `sagemem mcp --help`)"
+    )
+    mcp.add_argument("mcp_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(arguments)
     if args.command == "services":
         from sagemem.services import run_services_command
