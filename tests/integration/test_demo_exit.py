@@ -110,9 +110,7 @@ async def test_demo_keep_servers_leaves_the_servers_it_started_running(
     private_services: EmbeddedServices,
 ) -> None:
     """`--keep-servers`: the servers the demo started still answer after it exits."""
-    status, stderr, pids = await _run_demo_until_ready_then_stop(
-        private_services, "--keep-servers"
-    )
+    status, stderr, pids = await _run_demo_until_ready_then_stop(private_services, "--keep-servers")
     assert status == 0, stderr
     after = private_services.status()
     assert after.running
