@@ -27,7 +27,7 @@ from typing import Final
 
 import uvicorn
 
-from demo.server.app import DemoController, create_app
+from demo.server.app import ControlError, DemoController, create_app
 from demo.server.events import EventHub
 from demo.server.run import AGENTS_MAX, AGENTS_MIN, RunSettings
 from sagemem.errors import SageMemError
@@ -91,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=8, help="rounds per run")
     parser.add_argument("--seed", type=int, default=1, help="seed of the workload")
     parser.add_argument("--no-autostart", action="store_true", help="wait for Start on the page")
+    parser.add_argument(
+        "--no-wait-for-viewer",
+        action="store_true",
+        help="start the first run at once instead of when the page is first opened",
+    )
     parser.add_argument(
         "--no-compare",
         action="store_true",
@@ -226,6 +231,16 @@ class _Server(uvicorn.Server):
         self.ready.set()
 
 
+async def _start_for_first_viewer(hub: EventHub, controller: DemoController) -> None:
+    await hub.wait_for_viewer()
+    run = controller.run
+    if run is not None and run.paused and run.round == 0:  # nobody pressed a control yet
+        try:
+            await controller.start()
+        except (ControlError, SageMemError) as error:  # the demo goes on; Start retries
+            _progress(f"could not start the first run: {error}")
+
+
 async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -288,11 +303,19 @@ async def _serve_on(
     )
     server = _Server(config)
     serving = asyncio.create_task(server.serve(sockets=[listener]), name="demo-uvicorn")
+    waiting_for_viewer: asyncio.Task[None] | None = None
     try:
         if args.no_autostart:
             await controller.pause()
-        else:
+        elif args.no_wait_for_viewer:
             await controller.start()
+        else:
+            # Someone who opens the page a minute after the command still sees the run from
+            # its beginning: it is ready (agents connected) but paused until then.
+            await controller.pause()
+            waiting_for_viewer = asyncio.create_task(
+                _start_for_first_viewer(hub, controller), name="demo-wait-for-viewer"
+            )
         ready = asyncio.create_task(server.ready.wait())
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({ready, serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -301,12 +324,21 @@ async def _serve_on(
         if server.ready.is_set() and not stop.is_set():
             print(f"sagemem demo: open http://localhost:{port}", flush=True)
             if not args.no_browser_hint:
-                _progress(f"ready in {time.monotonic() - started:.1f} s; Ctrl+C stops it")
+                first = (
+                    "; the first run starts when the page is opened"
+                    if waiting_for_viewer is not None
+                    else ""
+                )
+                _progress(f"ready in {time.monotonic() - started:.1f} s{first}; Ctrl+C stops it")
             await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
         await asyncio.wait({stopping})
     finally:
         _progress("stopping ...")
+        if waiting_for_viewer is not None:
+            waiting_for_viewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting_for_viewer
         await controller.aclose()
         hub.close()
         server.should_exit = True
