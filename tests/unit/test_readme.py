@@ -15,7 +15,8 @@ BOOTSTRAP: Final = (
 )
 
 
-def _readme_shell_lines() -> list[str]:
+def readme_shell_lines() -> list[str]:
+    """The README's two shell commands (the lines of its ```sh blocks that start like BOOTSTRAP)."""
     lines, inside = [], False
     for line in (ROOT / "README.md").read_text().splitlines():
         if line.startswith("```"):
@@ -28,7 +29,7 @@ def _readme_shell_lines() -> list[str]:
 
 def test_ci_runs_exactly_the_readme_test_command() -> None:
     """The last line of .ci/run is the README's test command, character for character."""
-    readme_commands = _readme_shell_lines()
+    readme_commands = readme_shell_lines()
     assert len(readme_commands) == 2, readme_commands
     ci_last_line = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
     assert ci_last_line == readme_commands[1]
@@ -36,7 +37,7 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
 
 def test_readme_commands_install_uv_without_touching_the_system_python() -> None:
     """Both commands install a missing uv with `pip install --target .uv`, never system-wide."""
-    for command in _readme_shell_lines():
+    for command in readme_shell_lines():
         assert command.startswith(BOOTSTRAP), command
         assert "--break-system-packages" not in command
         rest = command.removeprefix(BOOTSTRAP)
@@ -46,7 +47,7 @@ def test_readme_commands_install_uv_without_touching_the_system_python() -> None
 
 def test_readme_main_command_runs_the_live_demo() -> None:
     """The README's first command is the demo subcommand, whose module exists in the checkout."""
-    main_command = _readme_shell_lines()[0]
+    main_command = readme_shell_lines()[0]
     assert main_command == BOOTSTRAP + "uv run sagemem demo"
     assert (ROOT / "demo" / "server" / "main.py").is_file()
 
@@ -57,5 +58,5 @@ def test_demo_command_installs_no_development_tools() -> None:
     default_groups = project["tool"]["uv"]["default-groups"]
     assert "dev" not in default_groups
     assert "demo" in default_groups
-    test_command = _readme_shell_lines()[1]
+    test_command = readme_shell_lines()[1]
     assert "uv sync --frozen --all-groups &&" in test_command
