@@ -144,3 +144,18 @@ async def test_busy_port_fails_at_once_naming_the_port_option(
     assert f"--port {port + 1}" in message
     after = private_services.status()
     assert (after.redis.state, after.postgres.state) == (ServerState.ABSENT, ServerState.ABSENT)
+
+
+def test_down_can_stop_one_server_and_leave_the_other_recorded(
+    private_services: EmbeddedServices,
+) -> None:
+    """`down(postgres=False)` stops Redis only; Postgres still answers and stays in the record."""
+    private_services.up()
+    before = private_services.status()
+    private_services.down(postgres=False)
+    after = private_services.status()
+    assert after.redis.state is ServerState.ABSENT
+    assert before.redis.pid is not None
+    assert not process_alive(before.redis.pid)
+    assert after.postgres.state is ServerState.RUNNING
+    assert after.postgres.pid == before.postgres.pid
