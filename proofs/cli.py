@@ -40,7 +40,14 @@ from sagemem.spec.model import ProtocolDefinition, deep, quick
 from sagemem.spec.table import TABLE, Rule
 from sagemem.spec.vocabulary import Mode
 
-__all__ = ["CheckOptions", "ProgressLine", "main", "parse_options", "run_checks"]
+__all__ = [
+    "CheckOptions",
+    "ProgressLine",
+    "expected_duration",
+    "main",
+    "parse_options",
+    "run_checks",
+]
 
 QUICK_BMC_DEPTH = 10
 DEEP_BMC_DEPTH = 20
@@ -117,8 +124,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="sagemem check",
         description=(
             "Model-check the coherence protocol table: exhaustive exploration, Z3 one-step "
-            "checks and bounded model checking, optionally mutation testing of the checkers."
+            "checks and bounded model checking, optionally mutation testing of the checkers. "
+            "Without options (the quick check) it takes about 1-3 minutes on 2 cores."
         ),
+        epilog="exit status: 0 every check passed; 1 a checker found a violation (its shortest "
+        "event sequence is printed); 2 a usage error or a checker that cannot run.",
     )
     parser.add_argument(
         "--deep",
@@ -360,6 +370,17 @@ def _format_summary(report: CheckReport) -> str:
     )
 
 
+def expected_duration(options: CheckOptions) -> str:
+    """How long the run `options` select takes on the 2-core machine the docs measured it on."""
+    if options.custom_bounds or options.bmc_depth is not None or options.only:
+        return "its duration depends on the bounds given"
+    if options.mutants:
+        return "expect about 40 minutes on 2 cores (1-3 minutes of quick checks, then mutants)"
+    if options.deep:
+        return "expect about 40 minutes on 2 cores (strict mode's BMC is most of it)"
+    return "expect about 1-3 minutes on 2 cores (progress on stderr)"
+
+
 def run_checks(
     options: CheckOptions,
     *,
@@ -378,7 +399,11 @@ def run_checks(
     started = time.monotonic()
     kind = "deep" if options.deep else "quick"
     modes = ", ".join(mode.value for mode in options.modes)
-    print(f"sagemem check ({kind}): {len(table)} rows, modes {modes}", file=out)
+    print(
+        f"sagemem check ({kind}): {len(table)} rows, modes {modes}; {expected_duration(options)}",
+        file=out,
+        flush=True,
+    )
     if options.only:
         from proofs.mutants import select_mutants
 

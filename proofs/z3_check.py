@@ -48,7 +48,7 @@ from __future__ import annotations
 import multiprocessing
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -80,6 +80,7 @@ __all__ = [
     "bounded_model_check",
     "check_table",
     "compare_with_model",
+    "depth_ranges",
 ]
 
 QUICK_DEPTH: Final = 6
@@ -458,14 +459,28 @@ def bounded_model_check(
     started = time.perf_counter()
     outcomes: dict[int, _DepthOutcome] = {}
 
-    def record(outcome: _DepthOutcome) -> None:
+    def record(outcome: _DepthOutcome, running: Collection[int] = ()) -> None:
         outcomes[outcome.depth] = outcome
         if progress is not None and outcome.failure is None:
             elapsed = time.perf_counter() - started
-            done = f"depth {outcome.depth}/{depth} safe ({outcome.seconds:.1f}s"
-            pending = [k for k in range(depth + 1) if k not in outcomes]
-            tail = f", {len(pending)} to go" if workers > 1 and pending else ""
-            progress(f"bmc {defn.mode.value}: {done}; {elapsed:.1f}s in all{tail})")
+            if workers == 1:
+                progress(
+                    f"bmc {defn.mode.value}: depth {outcome.depth} of 0-{depth} safe "
+                    f"({outcome.seconds:.1f}s; {elapsed:.1f}s in all)"
+                )
+                return
+            # Depths finish out of order (the deepest start first): say which are done,
+            # which are being queried and which wait, not a count that reads like the end.
+            queued = [k for k in range(depth + 1) if k not in outcomes and k not in running]
+            parts = [
+                f"depth {outcome.depth} safe in {outcome.seconds:.1f}s",
+                f"done {depth_ranges(outcomes)} of 0-{depth}",
+            ]
+            if running:
+                parts.append(f"running {depth_ranges(running)}")
+            if queued:
+                parts.append(f"queued {depth_ranges(queued)}")
+            progress(f"bmc {defn.mode.value}: {'; '.join(parts)} ({elapsed:.1f}s in all)")
 
     failures: list[CheckReport] = []
 
@@ -534,7 +549,7 @@ def _check_depths_in_parallel(
     symmetry: bool | None,
     workers: int,
     started: float,
-    record: Callable[[_DepthOutcome], None],
+    record: Callable[[_DepthOutcome, Collection[int]], None],
     progress: Progress | None,
 ) -> CheckReport | None:
     """Query depths 0..`depth` in `workers` processes; the shallowest failure, or None.
@@ -559,6 +574,7 @@ def _check_depths_in_parallel(
     failures: dict[int, CheckReport] = {}
     answered: set[int] = set()
     running: dict[int, float] = {}
+    assigned: set[int] = set()  # depths of the jobs a worker has taken (built or queried)
     last_word = time.perf_counter()
     try:
         while not answered.issuperset(range(depth + 1)):
@@ -572,6 +588,7 @@ def _check_depths_in_parallel(
                 )
                 process.start()
                 processes[number] = process
+                assigned.update(job)
             try:
                 answer = answers.get(timeout=_LIVENESS_S)
             except queue.Empty:
@@ -592,7 +609,7 @@ def _check_depths_in_parallel(
             running.pop(answer.depth, None)
             answered.add(answer.depth)
             if answer.failure is None:
-                record(answer)
+                record(answer, assigned - answered)
             else:
                 failures[answer.depth] = answer.failure
             if failures and answered.issuperset(range(min(failures))):
@@ -618,6 +635,23 @@ def _check_alive(
                 f"died with exit code {process.exitcode} before answering; a negative code is "
                 "the signal that killed it (-9: SIGKILL, often the kernel's OOM killer)"
             )
+
+
+def depth_ranges(depths: Iterable[int]) -> str:
+    """Depths as short ranges in increasing order: [0, 1, 2, 3, 7, 9, 10] -> "0-3, 7, 9-10"."""
+    ordered = sorted(set(depths))
+    if not ordered:
+        return "none"
+    spans: list[str] = []
+    first = last = ordered[0]
+    for k in [*ordered[1:], None]:
+        if k is not None and k == last + 1:
+            last = k
+            continue
+        spans.append(str(first) if first == last else f"{first}-{last}")
+        if k is not None:
+            first = last = k
+    return ", ".join(spans)
 
 
 def _still_querying(

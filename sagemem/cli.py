@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Final
 
 __all__ = ["main"]
 
@@ -54,6 +55,56 @@ def _run_check(argv: Sequence[str]) -> int:
     return check_main(list(argv))
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sagemem")
+    except PackageNotFoundError:  # imported from a source tree that is not installed
+        from sagemem import __version__
+
+        return __version__
+
+
+_SERVICES_ACTIONS: Final = {
+    "up": (
+        "start the embedded servers, or reuse them if they run",
+        "Start the embedded Redis (Valkey) and Postgres (with pgvector), or reuse the ones "
+        "already running, and print shell lines that export SAGEMEM_REDIS_URL and "
+        'SAGEMEM_POSTGRES_DSN: eval "$(sagemem services up)". Progress goes to stderr.',
+        "exit status: 0 the servers run; 1 they could not be started (the reason is printed).",
+    ),
+    "status": (
+        "show whether the embedded servers run, their pids and addresses",
+        "Show the runtime directory and, for each embedded server, whether it runs, its pid "
+        "and its address (passwords shown as ***).",
+        "exit status: 0 both servers run; 1 one or both do not (not started, or stale); "
+        "2 the status could not be read.",
+    ),
+    "down": (
+        "stop the embedded servers",
+        "Stop the embedded Redis and Postgres and wait until their processes are gone. The "
+        "Postgres data directory is kept for the next `up`.",
+        "exit status: 0 stopped, or nothing was running; 1 they could not be stopped.",
+    ),
+}
+
+
+def _add_services_parser(commands: Any) -> None:
+    services = commands.add_parser(
+        "services",
+        help="start, inspect or stop the embedded Redis and Postgres servers",
+        description="The embedded Redis and Postgres servers that sagemem starts when "
+        "SAGEMEM_REDIS_URL / SAGEMEM_POSTGRES_DSN are not set, shared by every process of "
+        "this user. `sagemem services ACTION --help` describes an action.",
+        epilog="exit status: 0 success; 1 `status` found a server not running, or `up`/`down` "
+        "failed; 2 a usage error (or `status` could not read the record).",
+    )
+    actions = services.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, (summary, description, epilog) in _SERVICES_ACTIONS.items():
+        actions.add_parser(name, help=summary, description=description, epilog=epilog)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sagemem` console script; returns the process exit status."""
     arguments = list(sys.argv[1:] if argv is None else argv)
@@ -79,13 +130,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return mcp_main(arguments[1:])
     parser = argparse.ArgumentParser(
-        prog="sagemem", description="sagemem: coherent tiered memory for LLM agents"
+        prog="sagemem",
+        description="sagemem: coherent tiered memory for LLM agents",
+        epilog="`sagemem COMMAND --help` describes a command and its exit statuses; every "
+        "command exits 0 on success and 2 on a usage error.",
     )
+    parser.add_argument("--version", action="version", version=f"sagemem {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
-    services = commands.add_parser(
-        "services", help="start, inspect or stop the embedded Redis and Postgres servers"
-    )
-    services.add_argument("action", choices=["up", "status", "down"])
+    _add_services_parser(commands)
     check = commands.add_parser(
         "check", help="model-check the coherence protocol table (see `sagemem check --help`)"
     )

@@ -612,6 +612,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Provision, revoke and list the Redis ACL users and Postgres roles that "
         "enforce agent capabilities. Administrator endpoints: --redis-url/--postgres-dsn, else "
         "SAGEMEM_REDIS_URL/SAGEMEM_POSTGRES_DSN, else the embedded servers.",
+        epilog="exit status: 0 success; 2 a usage error or a failure (the reason is printed). "
+        "`sagemem grants ACTION --help` describes an action.",
     )
     actions = parser.add_subparsers(dest="action", required=True)
 

@@ -1115,17 +1115,25 @@ class EmbeddedServices:
             postgres = ServerStatus("postgres", state, record.postgres.pid, record.postgres.dsn)
         return ServicesStatus(self.runtime_dir, redis, postgres)
 
-    def down(self) -> None:
+    def down(self, *, redis: bool = True, postgres: bool = True) -> None:
         """Stop both servers (also unrecorded leftovers found in the runtime directory).
 
-        Returns once their processes are verified gone; doing nothing is fine when nothing runs.
+        `redis=False` or `postgres=False` leaves that one running (and recorded). Returns once
+        the stopped processes are verified gone; doing nothing is fine when nothing runs.
         """
         if not self.runtime_dir.is_dir():
             return
         with self._locked():
             record = self._read_record()
-            self._stop_redis(record.redis)
-            self._stop_postgres(record.postgres)
+            if redis:
+                self._stop_redis(record.redis)
+            if postgres:
+                self._stop_postgres(record.postgres)
+            if not (redis and postgres):
+                self._write_record(
+                    _Record(None if redis else record.redis, None if postgres else record.postgres)
+                )
+                return
             try:
                 self.record_path.unlink(missing_ok=True)
             except OSError as error:

@@ -2,8 +2,11 @@
 
 A subscriber is a bounded queue. A subscriber that falls behind (its queue is full) is dropped
 and its stream ends; the browser's EventSource reconnects and starts again from a fresh
-snapshot, so a slow page never slows the agents down. The hub keeps the last
-`history_max` events so that a reconnecting page can redraw its timeline.
+snapshot, so a slow page never slows the agents down. The hub keeps the current run's events
+from its start (a `run` event with a new run number starts a new history), up to
+`history_max` of them, so that a page opened late or reconnecting can replay the run; heartbeat
+kinds (`stats`, once a second) are not kept: the snapshot carries their latest values, and a
+long-finished run is not pushed out of the history by them.
 
 This module must never block the publisher (the library's tracer callbacks run on the agents'
 event loop and must stay cheap).
@@ -19,11 +22,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-__all__ = ["DemoEvent", "EventHub", "JSONObject"]
+__all__ = ["HEARTBEAT_KINDS", "DemoEvent", "EventHub", "JSONObject"]
 
 type JSONObject = dict[str, object]
 
 _QUEUE_SIZE_MAX: Final = 2048
+# Published often and superseded by the next one: kept out of the replay history.
+HEARTBEAT_KINDS: Final = frozenset({"stats"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +63,23 @@ class _Subscriber:
 class EventHub:
     """Numbers events, keeps a bounded history, and fans them out to subscribers."""
 
-    def __init__(self, history_max: int = 400) -> None:
+    def __init__(
+        self,
+        history_max: int = 20_000,
+        heartbeat_kinds: frozenset[str] = HEARTBEAT_KINDS,
+    ) -> None:
         self._next_id = 1
         self._history: deque[DemoEvent] = deque(maxlen=history_max)
+        self._history_run: object = None
+        self._heartbeat_kinds: Final = heartbeat_kinds
         self._subscribers: set[_Subscriber] = set()
+        self._viewer = asyncio.Event()
         self._closed = False
         self._started = time.monotonic()
+
+    async def wait_for_viewer(self) -> None:
+        """Return once a page has subscribed to the stream (at once if one ever has)."""
+        await self._viewer.wait()
 
     @property
     def closed(self) -> bool:
@@ -76,7 +92,11 @@ class EventHub:
             return None
         event = DemoEvent(self._next_id, kind, data, time.monotonic() - self._started)
         self._next_id += 1
-        self._history.append(event)
+        if kind == "run" and data.get("run") != self._history_run:
+            self._history.clear()  # a new run: the history replays it from its start
+            self._history_run = data.get("run")
+        if kind not in self._heartbeat_kinds:
+            self._history.append(event)
         for subscriber in list(self._subscribers):
             try:
                 subscriber.queue.put_nowait(event)
@@ -85,7 +105,7 @@ class EventHub:
         return event
 
     def history(self) -> list[DemoEvent]:
-        """The most recent events, oldest first."""
+        """The current run's events (heartbeats left out), oldest first."""
         return list(self._history)
 
     def _drop(self, subscriber: _Subscriber) -> None:
@@ -104,6 +124,7 @@ class EventHub:
             return
         subscriber = _Subscriber()
         self._subscribers.add(subscriber)
+        self._viewer.set()
         try:
             state = snapshot()
             state["history"] = [event.to_json() for event in self._history]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import secrets
@@ -732,7 +733,7 @@ class DemoRun:
             "baseline": self._baseline.to_json(),
             "converged": self._last_converged,
             "off_converged": self._last_off_converged,
-            "faults": list(self._faults),
+            "faults": [dict(fault) for fault in self._faults],
         }
 
     # -- the workload ---------------------------------------------------------------------
@@ -965,6 +966,8 @@ class DemoRun:
             }
             self._last_converged = result
             self.hub.publish("converged", result)
+            if converged:
+                self._settle_faults(result)
             if converged or attempts >= _CONVERGE_ATTEMPTS_MAX:
                 break
         if self.settings.compare_off:
@@ -1062,10 +1065,60 @@ class DemoRun:
             "killed": int(killed),
             "command": f"CLIENT KILL ID {agent.client_id} TYPE pubsub",
         }
-        self._faults.append(fault)
-        self.hub.publish("fault", fault)
+        self._record_fault(fault)
         self._spawn(self._recover(), f"demo-recover-{agent_id}")
         return fault
+
+    def _record_fault(self, fault: JSONObject) -> None:
+        """Number `fault`, note when it happened, keep it (the page's fault panel) and publish
+        it; its outcome is filled in when the agents next agree (`_settle_faults`)."""
+        fault["id"] = len(self._faults) + 1
+        fault["at_s"] = round(time.monotonic() - self.started_at, 2)
+        fault["recovered_in_s"] = None
+        fault["outcome"] = None
+        self._faults.append(fault)
+        self.hub.publish("fault", dict(fault))
+
+    def _settle_faults(self, converged: JSONObject) -> None:
+        """Give each fault still recovering, whose agent runs again, its outcome: how long the
+        recovery took (fault to the first round where every agent agrees with the home) and
+        what the lost Modified data became."""
+        keys = converged["keys"]
+        assert isinstance(keys, dict)
+        now_s = time.monotonic() - self.started_at
+        for fault in self._faults:
+            if fault["outcome"] is not None:
+                continue
+            agent = self._agents.get(str(fault["agent"]))
+            if agent is None or agent.status != "running" or not agent.available.is_set():
+                continue
+            at_s = fault["at_s"]
+            assert isinstance(at_s, float | int)
+            parts = [
+                f"recovered: every agent agrees with the home again (round {converged['round']})"
+            ]
+            lost = fault.get("lost_modified") or []
+            assert isinstance(lost, list)
+            for item in lost:
+                home = keys.get(item["key"], {})
+                parts.append(
+                    f"{item['key']} v{item['version']} {json.dumps(item['value'])} was never "
+                    f"written back; the home kept v{home.get('home_version')} "
+                    f"{json.dumps(home.get('value'))}"
+                )
+            if fault["fault"] == "kill" and not lost:
+                parts.append("no Modified data was lost")
+            fault["recovered_in_s"] = round(now_s - at_s, 2)
+            fault["outcome"] = "; ".join(parts)
+            self.hub.publish(
+                "fault_outcome",
+                {
+                    "run": self.run_number,
+                    "id": fault["id"],
+                    "recovered_in_s": fault["recovered_in_s"],
+                    "outcome": fault["outcome"],
+                },
+            )
 
     def _spawn(self, coroutine: Coroutine[object, object, None], name: str) -> None:
         task = asyncio.create_task(coroutine, name=name)
@@ -1130,8 +1183,7 @@ class DemoRun:
             "lost_modified": lost,
             "restart_in_s": _RESTART_DELAY_S,
         }
-        self._faults.append(fault)
-        self.hub.publish("fault", fault)
+        self._record_fault(fault)
         self.hub.publish(
             "agent",
             {"agent": victim.agent_id, "incarnation": old_incarnation, "status": "crashed"},

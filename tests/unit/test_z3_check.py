@@ -265,9 +265,10 @@ def test_bmc_in_parallel_passes_the_real_table() -> None:
     assert report.ok, report.counterexample
     assert report.summary["depth"] == 6
     answered = sorted(
-        int(line.split("depth ")[1].split("/")[0]) for line in lines if " safe " in line
+        int(line.split("depth ")[1].split(" ")[0]) for line in lines if " safe " in line
     )
     assert answered == list(range(7)), lines
+    assert "done 0-6 of 0-6" in [line for line in lines if " safe " in line][-1]
 
 
 def test_bmc_in_parallel_says_what_it_is_querying_while_no_answer_comes(
