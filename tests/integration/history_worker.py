@@ -15,12 +15,10 @@ as `Unknown`):
   absent; see `_Agent.delete` for where the version comes from);
 - `set`: a write at L1 (ownership), recorded as a write at the version the home reserved.
 
-`set` is 0 in the default mix, and must stay out of any history checked for linearizability:
-several `set`s acknowledged while one agent owns a key share the version the home reserved for
-that ownership, and the value reaches the home only when written back (recalled, evicted or
-closed), so such a history has several different values at one version, which the model of a
-versioned register cannot represent. Histories with `set` are only checked for session
-guarantees and convergence.
+`set` is 0 in the default mix. Each `set` names a version of its own (an owner's new local
+write reserves one under its grant), and its value reaches the home when it is written back
+(recalled, evicted or closed); a reader recalls the owner first, so histories with `set` are
+still those of a versioned register.
 
 Mode `plain` is the negative control: a reader whose L1 is a plain `L1Tier` in a
 `MemoryHierarchy([L1Tier(), L3Tier])` beside the coherent agents; nothing ever invalidates it,

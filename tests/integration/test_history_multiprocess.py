@@ -15,9 +15,9 @@ processes of one machine). Once every agent has stopped, each reads every key on
 - a negative control shows the checkers fail when an agent is not coherent: a reader behind a
   plain `L1Tier` that nothing invalidates.
 
-Ownership writes (`set`) share the version their ownership reserved, which the register model
-cannot represent (see the worker's docstring): only the last test uses them, and checks the
-session guarantees, the staleness bound and convergence, not linearizability.
+Ownership writes (`set`) each name a version of their own (an owner's new local write reserves
+one), so strict histories with them are checked for linearizability too; the coherent test with
+`set` checks the session guarantees, the staleness bound and convergence.
 """
 
 from __future__ import annotations
@@ -383,6 +383,54 @@ async def test_strict_histories_are_linearizable(
             f"checked in {check_s:.2f} s; whole test {time.monotonic() - started:.1f} s",
         ],
     )
+    failures = _failures(results)
+    assert not failures, _explain(failures)
+    _check_common(run, agents)
+
+
+async def test_strict_histories_with_ownership_writes_are_linearizable(
+    request: pytest.FixtureRequest,
+    redis_url: str,
+    postgres_dsn: str,
+    namespace: str,
+    pg_schema: str,
+    tmp_path: Path,
+) -> None:
+    """Four strict agent processes mixing tier-0 writes (`set`, ownership) with write-throughs,
+    compare-and-swaps and deletes: every key's history is linearizable, and every home version
+    was committed by exactly one recorded operation (each `set` names its own version)."""
+    agents = [f"s{index}" for index in range(4)]
+    started = time.monotonic()
+    run = await _run_agents(
+        dict.fromkeys(agents, "strict"),
+        seconds=_SHORT_WORKLOAD_S,
+        redis_url=redis_url,
+        postgres_dsn=postgres_dsn,
+        namespace=namespace,
+        schema=pg_schema,
+        directory=tmp_path,
+        mix="35,15,15,10,25",
+    )
+    results = check_history(run.operations, version_rule=VersionRule.INCREASING)
+    _report(
+        request,
+        "strict history with set",
+        [
+            _describe_counts(run),
+            *(
+                f"{key}: {'linearizable' if result.ok else 'NOT linearizable'}, "
+                f"{result.operation_count} operations"
+                for key, result in results.items()
+            ),
+            f"whole test {time.monotonic() - started:.1f} s",
+        ],
+    )
+    sets = 0
+    for summary in run.summaries.values():
+        outcomes = summary["outcomes"]
+        assert isinstance(outcomes, dict)
+        sets += int(outcomes.get("set", 0))
+    assert sets > 0, "no agent wrote with set"
     failures = _failures(results)
     assert not failures, _explain(failures)
     _check_common(run, agents)
