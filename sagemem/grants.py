@@ -59,6 +59,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from sagemem.coherence.directory import DIRECTORY_BIRTH_KEY
 from sagemem.coherence.messages import CHANNEL_PREFIX, channel_suffix, subscription_pattern
 from sagemem.errors import ConfigurationError, SageMemError
 from sagemem.scope import DRAM_INDEX, L2_INDEX, L2_SPACE_SUFFIX, L3_INDEX, AgentCapability
@@ -210,6 +211,8 @@ def redis_acl_rules(capability: AgentCapability, *, agent_id: str, namespace: st
         rules += list(_COHERENCE_COMMANDS)
         for kind in ("lease:", "holders:", "acks:"):
             rules += [f"~{_glob_escape(directory + kind + p)}*" for p in l3_reads]
+        # The directory's birth key: a strict write checks that no registration was forgotten.
+        rules.append(f"~{_glob_escape(DIRECTORY_BIRTH_KEY)}")
         # The bus's listener reads its own sequence counter (MGET) when it (re)subscribes.
         rules.append(f"%R~{_glob_escape(f'{CHANNEL_PREFIX}:{namespace}:{agent}:seq')}")
     # PSUBSCRIBE is allowed only for a pattern that literally equals an allowed one.

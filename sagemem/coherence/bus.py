@@ -532,6 +532,22 @@ class CoherenceBus(AsyncResource):
         """True between `connect()` and `aclose()`."""
         return self._client is not None and self._task is not None
 
+    @property
+    def link_trust_s(self) -> float:
+        """How long after the last frame read from the pub/sub connection the link still counts
+        as confirmed: twice `health_check_interval_s` (an idle healthy link answers a PING after
+        each interval of silence). Every agent of a namespace must use the same setting."""
+        return 2.0 * self._health_interval_s
+
+    def link_heard_at(self) -> float | None:
+        """When (`time.monotonic()`) the listener last read a frame from the current pub/sub
+        connection, or None while there is none. A link the listener has not read from for
+        longer than `link_trust_s` (a dead server, a stalled event loop) is not confirmed."""
+        link = self._link
+        if link is None or not link.alive:
+            return None
+        return link.last_frame_at
+
     def statistics(self) -> BusStatistics:
         """A snapshot of the bus's counters."""
         return BusStatistics(

@@ -36,7 +36,7 @@ import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum, IntEnum, unique
-from typing import Final
+from typing import Final, cast
 
 from sagemem.errors import ConfigurationError, ProtocolError
 from sagemem.spec.model import ProtocolDefinition, Request
@@ -54,6 +54,7 @@ from sagemem.spec.vocabulary import (
 from sagemem.values import JSONValue
 
 __all__ = [
+    "ABSENT",
     "LOCAL_EFFECTS",
     "NO_PAYLOAD",
     "NO_VERSION",
@@ -72,6 +73,20 @@ __all__ = [
 ]
 
 NO_VERSION: Final = -1
+
+
+class _Absent:
+    """The value of a key that does not exist (never stored, or deleted)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+# Cached, returned and compared by identity, never serialised: the core treats values as
+# opaque, except for telling this one apart (a delete's answer: did the key hold a value?).
+ABSENT: Final = cast(JSONValue, _Absent())
 
 # Events that answer a request: the payload carries the branch the server's script took, and
 # the HOME_*/L2_*/DIRECTORY_* effects of the row are that script's body, already performed.
@@ -170,7 +185,8 @@ class Payload:
     the L2 fill-lease token the fill script handed out; `owner_epoch` identifies a grant.
     A write operation's event also carries its `operation_id` (what makes its commit
     idempotent at the home) and, for a compare-and-swap, `conditional` with the `expected`
-    live version (None: the key must not exist).
+    live version (None: the key must not exist); a commit's answer says whether the home's row
+    `existed` (held a live value) before it.
     """
 
     branch: Guard | None = None
@@ -181,6 +197,7 @@ class Payload:
     operation_id: str | None = None
     conditional: bool = False
     expected: int | None = None
+    existed: bool = False
 
 
 NO_PAYLOAD: Final = Payload()
@@ -199,7 +216,9 @@ class EntryCore:
     `write_value`: the value of the write in progress; `write_id`, `write_conditional` and
     `write_expected`: its operation id and compare-and-swap condition, fixed when the write's
     row fires and kept until it is answered, whatever operations start meanwhile (a retried
-    commit is the same commit: idempotent, and never less conditional than asked).
+    commit is the same commit: idempotent, and never less conditional than asked);
+    `write_existed`: whether the write replaced a live value, known at once when an owner
+    writes (its copy is the key's value; the home's row may be older), else the home's answer.
     """
 
     state: L1State = L1State.I
@@ -219,6 +238,7 @@ class EntryCore:
     write_id: str | None = None
     write_conditional: bool = False
     write_expected: int | None = None
+    write_existed: bool | None = None
 
     @property
     def data_pending(self) -> bool:
@@ -250,6 +270,7 @@ class Action:
     operation_id: str | None = None
     conditional: bool = False
     expected: int | None = None
+    existed: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -678,6 +699,8 @@ class AgentCore:
                 entry.write_id = payload.operation_id
                 entry.write_conditional = payload.conditional
                 entry.write_expected = payload.expected
+                owned = rule.source in (L1State.E, L1State.M)
+                entry.write_existed = (entry.value is not ABSENT) if owned else None
         if event is Event.FILL_DATA and payload.version is not None:
             entry.data, entry.data_value = payload.version, payload.value
         actions: list[Action] = []
@@ -717,9 +740,15 @@ class AgentCore:
                 if payload.version is not None:
                     entry.floor = max(entry.floor, payload.version)
             case Effect.ACK_WRITE:
-                action = Action(effect, version=entry.version, operation_id=entry.write_id)
+                action = Action(
+                    effect,
+                    version=entry.version,
+                    operation_id=entry.write_id,
+                    existed=entry.write_existed,
+                )
                 entry.value, entry.write_value = entry.write_value, None
                 entry.write_id, entry.write_conditional, entry.write_expected = None, False, None
+                entry.write_existed = None
                 entry.floor = max(entry.floor, entry.version)
                 entry.request = Request.NONE
                 entry.operation = Operation.NONE
@@ -733,6 +762,7 @@ class AgentCore:
                 action = Action(effect, version=payload.version, operation_id=entry.write_id)
                 entry.write_value = None
                 entry.write_id, entry.write_conditional, entry.write_expected = None, False, None
+                entry.write_existed = None
                 entry.request = Request.NONE
                 entry.operation = Operation.NONE
             case Effect.REPORT_FENCED:
@@ -809,6 +839,8 @@ class AgentCore:
             case Effect.HOME_COMMIT_VERSION:
                 if payload.version is not None:
                     entry.version = payload.version
+                if entry.write_existed is None:
+                    entry.write_existed = payload.existed
                 entry.request = Request.SETTLE
                 entry.owner_lease = False  # the commit releases this agent's grant, if any
                 entry.owner_epoch = None

@@ -83,6 +83,7 @@ from sagemem.values import (
 )
 
 __all__ = [
+    "DIRECTORY_BIRTH_KEY",
     "DirectoryStatistics",
     "DirectoryUnavailable",
     "FillKind",
@@ -99,6 +100,8 @@ _HINT: Final = (
     "points at it; `sagemem services status` shows the embedded servers"
 )
 _DIRECTORY_PREFIX: Final = "sagemem-dir"
+DIRECTORY_BIRTH_KEY: Final = f"{_DIRECTORY_PREFIX}:born"
+"""The key holding when this Redis server's directory was first used (server clock, ms)."""
 _L2_PREFIX: Final = "sagemem"  # L2Tier's prefix: the leased fill writes L2Tier's own key
 # How Redis words an ACL refusal of a command run inside a script (a plain ResponseError).
 _ACL_FAILURE: Final = "ACL failure in script"
@@ -441,6 +444,16 @@ class RedisDirectory:
             self._acks_received += 1
             return True
         return False
+
+    async def directory_age_s(self, key: str) -> float:
+        """How long ago (on the Redis server's clock) this server's directory was born: its
+        birth key `DIRECTORY_BIRTH_KEY` is created on first use after each server start, so a
+        young directory may have forgotten registrations a restarted server lost. `key` names
+        the protocol step it is asked for (in errors)."""
+        age_ms = await self._run(
+            "directory age", key, self._scripts.directory_age(keys=[DIRECTORY_BIRTH_KEY])
+        )
+        return int(age_ms) / 1000.0
 
     async def pending_acks(self, key: str) -> tuple[str, ...]:
         """The agents that still owe an ack for `key` and whose read lease has not lapsed."""

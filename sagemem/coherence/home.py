@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Final, cast
+from typing import Final
 
+from sagemem.coherence.core import ABSENT
 from sagemem.errors import TierUnavailable
 from sagemem.spec.vocabulary import Guard
 from sagemem.tiers.l3 import L3Tier, jsonb_text
@@ -43,19 +44,6 @@ _CONDITIONAL_ATTEMPTS: Final = 5
 _OUTCOMES_KEPT: Final = 32
 
 __all__ = ["ABSENT", "CommitAnswer", "HomeRead", "HomeStore", "owner_token"]
-
-
-class _Absent:
-    """The value of a key that does not exist (never stored, or deleted)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "ABSENT"
-
-
-# Cached, returned and compared by identity, never serialised: the core treats values as opaque.
-ABSENT: Final = cast(JSONValue, _Absent())
 
 
 def owner_token(agent_id: str, incarnation: str) -> str:

@@ -16,6 +16,8 @@ meaning every script implements is the one `spec/model.py` gives the effect it n
   read lease (the registration's deadline) has passed.
 - `EXPIRE_LAPSED_SCRIPT`: HOLDER_EXPIRE for every lapsed holder and owed ack of a key.
 - `LIVE_MEMBERS_SCRIPT`: read-only: the members of a holders/acks set whose deadline is ahead.
+- `DIRECTORY_AGE_SCRIPT`: how long ago this server's directory was born (its birth key is set
+  on first use after each server start: a restarted Redis has forgotten every registration).
 
 Time is the Redis server's clock (`TIME`), never a client's, so every deadline in the
 directory is compared with one clock. Holder and ack sets are sorted sets scored by the
@@ -43,6 +45,7 @@ from redis.commands.core import AsyncScript
 
 __all__ = [
     "ADD_HOLDER_SCRIPT",
+    "DIRECTORY_AGE_SCRIPT",
     "EXPIRE_HOLDER_SCRIPT",
     "EXPIRE_LAPSED_SCRIPT",
     "FILL_L2_HIT",
@@ -266,6 +269,18 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ms(now_ms()), '+inf')
 """
 )
 
+# KEYS[1] the server's directory birth key. Creates it (with the server's time) when missing,
+# which happens once per server start: the directory (and everything else in Redis) is new.
+# Reply: how many milliseconds ago the directory was born.
+DIRECTORY_AGE_SCRIPT: Final = (
+    _PRELUDE
+    + """
+local now = now_ms()
+redis.call('SET', KEYS[1], ms(now), 'NX')
+return now - tonumber(redis.call('GET', KEYS[1]))
+"""
+)
+
 
 @dataclass(frozen=True, slots=True)
 class DirectoryScripts:
@@ -278,6 +293,7 @@ class DirectoryScripts:
     expire_holder: AsyncScript
     expire_lapsed: AsyncScript
     live_members: AsyncScript
+    directory_age: AsyncScript
 
 
 def register_directory_scripts(client: aioredis.Redis) -> DirectoryScripts:
@@ -290,4 +306,5 @@ def register_directory_scripts(client: aioredis.Redis) -> DirectoryScripts:
         expire_holder=client.register_script(EXPIRE_HOLDER_SCRIPT),
         expire_lapsed=client.register_script(EXPIRE_LAPSED_SCRIPT),
         live_members=client.register_script(LIVE_MEMBERS_SCRIPT),
+        directory_age=client.register_script(DIRECTORY_AGE_SCRIPT),
     )

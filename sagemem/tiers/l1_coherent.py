@@ -46,9 +46,18 @@ from typing import Final, cast
 
 from sagemem._lifecycle import AsyncResource
 from sagemem.coherence.bus import CoherenceBus, Subscription
-from sagemem.coherence.core import NO_PAYLOAD, Action, AgentCore, Outcome, Payload, Step, Tracer
+from sagemem.coherence.core import (
+    ABSENT,
+    NO_PAYLOAD,
+    Action,
+    AgentCore,
+    Outcome,
+    Payload,
+    Step,
+    Tracer,
+)
 from sagemem.coherence.directory import FillKind, RedisDirectory
-from sagemem.coherence.home import ABSENT, HomeStore, owner_agent, owner_token
+from sagemem.coherence.home import HomeStore, owner_agent, owner_token
 from sagemem.coherence.messages import (
     BusEvent,
     Delivered,
@@ -192,7 +201,6 @@ class _KeyState:
     fill_sent: float = 0.0
     unregistered: bool = False
     owner_hint: str | None = None  # the owner token the last refused request reported
-    existed: bool = False  # the last commit replaced a live value
     relayed: int = -1  # the newest version this agent relayed for its own write
     conflict_row_version: int | None = None  # the home row's version a conflict reported
     source: int = 0  # where the last fill found the data: 1 L2, 2 the home
@@ -303,6 +311,9 @@ class CoherentL1Tier(AsyncResource):
         # How long L2 may keep answering a fill with data older than the agent's floor before
         # the floor is taken as bogus: the sweep's period twice, plus a second.
         self._stale_l2_limit_s: Final = 2 * self._outbox_sweep_after_s + 1.0
+        # How old the directory must be before a strict write settles on it: the holders'
+        # link trust (same bus settings in a namespace), plus a margin for clock rates.
+        self._directory_settled_s: Final = bus.link_trust_s * 1.1 + 0.1
         self._on_fenced = on_fenced
         self._home_steps: Final = home_steps
         self._home: HomeStore | None = None
@@ -542,7 +553,7 @@ class CoherentL1Tier(AsyncResource):
         hit = self.core.hit(key)
         if hit is not None:
             state = self._keys.get(key)
-            if state is not None and time.monotonic() < state.deadline:
+            if state is not None and self._trusted(key, state, time.monotonic()):
                 self._hits += 1
                 self._lru.move_to_end(key)
                 version, value = hit
@@ -565,7 +576,7 @@ class CoherentL1Tier(AsyncResource):
         hit = self.core.hit(key)  # the hit path inline: no coroutine, no TierEntry
         if hit is not None:
             state = self._keys.get(key)
-            if state is not None and time.monotonic() < state.deadline:
+            if state is not None and self._trusted(key, state, time.monotonic()):
                 self._hits += 1
                 self._lru.move_to_end(key)
                 value = hit[1]
@@ -733,8 +744,7 @@ class CoherentL1Tier(AsyncResource):
         """
         check_key(key)
         action = await self._operate(key, Event.WRITE_THROUGH, Payload(value=ABSENT))
-        state = self._keys.get(key)
-        return action is not None and state is not None and state.existed
+        return action is not None and bool(action.existed)
 
     async def fill(self, key: str, entry: TierEntry) -> None:
         """A hierarchy promotion: nothing to do, a coherent L1 fills itself through the protocol
@@ -916,10 +926,24 @@ class CoherentL1Tier(AsyncResource):
                 self._spawn(self._release(key), f"evict {key}")
                 return
 
+    def _trusted(self, key: str, state: _KeyState, now: float) -> bool:
+        """Whether the entry's copy or grant may be served now: before its deadline and, for a
+        strict Shared copy, while the bus link it was registered over is confirmed (a frame
+        read within `link_trust_s`). A strict holder that cannot confirm its link (the server
+        restarted and forgot its registration, or this event loop stalled) may have missed an
+        invalidation; a strict writer waits that long after the directory is born."""
+        if now >= state.deadline:
+            return False
+        if self.mode is Mode.COHERENT or self.core.state(key) is not L1State.S:
+            return True
+        heard = self.bus.link_heard_at()
+        return heard is not None and now - heard < self.bus.link_trust_s
+
     def _expire_if_lapsed(self, key: str, state: _KeyState) -> None:
-        """A copy or grant past its deadline: LEASE_LAPSE (E, M, strict S) or EVICT (S)."""
+        """A copy or grant past its deadline (or a strict copy whose link is not confirmed):
+        LEASE_LAPSE (E, M, strict S) or EVICT (S)."""
         current = self.core.state(key)
-        if current not in _COPY_STATES or time.monotonic() < state.deadline:
+        if current not in _COPY_STATES or self._trusted(key, state, time.monotonic()):
             return
         self._counts["lease_lapses"] += 1
         if current is L1State.S and self.mode is Mode.COHERENT:
@@ -1054,7 +1078,6 @@ class CoherentL1Tier(AsyncResource):
                     )
                 else:
                     answer = await home.commit(key, value, self._me, operation_id)
-                state.existed = answer.existed
                 state.owner_hint = answer.owner
                 if answer.branch is Guard.GRANT_LOST:
                     self._counts["conflicts"] += 1
@@ -1072,7 +1095,10 @@ class CoherentL1Tier(AsyncResource):
                     key,
                     Event.HOME_COMMIT,
                     Payload(
-                        branch=answer.branch, version=answer.version, owner_epoch=answer.owner_epoch
+                        branch=answer.branch,
+                        version=answer.version,
+                        owner_epoch=answer.owner_epoch,
+                        existed=answer.existed,
                     ),
                 )
             case Request.ACQUIRE:
@@ -1237,6 +1263,10 @@ class CoherentL1Tier(AsyncResource):
             return Guard.UNACKNOWLEDGED
         if await directory.pending_acks(key):
             await directory.expire_lapsed(key)
+            return Guard.UNACKNOWLEDGED
+        if await directory.directory_age_s(key) < self._directory_settled_s:
+            # A young directory (Redis restarted, its registrations gone) cannot list every
+            # holder: wait until no copy registered before its birth is trusted any more.
             return Guard.UNACKNOWLEDGED
         return Guard.ACKNOWLEDGED
 

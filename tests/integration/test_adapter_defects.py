@@ -370,3 +370,16 @@ async def test_an_owners_version_is_not_reused_after_its_grant_is_revoked(namesp
         assert lost_version is not None
         assert entry.version is not None
         assert entry.version > lost_version
+
+
+async def test_an_owners_delete_of_its_unsaved_value_says_the_key_held_a_value(
+    namespace: str,
+) -> None:
+    """An owner deletes the value it wrote at tier 0 and never wrote back: the delete reports
+    that the key held a value (the owner's copy is the key's value; the home's row is older),
+    found by the strict linearizability test with tier-0 writes."""
+    async with _l1("a", namespace) as owner:
+        await owner.set("k", "unsaved")
+        assert await owner.delete("k") is True
+        assert await owner.read("k") is None
+        assert await owner.delete("k") is False

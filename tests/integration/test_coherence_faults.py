@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -50,6 +51,7 @@ from sagemem.values import JSONValue
 from tests.integration import fault_agent
 from tests.integration.conftest import stop_and_remove
 from tests.integration.polling import poll_until, wait_until
+from tests.integration.tcp_proxy import FreezableProxy
 
 WAIT_S = 20.0
 """The bound on any single wait for an event (generous: the machine is shared)."""
@@ -91,6 +93,7 @@ async def agent(
     holder_ttl_s: float = 60.0,
     operation_timeout_s: float = WAIT_S,
     outbox_sweep_after_s: float = 2.0,
+    mode: str = "coherent",
 ) -> AsyncIterator[CoherentL1Tier]:
     """One agent as a separate process would have it: its own bus, home pool and L1."""
     home = L3Tier(
@@ -108,6 +111,7 @@ async def agent(
         holder_ttl_s=holder_ttl_s,
         operation_timeout_s=operation_timeout_s,
         outbox_sweep_after_s=outbox_sweep_after_s,
+        mode=mode,
     )
     try:
         await bus.connect()
@@ -541,6 +545,49 @@ async def test_redis_restart_mid_workload_loses_no_write_and_leaves_nothing_stal
         f"{[log.unavailable for log in logs]}, io retries "
         f"{[log.l1.statistics().io_retries for log in logs]}"
     )
+
+
+async def test_a_strict_holder_that_missed_a_redis_restart_never_serves_its_old_copy(
+    restartable_services: EmbeddedServices, namespace: str, pg_schema: str
+) -> None:
+    """Strict mode across a Redis restart: the restarted server's directory has forgotten the
+    holder, so without more the writer completes at once, and a holder that has not noticed the
+    restart (its link frozen here, as when its event loop stalls) serves the old value after
+    the write returned. The writer waits until a copy registered before the restart is no
+    longer trusted, and the holder does not trust a copy over a link it cannot confirm."""
+    redis_url = restartable_services.ensure_redis()
+    postgres_dsn = restartable_services.ensure_postgres()
+    parsed = urlsplit(redis_url)
+    assert parsed.hostname is not None
+    assert parsed.port is not None
+    # Slow health checks: the holder's bus must not notice the frozen link by itself before
+    # it reads (a PING after 1.5 s of silence, dead after 10 s more without an answer).
+    slow: BusOptions = {"health_check_interval_s": 1.5, "health_check_timeout_s": 10.0}
+    endpoints = (postgres_dsn, namespace, pg_schema)
+    async with FreezableProxy(parsed.hostname, parsed.port) as proxy:
+        proxied = urlunsplit(
+            parsed._replace(netloc=f"{parsed.netloc.rsplit('@', 1)[0]}@127.0.0.1:{proxy.port}")
+        )
+        async with (
+            agent("w", redis_url, *endpoints, bus_options=slow, mode="strict") as writer,
+            agent("h", proxied, *endpoints, bus_options=slow, mode="strict") as holder,
+        ):
+            old = await writer.write_through("k", "old")
+            assert await holder.read("k") == TierEntry("old", old)
+            assert holder.get_state("k") is L1State.S
+            proxy.freeze()
+            binary, config = await asyncio.to_thread(stop_redis, restartable_services)
+            await asyncio.to_thread(start_redis_again, binary, config)
+            await redis_ping(redis_url)
+            async with asyncio.timeout(WAIT_S):
+                new = await writer.write_through("k", "new")
+            reading = asyncio.create_task(holder.get("k"))
+            await asyncio.sleep(0)  # a hit answers in its first step
+            if not reading.done():
+                await proxy.cut()  # the holder reconnects (to the restarted server) and refetches
+            async with asyncio.timeout(WAIT_S):
+                assert await reading == "new"
+            assert await holder.read("k") == TierEntry("new", new)
 
 
 @pytest.mark.parametrize("operation_timeout_s", OPERATION_TIMEOUTS)

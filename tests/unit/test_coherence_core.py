@@ -310,7 +310,7 @@ def test_write_through_commits_then_acknowledges_after_publication() -> None:
     assert core.handle(KEY, Event.WRITE_SETTLED, Payload(branch=Guard.UNPUBLISHED)).stalled
     done = core.handle(KEY, Event.WRITE_SETTLED, Payload(branch=Guard.PUBLISHED))
     assert done.target is L1State.I
-    assert done.actions == (Action(Effect.ACK_WRITE, version=7),)
+    assert done.actions == (Action(Effect.ACK_WRITE, version=7, existed=False),)
     entry = core.snapshot(KEY)
     assert (entry.floor, entry.version, entry.operation) == (7, NO_VERSION, Operation.NONE)
 
