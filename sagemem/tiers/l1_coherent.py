@@ -20,9 +20,11 @@ successful lease renewal was sent: past that a read refetches (S) or gives the e
 served from a copy until the bus has resubscribed (RESYNC drops Shared copies).
 
 Values are copied in and out like `L1Tier`'s; a key that does not exist is cached as absent.
-Home I/O failures are retried in the background (with backoff) until they succeed or the tier
-closes; an operation that has not completed after `operation_timeout_s` raises
-`TierUnavailable`, and the protocol step it started still completes later. A step the servers
+Server I/O failures are retried with backoff while an operation waits for them; an operation
+that has not completed after `operation_timeout_s` raises `TierUnavailable` (`OutcomeUnknown`
+if its commit's answer was lost), and once nobody has waited for `operation_timeout_s` the
+key's driver parks: the failing step is resumed by the next event on the key (a retried
+commit is the same idempotent commit), never retried for ever in the background. A step the servers
 refuse to the credentials in use (a grant of `sagemem.grants` that does not cover the key) is
 not retried: it changed nothing, the operation raises `ScopeViolationError`, and so does every
 later operation on that key in this tier (re-provisioned grants need a new tier). Relaying
@@ -177,6 +179,7 @@ class CoherentL1Statistics:
     resyncs: int
     held_events: int
     io_retries: int
+    parked_keys: int
 
 
 @dataclass(slots=True)
@@ -212,6 +215,9 @@ class _KeyState:
     recalled_at: float = 0.0
     idle_since: float | None = None  # when the maintenance first found the key idle
     reset: bool = False  # the entry restarted empty (a bogus floor) during the operation
+    # The driver stopped retrying a failing step that no operation waits for any more; the
+    # next event on the key (a user operation, a message) resumes it.
+    parked: bool = False
     stale_since: float | None = None  # when the fill in progress first got stale data
 
 
@@ -533,6 +539,7 @@ class CoherentL1Tier(AsyncResource):
             resyncs=c["resyncs"],
             held_events=sum(len(s.held) for s in self._keys.values()),
             io_retries=c["io_retries"],
+            parked_keys=sum(s.parked for s in self._keys.values()),
         )
 
     def fenced_writes(self) -> list[FencedWrite]:
@@ -791,6 +798,9 @@ class CoherentL1Tier(AsyncResource):
         deadline = loop.time() + self._operation_timeout_s
         state = self._state(key)
         while True:
+            if state.parked:  # a step stopped retrying after its callers left: resume it
+                state.parked = False
+                self._kick(key, state)
             if isinstance(state.broken, ScopeViolationError):
                 raise ScopeViolationError(
                     f"L1 {self.agent_id}: key {key!r} is outside what this agent's "
@@ -892,6 +902,7 @@ class CoherentL1Tier(AsyncResource):
         state = self._state(key)
         for action in step.actions:
             state.actions.append((action, state.op))
+        state.parked = False  # a row fired: new work for the driver
         self._note(key, state, step)
         self._signal(state)
         if state.held:
@@ -952,8 +963,9 @@ class CoherentL1Tier(AsyncResource):
             self._fire(key, Event.LEASE_LAPSE, NO_PAYLOAD)
 
     def _kick(self, key: str, state: _KeyState) -> None:
-        """Make sure the key's driver runs if it has actions to perform or a request open."""
-        if state.driver is not None or self._closed or state.broken is not None:
+        """Make sure the key's driver runs if it has actions to perform or a request open
+        (unless it is parked: see `_drive`)."""
+        if state.driver is not None or self._closed or state.broken is not None or state.parked:
             return
         if not state.actions and self.core.snapshot(key).request is Request.NONE:
             return
@@ -977,6 +989,7 @@ class CoherentL1Tier(AsyncResource):
     async def _drive(self, key: str, state: _KeyState) -> None:
         """Perform the key's queued actions in order, then its open request, until idle."""
         failures = 0
+        failing_since = 0.0
         try:
             while True:
                 try:
@@ -1004,6 +1017,24 @@ class CoherentL1Tier(AsyncResource):
                 except TierUnavailable as error:
                     failures += 1
                     self._counts["io_retries"] += 1
+                    now = time.monotonic()
+                    if failures == 1:
+                        failing_since = now
+                    waiting = state.op is not None and not state.op.future.done()
+                    if not waiting and now - failing_since >= self._operation_timeout_s:
+                        # Every caller has been answered (or timed out): stop retrying. The
+                        # step is resumed, from where it stopped, by the next event on the
+                        # key; a commit resumed later is the same idempotent commit.
+                        state.parked = True
+                        _logger.warning(
+                            "L1 %s: key %r: parked after %d failed attempts (%s); the next "
+                            "operation on the key resumes it",
+                            self.agent_id,
+                            key,
+                            failures,
+                            error,
+                        )
+                        return
                     if failures == 1 or failures % 50 == 0:
                         _logger.warning(
                             "L1 %s: key %r: %s (retry %d)", self.agent_id, key, error, failures

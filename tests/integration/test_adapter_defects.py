@@ -383,3 +383,38 @@ async def test_an_owners_delete_of_its_unsaved_value_says_the_key_held_a_value(
         assert await owner.delete("k") is True
         assert await owner.read("k") is None
         assert await owner.delete("k") is False
+
+
+async def test_a_failing_step_nobody_waits_for_is_parked_then_resumed(
+    namespace: str, postgres_dsn: str
+) -> None:
+    """A swap whose commit keeps failing (the home locked) raises to its caller; once nobody
+    waits, the driver parks instead of retrying for ever; the next operation on the key resumes
+    the same commit, which keeps its version check."""
+    async with (
+        _l1("w", namespace) as writer,
+        _l1("cas", namespace, operation_timeout_s=0.5, command_timeout_s=0.1) as impatient,
+    ):
+        first = await writer.write_through("k", "v1")
+        await writer.write_through("k", "v2")
+        table = impatient.home_tier.table  # type: ignore[union-attr]
+        locker = await asyncpg.connect(postgres_dsn, timeout=_BOUND_S)
+        try:
+            transaction = locker.transaction()
+            await transaction.start()
+            await locker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(OutcomeUnknown):
+                await impatient.compare_and_swap("k", "stale", first)
+            await wait_until(
+                lambda: impatient.statistics().parked_keys == 1, "the driver to park", 10.0
+            )
+            retries = impatient.statistics().io_retries
+            await asyncio.sleep(1.0)  # parked: nothing retries meanwhile
+            assert impatient.statistics().io_retries == retries
+            await transaction.rollback()
+        finally:
+            await locker.close(timeout=_BOUND_S)
+        async with asyncio.timeout(_BOUND_S):
+            assert await impatient.get("k") == "v2"  # resumes the swap, which is refused
+        assert impatient.statistics().parked_keys == 0
+        assert await _home_row(namespace, "k") == TierEntry("v2", first + 1)
