@@ -236,6 +236,23 @@ class _LosesFirstReply(HomeStore):
         return answer
 
 
+@contextlib.asynccontextmanager
+async def _home_locked(postgres_dsn: str, agent: CoherentL1Tier) -> AsyncIterator[None]:
+    """The agent's home table locked by another transaction (every statement waits, then fails
+    after the agent's lock timeout) for the duration of the block."""
+    home = agent.home_tier
+    assert home is not None
+    locker = await asyncpg.connect(postgres_dsn, timeout=_BOUND_S)
+    try:
+        transaction = locker.transaction()
+        await transaction.start()
+        await locker.execute(f"LOCK TABLE {home.table} IN ACCESS EXCLUSIVE MODE")
+        yield
+        await transaction.rollback()
+    finally:
+        await locker.close(timeout=_BOUND_S)
+
+
 async def _home_row(namespace: str, key: str) -> TierEntry | None:
     probe = L3Tier(namespace=namespace)
     await probe.connect()
@@ -285,20 +302,12 @@ async def test_a_timed_out_swap_keeps_its_version_check_when_another_operation_s
     ):
         stale = await writer.write_through("k", "v1")
         newest = await writer.write_through("k", "v2")
-        table = impatient.home_tier.table  # type: ignore[union-attr]
-        locker = await asyncpg.connect(postgres_dsn, timeout=_BOUND_S)
-        try:
-            transaction = locker.transaction()
-            await transaction.start()
-            await locker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        async with _home_locked(postgres_dsn, impatient):
             with pytest.raises(OutcomeUnknown) as raised:
                 await impatient.compare_and_swap("k", "stale swap", stale)
             assert raised.value.key == "k"
             reading = asyncio.create_task(impatient.get("k"))  # a new operation on the key
             await asyncio.sleep(0.5)  # the swap's commit is retried (and refused by the lock)
-            await transaction.rollback()
-        finally:
-            await locker.close(timeout=_BOUND_S)
         async with asyncio.timeout(_BOUND_S):
             assert await reading == "v2"
         assert await _home_row(namespace, "k") == TierEntry("v2", newest)
@@ -397,12 +406,7 @@ async def test_a_failing_step_nobody_waits_for_is_parked_then_resumed(
     ):
         first = await writer.write_through("k", "v1")
         await writer.write_through("k", "v2")
-        table = impatient.home_tier.table  # type: ignore[union-attr]
-        locker = await asyncpg.connect(postgres_dsn, timeout=_BOUND_S)
-        try:
-            transaction = locker.transaction()
-            await transaction.start()
-            await locker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        async with _home_locked(postgres_dsn, impatient):
             with pytest.raises(OutcomeUnknown):
                 await impatient.compare_and_swap("k", "stale", first)
             await wait_until(
@@ -411,9 +415,6 @@ async def test_a_failing_step_nobody_waits_for_is_parked_then_resumed(
             retries = impatient.statistics().io_retries
             await asyncio.sleep(1.0)  # parked: nothing retries meanwhile
             assert impatient.statistics().io_retries == retries
-            await transaction.rollback()
-        finally:
-            await locker.close(timeout=_BOUND_S)
         async with asyncio.timeout(_BOUND_S):
             assert await impatient.get("k") == "v2"  # resumes the swap, which is refused
         assert impatient.statistics().parked_keys == 0
