@@ -731,18 +731,29 @@ class CoherentL1Tier(AsyncResource):
         home, directory = self._home, self._directory
         assert home is not None
         assert directory is not None
-        async with asyncio.timeout(self._operation_timeout_s):
-            attempt = 0
-            while True:
-                pending = await home.outbox(key)
-                if pending is not None and pending <= version:
-                    await self._relay(key, pending, RELAY_SENDER)
-                elif not await directory.pending_acks(key):
-                    return
-                else:
-                    await directory.expire_lapsed(key)
-                await self._backoff(attempt)
-                attempt += 1
+        try:
+            async with asyncio.timeout(self._operation_timeout_s):
+                attempt = 0
+                while True:
+                    try:
+                        pending = await home.outbox(key)
+                        if pending is not None and pending <= version:
+                            await self._relay(key, pending, RELAY_SENDER)
+                        elif not await directory.pending_acks(key):
+                            return
+                        else:
+                            await directory.expire_lapsed(key)
+                    except TierUnavailable:  # a server is away: ask again, within the bound
+                        self._counts["io_retries"] += 1
+                    await self._backoff(attempt)
+                    attempt += 1
+        except TimeoutError:
+            raise TierUnavailable(
+                f"L1 {self.agent_id}: the conflicting version {version} of key {key!r} did not "
+                f"settle within {self._operation_timeout_s} s; check the Redis and Postgres "
+                "servers",
+                tier="L1",
+            ) from None
 
     async def delete(self, key: str) -> bool:
         """Delete the key at the home (a new, absent version), invalidating every copy.
