@@ -47,12 +47,14 @@ import random
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
 from sagemem.coherence.bus import CoherenceBus
 from sagemem.coherence.core import TraceRecord
-from sagemem.errors import SageMemError, VersionConflict
+from sagemem.coherence.home import CommitAnswer, HomeStore
+from sagemem.errors import SageMemError, TierUnavailable, VersionConflict
 from sagemem.hierarchy import MemoryHierarchy
 from sagemem.spec.vocabulary import Event, Guard
 from sagemem.tiers.base import TierEntry
@@ -305,7 +307,37 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--out", required=True, type=Path, help="the JSON-lines history file")
     parser.add_argument("--coordinate", action="store_true", help="ready/go/stopped/final/done")
+    parser.add_argument(
+        "--lose-replies",
+        type=float,
+        default=0.0,
+        help="probability that a commit's reply is lost after the commit took effect",
+    )
     return parser.parse_args(argv)
+
+
+def _lossy_home(probability: float, seed: int) -> Callable[[L3Tier], HomeStore]:
+    """The home's statements, losing each commit's reply with `probability` after the commit
+    took effect (as a connection dropped after COMMIT): the agent must learn the outcome."""
+    chance = random.Random(seed ^ 0x5A5A)
+
+    class LossyHome(HomeStore):
+        async def commit(
+            self, key: str, value: JSONValue, me: str, operation_id: str
+        ) -> CommitAnswer:
+            return self._lose(await super().commit(key, value, me, operation_id))
+
+        async def commit_if(
+            self, key: str, value: JSONValue, me: str, expected: int | None, operation_id: str
+        ) -> CommitAnswer:
+            return self._lose(await super().commit_if(key, value, me, expected, operation_id))
+
+        def _lose(self, answer: CommitAnswer) -> CommitAnswer:
+            if chance.random() < probability:
+                raise TierUnavailable("a commit's reply was lost (injected)", tier="L3")
+            return answer
+
+    return LossyHome
 
 
 async def _await_command(expected: str, coordinate: bool) -> None:
@@ -349,6 +381,7 @@ async def run(arguments: argparse.Namespace) -> int:
                     mode=arguments.mode,
                     home=home,
                     operation_timeout_s=_OPERATION_TIMEOUT_S,
+                    home_steps=_lossy_home(arguments.lose_replies, arguments.seed),
                 )
                 agent = _Agent(arguments, recorder, l1, None)
                 try:
