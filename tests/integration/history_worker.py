@@ -47,7 +47,7 @@ import random
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
@@ -158,6 +158,10 @@ class _Agent:
         self.last_seen: dict[str, int | None] = {}
         self._written = 0
         self.mix: list[float] = arguments.mix
+        self.reopen_every: int = arguments.reopen_every
+        # Closes the L1 (writing owned entries back) and returns a new incarnation's, started.
+        self.reopen: Callable[[], Awaitable[CoherentL1Tier]] | None = None
+        self.reopened = 0
 
     def _next_value(self) -> str:
         self._written += 1
@@ -243,8 +247,13 @@ class _Agent:
     async def workload(self, seconds: float) -> None:
         """Random operations on random hot keys until `seconds` have passed (or one fails)."""
         deadline = time.monotonic() + seconds
+        done = 0
         try:
             while time.monotonic() < deadline:
+                done += 1
+                if self.reopen is not None and self.reopen_every and done % self.reopen_every == 0:
+                    self.l1 = await self.reopen()
+                    self.reopened += 1
                 key = self.random.choice(self.keys)
                 if self.l1 is None:
                     await self.read(key)
@@ -307,6 +316,12 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--out", required=True, type=Path, help="the JSON-lines history file")
     parser.add_argument("--coordinate", action="store_true", help="ready/go/stopped/final/done")
+    parser.add_argument(
+        "--reopen-every",
+        type=int,
+        default=0,
+        help="close the L1 and start a new incarnation after every N operations (0: never)",
+    )
     parser.add_argument(
         "--lose-replies",
         type=float,
@@ -375,26 +390,45 @@ async def run(arguments: argparse.Namespace) -> int:
                 await plain.aclose()
         else:
             async with CoherenceBus(url=arguments.redis, namespace=arguments.namespace) as bus:
-                l1 = CoherentL1Tier(
-                    agent_id=arguments.agent,
-                    bus=bus,
-                    mode=arguments.mode,
-                    home=home,
-                    operation_timeout_s=_OPERATION_TIMEOUT_S,
-                    home_steps=_lossy_home(arguments.lose_replies, arguments.seed),
-                )
-                agent = _Agent(arguments, recorder, l1, None)
+
+                def new_l1() -> CoherentL1Tier:
+                    return CoherentL1Tier(
+                        agent_id=arguments.agent,
+                        bus=bus,
+                        mode=arguments.mode,
+                        home=home,
+                        operation_timeout_s=_OPERATION_TIMEOUT_S,
+                        home_steps=_lossy_home(arguments.lose_replies, arguments.seed),
+                    )
+
+                closed: list[CoherentL1Tier] = []
+                agent = _Agent(arguments, recorder, new_l1(), None)
+
+                async def reopen() -> CoherentL1Tier:
+                    assert agent.l1 is not None
+                    await agent.l1.aclose()
+                    closed.append(agent.l1)
+                    fresh = new_l1()
+                    await fresh.start()
+                    return fresh
+
+                agent.reopen = reopen
                 try:
-                    await l1.start()
+                    assert agent.l1 is not None
+                    await agent.l1.start()
                     await _drive(agent, arguments)
                 finally:
-                    await l1.aclose()
+                    if agent.l1 is not None:
+                        await agent.l1.aclose()
                     await home.aclose()
-                agent.summary.statistics = {
-                    name: value
-                    for name, value in dataclasses.asdict(l1.statistics()).items()
-                    if isinstance(value, int | float | str | None)
-                }
+                totals: Counter[str] = Counter()
+                for tier in (*closed, agent.l1):
+                    if tier is not None:
+                        for name, value in dataclasses.asdict(tier.statistics()).items():
+                            if type(value) is int:
+                                totals[name] += value
+                totals["reopened"] = agent.reopened
+                agent.summary.statistics = dict(totals)
     _say(DONE, agent.summary.to_json())
     return 0
 

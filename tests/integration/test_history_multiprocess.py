@@ -147,6 +147,7 @@ async def _start_worker(
     schema: str,
     directory: Path,
     lose_replies: float = 0.0,
+    reopen_every: int = 0,
 ) -> _Worker:
     history_path = directory / f"{agent}.jsonl"
     stderr_path = directory / f"{agent}.stderr"
@@ -155,6 +156,7 @@ async def _start_worker(
         "--redis", redis_url, "--dsn", postgres_dsn, "--keys", ",".join(_KEYS),
         "--seconds", str(seconds), "--seed", str(seed), "--out", str(history_path),
         "--mix", mix, "--coordinate", "--lose-replies", str(lose_replies),
+        "--reopen-every", str(reopen_every),
     ]  # fmt: skip
     with stderr_path.open("wb") as stderr:
         process = await asyncio.create_subprocess_exec(
@@ -182,6 +184,7 @@ async def _run_agents(
     mix: str = history_worker.DEFAULT_MIX,
     during: Callable[[], Awaitable[None]] | None = None,
     lose_replies: float = 0.0,
+    reopen_every: int = 0,
 ) -> _Run:
     """Run one agent process per entry of `modes` (agent id -> worker mode) through the phases;
     `during` runs once the workload has started (a fault), and must end before it does."""
@@ -206,6 +209,7 @@ async def _run_agents(
                     schema=schema,
                     directory=directory,
                     lose_replies=lose_replies,
+                    reopen_every=reopen_every,
                 )
             )
         async with asyncio.timeout(_STARTUP_TIMEOUT_S):
@@ -254,6 +258,7 @@ _STATISTICS_SHOWN: Final = (
     "acks_sent",
     "conflicts",
     "io_retries",
+    "reopened",
 )
 
 
@@ -425,7 +430,8 @@ async def test_strict_histories_with_ownership_writes_are_linearizable(
     tmp_path: Path,
 ) -> None:
     """Four strict agent processes mixing tier-0 writes (`set`, ownership) with write-throughs,
-    compare-and-swaps and deletes, one commit reply in ten lost after the commit took effect:
+    compare-and-swaps and deletes, one commit reply in ten lost after the commit took effect,
+    each agent closing its L1 and starting a new incarnation every 40 operations:
     every key's history is linearizable, and every home version was committed by exactly one
     recorded operation (each `set` names its own version; a retried commit is not applied
     twice, and a swap whose reply was lost is answered with its version, not a conflict)."""
@@ -441,6 +447,7 @@ async def test_strict_histories_with_ownership_writes_are_linearizable(
         directory=tmp_path,
         mix="35,15,15,10,25",
         lose_replies=0.1,
+        reopen_every=40,
     )
     results = check_history(run.operations, version_rule=VersionRule.INCREASING)
     _report(
@@ -468,6 +475,8 @@ async def test_strict_histories_with_ownership_writes_are_linearizable(
         assert isinstance(statistics, dict)
         retries += int(statistics.get("io_retries", 0))
     assert retries > 0, "no commit reply was lost"
+    reopened = [summary["statistics"] for summary in run.summaries.values()]
+    assert all(isinstance(s, dict) and s.get("reopened", 0) > 0 for s in reopened), reopened
     failures = _failures(results)
     assert not failures, _explain(failures)
     _check_common(run, agents)
