@@ -62,6 +62,9 @@ class DemoController:
         self._runs = 0
         self._lock = asyncio.Lock()
         self._closed = False
+        # A viewer used a control (start, pause, step, ...): the demo no longer starts the
+        # first run by itself when a page connects.
+        self.user_controlled = False
 
     @property
     def run(self) -> DemoRun | None:
@@ -258,6 +261,7 @@ def create_app(controller: DemoController) -> Starlette:
 
     async def control(request: Request) -> Response:
         name = request.path_params["name"]
+        controller.user_controlled = True
         try:
             body = await _body(request)
             match name:

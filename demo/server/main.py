@@ -234,7 +234,9 @@ class _Server(uvicorn.Server):
 async def _start_for_first_viewer(hub: EventHub, controller: DemoController) -> None:
     await hub.wait_for_viewer()
     run = controller.run
-    if run is not None and run.paused and run.round == 0:  # nobody pressed a control yet
+    # Not `run.round == 0`: the paused run may already have entered round 1 (it waits at the
+    # gate before the round's first operation) when the first page connects.
+    if run is not None and run.paused and not controller.user_controlled:
         try:
             await controller.start()
         except (ControlError, SageMemError) as error:  # the demo goes on; Start retries
