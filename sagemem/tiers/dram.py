@@ -1,13 +1,24 @@
-"""DRAM: the semantic tier, Postgres + pgvector: exact lookup by key and search by meaning.
+"""DRAM: the semantic tier, Postgres + pgvector: exact lookup by key and hybrid search.
 
 Rows live in `<schema>.dram_entries`, versioned exactly like L3 (same statements, same
 tombstones, so versions only grow and compare-and-swap has the same semantics; see
-`sagemem.tiers.l3`), plus an `embedding vector(dimensions)` column computed on every write
-from the value's text (`text_of`) by the tier's `Embedder`. `search()` orders the live rows
-of the namespace by cosine distance to the query through an HNSW index
-(`vector_cosine_ops`), with pgvector's iterative index scan so the namespace filter cannot
-starve the result. The `vector` extension is created if missing and its asyncpg codec is
-registered on every pooled connection.
+`sagemem.tiers.l3`), plus, computed on every write from the value's text (`text_of`) and
+stored by the same statement as the value (so a row's embedding and text index always
+describe its current value): an `embedding vector(dimensions)` column from the tier's
+`Embedder`, the text itself (`search_text`) and a generated `search_tsv tsvector` (English
+configuration) with a GIN index. A tombstone clears all three.
+
+`search()` is one SQL statement over one snapshot. In the default `hybrid` mode it fuses two
+rankings of the live rows of the namespace by reciprocal rank fusion (RRF,
+`score = sum 1 / (rrf_k + rank)`): cosine distance to the query's embedding through an HNSW
+index (`vector_cosine_ops`, with pgvector's iterative index scan so the namespace filter cannot
+starve the result), and an Okapi BM25 score of the query's words against `search_tsv` (any word
+may match; IDF from the namespace's live rows; term frequencies from the tsvector's
+positions). `vector` and `text` modes use one ranking alone. `where` keeps only rows whose JSON
+value contains the given JSON (`value @> where`), so metadata stored in dict values filters at
+the server; row-level security of a grant's role applies to every branch. Each hit carries its
+key's version, read in the same snapshot as its value. The `vector` extension is created if
+missing and its asyncpg codec is registered on every pooled connection.
 
 This module must never let an asyncpg exception escape: driver errors become
 `TierUnavailable` with the driver's exception as the cause.
@@ -20,7 +31,7 @@ import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Final
+from typing import ClassVar, Final, Literal
 
 import asyncpg
 from pgvector.asyncpg import register_vector
@@ -28,13 +39,23 @@ from pgvector.asyncpg import register_vector
 from sagemem._driver_errors import refused_by_server, tier_unavailable
 from sagemem.embedding import DIMENSIONS_MAX, Embedder, HashingEmbedder
 from sagemem.errors import ConfigurationError, InvalidValueError, TierUnavailable
-from sagemem.tiers.l3 import POSTGRES_DRIVER_ERRORS, POSTGRES_HINT, VersionedRowTier
-from sagemem.values import VALUE_SIZE_MAX_BYTES, JSONValue, decode_value
+from sagemem.tiers.l3 import POSTGRES_DRIVER_ERRORS, POSTGRES_HINT, VersionedRowTier, jsonb_text
+from sagemem.values import VALUE_SIZE_MAX_BYTES, JSONValue, decode_value, encode_value
 
-__all__ = ["DRAMTier", "SearchHit"]
+__all__ = ["SEARCH_MODES", "DRAMTier", "SearchHit", "SearchMode"]
 
+SearchMode = Literal["hybrid", "vector", "text"]
+SEARCH_MODES: Final[tuple[SearchMode, ...]] = ("hybrid", "vector", "text")
 _SEARCH_LIMIT_MAX: Final = 1000
 _EF_SEARCH_MAX: Final = 1000
+_CANDIDATES_MAX: Final = 10_000
+_RRF_K_MAX: Final = 10_000
+# to_tsvector refuses texts whose tsvector would exceed 1 MiB; the words of the first
+# 200,000 characters are what full-text search sees (the embedding sees what the model reads).
+_SEARCH_TEXT_CHARS_MAX: Final = 200_000
+# Okapi BM25 constants (the usual defaults).
+_BM25_K1: Final = 1.2
+_BM25_B: Final = 0.75
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,13 +63,16 @@ class SearchHit:
     """One result of `DRAMTier.search`: a live key, its value and version, and how close it is.
 
     `distance` is the cosine distance between the query and the key's embedding (0 identical
-    direction, 1 unrelated, 2 opposite).
+    direction, 1 unrelated, 2 opposite). `score` orders the hits, higher first: the RRF score
+    in `hybrid` mode, the similarity (`1 - distance`) in `vector` mode, the BM25 score in
+    `text` mode. `version` is the key's version in the same snapshot as `value`.
     """
 
     key: str
     value: JSONValue
     version: int
     distance: float
+    score: float = 0.0
 
     @property
     def similarity(self) -> float:
@@ -63,6 +87,73 @@ def _default_text_of(value: JSONValue, canonical_text: str) -> str:
 
 def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
+
+
+def _search_statements(table: str, vector_schema: str) -> dict[SearchMode, str]:
+    """The search statement of each mode, one snapshot each.
+
+    Parameters: $1 namespace, $2 query vector, $3 query text, $4 limit, $5 candidates taken
+    from each ranking, $6 the `where` JSON text or NULL, $7 RRF's k.
+    """
+    distance = f"OPERATOR({vector_schema}.<=>)"
+    live = "t.namespace = $1 AND NOT t.deleted AND ($6::text IS NULL OR t.value @> $6::text::jsonb)"
+    vector_ranked = (
+        "vector_ranked AS (SELECT key, row_number() OVER (ORDER BY d, key) AS rank FROM ("
+        f"SELECT t.key, t.embedding {distance} $2 AS d FROM {table} AS t WHERE {live} "
+        "ORDER BY d LIMIT $5) AS nearest)"
+    )
+    # BM25 over the tsvector: the query's distinct lexemes (English stemming, no stop words),
+    # the live rows holding any of them, each lexeme's document frequency among those rows
+    # (exact, since every row holding it matched), term frequency = its number of positions,
+    # document length = the number of distinct lexemes, averaged over the matched rows.
+    text_ranked = (
+        "query AS (SELECT coalesce(array_agg(DISTINCT lexeme), '{}') AS lexemes "
+        "FROM unnest(to_tsvector('english'::regconfig, $3))), "
+        "matched AS (SELECT t.key, t.search_tsv FROM "
+        f"{table} AS t, query WHERE {live} AND cardinality(query.lexemes) > 0 "
+        "AND t.search_tsv @@ (SELECT string_agg(quote_literal(l), ' | ')::tsquery "
+        "FROM unnest(query.lexemes) AS l)), "
+        "terms AS (SELECT m.key, u.lexeme, cardinality(u.positions)::float8 AS tf, "
+        "length(m.search_tsv)::float8 AS dl FROM matched AS m, "
+        "unnest(m.search_tsv) AS u, query WHERE u.lexeme = ANY(query.lexemes)), "
+        "frequencies AS (SELECT lexeme, count(*)::float8 AS df FROM terms GROUP BY lexeme), "
+        "totals AS (SELECT "
+        f"(SELECT count(*) FROM {table} AS t WHERE {live})::float8 AS n, "
+        "(SELECT greatest(avg(length(search_tsv)), 1) FROM matched)::float8 AS avgdl), "
+        "text_scored AS (SELECT terms.key, sum("
+        "ln(1 + (totals.n - frequencies.df + 0.5) / (frequencies.df + 0.5)) "
+        f"* terms.tf * {_BM25_K1 + 1} / (terms.tf + {_BM25_K1} * "
+        f"(1 - {_BM25_B} + {_BM25_B} * terms.dl / totals.avgdl))) AS score "
+        "FROM terms JOIN frequencies USING (lexeme), totals GROUP BY terms.key), "
+        "text_ranked AS (SELECT key, score, row_number() OVER (ORDER BY score DESC, key) "
+        "AS rank FROM (SELECT key, score FROM text_scored ORDER BY score DESC, key LIMIT $5) "
+        "AS best)"
+    )
+
+    def finish(ranked: str) -> str:
+        return (
+            f"SELECT t.key, t.value::text, t.version, t.embedding {distance} $2, r.score "
+            f"FROM ({ranked}) AS r JOIN {table} AS t ON t.namespace = $1 AND t.key = r.key "
+            "ORDER BY r.score DESC, t.key"
+        )
+
+    rrf = (
+        "SELECT key, sum(1.0::float8 / ($7 + rank)) AS score FROM (SELECT key, rank FROM "
+        "vector_ranked UNION ALL SELECT key, rank FROM text_ranked) AS ranks GROUP BY key "
+        "ORDER BY score DESC, key LIMIT $4"
+    )
+    return {
+        "hybrid": f"WITH {vector_ranked}, {text_ranked} " + finish(rrf),
+        # $3 and $7 are unused by the vector ranking; the no-op predicate types them so that
+        # every mode takes the same seven parameters.
+        "vector": f"WITH {vector_ranked} "
+        + finish(
+            "SELECT key, -rank::float8 AS score FROM vector_ranked "
+            "WHERE $3::text IS NOT NULL AND $7::int > 0 ORDER BY rank LIMIT $4"
+        ),
+        "text": f"WITH {text_ranked} "
+        + finish("SELECT key, score FROM text_ranked WHERE $7::int > 0 ORDER BY rank LIMIT $4"),
+    }
 
 
 class DRAMTier(VersionedRowTier):
@@ -80,7 +171,7 @@ class DRAMTier(VersionedRowTier):
 
     name: str = "DRAM"
     _table: ClassVar[str] = "dram_entries"
-    _extra_columns: ClassVar[tuple[str, ...]] = ("embedding",)
+    _extra_columns: ClassVar[tuple[str, ...]] = ("embedding", "search_text")
 
     def __init__(
         self,
@@ -136,7 +227,7 @@ class DRAMTier(VersionedRowTier):
         self.dimensions: Final = embedder_dimensions
         self._text_of: Final = text_of
         self._vector_schema = "public"  # replaced by the extension's schema on connect()
-        self._sql_search = ""  # built on connect(), once the extension's schema is known
+        self._sql_search: dict[SearchMode, str] = {}  # built on connect()
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -167,7 +258,21 @@ class DRAMTier(VersionedRowTier):
             "CHECK (deleted = (value IS NULL)), CHECK (deleted = (embedding IS NULL)))",
             f"CREATE INDEX IF NOT EXISTS {self._table}_embedding_hnsw ON {self.table} "
             f"USING hnsw (embedding {vector}.vector_cosine_ops)",
+            # Added by ALTER so that a table created by an older sagemem gains them (its
+            # existing rows are found by vector search only until they are written again).
+            f"ALTER TABLE {self.table} ADD COLUMN IF NOT EXISTS search_text text",
+            f"ALTER TABLE {self.table} ADD COLUMN IF NOT EXISTS search_tsv tsvector "
+            "GENERATED ALWAYS AS (to_tsvector('english'::regconfig, coalesce(search_text, ''))) "
+            "STORED",
+            f"CREATE INDEX IF NOT EXISTS {self._table}_search_tsv_gin ON {self.table} "
+            "USING gin (search_tsv)",
+            # Lets BM25's document count be an index-only scan.
+            f"CREATE INDEX IF NOT EXISTS {self._table}_live ON {self.table} (namespace) "
+            "WHERE NOT deleted",
         ]
+
+    def _required_columns(self) -> tuple[str, ...]:
+        return (*super()._required_columns(), "search_tsv")
 
     async def _check_objects(self, connection: asyncpg.Connection) -> None:
         existing: int | None = await connection.fetchval(
@@ -181,11 +286,7 @@ class DRAMTier(VersionedRowTier):
                 f"DRAMTier's embedder produces {self.dimensions}; use another schema for "
                 "another embedding size"
             )
-        self._sql_search = (
-            f"SELECT key, value::text, version, embedding OPERATOR({_quote(self._vector_schema)}"
-            f".<=>) $2 AS distance FROM {self.table} "
-            "WHERE namespace = $1 AND NOT deleted ORDER BY distance LIMIT $3"
-        )
+        self._sql_search = _search_statements(self.table, _quote(self._vector_schema))
 
     async def _init_connection(self, connection: asyncpg.Connection) -> None:
         await register_vector(connection, schema=self._vector_schema)
@@ -207,7 +308,8 @@ class DRAMTier(VersionedRowTier):
                     f"DRAM text_of returned {type(text).__name__} {text!r:.80}; it must return "
                     "the str to embed"
                 )
-        return [await self._embed_one(text)]
+        search_text = text[:_SEARCH_TEXT_CHARS_MAX].replace("\x00", " ")
+        return [await self._embed_one(text), search_text]
 
     async def _embed_one(self, text: str) -> list[float]:
         try:
@@ -250,17 +352,46 @@ class DRAMTier(VersionedRowTier):
     # -- search ---------------------------------------------------------------------------
 
     async def search(
-        self, query: str | list[float], *, limit: int = 10, ef_search: int | None = None
+        self,
+        query: str | list[float],
+        *,
+        limit: int = 10,
+        mode: SearchMode | None = None,
+        where: dict[str, JSONValue] | None = None,
+        candidates: int | None = None,
+        rrf_k: int = 60,
+        ef_search: int | None = None,
     ) -> list[SearchHit]:
-        """The live keys of this namespace closest in meaning to `query`, closest first.
+        """The live keys of this namespace that best match `query`, best first.
 
-        `query` is a text (embedded with the tier's embedder) or a vector of `dimensions`
-        floats. `ef_search` (1 to 1000) widens the HNSW candidate list for this search only:
-        higher is slower and more exact (pgvector's default is 40).
+        `query` is a text (embedded with the tier's embedder, and matched word by word in
+        `hybrid` and `text` modes) or a vector of `dimensions` floats (`vector` mode only).
+        `mode`: `hybrid` (the default for a text) fuses vector and BM25 rankings by reciprocal
+        rank fusion, `vector` (the default for a vector) ranks by cosine distance, `text` by
+        BM25 alone. `where` keeps only keys whose JSON value
+        contains it (`{"kind": "turn"}` matches dict values with that item). `candidates` (at
+        least `limit`; default `max(50, 5 * limit)`) is how many keys each ranking contributes
+        before fusion; `rrf_k` is RRF's damping constant (60 as in the RRF paper). `ef_search`
+        (1 to 1000) widens the HNSW candidate list for this search only (pgvector's default 40).
         """
         if type(limit) is not int or not 1 <= limit <= _SEARCH_LIMIT_MAX:
             raise InvalidValueError(
                 f"search limit must be an int from 1 to {_SEARCH_LIMIT_MAX}, got {limit!r}"
+            )
+        if mode is None:
+            mode = "hybrid" if isinstance(query, str) else "vector"
+        if mode not in SEARCH_MODES:
+            raise InvalidValueError(f"search mode must be one of {SEARCH_MODES}, got {mode!r}")
+        if candidates is None:
+            candidates = min(_CANDIDATES_MAX, max(50, 5 * limit))
+        elif type(candidates) is not int or not limit <= candidates <= _CANDIDATES_MAX:
+            raise InvalidValueError(
+                f"search candidates must be an int from limit ({limit}) to {_CANDIDATES_MAX}, "
+                f"got {candidates!r}"
+            )
+        if type(rrf_k) is not int or not 1 <= rrf_k <= _RRF_K_MAX:
+            raise InvalidValueError(
+                f"search rrf_k must be an int from 1 to {_RRF_K_MAX}, got {rrf_k!r}"
             )
         if ef_search is not None and (
             type(ef_search) is not int or not 1 <= ef_search <= _EF_SEARCH_MAX
@@ -268,26 +399,48 @@ class DRAMTier(VersionedRowTier):
             raise InvalidValueError(
                 f"ef_search must be None or an int from 1 to {_EF_SEARCH_MAX}, got {ef_search!r}"
             )
+        where_json: str | None = None
+        if where is not None:
+            if type(where) is not dict:
+                raise InvalidValueError(
+                    f"search where must be None or a dict the matching values contain, got "
+                    f"{type(where).__name__} {where!r:.80}"
+                )
+            where_json = jsonb_text(
+                where, encode_value(where, size_max_bytes=self.value_size_max_bytes)
+            )
         if isinstance(query, str):
             pool = self._connected()  # before calling a possibly remote embedder
             vector = await self._embed_one(query)
+            text = query.replace("\x00", " ")[:_SEARCH_TEXT_CHARS_MAX]
         else:
+            if mode != "vector":
+                raise InvalidValueError(
+                    f"a vector query needs mode='vector' (got mode={mode!r}); pass a text to "
+                    "search by words too"
+                )
             vector = self._checked_vector(query, "the query")
+            text = ""
             pool = self._connected()
+        arguments = (self.namespace, vector, text, limit, candidates, where_json, rrf_k)
+        sql = self._sql_search[mode]
         try:
             async with pool.lease() as connection:
                 if ef_search is None:
-                    rows = await connection.fetch(self._sql_search, self.namespace, vector, limit)
+                    rows = await connection.fetch(sql, *arguments)
                 else:
                     async with connection.transaction():
                         await connection.execute(
                             "SELECT set_config('hnsw.ef_search', $1, true)", str(ef_search)
                         )
-                        rows = await connection.fetch(
-                            self._sql_search, self.namespace, vector, limit
-                        )
+                        rows = await connection.fetch(sql, *arguments)
         except asyncpg.InsufficientPrivilegeError as error:  # the role of a grant
             raise refused_by_server(self.name, "search", None, error) from error
         except POSTGRES_DRIVER_ERRORS as error:
             raise tier_unavailable(self.name, "search", error, hint=POSTGRES_HINT) from error
-        return [SearchHit(row[0], decode_value(row[1]), int(row[2]), float(row[3])) for row in rows]
+        hits: list[SearchHit] = []
+        for row in rows:
+            distance = float(row[3])
+            score = 1.0 - distance if mode == "vector" else float(row[4])
+            hits.append(SearchHit(row[0], decode_value(row[1]), int(row[2]), distance, score))
+        return hits
