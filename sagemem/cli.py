@@ -1,4 +1,4 @@
-"""The `sagemem` command line: `services up|status|down`, `check`, `grants` and `demo`.
+"""The `sagemem` command line: `services up|status|down`, `check`, `grants`, `demo`, `eval`.
 
 Each subcommand lives with the code it drives; this module only parses the first word and
 dispatches, so importing it stays cheap.
@@ -65,6 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sagemem.grants import main as grants_main
 
         return grants_main(arguments[1:])
+    if arguments[:2] == ["eval", "locomo"]:  # and `sagemem eval locomo`
+        from sagemem.evaluation.locomo import main as locomo_main
+
+        return locomo_main(arguments[2:])
     parser = argparse.ArgumentParser(
         prog="sagemem", description="sagemem: coherent tiered memory for LLM agents"
     )
@@ -87,6 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(see `sagemem grants --help`)",
     )
     grants.add_argument("grants_args", nargs=argparse.REMAINDER)
+    evaluation = commands.add_parser(
+        "eval",
+        help="evaluate the semantic tier's retrieval (`sagemem eval locomo --data PATH`, see "
+        "`sagemem eval locomo --help`)",
+    )
+    evaluation.add_argument("benchmark", choices=["locomo"])
     args = parser.parse_args(arguments)
     if args.command == "services":
         from sagemem.services import run_services_command

@@ -29,8 +29,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Final, Literal
 
 import asyncpg
@@ -49,6 +50,7 @@ SEARCH_MODES: Final[tuple[SearchMode, ...]] = ("hybrid", "vector", "text")
 _SEARCH_LIMIT_MAX: Final = 1000
 _EF_SEARCH_MAX: Final = 1000
 _CANDIDATES_MAX: Final = 10_000
+_TERM_STATISTICS_MAX: Final = 100_000  # cached document frequencies per tier
 _RRF_K_MAX: Final = 10_000
 # to_tsvector refuses texts whose tsvector would exceed 1 MiB; the words of the first
 # 200,000 characters are what full-text search sees (the embedding sees what the model reads).
@@ -92,41 +94,36 @@ def _quote(identifier: str) -> str:
 def _search_statements(table: str, vector_schema: str) -> dict[SearchMode, str]:
     """The search statement of each mode, one snapshot each.
 
-    Parameters: $1 namespace, $2 query vector, $3 query text, $4 limit, $5 candidates taken
-    from each ranking, $6 the `where` JSON text or NULL, $7 RRF's k.
+    Parameters: $1 namespace, $2 query vector, $3 limit, $4 candidates taken from each
+    ranking, $5 the `where` JSON text or NULL (the `vector` mode stops here), $6 the query's
+    lexemes, $7 their IDFs, $8 whether each is selective (see `_text_weights`; the `text`
+    mode stops here), $9 RRF's k.
     """
     distance = f"OPERATOR({vector_schema}.<=>)"
-    live = "t.namespace = $1 AND NOT t.deleted AND ($6::text IS NULL OR t.value @> $6::text::jsonb)"
+    live = "t.namespace = $1 AND NOT t.deleted AND ($5::text IS NULL OR t.value @> $5::text::jsonb)"
     vector_ranked = (
         "vector_ranked AS (SELECT key, row_number() OVER (ORDER BY d, key) AS rank FROM ("
         f"SELECT t.key, t.embedding {distance} $2 AS d FROM {table} AS t WHERE {live} "
-        "ORDER BY d LIMIT $5) AS nearest)"
+        "ORDER BY d LIMIT $4) AS nearest)"
     )
-    # BM25 over the tsvector: the query's distinct lexemes (English stemming, no stop words),
-    # the live rows holding any of them, each lexeme's document frequency among those rows
-    # (exact, since every row holding it matched), term frequency = its number of positions,
-    # document length = the number of distinct lexemes, averaged over the matched rows.
+    # BM25 over the tsvector, in a form the GIN index keeps cheap: candidates are the rows
+    # holding a selective lexeme, so a common word such as a speaker's name adds to a score
+    # but does not make most rows candidates; each candidate scores the IDFs of all query
+    # lexemes it holds, with BM25's saturation and length normalisation for a term frequency
+    # of one (repeated words count once), the average length taken over the candidates.
     text_ranked = (
-        "query AS (SELECT coalesce(array_agg(DISTINCT lexeme), '{}') AS lexemes "
-        "FROM unnest(to_tsvector('english'::regconfig, $3))), "
-        "matched AS (SELECT t.key, t.search_tsv FROM "
-        f"{table} AS t, query WHERE {live} AND cardinality(query.lexemes) > 0 "
-        "AND t.search_tsv @@ (SELECT string_agg(quote_literal(l), ' | ')::tsquery "
-        "FROM unnest(query.lexemes) AS l)), "
-        "terms AS (SELECT m.key, u.lexeme, cardinality(u.positions)::float8 AS tf, "
-        "length(m.search_tsv)::float8 AS dl FROM matched AS m, "
-        "unnest(m.search_tsv) AS u, query WHERE u.lexeme = ANY(query.lexemes)), "
-        "frequencies AS (SELECT lexeme, count(*)::float8 AS df FROM terms GROUP BY lexeme), "
-        "totals AS (SELECT "
-        f"(SELECT count(*) FROM {table} AS t WHERE {live})::float8 AS n, "
-        "(SELECT greatest(avg(length(search_tsv)), 1) FROM matched)::float8 AS avgdl), "
-        "text_scored AS (SELECT terms.key, sum("
-        "ln(1 + (totals.n - frequencies.df + 0.5) / (frequencies.df + 0.5)) "
-        f"* terms.tf * {_BM25_K1 + 1} / (terms.tf + {_BM25_K1} * "
-        f"(1 - {_BM25_B} + {_BM25_B} * terms.dl / totals.avgdl))) AS score "
-        "FROM terms JOIN frequencies USING (lexeme), totals GROUP BY terms.key), "
+        "weights AS MATERIALIZED (SELECT quote_literal(w.lexeme)::tsquery AS term, w.idf, "
+        "w.selective FROM unnest($6::text[], $7::float8[], $8::bool[]) "
+        "AS w(lexeme, idf, selective)), "
+        "text_matched AS (SELECT t.key, length(t.search_tsv)::float8 AS dl, "
+        "(SELECT sum(w.idf) FROM weights AS w WHERE t.search_tsv @@ w.term) AS idf_sum "
+        f"FROM {table} AS t WHERE {live} AND t.search_tsv @@ (SELECT "
+        "string_agg(w.term::text, ' | ')::tsquery FROM weights AS w WHERE w.selective)), "
+        "text_scored AS (SELECT key, idf_sum * "
+        f"{_BM25_K1 + 1} / (1 + {_BM25_K1} * (1 - {_BM25_B} + {_BM25_B} * dl / "
+        "greatest(avg(dl) OVER (), 1))) AS score FROM text_matched), "
         "text_ranked AS (SELECT key, score, row_number() OVER (ORDER BY score DESC, key) "
-        "AS rank FROM (SELECT key, score FROM text_scored ORDER BY score DESC, key LIMIT $5) "
+        "AS rank FROM (SELECT key, score FROM text_scored ORDER BY score DESC, key LIMIT $4) "
         "AS best)"
     )
 
@@ -138,22 +135,47 @@ def _search_statements(table: str, vector_schema: str) -> dict[SearchMode, str]:
         )
 
     rrf = (
-        "SELECT key, sum(1.0::float8 / ($7 + rank)) AS score FROM (SELECT key, rank FROM "
+        "SELECT key, sum(1.0::float8 / ($9 + rank)) AS score FROM (SELECT key, rank FROM "
         "vector_ranked UNION ALL SELECT key, rank FROM text_ranked) AS ranks GROUP BY key "
-        "ORDER BY score DESC, key LIMIT $4"
+        "ORDER BY score DESC, key LIMIT $3"
     )
     return {
         "hybrid": f"WITH {vector_ranked}, {text_ranked} " + finish(rrf),
-        # $3 and $7 are unused by the vector ranking; the no-op predicate types them so that
-        # every mode takes the same seven parameters.
         "vector": f"WITH {vector_ranked} "
-        + finish(
-            "SELECT key, -rank::float8 AS score FROM vector_ranked "
-            "WHERE $3::text IS NOT NULL AND $7::int > 0 ORDER BY rank LIMIT $4"
-        ),
+        + finish("SELECT key, -rank::float8 AS score FROM vector_ranked ORDER BY rank LIMIT $3"),
         "text": f"WITH {text_ranked} "
-        + finish("SELECT key, score FROM text_ranked WHERE $7::int > 0 ORDER BY rank LIMIT $4"),
+        + finish("SELECT key, score FROM text_ranked ORDER BY rank LIMIT $3"),
     }
+
+
+def _statistics_statements(table: str) -> tuple[str, str]:
+    """The query's lexemes ($1 the text), and the document frequencies of lexemes.
+
+    The second takes $1 namespace, $2 lexemes, $3 whether the namespace's live row count is
+    wanted (else NULL). Frequencies come from the GIN index plus a visit of each matching row,
+    which is why `DRAMTier` caches them.
+    """
+    live = "t.namespace = $1 AND NOT t.deleted"
+    lexemes = (
+        "SELECT coalesce(array_agg(DISTINCT lexeme ORDER BY lexeme), '{}') "
+        "FROM unnest(to_tsvector('english'::regconfig, $1))"
+    )
+    frequencies = (
+        f"SELECT array(SELECT (SELECT count(*) FROM {table} AS t WHERE {live} "
+        "AND t.search_tsv @@ quote_literal(u.lexeme)::tsquery) "
+        "FROM unnest($2::text[]) WITH ORDINALITY AS u(lexeme, position) ORDER BY u.position), "
+        f"CASE WHEN $3::bool THEN (SELECT count(*) FROM {table} AS t WHERE {live}) END"
+    )
+    return lexemes, frequencies
+
+
+@dataclass(slots=True)
+class _TermStatistics:
+    """Cached BM25 statistics of one tier: live rows and document frequencies, with their age."""
+
+    rows: int = 0
+    rows_at: float = -math.inf
+    frequencies: dict[str, tuple[int, float]] = field(default_factory=dict)
 
 
 class DRAMTier(VersionedRowTier):
@@ -166,7 +188,10 @@ class DRAMTier(VersionedRowTier):
     to the embedder's. One schema holds one embedding size: connecting with another size than
     the existing table's raises `ConfigurationError`. `text_of(value)` chooses the text to
     embed (default: a str value itself, anything else its canonical JSON text). The embedder
-    gets at most `command_timeout_s` per call.
+    gets at most `command_timeout_s` per call. Full-text ranking caches the namespace's row
+    count and each query word's document frequency for `text_statistics_ttl_s` (0: never):
+    they only weigh words in the ranking, so a slightly old figure changes an order at most,
+    never which value or version a hit carries.
     """
 
     name: str = "DRAM"
@@ -186,6 +211,7 @@ class DRAMTier(VersionedRowTier):
         pool_size_max: int = 10,
         connect_timeout_s: float = 10.0,
         command_timeout_s: float = 30.0,
+        text_statistics_ttl_s: float = 10.0,
     ) -> None:
         super().__init__(
             dsn,
@@ -221,6 +247,15 @@ class DRAMTier(VersionedRowTier):
                 f"DRAM embedder {embedder!r} has dimensions={embedder_dimensions!r}; it must be "
                 f"an int from 1 to {DIMENSIONS_MAX}"
             )
+        if type(text_statistics_ttl_s) not in (int, float) or not (
+            0 <= text_statistics_ttl_s <= 86_400
+        ):
+            raise ConfigurationError(
+                "DRAM text_statistics_ttl_s must be a number of seconds from 0 to 86400, got "
+                f"{text_statistics_ttl_s!r}"
+            )
+        self._text_statistics_ttl_s: Final = float(text_statistics_ttl_s)
+        self._term_statistics = _TermStatistics()
         if text_of is not None and not callable(text_of):
             raise ConfigurationError(f"DRAM text_of must be callable, got {text_of!r}")
         self.embedder: Final = embedder
@@ -228,6 +263,7 @@ class DRAMTier(VersionedRowTier):
         self._text_of: Final = text_of
         self._vector_schema = "public"  # replaced by the extension's schema on connect()
         self._sql_search: dict[SearchMode, str] = {}  # built on connect()
+        self._sql_lexemes, self._sql_frequencies = _statistics_statements(self.table)
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -264,8 +300,11 @@ class DRAMTier(VersionedRowTier):
             f"ALTER TABLE {self.table} ADD COLUMN IF NOT EXISTS search_tsv tsvector "
             "GENERATED ALWAYS AS (to_tsvector('english'::regconfig, coalesce(search_text, ''))) "
             "STORED",
+            # fastupdate off: without it new rows wait in GIN's pending list, which every
+            # search scans linearly until a vacuum merges it (milliseconds after a burst of
+            # writes); a write pays a little more instead.
             f"CREATE INDEX IF NOT EXISTS {self._table}_search_tsv_gin ON {self.table} "
-            "USING gin (search_tsv)",
+            "USING gin (search_tsv) WITH (fastupdate = off)",
             # Lets BM25's document count be an index-only scan.
             f"CREATE INDEX IF NOT EXISTS {self._table}_live ON {self.table} (namespace) "
             "WHERE NOT deleted",
@@ -422,10 +461,14 @@ class DRAMTier(VersionedRowTier):
             vector = self._checked_vector(query, "the query")
             text = ""
             pool = self._connected()
-        arguments = (self.namespace, vector, text, limit, candidates, where_json, rrf_k)
         sql = self._sql_search[mode]
         try:
             async with pool.lease() as connection:
+                arguments: list[object] = [self.namespace, vector, limit, candidates, where_json]
+                if mode != "vector":
+                    arguments += await self._text_weights(connection, text)
+                if mode == "hybrid":
+                    arguments.append(rrf_k)
                 if ef_search is None:
                     rows = await connection.fetch(sql, *arguments)
                 else:
@@ -444,3 +487,50 @@ class DRAMTier(VersionedRowTier):
             score = 1.0 - distance if mode == "vector" else float(row[4])
             hits.append(SearchHit(row[0], decode_value(row[1]), int(row[2]), distance, score))
         return hits
+
+    async def _text_weights(
+        self, connection: asyncpg.Connection, text: str
+    ) -> tuple[list[str], list[float], list[bool]]:
+        """The query's lexemes with their BM25 IDF and whether each selects candidates.
+
+        IDF is `ln(1 + (N - df + 0.5) / (df + 0.5))` over the namespace's live rows; a lexeme
+        is selective when it is in at most 1/20 of them, or is the query's rarest. Row count
+        and frequencies come from the cache while younger than `text_statistics_ttl_s`.
+        """
+        lexemes: list[str] = list(await connection.fetchval(self._sql_lexemes, text))
+        if not lexemes:
+            return [], [], []
+        statistics = self._term_statistics
+        now = time.monotonic()
+        oldest = now - self._text_statistics_ttl_s
+        stale = [
+            lexeme
+            for lexeme in lexemes
+            if statistics.frequencies.get(lexeme, (0, -math.inf))[1] < oldest
+            or self._text_statistics_ttl_s == 0
+        ]
+        want_rows = statistics.rows_at < oldest or self._text_statistics_ttl_s == 0
+        if stale or want_rows:
+            record = await connection.fetchrow(
+                self._sql_frequencies, self.namespace, stale, want_rows
+            )
+            assert record is not None  # a SELECT without FROM returns one row
+            counts, rows = record[0], record[1]
+            if len(statistics.frequencies) + len(stale) > _TERM_STATISTICS_MAX:
+                statistics.frequencies.clear()
+            for lexeme, count in zip(stale, counts, strict=True):
+                statistics.frequencies[lexeme] = (int(count), now)
+            if rows is not None:
+                statistics.rows, statistics.rows_at = int(rows), now
+        frequencies = {lexeme: statistics.frequencies[lexeme][0] for lexeme in lexemes}
+        present = [lexeme for lexeme in lexemes if frequencies[lexeme] > 0]
+        if not present:
+            return [], [], []
+        rarest = min(frequencies[lexeme] for lexeme in present)
+        total = max(statistics.rows, max(frequencies[lexeme] for lexeme in present))
+        idfs = [
+            math.log(1 + (total - frequencies[lexeme] + 0.5) / (frequencies[lexeme] + 0.5))
+            for lexeme in present
+        ]
+        selective = [frequencies[lexeme] <= max(total / 20, rarest) for lexeme in present]
+        return present, idfs, selective
