@@ -51,6 +51,8 @@ _SEARCH_LIMIT_MAX: Final = 1000
 _EF_SEARCH_MAX: Final = 1000
 _CANDIDATES_MAX: Final = 10_000
 _TERM_STATISTICS_MAX: Final = 100_000  # cached document frequencies per tier
+# A query word selects candidates when it is in at most this many rows, or 1/20 of them.
+_SELECTIVE_ROWS_MIN: Final = 50
 _RRF_K_MAX: Final = 10_000
 # to_tsvector refuses texts whose tsvector would exceed 1 MiB; the words of the first
 # 200,000 characters are what full-text search sees (the embedding sees what the model reads).
@@ -107,7 +109,7 @@ def _search_statements(table: str, vector_schema: str) -> dict[SearchMode, str]:
         "ORDER BY d LIMIT $4) AS nearest)"
     )
     # BM25 over the tsvector, in a form the GIN index keeps cheap: candidates are the rows
-    # holding a selective lexeme, so a common word such as a speaker's name adds to a score
+    # holding a selective lexeme (in at most 50 rows or 1/20 of them), so a common word such as a speaker's name adds to a score
     # but does not make most rows candidates; each candidate scores the IDFs of all query
     # lexemes it holds, with BM25's saturation and length normalisation for a term frequency
     # of one (repeated words count once), the average length taken over the candidates.
@@ -494,7 +496,7 @@ class DRAMTier(VersionedRowTier):
         """The query's lexemes with their BM25 IDF and whether each selects candidates.
 
         IDF is `ln(1 + (N - df + 0.5) / (df + 0.5))` over the namespace's live rows; a lexeme
-        is selective when it is in at most 1/20 of them, or is the query's rarest. Row count
+        is selective when it is in at most 50 rows or 1/20 of them, or is the query's rarest. Row count
         and frequencies come from the cache while younger than `text_statistics_ttl_s`.
         """
         lexemes: list[str] = list(await connection.fetchval(self._sql_lexemes, text))
@@ -532,5 +534,6 @@ class DRAMTier(VersionedRowTier):
             math.log(1 + (total - frequencies[lexeme] + 0.5) / (frequencies[lexeme] + 0.5))
             for lexeme in present
         ]
-        selective = [frequencies[lexeme] <= max(total / 20, rarest) for lexeme in present]
+        threshold = max(total / 20, rarest, _SELECTIVE_ROWS_MIN)
+        selective = [frequencies[lexeme] <= threshold for lexeme in present]
         return present, idfs, selective
