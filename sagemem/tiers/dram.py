@@ -109,8 +109,9 @@ def _search_statements(table: str, vector_schema: str) -> dict[SearchMode, str]:
         "ORDER BY d LIMIT $4) AS nearest)"
     )
     # BM25 over the tsvector, in a form the GIN index keeps cheap: candidates are the rows
-    # holding a selective lexeme (in at most 50 rows or 1/20 of them), so a common word such as a speaker's name adds to a score
-    # but does not make most rows candidates; each candidate scores the IDFs of all query
+    # holding a selective lexeme (in at most 50 rows or 1/20 of them), so a common word such
+    # as a speaker's name adds to a score but does not make most rows candidates; each
+    # candidate scores the IDFs of all query
     # lexemes it holds, with BM25's saturation and length normalisation for a term frequency
     # of one (repeated words count once), the average length taken over the candidates.
     text_ranked = (
@@ -496,8 +497,9 @@ class DRAMTier(VersionedRowTier):
         """The query's lexemes with their BM25 IDF and whether each selects candidates.
 
         IDF is `ln(1 + (N - df + 0.5) / (df + 0.5))` over the namespace's live rows; a lexeme
-        is selective when it is in at most 50 rows or 1/20 of them, or is the query's rarest. Row count
-        and frequencies come from the cache while younger than `text_statistics_ttl_s`.
+        is selective when it is in at most 50 rows or 1/20 of them, or is the query's rarest.
+        Row count and frequencies come from the cache while younger than
+        `text_statistics_ttl_s`.
         """
         lexemes: list[str] = list(await connection.fetchval(self._sql_lexemes, text))
         if not lexemes:

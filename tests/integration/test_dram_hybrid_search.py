@@ -155,7 +155,7 @@ async def test_a_table_from_before_hybrid_search_gains_the_text_columns(
     )
     old_vector = "[" + ",".join(["0.0625"] * 256) + "]"
     await raw_postgres.execute(
-        f'INSERT INTO "{pg_schema}".dram_entries VALUES ($1, \'old\', \'"old text"\', 3, false, '
+        f"INSERT INTO \"{pg_schema}\".dram_entries VALUES ($1, 'old', '\"old text\"', 3, false, "
         f"now(), '{old_vector}')",
         namespace,
     )
