@@ -47,6 +47,7 @@ from sagemem.values import JSONValue
 __all__ = [
     "CATEGORY_NAMES",
     "EMBEDDERS",
+    "ChatJudge",
     "Conversation",
     "EvaluationOptions",
     "EvaluationReport",

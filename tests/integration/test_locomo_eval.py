@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import threading
 import zipfile
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ from sagemem.cli import main as cli_main
 from sagemem.embedding import HashingEmbedder
 from sagemem.errors import ConfigurationError
 from sagemem.evaluation.locomo import (
+    ChatJudge,
     EvaluationOptions,
     evaluate,
     format_report,
@@ -262,3 +266,55 @@ def test_the_cli_reports_bad_arguments_with_exit_status_2(
     """A missing data file or an openai embedder without a model exits 2 with the reason."""
     assert cli_main(["eval", "locomo", "--data", str(tmp_path / "none.zip")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+@pytest.fixture
+def chat_stub() -> Iterator[tuple[str, list[str]]]:
+    """An OpenAI-compatible chat server on 127.0.0.1: answers 'Rocket', judges it."""
+    prompts: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            prompt = body["messages"][0]["content"]
+            prompts.append(prompt)
+            if "Label the generated answer" in prompt:
+                right = "Gold answer: Rocket" in prompt and "Generated answer: Rocket" in prompt
+                reply = "CORRECT" if right else "WRONG"
+            else:
+                reply = "Rocket"
+            payload = json.dumps({"choices": [{"message": {"content": reply}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: object) -> None:  # quiet
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", prompts
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+async def test_the_llm_judge_answers_from_retrieved_turns_and_grades(
+    data_zip: Path, postgres_dsn: str, chat_stub: tuple[str, list[str]]
+) -> None:
+    """--judge: one answer and one grading request per question; J per category."""
+    url, prompts = chat_stub
+    report = await evaluate(
+        load_conversations(data_zip),
+        HashingEmbedder(),
+        dsn=postgres_dsn,
+        judge=ChatJudge(url, "judge-model", None, timeout_s=10),
+    )
+    assert report.judge == {4: [True], 2: [False], 1: [False], 3: [False]}
+    assert len(prompts) == 8
+    assert "Ann: I adopted a greyhound called Rocket" in prompts[0]
+    assert "LLM judge (J): overall 0.250" in format_report(report)
