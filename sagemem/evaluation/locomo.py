@@ -246,6 +246,7 @@ class EvaluationOptions:
     summaries: bool = False
     categories: frozenset[int] = frozenset({1, 2, 3, 4})
     candidates: int | None = None
+    text_weight: float = 1.0
 
 
 @dataclass(slots=True)
@@ -442,6 +443,7 @@ async def evaluate(
                         limit=SEARCH_LIMIT,
                         mode=options.mode,
                         candidates=options.candidates,
+                        text_weight=options.text_weight,
                     )
                     report.query_ms.append((time.perf_counter() - started) * 1000)
                     values = [
@@ -602,6 +604,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=SEARCH_MODES, default="hybrid")
     parser.add_argument("--candidates", type=int, help="per-ranking candidates before fusion")
     parser.add_argument(
+        "--text-weight", type=float, default=1.0, help="weight of the text ranking in RRF"
+    )
+    parser.add_argument(
         "--no-context", action="store_true", help="index each turn alone (no previous turn)"
     )
     parser.add_argument("--no-captions", action="store_true", help="leave out photo captions")
@@ -666,6 +671,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "sagemem eval locomo"
             summaries=args.summaries,
             categories=categories,
             candidates=args.candidates,
+            text_weight=args.text_weight,
         )
         print(
             f"LoCoMo: {len(conversations)} conversations, embedder {embedder!r}, {options}",

@@ -99,7 +99,7 @@ def _search_statements(table: str, vector_schema: str) -> dict[SearchMode, str]:
     Parameters: $1 namespace, $2 query vector, $3 limit, $4 candidates taken from each
     ranking, $5 the `where` JSON text or NULL (the `vector` mode stops here), $6 the query's
     lexemes, $7 their IDFs, $8 whether each is selective (see `_text_weights`; the `text`
-    mode stops here), $9 RRF's k.
+    mode stops here), $9 RRF's k, $10 the weight of the text ranking (the vector's is 1).
     """
     distance = f"OPERATOR({vector_schema}.<=>)"
     live = "t.namespace = $1 AND NOT t.deleted AND ($5::text IS NULL OR t.value @> $5::text::jsonb)"
@@ -138,9 +138,9 @@ def _search_statements(table: str, vector_schema: str) -> dict[SearchMode, str]:
         )
 
     rrf = (
-        "SELECT key, sum(1.0::float8 / ($9 + rank)) AS score FROM (SELECT key, rank FROM "
-        "vector_ranked UNION ALL SELECT key, rank FROM text_ranked) AS ranks GROUP BY key "
-        "ORDER BY score DESC, key LIMIT $3"
+        "SELECT key, sum(weight / ($9 + rank)) AS score FROM (SELECT key, rank, 1.0::float8 "
+        "AS weight FROM vector_ranked UNION ALL SELECT key, rank, $10::float8 FROM text_ranked) "
+        "AS ranks GROUP BY key ORDER BY score DESC, key LIMIT $3"
     )
     return {
         "hybrid": f"WITH {vector_ranked}, {text_ranked} " + finish(rrf),
@@ -402,6 +402,7 @@ class DRAMTier(VersionedRowTier):
         where: dict[str, JSONValue] | None = None,
         candidates: int | None = None,
         rrf_k: int = 60,
+        text_weight: float = 1.0,
         ef_search: int | None = None,
     ) -> list[SearchHit]:
         """The live keys of this namespace that best match `query`, best first.
@@ -413,7 +414,9 @@ class DRAMTier(VersionedRowTier):
         BM25 alone. `where` keeps only keys whose JSON value
         contains it (`{"kind": "turn"}` matches dict values with that item). `candidates` (at
         least `limit`; default `max(50, 5 * limit)`) is how many keys each ranking contributes
-        before fusion; `rrf_k` is RRF's damping constant (60 as in the RRF paper). `ef_search`
+        before fusion; `rrf_k` is RRF's damping constant (60 as in the RRF paper) and
+        `text_weight` multiplies the text ranking's share (`weight / (rrf_k + rank)`; the
+        vector ranking's weight is 1). `ef_search`
         (1 to 1000) widens the HNSW candidate list for this search only (pgvector's default 40).
         """
         if type(limit) is not int or not 1 <= limit <= _SEARCH_LIMIT_MAX:
@@ -434,6 +437,10 @@ class DRAMTier(VersionedRowTier):
         if type(rrf_k) is not int or not 1 <= rrf_k <= _RRF_K_MAX:
             raise InvalidValueError(
                 f"search rrf_k must be an int from 1 to {_RRF_K_MAX}, got {rrf_k!r}"
+            )
+        if type(text_weight) not in (int, float) or not 0 <= text_weight <= 100:
+            raise InvalidValueError(
+                f"search text_weight must be a number from 0 to 100, got {text_weight!r}"
             )
         if ef_search is not None and (
             type(ef_search) is not int or not 1 <= ef_search <= _EF_SEARCH_MAX
@@ -471,7 +478,7 @@ class DRAMTier(VersionedRowTier):
                 if mode != "vector":
                     arguments += await self._text_weights(connection, text)
                 if mode == "hybrid":
-                    arguments.append(rrf_k)
+                    arguments += [rrf_k, float(text_weight)]
                 if ef_search is None:
                     rows = await connection.fetch(sql, *arguments)
                 else:
