@@ -84,6 +84,15 @@ async def test_hybrid_fuses_both_rankings_with_rrf_scores(dram: DRAMTier) -> Non
     assert [hit.score for hit in hits] == sorted((hit.score for hit in hits), reverse=True)
 
 
+async def test_text_weight_zero_orders_hybrid_hits_as_the_vector_ranking(dram: DRAMTier) -> None:
+    """With text_weight=0 only the vector ranking scores: the order is vector mode's order."""
+    for index, text in enumerate(["red apples", "green apples and pears", "apple pie", "pears"]):
+        await dram.set(f"k{index}", text)
+    vector = [hit.key for hit in await dram.search("apples", limit=4, mode="vector")]
+    hybrid = [hit.key for hit in await dram.search("apples", limit=4, text_weight=0.0)]
+    assert hybrid == vector
+
+
 async def test_where_filters_by_value_containment_at_the_server(dram: DRAMTier) -> None:
     """`where` keeps only dict values containing it, in every mode."""
     await dram.set("t1", {"kind": "turn", "speaker": "Ann", "text": "I love hiking"})
@@ -111,6 +120,7 @@ async def test_limit_and_candidates_bound_the_result(dram: DRAMTier) -> None:
         ({"mode": "fuzzy"}, "mode"),
         ({"candidates": 3, "limit": 5}, "candidates"),
         ({"rrf_k": 0}, "rrf_k"),
+        ({"text_weight": -1.0}, "text_weight"),
         ({"where": ["kind"]}, "where"),
         ({"where": {"x": float("nan")}}, "NaN|finite|nan"),
     ],
