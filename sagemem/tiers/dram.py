@@ -20,6 +20,14 @@ the server; row-level security of a grant's role applies to every branch. Each h
 key's version, read in the same snapshot as its value. The `vector` extension is created if
 missing and its asyncpg codec is registered on every pooled connection.
 
+Coherence of search: a row's value, version, embedding and text index change in one
+statement, so a hit shows each key at one committed version with the embedding of that very
+value; each search is a new snapshot, so one that starts after a write or delete returned
+sees it, and a hit's version is never below one the same caller read from this tier before.
+This holds for what is written to this table. The hierarchy's home for plain keys is L3, and
+a write committed there does not reach this table: making the semantic index follow L3 (and
+the coherent L1s) is the hierarchy's job, not this tier's.
+
 This module must never let an asyncpg exception escape: driver errors become
 `TierUnavailable` with the driver's exception as the cause.
 """
