@@ -146,6 +146,11 @@ class MiniLMEmbedder:
         tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # to the longest text of a batch
         self._tokenizer: Final = tokenizer
         options = onnxruntime.SessionOptions()
+        # Without this, onnxruntime's idle worker threads spin for a while after each call,
+        # taking the CPU from whatever runs next (on a small machine: the Postgres server
+        # answering the search this embedding was for).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
