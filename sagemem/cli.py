@@ -1,4 +1,5 @@
-"""The `sagemem` command line: `services up|status|down`, `check`, `grants`, `demo` and `mcp`.
+"""The `sagemem` command line: `services up|status|down`, `check`, `grants`, `demo`, `mcp` and
+`eval`.
 
 Each subcommand lives with the code it drives; this module only parses the first word and
 dispatches, so importing it stays cheap.
@@ -129,6 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 2
         return mcp_main(arguments[1:])
+    if arguments[:2] == ["eval", "locomo"]:  # and `sagemem eval locomo`
+        from sagemem.evaluation.locomo import main as locomo_main
+
+        return locomo_main(arguments[2:])
     parser = argparse.ArgumentParser(
         prog="sagemem",
         description="sagemem: coherent tiered memory for LLM agents",
@@ -156,6 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mcp", help="serve one namespace's memory as MCP tools (see `sagemem mcp --help`)"
     )
     mcp.add_argument("mcp_args", nargs=argparse.REMAINDER)
+    evaluation = commands.add_parser(
+        "eval",
+        help="evaluate the semantic tier's retrieval (`sagemem eval locomo --data PATH`, see "
+        "`sagemem eval locomo --help`)",
+    )
+    evaluation.add_argument("benchmark", choices=["locomo"])
     args = parser.parse_args(arguments)
     if args.command == "services":
         from sagemem.services import run_services_command

@@ -1,13 +1,32 @@
-"""DRAM: the semantic tier, Postgres + pgvector: exact lookup by key and search by meaning.
+"""DRAM: the semantic tier, Postgres + pgvector: exact lookup by key and hybrid search.
 
 Rows live in `<schema>.dram_entries`, versioned exactly like L3 (same statements, same
 tombstones, so versions only grow and compare-and-swap has the same semantics; see
-`sagemem.tiers.l3`), plus an `embedding vector(dimensions)` column computed on every write
-from the value's text (`text_of`) by the tier's `Embedder`. `search()` orders the live rows
-of the namespace by cosine distance to the query through an HNSW index
-(`vector_cosine_ops`), with pgvector's iterative index scan so the namespace filter cannot
-starve the result. The `vector` extension is created if missing and its asyncpg codec is
-registered on every pooled connection.
+`sagemem.tiers.l3`), plus, computed on every write from the value's text (`text_of`) and
+stored by the same statement as the value (so a row's embedding and text index always
+describe its current value): an `embedding vector(dimensions)` column from the tier's
+`Embedder`, the text itself (`search_text`) and a generated `search_tsv tsvector` (English
+configuration) with a GIN index. A tombstone clears all three.
+
+`search()` is one SQL statement over one snapshot. In the default `hybrid` mode it fuses two
+rankings of the live rows of the namespace by reciprocal rank fusion (RRF,
+`score = sum 1 / (rrf_k + rank)`): cosine distance to the query's embedding through an HNSW
+index (`vector_cosine_ops`, with pgvector's iterative index scan so the namespace filter cannot
+starve the result), and an Okapi BM25 score of the query's words against `search_tsv` (any word
+may match; IDF from the namespace's live rows; term frequencies from the tsvector's
+positions). `vector` and `text` modes use one ranking alone. `where` keeps only rows whose JSON
+value contains the given JSON (`value @> where`), so metadata stored in dict values filters at
+the server; row-level security of a grant's role applies to every branch. Each hit carries its
+key's version, read in the same snapshot as its value. The `vector` extension is created if
+missing and its asyncpg codec is registered on every pooled connection.
+
+Coherence of search: a row's value, version, embedding and text index change in one
+statement, so a hit shows each key at one committed version with the embedding of that very
+value; each search is a new snapshot, so one that starts after a write or delete returned
+sees it, and a hit's version is never below one the same caller read from this tier before.
+This holds for what is written to this table. The hierarchy's home for plain keys is L3, and
+a write committed there does not reach this table: making the semantic index follow L3 (and
+the coherent L1s) is the hierarchy's job, not this tier's.
 
 This module must never let an asyncpg exception escape: driver errors become
 `TierUnavailable` with the driver's exception as the cause.
@@ -18,9 +37,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import ClassVar, Final
+from dataclasses import dataclass, field
+from typing import ClassVar, Final, Literal
 
 import asyncpg
 from pgvector.asyncpg import register_vector
@@ -28,13 +48,26 @@ from pgvector.asyncpg import register_vector
 from sagemem._driver_errors import refused_by_server, tier_unavailable
 from sagemem.embedding import DIMENSIONS_MAX, Embedder, HashingEmbedder
 from sagemem.errors import ConfigurationError, InvalidValueError, TierUnavailable
-from sagemem.tiers.l3 import POSTGRES_DRIVER_ERRORS, POSTGRES_HINT, VersionedRowTier
-from sagemem.values import VALUE_SIZE_MAX_BYTES, JSONValue, decode_value
+from sagemem.tiers.l3 import POSTGRES_DRIVER_ERRORS, POSTGRES_HINT, VersionedRowTier, jsonb_text
+from sagemem.values import VALUE_SIZE_MAX_BYTES, JSONValue, decode_value, encode_value
 
-__all__ = ["DRAMTier", "SearchHit"]
+__all__ = ["SEARCH_MODES", "DRAMTier", "SearchHit", "SearchMode"]
 
+SearchMode = Literal["hybrid", "vector", "text"]
+SEARCH_MODES: Final[tuple[SearchMode, ...]] = ("hybrid", "vector", "text")
 _SEARCH_LIMIT_MAX: Final = 1000
 _EF_SEARCH_MAX: Final = 1000
+_CANDIDATES_MAX: Final = 10_000
+_TERM_STATISTICS_MAX: Final = 100_000  # cached document frequencies per tier
+# A query word selects candidates when it is in at most this many rows, or 1/20 of them.
+_SELECTIVE_ROWS_MIN: Final = 50
+_RRF_K_MAX: Final = 10_000
+# to_tsvector refuses texts whose tsvector would exceed 1 MiB; the words of the first
+# 200,000 characters are what full-text search sees (the embedding sees what the model reads).
+_SEARCH_TEXT_CHARS_MAX: Final = 200_000
+# Okapi BM25 constants (the usual defaults).
+_BM25_K1: Final = 1.2
+_BM25_B: Final = 0.75
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,13 +75,16 @@ class SearchHit:
     """One result of `DRAMTier.search`: a live key, its value and version, and how close it is.
 
     `distance` is the cosine distance between the query and the key's embedding (0 identical
-    direction, 1 unrelated, 2 opposite).
+    direction, 1 unrelated, 2 opposite). `score` orders the hits, higher first: the RRF score
+    in `hybrid` mode, the similarity (`1 - distance`) in `vector` mode, the BM25 score in
+    `text` mode. `version` is the key's version in the same snapshot as `value`.
     """
 
     key: str
     value: JSONValue
     version: int
     distance: float
+    score: float = 0.0
 
     @property
     def similarity(self) -> float:
@@ -65,6 +101,94 @@ def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
+def _search_statements(table: str, vector_schema: str) -> dict[SearchMode, str]:
+    """The search statement of each mode, one snapshot each.
+
+    Parameters: $1 namespace, $2 query vector, $3 limit, $4 candidates taken from each
+    ranking, $5 the `where` JSON text or NULL (the `vector` mode stops here), $6 the query's
+    lexemes, $7 their IDFs, $8 whether each is selective (see `_text_weights`; the `text`
+    mode stops here), $9 RRF's k, $10 the weight of the text ranking (the vector's is 1).
+    """
+    distance = f"OPERATOR({vector_schema}.<=>)"
+    live = "t.namespace = $1 AND NOT t.deleted AND ($5::text IS NULL OR t.value @> $5::text::jsonb)"
+    vector_ranked = (
+        "vector_ranked AS (SELECT key, row_number() OVER (ORDER BY d, key) AS rank FROM ("
+        f"SELECT t.key, t.embedding {distance} $2 AS d FROM {table} AS t WHERE {live} "
+        "ORDER BY d LIMIT $4) AS nearest)"
+    )
+    # BM25 over the tsvector, in a form the GIN index keeps cheap: candidates are the rows
+    # holding a selective lexeme (in at most 50 rows or 1/20 of them), so a common word such
+    # as a speaker's name adds to a score but does not make most rows candidates; each
+    # candidate scores the IDFs of all query
+    # lexemes it holds, with BM25's saturation and length normalisation for a term frequency
+    # of one (repeated words count once), the average length taken over the candidates.
+    text_ranked = (
+        "weights AS MATERIALIZED (SELECT quote_literal(w.lexeme)::tsquery AS term, w.idf, "
+        "w.selective FROM unnest($6::text[], $7::float8[], $8::bool[]) "
+        "AS w(lexeme, idf, selective)), "
+        "text_matched AS (SELECT t.key, length(t.search_tsv)::float8 AS dl, "
+        "(SELECT sum(w.idf) FROM weights AS w WHERE t.search_tsv @@ w.term) AS idf_sum "
+        f"FROM {table} AS t WHERE {live} AND t.search_tsv @@ (SELECT "
+        "string_agg(w.term::text, ' | ')::tsquery FROM weights AS w WHERE w.selective)), "
+        "text_scored AS (SELECT key, idf_sum * "
+        f"{_BM25_K1 + 1} / (1 + {_BM25_K1} * (1 - {_BM25_B} + {_BM25_B} * dl / "
+        "greatest(avg(dl) OVER (), 1))) AS score FROM text_matched), "
+        "text_ranked AS (SELECT key, score, row_number() OVER (ORDER BY score DESC, key) "
+        "AS rank FROM (SELECT key, score FROM text_scored ORDER BY score DESC, key LIMIT $4) "
+        "AS best)"
+    )
+
+    def finish(ranked: str) -> str:
+        return (
+            f"SELECT t.key, t.value::text, t.version, t.embedding {distance} $2, r.score "
+            f"FROM ({ranked}) AS r JOIN {table} AS t ON t.namespace = $1 AND t.key = r.key "
+            "ORDER BY r.score DESC, t.key"
+        )
+
+    rrf = (
+        "SELECT key, sum(weight / ($9 + rank)) AS score FROM (SELECT key, rank, 1.0::float8 "
+        "AS weight FROM vector_ranked UNION ALL SELECT key, rank, $10::float8 FROM text_ranked) "
+        "AS ranks GROUP BY key ORDER BY score DESC, key LIMIT $3"
+    )
+    return {
+        "hybrid": f"WITH {vector_ranked}, {text_ranked} " + finish(rrf),
+        "vector": f"WITH {vector_ranked} "
+        + finish("SELECT key, -rank::float8 AS score FROM vector_ranked ORDER BY rank LIMIT $3"),
+        "text": f"WITH {text_ranked} "
+        + finish("SELECT key, score FROM text_ranked ORDER BY rank LIMIT $3"),
+    }
+
+
+def _statistics_statements(table: str) -> tuple[str, str]:
+    """The query's lexemes ($1 the text), and the document frequencies of lexemes.
+
+    The second takes $1 namespace, $2 lexemes, $3 whether the namespace's live row count is
+    wanted (else NULL). Frequencies come from the GIN index plus a visit of each matching row,
+    which is why `DRAMTier` caches them.
+    """
+    live = "t.namespace = $1 AND NOT t.deleted"
+    lexemes = (
+        "SELECT coalesce(array_agg(DISTINCT lexeme ORDER BY lexeme), '{}') "
+        "FROM unnest(to_tsvector('english'::regconfig, $1))"
+    )
+    frequencies = (
+        f"SELECT array(SELECT (SELECT count(*) FROM {table} AS t WHERE {live} "
+        "AND t.search_tsv @@ quote_literal(u.lexeme)::tsquery) "
+        "FROM unnest($2::text[]) WITH ORDINALITY AS u(lexeme, position) ORDER BY u.position), "
+        f"CASE WHEN $3::bool THEN (SELECT count(*) FROM {table} AS t WHERE {live}) END"
+    )
+    return lexemes, frequencies
+
+
+@dataclass(slots=True)
+class _TermStatistics:
+    """Cached BM25 statistics of one tier: live rows and document frequencies, with their age."""
+
+    rows: int = 0
+    rows_at: float = -math.inf
+    frequencies: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+
 class DRAMTier(VersionedRowTier):
     """The semantic tier: versioned JSON values with embeddings, searchable by meaning.
 
@@ -75,12 +199,15 @@ class DRAMTier(VersionedRowTier):
     to the embedder's. One schema holds one embedding size: connecting with another size than
     the existing table's raises `ConfigurationError`. `text_of(value)` chooses the text to
     embed (default: a str value itself, anything else its canonical JSON text). The embedder
-    gets at most `command_timeout_s` per call.
+    gets at most `command_timeout_s` per call. Full-text ranking caches the namespace's row
+    count and each query word's document frequency for `text_statistics_ttl_s` (0: never):
+    they only weigh words in the ranking, so a slightly old figure changes an order at most,
+    never which value or version a hit carries.
     """
 
     name: str = "DRAM"
     _table: ClassVar[str] = "dram_entries"
-    _extra_columns: ClassVar[tuple[str, ...]] = ("embedding",)
+    _extra_columns: ClassVar[tuple[str, ...]] = ("embedding", "search_text")
 
     def __init__(
         self,
@@ -95,6 +222,7 @@ class DRAMTier(VersionedRowTier):
         pool_size_max: int = 10,
         connect_timeout_s: float = 10.0,
         command_timeout_s: float = 30.0,
+        text_statistics_ttl_s: float = 10.0,
     ) -> None:
         super().__init__(
             dsn,
@@ -130,13 +258,23 @@ class DRAMTier(VersionedRowTier):
                 f"DRAM embedder {embedder!r} has dimensions={embedder_dimensions!r}; it must be "
                 f"an int from 1 to {DIMENSIONS_MAX}"
             )
+        if type(text_statistics_ttl_s) not in (int, float) or not (
+            0 <= text_statistics_ttl_s <= 86_400
+        ):
+            raise ConfigurationError(
+                "DRAM text_statistics_ttl_s must be a number of seconds from 0 to 86400, got "
+                f"{text_statistics_ttl_s!r}"
+            )
+        self._text_statistics_ttl_s: Final = float(text_statistics_ttl_s)
+        self._term_statistics = _TermStatistics()
         if text_of is not None and not callable(text_of):
             raise ConfigurationError(f"DRAM text_of must be callable, got {text_of!r}")
         self.embedder: Final = embedder
         self.dimensions: Final = embedder_dimensions
         self._text_of: Final = text_of
         self._vector_schema = "public"  # replaced by the extension's schema on connect()
-        self._sql_search = ""  # built on connect(), once the extension's schema is known
+        self._sql_search: dict[SearchMode, str] = {}  # built on connect()
+        self._sql_lexemes, self._sql_frequencies = _statistics_statements(self.table)
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -167,7 +305,24 @@ class DRAMTier(VersionedRowTier):
             "CHECK (deleted = (value IS NULL)), CHECK (deleted = (embedding IS NULL)))",
             f"CREATE INDEX IF NOT EXISTS {self._table}_embedding_hnsw ON {self.table} "
             f"USING hnsw (embedding {vector}.vector_cosine_ops)",
+            # Added by ALTER so that a table created by an older sagemem gains them (its
+            # existing rows are found by vector search only until they are written again).
+            f"ALTER TABLE {self.table} ADD COLUMN IF NOT EXISTS search_text text",
+            f"ALTER TABLE {self.table} ADD COLUMN IF NOT EXISTS search_tsv tsvector "
+            "GENERATED ALWAYS AS (to_tsvector('english'::regconfig, coalesce(search_text, ''))) "
+            "STORED",
+            # fastupdate off: without it new rows wait in GIN's pending list, which every
+            # search scans linearly until a vacuum merges it (milliseconds after a burst of
+            # writes); a write pays a little more instead.
+            f"CREATE INDEX IF NOT EXISTS {self._table}_search_tsv_gin ON {self.table} "
+            "USING gin (search_tsv) WITH (fastupdate = off)",
+            # Lets BM25's document count be an index-only scan.
+            f"CREATE INDEX IF NOT EXISTS {self._table}_live ON {self.table} (namespace) "
+            "WHERE NOT deleted",
         ]
+
+    def _required_columns(self) -> tuple[str, ...]:
+        return (*super()._required_columns(), "search_tsv")
 
     async def _check_objects(self, connection: asyncpg.Connection) -> None:
         existing: int | None = await connection.fetchval(
@@ -181,11 +336,7 @@ class DRAMTier(VersionedRowTier):
                 f"DRAMTier's embedder produces {self.dimensions}; use another schema for "
                 "another embedding size"
             )
-        self._sql_search = (
-            f"SELECT key, value::text, version, embedding OPERATOR({_quote(self._vector_schema)}"
-            f".<=>) $2 AS distance FROM {self.table} "
-            "WHERE namespace = $1 AND NOT deleted ORDER BY distance LIMIT $3"
-        )
+        self._sql_search = _search_statements(self.table, _quote(self._vector_schema))
 
     async def _init_connection(self, connection: asyncpg.Connection) -> None:
         await register_vector(connection, schema=self._vector_schema)
@@ -207,7 +358,8 @@ class DRAMTier(VersionedRowTier):
                     f"DRAM text_of returned {type(text).__name__} {text!r:.80}; it must return "
                     "the str to embed"
                 )
-        return [await self._embed_one(text)]
+        search_text = text[:_SEARCH_TEXT_CHARS_MAX].replace("\x00", " ")
+        return [await self._embed_one(text), search_text]
 
     async def _embed_one(self, text: str) -> list[float]:
         try:
@@ -250,17 +402,53 @@ class DRAMTier(VersionedRowTier):
     # -- search ---------------------------------------------------------------------------
 
     async def search(
-        self, query: str | list[float], *, limit: int = 10, ef_search: int | None = None
+        self,
+        query: str | list[float],
+        *,
+        limit: int = 10,
+        mode: SearchMode | None = None,
+        where: dict[str, JSONValue] | None = None,
+        candidates: int | None = None,
+        rrf_k: int = 60,
+        text_weight: float = 1.0,
+        ef_search: int | None = None,
     ) -> list[SearchHit]:
-        """The live keys of this namespace closest in meaning to `query`, closest first.
+        """The live keys of this namespace that best match `query`, best first.
 
-        `query` is a text (embedded with the tier's embedder) or a vector of `dimensions`
-        floats. `ef_search` (1 to 1000) widens the HNSW candidate list for this search only:
-        higher is slower and more exact (pgvector's default is 40).
+        `query` is a text (embedded with the tier's embedder, and matched word by word in
+        `hybrid` and `text` modes) or a vector of `dimensions` floats (`vector` mode only).
+        `mode`: `hybrid` (the default for a text) fuses vector and BM25 rankings by reciprocal
+        rank fusion, `vector` (the default for a vector) ranks by cosine distance, `text` by
+        BM25 alone. `where` keeps only keys whose JSON value
+        contains it (`{"kind": "turn"}` matches dict values with that item). `candidates` (at
+        least `limit`; default `max(50, 5 * limit)`) is how many keys each ranking contributes
+        before fusion; `rrf_k` is RRF's damping constant (60 as in the RRF paper) and
+        `text_weight` multiplies the text ranking's share (`weight / (rrf_k + rank)`; the
+        vector ranking's weight is 1). `ef_search`
+        (1 to 1000) widens the HNSW candidate list for this search only (pgvector's default 40).
         """
         if type(limit) is not int or not 1 <= limit <= _SEARCH_LIMIT_MAX:
             raise InvalidValueError(
                 f"search limit must be an int from 1 to {_SEARCH_LIMIT_MAX}, got {limit!r}"
+            )
+        if mode is None:
+            mode = "hybrid" if isinstance(query, str) else "vector"
+        if mode not in SEARCH_MODES:
+            raise InvalidValueError(f"search mode must be one of {SEARCH_MODES}, got {mode!r}")
+        if candidates is None:
+            candidates = min(_CANDIDATES_MAX, max(50, 5 * limit))
+        elif type(candidates) is not int or not limit <= candidates <= _CANDIDATES_MAX:
+            raise InvalidValueError(
+                f"search candidates must be an int from limit ({limit}) to {_CANDIDATES_MAX}, "
+                f"got {candidates!r}"
+            )
+        if type(rrf_k) is not int or not 1 <= rrf_k <= _RRF_K_MAX:
+            raise InvalidValueError(
+                f"search rrf_k must be an int from 1 to {_RRF_K_MAX}, got {rrf_k!r}"
+            )
+        if type(text_weight) not in (int, float) or not 0 <= text_weight <= 100:
+            raise InvalidValueError(
+                f"search text_weight must be a number from 0 to 100, got {text_weight!r}"
             )
         if ef_search is not None and (
             type(ef_search) is not int or not 1 <= ef_search <= _EF_SEARCH_MAX
@@ -268,26 +456,101 @@ class DRAMTier(VersionedRowTier):
             raise InvalidValueError(
                 f"ef_search must be None or an int from 1 to {_EF_SEARCH_MAX}, got {ef_search!r}"
             )
+        where_json: str | None = None
+        if where is not None:
+            if type(where) is not dict:
+                raise InvalidValueError(
+                    f"search where must be None or a dict the matching values contain, got "
+                    f"{type(where).__name__} {where!r:.80}"
+                )
+            where_json = jsonb_text(
+                where, encode_value(where, size_max_bytes=self.value_size_max_bytes)
+            )
         if isinstance(query, str):
             pool = self._connected()  # before calling a possibly remote embedder
             vector = await self._embed_one(query)
+            text = query.replace("\x00", " ")[:_SEARCH_TEXT_CHARS_MAX]
         else:
+            if mode != "vector":
+                raise InvalidValueError(
+                    f"a vector query needs mode='vector' (got mode={mode!r}); pass a text to "
+                    "search by words too"
+                )
             vector = self._checked_vector(query, "the query")
+            text = ""
             pool = self._connected()
+        sql = self._sql_search[mode]
         try:
             async with pool.lease() as connection:
+                arguments: list[object] = [self.namespace, vector, limit, candidates, where_json]
+                if mode != "vector":
+                    arguments += await self._text_weights(connection, text)
+                if mode == "hybrid":
+                    arguments += [rrf_k, float(text_weight)]
                 if ef_search is None:
-                    rows = await connection.fetch(self._sql_search, self.namespace, vector, limit)
+                    rows = await connection.fetch(sql, *arguments)
                 else:
                     async with connection.transaction():
                         await connection.execute(
                             "SELECT set_config('hnsw.ef_search', $1, true)", str(ef_search)
                         )
-                        rows = await connection.fetch(
-                            self._sql_search, self.namespace, vector, limit
-                        )
+                        rows = await connection.fetch(sql, *arguments)
         except asyncpg.InsufficientPrivilegeError as error:  # the role of a grant
             raise refused_by_server(self.name, "search", None, error) from error
         except POSTGRES_DRIVER_ERRORS as error:
             raise tier_unavailable(self.name, "search", error, hint=POSTGRES_HINT) from error
-        return [SearchHit(row[0], decode_value(row[1]), int(row[2]), float(row[3])) for row in rows]
+        hits: list[SearchHit] = []
+        for row in rows:
+            distance = float(row[3])
+            score = 1.0 - distance if mode == "vector" else float(row[4])
+            hits.append(SearchHit(row[0], decode_value(row[1]), int(row[2]), distance, score))
+        return hits
+
+    async def _text_weights(
+        self, connection: asyncpg.Connection, text: str
+    ) -> tuple[list[str], list[float], list[bool]]:
+        """The query's lexemes with their BM25 IDF and whether each selects candidates.
+
+        IDF is `ln(1 + (N - df + 0.5) / (df + 0.5))` over the namespace's live rows; a lexeme
+        is selective when it is in at most 50 rows or 1/20 of them, or is the query's rarest.
+        Row count and frequencies come from the cache while younger than
+        `text_statistics_ttl_s`.
+        """
+        lexemes: list[str] = list(await connection.fetchval(self._sql_lexemes, text))
+        if not lexemes:
+            return [], [], []
+        statistics = self._term_statistics
+        now = time.monotonic()
+        oldest = now - self._text_statistics_ttl_s
+        stale = [
+            lexeme
+            for lexeme in lexemes
+            if statistics.frequencies.get(lexeme, (0, -math.inf))[1] < oldest
+            or self._text_statistics_ttl_s == 0
+        ]
+        want_rows = statistics.rows_at < oldest or self._text_statistics_ttl_s == 0
+        if stale or want_rows:
+            record = await connection.fetchrow(
+                self._sql_frequencies, self.namespace, stale, want_rows
+            )
+            assert record is not None  # a SELECT without FROM returns one row
+            counts, rows = record[0], record[1]
+            if len(statistics.frequencies) + len(stale) > _TERM_STATISTICS_MAX:
+                statistics.frequencies.clear()
+            for lexeme, count in zip(stale, counts, strict=True):
+                statistics.frequencies[lexeme] = (int(count), now)
+            if rows is not None:
+                statistics.rows, statistics.rows_at = int(rows), now
+        frequencies = {lexeme: statistics.frequencies[lexeme][0] for lexeme in lexemes}
+        present = [lexeme for lexeme in lexemes if frequencies[lexeme] > 0]
+        if not present:
+            return [], [], []
+        rarest = min(frequencies[lexeme] for lexeme in present)
+        total = max(statistics.rows, max(frequencies[lexeme] for lexeme in present))
+        idfs = [
+            math.log(1 + (total - frequencies[lexeme] + 0.5) / (frequencies[lexeme] + 0.5))
+            for lexeme in present
+        ]
+        threshold = max(total / 20, rarest, _SELECTIVE_ROWS_MIN)
+        selective = [frequencies[lexeme] <= threshold for lexeme in present]
+        return present, idfs, selective

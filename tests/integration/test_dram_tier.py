@@ -158,7 +158,7 @@ async def test_invalid_search_arguments_are_refused(
 ) -> None:
     """Bad query vectors, limits or ef_search raise InvalidValueError naming the problem."""
     with pytest.raises(InvalidValueError, match=fragment):
-        await dram.search(query, **kwargs)
+        await dram.search(query, **kwargs)  # type: ignore[arg-type]  # ints for any keyword
 
 
 async def test_the_table_has_an_hnsw_cosine_index_that_search_can_use(
