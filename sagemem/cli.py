@@ -165,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "eval",
         help="evaluate the semantic tier's retrieval (`sagemem eval locomo --data PATH`, see "
         "`sagemem eval locomo --help`)",
+        epilog="exit status: 0 the evaluation ran; 1 a server or the data failed; 2 a usage error.",
     )
     evaluation.add_argument("benchmark", choices=["locomo"])
     args = parser.parse_args(arguments)

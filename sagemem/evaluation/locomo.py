@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 from sagemem.embedding import Embedder, HashingEmbedder
-from sagemem.errors import ConfigurationError
+from sagemem.errors import ConfigurationError, SageMemError
 from sagemem.tiers.dram import SEARCH_MODES, DRAMTier, SearchMode
 from sagemem.values import JSONValue
 
@@ -596,6 +596,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         prog=prog,
         description="Evidence retrieval of the semantic tier on LoCoMo: recall@1/5/10 and MRR "
         "per category, ingest and query latency.",
+        epilog="exit status: 0 the evaluation ran; 1 a server or the data failed (the reason is "
+        "printed); 2 a usage error or a bad setting.",
     )
     parser.add_argument("--data", type=Path, required=True, help="LoCoMo .zip, folder or .json")
     parser.add_argument("--embedder", choices=EMBEDDERS, default="minilm")
@@ -690,6 +692,9 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "sagemem eval locomo"
     except ConfigurationError as error:
         print(f"{prog}: {error}", file=sys.stderr)
         return 2
+    except SageMemError as error:
+        print(f"{prog}: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
     report.judge_note = note if args.judge else ""
     print(format_report(report))
     if args.json is not None:
