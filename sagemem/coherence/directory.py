@@ -474,6 +474,18 @@ class RedisDirectory:
             return True
         return False
 
+    async def leave(self, key: str, agent_id: str) -> None:
+        """An agent that stops (closes its L1) leaves the directory of `key`: its registration
+        and any ack it still owes are dropped, so no writer waits for an ack it will never
+        send (it serves nothing any more)."""
+        agent = check_agent_id(agent_id)
+        await self._run(
+            "leave",
+            key,
+            self._client.zrem(self.holders_key(key), agent),
+        )
+        await self._run("leave", key, self._client.zrem(self.acks_key(key), agent))
+
     async def expire_holder(self, key: str, agent_id: str) -> bool:
         """HOLDER_EXPIRE (DIRECTORY_EXPIRE_HOLDER): drop `agent_id`'s owed ack and registration
         once their deadline has passed (guard HOLDER_LEASE_LAPSED, on the server's clock).

@@ -459,6 +459,11 @@ class CoherentL1Tier(AsyncResource):
                     for state in list(self._keys.values()):
                         if state.driver is not None:
                             await asyncio.wait({state.driver})
+                    # Registrations a fill in flight made, and acks owed for invalidations that
+                    # arrive from now on, would hold strict writers back until they lapse.
+                    assert self._directory is not None
+                    for key in list(self._keys):
+                        await self._directory.leave(key, self.agent_id)
             except (TimeoutError, SageMemError) as error:
                 _logger.warning("L1 %s: release on close incomplete: %s", self.agent_id, error)
             finally:
