@@ -445,15 +445,18 @@ class RedisDirectory:
             return True
         return False
 
-    async def directory_age_s(self, key: str) -> float:
-        """How long ago (on the Redis server's clock) this server's directory was born: its
-        birth key `DIRECTORY_BIRTH_KEY` is created on first use after each server start, so a
-        young directory may have forgotten registrations a restarted server lost. `key` names
-        the protocol step it is asked for (in errors)."""
-        age_ms = await self._run(
-            "directory age", key, self._scripts.directory_age(keys=[DIRECTORY_BIRTH_KEY])
+    async def settle_facts(self, key: str) -> tuple[tuple[str, ...], float]:
+        """What a strict write of `key` settles on, in one script: the agents that still owe an
+        ack (as `pending_acks`), and how long ago (seconds, the Redis server's clock) this
+        server's directory was born. Its birth key `DIRECTORY_BIRTH_KEY` is created on first
+        use after each server start, so a young directory may have forgotten registrations a
+        restarted server lost."""
+        age_ms, owed = await self._run(
+            "settle facts",
+            key,
+            self._scripts.settle_facts(keys=[self.acks_key(key), DIRECTORY_BIRTH_KEY]),
         )
-        return int(age_ms) / 1000.0
+        return tuple(sorted(_text(agent) for agent in owed)), int(age_ms) / 1000.0
 
     async def pending_acks(self, key: str) -> tuple[str, ...]:
         """The agents that still owe an ack for `key` and whose read lease has not lapsed."""

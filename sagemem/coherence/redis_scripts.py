@@ -16,8 +16,9 @@ meaning every script implements is the one `spec/model.py` gives the effect it n
   read lease (the registration's deadline) has passed.
 - `EXPIRE_LAPSED_SCRIPT`: HOLDER_EXPIRE for every lapsed holder and owed ack of a key.
 - `LIVE_MEMBERS_SCRIPT`: read-only: the members of a holders/acks set whose deadline is ahead.
-- `DIRECTORY_AGE_SCRIPT`: how long ago this server's directory was born (its birth key is set
-  on first use after each server start: a restarted Redis has forgotten every registration).
+- `SETTLE_FACTS_SCRIPT`: read-only but for the birth key: the holders that still owe an ack for
+  a key, and how long ago this server's directory was born (its birth key is set on first use
+  after each server start: a restarted Redis has forgotten every registration).
 
 Time is the Redis server's clock (`TIME`), never a client's, so every deadline in the
 directory is compared with one clock. Holder and ack sets are sorted sets scored by the
@@ -45,7 +46,6 @@ from redis.commands.core import AsyncScript
 
 __all__ = [
     "ADD_HOLDER_SCRIPT",
-    "DIRECTORY_AGE_SCRIPT",
     "EXPIRE_HOLDER_SCRIPT",
     "EXPIRE_LAPSED_SCRIPT",
     "FILL_L2_HIT",
@@ -58,6 +58,7 @@ __all__ = [
     "LEASED_FILL_OCCUPIED",
     "LEASED_FILL_SCRIPT",
     "LIVE_MEMBERS_SCRIPT",
+    "SETTLE_FACTS_SCRIPT",
     "DirectoryScripts",
     "register_directory_scripts",
 ]
@@ -269,15 +270,17 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ms(now_ms()), '+inf')
 """
 )
 
-# KEYS[1] the server's directory birth key. Creates it (with the server's time) when missing,
-# which happens once per server start: the directory (and everything else in Redis) is new.
-# Reply: how many milliseconds ago the directory was born.
-DIRECTORY_AGE_SCRIPT: Final = (
+# KEYS[1] a key's owed acks, KEYS[2] the server's directory birth key, created (with the
+# server's time) when missing, which happens once per server start: the directory (and
+# everything else in Redis) is new. What a strict write's settling asks, in one round trip.
+# Reply {milliseconds since the directory was born, the agents whose owed ack is still live}.
+SETTLE_FACTS_SCRIPT: Final = (
     _PRELUDE
     + """
 local now = now_ms()
-redis.call('SET', KEYS[1], ms(now), 'NX')
-return now - tonumber(redis.call('GET', KEYS[1]))
+redis.call('SET', KEYS[2], ms(now), 'NX')
+local age = now - tonumber(redis.call('GET', KEYS[2]))
+return {age, redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ms(now), '+inf')}
 """
 )
 
@@ -293,7 +296,7 @@ class DirectoryScripts:
     expire_holder: AsyncScript
     expire_lapsed: AsyncScript
     live_members: AsyncScript
-    directory_age: AsyncScript
+    settle_facts: AsyncScript
 
 
 def register_directory_scripts(client: aioredis.Redis) -> DirectoryScripts:
@@ -306,5 +309,5 @@ def register_directory_scripts(client: aioredis.Redis) -> DirectoryScripts:
         expire_holder=client.register_script(EXPIRE_HOLDER_SCRIPT),
         expire_lapsed=client.register_script(EXPIRE_LAPSED_SCRIPT),
         live_members=client.register_script(LIVE_MEMBERS_SCRIPT),
-        directory_age=client.register_script(DIRECTORY_AGE_SCRIPT),
+        settle_facts=client.register_script(SETTLE_FACTS_SCRIPT),
     )

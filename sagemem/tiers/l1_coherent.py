@@ -1308,10 +1308,11 @@ class CoherentL1Tier(AsyncResource):
             return Guard.PUBLISHED if empty else Guard.UNPUBLISHED
         if not empty:
             return Guard.UNACKNOWLEDGED
-        if await directory.pending_acks(key):
+        owed, directory_age_s = await directory.settle_facts(key)
+        if owed:
             await directory.expire_lapsed(key)
             return Guard.UNACKNOWLEDGED
-        if await directory.directory_age_s(key) < self._directory_settled_s:
+        if directory_age_s < self._directory_settled_s:
             # A young directory (Redis restarted, its registrations gone) cannot list every
             # holder: wait until no copy registered before its birth is trusted any more.
             return Guard.UNACKNOWLEDGED
