@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import math
 import secrets
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from enum import Enum, unique
 from typing import Final, TypeVar
@@ -477,17 +477,18 @@ class RedisDirectory:
             return True
         return False
 
-    async def leave(self, key: str, agent_id: str) -> None:
-        """An agent that stops (closes its L1) leaves the directory of `key`: its registration
-        and any ack it still owes are dropped, so no writer waits for an ack it will never
-        send (it serves nothing any more)."""
+    async def leave(self, keys: Sequence[str], agent_id: str) -> None:
+        """An agent that stops (closes its L1) leaves the directory of `keys`: its
+        registrations and any acks it still owes are dropped, so no writer waits for an ack it
+        will never send (it serves nothing any more). One pipelined round trip."""
         agent = check_agent_id(agent_id)
-        await self._run(
-            "leave",
-            key,
-            self._client.zrem(self.holders_key(key), agent),
-        )
-        await self._run("leave", key, self._client.zrem(self.acks_key(key), agent))
+        if not keys:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.zrem(self.holders_key(key), agent)
+            pipe.zrem(self.acks_key(key), agent)
+        await self._run("leave", keys[0], pipe.execute())
 
     async def expire_holder(self, key: str, agent_id: str) -> bool:
         """HOLDER_EXPIRE (DIRECTORY_EXPIRE_HOLDER): drop `agent_id`'s owed ack and registration

@@ -462,8 +462,7 @@ class CoherentL1Tier(AsyncResource):
                     # Registrations a fill in flight made, and acks owed for invalidations that
                     # arrive from now on, would hold strict writers back until they lapse.
                     assert self._directory is not None
-                    for key in list(self._keys):
-                        await self._directory.leave(key, self.agent_id)
+                    await self._directory.leave(list(self._keys), self.agent_id)
             except (TimeoutError, SageMemError) as error:
                 _logger.warning("L1 %s: release on close incomplete: %s", self.agent_id, error)
             finally:
