@@ -307,7 +307,10 @@ async def test_a_timed_out_swap_keeps_its_version_check_when_another_operation_s
                 await impatient.compare_and_swap("k", "stale swap", stale)
             assert raised.value.key == "k"
             reading = asyncio.create_task(impatient.get("k"))  # a new operation on the key
-            await asyncio.sleep(0.5)  # the swap's commit is retried (and refused by the lock)
+            retries = impatient.statistics().io_retries
+            await wait_until(  # the swap's commit is retried after the read began (refused)
+                lambda: impatient.statistics().io_retries > retries, "a retried commit", 10.0
+            )
         async with asyncio.timeout(_BOUND_S):
             assert await reading == "v2"
         assert await _home_row(namespace, "k") == TierEntry("v2", newest)
