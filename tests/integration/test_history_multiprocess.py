@@ -355,6 +355,47 @@ def _own_writes_not_read_back(operations: list[Operation]) -> list[str]:
     return found
 
 
+def _per_agent(run: _Run, section: str, name: str) -> list[int]:
+    """Each agent's count `name` in its summary's `section` ("outcomes" or "statistics")."""
+    counts: list[int] = []
+    for summary in run.summaries.values():
+        found = summary[section]
+        assert isinstance(found, dict)
+        counts.append(int(found.get(name, 0)))
+    return counts
+
+
+def _check_strict_run(
+    request: pytest.FixtureRequest, run: _Run, agents: list[str], title: str, *notes: str
+) -> None:
+    """Report and check a strict run: every key linearizable, and `_check_common`.
+
+    INCREASING, not CONSECUTIVE: a delete of a key that is already absent still commits a new
+    tombstone version, which the register model cannot represent (there, a delete of an absent
+    key changes nothing). Such deletes are recorded as "nothing to delete" and their versions
+    accounted separately (`_check_common`), so every home version is still checked."""
+    checked = time.monotonic()
+    results = check_history(run.operations, version_rule=VersionRule.INCREASING)
+    check_s = time.monotonic() - checked
+    _report(
+        request,
+        title,
+        [
+            _describe_counts(run),
+            *(
+                f"{key}: {'linearizable' if result.ok else 'NOT linearizable'}, "
+                f"{result.operation_count} operations, {result.configurations} configurations"
+                for key, result in results.items()
+            ),
+            f"checked in {check_s:.2f} s",
+            *notes,
+        ],
+    )
+    failures = _failures(results)
+    assert not failures, _explain(failures)
+    _check_common(run, agents)
+
+
 def _report(request: pytest.FixtureRequest, title: str, lines: list[str]) -> None:
     text = "\n".join(lines)
     print(f"{title}:\n{text}")
@@ -394,31 +435,14 @@ async def test_strict_histories_are_linearizable(
         schema=pg_schema,
         directory=tmp_path,
     )
-    checked = time.monotonic()
-    # INCREASING, not CONSECUTIVE: a coherent delete of a key that is already absent still
-    # commits a new tombstone version (HomeStore's commit bumps unconditionally), which the
-    # register model cannot represent (there, a delete of an absent key changes nothing). Such
-    # deletes are recorded as "nothing to delete" and their versions accounted separately
-    # (`_check_common`), so every home version is still checked.
-    results = check_history(run.operations, version_rule=VersionRule.INCREASING)
-    check_s = time.monotonic() - checked
-    _report(
+    _check_strict_run(
         request,
+        run,
+        agents,
         "strict history",
-        [
-            _describe_counts(run),
-            f"for comparison with coherent mode: {analyze_staleness(run.operations).summary()}",
-            *(
-                f"{key}: {'linearizable' if result.ok else 'NOT linearizable'}, "
-                f"{result.operation_count} operations, {result.configurations} configurations"
-                for key, result in results.items()
-            ),
-            f"checked in {check_s:.2f} s; whole test {time.monotonic() - started:.1f} s",
-        ],
+        f"for comparison with coherent mode: {analyze_staleness(run.operations).summary()}",
+        f"whole test {time.monotonic() - started:.1f} s",
     )
-    failures = _failures(results)
-    assert not failures, _explain(failures)
-    _check_common(run, agents)
 
 
 async def test_strict_histories_with_ownership_writes_are_linearizable(
@@ -449,37 +473,17 @@ async def test_strict_histories_with_ownership_writes_are_linearizable(
         lose_replies=0.1,
         reopen_every=40,
     )
-    results = check_history(run.operations, version_rule=VersionRule.INCREASING)
-    _report(
+    assert sum(_per_agent(run, "outcomes", "set")) > 0, "no agent wrote with set"
+    assert sum(_per_agent(run, "statistics", "io_retries")) > 0, "no commit reply was lost"
+    reopened = _per_agent(run, "statistics", "reopened")
+    assert all(count > 0 for count in reopened), f"reopened per agent: {reopened}"
+    _check_strict_run(
         request,
+        run,
+        agents,
         "strict history with set",
-        [
-            _describe_counts(run),
-            *(
-                f"{key}: {'linearizable' if result.ok else 'NOT linearizable'}, "
-                f"{result.operation_count} operations"
-                for key, result in results.items()
-            ),
-            f"whole test {time.monotonic() - started:.1f} s",
-        ],
+        f"whole test {time.monotonic() - started:.1f} s",
     )
-    sets = 0
-    for summary in run.summaries.values():
-        outcomes = summary["outcomes"]
-        assert isinstance(outcomes, dict)
-        sets += int(outcomes.get("set", 0))
-    assert sets > 0, "no agent wrote with set"
-    retries = 0
-    for summary in run.summaries.values():
-        statistics = summary["statistics"]
-        assert isinstance(statistics, dict)
-        retries += int(statistics.get("io_retries", 0))
-    assert retries > 0, "no commit reply was lost"
-    reopened = [summary["statistics"] for summary in run.summaries.values()]
-    assert all(isinstance(s, dict) and s.get("reopened", 0) > 0 for s in reopened), reopened
-    failures = _failures(results)
-    assert not failures, _explain(failures)
-    _check_common(run, agents)
 
 
 async def test_strict_histories_across_a_redis_restart_are_linearizable(
@@ -515,22 +519,7 @@ async def test_strict_histories_across_a_redis_restart_are_linearizable(
         mix="35,15,15,10,25",
         during=restart_redis,
     )
-    results = check_history(run.operations, version_rule=VersionRule.INCREASING)
-    _report(
-        request,
-        "strict history across a Redis restart",
-        [
-            _describe_counts(run),
-            *(
-                f"{key}: {'linearizable' if result.ok else 'NOT linearizable'}, "
-                f"{result.operation_count} operations"
-                for key, result in results.items()
-            ),
-        ],
-    )
-    failures = _failures(results)
-    assert not failures, _explain(failures)
-    _check_common(run, agents)
+    _check_strict_run(request, run, agents, "strict history across a Redis restart")
 
 
 async def test_coherent_stale_reads_are_covered_by_invalidations_in_flight(
