@@ -39,7 +39,6 @@ import math
 import secrets
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from enum import Enum, unique
 from typing import Final, TypeVar
 
 import redis.asyncio as aioredis
@@ -47,6 +46,7 @@ from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from sagemem._driver_errors import refused_by_server as _refused
 from sagemem._driver_errors import tier_unavailable
+from sagemem.coherence.answers import FillKind
 from sagemem.coherence.messages import (
     CHANNEL_PREFIX,
     INTEGER_MAX,
@@ -118,15 +118,6 @@ class DirectoryUnavailable(TierUnavailable):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, tier=_TIER)
-
-
-@unique
-class FillKind(Enum):
-    """What the fill script found (the Redis half of the spec's FILL_FETCH guards)."""
-
-    L2_HIT = "l2_hit"  # FETCH_L2_HIT: the copy is in `FillStep.entry`
-    LEASED = "leased"  # L2 missed: read the home, then `leased_fill` with `FillStep.lease_token`
-    UNSETTLED = "unsettled"  # strict FETCH_UNSETTLED (acks owed): nothing done; retry later
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,10 @@ from dataclasses import dataclass, field
 from typing import Final, cast
 
 from sagemem._lifecycle import AsyncResource
+from sagemem.coherence import answers
+from sagemem.coherence.answers import COPY_STATES as _COPY_STATES
+from sagemem.coherence.answers import OWNED_STATES as _OWNED_STATES
+from sagemem.coherence.answers import StaleVerdict, TimeoutKind
 from sagemem.coherence.bus import CoherenceBus, Subscription
 from sagemem.coherence.core import (
     ABSENT,
@@ -58,7 +62,7 @@ from sagemem.coherence.core import (
     Step,
     Tracer,
 )
-from sagemem.coherence.directory import FillKind, RedisDirectory
+from sagemem.coherence.directory import RedisDirectory
 from sagemem.coherence.home import HomeStore, owner_agent, owner_token
 from sagemem.coherence.messages import (
     BusEvent,
@@ -107,8 +111,6 @@ RELAY_SENDER: Final = "sagemem.relay"
 _SCALARS: Final = (str, int, float, bool, type(None))
 
 
-_OWNED_STATES: Final = frozenset({L1State.E, L1State.M})
-_COPY_STATES: Final = frozenset({L1State.S, L1State.E, L1State.M})
 # A read whose entry restarts empty (see _reset_bogus_floor) starts again at most this often.
 _READ_RESTARTS: Final = 3
 # Keys with no copy and nothing in flight are forgotten after this long (see _forget_idle).
@@ -706,12 +708,11 @@ class CoherentL1Tier(AsyncResource):
     async def _compare_and_swap_once(self, key: str, value: JSONValue, expected: int | None) -> int:
         self._require_started()
         core_entry = self.core.snapshot(key)
-        if core_entry.state in _OWNED_STATES:
-            # The owner compares versions itself: nobody else can commit while it owns the key
-            # (and the table never lets the home refuse an owner's commit).
-            held = None if core_entry.value is ABSENT else core_entry.version
-            if held != expected:
-                raise VersionConflict(key, expected=expected, actual=held)
+        check = answers.owner_compare(
+            core_entry.state, core_entry.version, core_entry.value, expected
+        )
+        if check is not None and not check.matched:
+            raise VersionConflict(key, expected=expected, actual=check.held)
         self._counts["writes_through"] += 1
         action = await self._operate(
             key, Event.WRITE_THROUGH, Payload(value=_pack(value)), conditional=(expected,)
@@ -719,12 +720,8 @@ class CoherentL1Tier(AsyncResource):
         assert action is not None
         if action.effect is Effect.REPORT_CONFLICT:
             seen = self._state(key).conflict_row_version
-            if self.mode is Mode.STRICT and seen is not None:
-                # The conflict tells the caller that the key is at `actual` (a version, or
-                # absent: a tombstone's version). In strict mode every later read must then
-                # return that or newer, so the answer waits, as a write would, until that
-                # version has settled (its invalidations relayed and acknowledged): no copy
-                # older than it remains anywhere.
+            if answers.conflict_settles_first(self.mode, seen):
+                assert seen is not None
                 await self._await_settled(key, seen)
             raise VersionConflict(key, expected=expected, actual=action.version)
         assert action.version is not None
@@ -874,7 +871,8 @@ class CoherentL1Tier(AsyncResource):
             async with asyncio.timeout(max(0.0, deadline - loop.time())):
                 return await asyncio.shield(op.future)
         except TimeoutError:
-            if self.core.snapshot(key).request is Request.COMMIT:
+            kind = answers.timeout_error(self.core.snapshot(key).request)
+            if kind is TimeoutKind.OUTCOME_UNKNOWN:
                 raise OutcomeUnknown(
                     f"L1 {self.agent_id}: the commit of key {key!r} was sent but its answer "
                     f"could not be learned within {self._operation_timeout_s} s: it may or may "
@@ -931,12 +929,17 @@ class CoherentL1Tier(AsyncResource):
         target = step.target
         rule = step.rule
         assert rule is not None
-        if Effect.INSTALL_COPY in rule.effects:
-            state.deadline = 0.0 if state.unregistered else state.fill_sent + self._copy_life_s
-        elif Effect.START_OWNER_LEASE in rule.effects:
-            state.deadline = state.fill_sent + self._owner_life_s
-        elif step.source is L1State.MS_A and target is L1State.S:
-            state.deadline = min(state.deadline, time.monotonic() + self._copy_life_s)
+        state.deadline = answers.deadline_after(
+            rule.effects,
+            step.source,
+            target,
+            current=state.deadline,
+            now=time.monotonic(),
+            fill_sent=state.fill_sent,
+            registered=not state.unregistered,
+            copy_life_s=self._copy_life_s,
+            owner_life_s=self._owner_life_s,
+        )
         if target in _COPY_STATES:
             self._lru[key] = None
             self._lru.move_to_end(key)
@@ -958,24 +961,23 @@ class CoherentL1Tier(AsyncResource):
         read within `link_trust_s`). A strict holder that cannot confirm its link (the server
         restarted and forgot its registration, or this event loop stalled) may have missed an
         invalidation; a strict writer waits that long after the directory is born."""
-        if now >= state.deadline:
-            return False
-        if self.mode is Mode.COHERENT or self.core.state(key) is not L1State.S:
-            return True
-        heard = self.bus.link_heard_at()
-        return heard is not None and now - heard < self.bus.link_trust_s
+        return answers.trusted(
+            self.mode,
+            self.core.state(key),
+            now=now,
+            deadline=state.deadline,
+            link_heard_at=self.bus.link_heard_at(),
+            link_trust_s=self.bus.link_trust_s,
+        )
 
     def _expire_if_lapsed(self, key: str, state: _KeyState) -> None:
         """A copy or grant past its deadline (or a strict copy whose link is not confirmed):
         LEASE_LAPSE (E, M, strict S) or EVICT (S)."""
-        current = self.core.state(key)
-        if current not in _COPY_STATES or self._trusted(key, state, time.monotonic()):
+        event = answers.expiry_event(self.mode, self.core.state(key))
+        if event is None or self._trusted(key, state, time.monotonic()):
             return
         self._counts["lease_lapses"] += 1
-        if current is L1State.S and self.mode is Mode.COHERENT:
-            self._fire(key, Event.EVICT, NO_PAYLOAD)
-        else:
-            self._fire(key, Event.LEASE_LAPSE, NO_PAYLOAD)
+        self._fire(key, event, NO_PAYLOAD)
 
     def _kick(self, key: str, state: _KeyState) -> None:
         """Make sure the key's driver runs if it has actions to perform or a request open
@@ -1036,7 +1038,11 @@ class CoherentL1Tier(AsyncResource):
                     if failures == 1:
                         failing_since = now
                     waiting = state.op is not None and not state.op.future.done()
-                    if not waiting and now - failing_since >= self._operation_timeout_s:
+                    if answers.parks(
+                        waiting=waiting,
+                        failing_for_s=now - failing_since,
+                        operation_timeout_s=self._operation_timeout_s,
+                    ):
                         # Every caller has been answered (or timed out): stop retrying. The
                         # step is resumed, from where it stopped, by the next event on the
                         # key; a commit resumed later is the same idempotent commit.
@@ -1103,10 +1109,12 @@ class CoherentL1Tier(AsyncResource):
                     now = time.monotonic()
                     if state.stale_since is None:
                         state.stale_since = now
-                    # From the home (unowned), older data than the floor is proof the floor is
-                    # bogus; from L2 it is legitimate only until the pending relay deletes the
-                    # copy, which the outbox sweep bounds.
-                    if state.source == 2 or now - state.stale_since > self._stale_l2_limit_s:
+                    stale = answers.stale_data_verdict(
+                        source=state.source,
+                        stale_for_s=now - state.stale_since,
+                        l2_limit_s=self._stale_l2_limit_s,
+                    )
+                    if stale is StaleVerdict.RESET:
                         self._reset_bogus_floor(key, state)
                     else:
                         await self._wait_turn(state)  # the newer copy is on its way: back off
@@ -1125,41 +1133,22 @@ class CoherentL1Tier(AsyncResource):
                 else:
                     answer = await home.commit(key, value, self._me, operation_id)
                 state.owner_hint = answer.owner
-                if answer.branch is Guard.GRANT_LOST:
+                verdict = answers.commit_verdict(answer)
+                if verdict.conflict:
                     self._counts["conflicts"] += 1
+                if verdict.event is Event.HOME_CONFLICT:
                     state.conflict_row_version = answer.row_version
-                    self._fire(
-                        key,
-                        Event.HOME_CONFLICT,
-                        Payload(branch=Guard.GRANT_LOST, version=answer.version),
-                    )
-                    return
-                if answer.branch is Guard.OWNED_BY_OTHER:
-                    self._counts["conflicts"] += 1
-                    await self._expire_owner(key, answer.owner, answer.owner_lapsed)
-                self._fire(
-                    key,
-                    Event.HOME_COMMIT,
-                    Payload(
-                        branch=answer.branch,
-                        version=answer.version,
-                        owner_epoch=answer.owner_epoch,
-                        existed=answer.existed,
-                    ),
-                )
+                await self._expire_owner(key, verdict.expire_owner)
+                self._fire(key, verdict.event, verdict.payload)
             case Request.ACQUIRE:
                 state.fill_sent = time.monotonic()
                 answer = await home.acquire(key, self._me, self._owner_lease_ms)
                 state.owner_hint = answer.owner
-                if answer.branch is Guard.OWNED_BY_OTHER:
+                verdict = answers.acquire_verdict(answer)
+                if verdict.conflict:
                     self._counts["conflicts"] += 1
-                    await self._expire_owner(key, answer.owner, answer.owner_lapsed)
-                    payload = Payload(branch=answer.branch, owner_epoch=answer.owner_epoch)
-                else:
-                    payload = Payload(
-                        branch=answer.branch, version=answer.version, owner_epoch=answer.version
-                    )
-                self._fire(key, Event.HOME_ACQUIRE, payload)
+                await self._expire_owner(key, verdict.expire_owner)
+                self._fire(key, verdict.event, verdict.payload)
             case Request.SETTLE:
                 branch = await self._settle(key, state, entry.version)
                 step = self._fire(key, Event.WRITE_SETTLED, Payload(branch=branch))
@@ -1217,41 +1206,29 @@ class CoherentL1Tier(AsyncResource):
         strict = self.mode is Mode.STRICT
         state.fill_sent = time.monotonic()
         fill = await directory.fill(key, self.agent_id, strict=strict)
-        if fill.kind is FillKind.UNSETTLED:
-            return Payload(branch=Guard.FETCH_UNSETTLED)
-        state.unregistered = not fill.registered
-        if fill.kind is FillKind.L2_HIT:
-            assert fill.entry is not None
-            assert fill.entry.version is not None
+        verdict = answers.fetch_verdict(self.mode, self._me, fill, None)
+        if verdict.read_home:
+            verdict = answers.fetch_verdict(self.mode, self._me, fill, await home.read(key))
+        state.unregistered = not verdict.registered
+        if verdict.owner is not None:
+            state.owner_hint = verdict.owner
+        await self._expire_owner(key, verdict.expire_owner)
+        if verdict.relay is not None:
+            await self._relay(key, verdict.relay, RELAY_SENDER)
+        payload = verdict.payload
+        assert payload is not None
+        if verdict.source == 1:
             self._counts["fills_from_l2"] += 1
-            state.source = 1
-            return Payload(
-                branch=Guard.FETCH_L2_HIT,
-                version=fill.entry.version,
-                value=_pack(fill.entry.value),
-            )
-        answer = await home.read(key)
-        if answer.owned_by_other(self._me):
-            state.owner_hint = answer.owner
-            await self._expire_owner(key, answer.owner, answer.owner_lapsed)
-            return Payload(branch=Guard.FETCH_OWNED, owner_epoch=answer.version)
-        if strict and answer.outbox is not None:
-            await self._relay(key, answer.outbox, RELAY_SENDER)
-            return Payload(branch=Guard.FETCH_UNSETTLED)
-        self._counts["fills_from_home"] += 1
-        state.source = 2
-        return Payload(
-            branch=Guard.FETCH_SETTLED if strict else Guard.FETCH_FREE,
-            version=answer.version,
-            value=_pack(answer.value),
-            fill_lease=fill.lease_token,
-        )
+        elif verdict.source == 2:
+            self._counts["fills_from_home"] += 1
+        state.source = verdict.source
+        return dataclasses.replace(payload, value=_pack(payload.value))
 
-    async def _expire_owner(self, key: str, owner: str | None, lapsed: bool) -> None:
-        """HOME_EXPIRE_OWNER when the owner's lease lapsed on the server's clock."""
+    async def _expire_owner(self, key: str, owner: str | None) -> None:
+        """HOME_EXPIRE_OWNER of `owner` (a verdict's: its lease lapsed on the server's clock)."""
         home = self._home
         assert home is not None
-        if owner is None or not lapsed:
+        if owner is None:
             return
         rule = self.core.shared_row(Event.HOME_EXPIRE_OWNER, Guard.OWNER_LEASE_LAPSED)
         assert isinstance(rule, Rule)
@@ -1303,19 +1280,18 @@ class CoherentL1Tier(AsyncResource):
                 empty = True
             else:  # a newer commit's entry (its writer relays it too; relaying is idempotent)
                 empty = await self._relay(key, pending, self.agent_id)
-        if self.mode is Mode.COHERENT:
-            return Guard.PUBLISHED if empty else Guard.UNPUBLISHED
-        if not empty:
-            return Guard.UNACKNOWLEDGED
+        if self.mode is Mode.COHERENT or not empty:
+            return answers.settle_guard(self.mode, outbox_empty=empty)
         owed, directory_age_s = await directory.settle_facts(key)
         if owed:
-            await directory.expire_lapsed(key)
-            return Guard.UNACKNOWLEDGED
-        if directory_age_s < self._directory_settled_s:
-            # A young directory (Redis restarted, its registrations gone) cannot list every
-            # holder: wait until no copy registered before its birth is trusted any more.
-            return Guard.UNACKNOWLEDGED
-        return Guard.ACKNOWLEDGED
+            await directory.expire_lapsed(key)  # holders whose read lease lapsed owe nothing
+        return answers.settle_guard(
+            self.mode,
+            outbox_empty=True,
+            acks_owed=bool(owed),
+            directory_age_s=directory_age_s,
+            directory_settled_s=self._directory_settled_s,
+        )
 
     async def _perform(self, key: str, state: _KeyState, action: Action, owner: _Op | None) -> None:
         """Carry out one action of a fired row; `owner` is the operation its answer is for."""
@@ -1348,8 +1324,10 @@ class CoherentL1Tier(AsyncResource):
                 holder = state.owner_hint
                 now = time.monotonic()
                 recall = (holder, action.owner_epoch)
-                if state.recalled == recall and now - state.recalled_at < _RECALL_REPEAT_S:
-                    return  # the same recall left moments ago (a lost one is sent again later)
+                if answers.recall_is_repeat(
+                    state.recalled, state.recalled_at, recall, now=now, repeat_s=_RECALL_REPEAT_S
+                ):
+                    return
                 state.recalled, state.recalled_at = recall, now
                 if holder is not None:
                     await self.bus.publish_recall(
@@ -1394,9 +1372,7 @@ class CoherentL1Tier(AsyncResource):
             case Missed(reason=reason):
                 self._counts["disconnects"] += 1
                 self._disconnected = True
-                loss = (
-                    Event.DROP_MESSAGE if reason is MissedReason.SEQUENCE_GAP else Event.DISCONNECT
-                )
+                loss = answers.loss_event(reason is MissedReason.SEQUENCE_GAP)
                 for key in self.core:
                     self._fire(key, loss, NO_PAYLOAD)
             case Resynced():
@@ -1413,10 +1389,8 @@ class CoherentL1Tier(AsyncResource):
         entry (the home revokes only grants whose lease lapsed on the later server clock).
         """
         state = self._keys.get(key)
-        if (
-            state is not None
-            and self.core.state(key) in _OWNED_STATES
-            and time.monotonic() >= state.deadline
+        if state is not None and answers.lapses_first(
+            self.core.state(key), now=time.monotonic(), deadline=state.deadline
         ):
             self._counts["lease_lapses"] += 1
             self._fire(key, Event.LEASE_LAPSE, NO_PAYLOAD)
