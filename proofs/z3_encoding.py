@@ -733,7 +733,7 @@ class Encoding:
                 if Event.DROP_MESSAGE in faults:
                     yield Event.DROP_MESSAGE, a, m, z3.And(fault_ok, box[m])
             if Event.DISCONNECT in faults:
-                yield Event.DISCONNECT, a, 0, z3.And(fault_ok, z3.Or(*box))
+                yield Event.DISCONNECT, a, 0, fault_ok
             for request, event in REQUEST_EVENT.items():
                 yield event, a, 0, self._req_is(ag, request)
             for request, event in REQUEST_ALTERNATIVE.items():

@@ -743,7 +743,7 @@ def _offers(defn: ProtocolDefinition, state: State) -> Iterator[tuple[Event, int
                 yield Event.DELIVER_INVALIDATE, a, message
             if Event.DROP_MESSAGE in faults:
                 yield Event.DROP_MESSAGE, a, message
-        if ag.inbox and Event.DISCONNECT in faults:
+        if Event.DISCONNECT in faults:
             yield Event.DISCONNECT, a, 0
         if ag.req is not Request.NONE:
             yield REQUEST_EVENT[ag.req], a, 0

@@ -64,6 +64,7 @@ __all__ = [
     "Action",
     "AgentCore",
     "EntryCore",
+    "LocalView",
     "Operation",
     "Outcome",
     "Payload",
@@ -303,9 +304,16 @@ class Step:
         return self.outcome is Outcome.STALLED
 
 
+type LocalView = tuple[Request, bool, int]
+"""The local fields the model has too: what the entry waits for, whether the bus missed
+messages, the operation in progress (0 none, 1 read, 2 write)."""
+
+
 @dataclass(frozen=True, slots=True)
 class TraceRecord:
-    """One executed transition, for replaying production traces through the spec."""
+    """One executed transition, for replaying production traces through the spec: the row's
+    source, event, guard, target and effects, the payload, and the entry's `LocalView` before
+    and after it."""
 
     key: str
     source: L1State
@@ -314,6 +322,8 @@ class TraceRecord:
     target: L1State
     effects: tuple[Effect, ...]
     payload: Payload
+    before: LocalView = (Request.NONE, False, 0)
+    after: LocalView = (Request.NONE, False, 0)
 
 
 type Tracer = Callable[[TraceRecord], None]
@@ -545,11 +555,15 @@ class AgentCore:
             )
             return Step(key, event, guard, source, source, outcome, None, chosen)
         self._entries.setdefault(key, entry)
+        before = (entry.request, entry.missed, int(entry.operation))
         actions, script = self._execute(entry, chosen, payload)
         assert guard is not None
         if self.tracer is not None:
+            after = (entry.request, entry.missed, int(entry.operation))
             self.tracer(
-                TraceRecord(key, source, event, guard, entry.state, chosen.effects, payload)
+                TraceRecord(
+                    key, source, event, guard, entry.state, chosen.effects, payload, before, after
+                )
             )
         return Step(
             key, event, guard, source, entry.state, Outcome.FIRED, chosen, None, actions, script

@@ -74,6 +74,7 @@ from sagemem.coherence.messages import (
     Resynced,
     check_agent_id,
 )
+from sagemem.coherence.steps import ServerSteps, ServerStepsFactory
 from sagemem.conflicts import ConflictPolicy, check_attempts, check_policy, swap_with_policy
 from sagemem.conflicts import update as update_with_retries
 from sagemem.errors import (
@@ -234,7 +235,9 @@ class CoherentL1Tier(AsyncResource):
     default Postgres (`SAGEMEM_POSTGRES_DSN` or the embedded server) in the bus's namespace.
     The bus must be connected before `start()`; it is borrowed (never closed here).
     `home_steps` builds the object that runs the home's protocol statements on that tier
-    (`HomeStore`; tests pass a subclass that injects faults such as a lost reply).
+    (`HomeStore`; tests pass a subclass that injects faults such as a lost reply), and
+    `server_steps` the object through which every server step goes (`ServerSteps`: the home,
+    the directory and recalls; tests pass a subclass that pauses or counts a step).
     """
 
     name = "L1"
@@ -258,6 +261,7 @@ class CoherentL1Tier(AsyncResource):
         definition: ProtocolDefinition | None = None,
         on_fenced: Callable[[FencedWrite], None] | None = None,
         home_steps: Callable[[L3Tier], HomeStore] = HomeStore,
+        server_steps: ServerStepsFactory = ServerSteps,
     ) -> None:
         self.agent_id: Final = check_agent_id(agent_id)
         if agent_id == RELAY_SENDER:
@@ -324,8 +328,8 @@ class CoherentL1Tier(AsyncResource):
         self._directory_settled_s: Final = bus.link_trust_s * 1.1 + 0.1
         self._on_fenced = on_fenced
         self._home_steps: Final = home_steps
-        self._home: HomeStore | None = None
-        self._directory: RedisDirectory | None = None
+        self._server_steps: Final = server_steps
+        self._steps: ServerSteps | None = None
         self._subscription: Subscription | None = None
         self._maintenance: asyncio.Task[None] | None = None
         self._keys: dict[str, _KeyState] = {}
@@ -417,14 +421,14 @@ class CoherentL1Tier(AsyncResource):
                     f"{self.bus.namespace!r}: give both (and the L2) the same namespace"
                 )
             await home.connect()
-            self._home = self._home_steps(home)
-            self._directory = RedisDirectory(
+            directory = RedisDirectory(
                 self.bus.client,
                 self.bus.namespace,
                 lease_ttl_s=self._fill_lease_s,
                 holder_ttl_s=self._holder_ttl_s,
                 value_size_max_bytes=home.value_size_max_bytes,
             )
+            self._steps = self._server_steps(self._home_steps(home), directory, self.bus)
             try:
                 self._subscription = await self.bus.subscribe(self.agent_id, self._on_bus)
             except BaseException:
@@ -463,8 +467,8 @@ class CoherentL1Tier(AsyncResource):
                             await asyncio.wait({state.driver})
                     # Registrations a fill in flight made, and acks owed for invalidations that
                     # arrive from now on, would hold strict writers back until they lapse.
-                    assert self._directory is not None
-                    await self._directory.leave(list(self._keys), self.agent_id)
+                    assert self._steps is not None
+                    await self._steps.leave(list(self._keys), self.agent_id)
             except (TimeoutError, SageMemError) as error:
                 _logger.warning("L1 %s: release on close incomplete: %s", self.agent_id, error)
             finally:
@@ -729,21 +733,20 @@ class CoherentL1Tier(AsyncResource):
 
     async def _await_settled(self, key: str, version: int) -> None:
         """Wait (bounded) until no invalidation of `version` or older is pending for `key`."""
-        home, directory = self._home, self._directory
-        assert home is not None
-        assert directory is not None
+        steps = self._steps
+        assert steps is not None
         try:
             async with asyncio.timeout(self._operation_timeout_s):
                 attempt = 0
                 while True:
                     try:
-                        pending = await home.outbox(key)
+                        pending = await steps.outbox(key)
                         if pending is not None and pending <= version:
                             await self._relay(key, pending, RELAY_SENDER)
-                        elif not await directory.pending_acks(key):
+                        elif not await steps.pending_acks(key):
                             return
                         else:
-                            await directory.expire_lapsed(key)
+                            await steps.expire_lapsed(key)
                     except TierUnavailable:  # a server is away: ask again, within the bound
                         self._counts["io_retries"] += 1
                     await self._backoff(attempt)
@@ -1088,9 +1091,8 @@ class CoherentL1Tier(AsyncResource):
         )
 
     async def _request(self, key: str, state: _KeyState, request: Request) -> None:
-        home, directory = self._home, self._directory
-        assert home is not None
-        assert directory is not None
+        steps = self._steps
+        assert steps is not None
         entry = self.core.snapshot(key)
         match request:
             case Request.FILL:
@@ -1101,7 +1103,7 @@ class CoherentL1Tier(AsyncResource):
             case Request.DATA:
                 payload = NO_PAYLOAD
                 if entry.data_pending:
-                    found = await home.read(key)
+                    found = await steps.home_read(key)
                     payload = Payload(version=found.version, value=_pack(found.value))
                 step = self._fire(key, Event.FILL_DATA, payload)
                 if step.fired and step.guard in (Guard.DATA_STALE, Guard.DATA_OLDER):
@@ -1127,11 +1129,11 @@ class CoherentL1Tier(AsyncResource):
                 operation_id = entry.write_id
                 assert operation_id is not None, "a write-through always carries its id"
                 if entry.write_conditional:
-                    answer = await home.commit_if(
+                    answer = await steps.commit_if(
                         key, value, self._me, entry.write_expected, operation_id
                     )
                 else:
-                    answer = await home.commit(key, value, self._me, operation_id)
+                    answer = await steps.commit(key, value, self._me, operation_id)
                 state.owner_hint = answer.owner
                 verdict = answers.commit_verdict(answer)
                 if verdict.conflict:
@@ -1142,7 +1144,7 @@ class CoherentL1Tier(AsyncResource):
                 self._fire(key, verdict.event, verdict.payload)
             case Request.ACQUIRE:
                 state.fill_sent = time.monotonic()
-                answer = await home.acquire(key, self._me, self._owner_lease_ms)
+                answer = await steps.acquire(key, self._me, self._owner_lease_ms)
                 state.owner_hint = answer.owner
                 verdict = answers.acquire_verdict(answer)
                 if verdict.conflict:
@@ -1161,7 +1163,7 @@ class CoherentL1Tier(AsyncResource):
                 assert entry.owner_epoch is not None
                 keep = None if request is Request.WRITE_BACK else self._owner_lease_ms
                 sent = time.monotonic()
-                branch = await home.write_back(
+                branch = await steps.write_back(
                     key, self._me, entry.owner_epoch, _unpack(entry.value), keep_ms=keep
                 )
                 self._counts["write_backs"] += 1
@@ -1200,15 +1202,14 @@ class CoherentL1Tier(AsyncResource):
 
     async def _fill_fetch(self, key: str, state: _KeyState) -> Payload:
         """The fill script (FILL_FETCH): register, L2 get or lease, else read the home."""
-        home, directory = self._home, self._directory
-        assert home is not None
-        assert directory is not None
+        steps = self._steps
+        assert steps is not None
         strict = self.mode is Mode.STRICT
         state.fill_sent = time.monotonic()
-        fill = await directory.fill(key, self.agent_id, strict=strict)
+        fill = await steps.fill(key, self.agent_id, strict=strict)
         verdict = answers.fetch_verdict(self.mode, self._me, fill, None)
         if verdict.read_home:
-            verdict = answers.fetch_verdict(self.mode, self._me, fill, await home.read(key))
+            verdict = answers.fetch_verdict(self.mode, self._me, fill, await steps.home_read(key))
         state.unregistered = not verdict.registered
         if verdict.owner is not None:
             state.owner_hint = verdict.owner
@@ -1226,26 +1227,25 @@ class CoherentL1Tier(AsyncResource):
 
     async def _expire_owner(self, key: str, owner: str | None) -> None:
         """HOME_EXPIRE_OWNER of `owner` (a verdict's: its lease lapsed on the server's clock)."""
-        home = self._home
-        assert home is not None
+        steps = self._steps
+        assert steps is not None
         if owner is None:
             return
         rule = self.core.shared_row(Event.HOME_EXPIRE_OWNER, Guard.OWNER_LEASE_LAPSED)
         assert isinstance(rule, Rule)
-        if await home.revoke(key, owner):
+        if await steps.revoke(key, owner):
             _logger.info("L1 %s: revoked the lapsed grant of %s on %r", self.agent_id, owner, key)
 
     async def _relay(self, key: str, version: int, sender: str) -> bool:
         """OUTBOX_RELAY of `version`: L2 delete, publish invalidations, clear the outbox.
 
         Returns True if the outbox is empty afterwards as far as this relay knows."""
-        home, directory = self._home, self._directory
-        assert home is not None
-        assert directory is not None
+        steps = self._steps
+        assert steps is not None
         rule = self.core.shared_row(Event.OUTBOX_RELAY, Guard.ALWAYS)
         assert isinstance(rule, Rule)
         try:
-            messaged = await directory.invalidate(
+            messaged = await steps.invalidate(
                 key, version, sender, await_acks=self.mode is Mode.STRICT
             )
         except ScopeViolationError:
@@ -1262,29 +1262,28 @@ class CoherentL1Tier(AsyncResource):
             # listener run before this writer's bookkeeping (the outbox), so a co-located
             # holder stops serving its copy sooner.
             await asyncio.sleep(0)
-        return await home.clear_outbox(key, version)
+        return await steps.clear_outbox(key, version)
 
     async def _settle(self, key: str, state: _KeyState, version: int) -> Guard:
         """Relay this write's invalidations (once) and report PUBLISHED / ACKNOWLEDGED or not
         yet (WRITE_SETTLED's branch)."""
-        home, directory = self._home, self._directory
-        assert home is not None
-        assert directory is not None
+        steps = self._steps
+        assert steps is not None
         empty = False
         if state.relayed < version:
             empty = await self._relay(key, version, self.agent_id)
             state.relayed = version
         if not empty:
-            pending = await home.outbox(key)
+            pending = await steps.outbox(key)
             if pending is None:
                 empty = True
             else:  # a newer commit's entry (its writer relays it too; relaying is idempotent)
                 empty = await self._relay(key, pending, self.agent_id)
         if self.mode is Mode.COHERENT or not empty:
             return answers.settle_guard(self.mode, outbox_empty=empty)
-        owed, directory_age_s = await directory.settle_facts(key)
+        owed, directory_age_s = await steps.settle_facts(key)
         if owed:
-            await directory.expire_lapsed(key)  # holders whose read lease lapsed owe nothing
+            await steps.expire_lapsed(key)  # holders whose read lease lapsed owe nothing
         return answers.settle_guard(
             self.mode,
             outbox_empty=True,
@@ -1295,8 +1294,8 @@ class CoherentL1Tier(AsyncResource):
 
     async def _perform(self, key: str, state: _KeyState, action: Action, owner: _Op | None) -> None:
         """Carry out one action of a fired row; `owner` is the operation its answer is for."""
-        directory = self._directory
-        assert directory is not None
+        steps = self._steps
+        assert steps is not None
         match action.effect:
             case (
                 Effect.RETURN_VALUE
@@ -1330,25 +1329,25 @@ class CoherentL1Tier(AsyncResource):
                     return
                 state.recalled, state.recalled_at = recall, now
                 if holder is not None:
-                    await self.bus.publish_recall(
+                    await steps.recall(
                         key,
-                        [owner_agent(holder)],
+                        owner_agent(holder),
                         sender=self.agent_id,
                         owner_epoch=action.owner_epoch,
                     )
                     self._counts["recalls_sent"] += 1
             case Effect.SEND_ACK:
-                if await directory.ack(key, self.agent_id):
+                if await steps.ack(key, self.agent_id):
                     self._counts["acks_sent"] += 1
             case Effect.DIRECTORY_ADD_HOLDER:
-                if not await directory.add_holder(key, self.agent_id):
+                if not await steps.add_holder(key, self.agent_id):
                     state.deadline = 0.0  # not registered: the kept copy must not be served
             case Effect.DIRECTORY_REMOVE_HOLDER:
-                await directory.remove_holder(key, self.agent_id)
+                await steps.remove_holder(key, self.agent_id)
             case Effect.L2_LEASED_FILL:
                 if action.fill_lease is not None and action.value is not ABSENT:
                     assert action.version is not None
-                    await directory.leased_fill(
+                    await steps.leased_fill(
                         key, self.agent_id, action.fill_lease, action.version, _unpack(action.value)
                     )
             case _:
@@ -1452,21 +1451,21 @@ class CoherentL1Tier(AsyncResource):
                 del self._keys[key]
 
     async def _renew_grants(self) -> None:
-        home = self._home
-        assert home is not None
+        steps = self._steps
+        assert steps is not None
         owned = [key for key in self.core if self.core.snapshot(key).owner_epoch is not None]
         if not owned:
             return
         sent = time.monotonic()
-        still = await home.renew(owned, self._me, self._owner_lease_ms)
+        still = await steps.renew(owned, self._me, self._owner_lease_ms)
         for key in still:
             state = self._keys.get(key)
             if state is not None and self.core.state(key) in _OWNED_STATES:
                 state.deadline = max(state.deadline, sent + self._owner_life_s)
 
     async def _sweep_outboxes(self) -> None:
-        home = self._home
-        assert home is not None
+        steps = self._steps
+        assert steps is not None
         after_ms = math.ceil(self._outbox_sweep_after_s * 1000)
-        for key, version in await home.stale_outboxes(after_ms):
+        for key, version in await steps.stale_outboxes(after_ms):
             await self._relay(key, version, RELAY_SENDER)

@@ -38,10 +38,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from sagemem.coherence.bus import CoherenceBus
+from sagemem.coherence.core import TraceRecord
 from sagemem.coherence.home import ABSENT, HomeRead, HomeStore
 from sagemem.coherence.messages import BusEvent
 from sagemem.errors import TierUnavailable
 from sagemem.services import EmbeddedServices, create_private_runtime_dir, process_alive
+from sagemem.spec.conformance import divergences
 from sagemem.spec.model import Request
 from sagemem.spec.vocabulary import STABLE_STATES
 from sagemem.tiers.base import TierEntry
@@ -52,6 +54,7 @@ from tests.integration import fault_agent
 from tests.integration.conftest import stop_and_remove
 from tests.integration.polling import poll_until, wait_until
 from tests.integration.tcp_proxy import FreezableProxy
+from tests.integration.test_coherent_l1 import local_step
 
 WAIT_S = 20.0
 """The bound on any single wait for an event (generous: the machine is shared)."""
@@ -104,6 +107,7 @@ async def agent(
         command_timeout_s=2.0,
     )
     bus = CoherenceBus(url=redis_url, namespace=namespace, **(bus_options or {}))
+    trace: list[TraceRecord] = []
     l1 = CoherentL1Tier(
         agent_id=agent_id,
         bus=bus,
@@ -112,11 +116,16 @@ async def agent(
         operation_timeout_s=operation_timeout_s,
         outbox_sweep_after_s=outbox_sweep_after_s,
         mode=mode,
+        tracer=trace.append,
     )
     try:
         await bus.connect()
         await l1.start()
         yield l1
+        await l1.aclose()
+        # Every step the agent took under the fault, close included, is one the model takes.
+        found = divergences(l1.mode, [(r.key, local_step(r)) for r in trace])
+        assert not found, "\n".join(found[:20])
     finally:
         await l1.aclose()
         await home.aclose()

@@ -13,6 +13,9 @@ import redis.asyncio as aioredis
 
 from sagemem.coherence.bus import CoherenceBus
 from sagemem.coherence.core import AgentCore, TraceRecord
+from sagemem.coherence.directory import RedisDirectory
+from sagemem.coherence.home import HomeStore
+from sagemem.coherence.steps import ServerSteps
 from sagemem.errors import (
     ClosedResourceError,
     ConfigurationError,
@@ -22,6 +25,7 @@ from sagemem.errors import (
 )
 from sagemem.hierarchy import MemoryHierarchy
 from sagemem.spec import TABLE
+from sagemem.spec.conformance import LocalStep, divergences
 from sagemem.spec.vocabulary import Event, Mode
 from sagemem.tiers.l1_coherent import CoherentL1Tier, L1State
 from sagemem.tiers.l2 import L2Tier
@@ -97,6 +101,29 @@ def assert_trace_follows_the_table(records: list[TraceRecord], mode: Mode = Mode
         step = replay.handle(record.key, record.event, record.payload)
         assert step.fired, (step, record)
         assert (step.guard, step.target) == (record.guard, record.target), record
+    # And against the model itself (its successor function, not the core): every step, with
+    # the entry's local view before and after, is one the model takes in a reachable state.
+    found = divergences(mode, [(r.key, local_step(r)) for r in records])
+    assert not found, "\n".join(found[:20])
+
+
+def local_step(record: TraceRecord) -> LocalStep:
+    """The model's local record of a production step."""
+    request, missed, operation = record.before
+    target_request, target_missed, target_operation = record.after
+    return LocalStep(
+        record.source,
+        request,
+        missed,
+        operation,
+        record.event,
+        record.guard,
+        record.target,
+        target_request,
+        target_missed,
+        target_operation,
+        record.effects,
+    )
 
 
 # -- reads and writes ------------------------------------------------------------------------
@@ -373,8 +400,29 @@ class Gate:
             await self.reached.wait()
 
 
+type _Wrapper = Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]
+
+
+class Stepping:
+    """A `server_steps` factory whose named steps are wrapped (paused by a Gate, slowed...);
+    `made` holds the `ServerSteps` it built, so a test can reach the servers' objects."""
+
+    def __init__(self, **wrappers: _Wrapper) -> None:
+        self.wrappers = wrappers
+        self.made: list[ServerSteps] = []
+
+    def __call__(
+        self, home: HomeStore, directory: RedisDirectory, bus: CoherenceBus
+    ) -> ServerSteps:
+        steps = ServerSteps(home, directory, bus)
+        for name, wrap in self.wrappers.items():
+            setattr(steps, name, wrap(getattr(steps, name)))
+        self.made.append(steps)
+        return steps
+
+
 async def test_a_fill_racing_an_invalidation_is_returned_once_and_never_cached(
-    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster,
 ) -> None:
     """a commits version 2 but its relay is paused; b's fill reads version 2 from the home
     (registering b as a holder) and pauses before its answer reaches b's core; a's relay then
@@ -382,26 +430,27 @@ async def test_a_fill_racing_an_invalidation_is_returned_once_and_never_cached(
     Without IS_D_I b would install version 2 after the relay forgot it as a holder, so the
     invalidation of version 3 would never reach it: stale forever. With it, b returns version
     2 once (the read overlapped the write) and caches nothing."""
-    a = await cluster.agent("a")
-    b = await cluster.agent("b")
-    await a.write_through("k", "v1")
     relay = Gate()
-    a_directory = a._directory
-    assert a_directory is not None
-    monkeypatch.setattr(a_directory, "invalidate", relay.wrap(a_directory.invalidate))
-    home = b._home
-    assert home is not None
-    original_read = home.read
     answered = asyncio.Event()
     resume = asyncio.Event()
+    pausing = asyncio.Event()
 
-    async def read_then_pause(key: str) -> Any:
-        found = await original_read(key)
-        answered.set()
-        await resume.wait()
-        return found
+    def pause_after(read: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def read_then_pause(key: str) -> Any:
+            found = await read(key)
+            if pausing.is_set():
+                answered.set()
+                await resume.wait()
+            return found
 
-    monkeypatch.setattr(home, "read", read_then_pause)
+        return read_then_pause
+
+    a = await cluster.agent("a", server_steps=Stepping(invalidate=relay.wrap))
+    b = await cluster.agent("b", server_steps=Stepping(home_read=pause_after))
+    relay.reached.set()  # a's first write passes
+    await a.write_through("k", "v1")
+    relay.reached.clear()
+    pausing.set()
     writer = asyncio.create_task(a.write_through("k", "v2"))
     await relay.until_reached()  # v2 is committed, its invalidations not yet published
     reader = asyncio.create_task(b.get("k"))
@@ -419,29 +468,26 @@ async def test_a_fill_racing_an_invalidation_is_returned_once_and_never_cached(
     assert_trace_follows_the_table(cluster.traces["b"])
 
 
-async def test_fill_data_older_than_an_invalidation_is_fetched_again(
-    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_fill_data_older_than_an_invalidation_is_fetched_again(cluster: Cluster) -> None:
     """b's fill reads version 1 and pauses; a commits version 2 and b hears of it. The data
     is older than what b now knows of: b fetches again (through the owner check) and returns
     version 2, never version 1."""
-    a = await cluster.agent("a")
-    b = await cluster.agent("b")
-    await a.write_through("k", "v1")
-    home = b._home
-    assert home is not None
-    original_read = home.read
     answered = asyncio.Event()
     resume = asyncio.Event()
 
-    async def read_then_pause(key: str) -> Any:
-        found = await original_read(key)
-        if not answered.is_set():
-            answered.set()
-            await resume.wait()
-        return found
+    def pause_once(read: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def read_then_pause(key: str) -> Any:
+            found = await read(key)
+            if not answered.is_set():
+                answered.set()
+                await resume.wait()
+            return found
 
-    monkeypatch.setattr(home, "read", read_then_pause)
+        return read_then_pause
+
+    a = await cluster.agent("a")
+    b = await cluster.agent("b", server_steps=Stepping(home_read=pause_once))
+    await a.write_through("k", "v1")
     reader = asyncio.create_task(b.get("k"))
     async with asyncio.timeout(WAIT_S):
         await answered.wait()
@@ -454,20 +500,19 @@ async def test_fill_data_older_than_an_invalidation_is_fetched_again(
 
 
 async def test_a_late_fill_cannot_put_an_older_version_back_into_l2_after_an_eviction(
-    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster,
 ) -> None:
     """b's fill read version 1 and pauses before writing L2; a commits version 2 (the relay
     deletes L2 and voids b's lease); Redis evicts whatever L2 held; c fills version 2. When b
     resumes, set-if-newer alone would accept nothing here, but after an eviction it would
     accept v1; the lease makes b's fill a no-op, so L2 never goes back."""
+    gate = Gate()
+    stepping = Stepping(leased_fill=gate.wrap)
     a = await cluster.agent("a")
-    b = await cluster.agent("b")
+    b = await cluster.agent("b", server_steps=stepping)
     c = await cluster.agent("c")
     await a.write_through("k", "v1")
-    gate = Gate()
-    directory = b._directory
-    assert directory is not None
-    monkeypatch.setattr(directory, "leased_fill", gate.wrap(directory.leased_fill))
+    directory = stepping.made[0].directory
     reader = asyncio.create_task(b.get("k"))
     await gate.until_reached()
     await a.write_through("k", "v2")
@@ -482,19 +527,14 @@ async def test_a_late_fill_cannot_put_an_older_version_back_into_l2_after_an_evi
     assert directory.statistics().leased_fills_refused == 1
 
 
-async def test_an_owners_write_back_racing_a_recall_is_not_lost(
-    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_an_owners_write_back_racing_a_recall_is_not_lost(cluster: Cluster) -> None:
     """a owns the key (M) and starts writing it back on eviction; b's read meanwhile finds the
     key owned and recalls it. The recall reaches a in MI_A and is ignored (the write-back is
     already on its way); b retries and reads a's value once the write-back lands."""
-    a = await cluster.agent("a")
+    gate = Gate()
+    a = await cluster.agent("a", server_steps=Stepping(write_back=gate.wrap))
     b = await cluster.agent("b")
     await a.set("k", "owned")
-    home = a._home
-    assert home is not None
-    gate = Gate()
-    monkeypatch.setattr(home, "write_back", gate.wrap(home.write_back))
     evicting = asyncio.create_task(a.evict("k"))
     await gate.until_reached()
     assert a.get_state("k") is L1State.MI_A

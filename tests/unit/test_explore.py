@@ -25,7 +25,7 @@ from sagemem.spec import (
 
 # Rows that need more than the quick bounds to fire (a resync of an already invalidated fill
 # needs an invalidation to arrive, then a second message to the same agent to be lost).
-# IS_D_I RESYNC needs deeper bounds. IS_D FILL_DATA [DATA_STALE] is defensive: in the model
+# IS_D FILL_DATA [DATA_STALE] is defensive: in the model
 # neither L2 nor the home can hand a fill data older than a version the agent knows of (the
 # relay deletes L2 before it publishes); production keeps the row for an L2 copy written
 # outside the protocol (a plain L2Tier.write, a Redis restored from an old snapshot).
@@ -33,7 +33,6 @@ from sagemem.spec import (
 # production owner stalled past its lease reaches them (see spec/table.py). The hostile
 # scenarios of proofs/mutants.py reach all three (tests/unit/test_mutants.py).
 _NEEDS_DEEPER_BOUNDS = {
-    (L1State.IS_D_I, Event.RESYNC),
     (L1State.IS_D, Event.FILL_DATA),
     (L1State.MS_A, Event.HOME_WRITE_BACK),
     (L1State.ME_A, Event.HOME_FLUSH),

@@ -1,0 +1,138 @@
+"""`ServerSteps`: the servers' half of one agent's protocol, as one replaceable object.
+
+Every step the driver of `CoherentL1Tier` asks of a server goes through this object: the home's
+statements (`HomeStore`, on Postgres), the directory's scripts (`RedisDirectory`, on Redis) and
+recalls on the bus. Each method is one server step of the spec (its name says which); none
+decides anything (the answers are read by `sagemem.coherence.answers` and the core).
+
+A test replaces steps without touching the tier's private attributes: pass
+`CoherentL1Tier(..., server_steps=factory)` where `factory(home, directory, bus)` returns a
+subclass that overrides a step (pause it, lose its reply, count it) and calls `super()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Final
+
+from sagemem.coherence.bus import CoherenceBus
+from sagemem.coherence.directory import FillStep, RedisDirectory
+from sagemem.coherence.home import CommitAnswer, HomeRead, HomeStore
+from sagemem.spec.vocabulary import Guard
+from sagemem.values import JSONValue
+
+__all__ = ["ServerSteps", "ServerStepsFactory"]
+
+
+class ServerSteps:
+    """The home, the directory and the bus steps one agent performs (borrowed, never closed)."""
+
+    def __init__(self, home: HomeStore, directory: RedisDirectory, bus: CoherenceBus) -> None:
+        self.home: Final = home
+        self.directory: Final = directory
+        self.bus: Final = bus
+
+    # -- FILL_FETCH and FILL_DATA ---------------------------------------------------------------
+
+    async def fill(self, key: str, agent_id: str, *, strict: bool) -> FillStep:
+        """The fill script: register as holder, L2 get, else a fill lease (strict: or wait)."""
+        return await self.directory.fill(key, agent_id, strict=strict)
+
+    async def home_read(self, key: str) -> HomeRead:
+        """HOME_READ: the home's version, value, owner (and its lapse) and outbox."""
+        return await self.home.read(key)
+
+    async def leased_fill(
+        self, key: str, agent_id: str, token: str, version: int, value: JSONValue
+    ) -> bool:
+        """L2_LEASED_FILL: store the fetched copy in L2 if the fill lease is still valid."""
+        return await self.directory.leased_fill(key, agent_id, token, version, value)
+
+    # -- the home --------------------------------------------------------------------------------
+
+    async def commit(self, key: str, value: JSONValue, me: str, operation_id: str) -> CommitAnswer:
+        """HOME_COMMIT of a write-through or delete (idempotent per `operation_id`)."""
+        return await self.home.commit(key, value, me, operation_id)
+
+    async def commit_if(
+        self, key: str, value: JSONValue, me: str, expected: int | None, operation_id: str
+    ) -> CommitAnswer:
+        """HOME_COMMIT of a compare-and-swap (idempotent, never without its version check)."""
+        return await self.home.commit_if(key, value, me, expected, operation_id)
+
+    async def acquire(self, key: str, me: str, lease_ms: int) -> CommitAnswer:
+        """HOME_ACQUIRE: grant ownership and reserve a version, or name the owner."""
+        return await self.home.acquire(key, me, lease_ms)
+
+    async def write_back(
+        self, key: str, me: str, epoch: int, value: JSONValue, *, keep_ms: int | None = None
+    ) -> Guard:
+        """HOME_WRITE_BACK (release), or HOME_FLUSH with `keep_ms` (keep the grant)."""
+        return await self.home.write_back(key, me, epoch, value, keep_ms=keep_ms)
+
+    async def renew(self, keys: list[str], me: str, lease_ms: int) -> set[str]:
+        """Renew this incarnation's grants; returns the keys it still owns."""
+        return await self.home.renew(keys, me, lease_ms)
+
+    async def revoke(self, key: str, owner: str) -> bool:
+        """HOME_EXPIRE_OWNER / HOME_REVOKE_GRANT of `owner`, whose lease lapsed."""
+        return await self.home.revoke(key, owner)
+
+    async def outbox(self, key: str) -> int | None:
+        """The version whose invalidations are still to be relayed (None: none)."""
+        return await self.home.outbox(key)
+
+    async def clear_outbox(self, key: str, version: int) -> bool:
+        """The last half of OUTBOX_RELAY; True if the outbox is empty afterwards."""
+        return await self.home.clear_outbox(key, version)
+
+    async def stale_outboxes(self, older_than_ms: int) -> list[tuple[str, int]]:
+        """Outboxes left by writers that died before relaying (the sweep's work)."""
+        return await self.home.stale_outboxes(older_than_ms)
+
+    # -- the directory and the bus ---------------------------------------------------------------
+
+    async def invalidate(
+        self, key: str, version: int, sender: str, *, await_acks: bool
+    ) -> tuple[str, ...]:
+        """The first half of OUTBOX_RELAY: L2 delete and publish the invalidations."""
+        return await self.directory.invalidate(key, version, sender, await_acks=await_acks)
+
+    async def settle_facts(self, key: str) -> tuple[tuple[str, ...], float]:
+        """Strict settling's facts: the acks owed and the directory's age in seconds."""
+        return await self.directory.settle_facts(key)
+
+    async def pending_acks(self, key: str) -> tuple[str, ...]:
+        """The holders that still owe an acknowledgement for the key."""
+        return await self.directory.pending_acks(key)
+
+    async def expire_lapsed(self, key: str) -> tuple[str, ...]:
+        """DIRECTORY_EXPIRE: drop holders (and their owed acks) whose read lease lapsed."""
+        return await self.directory.expire_lapsed(key)
+
+    async def ack(self, key: str, agent_id: str) -> bool:
+        """SEND_ACK: this holder acknowledges an invalidation."""
+        return await self.directory.ack(key, agent_id)
+
+    async def add_holder(self, key: str, agent_id: str) -> bool:
+        """DIRECTORY_ADD_HOLDER; False if the holder set is full (the copy is not served)."""
+        return await self.directory.add_holder(key, agent_id)
+
+    async def remove_holder(self, key: str, agent_id: str) -> bool:
+        """DIRECTORY_REMOVE_HOLDER."""
+        return await self.directory.remove_holder(key, agent_id)
+
+    async def leave(self, keys: Sequence[str], agent_id: str) -> None:
+        """On close: drop the agent's registrations and owed acks for `keys`."""
+        await self.directory.leave(keys, agent_id)
+
+    async def recall(
+        self, key: str, owner_agent: str, *, sender: str, owner_epoch: int | None
+    ) -> int:
+        """SEND_RECALL to the owner's agent channel, tagged with the grant's epoch."""
+        return await self.bus.publish_recall(
+            key, [owner_agent], sender=sender, owner_epoch=owner_epoch
+        )
+
+
+type ServerStepsFactory = Callable[[HomeStore, RedisDirectory, CoherenceBus], ServerSteps]
