@@ -17,10 +17,12 @@ exhaustively without servers and read in one place:
   (`expiry_event`: EVICT or LEASE_LAPSE), and that an owner's lapse comes before any message
   (`lapses_first`); the deadlines themselves (`deadline_after`);
 - the owner's own compare-and-swap check (`owner_compare`), and whether a strict conflict
-  waits for the conflicting version to settle (`conflict_settles_first`);
+  waits for the conflicting version to settle (`conflict_settles_first`, and what it relays
+  meanwhile: `relay_before_conflict`);
 - which error a timed-out operation raises (`timeout_error`), when a failing step parks
   (`parks`), whether a recall repeats one just sent (`recall_is_repeat`), and which event a
-  lost bus connection fires (`loss_event`).
+  lost bus connection fires (`loss_event`), and that a key first touched while disconnected
+  starts missed (`first_event`).
 
 Everything an adapter reports is one of the small fact types below; the adapters' own answer
 types (`HomeRead`, `CommitAnswer`, `FillStep`) have these fields.
@@ -55,11 +57,13 @@ __all__ = [
     "deadline_after",
     "expiry_event",
     "fetch_verdict",
+    "first_event",
     "lapses_first",
     "loss_event",
     "owner_compare",
     "parks",
     "recall_is_repeat",
+    "relay_before_conflict",
     "settle_guard",
     "stale_data_verdict",
     "timeout_error",
@@ -279,6 +283,13 @@ def settle_guard(
     return Guard.UNACKNOWLEDGED
 
 
+def relay_before_conflict(outbox: int | None, version: int) -> bool:
+    """While a strict conflict waits for `version` to settle: an outbox entry of that version
+    or older is relayed by the waiter (relaying is idempotent); a newer one is not its to wait
+    for (the acks it then waits for are those of `version`'s relay)."""
+    return outbox is not None and outbox <= version
+
+
 def conflict_settles_first(mode: Mode, row_version: int | None) -> bool:
     """A strict compare-and-swap conflict tells the caller the key is at the row's version;
     every later read must return that or newer, so the answer waits until that version has
@@ -426,6 +437,12 @@ def recall_is_repeat(
     """The same recall (owner, grant epoch) left less than `repeat_s` ago: not sent again (a
     lost one is sent again by the next retry after that)."""
     return previous == recall and now - previous_at < repeat_s
+
+
+def first_event(*, known: bool, disconnected: bool) -> Event | None:
+    """A key the agent knows nothing of, first touched while the bus is disconnected, starts
+    missed (DISCONNECT), as every known key did when the connection was lost."""
+    return Event.DISCONNECT if disconnected and not known else None
 
 
 def loss_event(sequence_gap: bool) -> Event:

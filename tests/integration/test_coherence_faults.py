@@ -882,14 +882,15 @@ async def test_recall_reaching_a_lapsed_owner_reports_the_fenced_write(
         operation_timeout_s=2.0,
     )
     deliveries = asyncio.Event()
-    deliver_to_owner = owner._on_bus
+    driver = owner._driver
+    deliver_to_owner = driver.on_bus
 
     async def held_until_resumed(event: BusEvent) -> None:
         await deliveries.wait()
         await deliver_to_owner(event)
 
     # Pausing the adapter at the right point: the bus hands the owner's events to this gate.
-    owner._on_bus = held_until_resumed  # type: ignore[method-assign]  # test hook, see above
+    driver.on_bus = held_until_resumed  # type: ignore[method-assign]  # test hook, see above
     try:
         async with agent("taker", *endpoints) as taker:
             await bus.connect()
@@ -897,7 +898,7 @@ async def test_recall_reaching_a_lapsed_owner_reports_the_fenced_write(
             await taker.write_through(key, "before")
             epoch = await owner.set(key, "late")
             assert owner.get_state(key) is L1State.M
-            maintenance = owner._maintenance  # the lease renewals and lapse checks: paused
+            maintenance = driver._maintenance  # the lease renewals and lapse checks: paused
             assert maintenance is not None
             maintenance.cancel()
 

@@ -568,16 +568,16 @@ async def test_idle_keys_are_forgotten_and_read_again_correctly(
 ) -> None:
     """An agent touching many keys keeps nothing for keys it no longer holds (after an idle
     period); the next read of such a key fills it again with the current value."""
-    import sagemem.tiers.l1_coherent as module
+    import sagemem.coherence.driver as module
 
-    monkeypatch.setattr(module, "_FORGET_IDLE_S", 0.0)
+    monkeypatch.setattr(module, "FORGET_IDLE_S", 0.0)
     a = await cluster.agent("a")
     b = await cluster.agent("b")
     await b.write_through("k", "v1")
     assert await a.get("k") == "v1"
     await a.evict("k")
-    a._forget_idle(0.0)  # noticed idle
-    a._forget_idle(1.0)  # and forgotten
+    a._driver.forget_idle(0.0)  # noticed idle
+    a._driver.forget_idle(1.0)  # and forgotten
     assert "k" not in a.core
     assert a.get_state("k") is L1State.I
     await b.write_through("k", "v2")

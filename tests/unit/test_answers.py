@@ -23,11 +23,13 @@ from sagemem.coherence.answers import (
     deadline_after,
     expiry_event,
     fetch_verdict,
+    first_event,
     lapses_first,
     loss_event,
     owner_compare,
     parks,
     recall_is_repeat,
+    relay_before_conflict,
     settle_guard,
     stale_data_verdict,
     timeout_error,
@@ -314,5 +316,12 @@ def test_small_decisions_of_the_driver() -> None:
     assert conflict_settles_first(Mode.STRICT, 3)
     assert not conflict_settles_first(Mode.STRICT, None)
     assert not conflict_settles_first(Mode.COHERENT, 3)
+    assert relay_before_conflict(3, 3)
+    assert relay_before_conflict(2, 3)
+    assert not relay_before_conflict(4, 3)
+    assert not relay_before_conflict(None, 3)
+    assert first_event(known=False, disconnected=True) is Event.DISCONNECT
+    assert first_event(known=True, disconnected=True) is None
+    assert first_event(known=False, disconnected=False) is None
     assert loss_event(True) is Event.DROP_MESSAGE
     assert loss_event(False) is Event.DISCONNECT
