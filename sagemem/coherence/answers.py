@@ -413,10 +413,13 @@ class TimeoutKind(Enum):
     UNAVAILABLE = "unavailable"  # nothing was committed for this operation
 
 
-def timeout_error(request: Request) -> TimeoutKind:
-    """A commit whose answer was not learned is `OutcomeUnknown` (never guessed); anything else
-    that timed out changed nothing the caller could see."""
-    return TimeoutKind.OUTCOME_UNKNOWN if request is Request.COMMIT else TimeoutKind.UNAVAILABLE
+def timeout_error(request: Request, *, commit_unanswered: bool) -> TimeoutKind:
+    """A commit sent whose answer was not learned is `OutcomeUnknown` (never guessed); a commit
+    the home answered (refused while another agent owns the key) committed nothing, and nor did
+    anything else that timed out."""
+    if request is Request.COMMIT and commit_unanswered:
+        return TimeoutKind.OUTCOME_UNKNOWN
+    return TimeoutKind.UNAVAILABLE
 
 
 def parks(*, waiting: bool, failing_for_s: float, operation_timeout_s: float) -> bool:

@@ -84,11 +84,15 @@ from sagemem.values import (
 
 __all__ = [
     "DIRECTORY_BIRTH_KEY",
+    "RELAY_L2_DELETE",
+    "RELAY_PUBLISH",
+    "RELAY_PUBLISH_AWAIT_ACKS",
     "DirectoryStatistics",
     "DirectoryUnavailable",
     "FillKind",
     "FillStep",
     "RedisDirectory",
+    "Relayed",
 ]
 
 _T = TypeVar("_T")
@@ -118,6 +122,23 @@ class DirectoryUnavailable(TierUnavailable):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, tier=_TIER)
+
+
+RELAY_L2_DELETE: Final = "D"
+"""`RedisDirectory.relay` effect: L2_DELETE."""
+RELAY_PUBLISH: Final = "P"
+"""`RedisDirectory.relay` effect: PUBLISH_INVALIDATIONS."""
+RELAY_PUBLISH_AWAIT_ACKS: Final = "A"
+"""`RedisDirectory.relay` effect: PUBLISH_INVALIDATIONS_AWAIT_ACKS."""
+_RELAY_EFFECTS: Final = frozenset({RELAY_L2_DELETE, RELAY_PUBLISH, RELAY_PUBLISH_AWAIT_ACKS})
+
+
+@dataclass(frozen=True, slots=True)
+class Relayed:
+    """What the relay script did: the effects it performed, in order, and whom it messaged."""
+
+    performed: tuple[str, ...]
+    messaged: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,10 +422,37 @@ class RedisDirectory:
         records an owed ack per holder messaged. Returns the agents messaged, sorted.
         `sender` is not messaged and its own registration, if any, is kept.
         """
+        effects = (
+            (RELAY_L2_DELETE, RELAY_PUBLISH_AWAIT_ACKS)
+            if await_acks
+            else (RELAY_L2_DELETE, RELAY_PUBLISH)
+        )
+        return (await self.relay(key, version, sender, effects)).messaged
+
+    async def relay(
+        self,
+        key: str,
+        version: int,
+        sender: str,
+        effects: Sequence[str],
+        *,
+        acks_lapse_with_leases: bool = True,
+    ) -> Relayed:
+        """The Redis effects of an OUTBOX_RELAY row, performed in the row's order in one atomic
+        script: `RELAY_L2_DELETE`, `RELAY_PUBLISH` or `RELAY_PUBLISH_AWAIT_ACKS` (see
+        `invalidate`). Returns what the script reports it performed, and whom it messaged.
+        `acks_lapse_with_leases`: owed acks vanish when the last holder's read lease lapses
+        (HOLDER_EXPIRE performed by the server's key expiry); False keeps them until they are
+        acknowledged or `expire_lapsed` drops them."""
         check_agent_id(sender)
         if type(version) is not int or not 0 <= version <= INTEGER_MAX:
             raise InvalidValueError(
                 f"version must be the committed home version (an int >= 0), got {version!r}"
+            )
+        unknown = [e for e in effects if e not in _RELAY_EFFECTS]
+        if unknown:
+            raise InvalidValueError(
+                f"relay effects must be among {sorted(_RELAY_EFFECTS)}, got {unknown!r}"
             )
         message = InvalidateMessage(self.namespace, check_key(key), version, sender)
         reply = await self._run(
@@ -416,16 +464,18 @@ class RedisDirectory:
                     self._channel_prefix,
                     encode_unsequenced(message),
                     sender,
-                    1 if await_acks else 0,
+                    1 if acks_lapse_with_leases else 0,
                     self._sequence_ttl_ms,
                     channel_suffix(MessageKind.INVALIDATE, key),
+                    "".join(effects),
                 ],
             ),
         )
-        messaged = tuple(sorted(_text(agent) for agent in reply))
+        performed = tuple(_text(reply[0])) if reply else ()
+        messaged = tuple(sorted(_text(agent) for agent in reply[1:]))
         self._relays += 1
         self._invalidations_sent += len(messaged)
-        return messaged
+        return Relayed(performed, messaged)
 
     async def ack(self, key: str, agent_id: str) -> bool:
         """SEND_ACK: `agent_id` no longer owes an acknowledgement for `key`; True if it did."""
@@ -438,10 +488,10 @@ class RedisDirectory:
 
     async def settle_facts(self, key: str) -> tuple[tuple[str, ...], float]:
         """What a strict write of `key` settles on, in one script: the agents that still owe an
-        ack (as `pending_acks`), and how long ago (seconds, the Redis server's clock) this
-        server's directory was born. Its birth key `DIRECTORY_BIRTH_KEY` is created on first
-        use after each server start, so a young directory may have forgotten registrations a
-        restarted server lost."""
+        ack (lapsed ones included: only HOLDER_EXPIRE, `expire_lapsed`, drops them), and how
+        long ago (seconds, the Redis server's clock) this server's directory was born. Its
+        birth key `DIRECTORY_BIRTH_KEY` is created on first use after each server start, so a
+        young directory may have forgotten registrations a restarted server lost."""
         age_ms, owed = await self._run(
             "settle facts",
             key,

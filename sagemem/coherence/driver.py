@@ -62,7 +62,7 @@ from sagemem.coherence.messages import (
     RecallMessage,
     Resynced,
 )
-from sagemem.coherence.steps import ServerSteps
+from sagemem.coherence.steps import REDIS_RELAY_EFFECTS, ServerSteps
 from sagemem.errors import (
     OutcomeUnknown,
     ProtocolError,
@@ -175,6 +175,8 @@ class _KeyState:
     # next event on the key (a user operation, a message) resumes it.
     parked: bool = False
     stale_since: float | None = None  # when the fill in progress first got stale data
+    # A commit was sent and no answer has come back since (lost reply, server away).
+    commit_unanswered: bool = False
 
 
 class AgentDriver:
@@ -363,10 +365,10 @@ class AgentDriver:
                         if answers.relay_before_conflict(pending, version):
                             assert pending is not None
                             await self._relay(key, pending, RELAY_SENDER)
-                        elif not await steps.pending_acks(key):
+                        elif not (await steps.settle_facts(key))[0]:
                             return
                         else:
-                            await steps.expire_lapsed(key)  # holders whose read lease lapsed
+                            await self._expire_holders(key)  # whose read lease lapsed
                     except TierUnavailable:  # a server is away: ask again, within the bound
                         self.counts["io_retries"] += 1
                     await self.backoff(attempt)
@@ -463,7 +465,9 @@ class AgentDriver:
             async with asyncio.timeout(max(0.0, deadline - loop.time())):
                 return await asyncio.shield(op.future)
         except TimeoutError:
-            kind = answers.timeout_error(self.core.snapshot(key).request)
+            kind = answers.timeout_error(
+                self.core.snapshot(key).request, commit_unanswered=state.commit_unanswered
+            )
             if kind is TimeoutKind.OUTCOME_UNKNOWN:
                 raise OutcomeUnknown(
                     f"L1 {self.agent_id}: the commit of key {key!r} was sent but its answer "
@@ -717,12 +721,14 @@ class AgentDriver:
                 value = unpack(entry.write_value)
                 operation_id = entry.write_id
                 assert operation_id is not None, "a write-through always carries its id"
+                state.commit_unanswered = True  # until an answer arrives, the outcome is unknown
                 if entry.write_conditional:
                     answer = await steps.commit_if(
                         key, value, self._me, entry.write_expected, operation_id
                     )
                 else:
                     answer = await steps.commit(key, value, self._me, operation_id)
+                state.commit_unanswered = False
                 state.owner_hint = answer.owner
                 verdict = answers.commit_verdict(answer)
                 if verdict.conflict:
@@ -821,37 +827,104 @@ class AgentDriver:
         if owner is None:
             return
         rule = self.core.shared_row(Event.HOME_EXPIRE_OWNER, Guard.OWNER_LEASE_LAPSED)
-        assert isinstance(rule, Rule)
-        if await steps.revoke(key, owner):
-            _logger.info("L1 %s: revoked the lapsed grant of %s on %r", self.agent_id, owner, key)
+        if not isinstance(rule, Rule):
+            return  # the table never expires an owner (a mutant)
+        for effect in rule.effects:
+            if effect is not Effect.HOME_REVOKE_GRANT:
+                raise ProtocolError(
+                    f"HOME_EXPIRE_OWNER's row names {effect.name}, which no server step performs"
+                )
+            if await steps.revoke(key, owner):
+                _logger.info(
+                    "L1 %s: revoked the lapsed grant of %s on %r", self.agent_id, owner, key
+                )
+
+    def _holders_expire(self) -> bool:
+        """Whether the table's HOLDER_EXPIRE row expires lapsed holders (their owed acks)."""
+        try:
+            rule = self.core.shared_row(Event.HOLDER_EXPIRE, Guard.HOLDER_LEASE_LAPSED)
+        except ProtocolError:
+            return False
+        return isinstance(rule, Rule) and Effect.DIRECTORY_EXPIRE_HOLDER in rule.effects
+
+    async def _expire_holders(self, key: str) -> None:
+        """HOLDER_EXPIRE of every holder of `key` whose read lease lapsed, from its row."""
+        steps = self._steps
+        assert steps is not None
+        rule = self.core.shared_row(Event.HOLDER_EXPIRE, Guard.HOLDER_LEASE_LAPSED)
+        if not isinstance(rule, Rule):
+            return  # the table never expires a holder (a mutant)
+        for effect in rule.effects:
+            if effect is not Effect.DIRECTORY_EXPIRE_HOLDER:
+                raise ProtocolError(
+                    f"HOLDER_EXPIRE's row names {effect.name}, which no server step performs"
+                )
+            await steps.expire_lapsed(key)
 
     async def _relay(self, key: str, version: int, sender: str) -> bool:
-        """OUTBOX_RELAY of `version`: L2 delete, publish invalidations, clear the outbox.
+        """OUTBOX_RELAY of `version`, executed from its row: the row's effects are performed in
+        its order (consecutive Redis effects in one atomic script, HOME_CLEAR_OUTBOX as the
+        home's statement), and what the servers report they performed must be the row's list.
 
         Returns True if the outbox is empty afterwards as far as this relay knows."""
         steps = self._steps
         assert steps is not None
         rule = self.core.shared_row(Event.OUTBOX_RELAY, Guard.ALWAYS)
-        assert isinstance(rule, Rule)
-        try:
-            messaged = await steps.invalidate(
-                key, version, sender, await_acks=self.mode is Mode.STRICT
-            )
-        except ScopeViolationError:
-            if sender != RELAY_SENDER:
-                raise
-            # Relaying another writer's invalidations of a key this agent may read but not
-            # write: its grant does not allow publishing them (sagemem.grants), and nothing was
-            # changed. The writer, or an agent allowed to write the key, relays them.
-            _logger.info("L1 %s: not allowed to relay invalidations of %r", self.agent_id, key)
+        if not isinstance(rule, Rule):
+            return False  # the table relays nothing (a mutant): the outbox stays
+        performed: list[Effect] = []
+        emptied = False
+        redis_batch: list[Effect] = []
+
+        async def run_redis_batch() -> bool:
+            if not redis_batch:
+                return True
+            try:
+                done, messaged = await steps.relay(
+                    key,
+                    version,
+                    sender,
+                    tuple(redis_batch),
+                    acks_lapse_with_leases=self._holders_expire(),
+                )
+            except ScopeViolationError:
+                if sender != RELAY_SENDER:
+                    raise
+                # Relaying another writer's invalidations of a key this agent may read but not
+                # write: its grant does not allow publishing them (sagemem.grants), and nothing
+                # was changed. The writer, or an agent allowed to write the key, relays them.
+                _logger.info("L1 %s: not allowed to relay invalidations of %r", self.agent_id, key)
+                return False
+            performed.extend(done)
+            redis_batch.clear()
+            self.counts["invalidations_sent"] += len(messaged)
+            if messaged:
+                # Agents of this process may have just received the invalidation: let their
+                # bus listener run before this writer's bookkeeping (the outbox), so a
+                # co-located holder stops serving its copy sooner.
+                await asyncio.sleep(0)
+            return True
+
+        for effect in rule.effects:
+            if effect in REDIS_RELAY_EFFECTS:
+                redis_batch.append(effect)
+            elif effect is Effect.HOME_CLEAR_OUTBOX:
+                if not await run_redis_batch():
+                    return False
+                emptied = await steps.clear_outbox(key, version)
+                performed.append(effect)
+            else:
+                raise ProtocolError(
+                    f"OUTBOX_RELAY's row names {effect.name}, which no server step performs"
+                )
+        if not await run_redis_batch():
             return False
-        self.counts["invalidations_sent"] += len(messaged)
-        if messaged:
-            # Agents of this process may have just received the invalidation: let their bus
-            # listener run before this writer's bookkeeping (the outbox), so a co-located
-            # holder stops serving its copy sooner.
-            await asyncio.sleep(0)
-        return await steps.clear_outbox(key, version)
+        if tuple(performed) != rule.effects:
+            raise ProtocolError(
+                f"OUTBOX_RELAY of {key!r}: the servers performed "
+                f"{[e.name for e in performed]}, the row says {[e.name for e in rule.effects]}"
+            )
+        return emptied
 
     async def _settle(self, key: str, state: _KeyState, version: int) -> Guard:
         """Relay this write's invalidations (once) and report PUBLISHED / ACKNOWLEDGED or not
@@ -872,7 +945,7 @@ class AgentDriver:
             return answers.settle_guard(self.mode, outbox_empty=empty)
         owed, directory_age_s = await steps.settle_facts(key)
         if owed:
-            await steps.expire_lapsed(key)  # holders whose read lease lapsed owe nothing
+            await self._expire_holders(key)  # holders whose read lease lapsed owe nothing
         return answers.settle_guard(
             self.mode,
             outbox_empty=True,

@@ -9,9 +9,10 @@ meaning every script implements is the one `spec/model.py` gives the effect it n
   In strict mode a miss while an acknowledgement is still owed (FETCH_UNSETTLED) does nothing.
 - `LEASED_FILL_SCRIPT`: L2_LEASED_FILL: store the copy only if the caller's lease is still the
   key's lease, and consume the lease.
-- `INVALIDATE_SCRIPT`: the Redis half of OUTBOX_RELAY: L2_DELETE (the copy and the lease),
-  then PUBLISH_INVALIDATIONS (one message per holder except the sender, who are then
-  forgotten) or PUBLISH_INVALIDATIONS_AWAIT_ACKS (also record an owed ack per holder).
+- `INVALIDATE_SCRIPT`: the Redis half of OUTBOX_RELAY, executing the effects the row names, in
+  its order: L2_DELETE (the copy and the lease), PUBLISH_INVALIDATIONS (one message per holder
+  except the sender, who are then forgotten) or PUBLISH_INVALIDATIONS_AWAIT_ACKS (also record
+  an owed ack per holder); it replies with the effects it performed, then the agents messaged.
 - `EXPIRE_HOLDER_SCRIPT`: HOLDER_EXPIRE / DIRECTORY_EXPIRE_HOLDER for one agent, only once its
   read lease (the registration's deadline) has passed.
 - `EXPIRE_LAPSED_SCRIPT`: HOLDER_EXPIRE for every lapsed holder and owed ack of a key.
@@ -168,11 +169,13 @@ return 1
 
 # KEYS[1] the L2 copy, KEYS[2] the key's fill lease, KEYS[3] holders, KEYS[4] owed acks.
 # ARGV[1] the bus's channel prefix 'sagemem-bus:<namespace>:', ARGV[2] the invalidation's wire
-# form up to its sequence number, ARGV[3] the sender (not messaged), ARGV[4] '1' to await
-# acks, ARGV[5] the sequence counters' ttl ms, ARGV[6] the channel suffix '|i|<key>'
+# form up to its sequence number, ARGV[3] the sender (not messaged), ARGV[4] '1' if owed acks
+# lapse with their holders' read leases (the HOLDER_EXPIRE row's DIRECTORY_EXPIRE_HOLDER; else
+# they are kept until acknowledged or explicitly expired, for at most ARGV[5] ms),
+# ARGV[5] the sequence counters' ttl ms, ARGV[6] the channel suffix '|i|<key>'
 # (`messages.channel_suffix`): holder h's channel is ARGV[1] .. h .. ARGV[6], its counter
-# ARGV[1] .. h .. ':seq'.
-# Reply: the agents messaged.
+# ARGV[1] .. h .. ':seq'; ARGV[7] the effects to perform (letters, see below).
+# Reply: the effects performed (letters), then the agents messaged.
 INVALIDATE_SCRIPT: Final = (
     _PRELUDE
     + """
@@ -184,30 +187,52 @@ if redis.acl_check_cmd and not redis.acl_check_cmd('PUBLISH', probe, '') then
   return redis.error_reply('NOPERM this user may not publish invalidations of this key')
 end
 local now = now_ms()
--- L2_DELETE: the copy goes, and with the key's lease every fill lease handed out is void.
-redis.call('DEL', KEYS[1], KEYS[2])
--- Lapsed holders have dropped their copies by their own clock: they need no message.
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ms(now))
-local entries = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+-- ARGV[7]: the effects to perform, in the row's order, as letters: D L2_DELETE, P
+-- PUBLISH_INVALIDATIONS, A PUBLISH_INVALIDATIONS_AWAIT_ACKS. The reply's first element names
+-- the effects performed, in order; the agents messaged follow.
+local performed = ''
 local sent = {}
-for i = 1, #entries, 2 do
-  local agent = entries[i]
-  if agent ~= ARGV[3] then
-    local counter = ARGV[1] .. agent .. ':seq'
-    local seq = redis.call('INCR', counter)
-    redis.call('PEXPIRE', counter, ARGV[5])
-    redis.call('PUBLISH', ARGV[1] .. agent .. ARGV[6], ARGV[2] .. string.format('%d', seq) .. '}')
-    redis.call('ZREM', KEYS[3], agent)
-    if ARGV[4] == '1' then
-      -- The ack is owed until the holder's read lease (its registration's deadline) lapses.
-      redis.call('ZADD', KEYS[4], 'GT', entries[i + 1], agent)
+for step = 1, #ARGV[7] do
+  local effect = string.sub(ARGV[7], step, step)
+  if effect == 'D' then
+    -- L2_DELETE: the copy goes, and with the key's lease every fill lease handed out is void.
+    redis.call('DEL', KEYS[1], KEYS[2])
+    performed = performed .. 'D'
+  elseif effect == 'P' or effect == 'A' then
+    local await_acks = effect == 'A'
+    -- Lapsed holders have dropped their copies by their own clock: they need no message.
+    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ms(now))
+    local entries = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+    for i = 1, #entries, 2 do
+      local agent = entries[i]
+      if agent ~= ARGV[3] then
+        local counter = ARGV[1] .. agent .. ':seq'
+        local seq = redis.call('INCR', counter)
+        redis.call('PEXPIRE', counter, ARGV[5])
+        redis.call('PUBLISH', ARGV[1] .. agent .. ARGV[6],
+          ARGV[2] .. string.format('%d', seq) .. '}')
+        redis.call('ZREM', KEYS[3], agent)
+        if await_acks then
+          -- The ack is owed until the holder's read lease (its registration's deadline) lapses.
+          redis.call('ZADD', KEYS[4], 'GT', entries[i + 1], agent)
+        end
+        sent[#sent + 1] = agent
+      end
     end
-    sent[#sent + 1] = agent
+    if await_acks and #sent > 0 then
+      if ARGV[4] == '1' then
+        -- HOLDER_EXPIRE by the server: the owed acks lapse with their holders' read leases
+        expire_at_newest(KEYS[4])
+      else
+        redis.call('PEXPIRE', KEYS[4], ARGV[5])
+      end
+    end
+    performed = performed .. effect
+  else
+    return redis.error_reply('ERR unknown relay effect ' .. effect)
   end
 end
-if ARGV[4] == '1' and #sent > 0 then
-  expire_at_newest(KEYS[4])
-end
+table.insert(sent, 1, performed)
 return sent
 """
 )
@@ -273,14 +298,15 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ms(now_ms()), '+inf')
 # KEYS[1] a key's owed acks, KEYS[2] the server's directory birth key, created (with the
 # server's time) when missing, which happens once per server start: the directory (and
 # everything else in Redis) is new. What a strict write's settling asks, in one round trip.
-# Reply {milliseconds since the directory was born, the agents whose owed ack is still live}.
+# Reply {milliseconds since the directory was born, every agent that owes an ack, lapsed or
+# not: lapsed ones are dropped only by HOLDER_EXPIRE (`EXPIRE_LAPSED_SCRIPT`)}.
 SETTLE_FACTS_SCRIPT: Final = (
     _PRELUDE
     + """
 local now = now_ms()
 redis.call('SET', KEYS[2], ms(now), 'NX')
 local age = now - tonumber(redis.call('GET', KEYS[2]))
-return {age, redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ms(now), '+inf')}
+return {age, redis.call('ZRANGE', KEYS[1], 0, -1)}
 """
 )
 

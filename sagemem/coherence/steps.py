@@ -16,12 +16,26 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from sagemem.coherence.bus import CoherenceBus
-from sagemem.coherence.directory import FillStep, RedisDirectory
+from sagemem.coherence.directory import (
+    RELAY_L2_DELETE,
+    RELAY_PUBLISH,
+    RELAY_PUBLISH_AWAIT_ACKS,
+    FillStep,
+    RedisDirectory,
+    Relayed,
+)
 from sagemem.coherence.home import CommitAnswer, HomeRead, HomeStore
-from sagemem.spec.vocabulary import Guard
+from sagemem.spec.vocabulary import Effect, Guard
 from sagemem.values import JSONValue
 
-__all__ = ["ServerSteps", "ServerStepsFactory"]
+__all__ = ["REDIS_RELAY_EFFECTS", "ServerSteps", "ServerStepsFactory"]
+
+REDIS_RELAY_EFFECTS: Final[dict[Effect, str]] = {
+    Effect.L2_DELETE: RELAY_L2_DELETE,
+    Effect.PUBLISH_INVALIDATIONS: RELAY_PUBLISH,
+    Effect.PUBLISH_INVALIDATIONS_AWAIT_ACKS: RELAY_PUBLISH_AWAIT_ACKS,
+}
+"""The OUTBOX_RELAY effects the relay script performs (consecutive ones in one atomic call)."""
 
 
 class ServerSteps:
@@ -92,11 +106,27 @@ class ServerSteps:
 
     # -- the directory and the bus ---------------------------------------------------------------
 
-    async def invalidate(
-        self, key: str, version: int, sender: str, *, await_acks: bool
-    ) -> tuple[str, ...]:
-        """The first half of OUTBOX_RELAY: L2 delete and publish the invalidations."""
-        return await self.directory.invalidate(key, version, sender, await_acks=await_acks)
+    async def relay(
+        self,
+        key: str,
+        version: int,
+        sender: str,
+        effects: tuple[Effect, ...],
+        *,
+        acks_lapse_with_leases: bool,
+    ) -> tuple[tuple[Effect, ...], tuple[str, ...]]:
+        """Redis effects of OUTBOX_RELAY (`REDIS_RELAY_EFFECTS`), in order, in one script;
+        returns the effects the script reports it performed and the agents it messaged.
+        `acks_lapse_with_leases`: whether HOLDER_EXPIRE (performed by key expiry) applies."""
+        relayed: Relayed = await self.directory.relay(
+            key,
+            version,
+            sender,
+            [REDIS_RELAY_EFFECTS[e] for e in effects],
+            acks_lapse_with_leases=acks_lapse_with_leases,
+        )
+        by_letter = {letter: effect for effect, letter in REDIS_RELAY_EFFECTS.items()}
+        return tuple(by_letter[letter] for letter in relayed.performed), relayed.messaged
 
     async def settle_facts(self, key: str) -> tuple[tuple[str, ...], float]:
         """Strict settling's facts: the acks owed and the directory's age in seconds."""

@@ -445,7 +445,7 @@ async def test_a_fill_racing_an_invalidation_is_returned_once_and_never_cached(
 
         return read_then_pause
 
-    a = await cluster.agent("a", server_steps=Stepping(invalidate=relay.wrap))
+    a = await cluster.agent("a", server_steps=Stepping(relay=relay.wrap))
     b = await cluster.agent("b", server_steps=Stepping(home_read=pause_after))
     relay.reached.set()  # a's first write passes
     await a.write_through("k", "v1")

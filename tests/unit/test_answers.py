@@ -298,10 +298,13 @@ def test_the_owner_compares_its_own_copy_and_nobody_else_does(
 
 
 def test_operations_time_out_as_outcome_unknown_only_while_a_commit_is_in_flight() -> None:
-    """Never guessed: COMMIT in flight is OutcomeUnknown, any other request unavailable."""
+    """Never guessed: a sent, unanswered COMMIT is OutcomeUnknown; an answered one (refused,
+    the key owned by another) and any other request are unavailable."""
     for request in Request:
-        kind = timeout_error(request)
-        assert (kind is TimeoutKind.OUTCOME_UNKNOWN) is (request is Request.COMMIT)
+        for unanswered in (False, True):
+            kind = timeout_error(request, commit_unanswered=unanswered)
+            expected = request is Request.COMMIT and unanswered
+            assert (kind is TimeoutKind.OUTCOME_UNKNOWN) is expected, (request, unanswered)
 
 
 def test_small_decisions_of_the_driver() -> None:
