@@ -146,8 +146,9 @@ class FillStep:
     """The answer of `RedisDirectory.fill`.
 
     `registered` is False when the holder set was full: the data may be returned once but must
-    not be cached (nobody would invalidate it). `acks_owed` counts the holders that still owe
-    an acknowledgement (known on a miss; 0 on a hit).
+    not be cached (nobody would invalidate it); `holder_added` says the script performed
+    DIRECTORY_ADD_HOLDER (False also when the entry's row did not ask for it). `acks_owed`
+    counts the holders that still owe an acknowledgement (known on a miss; 0 on a hit).
     """
 
     kind: FillKind
@@ -155,6 +156,7 @@ class FillStep:
     entry: TierEntry | None = None
     lease_token: str | None = None
     acks_owed: int = 0
+    holder_added: bool = False  # DIRECTORY_ADD_HOLDER was performed (False: refused or not asked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,7 +304,15 @@ class RedisDirectory:
 
     # -- the protocol's Redis steps ---------------------------------------------------------
 
-    async def fill(self, key: str, agent_id: str, *, strict: bool = False) -> FillStep:
+    async def fill(
+        self,
+        key: str,
+        agent_id: str,
+        *,
+        strict: bool = False,
+        register_on_hit: bool = True,
+        register_on_miss: bool = True,
+    ) -> FillStep:
         """The Redis half of FILL_FETCH: DIRECTORY_ADD_HOLDER, then L2_READ or L2_TAKE_LEASE.
 
         One atomic script. On an L2 hit the copy is returned; on a miss a fresh lease token is
@@ -311,7 +321,9 @@ class RedisDirectory:
         Registration happens before the home is asked whether an owner holds the key; a
         registration the protocol did not need costs at most one extra message. With
         `strict=True` a miss while some holder owes an ack returns `FillKind.UNSETTLED` and
-        changes nothing (the home's outbox is the caller's check).
+        changes nothing (the home's outbox is the caller's check). `register_on_hit` and
+        `register_on_miss` say whether the entry's FILL_FETCH rows (L2 hit; miss) have
+        DIRECTORY_ADD_HOLDER: the script registers the agent only where they do.
         """
         keys = self._keys(key)
         agent = check_agent_id(agent_id)
@@ -329,10 +341,14 @@ class RedisDirectory:
                     self._holders_max,
                     1 if strict else 0,
                     keys[0],  # the copy, only read: see FILL_SCRIPT
+                    1 if register_on_hit else 0,
+                    1 if register_on_miss else 0,
                 ],
             ),
         )
-        kind, registered, payload, owed = reply
+        kind, registration, payload, owed = reply
+        registered = int(registration) != 0
+        added = int(registration) == 1
         self._fills += 1
         if kind == FILL_UNSETTLED:
             self._fills_unsettled += 1
@@ -342,11 +358,17 @@ class RedisDirectory:
         if kind == FILL_L2_HIT:
             self._l2_hits += 1
             entry = self._decode_entry(keys[0], payload)
-            return FillStep(FillKind.L2_HIT, bool(registered), entry=entry, acks_owed=int(owed))
+            return FillStep(
+                FillKind.L2_HIT, registered, entry=entry, acks_owed=int(owed), holder_added=added
+            )
         if kind == FILL_LEASED:
             self._leases_granted += 1
             return FillStep(
-                FillKind.LEASED, bool(registered), lease_token=_text(payload), acks_owed=int(owed)
+                FillKind.LEASED,
+                registered,
+                lease_token=_text(payload),
+                acks_owed=int(owed),
+                holder_added=added,
             )
         raise DirectoryUnavailable(f"fill script of key {key!r} replied an unknown kind {kind!r}")
 

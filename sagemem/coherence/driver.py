@@ -800,11 +800,28 @@ class AgentDriver:
         steps = self._steps
         assert steps is not None
         strict = self.mode is Mode.STRICT
+        # The script registers the agent where the entry's FILL_FETCH rows say so.
+        branches = self.core.branches(key, Event.FILL_FETCH)
+        miss = Guard.FETCH_SETTLED if strict else Guard.FETCH_FREE
+        on_hit = Effect.DIRECTORY_ADD_HOLDER in branches.get(Guard.FETCH_L2_HIT, ())
+        on_miss = Effect.DIRECTORY_ADD_HOLDER in branches.get(miss, ())
         state.fill_sent = time.monotonic()
-        fill = await steps.fill(key, self.agent_id, strict=strict)
+        fill = await steps.fill(
+            key, self.agent_id, strict=strict, register_on_hit=on_hit, register_on_miss=on_miss
+        )
         verdict = answers.fetch_verdict(self.mode, self._me, fill, None)
         if verdict.read_home:
             verdict = answers.fetch_verdict(self.mode, self._me, fill, await steps.home_read(key))
+        branch = verdict.payload.branch if verdict.payload is not None else None
+        if branch in (Guard.FETCH_L2_HIT, miss):
+            attempted = fill.holder_added or not fill.registered
+            wanted = Effect.DIRECTORY_ADD_HOLDER in branches.get(branch, ())
+            if attempted is not wanted:
+                raise ProtocolError(
+                    f"FILL_FETCH of {key!r} [{branch.value}]: the fill script "
+                    f"{'registered' if attempted else 'did not register'} the agent, the row "
+                    f"{'has' if wanted else 'has no'} DIRECTORY_ADD_HOLDER"
+                )
         state.unregistered = not verdict.registered
         if verdict.owner is not None:
             state.owner_hint = verdict.owner

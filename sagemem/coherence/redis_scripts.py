@@ -91,11 +91,14 @@ FILL_UNSETTLED: Final = 3
 
 # KEYS[1] the key's fill lease, KEYS[2] holders, KEYS[3] owed acks.
 # ARGV[1] agent, ARGV[2] a fresh random lease token, ARGV[3] lease ttl ms, ARGV[4] holder
-# ttl ms, ARGV[5] holders max, ARGV[6] '1' in strict mode, ARGV[7] the L2 copy's key. The copy
+# ttl ms, ARGV[5] holders max, ARGV[6] '1' in strict mode, ARGV[7] the L2 copy's key, ARGV[8]
+# and ARGV[9] '1' if the FILL_FETCH row of an L2 hit / of a miss has DIRECTORY_ADD_HOLDER (the
+# script performs what the entry's rows say). The copy
 # is only read here, so it is not declared: Redis checks declared keys for reading AND
 # writing, and an agent whose grant lets it read a key but not write it (sagemem.grants) may
 # read the copy, never write it.
-# Reply {kind, registered 0/1, payload (copy or token, '' when none), acks still owed}.
+# Reply {kind, registered (1 added, 0 refused: the set is full, 2 not asked by the row),
+# payload (copy or token, '' when none), acks still owed}.
 FILL_SCRIPT: Final = (
     _PRELUDE
     + """
@@ -121,11 +124,14 @@ end
 -- DIRECTORY_ADD_HOLDER, refused (registered = 0) when the set is full of live holders: the
 -- caller may return the data once but must not cache it.
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ms(now))
-local registered = 0
-if redis.call('ZSCORE', KEYS[2], agent) or redis.call('ZCARD', KEYS[2]) < tonumber(ARGV[5]) then
-  redis.call('ZADD', KEYS[2], ms(now + tonumber(ARGV[4])), agent)
-  expire_at_newest(KEYS[2])
-  registered = 1
+local registered = 2
+if (copy and ARGV[8] == '1') or (not copy and ARGV[9] == '1') then
+  registered = 0
+  if redis.call('ZSCORE', KEYS[2], agent) or redis.call('ZCARD', KEYS[2]) < tonumber(ARGV[5]) then
+    redis.call('ZADD', KEYS[2], ms(now + tonumber(ARGV[4])), agent)
+    expire_at_newest(KEYS[2])
+    registered = 1
+  end
 end
 if copy then
   -- L2_READ

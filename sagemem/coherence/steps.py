@@ -48,9 +48,24 @@ class ServerSteps:
 
     # -- FILL_FETCH and FILL_DATA ---------------------------------------------------------------
 
-    async def fill(self, key: str, agent_id: str, *, strict: bool) -> FillStep:
-        """The fill script: register as holder, L2 get, else a fill lease (strict: or wait)."""
-        return await self.directory.fill(key, agent_id, strict=strict)
+    async def fill(
+        self,
+        key: str,
+        agent_id: str,
+        *,
+        strict: bool,
+        register_on_hit: bool = True,
+        register_on_miss: bool = True,
+    ) -> FillStep:
+        """The fill script: register as holder (where the entry's rows say), L2 get, else a fill
+        lease (strict: or wait)."""
+        return await self.directory.fill(
+            key,
+            agent_id,
+            strict=strict,
+            register_on_hit=register_on_hit,
+            register_on_miss=register_on_miss,
+        )
 
     async def home_read(self, key: str) -> HomeRead:
         """HOME_READ: the home's version, value, owner (and its lapse) and outbox."""

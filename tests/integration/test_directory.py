@@ -169,7 +169,9 @@ async def test_leased_fill_is_read_back_through_l2_tier(
 
     assert await l2.read(KEY) == TierEntry({"x": [1, "two"]}, 3)
     step = await directory.fill(KEY, "b")
-    assert step == FillStep(FillKind.L2_HIT, registered=True, entry=TierEntry({"x": [1, "two"]}, 3))
+    assert step == FillStep(
+        FillKind.L2_HIT, registered=True, entry=TierEntry({"x": [1, "two"]}, 3), holder_added=True
+    )
     assert await directory.holders(KEY) == ("a", "b")
 
 

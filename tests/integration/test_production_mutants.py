@@ -3,13 +3,15 @@ shared row breaks production where the real-server tests see it.
 
 The shared-actor rows production executes (OUTBOX_RELAY, HOME_EXPIRE_OWNER, HOLDER_EXPIRE) are
 mutated the ways a hand edit could break them: the row deleted, each effect dropped, adjacent
-effects swapped, PUBLISH_INVALIDATIONS and its strict form substituted for each other. Each
+effects swapped, PUBLISH_INVALIDATIONS and its strict form substituted for each other; and the
+FILL_FETCH rows lose DIRECTORY_ADD_HOLDER (the fill script registers where the rows say). Each
 mutant is first put to the model's explorer (2 agents / 1 write / 1 fault, then 3/1/1 and
 2/2/1). Every mutant the model rejects must make a short real-server scenario fail when the
 agents run with the mutated table (`CoherentL1Tier(definition=...)`); the unmutated table must
 pass it. The scenario, on distinct keys at once:
 
-- a write-through returns (bounded), its holder's copy is invalidated, a fresh reader gets the
+- a write-through returns (bounded), its holders' copies (one filled from the home, one from
+  L2) are invalidated, a fresh reader gets the
   new value (L2 was deleted), and a coherent namespace never owes acknowledgements;
 - a crashed owner's lapsed grant is expired, so another writer gets through;
 - strict: a crashed holder's registration lapses, so a strict writer settles;
@@ -75,6 +77,19 @@ def _mutants() -> Iterator[TableMutant]:
         Effect.PUBLISH_INVALIDATIONS_AWAIT_ACKS: Effect.PUBLISH_INVALIDATIONS,
     }
     for index, rule in enumerate(TABLE):
+        if rule.event is Event.FILL_FETCH and Effect.DIRECTORY_ADD_HOLDER in rule.effects:
+            # the fill script registers the agent only where the entry's row says so
+            dropped = tuple(e for e in rule.effects if e is not Effect.DIRECTORY_ADD_HOLDER)
+            for mode in sorted(rule.modes, key=lambda m: m.value):
+                yield TableMutant(
+                    f"row{index}-{rule.source.name}-FILL_FETCH-{rule.guard.value}-{mode.value}"
+                    "-drop-DIRECTORY_ADD_HOLDER",
+                    mode,
+                    tuple(
+                        dataclasses.replace(r, effects=dropped) if n == index else r
+                        for n, r in enumerate(TABLE)
+                    ),
+                )
         if rule.event not in PRODUCTION_SHARED_EVENTS:
             continue
 
@@ -176,10 +191,13 @@ async def _poll(check: Callable[[], Awaitable[bool]], seconds: float) -> bool:
         await asyncio.sleep(0.05)
 
 
-async def _seed(writer: CoherentL1Tier, holder: CoherentL1Tier, held: CoherentL1Tier) -> bool:
+async def _seed(
+    writer: CoherentL1Tier, holder: CoherentL1Tier, l2_holder: CoherentL1Tier, held: CoherentL1Tier
+) -> bool:
     for key in ("k1", "k4", "k5"):
         await writer.write_through(key, "v1")
-    await holder.get("k1")
+    await holder.get("k1")  # an L2 miss: the home, then L2 filled
+    await l2_holder.get("k1")  # an L2 hit
     await holder.get("k4")
     await held.get("k5")
     return True
@@ -219,6 +237,7 @@ async def run_scenario(
         await bus.connect()
         await held_bus.connect()
         holder, writer, fresh = await agent("holder"), await agent("writer"), await agent("fresh")
+        l2_holder = await agent("l2holder")
         owner, taker = await agent("owner"), await agent("taker")
         crashed_holder = await agent("crashed", holder_ttl_s=SHORT_HOLDER_TTL_S)
         broken_writer = await agent("broken", server_steps=_failing_relay)
@@ -234,7 +253,7 @@ async def run_scenario(
         for l1 in agents:
             await l1.start()
         # seed every key through the home, then let the readers hold copies
-        seeded = _seed(writer, holder, held)
+        seeded = _seed(writer, holder, l2_holder, held)
         if await _within(3 * (OPERATION_TIMEOUT_S + 1), "seeding", seeded, problems) is None:
             return problems
 
@@ -255,6 +274,14 @@ async def run_scenario(
 
             if not await _poll(holder_current, INVALIDATED_WITHIN_S):
                 problems.append("the holder still serves v1 after the write-through returned")
+
+            async def l2_holder_current() -> bool:
+                return await l2_holder.get("k1") == "v2"
+
+            if not await _poll(l2_holder_current, INVALIDATED_WITHIN_S):
+                problems.append(
+                    "the holder that filled from L2 still serves v1 after the write-through"
+                )
             if await fresh.get("k1") != "v2":
                 problems.append("a fresh reader got v1 after the write-through returned (L2)")
             if mode is Mode.COHERENT:
@@ -347,7 +374,7 @@ async def test_the_real_table_passes_the_production_scenario(
     assert await run_scenario(mode, TABLE, redis_url, postgres_dsn, pg_schema) == []
 
 
-async def test_every_shared_row_mutant_the_model_rejects_breaks_production(
+async def test_every_server_row_mutant_the_model_rejects_breaks_production(
     redis_url: str, postgres_dsn: str, pg_schema: str, request: pytest.FixtureRequest
 ) -> None:
     """Each mutant the model rejects makes the scenario fail on the real servers (100 %)."""
@@ -372,7 +399,7 @@ async def test_every_shared_row_mutant_the_model_rejects_breaks_production(
         if not problems:
             escaped.append(mutant.name)
     summary = (
-        f"{len(rejected) - len(escaped)} of {len(rejected)} model-rejected shared-row mutants "
+        f"{len(rejected) - len(escaped)} of {len(rejected)} model-rejected server-row mutants "
         "break production"
     )
     request.node.user_properties.append(("production_mutants", "\n".join([summary, *lines])))
