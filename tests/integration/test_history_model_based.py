@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 import uuid
@@ -364,10 +365,12 @@ def _runner(
     return run_program
 
 
+# SAGEMEM_HISTORY_EXAMPLES=N explores: N generated examples, drawn at random (not derandomized).
+_EXPLORE_EXAMPLES: Final = int(os.environ.get("SAGEMEM_HISTORY_EXAMPLES", "0"))
 _SETTINGS: Final = settings(
-    max_examples=_GENERATED_EXAMPLES,
+    max_examples=_EXPLORE_EXAMPLES or _GENERATED_EXAMPLES,
     deadline=None,
-    derandomize=True,
+    derandomize=not _EXPLORE_EXAMPLES,
     database=None,
     phases=(Phase.explicit, Phase.generate),
     print_blob=False,
@@ -408,7 +411,7 @@ def test_drawn_programs_with_faults_keep_the_mode_s_guarantee(
     )
     print(text)
     request.node.add_report_section("call", f"model-based {mode}", text)
-    assert coverage.examples == 1 + _GENERATED_EXAMPLES
+    assert coverage.examples == 1 + (_EXPLORE_EXAMPLES or _GENERATED_EXAMPLES)
     assert set(coverage.drawn) >= _EVERYTHING, sorted(_EVERYTHING - set(coverage.drawn))
 
 
@@ -433,6 +436,7 @@ def test_a_plain_reader_among_drawn_programs_fails_the_check(
         control(given(program=_programs(plain_reader=True))(check_program))()
     failure = _assertion_inside(caught.value)
     assert failure is not None, caught.value
+    print(f"the check failed as it must: {str(failure)[:600]}")
     assert "p2" in str(failure), f"the failure does not name the plain reader p2: {failure}"
 
 
