@@ -8,10 +8,10 @@ the agent's hierarchy), and the faults: commit replies lost after the commit too
 or at a drawn rate) and a Redis restart at drawn points of the scripts of some agents (`mark`:
 each of them waits there until all have arrived and the test has stopped Redis, then goes on
 while it is down, the other agents not pausing at all; Redis comes back empty after a drawn
-outage). `tests/integration/history_worker.py --script` runs exactly the
-script of each agent on a hierarchy built as `sagemem.connect(agent_id=...)` builds it,
-recording its history; once every agent has stopped, each reads every key once more. Then, with
-the checkers of `sagemem.verify`:
+outage). `tests/integration/history_worker.py --script` runs exactly the script of each agent
+on a hierarchy built as `sagemem.connect(agent_id=...)` builds it, recording its history; once
+every agent has stopped, each reads every key once more. Then, with the checkers of
+`sagemem.verify`:
 
 - strict: every key's history is linearizable;
 - coherent: no permanent stale copy: no read is stale once the workload stopped;
@@ -115,7 +115,7 @@ class _Program:
             {
                 "keys": list(self.keys),
                 "lose_replies": self.lose_replies,
-                "restart_redis_before": self.restart,
+                "restart_redis_once_paused_before": self.restart,
                 "outage_s": self.outage_s,
                 "scripts": {agent: self.script(agent) for agent in self.scripts},
             }
