@@ -29,6 +29,14 @@ an old version that a write had just deleted, and the strict agents would then f
 2's write had returned). Mixing a plain hierarchy into a coherent namespace is outside the
 protocol; the control must only observe, never change, what the protocol agents see.
 
+With `--script PATH` the agent runs exactly the operations of a JSON script instead of random
+ones (the model-based test draws them; see `load_script` for the format), over a hierarchy as
+`sagemem.connect(agent_id=...)` builds it (`CoherentL1Tier`, `L2Tier`, `L3Tier`, owning its
+tiers and a bus of its own): `get`, `set` at tier 0, 1 or 2, `cas` against the version the agent
+last saw or a given one, `delete`, `update`, `reopen` (leave the hierarchy's `async with` and
+open a new one) and `mark` (print `mark`, wait for `resume` on stdin: the test restarts Redis
+there). It stops at its first failure, like the random workload.
+
 With `--coordinate` the agent synchronises with the test through its standard streams: it
 prints `ready` once connected and waits for `go` on stdin; after the workload it prints
 `stopped <summary JSON>` and waits for `final`; then it reads every key once more (recorded
@@ -60,6 +68,7 @@ from sagemem.spec.vocabulary import Event, Guard
 from sagemem.tiers.base import TierEntry
 from sagemem.tiers.l1 import L1Tier
 from sagemem.tiers.l1_coherent import CoherentL1Tier
+from sagemem.tiers.l2 import L2Tier
 from sagemem.tiers.l3 import L3Tier
 from sagemem.values import JSONValue
 from sagemem.verify.history import HistoryRecorder, PendingOperation
@@ -69,15 +78,23 @@ GO: Final = "go"
 STOPPED: Final = "stopped"
 FINAL: Final = "final"
 DONE: Final = "done"
+MARK: Final = "mark"
+RESUME: Final = "resume"
 MODES: Final = ("strict", "coherent", "plain")
 
 OPERATIONS: Final = ("read", "write", "cas", "delete", "set")
+SCRIPT_OPERATIONS: Final = ("get", "set", "cas", "delete", "update", "reopen", "mark")
+# `cas` with this expected version compares against the version the agent last saw of the key
+# (None, "must not exist", if it has seen none or a miss).
+LAST_SEEN: Final = "last"
 DEFAULT_MIX: Final = "45,23,22,10,0"
 # A plain reader's L1 hits never yield to the event loop: pause between its reads, so that it
 # does not take a whole core from the agents it runs beside (pacing, not synchronisation).
 _PLAIN_READ_PAUSE_S: Final = 0.001
 _OPERATION_TIMEOUT_S: Final = 10.0
 _COMMAND_TIMEOUT_S: Final = 120.0
+_REOPEN_TIMEOUT_S: Final = 30.0
+_REOPEN_PAUSE_S: Final = 0.05
 
 
 class WorkerError(SageMemError, RuntimeError):
@@ -284,6 +301,256 @@ class _Agent:
             self.summary.final[key] = None if entry is None else [entry.value, entry.version]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScriptStep:
+    """One operation of a script: `op` (one of SCRIPT_OPERATIONS), and what it needs."""
+
+    op: str
+    key: str | None = None
+    tier: int | None = None  # set: the hierarchy's tier index (0 L1, 1 L2, 2 L3)
+    expected: int | str | None = None  # cas: a version, None (absent) or LAST_SEEN
+
+    def to_json(self) -> dict[str, JSONValue]:
+        """The script form of this step (what `load_script` reads)."""
+        step: dict[str, JSONValue] = {"op": self.op}
+        if self.key is not None:
+            step["key"] = self.key
+        if self.op == "set":
+            step["tier"] = self.tier
+        if self.op == "cas":
+            step["expected"] = self.expected
+        return step
+
+
+def load_script(path: Path) -> list[ScriptStep]:
+    """Parse a script: a JSON list of steps, e.g. `[{"op": "get", "key": "k0"}, {"op": "set",
+    "key": "k0", "tier": 1}, {"op": "cas", "key": "k0", "expected": "last"}, {"op": "reopen"}]`;
+    `get`, `set`, `cas`, `delete` and `update` need a `key`, `set` a `tier` (0, 1 or 2), `cas` an
+    `expected` version (an int >= 1, null for "absent", or "last")."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, list):
+        raise WorkerError(f"a script is a JSON list of steps, {path} holds {type(data).__name__}")
+    steps: list[ScriptStep] = []
+    for index, item in enumerate(data):
+        problem = _script_step_problem(item)
+        if problem:
+            raise WorkerError(f"{path} step {index} {item!r}: {problem}")
+        steps.append(
+            ScriptStep(item["op"], item.get("key"), item.get("tier"), item.get("expected"))
+        )
+    return steps
+
+
+def _script_step_problem(item: object) -> str:
+    """Why `item` is not a script step ("" if it is one)."""
+    if not isinstance(item, dict) or item.get("op") not in SCRIPT_OPERATIONS:
+        return f"needs an 'op' among {SCRIPT_OPERATIONS}"
+    op = item["op"]
+    if op in ("reopen", "mark"):
+        return "" if set(item) == {"op"} else f"{op!r} takes no other field"
+    if not isinstance(item.get("key"), str):
+        return f"{op!r} needs a str 'key'"
+    if op == "set" and item.get("tier") not in (0, 1, 2):
+        return "'set' needs a 'tier' of 0, 1 or 2"
+    expected = item.get("expected")
+    if op == "cas" and not (
+        expected is None or expected == LAST_SEEN or (type(expected) is int and expected >= 1)
+    ):
+        return f"'cas' needs an 'expected' version: an int >= 1, null or {LAST_SEEN!r}"
+    return ""
+
+
+class _ScriptedAgent:
+    """Runs the steps of a script, one at a time, on a hierarchy; records each operation.
+
+    `open_memory(incarnation)` returns a connected hierarchy (incarnation 0 first; `reopen`
+    closes the current one, which writes its L1's owned entries back, and opens the next).
+    """
+
+    def __init__(
+        self,
+        arguments: argparse.Namespace,
+        recorder: HistoryRecorder,
+        steps: list[ScriptStep],
+        open_memory: Callable[[int], Awaitable[MemoryHierarchy]],
+    ) -> None:
+        self.keys: list[str] = arguments.keys
+        self.recorder = recorder
+        self.steps = steps
+        self.open_memory = open_memory
+        self.coordinate: bool = arguments.coordinate
+        self.memory: MemoryHierarchy | None = None
+        self.incarnation = 0
+        self.summary = _Summary(agent=arguments.agent, mode=arguments.mode)
+        self.statistics: Counter[str] = Counter()
+        self.last_seen: dict[str, int | None] = {}
+        self._written = 0
+
+    def _next_value(self) -> str:
+        self._written += 1
+        return f"{self.recorder.agent_id}:{self._written}"
+
+    def _count(self, pending: PendingOperation, name: str | None = None) -> None:
+        operation = pending.operation
+        if operation is not None:
+            kind = name or operation.kind
+            self.summary.outcomes[f"{kind}:{type(operation.outcome).__name__}"] += 1
+
+    async def open(self) -> None:
+        """Open the first incarnation's hierarchy."""
+        self.memory = await self.open_memory(self.incarnation)
+
+    async def close(self) -> None:
+        """Close the current hierarchy (if any), adding its L1's counters to the summary's."""
+        memory, self.memory = self.memory, None
+        if memory is None:
+            return
+        l1 = memory.coherent_l1
+        try:
+            await memory.aclose()
+        finally:
+            if l1 is not None:
+                for name, value in dataclasses.asdict(l1.statistics()).items():
+                    if type(value) is int:
+                        self.statistics[name] += value
+
+    def _memory(self) -> MemoryHierarchy:
+        if self.memory is None:
+            raise WorkerError("the agent's hierarchy is closed (a reopen failed?)")
+        return self.memory
+
+    def _coherent(self, step: ScriptStep) -> CoherentL1Tier:
+        l1 = self._memory().coherent_l1
+        if l1 is None:
+            raise WorkerError(f"a plain agent only runs 'get' and 'mark' steps, not {step!r}")
+        return l1
+
+    async def read(self, key: str) -> TierEntry | None:
+        async with self.recorder.read(key) as pending:
+            entry = await self._memory().read(key)
+            if entry is None:
+                pending.miss()
+            else:
+                if entry.version is None:
+                    raise WorkerError(f"read of {key!r} returned {entry!r} without a version")
+                pending.hit(entry.value, entry.version)
+        self.last_seen[key] = None if entry is None else entry.version
+        self._count(pending)
+        return entry
+
+    async def set(self, step: ScriptStep, key: str) -> None:
+        self._coherent(step)
+        value = self._next_value()
+        async with self.recorder.write(key, value) as pending:
+            version = await self._memory().set(key, value, tier_index=step.tier or 0)
+            if version is None:
+                raise WorkerError(f"set of {key!r} at tier {step.tier} returned no version")
+            pending.written(version)
+        self._count(pending, f"set{step.tier}")
+
+    async def compare_and_swap(self, step: ScriptStep, key: str) -> None:
+        self._coherent(step)
+        value = self._next_value()
+        expected = self.last_seen.get(key) if step.expected == LAST_SEEN else step.expected
+        assert not isinstance(expected, str)
+        pending = self.recorder.cas(key, value, expected)
+        try:
+            async with pending:
+                pending.written(await self._memory().compare_and_swap(key, value, expected))
+        except VersionConflict as conflict:
+            # Recorded as CasConflict(actual) by the recorder: the store answered.
+            self.last_seen[key] = conflict.actual
+        self._count(pending)
+
+    async def update(self, step: ScriptStep, key: str) -> None:
+        """`update` with a function returning a value of its own: recorded as a write of that
+        value at the version `update` returns (each try is a compare-and-swap)."""
+        self._coherent(step)
+        value = self._next_value()
+        async with self.recorder.write(key, value) as pending:
+            pending.written(await self._memory().update(key, lambda _current: value))
+        self._count(pending, "update")
+
+    async def delete(self, step: ScriptStep, key: str) -> None:
+        """Delete `key`, recording the tombstone's version (traced from the commit)."""
+        l1 = self._coherent(step)
+        capture = _CommitCapture(key)
+        l1.core.tracer = capture
+        try:
+            async with self.recorder.delete(key) as pending:
+                existed = await self._memory().delete(key)
+                if capture.version is None:
+                    raise WorkerError(f"delete of {key!r} returned without a traced commit")
+                if existed:
+                    pending.deleted(capture.version)
+                else:
+                    pending.deleted(None)
+                    self.summary.absent_deletes[key].append(capture.version)
+        finally:
+            l1.core.tracer = None
+        self._count(pending)
+
+    async def reopen(self) -> None:
+        """Close the hierarchy and open the next incarnation's. Opening while Redis is down
+        (a restart) fails at once (`BusUnavailable`): as a client would, try again until
+        `_REOPEN_TIMEOUT_S` has passed."""
+        await self.close()
+        self.incarnation += 1
+        async with asyncio.timeout(_REOPEN_TIMEOUT_S):
+            while True:
+                try:
+                    self.memory = await self.open_memory(self.incarnation)
+                    break
+                except TierUnavailable:
+                    self.summary.outcomes["reopen:retried"] += 1
+                    await asyncio.sleep(_REOPEN_PAUSE_S)
+        self.summary.outcomes["reopen"] += 1
+
+    async def step(self, step: ScriptStep) -> None:
+        """Run one step."""
+        if step.op == "reopen":
+            await self.reopen()
+            return
+        if step.op == "mark":
+            _say(MARK)
+            await _await_command(RESUME, self.coordinate)
+            return
+        key = step.key
+        assert key is not None, step  # load_script checked it
+        match step.op:
+            case "get":
+                await self.read(key)
+            case "set":
+                await self.set(step, key)
+            case "cas":
+                await self.compare_and_swap(step, key)
+            case "update":
+                await self.update(step, key)
+            case _:
+                await self.delete(step, key)
+
+    async def workload(self) -> None:
+        """Every step of the script in order (the agent stops at the first that fails)."""
+        for index, step in enumerate(self.steps):
+            try:
+                await self.step(step)
+            except Exception as error:  # recorded as Unknown; reported, and the agent stops
+                self.summary.errors.append(
+                    f"step {index} {step.to_json()}: {type(error).__name__}: {error}"
+                )
+                return
+
+    async def final_reads(self) -> None:
+        """Read every key once more (after every agent stopped writing)."""
+        for key in self.keys:
+            try:
+                entry = await self.read(key)
+            except Exception as error:  # recorded as Unknown; reported
+                self.summary.errors.append(f"final read: {type(error).__name__}: {error}")
+                continue
+            self.summary.final[key] = None if entry is None else [entry.value, entry.version]
+
+
 def _parse_mix(text: str) -> list[float]:
     weights = [float(weight) for weight in text.split(",")]
     if len(weights) != len(OPERATIONS) or min(weights) < 0 or sum(weights) <= 0:
@@ -321,6 +588,12 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
         type=int,
         default=0,
         help="close the L1 and start a new incarnation after every N operations (0: never)",
+    )
+    parser.add_argument(
+        "--script",
+        type=Path,
+        default=None,
+        help="run the steps of this JSON script instead of random operations (see load_script)",
     )
     parser.add_argument(
         "--lose-replies",
@@ -364,17 +637,66 @@ async def _await_command(expected: str, coordinate: bool) -> None:
         raise WorkerError(f"expected the command {expected!r} on stdin, got {line!r}")
 
 
-async def _drive(agent: _Agent, arguments: argparse.Namespace) -> None:
+async def _drive(agent: _Agent | _ScriptedAgent, arguments: argparse.Namespace) -> None:
     _say(READY)
     await _await_command(GO, arguments.coordinate)
-    await agent.workload(arguments.seconds)
+    if isinstance(agent, _ScriptedAgent):
+        await agent.workload()
+    else:
+        await agent.workload(arguments.seconds)
     _say(STOPPED, agent.summary.to_json())
     await _await_command(FINAL, arguments.coordinate)
     await agent.final_reads()
 
 
+async def run_script(arguments: argparse.Namespace) -> int:
+    """Run the script of `--script` (each incarnation a hierarchy of its own), then the final
+    reads; print the summary with `done`."""
+    steps = load_script(arguments.script)
+
+    async def open_memory(incarnation: int) -> MemoryHierarchy:
+        home = L3Tier(dsn=arguments.dsn, namespace=arguments.namespace, schema=arguments.schema)
+        if arguments.mode == "plain":
+            memory = MemoryHierarchy([L1Tier(), home], owns_tiers=True)
+            await memory.connect()
+            return memory
+        bus = CoherenceBus(url=arguments.redis, namespace=arguments.namespace)
+        l1 = CoherentL1Tier(
+            arguments.agent,
+            bus,
+            mode=arguments.mode,
+            operation_timeout_s=_OPERATION_TIMEOUT_S,
+            home_steps=_lossy_home(arguments.lose_replies, arguments.seed + incarnation),
+        )
+        l2 = L2Tier(url=arguments.redis, namespace=arguments.namespace)
+        memory = MemoryHierarchy([l1, l2, home], owns_tiers=True)
+        # As sagemem.connect(agent_id=...) does: the hierarchy closes the bus after its tiers.
+        try:
+            await bus.connect()
+            memory.closing_callbacks.append(bus.aclose)
+            await memory.connect()
+        except BaseException:
+            await memory.aclose()
+            await bus.aclose()
+            raise
+        return memory
+
+    with HistoryRecorder(arguments.agent, path=arguments.out) as recorder:
+        agent = _ScriptedAgent(arguments, recorder, steps, open_memory)
+        await agent.open()
+        try:
+            await _drive(agent, arguments)
+        finally:
+            await agent.close()
+        agent.summary.statistics = {**agent.statistics, "reopened": agent.incarnation}
+    _say(DONE, agent.summary.to_json())
+    return 0
+
+
 async def run(arguments: argparse.Namespace) -> int:
     """Connect, run the phases, close; print the summary with `done`."""
+    if arguments.script is not None:
+        return await run_script(arguments)
     home = L3Tier(dsn=arguments.dsn, namespace=arguments.namespace, schema=arguments.schema)
     with HistoryRecorder(arguments.agent, path=arguments.out) as recorder:
         if arguments.mode == "plain":

@@ -29,7 +29,7 @@ import sys
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -148,15 +148,19 @@ async def _start_worker(
     directory: Path,
     lose_replies: float = 0.0,
     reopen_every: int = 0,
+    keys: Sequence[str] = _KEYS,
+    script: Path | None = None,
 ) -> _Worker:
+    """Start one agent process (`history_worker`; with `script`, it runs that script)."""
     history_path = directory / f"{agent}.jsonl"
     stderr_path = directory / f"{agent}.stderr"
     arguments = [
         "--agent", agent, "--mode", mode, "--namespace", namespace, "--schema", schema,
-        "--redis", redis_url, "--dsn", postgres_dsn, "--keys", ",".join(_KEYS),
+        "--redis", redis_url, "--dsn", postgres_dsn, "--keys", ",".join(keys),
         "--seconds", str(seconds), "--seed", str(seed), "--out", str(history_path),
         "--mix", mix, "--coordinate", "--lose-replies", str(lose_replies),
         "--reopen-every", str(reopen_every),
+        *(() if script is None else ("--script", str(script))),
     ]  # fmt: skip
     with stderr_path.open("wb") as stderr:
         process = await asyncio.create_subprocess_exec(
@@ -290,7 +294,8 @@ def _final_entry(home: HomeRead) -> list[JSONValue] | None:
 
 
 def _check_common(run: _Run, agents: list[str], *, one_write_per_version: bool = True) -> None:
-    """No errors, no unknown outcome, last reads equal the home, every home version accounted.
+    """No errors, no unknown outcome, last reads equal the home, every home version accounted
+    (for each key of `run.home`).
 
     With `one_write_per_version` False (workloads with `set`, whose writes share the version
     their ownership reserved) each version must still have been created by some write."""
@@ -298,7 +303,7 @@ def _check_common(run: _Run, agents: list[str], *, one_write_per_version: bool =
     assert all(not found for found in errors.values()), f"agents reported errors: {errors}"
     unknown = [op.describe() for op in run.operations if isinstance(op.outcome, Unknown)]
     assert unknown == [], f"operations with unknown outcomes: {unknown[:10]}"
-    expected_final = {key: _final_entry(run.home[key]) for key in _KEYS}
+    expected_final = {key: _final_entry(home) for key, home in run.home.items()}
     for agent in agents:
         assert run.summaries[agent]["final"] == expected_final, (
             f"agent {agent} read {run.summaries[agent]['final']} after every agent stopped; "
@@ -319,7 +324,7 @@ def _check_common(run: _Run, agents: list[str], *, one_write_per_version: bool =
         assert isinstance(absent_deletes, dict)
         for key, versions in absent_deletes.items():
             committed[key].extend(versions)
-    for key in _KEYS:
+    for key in run.home:
         final_version = run.home[key].version
         if not one_write_per_version:
             committed[key] = sorted(set(committed[key]))
