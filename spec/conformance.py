@@ -12,14 +12,15 @@ situation the model never reaches, or took a different row, target or effect lis
 
 `divergences(mode, steps)` checks a whole trace, also that consecutive steps of one key chain
 (each starts where the previous one ended). The exploration takes a few seconds per bound and
-is cached per (table, refusals, mode, bounds).
+is cached per definition; a step the quick bounds do not take is looked for at wider bounds
+(more faults, more writes) before it is called a divergence.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import cache
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from .model import (
     ProtocolDefinition,
@@ -115,6 +116,17 @@ def model_steps(definitions: Sequence[ProtocolDefinition]) -> frozenset[LocalSte
     return found
 
 
+WIDER_BOUNDS: Final[tuple[tuple[int, int, int], ...]] = ((2, 1, 3), (2, 2, 2))
+"""(agents, writes, faults) explored, in this order and only when needed, for a step the quick
+bounds do not take: production runs with several faults (a restart and a lapse, lost replies)
+reach local situations that need a larger fault budget than the quick checks use."""
+
+
+def _wider(mode: Mode) -> Iterator[ProtocolDefinition]:
+    for agents, writes, faults in WIDER_BOUNDS:
+        yield ProtocolDefinition(mode=mode, agents=agents, writes=writes, fault_budget=faults)
+
+
 def divergences(
     mode: Mode,
     steps: Iterable[tuple[str, LocalStep]],
@@ -123,8 +135,9 @@ def divergences(
 ) -> list[str]:
     """The steps of a production trace ((key, step) in order) the model never takes, and the
     breaks in a key's chain of states; empty when the trace conforms. `definitions` default to
-    the mode's quick bounds."""
+    the mode's quick bounds, widened (`WIDER_BOUNDS`, explored only if a step needs them)."""
     allowed = model_steps(quick(mode) if definitions is None else definitions)
+    wider: Iterator[ProtocolDefinition] = iter(()) if definitions is not None else _wider(mode)
     found: list[str] = []
     last: dict[str, L1State] = {}
     for index, (key, step) in enumerate(steps):
@@ -134,7 +147,11 @@ def divergences(
                 f"step {index} on {key!r} starts in {step.source.name}, but the previous step "
                 f"on that key ended in {previous.name}: {step.describe()}"
             )
-        if step not in allowed:
-            found.append(f"step {index} on {key!r}: the model never takes {step.describe()}")
+        while step not in allowed:
+            defn = next(wider, None)
+            if defn is None:
+                found.append(f"step {index} on {key!r}: the model never takes {step.describe()}")
+                break
+            allowed = allowed | _cached(defn)
         last[key] = step.target
     return found

@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Final
 
 from sagemem.coherence.bus import CoherenceBus
-from sagemem.coherence.core import TraceRecord
+from sagemem.coherence.core import Tracer, TraceRecord
 from sagemem.coherence.home import CommitAnswer, HomeStore
 from sagemem.errors import SageMemError, TierUnavailable, VersionConflict
 from sagemem.hierarchy import MemoryHierarchy
@@ -113,11 +113,14 @@ class _CommitCapture:
     while it deletes `key`, the only commit of `key` it can trace is that delete's.
     """
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, forward: Tracer | None = None) -> None:
         self.key = key
         self.version: int | None = None
+        self.forward = forward  # the tracer in place before (every record still reaches it)
 
     def __call__(self, record: TraceRecord) -> None:
+        if self.forward is not None:
+            self.forward(record)
         if (
             record.key == self.key
             and record.event is Event.HOME_COMMIT
@@ -245,7 +248,8 @@ class _Agent:
         """Delete `key`, recording the tombstone's version (traced from the commit)."""
         l1 = self.l1
         assert l1 is not None
-        capture = _CommitCapture(key)
+        previous = l1.core.tracer
+        capture = _CommitCapture(key, previous)
         l1.core.tracer = capture
         try:
             async with self.recorder.delete(key) as pending:
@@ -258,7 +262,7 @@ class _Agent:
                     pending.deleted(None)
                     self.summary.absent_deletes[key].append(capture.version)
         finally:
-            l1.core.tracer = None
+            l1.core.tracer = previous
         self._count(pending)
 
     async def workload(self, seconds: float) -> None:
@@ -474,7 +478,8 @@ class _ScriptedAgent:
     async def delete(self, step: ScriptStep, key: str) -> None:
         """Delete `key`, recording the tombstone's version (traced from the commit)."""
         l1 = self._coherent(step)
-        capture = _CommitCapture(key)
+        previous = l1.core.tracer
+        capture = _CommitCapture(key, previous)
         l1.core.tracer = capture
         try:
             async with self.recorder.delete(key) as pending:
@@ -487,7 +492,7 @@ class _ScriptedAgent:
                     pending.deleted(None)
                     self.summary.absent_deletes[key].append(capture.version)
         finally:
-            l1.core.tracer = None
+            l1.core.tracer = previous
         self._count(pending)
 
     async def reopen(self) -> None:
@@ -596,6 +601,12 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
         help="run the steps of this JSON script instead of random operations (see load_script)",
     )
     parser.add_argument(
+        "--trace",
+        type=Path,
+        default=None,
+        help="with --script: write every row the coherent L1 executes here (JSON lines)",
+    )
+    parser.add_argument(
         "--lose-replies",
         type=float,
         default=0.0,
@@ -649,10 +660,42 @@ async def _drive(agent: _Agent | _ScriptedAgent, arguments: argparse.Namespace) 
     await agent.final_reads()
 
 
+def trace_line(incarnation: int, record: TraceRecord) -> dict[str, object]:
+    """One executed row as a JSON object (read back by `tests.integration.trace_steps`)."""
+    request, missed, operation = record.before
+    target_request, target_missed, target_operation = record.after
+    return {
+        "incarnation": incarnation,
+        "key": record.key,
+        "source": record.source.name,
+        "request": request.name,
+        "missed": missed,
+        "operation": operation,
+        "event": record.event.name,
+        "guard": record.guard.name,
+        "target": record.target.name,
+        "target_request": target_request.name,
+        "target_missed": target_missed,
+        "target_operation": target_operation,
+        "effects": [effect.name for effect in record.effects],
+    }
+
+
 async def run_script(arguments: argparse.Namespace) -> int:
     """Run the script of `--script` (each incarnation a hierarchy of its own), then the final
     reads; print the summary with `done`."""
     steps = load_script(arguments.script)
+    trace_file = None if arguments.trace is None else arguments.trace.open("w", encoding="utf-8")
+
+    def tracer_of(incarnation: int) -> Tracer | None:
+        if trace_file is None:
+            return None
+        out = trace_file
+
+        def write(record: TraceRecord) -> None:
+            out.write(json.dumps(trace_line(incarnation, record)) + "\n")
+
+        return write
 
     async def open_memory(incarnation: int) -> MemoryHierarchy:
         home = L3Tier(dsn=arguments.dsn, namespace=arguments.namespace, schema=arguments.schema)
@@ -667,6 +710,7 @@ async def run_script(arguments: argparse.Namespace) -> int:
             mode=arguments.mode,
             operation_timeout_s=_OPERATION_TIMEOUT_S,
             home_steps=_lossy_home(arguments.lose_replies, arguments.seed + incarnation),
+            tracer=tracer_of(incarnation),
         )
         l2 = L2Tier(url=arguments.redis, namespace=arguments.namespace)
         memory = MemoryHierarchy([l1, l2, home], owns_tiers=True)
@@ -688,6 +732,8 @@ async def run_script(arguments: argparse.Namespace) -> int:
             await _drive(agent, arguments)
         finally:
             await agent.close()
+            if trace_file is not None:
+                trace_file.close()
         agent.summary.statistics = {**agent.statistics, "reopened": agent.incarnation}
     _say(DONE, agent.summary.to_json())
     return 0

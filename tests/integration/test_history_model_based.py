@@ -18,6 +18,10 @@ every agent has stopped, each reads every key once more. Then, with the checkers
 - both: every agent's last read equals the home's final value, no operation failed or ended
   with an unknown outcome, and every home version was committed by exactly one recorded
   operation (nothing lost, nothing twice);
+- both: trace validation against the model: every row each coherent agent executed (all its
+  incarnations, recorded with `--trace`), with its local view before and after, is a step the
+  model's own successor function takes in a reachable state (`sagemem.spec.conformance`; 0
+  divergences);
 - negative control: with a third agent reading through a plain `MemoryHierarchy([L1Tier(),
   L3Tier])` (no protocol: nothing invalidates its copies, and it reads the home's rows without
   recalling an owner), the same check fails for a drawn program.
@@ -55,6 +59,9 @@ from hypothesis import strategies as st
 
 from sagemem.coherence.home import HomeStore
 from sagemem.services import EmbeddedServices
+from sagemem.spec.conformance import LocalStep, divergences
+from sagemem.spec.model import Request
+from sagemem.spec.vocabulary import Effect, Event, Guard, L1State, Mode
 from sagemem.tiers.l3 import L3Tier
 from sagemem.verify import (
     VersionRule,
@@ -264,6 +271,7 @@ async def _run_program(
                 lose_replies=program.lose_replies,
                 keys=program.keys,
                 script=_script_path(directory, agent),
+                trace=None if agent.startswith("p") else _trace_path(directory, agent),
             )
         async with asyncio.timeout(_STARTUP_TIMEOUT_S):
             for worker in workers.values():
@@ -307,7 +315,44 @@ async def _run_program(
                 await worker.process.wait()
         await home.aclose()
     operations = load_history(worker.history_path for worker in workers.values())
+    found: list[str] = []
+    for agent in program.scripts:
+        if not agent.startswith("p"):
+            found += _trace_divergences(_trace_path(directory, agent), Mode(mode), agent)
+    note(f"trace validation against the model: {len(found)} divergences")
+    assert not found, "production took steps the model never takes:\n" + "\n".join(found[:20])
     return _Run(operations, summaries, stopped_at_ns, final_home, workload_s)
+
+
+def _trace_path(directory: Path, agent: str) -> Path:
+    return directory / f"{agent}.trace.jsonl"
+
+
+def _trace_divergences(path: Path, mode: Mode, agent: str) -> list[str]:
+    """The steps of `agent`'s recorded trace (every incarnation) the model never takes."""
+    by_incarnation: dict[int, list[tuple[str, LocalStep]]] = {}
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            row = json.loads(line)
+            step = LocalStep(
+                L1State[row["source"]],
+                Request[row["request"]],
+                bool(row["missed"]),
+                int(row["operation"]),
+                Event[row["event"]],
+                Guard[row["guard"]],
+                L1State[row["target"]],
+                Request[row["target_request"]],
+                bool(row["target_missed"]),
+                int(row["target_operation"]),
+                tuple(Effect[name] for name in row["effects"]),
+            )
+            by_incarnation.setdefault(int(row["incarnation"]), []).append((row["key"], step))
+    return [
+        f"{agent} incarnation {incarnation}: {line}"
+        for incarnation, steps in sorted(by_incarnation.items())
+        for line in divergences(mode, steps)
+    ]
 
 
 def _script_path(directory: Path, agent: str) -> Path:

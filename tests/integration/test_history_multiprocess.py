@@ -150,6 +150,7 @@ async def _start_worker(
     reopen_every: int = 0,
     keys: Sequence[str] = _KEYS,
     script: Path | None = None,
+    trace: Path | None = None,
 ) -> _Worker:
     """Start one agent process (`history_worker`; with `script`, it runs that script)."""
     history_path = directory / f"{agent}.jsonl"
@@ -161,6 +162,7 @@ async def _start_worker(
         "--mix", mix, "--coordinate", "--lose-replies", str(lose_replies),
         "--reopen-every", str(reopen_every),
         *(() if script is None else ("--script", str(script))),
+        *(() if trace is None else ("--trace", str(trace))),
     ]  # fmt: skip
     with stderr_path.open("wb") as stderr:
         process = await asyncio.create_subprocess_exec(

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
+from sagemem.spec import conformance
 from sagemem.spec.conformance import LocalStep, divergences, model_steps
 from sagemem.spec.model import ProtocolDefinition, Request
 from sagemem.spec.table import TABLE
@@ -77,3 +80,29 @@ def test_a_mutated_table_changes_what_the_model_takes() -> None:
     defn = (dataclasses.replace(SMALL[0], table=mutated),)
     assert step not in model_steps(defn)
     assert step._replace(target=L1State.IS_D_I) in model_steps(defn)
+
+
+def test_a_step_beyond_the_quick_bounds_is_looked_for_at_wider_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A strict copy that missed messages and then lapses needs two faults: the quick bounds
+    (one fault) never take that step; with a wider bound it conforms, without it diverges."""
+    lapse = LocalStep(
+        L1State.S,
+        Request.NONE,
+        True,
+        0,
+        Event.LEASE_LAPSE,
+        Guard.ALWAYS,
+        L1State.I,
+        Request.NONE,
+        True,
+        0,
+        (Effect.LEASE_LAPSED, Effect.DROP_COPY),
+    )
+    monkeypatch.setattr(conformance, "WIDER_BOUNDS", ())
+    found = divergences(Mode.STRICT, [("k", lapse)])
+    assert len(found) == 1
+    assert "LEASE_LAPSE" in found[0]
+    monkeypatch.setattr(conformance, "WIDER_BOUNDS", ((2, 1, 2),))
+    assert divergences(Mode.STRICT, [("k", lapse)]) == []
