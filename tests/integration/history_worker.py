@@ -159,6 +159,33 @@ class _Summary:
         )
 
 
+async def _traced_delete(
+    l1: CoherentL1Tier,
+    key: str,
+    delete: Callable[[str], Awaitable[bool]],
+    recorder: HistoryRecorder,
+    summary: _Summary,
+) -> PendingOperation:
+    """Run `delete(key)` recorded as a delete, with the tombstone's version traced from the
+    commit `l1` feeds its core (every record still reaches the tracer in place before)."""
+    previous = l1.core.tracer
+    capture = _CommitCapture(key, previous)
+    l1.core.tracer = capture
+    try:
+        async with recorder.delete(key) as pending:
+            existed = await delete(key)
+            if capture.version is None:
+                raise WorkerError(f"delete of {key!r} returned without a traced commit")
+            if existed:
+                pending.deleted(capture.version)
+            else:
+                pending.deleted(None)
+                summary.absent_deletes[key].append(capture.version)
+    finally:
+        l1.core.tracer = previous
+    return pending
+
+
 class _Agent:
     """The workload of one agent over a coherent L1 (or, in mode `plain`, a plain hierarchy)."""
 
@@ -248,22 +275,7 @@ class _Agent:
         """Delete `key`, recording the tombstone's version (traced from the commit)."""
         l1 = self.l1
         assert l1 is not None
-        previous = l1.core.tracer
-        capture = _CommitCapture(key, previous)
-        l1.core.tracer = capture
-        try:
-            async with self.recorder.delete(key) as pending:
-                existed = await l1.delete(key)
-                if capture.version is None:
-                    raise WorkerError(f"delete of {key!r} returned without a traced commit")
-                if existed:
-                    pending.deleted(capture.version)
-                else:
-                    pending.deleted(None)
-                    self.summary.absent_deletes[key].append(capture.version)
-        finally:
-            l1.core.tracer = previous
-        self._count(pending)
+        self._count(await _traced_delete(l1, key, l1.delete, self.recorder, self.summary))
 
     async def workload(self, seconds: float) -> None:
         """Random operations on random hot keys until `seconds` have passed (or one fails)."""
@@ -478,22 +490,8 @@ class _ScriptedAgent:
     async def delete(self, step: ScriptStep, key: str) -> None:
         """Delete `key`, recording the tombstone's version (traced from the commit)."""
         l1 = self._coherent(step)
-        previous = l1.core.tracer
-        capture = _CommitCapture(key, previous)
-        l1.core.tracer = capture
-        try:
-            async with self.recorder.delete(key) as pending:
-                existed = await self._memory().delete(key)
-                if capture.version is None:
-                    raise WorkerError(f"delete of {key!r} returned without a traced commit")
-                if existed:
-                    pending.deleted(capture.version)
-                else:
-                    pending.deleted(None)
-                    self.summary.absent_deletes[key].append(capture.version)
-        finally:
-            l1.core.tracer = previous
-        self._count(pending)
+        delete = self._memory().delete
+        self._count(await _traced_delete(l1, key, delete, self.recorder, self.summary))
 
     async def reopen(self) -> None:
         """Close the hierarchy and open the next incarnation's. Opening while Redis is down
