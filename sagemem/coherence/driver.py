@@ -722,7 +722,9 @@ class AgentDriver:
                 operation_id = entry.write_id
                 assert operation_id is not None, "a write-through always carries its id"
                 state.commit_unanswered = True  # until an answer arrives, the outcome is unknown
-                if entry.write_conditional:
+                if not self._row_performs(key, Event.HOME_COMMIT, Effect.HOME_COMMIT_VERSION):
+                    answer = await steps.ownership(key, self._me)  # the row commits nothing
+                elif entry.write_conditional:
                     answer = await steps.commit_if(
                         key, value, self._me, entry.write_expected, operation_id
                     )
@@ -739,7 +741,10 @@ class AgentDriver:
                 self._fire(key, verdict.event, verdict.payload)
             case Request.ACQUIRE:
                 state.fill_sent = time.monotonic()
-                answer = await steps.acquire(key, self._me, self._owner_lease_ms)
+                if self._row_performs(key, Event.HOME_ACQUIRE, Effect.HOME_RESERVE_AND_GRANT):
+                    answer = await steps.acquire(key, self._me, self._owner_lease_ms)
+                else:
+                    answer = await steps.ownership(key, self._me)  # the row grants nothing
                 state.owner_hint = answer.owner
                 verdict = answers.acquire_verdict(answer)
                 if verdict.conflict:
@@ -756,18 +761,35 @@ class AgentDriver:
                 self._fire(key, Event.RETRY, NO_PAYLOAD)
             case Request.WRITE_BACK | Request.FLUSH:
                 assert entry.owner_epoch is not None
-                keep = None if request is Request.WRITE_BACK else self._owner_lease_ms
+                event = Event.HOME_WRITE_BACK if request is Request.WRITE_BACK else Event.HOME_FLUSH
+                # The statement is the one the row names for a held grant: store and release,
+                # store and keep the grant, or (no store) only ask whether the grant is held.
                 sent = time.monotonic()
-                branch = await steps.write_back(
-                    key, self._me, entry.owner_epoch, unpack(entry.value), keep_ms=keep
-                )
+                keep: int | None = None
+                if self._row_performs(key, event, Effect.HOME_STORE_AND_RELEASE):
+                    branch = await steps.write_back(
+                        key, self._me, entry.owner_epoch, unpack(entry.value)
+                    )
+                elif self._row_performs(key, event, Effect.HOME_STORE_KEEP_GRANT):
+                    keep = self._owner_lease_ms
+                    branch = await steps.write_back(
+                        key, self._me, entry.owner_epoch, unpack(entry.value), keep_ms=keep
+                    )
+                else:
+                    branch = await steps.grant_held(key, self._me, entry.owner_epoch)
                 self.counts["write_backs"] += 1
                 if keep is not None and branch is Guard.GRANT_HELD:
                     state.deadline = max(state.deadline, sent + self._owner_life_s)
-                event = Event.HOME_WRITE_BACK if keep is None else Event.HOME_FLUSH
                 self._fire(key, event, Payload(branch=branch))
             case _:
                 raise AssertionError(f"unexpected request {request!r}")  # pragma: no cover
+
+    def _row_performs(self, key: str, event: Event, effect: Effect) -> bool:
+        """Whether the entry's row for `event` in its successful branch (NOT_OWNED_BY_OTHER,
+        or GRANT_HELD) names the home statement `effect`: the statement is run only then."""
+        branches = self.core.branches(key, event)
+        success = branches.get(Guard.NOT_OWNED_BY_OTHER, branches.get(Guard.GRANT_HELD, ()))
+        return effect in success
 
     @property
     def _owner_lease_ms(self) -> int:

@@ -99,6 +99,24 @@ class ServerSteps:
         """HOME_WRITE_BACK (release), or HOME_FLUSH with `keep_ms` (keep the grant)."""
         return await self.home.write_back(key, me, epoch, value, keep_ms=keep_ms)
 
+    async def ownership(self, key: str, me: str) -> CommitAnswer:
+        """The branch of a commit or grant request without its effect (a row that names no
+        home statement): OWNED_BY_OTHER with the owner, else NOT_OWNED_BY_OTHER with the
+        home's current version; nothing is written."""
+        row = await self.home.read(key)
+        if row.owner is not None and row.owner != me:
+            return CommitAnswer(
+                Guard.OWNED_BY_OTHER, None, row.owner, row.owner_lapsed, owner_epoch=row.version
+            )
+        return CommitAnswer(Guard.NOT_OWNED_BY_OTHER, row.version)
+
+    async def grant_held(self, key: str, me: str, epoch: int) -> Guard:
+        """GRANT_HELD if the home still records `me`'s grant of `epoch`, else GRANT_LOST
+        (a write-back or flush whose row names no store statement writes nothing)."""
+        row = await self.home.read(key)
+        held = row.owner == me and row.version == epoch
+        return Guard.GRANT_HELD if held else Guard.GRANT_LOST
+
     async def renew(self, keys: list[str], me: str, lease_ms: int) -> set[str]:
         """Renew this incarnation's grants; returns the keys it still owns."""
         return await self.home.renew(keys, me, lease_ms)

@@ -4,7 +4,9 @@ shared row breaks production where the real-server tests see it.
 The shared-actor rows production executes (OUTBOX_RELAY, HOME_EXPIRE_OWNER, HOLDER_EXPIRE) are
 mutated the ways a hand edit could break them: the row deleted, each effect dropped, adjacent
 effects swapped, PUBLISH_INVALIDATIONS and its strict form substituted for each other; and the
-FILL_FETCH rows lose DIRECTORY_ADD_HOLDER (the fill script registers where the rows say). Each
+FILL_FETCH rows lose DIRECTORY_ADD_HOLDER (the fill script registers where the rows say); the
+agent rows naming a home statement (commit, grant, write-back, flush) lose it, and the two
+store statements are substituted for each other (the driver runs the statement the row names). Each
 mutant is first put to the model's explorer (2 agents / 1 write / 1 fault, then 3/1/1 and
 2/2/1). Every mutant the model rejects must make a short real-server scenario fail when the
 agents run with the mutated table (`CoherentL1Tier(definition=...)`); the unmutated table must
@@ -14,6 +16,8 @@ pass it. The scenario, on distinct keys at once:
   L2) are invalidated, a fresh reader gets the
   new value (L2 was deleted), and a coherent namespace never owes acknowledgements;
 - a crashed owner's lapsed grant is expired, so another writer gets through;
+- a tier-0 write is read back through a recall (and the grant is released), through an
+  eviction's write-back, and a flush stores the value and keeps the grant;
 - strict: a crashed holder's registration lapses, so a strict writer settles;
 - a writer whose Redis steps fail after its commit leaves the outbox for a sweeper, so the
   holder is still invalidated;
@@ -45,10 +49,18 @@ from sagemem.errors import SageMemError, TierUnavailable
 from sagemem.spec import TABLE
 from sagemem.spec.model import ProtocolDefinition
 from sagemem.spec.table import Rule
-from sagemem.spec.vocabulary import Effect, Event, Mode
+from sagemem.spec.vocabulary import Effect, Event, L1State, Mode
 from sagemem.tiers.l1_coherent import CoherentL1Tier
 from sagemem.tiers.l3 import L3Tier
 
+HOME_STATEMENTS = frozenset(
+    {
+        Effect.HOME_COMMIT_VERSION,
+        Effect.HOME_RESERVE_AND_GRANT,
+        Effect.HOME_STORE_AND_RELEASE,
+        Effect.HOME_STORE_KEEP_GRANT,
+    }
+)
 PRODUCTION_SHARED_EVENTS = frozenset(
     {Event.OUTBOX_RELAY, Event.HOME_EXPIRE_OWNER, Event.HOLDER_EXPIRE}
 )
@@ -76,7 +88,34 @@ def _mutants() -> Iterator[TableMutant]:
         Effect.PUBLISH_INVALIDATIONS: Effect.PUBLISH_INVALIDATIONS_AWAIT_ACKS,
         Effect.PUBLISH_INVALIDATIONS_AWAIT_ACKS: Effect.PUBLISH_INVALIDATIONS,
     }
+    stores = {
+        Effect.HOME_STORE_AND_RELEASE: Effect.HOME_STORE_KEEP_GRANT,
+        Effect.HOME_STORE_KEEP_GRANT: Effect.HOME_STORE_AND_RELEASE,
+    }
     for index, rule in enumerate(TABLE):
+        statements = [e for e in rule.effects if e in HOME_STATEMENTS]
+        if isinstance(rule.source, L1State) and statements:
+            # the driver runs the home statement the entry's row names, and only that one
+            where = f"row{index}-{rule.source.name}-{rule.event.name}-{rule.guard.value}"
+            effect = statements[0]
+            variants = [(f"drop-{effect.name}", tuple(e for e in rule.effects if e is not effect))]
+            if effect in stores:
+                variants.append(
+                    (
+                        f"subst-{stores[effect].name}",
+                        tuple(stores[effect] if e is effect else e for e in rule.effects),
+                    )
+                )
+            for mode in sorted(rule.modes, key=lambda m: m.value):
+                for what, effects in variants:
+                    yield TableMutant(
+                        f"{where}-{mode.value}-{what}",
+                        mode,
+                        tuple(
+                            dataclasses.replace(r, effects=effects) if n == index else r
+                            for n, r in enumerate(TABLE)
+                        ),
+                    )
         if rule.event is Event.FILL_FETCH and Effect.DIRECTORY_ADD_HOLDER in rule.effects:
             # the fill script registers the agent only where the entry's row says so
             dropped = tuple(e for e in rule.effects if e is not Effect.DIRECTORY_ADD_HOLDER)
@@ -239,6 +278,8 @@ async def run_scenario(
         holder, writer, fresh = await agent("holder"), await agent("writer"), await agent("fresh")
         l2_holder = await agent("l2holder")
         owner, taker = await agent("owner"), await agent("taker")
+        keeper, evictor = await agent("keeper"), await agent("evictor")
+        flusher = await agent("flusher")
         crashed_holder = await agent("crashed", holder_ttl_s=SHORT_HOLDER_TTL_S)
         broken_writer = await agent("broken", server_steps=_failing_relay)
         held = await agent("held", bus=held_bus)
@@ -343,7 +384,36 @@ async def run_scenario(
             release.set()
             await _within(OPERATION_TIMEOUT_S + 1, "a strict write once released", write, problems)
 
+        store = HomeStore(home)
+
+        async def recalled_owner() -> None:
+            await keeper.set("k6", "kept")
+            read = fresh.get("k6")
+            if await _within(OPERATION_TIMEOUT_S + 1, "a recall", read, problems) != "kept":
+                problems.append("a read that recalled the owner did not return the owner's write")
+            if (await store.read("k6")).owner is not None:
+                problems.append("the recalled owner's write-back did not release its grant")
+
+        async def evicted_owner() -> None:
+            await evictor.set("k7", "evicted")
+            await evictor.evict("k7")
+            read = fresh.get("k7")
+            if await _within(OPERATION_TIMEOUT_S + 1, "a read", read, problems) != "evicted":
+                problems.append("an evicted owner's write was not at the home")
+
+        async def flushed_owner() -> None:
+            await flusher.set("k8", "flushed")
+            await flusher.flush("k8")
+            row = await store.read("k8")
+            if row.value != "flushed":
+                problems.append(f"a flush did not store the value at the home: {row.value!r}")
+            if row.owner is None:
+                problems.append("a flush released the owner's grant")
+
         parts = await asyncio.gather(
+            recalled_owner(),
+            evicted_owner(),
+            flushed_owner(),
             invalidation_and_l2(),
             crashed_owner(),
             crashed_holder_strict(),
