@@ -444,16 +444,17 @@ async def test_the_real_table_passes_the_production_scenario(
     assert await run_scenario(mode, TABLE, redis_url, postgres_dsn, pg_schema) == []
 
 
-async def test_every_server_row_mutant_the_model_rejects_breaks_production(
-    redis_url: str, postgres_dsn: str, pg_schema: str, request: pytest.FixtureRequest
-) -> None:
-    """Each mutant the model rejects makes the scenario fail on the real servers (100 %)."""
-    verdicts = [(mutant, _model_rejects(mutant)) for mutant in MUTANTS]
+async def _run_mutants(
+    mutants: tuple[TableMutant, ...], redis_url: str, dsn: str, schema: str
+) -> tuple[list[str], list[str], int]:
+    """Put each mutant to the model, run the scenario for the rejected ones (several at once);
+    return the report lines, the escaped mutants' names and how many the model rejected."""
+    verdicts = [(mutant, _model_rejects(mutant)) for mutant in mutants]
     gate = asyncio.Semaphore(CONCURRENT_SCENARIOS)
 
     async def scenario(mutant: TableMutant) -> list[str]:
         async with gate:
-            return await run_scenario(mutant.mode, mutant.table, redis_url, postgres_dsn, pg_schema)
+            return await run_scenario(mutant.mode, mutant.table, redis_url, dsn, schema)
 
     rejected = [(m, v) for m, v in verdicts if v is not None]
     outcomes = await asyncio.gather(*(scenario(m) for m, _ in rejected))
@@ -468,11 +469,19 @@ async def test_every_server_row_mutant_the_model_rejects_breaks_production(
         lines.append(f"{mutant.name}: model {verdict}; production {problems[:1] or 'PASSED'}")
         if not problems:
             escaped.append(mutant.name)
+    return lines, escaped, len(rejected)
+
+
+async def test_every_server_row_mutant_the_model_rejects_breaks_production(
+    redis_url: str, postgres_dsn: str, pg_schema: str, request: pytest.FixtureRequest
+) -> None:
+    """Each mutant the model rejects makes the scenario fail on the real servers (100 %)."""
+    lines, escaped, rejected = await _run_mutants(MUTANTS, redis_url, postgres_dsn, pg_schema)
     summary = (
-        f"{len(rejected) - len(escaped)} of {len(rejected)} model-rejected server-row mutants "
+        f"{rejected - len(escaped)} of {rejected} model-rejected server-row mutants "
         "break production"
     )
     request.node.user_properties.append(("production_mutants", "\n".join([summary, *lines])))
     print("\n".join([summary, *lines]))
-    assert len(rejected) >= 10, lines
+    assert rejected >= 10, lines
     assert not escaped, f"{summary}; escaped: {escaped}\n" + "\n".join(lines)
