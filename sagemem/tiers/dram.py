@@ -24,9 +24,21 @@ Coherence of search: a row's value, version, embedding and text index change in 
 statement, so a hit shows each key at one committed version with the embedding of that very
 value; each search is a new snapshot, so one that starts after a write or delete returned
 sees it, and a hit's version is never below one the same caller read from this tier before.
-This holds for what is written to this table. The hierarchy's home for plain keys is L3, and
-a write committed there does not reach this table: making the semantic index follow L3 (and
-the coherent L1s) is the hierarchy's job, not this tier's.
+
+Indexing a home (`attach_home`, done by `MemoryHierarchy` for an L3Tier followed by a DRAMTier
+on the same DSN): the hierarchy's home is L3, whose rows this tier cannot write. Postgres
+cannot embed, so the home's commit statement cannot index in its own transaction; instead an
+index row here records `home_version` and `home_value` (the value committed as that version,
+embedded before the write) and is written before the write's call returns, and the search
+statement joins each candidate with the home's row in the same snapshot: an index row is a hit
+only while the home row holds exactly its version (live at it, or reserved at it by the owner
+of a tier-0 write, whose value is still in the owner's L1). A hit thus carries the home's
+current version, the one a `get` reports, and the value written as it; an index row that a
+newer commit, a delete or a revoked grant has outdated is never a hit, so between a commit and
+its index write a key is missing from searches, never stale. Index rows are tombstones of this
+tier's own key-value view (`read` and `get` never see them). `reindex_home` indexes home rows
+no index row matches (a writer that stopped between commit and index, a revoked owner's value
+that the home gave a version of its own, writes from outside the hierarchy).
 
 This module must never let an asyncpg exception escape: driver errors become
 `TierUnavailable` with the driver's exception as the cause.
@@ -253,7 +265,9 @@ class DRAMTier(VersionedRowTier):
     gets at most `command_timeout_s` per call. Full-text ranking caches the namespace's row
     count and each query word's document frequency for `text_statistics_ttl_s` (0: never):
     they only weigh words in the ranking, so a slightly old figure changes an order at most,
-    never which value or version a hit carries.
+    never which value or version a hit carries. The last `query_cache_size` query texts'
+    embeddings are kept (0: none), so a repeated query is not embedded again; the embedder
+    must be deterministic (all of `sagemem.embedders` are).
     """
 
     name: str = "DRAM"

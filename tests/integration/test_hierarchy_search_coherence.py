@@ -16,13 +16,15 @@ import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
 import sagemem
 from sagemem.embedding import HashingEmbedder
+from sagemem.errors import ConfigurationError, InvalidValueError
 from sagemem.hierarchy import MemoryHierarchy
-from sagemem.tiers.base import Tier
+from sagemem.tiers.base import Tier, TierEntry
 from sagemem.tiers.dram import DRAMTier, SearchHit
 from sagemem.tiers.l1 import L1Tier
 from sagemem.tiers.l2 import L2Tier
@@ -296,3 +298,80 @@ async def test_concurrent_plain_hierarchies_never_get_a_stale_search_result(
             for tier in memory.tiers[:2]:
                 await tier.clear()  # plain caches are not coherent: read the home
         await _settled_search_matches_the_home(first, record)
+
+
+async def test_connect_passes_its_embedder_to_the_semantic_index(namespace: str) -> None:
+    """connect(semantic=True, embedder=...) embeds with that embedder; without semantic the
+    embedder is refused with ConfigurationError."""
+    embedder = HashingEmbedder()
+    async with sagemem.connect(namespace=namespace, semantic=True, embedder=embedder) as memory:
+        assert _index_of(memory).embedder is embedder
+    with pytest.raises(ConfigurationError, match="needs semantic=True"):
+        sagemem.connect(namespace=namespace, embedder=embedder)
+
+
+async def test_index_operations_refuse_bad_input_and_a_missing_home(
+    redis_url: str, postgres_dsn: str, namespace: str, pg_schema: str
+) -> None:
+    """A bad home version or reindex limit raises InvalidValueError; a tier without a home, or
+    a home attached after connecting, raises ConfigurationError; nothing is indexed."""
+    async with _plain(redis_url, postgres_dsn, namespace, pg_schema) as memory:
+        index = _index_of(memory)
+        entry = await index.prepare_index("comet note")
+        with pytest.raises(InvalidValueError, match="home version"):
+            await index.index_home("k", 0, entry)
+        with pytest.raises(InvalidValueError, match="limit"):
+            await index.reindex_home(0)
+        assert "k" not in await _hits(memory, "comet note")
+        with pytest.raises(ConfigurationError, match="before the DRAM tier connects"):
+            index.attach_home(L3Tier(postgres_dsn, namespace=namespace, schema=pg_schema))
+    async with DRAMTier(postgres_dsn, namespace=namespace, schema=pg_schema) as alone:
+        with pytest.raises(ConfigurationError, match="indexes no home"):
+            await alone.unindex_home("k")
+
+
+async def test_a_table_of_an_older_sagemem_is_upgraded_in_place(
+    redis_url: str, postgres_dsn: str, namespace: str, pg_schema: str, raw_postgres: Any
+) -> None:
+    """A semantic table created before index rows existed (with the check that a tombstone has
+    no embedding) gains the new columns and check on connect; its rows stay readable."""
+    await raw_postgres.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    vector = await raw_postgres.fetchval(
+        "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+        "WHERE e.extname = 'vector'"
+    )
+    table = f'"{pg_schema}".dram_entries'
+    await raw_postgres.execute(f'CREATE SCHEMA "{pg_schema}"')
+    await raw_postgres.execute(
+        f"CREATE TABLE {table} (namespace text NOT NULL, key text NOT NULL, value jsonb, "
+        "version bigint NOT NULL CHECK (version >= 1), deleted boolean NOT NULL, "
+        f'updated_at timestamptz NOT NULL DEFAULT now(), embedding "{vector}".vector(256), '
+        "search_text text, search_tsv tsvector GENERATED ALWAYS AS "
+        "(to_tsvector('english'::regconfig, coalesce(search_text, ''))) STORED, "
+        "PRIMARY KEY (namespace, key), CHECK (deleted = (value IS NULL)), "
+        "CHECK (deleted = (embedding IS NULL)))"
+    )
+    old = _EMBEDDER.embed_one("meadow note old")
+    await raw_postgres.execute(
+        f"INSERT INTO {table} (namespace, key, value, version, deleted, embedding, search_text) "
+        f'VALUES ($1, $2, $3::text::jsonb, 3, false, $4::text::"{vector}".vector, $5)',
+        namespace,
+        "old",
+        '"meadow note old"',
+        str(old),
+        "meadow note old",
+    )
+    async with _plain(redis_url, postgres_dsn, namespace, pg_schema) as memory:
+        index = _index_of(memory)
+        assert await index.read("old") == TierEntry("meadow note old", 3)
+        version = await memory.set("new", "meadow note new", tier_index=2)
+        hits = await _hits(memory, "meadow note")
+        assert (hits["new"].version, hits["old"].version) == (version, 3)
+    checks = await raw_postgres.fetch(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = $1::regclass "
+        "AND contype = 'c'",
+        table,
+    )
+    definitions = [str(row[0]) for row in checks]
+    assert "CHECK ((deleted = (embedding IS NULL)))" not in definitions
+    assert any("home_version" in definition for definition in definitions)
