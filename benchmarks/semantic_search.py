@@ -230,6 +230,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                         await bound.search(query, limit=10, mode=mode)
                 for query in queries:
                     await warm.search(query, limit=10, mode=mode)
+                    if bound is not None:
+                        await bound.search(query, limit=10, mode=mode)
                 for query in queries:
                     vector = table[query]
                     timed: list[tuple[str, Callable[[], Awaitable[object]]]] = [
@@ -330,7 +332,7 @@ _OPERATIONS = {
     "cold": "search, cold query cache (query embedded)",
     "warm": "search, warm query cache",
     "given": "search, vector given (the tier's SQL: lexemes, statistics, the statement)",
-    "home": "search through a hierarchy's home index (warm; joins the L3 row)",
+    "home": "search through a hierarchy's home index (warm query cache; joins the L3 row)",
     "embed": "embed one query",
     "lexemes": "  of which: the query's lexemes (one round trip)",
     "raw_vector": "baseline: asyncpg prepared pgvector top-10, same table",

@@ -22,9 +22,9 @@ value may stay in the owner's L1 until written back; the index row carries it); 
 the index row. A hit is an index row whose home row holds its version in the search's own
 snapshot (live at it, or reserved at it by an owner), so it carries the home's version, the one
 a `get` reports, and the value of that version; between a commit and its index write the key is
-missing from searches, never stale. A plain (non-coherent)
-write at a tier before L3 is a cache write without a home version: it drops the key's index
-row, so a search cannot return the home's older value while this hierarchy serves the newer.
+missing from searches, never stale. A plain (non-coherent) write at a tier before L3 is a
+cache write without a home version: it drops the key's index row, so a search cannot return
+the home's older value while this hierarchy serves the newer. See decision record 0006.
 """
 
 from __future__ import annotations
