@@ -470,15 +470,7 @@ class DRAMTier(VersionedRowTier):
     def _server_settings(self) -> dict[str, str]:
         # Without iterative scans an HNSW search filtered by namespace can return fewer rows
         # than asked for (the index yields ef_search candidates, the filter drops some).
-        # Generic plans: the search statement is planned once per connection instead of on
-        # every call (planning it took about 0.8 ms, a fifth of a search over 10,000 rows);
-        # its shape (HNSW and GIN index scans, primary-key joins) does not depend on the
-        # parameters' values.
-        return {
-            **super()._server_settings(),
-            "hnsw.iterative_scan": "strict_order",
-            "plan_cache_mode": "force_generic_plan",
-        }
+        return {**super()._server_settings(), "hnsw.iterative_scan": "strict_order"}
 
     # -- embeddings -----------------------------------------------------------------------
 
