@@ -1,14 +1,21 @@
 """Search latency of the semantic tier over 10,000 entries: `python -m benchmarks.semantic_search`.
 
 Fills one namespace of a `DRAMTier` with `--entries` entries (default 10,000), then runs
-`--queries` top-10 searches and reports p50/p95/p99 of:
+`--queries` top-10 searches and reports p50/p95/p99 of, interleaved query by query:
 
-- `search`: `DRAMTier.search(question, limit=10)` as an application calls it, the query's
-  embedding included;
-- `search (vector given)`: the same call with the query's vector already computed (the
-  embedder answers from a table), i.e. the tier's own cost: one SQL statement, both rankings,
-  fusion, decoding;
-- `embed one query`: the embedder alone.
+- `search, cold query cache`: `DRAMTier.search(question, limit=10)` on a tier that caches no
+  query (`query_cache_size=0`): the query's embedding, its lexemes (one round trip), the term
+  statistics (cached per word for 10 s) and the search statement;
+- `search, warm query cache`: the same on a tier that has seen every query once (embedding and
+  lexemes from its cache: the statement alone, plus statistics older than 10 s);
+- `search, vector given`: the embedder answers from a table, the lexemes are not cached: the
+  tier's own SQL cost on a first query;
+- with `--home`, `search through a hierarchy's home index`: the same entries stored in an L3
+  home and indexed by `reindex_home`, searched by a DRAMTier attached to that home (each hit
+  checked against its L3 row), warm query cache;
+- `embed one query` (the embedder alone) and the lexeme round trip alone;
+- the baseline: asyncpg's prepared `ORDER BY embedding <=> $1 LIMIT 10` on the same table and
+  HNSW index (no text ranking, no fusion, no value decoding), with the ratio of each search to it.
 
 With `--data` (a LoCoMo release) the entries are LoCoMo's turns (with the previous turn as
 context, as `sagemem eval locomo` stores them), observations and session summaries, topped up

@@ -199,12 +199,23 @@ def _search_statements(
     )
 
     def finish(ranked: str) -> str:
-        # The limit applies after the home's rows are checked, so an index row whose home row
-        # has moved on (or was deleted) takes no place among the hits.
-        return (
+        select = (
             f"SELECT t.key, {value_sql}::text, {version_sql}, t.embedding {distance} $2, "
-            f"r.score FROM ({ranked}) AS r JOIN {table} AS t ON t.namespace = $1 "
-            f"AND t.key = r.key {joined}WHERE {valid} ORDER BY r.score DESC, t.key LIMIT $3"
+            "r.score FROM "
+        )
+        if home_table is None:
+            return (
+                select + f"({ranked}) AS r JOIN {table} AS t ON t.namespace = $1 "
+                f"AND t.key = r.key WHERE {valid} ORDER BY r.score DESC, t.key LIMIT $3"
+            )
+        # The limit applies after each ranked key is checked against its home row (so an
+        # outdated index row takes no place among the hits); values and distances are then
+        # read for the `limit` hits only.
+        return (
+            select + f"(SELECT r.key, r.score FROM ({ranked}) AS r JOIN {table} AS t "
+            f"ON t.namespace = $1 AND t.key = r.key {joined}WHERE {valid} "
+            f"ORDER BY r.score DESC, r.key LIMIT $3) AS r JOIN {table} AS t "
+            "ON t.namespace = $1 AND t.key = r.key ORDER BY r.score DESC, t.key"
         )
 
     # Without a home every ranked key is a hit: the best `limit` are chosen before the join.
