@@ -97,7 +97,9 @@ class SearchHit:
     `distance` is the cosine distance between the query and the key's embedding (0 identical
     direction, 1 unrelated, 2 opposite). `score` orders the hits, higher first: the RRF score
     in `hybrid` mode, the similarity (`1 - distance`) in `vector` mode, the BM25 score in
-    `text` mode. `version` is the key's version in the same snapshot as `value`.
+    `text` mode. `version` is the key's version in the same snapshot as `value`: for an entry
+    of the home this tier indexes (see `DRAMTier.attach_home`), the home's version, the one a
+    `get` through the hierarchy reports.
     """
 
     key: str
