@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import math
 import time
 from collections import OrderedDict
@@ -60,7 +61,7 @@ from pgvector.asyncpg import register_vector
 
 from sagemem._driver_errors import refused_by_server, tier_unavailable
 from sagemem.embedding import DIMENSIONS_MAX, Embedder, HashingEmbedder
-from sagemem.errors import ConfigurationError, InvalidValueError, TierUnavailable
+from sagemem.errors import ConfigurationError, InvalidValueError, SageMemError, TierUnavailable
 from sagemem.tiers.l3 import (
     POSTGRES_DRIVER_ERRORS,
     POSTGRES_HINT,
@@ -72,6 +73,7 @@ from sagemem.values import VALUE_SIZE_MAX_BYTES, JSONValue, check_key, decode_va
 
 __all__ = ["SEARCH_MODES", "DRAMTier", "IndexEntry", "SearchHit", "SearchMode"]
 
+_logger = logging.getLogger("sagemem.dram")
 _T = TypeVar("_T")
 SearchMode = Literal["hybrid", "vector", "text"]
 SEARCH_MODES: Final[tuple[SearchMode, ...]] = ("hybrid", "vector", "text")
@@ -352,6 +354,7 @@ class DRAMTier(VersionedRowTier):
             )
         self._text_statistics_ttl_s: Final = float(text_statistics_ttl_s)
         self._term_statistics = _TermStatistics()
+        self._recount: asyncio.Task[None] | None = None
         if text_of is not None and not callable(text_of):
             raise ConfigurationError(f"DRAM text_of must be callable, got {text_of!r}")
         self.embedder: Final = embedder
@@ -812,6 +815,44 @@ class DRAMTier(VersionedRowTier):
             hits.append(SearchHit(row[0], decode_value(row[1]), int(row[2]), distance, score))
         return hits
 
+    async def _count_terms(
+        self, connection: asyncpg.Connection, lexemes: list[str], rows: bool
+    ) -> None:
+        """Count the live rows holding each of `lexemes` (and all live rows if `rows`)."""
+        statistics = self._term_statistics
+        record = await connection.fetchrow(self._sql_frequencies, self.namespace, lexemes, rows)
+        assert record is not None  # a SELECT without FROM returns one row
+        now = time.monotonic()
+        for lexeme, count in zip(lexemes, record[0], strict=True):
+            statistics.frequencies[lexeme] = (int(count), now)
+        if record[1] is not None:
+            statistics.rows, statistics.rows_at = int(record[1]), now
+
+    def _count_terms_later(self, lexemes: list[str], rows: bool) -> None:
+        """Recount expired statistics in a task of this tier (one at a time; `aclose` stops
+        it); a failure leaves the old figures, and a later search schedules them again."""
+        if self._recount is not None and not self._recount.done():
+            return
+
+        async def recount() -> None:
+            try:
+                async with self._connected().lease() as connection:
+                    await self._count_terms(connection, lexemes, rows)
+            except (SageMemError, *POSTGRES_DRIVER_ERRORS) as error:
+                _logger.debug("DRAM: recounting term statistics failed: %r", error)
+
+        self._recount = asyncio.get_running_loop().create_task(
+            recount(), name="sagemem DRAM term statistics"
+        )
+
+    async def aclose(self) -> None:
+        """Stop a statistics recount in progress, then close the pool (idempotent)."""
+        recount, self._recount = self._recount, None
+        if recount is not None:
+            recount.cancel()
+            await asyncio.wait([recount])
+        await super().aclose()
+
     async def _text_weights(
         self, connection: asyncpg.Connection, text: str
     ) -> tuple[list[str], list[float], list[bool]]:
@@ -819,8 +860,10 @@ class DRAMTier(VersionedRowTier):
 
         IDF is `ln(1 + (N - df + 0.5) / (df + 0.5))` over the namespace's live rows; a lexeme
         is selective when it is in at most 50 rows or 1/20 of them, or is the query's rarest.
-        Row count and frequencies come from the cache while younger than
-        `text_statistics_ttl_s`.
+        Row count and frequencies come from the cache: a word never counted is counted now;
+        figures older than `text_statistics_ttl_s` are still used while a background task
+        counts them again (they weigh words; waiting ~1 ms per word for fresh ones doubled a
+        search's median).
         """
         lexemes = self._query_lexemes.get(text)
         if lexemes is None:
@@ -831,27 +874,21 @@ class DRAMTier(VersionedRowTier):
         if not lexemes:
             return [], [], []
         statistics = self._term_statistics
-        now = time.monotonic()
-        oldest = now - self._text_statistics_ttl_s
-        stale = [
-            lexeme
-            for lexeme in lexemes
-            if statistics.frequencies.get(lexeme, (0, -math.inf))[1] < oldest
-            or self._text_statistics_ttl_s == 0
-        ]
-        want_rows = statistics.rows_at < oldest or self._text_statistics_ttl_s == 0
-        if stale or want_rows:
-            record = await connection.fetchrow(
-                self._sql_frequencies, self.namespace, stale, want_rows
-            )
-            assert record is not None  # a SELECT without FROM returns one row
-            counts, rows = record[0], record[1]
-            if len(statistics.frequencies) + len(stale) > _TERM_STATISTICS_MAX:
-                statistics.frequencies.clear()
-            for lexeme, count in zip(stale, counts, strict=True):
-                statistics.frequencies[lexeme] = (int(count), now)
-            if rows is not None:
-                statistics.rows, statistics.rows_at = int(rows), now
+        ttl_s = self._text_statistics_ttl_s
+        oldest = time.monotonic() - ttl_s
+        known = statistics.frequencies
+        missing = lexemes if ttl_s == 0 else [lexeme for lexeme in lexemes if lexeme not in known]
+        if len(known) + len(missing) > _TERM_STATISTICS_MAX:
+            known.clear()  # bounded memory: start again with this query's words
+            missing = lexemes
+        rows_missing = ttl_s == 0 or statistics.rows_at == -math.inf
+        if missing or rows_missing:
+            await self._count_terms(connection, missing, rows_missing)
+        if ttl_s:
+            expired = [lexeme for lexeme in lexemes if known[lexeme][1] < oldest]
+            rows_expired = statistics.rows_at < oldest
+            if expired or rows_expired:
+                self._count_terms_later(expired, rows_expired)
         frequencies = {lexeme: statistics.frequencies[lexeme][0] for lexeme in lexemes}
         present = [lexeme for lexeme in lexemes if frequencies[lexeme] > 0]
         if not present:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import pytest
@@ -63,3 +64,31 @@ def test_a_bad_query_cache_size_is_refused() -> None:
     for bad in (-1, 1.5, "10", 1_000_001):
         with pytest.raises(ConfigurationError, match="query_cache_size"):
             DRAMTier(query_cache_size=bad)  # type: ignore[arg-type]
+
+
+async def test_expired_term_statistics_serve_while_a_background_task_recounts_them(
+    postgres_dsn: str, namespace: str, pg_schema: str
+) -> None:
+    """A search after text_statistics_ttl_s weighs words with the old document counts at once
+    and recounts them in the background; the next search then scores like a fresh tier."""
+    async with (
+        DRAMTier(
+            postgres_dsn, namespace=namespace, schema=pg_schema, text_statistics_ttl_s=0.2
+        ) as tier,
+        DRAMTier(postgres_dsn, namespace=namespace, schema=pg_schema) as fresh,
+    ):
+        for number in range(2):
+            await tier.set(f"a{number}", f"comet number {number}")
+        await tier.set("b", "violin")
+        first = {hit.key: hit.score for hit in await tier.search("comet", mode="text")}
+        for number in range(2, 6):
+            await tier.set(f"a{number}", f"comet number {number}")
+        await asyncio.sleep(0.3)  # the counts expire
+        served = {hit.key: hit.score for hit in await tier.search("comet", mode="text")}
+        assert served["a0"] == first["a0"]  # the old counts: comet in 2 of 3 rows
+        assert tier._recount is not None
+        await tier._recount
+        after = {hit.key: hit.score for hit in await tier.search("comet", mode="text")}
+        expected = {hit.key: hit.score for hit in await fresh.search("comet", mode="text")}
+        assert after == pytest.approx(expected)
+        assert after["a0"] != pytest.approx(first["a0"])  # comet is now in 6 of 7 rows
