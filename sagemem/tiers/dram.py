@@ -279,11 +279,12 @@ class DRAMTier(VersionedRowTier):
     the existing table's raises `ConfigurationError`. `text_of(value)` chooses the text to
     embed (default: a str value itself, anything else its canonical JSON text). The embedder
     gets at most `command_timeout_s` per call. Full-text ranking caches the namespace's row
-    count and each query word's document frequency for `text_statistics_ttl_s` (0: never):
-    they only weigh words in the ranking, so a slightly old figure changes an order at most,
-    never which value or version a hit carries. The last `query_cache_size` query texts'
-    embeddings are kept (0: none), so a repeated query is not embedded again; the embedder
-    must be deterministic (all of `sagemem.embedders` are).
+    count and each query word's document frequency (0: never); a figure older than
+    `text_statistics_ttl_s` is still used while a task of the tier counts it again: they only
+    weigh words in the ranking, so a slightly old figure changes an order at most, never which
+    value or version a hit carries. The last `query_cache_size` query texts' embeddings and
+    words are kept (0: none), so a repeated query is not embedded again; the embedder must be
+    deterministic (all of `sagemem.embedders` are).
     """
 
     name: str = "DRAM"
