@@ -171,13 +171,19 @@ def _search_statements(
             f"($5::text IS NULL OR {value_sql} @> $5::text::jsonb)"
         )
         joined = (
-            f"LEFT JOIN {home_table} AS h ON t.home_version IS NOT NULL AND h.namespace = $1 "
-            f"AND h.key = t.key AND {_HOME_HOLDS_VERSION} "
+            f"LEFT JOIN {home_table} AS h ON r.hv IS NOT NULL AND h.namespace = $1 "
+            f"AND h.key = r.key AND {_HOME_HOLDS_VERSION.replace('t.home_version', 'r.hv')} "
         )
-        valid = "((t.home_version IS NULL AND NOT t.deleted) OR h.key IS NOT NULL)"
+        # A candidate without a home version is a live row of this tier's own (the table's
+        # check: a row with an embedding and no home version is not a tombstone).
+        valid = "(r.hv IS NULL OR h.key IS NOT NULL)"
+    # With a home, each ranked key carries its index row's home version (`hv`), so checking
+    # it against the home needs no second visit of this table.
+    hv_select = "" if home_table is None else ", t.home_version AS hv"
+    hv = "" if home_table is None else ", hv"
     vector_ranked = (
-        "vector_ranked AS (SELECT key, row_number() OVER (ORDER BY d, key) AS rank FROM ("
-        f"SELECT t.key, t.embedding {distance} $2 AS d FROM {table} AS t WHERE {live} "
+        f"vector_ranked AS (SELECT key{hv}, row_number() OVER (ORDER BY d, key) AS rank FROM ("
+        f"SELECT t.key{hv_select}, t.embedding {distance} $2 AS d FROM {table} AS t WHERE {live} "
         "ORDER BY d LIMIT $4) AS nearest)"
     )
     # BM25 over the tsvector, in a form the GIN index keeps cheap: candidates are the rows
@@ -190,15 +196,15 @@ def _search_statements(
         "weights AS MATERIALIZED (SELECT quote_literal(w.lexeme)::tsquery AS term, w.idf, "
         "w.selective FROM unnest($6::text[], $7::float8[], $8::bool[]) "
         "AS w(lexeme, idf, selective)), "
-        "text_matched AS (SELECT t.key, length(t.search_tsv)::float8 AS dl, "
+        f"text_matched AS (SELECT t.key{hv_select}, length(t.search_tsv)::float8 AS dl, "
         "(SELECT sum(w.idf) FROM weights AS w WHERE t.search_tsv @@ w.term) AS idf_sum "
         f"FROM {table} AS t WHERE {live} AND t.search_tsv @@ (SELECT "
         "string_agg(w.term::text, ' | ')::tsquery FROM weights AS w WHERE w.selective)), "
-        "text_scored AS (SELECT key, idf_sum * "
+        f"text_scored AS (SELECT key{hv}, idf_sum * "
         f"{_BM25_K1 + 1} / (1 + {_BM25_K1} * (1 - {_BM25_B} + {_BM25_B} * dl / "
         "greatest(avg(dl) OVER (), 1))) AS score FROM text_matched), "
-        "text_ranked AS (SELECT key, score, row_number() OVER (ORDER BY score DESC, key) "
-        "AS rank FROM (SELECT key, score FROM text_scored ORDER BY score DESC, key LIMIT $4) "
+        f"text_ranked AS (SELECT key{hv}, score, row_number() OVER (ORDER BY score DESC, key) "
+        f"AS rank FROM (SELECT key{hv}, score FROM text_scored ORDER BY score DESC, key LIMIT $4) "
         "AS best)"
     )
 
@@ -216,24 +222,24 @@ def _search_statements(
         # outdated index row takes no place among the hits); values and distances are then
         # read for the `limit` hits only.
         return (
-            select + f"(SELECT r.key, r.score FROM ({ranked}) AS r JOIN {table} AS t "
-            f"ON t.namespace = $1 AND t.key = r.key {joined}WHERE {valid} "
+            select + f"(SELECT r.key, r.score FROM ({ranked}) AS r {joined}WHERE {valid} "
             f"ORDER BY r.score DESC, r.key LIMIT $3) AS r JOIN {table} AS t "
             "ON t.namespace = $1 AND t.key = r.key ORDER BY r.score DESC, t.key"
         )
 
     # Without a home every ranked key is a hit: the best `limit` are chosen before the join.
     top = " ORDER BY score DESC, key LIMIT $3" if home_table is None else ""
+    max_hv = "" if home_table is None else ", max(hv) AS hv"
     rrf = (
-        "SELECT key, sum(weight / ($9 + rank)) AS score FROM (SELECT key, rank, 1.0::float8 "
-        "AS weight FROM vector_ranked UNION ALL SELECT key, rank, $10::float8 FROM text_ranked) "
-        f"AS ranks GROUP BY key{top}"
+        f"SELECT key{max_hv}, sum(weight / ($9 + rank)) AS score FROM (SELECT key{hv}, rank, "
+        f"1.0::float8 AS weight FROM vector_ranked UNION ALL SELECT key{hv}, rank, $10::float8 "
+        f"FROM text_ranked) AS ranks GROUP BY key{top}"
     )
     return {
         "hybrid": f"WITH {vector_ranked}, {text_ranked} " + finish(rrf),
         "vector": f"WITH {vector_ranked} "
-        + finish(f"SELECT key, -rank::float8 AS score FROM vector_ranked{top}"),
-        "text": f"WITH {text_ranked} " + finish(f"SELECT key, score FROM text_ranked{top}"),
+        + finish(f"SELECT key{hv}, -rank::float8 AS score FROM vector_ranked{top}"),
+        "text": f"WITH {text_ranked} " + finish(f"SELECT key{hv}, score FROM text_ranked{top}"),
     }
 
 
