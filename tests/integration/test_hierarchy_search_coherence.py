@@ -35,7 +35,7 @@ WORDS = ["harbor", "lantern", "violin", "glacier", "orchard", "comet", "falcon",
 SHARED_KEYS = 4
 OWN_KEYS = 2
 AGENTS = 3
-ROUNDS = 18
+ROUNDS = 40
 _EMBEDDER = HashingEmbedder()
 
 
@@ -268,6 +268,7 @@ async def test_concurrent_coherent_agents_never_get_a_stale_search_result(namesp
             for index, memory in enumerate(memories):
                 group.create_task(_agent(memory, index, record, coherent=True))
         _check_observations(record)
+        print(f"{record.searches} searches, {len(record.observed)} hits, stale: {record.stale}")
         assert record.stale == []
         assert len(record.observed) > record.searches  # the searches found something
         await _settled_search_matches_the_home(memories[0], record)
@@ -292,6 +293,7 @@ async def test_concurrent_plain_hierarchies_never_get_a_stale_search_result(
             for index, memory in enumerate(memories):
                 group.create_task(_agent(memory, index, record, coherent=False))
         _check_observations(record)
+        print(f"{record.searches} searches, {len(record.observed)} hits, stale: {record.stale}")
         assert record.stale == []
         assert len(record.observed) > record.searches
         for memory in memories:
