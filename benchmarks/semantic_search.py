@@ -1,14 +1,21 @@
 """Search latency of the semantic tier over 10,000 entries: `python -m benchmarks.semantic_search`.
 
 Fills one namespace of a `DRAMTier` with `--entries` entries (default 10,000), then runs
-`--queries` top-10 searches and reports p50/p95/p99 of:
+`--queries` top-10 searches and reports p50/p95/p99 of, interleaved query by query:
 
-- `search`: `DRAMTier.search(question, limit=10)` as an application calls it, the query's
-  embedding included;
-- `search (vector given)`: the same call with the query's vector already computed (the
-  embedder answers from a table), i.e. the tier's own cost: one SQL statement, both rankings,
-  fusion, decoding;
-- `embed one query`: the embedder alone.
+- `search, cold query cache`: `DRAMTier.search(question, limit=10)` on a tier that caches no
+  query (`query_cache_size=0`): the query's embedding, its lexemes (one round trip), the term
+  statistics (cached per word for 10 s) and the search statement;
+- `search, warm query cache`: the same on a tier that has seen every query once (embedding and
+  lexemes from its cache: the statement alone, plus statistics older than 10 s);
+- `search, vector given`: the embedder answers from a table, the lexemes are not cached: the
+  tier's own SQL cost on a first query;
+- with `--home`, `search through a hierarchy's home index`: the same entries stored in an L3
+  home and indexed by `reindex_home`, searched by a DRAMTier attached to that home (each hit
+  checked against its L3 row), warm query cache;
+- `embed one query` (the embedder alone) and the lexeme round trip alone;
+- the baseline: asyncpg's prepared `ORDER BY embedding <=> $1 LIMIT 10` on the same table and
+  HNSW index (no text ranking, no fusion, no value decoding), with the ratio of each search to it.
 
 With `--data` (a LoCoMo release) the entries are LoCoMo's turns (with the previous turn as
 context, as `sagemem eval locomo` stores them), observations and session summaries, topped up
@@ -22,14 +29,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import statistics
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
+
+import asyncpg
 
 from sagemem.embedding import Embedder, HashingEmbedder
 from sagemem.evaluation.locomo import (
@@ -42,7 +53,8 @@ from sagemem.evaluation.locomo import (
     load_conversations,
 )
 from sagemem.tiers.dram import SEARCH_MODES, DRAMTier, SearchMode
-from sagemem.values import JSONValue
+from sagemem.tiers.l3 import L3Tier
+from sagemem.values import JSONValue, encode_value
 
 
 class PrecomputedEmbedder:
@@ -116,6 +128,31 @@ def _summary(samples_ms: list[float]) -> dict[str, float]:
     return {"p50": round(statistics.median(ordered), 3), "p95": at(0.95), "p99": at(0.99)}
 
 
+async def _fill_home(
+    dsn: str | None, schema: str, stored: list[tuple[str, JSONValue]], embedder: Embedder
+) -> float:
+    """Store `stored` in an L3 home (one multi-row insert per 1,000) and index it with
+    `reindex_home`, as a hierarchy's semantic tier would hold it; return the seconds taken."""
+    started = time.perf_counter()
+    async with L3Tier(dsn, namespace="bench", schema=schema) as home:
+        rows = [(key, encode_value(value)) for key, value in stored]
+        async with home._connected().lease() as connection:
+            for start in range(0, len(rows), 1000):
+                await connection.executemany(
+                    f"INSERT INTO {home.table} (namespace, key, value, version, deleted) "
+                    "VALUES ('bench', $1, $2::text::jsonb, 1, false)",
+                    rows[start : start + 1000],
+                )
+        index = DRAMTier(
+            dsn, namespace="bench", schema=schema, embedder=embedder, text_of=entry_text
+        )
+        index.attach_home(home)
+        async with index:
+            while await index.reindex_home(limit=1000):
+                print("indexing the home", file=sys.stderr, flush=True)
+    return time.perf_counter() - started
+
+
 async def run(args: argparse.Namespace) -> dict[str, object]:
     """Fill, warm up, measure; return the summaries."""
     embedder: Embedder = HashingEmbedder() if args.embedder == "hashing" else build_embedder(args)
@@ -123,15 +160,23 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     print(f"{len(stored)} entries, {len(queries)} queries, {embedder!r}", file=sys.stderr)
     texts = sorted({entry_text(value) for _, value in stored})
     table: dict[str, list[float]] = {}
+    if args.embedding_cache is not None and args.embedding_cache.exists():
+        table = json.loads(args.embedding_cache.read_text(encoding="utf-8"))
     started = time.perf_counter()
-    for start in range(0, len(texts), 256):
-        batch = texts[start : start + 256]
+    missing = [text for text in texts if text not in table]
+    for start in range(0, len(missing), 256):
+        batch = missing[start : start + 256]
         table.update(zip(batch, await embedder.embed(batch), strict=True))
-        print(f"embedded {len(table)}/{len(texts)}", file=sys.stderr, flush=True)
+        print(f"embedded {start + len(batch)}/{len(missing)}", file=sys.stderr, flush=True)
     embed_s = time.perf_counter() - started
+    if args.embedding_cache is not None and missing:
+        args.embedding_cache.write_text(json.dumps(table), encoding="utf-8")
     schema = f"search_bench_{uuid.uuid4().hex[:10]}"
+    home_schema = f"{schema}_home"
     precomputed = PrecomputedEmbedder(embedder, table)
     mode: SearchMode = args.mode
+    samples: dict[str, list[float]] = {name: [] for name in _OPERATIONS}
+    home_fill_s = 0.0
     try:
         async with DRAMTier(
             args.dsn,
@@ -146,29 +191,80 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 if (index + 1) % 1000 == 0:
                     print(f"stored {index + 1}/{len(stored)}", file=sys.stderr, flush=True)
             fill_s = time.perf_counter() - started
-            async with DRAMTier(
-                args.dsn, namespace="bench", schema=schema, embedder=embedder, text_of=entry_text
-            ) as live:
-                # Warm-up: the query vectors for the "vector given" runs, caches, plans.
-                await precomputed.embed(queries)
+            if args.home:
+                home_fill_s = await _fill_home(args.dsn, home_schema, stored, precomputed)
+                print(f"home indexed in {home_fill_s:.1f} s", file=sys.stderr, flush=True)
+            await precomputed.embed(queries)  # the query vectors of the "vector given" runs
+            # Table statistics as autovacuum keeps them in steady state (a table filled a few
+            # seconds ago has none yet, and the planner then picks plans 5-10x slower).
+            await _analyze(args.dsn, [schema, home_schema] if args.home else [schema])
+            async with contextlib.AsyncExitStack() as stack:
+                cold = await stack.enter_async_context(
+                    DRAMTier(
+                        args.dsn,
+                        namespace="bench",
+                        schema=schema,
+                        embedder=embedder,
+                        text_of=entry_text,
+                        query_cache_size=0,
+                    )
+                )
+                warm = await stack.enter_async_context(
+                    DRAMTier(
+                        args.dsn,
+                        namespace="bench",
+                        schema=schema,
+                        embedder=embedder,
+                        text_of=entry_text,
+                        query_cache_size=len(queries),
+                    )
+                )
+                bound = None
+                if args.home:
+                    home = await stack.enter_async_context(
+                        L3Tier(args.dsn, namespace="bench", schema=home_schema)
+                    )
+                    bound = DRAMTier(
+                        args.dsn,
+                        namespace="bench",
+                        schema=home_schema,
+                        embedder=precomputed,
+                        text_of=entry_text,
+                    )
+                    bound.attach_home(home)
+                    await stack.enter_async_context(bound)
+                baseline = await stack.enter_async_context(_RawVectorSearch(args.dsn, schema))
+                # Warm-up: plans, caches, the warm tier's query cache (every query once).
                 for query in queries[:50]:
-                    await live.search(query, limit=10, mode=mode)
-                full: list[float] = []
-                given: list[float] = []
-                embed_only: list[float] = []
+                    await cold.search(query, limit=10, mode=mode)
+                    await baseline.top10(table[query])
+                    if bound is not None:
+                        await bound.search(query, limit=10, mode=mode)
                 for query in queries:
-                    started = time.perf_counter()
-                    await live.search(query, limit=10, mode=mode)
-                    full.append((time.perf_counter() - started) * 1000)
-                    started = time.perf_counter()
-                    await filling.search(query, limit=10, mode=mode)
-                    given.append((time.perf_counter() - started) * 1000)
-                    started = time.perf_counter()
-                    await embedder.embed([query])
-                    embed_only.append((time.perf_counter() - started) * 1000)
+                    await warm.search(query, limit=10, mode=mode)
+                    if bound is not None:
+                        await bound.search(query, limit=10, mode=mode)
+                for query in queries:
+                    vector = table[query]
+                    timed: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+                        ("cold", partial(cold.search, query, limit=10, mode=mode)),
+                        ("warm", partial(warm.search, query, limit=10, mode=mode)),
+                        ("given", partial(filling.search, query, limit=10, mode=mode)),
+                        ("embed", partial(embedder.embed, [query])),
+                        ("lexemes", partial(_lexemes, filling, query)),
+                        ("raw_vector", partial(baseline.top10, vector)),
+                    ]
+                    if bound is not None:
+                        timed.append(("home", partial(bound.search, query, limit=10, mode=mode)))
+                    for name, call in timed:
+                        started = time.perf_counter()
+                        await call()
+                        samples[name].append((time.perf_counter() - started) * 1000)
     finally:
         await drop_schema(args.dsn, schema)
-    return {
+        if args.home:
+            await drop_schema(args.dsn, home_schema)
+    result: dict[str, object] = {
         "entries": len(stored),
         "queries": len(queries),
         "embedder": repr(embedder),
@@ -176,10 +272,83 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "corpus": "LoCoMo" if args.data else "synthetic",
         "embed_entries_s": round(embed_s, 1),
         "fill_s": round(fill_s, 1),
-        "search_ms": _summary(full),
-        "search_vector_given_ms": _summary(given),
-        "embed_one_query_ms": _summary(embed_only),
+        "home_fill_s": round(home_fill_s, 1),
     }
+    for name, values in samples.items():
+        if values:
+            result[f"{name}_ms"] = _summary(values)
+    return result
+
+
+async def _analyze(dsn: str | None, schemas: list[str]) -> None:
+    from sagemem.services import resolve_postgres_dsn
+
+    resolved = dsn or await asyncio.to_thread(resolve_postgres_dsn, None)
+    connection = await asyncpg.connect(resolved, timeout=30)
+    try:
+        for schema in schemas:
+            for table in ("dram_entries", "l3_entries"):
+                if await connection.fetchval("SELECT to_regclass($1)", f'"{schema}".{table}'):
+                    await connection.execute(f'ANALYZE "{schema}".{table}')
+    finally:
+        await connection.close(timeout=30)
+
+
+async def _lexemes(tier: DRAMTier, query: str) -> object:
+    """The round trip that turns the query into lexemes (part of every text or hybrid search)."""
+    async with tier._connected().lease() as connection:
+        return await connection.fetchval(tier._sql_lexemes, query)
+
+
+class _RawVectorSearch:
+    """Baseline: asyncpg's prepared top-10 pgvector query on the same table and HNSW index,
+    no text ranking, no fusion, no decoding of values."""
+
+    def __init__(self, dsn: str | None, schema: str) -> None:
+        self._dsn = dsn
+        self._schema = schema
+        self._connection: asyncpg.Connection | None = None
+        self._statement: asyncpg.prepared_stmt.PreparedStatement | None = None
+
+    async def __aenter__(self) -> _RawVectorSearch:
+        from pgvector.asyncpg import register_vector
+
+        from sagemem.services import resolve_postgres_dsn
+
+        dsn = self._dsn or await asyncio.to_thread(resolve_postgres_dsn, None)
+        connection = await asyncpg.connect(dsn, timeout=30)
+        self._connection = connection
+        await connection.execute("SET hnsw.iterative_scan = strict_order")
+        schema = await connection.fetchval(
+            "SELECT n.nspname FROM pg_extension AS e JOIN pg_namespace AS n "
+            "ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
+        )
+        await register_vector(connection, schema=schema)
+        self._statement = await connection.prepare(
+            f'SELECT key, value::text FROM "{self._schema}".dram_entries WHERE namespace = '
+            f"'bench' AND NOT deleted ORDER BY embedding OPERATOR(\"{schema}\".<=>) $1 LIMIT 10"
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._connection is not None:
+            await self._connection.close(timeout=30)
+
+    async def top10(self, vector: list[float]) -> object:
+        """The ten nearest keys and their values."""
+        assert self._statement is not None
+        return await self._statement.fetch(vector)
+
+
+_OPERATIONS = {
+    "cold": "search, cold query cache (query embedded)",
+    "warm": "search, warm query cache",
+    "given": "search, vector given (the tier's SQL: lexemes, statistics, the statement)",
+    "home": "search through a hierarchy's home index (warm query cache; joins the L3 row)",
+    "embed": "embed one query",
+    "lexemes": "  of which: the query's lexemes (one round trip)",
+    "raw_vector": "baseline: asyncpg prepared pgvector top-10, same table",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -194,6 +363,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mode", choices=SEARCH_MODES, default="hybrid")
     parser.add_argument("--seed", type=int, default=16)
     parser.add_argument("--dsn")
+    parser.add_argument(
+        "--embedding-cache",
+        type=Path,
+        help="a JSON file of the entries' vectors: read if it exists, written after embedding "
+        "(the same embedder must be named; it saves minutes per run with MiniLM)",
+    )
+    parser.add_argument(
+        "--home",
+        action="store_true",
+        help="also measure a hierarchy's search (index rows joined with an L3 home)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     result = asyncio.run(run(args))
@@ -202,14 +382,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{result['mode']} searches, {result['embedder']}\n\n"
         "| operation | p50 ms | p95 ms | p99 ms |\n|---|---:|---:|---:|"
     )
-    for name, label in (
-        ("search_ms", "search (query embedding included)"),
-        ("search_vector_given_ms", "search (vector given: SQL, fusion, decoding)"),
-        ("embed_one_query_ms", "embed one query"),
-    ):
-        row = result[name]
-        assert isinstance(row, dict)
-        print(f"| {label} | {row['p50']:.2f} | {row['p95']:.2f} | {row['p99']:.2f} |")
+    for name, label in _OPERATIONS.items():
+        row = result.get(f"{name}_ms")
+        if isinstance(row, dict):
+            print(f"| {label} | {row['p50']:.2f} | {row['p95']:.2f} | {row['p99']:.2f} |")
+    baseline = result.get("raw_vector_ms")
+    if isinstance(baseline, dict):
+        for name in ("warm", "given", "home"):
+            row = result.get(f"{name}_ms")
+            if isinstance(row, dict):
+                print(f"{name} / baseline at the median: {row['p50'] / baseline['p50']:.2f}x")
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0

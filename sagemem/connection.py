@@ -17,6 +17,7 @@ from sagemem.tiers.base import Tier
 
 if TYPE_CHECKING:
     from sagemem.coherence.bus import CoherenceBus
+    from sagemem.embedding import Embedder
 
 __all__ = ["connect"]
 
@@ -66,6 +67,7 @@ def connect(
     semantic: bool = False,
     agent_id: str | None = None,
     mode: str = "coherent",
+    embedder: Embedder | None = None,
 ) -> _Connection:
     """A hierarchy L1 -> L2 -> L3 (-> DRAM if `semantic`) on the configured or embedded servers.
 
@@ -73,8 +75,18 @@ def connect(
     `memory = await sagemem.connect()` and `await memory.aclose()` when done. The hierarchy
     owns its tiers. `agent_id` makes L1 a `CoherentL1Tier` of that agent (`mode` "coherent"
     or "strict"; every agent of a namespace must use the same mode) on a bus the hierarchy
-    also closes.
+    also closes. With `semantic`, the DRAM tier embeds with `embedder` (default
+    `HashingEmbedder`; see README for which to choose) and is the search index of L3: every
+    write and delete through the hierarchy is reflected in the next `search` (see
+    `sagemem.hierarchy`). Passing `embedder` without `semantic` is refused.
     """
+    if embedder is not None and not semantic:
+        from sagemem.errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"connect(embedder={embedder!r}) needs semantic=True (the embedder serves the "
+            "semantic tier)"
+        )
     from sagemem.tiers.l1 import L1Tier
     from sagemem.tiers.l2 import L2Tier
     from sagemem.tiers.l3 import L3Tier
@@ -97,5 +109,5 @@ def connect(
     if semantic:
         from sagemem.tiers.dram import DRAMTier
 
-        tiers.append(DRAMTier(dsn=postgres_dsn, namespace=namespace))
+        tiers.append(DRAMTier(dsn=postgres_dsn, namespace=namespace, embedder=embedder))
     return _Connection(MemoryHierarchy(tiers, owns_tiers=True), bus)

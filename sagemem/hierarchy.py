@@ -13,6 +13,18 @@ never invalidates anyone), a write at tier 0 takes ownership, a write at the L2 
 a write-through (the home commits a new version, then every copy, L2's included, is
 invalidated), and `delete` commits a deletion the same way. Tiers after the home (the semantic
 tier) are consulted only when the home has no value, and written directly.
+
+Coherent search: when an L3Tier is followed by a `DRAMTier` on the same DSN, the semantic tier
+becomes the search index of the home (`DRAMTier.attach_home`). Every write this hierarchy
+commits at the home is embedded before the write and indexed at the version the home assigned
+before the call returns, with the value committed as that version (a coherent tier-0 write's
+value may stay in the owner's L1 until written back; the index row carries it); a delete drops
+the index row. A hit is an index row whose home row holds its version in the search's own
+snapshot (live at it, or reserved at it by an owner), so it carries the home's version, the one
+a `get` reports, and the value of that version; between a commit and its index write the key is
+missing from searches, never stale. A plain (non-coherent) write at a tier before L3 is a
+cache write without a home version: it drops the key's index row, so a search cannot return
+the home's older value while this hierarchy serves the newer. See decision record 0006.
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ from sagemem.errors import ClosedResourceError, ConfigurationError
 from sagemem.tiers.base import Tier, TierEntry, TierStatistics
 
 if TYPE_CHECKING:
+    from sagemem.tiers.dram import DRAMTier, IndexEntry
     from sagemem.tiers.l1_coherent import CoherentL1Tier
     from sagemem.tiers.l3 import L3Tier
 from sagemem.values import JSONValue, check_key, encode_value
@@ -89,6 +102,10 @@ class MemoryHierarchy(AsyncResource):
         self._l2_index = -1
         if type(tiers[0]).__module__ == "sagemem.tiers.l1_coherent":
             self._bind_coherent_l1()
+        self._index: DRAMTier | None = None
+        self._index_home = -1  # the index of the L3 tier the semantic tier indexes
+        if any(type(tier).__module__ == "sagemem.tiers.dram" for tier in tiers):
+            self._bind_semantic_index()
         self._owns_tiers = owns_tiers
         # Awaited by aclose() after the owned tiers are closed (e.g. the bus of a coherent L1
         # that sagemem.connect() made).
@@ -141,6 +158,34 @@ class MemoryHierarchy(AsyncResource):
         assert isinstance(home, L3Tier)
         l1.attach_home(home)
         self._coherent = l1
+
+    def _bind_semantic_index(self) -> None:
+        """Make the first DRAMTier after an L3Tier on the same DSN that L3's search index."""
+        from sagemem.tiers.dram import DRAMTier
+        from sagemem.tiers.l3 import L3Tier
+
+        home_index = next(
+            (index for index, tier in enumerate(self.tiers) if isinstance(tier, L3Tier)), -1
+        )
+        if home_index < 0:
+            return
+        home = self.tiers[home_index]
+        assert isinstance(home, L3Tier)
+        for tier in self.tiers[home_index + 1 :]:
+            if (
+                isinstance(tier, DRAMTier)
+                and tier.home is None
+                and tier.namespace == home.namespace
+                and tier._dsn_argument == home._dsn_argument
+            ):
+                tier.attach_home(home)
+                self._index, self._index_home = tier, home_index
+                return
+
+    @property
+    def semantic_index(self) -> DRAMTier | None:
+        """The DRAMTier that indexes this hierarchy's home for search, or None."""
+        return self._index
 
     @property
     def coherent_l1(self) -> CoherentL1Tier | None:
@@ -256,6 +301,12 @@ class MemoryHierarchy(AsyncResource):
         check_key(key)
         index = self._check_tier_index(tier_index)
         encode_value(value)
+        semantic = self._index
+        prepared = None
+        if semantic is not None and (
+            index == self._index_home or (self._coherent is not None and index < self._index_home)
+        ):
+            prepared = await semantic.prepare_index(value)  # before anything changes
         l1 = self._coherent
         if l1 is not None:
             if index == 0:
@@ -266,11 +317,18 @@ class MemoryHierarchy(AsyncResource):
                 version = await self.tiers[index].write(key, value)
                 await l1.delete(key)
             self._counters[index].writes += 1
+            if semantic is not None and prepared is not None and version is not None:
+                await semantic.index_home(key, version, prepared)
             return version
         version = await self.tiers[index].write(key, value)
         self._counters[index].writes += 1
+        if semantic is not None and index < self._index_home:
+            # A cache write: the home keeps an older value, which search must not return.
+            await semantic.unindex_home(key, outdated_only=False)
         for faster in self.tiers[:index]:
             await faster.delete(key)
+        if semantic is not None and prepared is not None and version is not None:
+            await semantic.index_home(key, version, prepared)
         return version
 
     async def compare_and_swap(
@@ -290,17 +348,35 @@ class MemoryHierarchy(AsyncResource):
         self._check_open()
         check_key(key)
         encode_value(value)
+        semantic = self._index
+        prepared = None if semantic is None else await semantic.prepare_index(value)
         if self._coherent is not None:
-            return await self._coherent.compare_and_swap(
-                key, value, expected_version, on_conflict=on_conflict, attempts=attempts
+            committed = [value]
+            policy = on_conflict
+            if callable(on_conflict):
+                merge = on_conflict
+
+                def merging(mine: JSONValue, theirs: JSONValue) -> JSONValue:
+                    committed[0] = merge(mine, theirs)  # the value the next swap commits
+                    return committed[0]
+
+                policy = merging
+            version = await self._coherent.compare_and_swap(
+                key, value, expected_version, on_conflict=policy, attempts=attempts
             )
+            await self._index_commit(key, version, committed[0], prepared)
+            return version
         home_index, home = self._plain_home()
 
         async def swap_once(mine: JSONValue, expected: int | None) -> int:
-            return await home.compare_and_swap(key, mine, expected)
+            version = await home.compare_and_swap(key, mine, expected)
+            await self._index_commit(key, version, mine, prepared)
+            return version
 
         async def overwrite(mine: JSONValue) -> int:
-            return await home.write(key, mine)
+            version = await home.write(key, mine)
+            await self._index_commit(key, version, mine, prepared)
+            return version
 
         version = await swap_with_policy(
             key,
@@ -330,7 +406,19 @@ class MemoryHierarchy(AsyncResource):
         self._check_open()
         check_key(key)
         if self._coherent is not None:
-            return await self._coherent.update(key, fn, default=default, attempts=attempts)
+            if self._index is None or not callable(fn):
+                return await self._coherent.update(key, fn, default=default, attempts=attempts)
+            computed: list[JSONValue] = []
+
+            def computing(current: JSONValue) -> JSONValue:
+                computed[:] = [fn(current)]  # the last value computed is the one committed
+                return computed[0]
+
+            version = await self._coherent.update(
+                key, computing, default=default, attempts=attempts
+            )
+            await self._index_commit(key, version, computed[0], None)
+            return version
         _, home = self._plain_home()
 
         async def swap_once(new: JSONValue, expected: int | None) -> int:
@@ -339,6 +427,18 @@ class MemoryHierarchy(AsyncResource):
         return await update_with_retries(
             fn, default, check_attempts(attempts), swap_once=swap_once, read=lambda: home.read(key)
         )
+
+    async def _index_commit(
+        self, key: str, version: int, value: JSONValue, prepared: IndexEntry | None
+    ) -> None:
+        """Index `value`, committed at the home as `version` (embedded now unless `prepared`
+        was made from the same value)."""
+        semantic = self._index
+        if semantic is None:
+            return
+        if prepared is None or prepared.canonical_text != encode_value(value):
+            prepared = await semantic.prepare_index(value)
+        await semantic.index_home(key, version, prepared)
 
     def _plain_home(self) -> tuple[int, L3Tier]:
         from sagemem.tiers.l3 import L3Tier
@@ -358,9 +458,12 @@ class MemoryHierarchy(AsyncResource):
         if self._coherent is not None:
             for tier in self.tiers[self._home_index + 1 :]:
                 removed = await tier.delete(key) or removed
-            return await self._coherent.delete(key) or removed
-        for tier in reversed(self.tiers):
-            removed = await tier.delete(key) or removed
+            removed = await self._coherent.delete(key) or removed
+        else:
+            for tier in reversed(self.tiers):
+                removed = await tier.delete(key) or removed
+        if self._index is not None:
+            await self._index.unindex_home(key)  # the home's tombstone no longer backs it
         return removed
 
     async def exists(self, key: str) -> bool:

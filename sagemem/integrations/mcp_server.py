@@ -212,7 +212,7 @@ def build_server(config: MemoryServerConfig) -> MCPServer[Any]:
                 version = await hierarchy.set(key, value, tier_index=L3_INDEX)
             else:
                 version = await hierarchy.compare_and_swap(key, value, expected_version)
-            await memory.semantic().write(key, value)  # what memory_search finds
+            # The hierarchy indexes the home's new version for memory_search before returning.
         except SageMemError as error:
             raise _tool_error(error) from error
         return {"key": key, "version": version}
