@@ -29,6 +29,7 @@ the home's older value while this hierarchy serves the newer. See decision recor
 
 from __future__ import annotations
 
+import logging
 import statistics as _stats
 import time
 from collections import deque
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, Final
 from sagemem._lifecycle import AsyncResource
 from sagemem.conflicts import ConflictPolicy, check_attempts, check_policy, swap_with_policy
 from sagemem.conflicts import update as update_with_retries
-from sagemem.errors import ClosedResourceError, ConfigurationError
+from sagemem.errors import ClosedResourceError, ConfigurationError, SageMemError
 from sagemem.tiers.base import Tier, TierEntry, TierStatistics
 
 if TYPE_CHECKING:
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
 from sagemem.values import JSONValue, check_key, encode_value
 
 __all__ = ["HierarchyStatistics", "MemoryHierarchy"]
+
+_logger = logging.getLogger("sagemem.hierarchy")
 
 _LATENCY_SAMPLES_MAX: Final = 4096
 
@@ -104,6 +107,8 @@ class MemoryHierarchy(AsyncResource):
             self._bind_coherent_l1()
         self._index: DRAMTier | None = None
         self._index_home = -1  # the index of the L3 tier the semantic tier indexes
+        # Index updates that failed after their write took effect (logged; see _after_commit).
+        self.index_failures = 0
         if any(type(tier).__module__ == "sagemem.tiers.dram" for tier in tiers):
             self._bind_semantic_index()
         self._owns_tiers = owns_tiers
@@ -318,17 +323,17 @@ class MemoryHierarchy(AsyncResource):
                 await l1.delete(key)
             self._counters[index].writes += 1
             if semantic is not None and prepared is not None and version is not None:
-                await semantic.index_home(key, version, prepared)
+                await self._after_commit(key, semantic.index_home(key, version, prepared))
             return version
         version = await self.tiers[index].write(key, value)
         self._counters[index].writes += 1
         if semantic is not None and index < self._index_home:
             # A cache write: the home keeps an older value, which search must not return.
-            await semantic.unindex_home(key, outdated_only=False)
+            await self._after_commit(key, semantic.unindex_home(key, outdated_only=False))
         for faster in self.tiers[:index]:
             await faster.delete(key)
         if semantic is not None and prepared is not None and version is not None:
-            await semantic.index_home(key, version, prepared)
+            await self._after_commit(key, semantic.index_home(key, version, prepared))
         return version
 
     async def compare_and_swap(
@@ -437,8 +442,30 @@ class MemoryHierarchy(AsyncResource):
         if semantic is None:
             return
         if prepared is None or prepared.canonical_text != encode_value(value):
-            prepared = await semantic.prepare_index(value)
-        await semantic.index_home(key, version, prepared)
+            try:
+                prepared = await semantic.prepare_index(value)
+            except SageMemError as error:
+                self._index_failed(key, error)
+                return
+        await self._after_commit(key, semantic.index_home(key, version, prepared))
+
+    async def _after_commit(self, key: str, step: Awaitable[object]) -> None:
+        """Index bookkeeping once the write took effect: a failure is logged and counted, never
+        raised, since the write is done (the key is then missing from searches, or, for a
+        failed unindexing, may show the home's value, until `DRAMTier.reindex_home`)."""
+        try:
+            await step
+        except SageMemError as error:
+            self._index_failed(key, error)
+
+    def _index_failed(self, key: str, error: SageMemError) -> None:
+        self.index_failures += 1
+        _logger.warning(
+            "the search index of key %r was not updated after its write (%s); the write "
+            "itself took effect. DRAMTier.reindex_home() repairs the index",
+            key,
+            error,
+        )
 
     def _plain_home(self) -> tuple[int, L3Tier]:
         from sagemem.tiers.l3 import L3Tier
@@ -463,7 +490,8 @@ class MemoryHierarchy(AsyncResource):
             for tier in reversed(self.tiers):
                 removed = await tier.delete(key) or removed
         if self._index is not None:
-            await self._index.unindex_home(key)  # the home's tombstone no longer backs it
+            # the home's tombstone no longer backs the key's index row
+            await self._after_commit(key, self._index.unindex_home(key))
         return removed
 
     async def exists(self, key: str) -> bool:

@@ -22,7 +22,7 @@ import pytest
 
 import sagemem
 from sagemem.embedding import HashingEmbedder
-from sagemem.errors import ConfigurationError, InvalidValueError
+from sagemem.errors import ConfigurationError, InvalidValueError, TierUnavailable
 from sagemem.hierarchy import MemoryHierarchy
 from sagemem.tiers.base import Tier, TierEntry
 from sagemem.tiers.dram import DRAMTier, SearchHit
@@ -377,3 +377,38 @@ async def test_a_table_of_an_older_sagemem_is_upgraded_in_place(
     definitions = [str(row[0]) for row in checks]
     assert "CHECK ((deleted = (embedding IS NULL)))" not in definitions
     assert any("home_version" in definition for definition in definitions)
+
+
+async def test_an_index_failure_after_the_write_took_effect_is_logged_not_raised(
+    redis_url: str,
+    postgres_dsn: str,
+    namespace: str,
+    pg_schema: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The index update comes after the home committed: when it fails, the write still
+    reports its version (it took effect and is read back), the failure is logged and counted,
+    and the key is missing from search, never stale, until reindex_home repairs it."""
+    async with _plain(redis_url, postgres_dsn, namespace, pg_schema) as hierarchy:
+        index = _index_of(hierarchy)
+        version = await hierarchy.set("note", "harbor lantern first", tier_index=2)
+        original = index.index_home
+
+        async def refused(*args: object, **kwargs: object) -> None:
+            raise TierUnavailable("injected: the index write failed", tier="DRAM")
+
+        monkeypatch.setattr(index, "index_home", refused)
+        newer = await hierarchy.set("note", "glacier orchard second", tier_index=2)
+        assert version is not None
+        assert newer == version + 1
+        entry = await hierarchy.read("note")
+        assert entry is not None
+        assert (entry.value, entry.version) == ("glacier orchard second", newer)
+        assert hierarchy.index_failures == 1
+        assert "was not updated after its write" in caplog.text
+        assert "note" not in await _hits(hierarchy, "harbor lantern first")
+        monkeypatch.setattr(index, "index_home", original)
+        await index.reindex_home()
+        hit = (await _hits(hierarchy, "glacier orchard"))["note"]
+        assert (hit.value, hit.version) == ("glacier orchard second", newer)
