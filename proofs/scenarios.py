@@ -215,7 +215,9 @@ def hostile_scenarios() -> tuple[Scenario, ...]:
                 *write_through_v1,
                 _hostile(
                     "Redis is restored from a snapshot taken before the write: L2 holds v0",
-                    lambda state: state._replace(l2=0, l2_high=max(state.l2_high, 0)),
+                    lambda state: state._replace(
+                        l2=0, l2val=state.names[0], l2_high=max(state.l2_high, 0)
+                    ),
                 ),
                 _do(Event.READ, 1),
                 _do(Event.FILL_FETCH, 1),
@@ -224,7 +226,7 @@ def hostile_scenarios() -> tuple[Scenario, ...]:
                 _do(Event.FILL_DATA, 1),
                 _hostile(
                     "the restored copy goes (it expires, or the next relay deletes it)",
-                    lambda state: state._replace(l2=-1),
+                    lambda state: state._replace(l2=-1, l2val=-1),
                 ),
                 _do(Event.FILL_FETCH, 1),
                 _do(Event.FILL_DATA, 1),

@@ -110,6 +110,11 @@ class AgentState(NamedTuple):
     unsaved: bool  # ghost: it holds an acknowledged write the home does not have
     op: int  # ghost: the application operation in progress (0 none, 1 read, 2 write)
     told: int  # ghost: highest invalidation version delivered to this agent (this process)
+    # values (not encoded for Z3: see UNENCODED_AGENT_FIELDS)
+    val: int  # value id of the L1 copy (paired with `ver`); -1 none
+    dval: int  # value id of the fill data in flight (paired with `data`); -1 none
+    rstart: int  # ghost: the highest completed write when this agent's read began, if that
+    # is above its floor (else 0: the floor check is the stronger one)
 
 
 class State(NamedTuple):
@@ -127,6 +132,18 @@ class State(NamedTuple):
     done: int  # ghost (strict): highest version of a completed (acknowledged) write
     read_max: int  # ghost (strict): highest version any read returned
     violation: str  # ghost: first trace property broken, or a table defect; "" none
+    # values (not encoded for Z3: see UNENCODED_GLOBAL_FIELDS)
+    hval: int  # value id the home stores (under `home` unless `dirty`: then the owner's is newer)
+    l2val: int  # value id of the L2 copy (paired with `l2`); -1 empty
+    names: tuple[int, ...]  # ghost: names[v] is the value id version v was created with
+    completed: int  # ghost (both modes): highest version of a completed (acknowledged) write
+
+
+UNENCODED_AGENT_FIELDS: Final = frozenset({"val", "dval", "rstart"})
+"""Agent fields of the value level and the read guarantees: checked by the explorer (and the
+hostile scenarios), not encoded for Z3 (the Z3 encoding is the version-level abstraction)."""
+UNENCODED_GLOBAL_FIELDS: Final = frozenset({"hval", "l2val", "names", "completed"})
+"""Global fields of the value level, not encoded for Z3 (see UNENCODED_AGENT_FIELDS)."""
 
 
 FAULT_EVENTS: Final[tuple[Event, ...]] = (
@@ -229,6 +246,9 @@ _EMPTY_AGENT: Final = AgentState(
     unsaved=False,
     op=0,
     told=0,
+    val=-1,
+    dval=-1,
+    rstart=0,
 )
 
 
@@ -247,6 +267,10 @@ def initial_state(defn: ProtocolDefinition) -> State:
         done=0,
         read_max=0,
         violation="",
+        hval=0,
+        l2val=-1,
+        names=(0,),
+        completed=0,
     )
 
 
@@ -436,11 +460,12 @@ class _Work:
 
 # field positions
 _ST, _VER, _DATA, _FLOOR, _MISSED, _INBOX, _REQ, _LEASE, _RLEASE, _REG, _ACK, _GRANT = range(12)
-_L2L, _UNSAVED, _OP, _TOLD = 12, 13, 14, 15
+_L2L, _UNSAVED, _OP, _TOLD, _VAL, _DVAL, _RSTART = range(12, 19)
 OP_NONE: Final = 0
 OP_READ: Final = 1
 OP_WRITE: Final = 2
 _HOME, _OUTBOX, _DIRTY, _L2, _L2HIGH, _COMMITS, _WRITES, _FAULTS, _DONE, _READMAX, _VIOL = range(11)
+_HVAL, _L2VAL, _NAMES, _COMPLETED = 11, 12, 13, 14
 
 
 def _violate(w: _Work, text: str) -> None:
@@ -448,11 +473,33 @@ def _violate(w: _Work, text: str) -> None:
         w.g[_VIOL] = text
 
 
-def _check_read(w: _Work, mode: Mode, a: int, version: int) -> None:
+def _in_flight(ag: list[Any]) -> bool:
+    """An invalidation is addressed to the agent (in its inbox: any one drops a Shared copy and
+    turns a fill into IS_D_I), or the loss of one was detected (reads of shared copies wait
+    for RESYNC)."""
+    return bool(ag[_MISSED]) or any(m != RECALL for m in ag[_INBOX])
+
+
+def _check_read(w: _Work, mode: Mode, a: int, version: int, value: int) -> None:
     ag = w.agents[a]
     if ag[_OP] != OP_READ:
         _violate(w, "every_operation_answered: a value was returned to no read")
     ag[_OP] = OP_NONE
+    names: tuple[int, ...] = w.g[_NAMES]
+    if not 0 <= version < len(names) or names[version] != value:
+        named = f"w{names[version]}" if 0 <= version < len(names) else "no value"
+        _violate(
+            w,
+            f"data_value: a read returned w{value} as v{version}, but v{version} names {named} "
+            "(the value of the write that created it)",
+        )
+    rstart = int(ag[_RSTART])
+    if version < rstart and not _in_flight(ag):
+        _violate(
+            w,
+            f"read_result: agent{a + 1} read v{version}, but the write of v{rstart} completed "
+            "before the read began and no invalidation addressed to the reader is in flight",
+        )
     floor = int(ag[_FLOOR])
     if version < floor:
         _violate(
@@ -461,6 +508,7 @@ def _check_read(w: _Work, mode: Mode, a: int, version: int) -> None:
             f"agent had read, written or been told of v{floor}",
         )
     ag[_FLOOR] = max(floor, version)
+    ag[_RSTART] = 0
     if version < ag[_TOLD]:
         _violate(
             w,
@@ -473,6 +521,37 @@ def _check_read(w: _Work, mode: Mode, a: int, version: int) -> None:
         if version < w.g[_READMAX]:
             _violate(w, f"linearizable_reads: read v{version} after a read of v{w.g[_READMAX]}")
         w.g[_READMAX] = max(w.g[_READMAX], version)
+
+
+_COPY_STATES: Final = frozenset({L1State.S, L1State.E, L1State.M, L1State.MS_A})
+
+
+def _check_write_returned(w: _Work, a: int, version: int) -> None:
+    """After a write returns, every other copy older than it is invalid or has an
+    invalidation addressed to it in flight (fill data about to be installed included)."""
+    for b, other in enumerate(w.agents):
+        if b == a:
+            continue
+        st = other[_ST]
+        held = int(other[_VER]) if st in _COPY_STATES else -1
+        if st is L1State.IS_D and int(other[_DATA]) >= int(other[_FLOOR]):
+            held = int(other[_DATA])
+        if 0 <= held < version and not _in_flight(other):
+            _violate(
+                w,
+                f"write_invalidates_copies: agent{a + 1}'s write of v{version} returned while "
+                f"agent{b + 1} ({st.name}) still holds v{held} and no invalidation addressed to "
+                "it is in flight",
+            )
+
+
+def _fresh_value(w: _Work) -> int:
+    """A value id no version and no copy names yet (a new write's value)."""
+    g = w.g
+    taken = [*g[_NAMES], int(g[_HVAL]), int(g[_L2VAL])]
+    for ag in w.agents:
+        taken += (int(ag[_VAL]), int(ag[_DVAL]))
+    return max(taken) + 1
 
 
 def _add_message(ag: list[Any], message: int) -> None:
@@ -490,18 +569,22 @@ def _apply(  # one case per effect, by design
     match effect:
         case Effect.RETURN_VALUE:
             assert a is not None
-            _check_read(w, mode, a, int(ag[_VER]))
+            _check_read(w, mode, a, int(ag[_VER]), int(ag[_VAL]))
         case Effect.RETURN_VALUE_UNCACHED:
             assert a is not None
-            _check_read(w, mode, a, int(ag[_DATA]))
+            _check_read(w, mode, a, int(ag[_DATA]), int(ag[_DVAL]))
             ag[_DATA] = -1
+            ag[_DVAL] = -1
             ag[_REQ] = Request.NONE
         case Effect.INSTALL_COPY:
             ag[_VER] = ag[_DATA]
+            ag[_VAL] = ag[_DVAL]
             ag[_DATA] = -1
+            ag[_DVAL] = -1
             ag[_REQ] = Request.NONE
         case Effect.DROP_COPY:
             ag[_VER] = -1
+            ag[_VAL] = -1
         case Effect.NOTE_INVALIDATION:
             ag[_FLOOR] = max(int(ag[_FLOOR]), payload)
         case Effect.ACK_WRITE:
@@ -513,6 +596,9 @@ def _apply(  # one case per effect, by design
             ag[_REQ] = Request.NONE
             if mode is Mode.STRICT:
                 g[_DONE] = max(int(g[_DONE]), int(ag[_VER]))
+            assert a is not None
+            _check_write_returned(w, a, int(ag[_VER]))
+            g[_COMPLETED] = max(int(g[_COMPLETED]), int(ag[_VER]))
         case Effect.START_OWNER_LEASE:
             ag[_LEASE] = True
         case Effect.LEASE_LAPSED:
@@ -526,6 +612,7 @@ def _apply(  # one case per effect, by design
         case Effect.REPORT_FENCED:
             ag[_UNSAVED] = False
             ag[_VER] = -1
+            ag[_VAL] = -1
             ag[_REQ] = Request.NONE
             ag[_LEASE] = False
         case Effect.RESYNC_CONNECTION:
@@ -533,6 +620,9 @@ def _apply(  # one case per effect, by design
         case Effect.LOSE_VOLATILE_STATE:
             ag[_VER] = -1
             ag[_DATA] = -1
+            ag[_VAL] = -1
+            ag[_DVAL] = -1
+            ag[_RSTART] = 0
             ag[_FLOOR] = 0
             ag[_MISSED] = False
             ag[_INBOX] = ()
@@ -547,15 +637,18 @@ def _apply(  # one case per effect, by design
             ag[_TOLD] = 0
         case Effect.REFETCH:
             ag[_DATA] = -1
+            ag[_DVAL] = -1
             ag[_REQ] = Request.FILL
         case Effect.MARK_DIRTY:
             g[_DIRTY] = True
+            ag[_VAL] = _fresh_value(w)  # the owner's local write: a new value, same version
         case Effect.AWAIT_INVALIDATIONS:
             ag[_REQ] = Request.SETTLE
         case Effect.AWAIT_OWNER:
             ag[_REQ] = Request.WAIT_OWNER
         case Effect.REQUEST_FILL:
             ag[_DATA] = -1
+            ag[_DVAL] = -1
             ag[_REQ] = Request.FILL
         case Effect.REQUEST_COMMIT:
             ag[_REQ] = Request.COMMIT
@@ -597,6 +690,7 @@ def _apply(  # one case per effect, by design
                         other[_ACK] = True
         case Effect.L2_READ:
             ag[_DATA] = g[_L2]
+            ag[_DVAL] = g[_L2VAL]
             ag[_L2L] = False
             ag[_REQ] = Request.DATA
         case Effect.L2_TAKE_LEASE:
@@ -605,29 +699,33 @@ def _apply(  # one case per effect, by design
             ag[_L2L] = True
         case Effect.HOME_READ:
             ag[_DATA] = g[_HOME]
+            ag[_DVAL] = g[_HVAL]
             ag[_REQ] = Request.DATA
         case Effect.L2_LEASED_FILL:
             if ag[_L2L]:
-                _l2_set(w, int(ag[_DATA]))
+                _l2_set(w, int(ag[_DATA]), int(ag[_DVAL]))
                 ag[_L2L] = False
         case Effect.L2_FILL_IF_NEWER:
             data = int(ag[_DATA])
             if data > int(g[_L2]):
-                _l2_set(w, data)
+                _l2_set(w, data, int(ag[_DVAL]))
         case Effect.L2_DELETE:
             g[_L2] = -1
+            g[_L2VAL] = -1
             for other in w.agents:
                 other[_L2L] = False
         case Effect.L2_EVICT_COPY:
             g[_L2] = -1
+            g[_L2VAL] = -1
         case Effect.L2_ABANDON_LEASE:
             ag[_L2L] = False
         case Effect.L2_SET_IF_NEWER:
             version = int(g[_OUTBOX])
             if version > int(g[_L2]):
-                _l2_set(w, version)
+                _l2_set(w, version, g[_NAMES][version])
         case Effect.HOME_COMMIT_VERSION:
             _home_new_version(w, ag)
+            g[_HVAL] = ag[_VAL]
             if ag[_GRANT] == GRANT_LIVE_INCARNATION:
                 _void_recalls(ag)
                 ag[_GRANT] = NO_GRANT
@@ -640,29 +738,44 @@ def _apply(  # one case per effect, by design
             g[_DIRTY] = True
         case Effect.HOME_STORE_AND_RELEASE:
             g[_DIRTY] = False
+            g[_HVAL] = ag[_VAL]
             _void_recalls(ag)
             ag[_GRANT] = NO_GRANT
             ag[_UNSAVED] = False
             ag[_LEASE] = False
             ag[_REQ] = Request.NONE
         case Effect.HOME_STORE_UNFENCED:
-            version = int(ag[_VER])
-            if ag[_GRANT] != GRANT_LIVE_INCARNATION and int(g[_HOME]) > version:
-                _violate(
-                    w,
-                    f"no_acked_write_lost: a late write-back of v{version} overwrote the "
-                    f"home's newer v{g[_HOME]}",
-                )
+            # The write-back's value is stored whoever holds the grant, under the home's
+            # current version (the statement lacks its fence): if the grant was revoked, or a
+            # newer version committed meanwhile, that version now names the owner's old value.
+            g[_HVAL] = ag[_VAL]
             if ag[_GRANT] == GRANT_LIVE_INCARNATION:
                 g[_DIRTY] = False
                 _void_recalls(ag)
                 ag[_GRANT] = NO_GRANT
             ag[_UNSAVED] = False
             ag[_VER] = -1
+            ag[_VAL] = -1
             ag[_LEASE] = False
             ag[_REQ] = Request.NONE
+        case Effect.HOME_COMMIT_KEEP_VERSION:
+            # A delete (or any commit) that changes the value but not the version: ABA.
+            g[_COMMITS] = int(g[_COMMITS]) + 1
+            g[_HVAL] = _fresh_value(w)
+            ag[_VER] = g[_HOME]
+            ag[_VAL] = g[_HVAL]
+            if int(g[_HOME]) > 0:
+                g[_OUTBOX] = g[_HOME]
+            ag[_REQ] = Request.SETTLE
+            if ag[_GRANT] == GRANT_LIVE_INCARNATION:
+                _void_recalls(ag)
+                ag[_GRANT] = NO_GRANT
+                ag[_LEASE] = False
+            g[_DIRTY] = False
+            ag[_UNSAVED] = False
         case Effect.HOME_STORE_KEEP_GRANT:
             g[_DIRTY] = False
+            g[_HVAL] = ag[_VAL]
             ag[_UNSAVED] = False
             ag[_REQ] = Request.NONE
         case Effect.HOME_REVOKE_GRANT:
@@ -673,6 +786,7 @@ def _apply(  # one case per effect, by design
             # home never got: the value the home keeps gets a version of its own.
             g[_HOME] = int(g[_HOME]) + 1
             g[_COMMITS] = int(g[_COMMITS]) + 1
+            g[_NAMES] = (*g[_NAMES], g[_HVAL])
         case Effect.HOME_CLEAR_OUTBOX:
             g[_OUTBOX] = 0
         case _:  # pragma: no cover
@@ -685,8 +799,9 @@ def _void_recalls(ag: list[Any]) -> None:
     ag[_INBOX] = tuple(m for m in ag[_INBOX] if m != RECALL)
 
 
-def _l2_set(w: _Work, version: int) -> None:
+def _l2_set(w: _Work, version: int, value: int) -> None:
     w.g[_L2] = version
+    w.g[_L2VAL] = value
     w.g[_L2HIGH] = max(int(w.g[_L2HIGH]), version)
 
 
@@ -696,6 +811,8 @@ def _home_new_version(w: _Work, ag: list[Any]) -> None:
     g[_COMMITS] = int(g[_COMMITS]) + 1
     g[_OUTBOX] = g[_HOME]
     ag[_VER] = g[_HOME]
+    ag[_VAL] = _fresh_value(w)
+    g[_NAMES] = (*g[_NAMES], ag[_VAL])
     ag[_REQ] = Request.SETTLE
 
 
@@ -854,6 +971,10 @@ def transitions(defn: ProtocolDefinition, state: State) -> Iterator[Transition]:
             w.agents[a][_ST] = rule.target
             if event in OPERATION:
                 w.agents[a][_OP] = OPERATION[event]
+            if event is Event.READ:
+                # a read older than the floor is the floor check's: keep rstart only above it
+                completed = w.g[_COMPLETED]
+                w.agents[a][_RSTART] = completed if completed > w.agents[a][_FLOOR] else 0
         for effect in rule.effects:
             _apply(effect, w, defn.mode, a, payload)
         yield Transition(event, kind, a, payload, rule, w.freeze())
