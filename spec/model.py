@@ -113,8 +113,9 @@ class AgentState(NamedTuple):
     # values (not encoded for Z3: see UNENCODED_AGENT_FIELDS)
     val: int  # value id of the L1 copy (paired with `ver`); -1 none
     dval: int  # value id of the fill data in flight (paired with `data`); -1 none
-    rstart: int  # ghost: the highest completed write when this agent's read began, if that
-    # is above its floor (else 0: the floor check is the stronger one)
+    rstart: int  # ghost (coherent): the highest completed write when this agent's read began,
+    # if that is above its floor (else 0: the floor check is stronger; strict mode's
+    # linearizable_reads is stronger still)
 
 
 class State(NamedTuple):
@@ -469,6 +470,7 @@ _HVAL, _L2VAL, _NAMES, _COMPLETED = 11, 12, 13, 14
 
 
 def _violate(w: _Work, text: str) -> None:
+    # `text` must not name an agent: states are compared after sorting the agents
     if not w.g[_VIOL]:
         w.g[_VIOL] = text
 
@@ -497,7 +499,7 @@ def _check_read(w: _Work, mode: Mode, a: int, version: int, value: int) -> None:
     if version < rstart and not _in_flight(ag):
         _violate(
             w,
-            f"read_result: agent{a + 1} read v{version}, but the write of v{rstart} completed "
+            f"read_result: a read returned v{version}, but the write of v{rstart} completed "
             "before the read began and no invalidation addressed to the reader is in flight",
         )
     floor = int(ag[_FLOOR])
@@ -539,16 +541,16 @@ def _check_write_returned(w: _Work, a: int, version: int) -> None:
         if 0 <= held < version and not _in_flight(other):
             _violate(
                 w,
-                f"write_invalidates_copies: agent{a + 1}'s write of v{version} returned while "
-                f"agent{b + 1} ({st.name}) still holds v{held} and no invalidation addressed to "
-                "it is in flight",
+                f"write_invalidates_copies: the write of v{version} returned while another agent "
+                f"({st.name}) still holds v{held} and no invalidation addressed to it is in "
+                "flight",
             )
 
 
 def _fresh_value(w: _Work) -> int:
     """A value id no version and no copy names yet (a new write's value)."""
     g = w.g
-    taken = [*g[_NAMES], int(g[_HVAL]), int(g[_L2VAL])]
+    taken: list[int] = [*g[_NAMES], int(g[_HVAL]), int(g[_L2VAL])]
     for ag in w.agents:
         taken += (int(ag[_VAL]), int(ag[_DVAL]))
     return max(taken) + 1
@@ -971,8 +973,9 @@ def transitions(defn: ProtocolDefinition, state: State) -> Iterator[Transition]:
             w.agents[a][_ST] = rule.target
             if event in OPERATION:
                 w.agents[a][_OP] = OPERATION[event]
-            if event is Event.READ:
-                # a read older than the floor is the floor check's: keep rstart only above it
+            if event is Event.READ and defn.mode is Mode.COHERENT:
+                # A read older than the floor is the floor check's (and, strict, any read older
+                # than a completed write is linearizable_reads'): keep rstart only above it.
                 completed = w.g[_COMPLETED]
                 w.agents[a][_RSTART] = completed if completed > w.agents[a][_FLOOR] else 0
         for effect in rule.effects:
