@@ -24,6 +24,7 @@ from .table import REFUSALS, TABLE, Refusal, RefusalKind, RowKey, Rule
 from .vocabulary import (
     EVENT_KIND,
     EVENT_SITE,
+    STABLE_STATES,
     ActorState,
     Effect,
     Event,
@@ -285,7 +286,8 @@ def canonical(state: State) -> State:
 
 
 class Transition(NamedTuple):
-    """One enabled step: who, what, which row (None for a table-defect step), where to."""
+    """One enabled step: who, what, which row (None for a table-defect step, or for a
+    NOT_APPLICABLE refusal that consumes the event: then `refusal` is set), where to."""
 
     event: Event
     kind: EventKind
@@ -293,11 +295,19 @@ class Transition(NamedTuple):
     payload: int
     rule: Rule | None
     target: State
+    refusal: Refusal | None = None
 
     @property
     def label(self) -> str:
         """The step as an event-script line, e.g. "agent2 READ: I -> IS_D {request_fill}"."""
-        detail = _rule_detail(self.rule) if self.rule is not None else self.target.violation
+        if self.rule is not None:
+            detail = _rule_detail(self.rule)
+        elif self.refusal is not None:
+            detail = f"{self.refusal.source.name} not applicable: {self.refusal.reason}"
+            if self.target.violation:
+                detail += f" ({self.target.violation})"
+        else:
+            detail = self.target.violation
         return _label(self.event, self.agent, self.payload, detail)
 
 
@@ -954,6 +964,10 @@ def transitions(defn: ProtocolDefinition, state: State) -> Iterator[Transition]:
                     payload,
                     f"impossible_reached: ({key.name}, {event.name}): {refused[0].reason}",
                 )
+            elif all(f.kind is RefusalKind.NOT_APPLICABLE for f in refused):
+                consumed = _not_applicable(state, event, kind, a, payload, key, refused[0])
+                if consumed is not None:
+                    yield consumed
             continue
         rule = matched[0]
         w = _Work(state)
@@ -981,6 +995,47 @@ def transitions(defn: ProtocolDefinition, state: State) -> Iterator[Transition]:
         for effect in rule.effects:
             _apply(effect, w, defn.mode, a, payload)
         yield Transition(event, kind, a, payload, rule, w.freeze())
+
+
+_ANSWERED_OPERATIONS: Final = {
+    Event.READ: "read",
+    Event.WRITE_L1: "write",
+    Event.WRITE_THROUGH: "write",
+}
+
+
+def _not_applicable(
+    state: State,
+    event: Event,
+    kind: EventKind,
+    a: int | None,
+    payload: int,
+    key: RowKey,
+    refusal: Refusal,
+) -> Transition | None:
+    """What a NOT_APPLICABLE refusal does, as production's adapter treats it (a STALLED one
+    holds the event: no step). A message is consumed and nothing else happens (a STALLED one
+    is held and fed again); a read or write asked of a STABLE entry returns at once with
+    nothing (production returns None: for a read or write that is an operation answered with
+    nothing); anything else (a user operation queued behind one in flight, a flush or evict
+    with nothing to do, a request's answer, which the adapter sends again, a timer) changes
+    nothing, so it is no step."""
+    if event is Event.DELIVER_INVALIDATE or event is Event.DELIVER_RECALL:
+        assert a is not None
+        agents = list(state.agents)
+        ag = agents[a]
+        agents[a] = ag._replace(inbox=tuple(m for m in ag.inbox if m != payload))
+        return Transition(
+            event, kind, a, payload, None, state._replace(agents=tuple(agents)), refusal
+        )
+    if event in _ANSWERED_OPERATIONS and key in STABLE_STATES:
+        what = _ANSWERED_OPERATIONS[event]
+        text = (
+            f"every_operation_answered: a {what} of a {key.name} entry returned nothing (the "
+            "table calls it not applicable: production answers it at once with None)"
+        )
+        return Transition(event, kind, a, payload, None, state._replace(violation=text), refusal)
+    return None
 
 
 def _rule_detail(rule: Rule) -> str:
