@@ -537,8 +537,16 @@ def _run_mutation_testing(
         f"in {report.seconds:.0f}s",
         file=out,
     )
+    print(
+        f"    property kills: {report.property_kills} ({report.property_kill_rate:.1%}); "
+        f"coverage kills (a row became dead, no property violated): {report.coverage_kills}; "
+        f"invalid (the interpreter cannot run them, not counted): {len(report.invalid)}",
+        file=out,
+    )
     for checker, count in report.kills_by_checker().items():
         print(f"    first killed by {checker}: {count}", file=out)
+    for outcome in report.invalid:
+        print(f"    invalid {outcome.mutant.name}: {outcome.invalid}", file=out)
     if report.survivors:
         print(f"  {len(report.survivors)} surviving mutants:", file=out)
         for outcome in report.survivors:

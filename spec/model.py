@@ -114,6 +114,7 @@ class AgentState(NamedTuple):
     # values (not encoded for Z3: see UNENCODED_AGENT_FIELDS)
     val: int  # value id of the L1 copy (paired with `ver`); -1 none
     dval: int  # value id of the fill data in flight (paired with `data`); -1 none
+    gone: bool  # the agent left (closed) for good: it takes no further step (see LEAVE)
     rstart: int  # ghost (coherent): the highest completed write when this agent's read began,
     # if that is above its floor (else 0: the floor check is stronger; strict mode's
     # linearizable_reads is stronger still)
@@ -141,7 +142,7 @@ class State(NamedTuple):
     completed: int  # ghost (both modes): highest version of a completed (acknowledged) write
 
 
-UNENCODED_AGENT_FIELDS: Final = frozenset({"val", "dval", "rstart"})
+UNENCODED_AGENT_FIELDS: Final = frozenset({"val", "dval", "rstart", "gone"})
 """Agent fields of the value level and the read guarantees: checked by the explorer (and the
 hostile scenarios), not encoded for Z3 (the Z3 encoding is the version-level abstraction)."""
 UNENCODED_GLOBAL_FIELDS: Final = frozenset({"hval", "l2val", "names", "completed"})
@@ -172,6 +173,7 @@ class ProtocolDefinition:
     faults: frozenset[Event] = ALL_FAULTS
     fault_budget: int | None = 1
     name: str = field(default="", compare=False)
+    leaves: bool = False  # environment: an idle agent may leave (close) for good (see LEAVE)
 
     def __post_init__(self) -> None:
         if not 1 <= self.agents <= 6:
@@ -250,6 +252,7 @@ _EMPTY_AGENT: Final = AgentState(
     told=0,
     val=-1,
     dval=-1,
+    gone=False,
     rstart=0,
 )
 
@@ -471,7 +474,7 @@ class _Work:
 
 # field positions
 _ST, _VER, _DATA, _FLOOR, _MISSED, _INBOX, _REQ, _LEASE, _RLEASE, _REG, _ACK, _GRANT = range(12)
-_L2L, _UNSAVED, _OP, _TOLD, _VAL, _DVAL, _RSTART = range(12, 19)
+_L2L, _UNSAVED, _OP, _TOLD, _VAL, _DVAL, _GONE, _RSTART = range(12, 20)
 OP_NONE: Final = 0
 OP_READ: Final = 1
 OP_WRITE: Final = 2
@@ -567,6 +570,8 @@ def _fresh_value(w: _Work) -> int:
 
 
 def _add_message(ag: list[Any], message: int) -> None:
+    if ag[_GONE]:
+        return  # nobody listens for a departed agent
     inbox = ag[_INBOX]
     assert isinstance(inbox, tuple)
     if message not in inbox:
@@ -861,10 +866,18 @@ def _offers(defn: ProtocolDefinition, state: State) -> Iterator[tuple[Event, int
     budget = defn.fault_budget
     faults = defn.faults if budget is None or state.faults < budget else frozenset()
     for a, ag in enumerate(state.agents):
+        if ag.gone:  # a departed agent's records only expire
+            if ag.grant != NO_GRANT:
+                yield Event.HOME_EXPIRE_OWNER, a, 0
+            if ag.ack_owed:
+                yield Event.HOLDER_EXPIRE, a, 0
+            continue
         for event in USER_OFFERED:
             yield event, a, 0
         if Event.EVICT in faults:
             yield Event.EVICT, a, 0
+            if defn.leaves and ag.st in (L1State.I, L1State.S) and ag.req is Request.NONE:
+                yield Event.EVICT, a, LEAVE
         for message in ag.inbox:
             if message == RECALL:
                 yield Event.DELIVER_RECALL, a, RECALL
@@ -897,7 +910,9 @@ def _offers(defn: ProtocolDefinition, state: State) -> Iterator[tuple[Event, int
 
 def _label(event: Event, a: int | None, payload: int, detail: str) -> str:
     who = f"agent{a + 1}" if a is not None else EVENT_SITE[event].value
-    if event in (Event.DELIVER_INVALIDATE, Event.DROP_MESSAGE) and payload != RECALL:
+    if event is Event.EVICT and payload == LEAVE:
+        what = "LEAVE (close)"
+    elif event in (Event.DELIVER_INVALIDATE, Event.DROP_MESSAGE) and payload != RECALL:
         what = f"{event.name}(v{payload})"
     elif event is Event.DROP_MESSAGE:
         what = f"{event.name}(recall)"
@@ -912,6 +927,10 @@ def transitions(defn: ProtocolDefinition, state: State) -> Iterator[Transition]:
         return
     index = _index(defn)
     for event, a, payload in _offers(defn, state):
+        if payload == LEAVE and event is Event.EVICT:
+            assert a is not None
+            yield _leave(defn, state, index, a)
+            continue
         site = EVENT_SITE[event]
         key: RowKey = state.agents[a].st if site is Site.AGENT and a is not None else SITE_KEY[site]
         entry = index.get((key, event))
@@ -995,6 +1014,48 @@ def transitions(defn: ProtocolDefinition, state: State) -> Iterator[Transition]:
         for effect in rule.effects:
             _apply(effect, w, defn.mode, a, payload)
         yield Transition(event, kind, a, payload, rule, w.freeze())
+
+
+LEAVE: Final = -1
+"""Payload of the EVICT step that is an agent leaving: `close()` (see `_leave`)."""
+
+
+def _leave(
+    defn: ProtocolDefinition, state: State, index: dict[tuple[RowKey, Event], _Entry], a: int
+) -> Transition:
+    """An idle agent (I or S) closes for good, as production's `aclose()` does: its entry is
+    evicted by the table's EVICT row (a Shared copy's row deregisters it), then the directory
+    forgets the agent (`RedisDirectory.leave`: registration and owed acks dropped), its
+    messages in flight are lost and it takes no further step. Its home grant, if a lapsed
+    owner left one, is expired by the home as any other."""
+    ag = state.agents[a]
+    w = _Work(state)
+    w.g[_FAULTS] = state.faults + 1
+    rule: Rule | None = None
+    if ag.st is L1State.S:
+        entry = index.get((L1State.S, Event.EVICT))
+        matched = [r for r in entry.rules if holds(r.guard, state, a, 0)] if entry else []
+        if len(matched) != 1:
+            text = f"unhandled: no single row for (S, EVICT) when agent{a + 1} leaves"
+            return _defect(state, Event.EVICT, EventKind.FAULT, a, LEAVE, text)
+        rule = matched[0]
+        for effect in rule.effects:
+            _apply(effect, w, defn.mode, a, 0)
+    left = w.agents[a]
+    left[_ST] = L1State.I
+    left[_VER] = left[_DATA] = left[_VAL] = left[_DVAL] = -1
+    left[_INBOX] = ()
+    left[_MISSED] = False
+    left[_REQ] = Request.NONE
+    left[_RLEASE] = False
+    left[_LEASE] = False
+    left[_REG] = False
+    left[_ACK] = False
+    left[_L2L] = False
+    left[_OP] = OP_NONE
+    left[_RSTART] = 0
+    left[_GONE] = True
+    return Transition(Event.EVICT, EventKind.FAULT, a, LEAVE, rule, w.freeze())
 
 
 _ANSWERED_OPERATIONS: Final = {
