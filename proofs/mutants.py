@@ -46,8 +46,14 @@ from enum import Enum, unique
 from proofs.report import CheckReport
 from proofs.scenarios import check_scenarios
 from sagemem.spec.model import (
+    QUICK_BOUNDS,
+    Bounds,
     ProtocolDefinition,
+    State,
+    consulted_refusals,
+    definitions,
     quick,
+    transitions,
 )
 from sagemem.spec.table import Refusal, RefusalKind, Rule
 from sagemem.spec.vocabulary import Effect, Guard, L1State, Mode
@@ -70,6 +76,7 @@ __all__ = [
     "mutate_definition",
     "mutate_refusals",
     "run_mutants",
+    "screen_mutants",
     "select_mutants",
 ]
 
@@ -472,6 +479,92 @@ def baseline_coverage(table: tuple[Rule, ...]) -> Coverage:
     return coverage
 
 
+def screen_mutants(
+    defn: ProtocolDefinition,
+    mutants: Sequence[Mutant],
+    bounds: tuple[Bounds, ...] = QUICK_BOUNDS,
+) -> dict[str, str]:
+    """Mutants that are equivalent by construction at the quick bounds, with the reason: a
+    refusal mutant whose refusal decides no event in any reachable state of its modes (the
+    reachable state space is unchanged), and a swap of two effects that commute in every
+    reachable state where the row fires (same successors, so the same state space). Explores
+    `bounds` (the quick bounds) in both modes once; returns {mutant name: reason}."""
+    from proofs.explore import explore
+
+    refusal_index = {id(f): i for i, f in enumerate(defn.refusals)}
+    row_index = {id(r): i for i, r in enumerate(defn.table)}
+    swaps = [m for m in mutants if m.kind is MutationKind.SWAPPED_EFFECTS]
+    consulted: dict[Mode, set[int]] = {mode: set() for mode in Mode}
+    differs: set[str] = set()
+    fired_swaps: set[str] = set()
+    for mode in Mode:
+        for plain in definitions(mode, bounds, table=defn.table):
+            bounded = dataclasses.replace(plain, refusals=defn.refusals)
+            # one definition per swap and bound, built once (the interpreter caches its index
+            # by definition)
+            swapped = {
+                m.name: dataclasses.replace(
+                    mutate_definition(bounded, m),
+                    agents=bounded.agents,
+                    writes=bounded.writes,
+                    fault_budget=bounded.fault_budget,
+                )
+                for m in swaps
+                if m.rule is not None and mode in m.rule.modes
+            }
+            by_row: dict[int, list[Mutant]] = {}
+            for m in swaps:
+                if m.name in swapped:
+                    by_row.setdefault(m.row_index, []).append(m)
+
+            def visit(
+                state: State,
+                mode: Mode = mode,
+                bounded: ProtocolDefinition = bounded,
+                by_row: dict[int, list[Mutant]] = by_row,
+                swapped: dict[str, ProtocolDefinition] = swapped,
+            ) -> None:
+                for f in consulted_refusals(bounded, state):
+                    consulted[mode].add(refusal_index[id(f)])
+                if not by_row:
+                    return
+                for step in transitions(bounded, state):
+                    if step.rule is None or row_index.get(id(step.rule)) not in by_row:
+                        continue
+                    for m in by_row[row_index[id(step.rule)]]:
+                        if m.name in differs:
+                            continue
+                        fired_swaps.add(m.name)
+                        targets = {
+                            t.target
+                            for t in transitions(swapped[m.name], state)
+                            if t.event is step.event
+                            and t.agent == step.agent
+                            and t.payload == step.payload
+                        }
+                        if targets != {step.target}:
+                            differs.add(m.name)
+
+            explore(bounded, on_state=visit)
+    reasons: dict[str, str] = {}
+    for m in mutants:
+        if m.refusal is not None and m.kind is not MutationKind.PAIR:
+            if not any(m.refusal_index in consulted[mode] for mode in m.modes):
+                reasons[m.name] = (
+                    "equivalent by construction: the refusal decides no event in any reachable "
+                    "state at the quick bounds"
+                )
+        elif m.kind is MutationKind.SWAPPED_EFFECTS and m.name not in differs:
+            reasons[m.name] = (
+                "equivalent by construction: the two effects commute in every reachable state "
+                "where the row fires at the quick bounds"
+                if m.name in fired_swaps
+                else "equivalent by construction: the row fires in no reachable state at the "
+                "quick bounds"
+            )
+    return reasons
+
+
 def _run_one(spec: CheckerSpec, defn: ProtocolDefinition, fired: set[int]) -> CheckReport | None:
     """One checker on `defn`; None when it has nothing to say (COVERAGE is done by the caller)."""
     match spec.kind:
@@ -534,6 +627,7 @@ class MutantOutcome:
     violation: str = ""
     seconds: float = 0.0
     invalid: str = ""  # the model cannot interpret this mutant (neither killed nor survived)
+    equivalent: str = ""  # screened out as equivalent by construction (see `screen_mutants`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -556,7 +650,14 @@ class MutationReport:
     @property
     def survivors(self) -> tuple[MutantOutcome, ...]:
         """The mutants no checker caught (invalid ones excluded)."""
-        return tuple(o for o in self.outcomes if not o.killed and not o.invalid)
+        return tuple(
+            o for o in self.outcomes if not o.killed and not o.invalid and not o.equivalent
+        )
+
+    @property
+    def screened(self) -> tuple[MutantOutcome, ...]:
+        """The mutants shown equivalent by construction without running the chain."""
+        return tuple(o for o in self.outcomes if o.equivalent)
 
     @property
     def invalid(self) -> tuple[MutantOutcome, ...]:
@@ -575,14 +676,14 @@ class MutationReport:
 
     @property
     def kill_rate(self) -> float:
-        """killed / (total - invalid) (1.0 for no mutants)."""
-        valid = self.total - len(self.invalid)
+        """killed / (total - invalid - screened equivalent) (1.0 for no mutants)."""
+        valid = self.total - len(self.invalid) - len(self.screened)
         return self.killed / valid if valid else 1.0
 
     @property
     def property_kill_rate(self) -> float:
-        """property kills / (total - invalid)."""
-        valid = self.total - len(self.invalid)
+        """property kills / (total - invalid - screened equivalent)."""
+        valid = self.total - len(self.invalid) - len(self.screened)
         return self.property_kills / valid if valid else 1.0
 
     def kills_by_checker(self) -> dict[str, int]:
@@ -681,6 +782,7 @@ def run_mutants(
     progress: Callable[[MutantProgress], None] | None = None,
     mutants: Sequence[Mutant] | None = None,
     workers: int = 2,
+    screen: bool = True,
 ) -> MutationReport:
     """Check every mutant of `defn.table` (or the given `mutants`) and report the outcomes.
 
@@ -697,6 +799,13 @@ def run_mutants(
     started = time.perf_counter()
     outcomes: list[MutantOutcome | None] = [None] * len(todo)
     killed = 0
+    reasons = screen_mutants(defn, todo) if screen else {}
+    for position, mutant in enumerate(todo):
+        if mutant.name in reasons:
+            outcomes[position] = MutantOutcome(
+                mutant, killed=False, equivalent=reasons[mutant.name]
+            )
+    pending = [(p, m) for p, m in enumerate(todo) if outcomes[p] is None]
 
     def record(position: int, outcome: MutantOutcome, done: int) -> None:
         nonlocal killed
@@ -706,15 +815,15 @@ def run_mutants(
             elapsed = time.perf_counter() - started
             progress(MutantProgress(done, len(todo), killed, elapsed, outcome))
 
-    if workers <= 1 or len(todo) <= 1:
-        for position, mutant in enumerate(todo):
-            record(position, check_mutant(defn, mutant, chain, baseline), position + 1)
+    if workers <= 1 or len(pending) <= 1:
+        for done, (position, mutant) in enumerate(pending, start=1):
+            record(position, check_mutant(defn, mutant, chain, baseline), done)
     else:
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             futures: dict[Future[MutantOutcome], int] = {
                 pool.submit(check_mutant, defn, mutant, chain, baseline): position
-                for position, mutant in enumerate(todo)
+                for position, mutant in pending
             }
             for done, future in enumerate(as_completed(futures), start=1):
                 record(futures[future], future.result(), done)

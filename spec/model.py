@@ -60,6 +60,7 @@ __all__ = [
     "State",
     "Transition",
     "canonical",
+    "consulted_refusals",
     "deep",
     "definitions",
     "describe",
@@ -350,7 +351,7 @@ def _index(defn: ProtocolDefinition) -> dict[tuple[RowKey, Event], _Entry]:
             dict.fromkeys([r.guard for r in rules] + [f.guard for f in refusals if f.guard])
         )
         index[key] = _Entry(rules, refusals, guards)
-    if len(_CACHE) > 64:
+    if len(_CACHE) > 512:
         _CACHE.clear()
     _CACHE[id(defn)] = (defn, index)
     return index
@@ -1117,6 +1118,25 @@ def _defect(
     state: State, event: Event, kind: EventKind, a: int | None, payload: int, text: str
 ) -> Transition:
     return Transition(event, kind, a, payload, None, state._replace(violation=text))
+
+
+def consulted_refusals(defn: ProtocolDefinition, state: State) -> Iterator[Refusal]:
+    """The refusals of `defn` that decide some event offered in `state` (no row matched and
+    the refusal's guard holds): the refusals whose kind matters in this state."""
+    if state.violation:
+        return
+    index = _index(defn)
+    for event, a, payload in _offers(defn, state):
+        if payload == LEAVE and event is Event.EVICT:
+            continue
+        site = EVENT_SITE[event]
+        key: RowKey = state.agents[a].st if site is Site.AGENT and a is not None else SITE_KEY[site]
+        entry = index.get((key, event))
+        if entry is None or any(holds(r.guard, state, a, payload) for r in entry.rules):
+            continue
+        for f in entry.refusals:
+            if f.guard is None or holds(f.guard, state, a, payload):
+                yield f
 
 
 def successors(defn: ProtocolDefinition, state: State) -> Iterator[tuple[str, State]]:
