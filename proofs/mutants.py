@@ -56,7 +56,7 @@ from sagemem.spec.model import (
     transitions,
 )
 from sagemem.spec.table import Refusal, RefusalKind, Rule
-from sagemem.spec.vocabulary import Effect, Guard, L1State, Mode
+from sagemem.spec.vocabulary import STABLE_STATES, Effect, Event, Guard, L1State, Mode
 
 __all__ = [
     "CheckerKind",
@@ -549,7 +549,12 @@ def screen_mutants(
     reasons: dict[str, str] = {}
     for m in mutants:
         if m.refusal is not None and m.kind is not MutationKind.PAIR:
-            if not any(m.refusal_index in consulted[mode] for mode in m.modes):
+            if _same_meaning(m):
+                reasons[m.name] = (
+                    "equivalent by construction: STALLED and NOT_APPLICABLE mean the same here "
+                    "(no step: a queued user operation, a timer, a request's answer)"
+                )
+            elif not any(m.refusal_index in consulted[mode] for mode in m.modes):
                 reasons[m.name] = (
                     "equivalent by construction: the refusal decides no event in any reachable "
                     "state at the quick bounds"
@@ -563,6 +568,24 @@ def screen_mutants(
                 "quick bounds"
             )
     return reasons
+
+
+_DISTINCT_KINDS = frozenset({RefusalKind.STALLED, RefusalKind.NOT_APPLICABLE})
+
+
+def _same_meaning(mutant: Mutant) -> bool:
+    """A STALLED <-> NOT_APPLICABLE change where the interpreter (and the adapter) give both
+    kinds the same meaning: anything but a message delivery and a read or write asked of a
+    stable entry (see `sagemem.spec.model._not_applicable`)."""
+    refusal = mutant.refusal
+    if refusal is None or mutant.kind is not MutationKind.REFUSAL_KIND:
+        return False
+    if {refusal.kind, RefusalKind[mutant.detail]} != _DISTINCT_KINDS:
+        return False
+    if refusal.event in (Event.DELIVER_INVALIDATE, Event.DELIVER_RECALL):
+        return False
+    user = refusal.event in (Event.READ, Event.WRITE_L1, Event.WRITE_THROUGH)
+    return not (user and refusal.source in STABLE_STATES)
 
 
 def _run_one(spec: CheckerSpec, defn: ProtocolDefinition, fired: set[int]) -> CheckReport | None:
@@ -786,6 +809,9 @@ def run_mutants(
 ) -> MutationReport:
     """Check every mutant of `defn.table` (or the given `mutants`) and report the outcomes.
 
+    Without `mutants`, the extended generator's mutants are screened first (`screen_mutants`):
+    those equivalent by construction are reported as such, not run.
+
     `defn.mode` is ignored: each mutant is checked in the modes of its row. With `workers > 1`
     the mutants are spread over that many processes; outcomes keep the mutants' order.
     """
@@ -799,7 +825,8 @@ def run_mutants(
     started = time.perf_counter()
     outcomes: list[MutantOutcome | None] = [None] * len(todo)
     killed = 0
-    reasons = screen_mutants(defn, todo) if screen else {}
+    # screening explores the quick bounds once: worth it for the whole generated set only
+    reasons = screen_mutants(defn, todo) if screen and mutants is None else {}
     for position, mutant in enumerate(todo):
         if mutant.name in reasons:
             outcomes[position] = MutantOutcome(
