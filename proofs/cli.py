@@ -107,6 +107,7 @@ class CheckOptions:
     bmc_writes: int = BMC_WRITES
     workers: int = 2
     only: tuple[str, ...] = ()
+    confirm_survivors: bool = False
 
     @property
     def custom_bounds(self) -> bool:
@@ -190,6 +191,12 @@ def _parser() -> argparse.ArgumentParser:
         help="processes for --mutants and for the depths of bounded model checking (default: 2)",
     )
     parser.add_argument(
+        "--confirm-survivors",
+        action="store_true",
+        help="with --mutants: run every survivor again at 2 agents/2 writes/2 faults and 3 "
+        "agents/2 writes/1 fault before calling it equivalent (minutes per survivor)",
+    )
+    parser.add_argument(
         "--only",
         help="with --mutants: check only these mutants, comma-separated names as the survivor "
         "list prints them (row65:dropped_effect=0), or @FILE with one name a line",
@@ -233,6 +240,8 @@ def parse_options(argv: Sequence[str]) -> CheckOptions:
     only = _mutant_names(parser, args.only)
     if only and not args.mutants:
         parser.error("--only selects mutants: use it with --mutants")
+    if args.confirm_survivors and not args.mutants:
+        parser.error("--confirm-survivors checks surviving mutants: use it with --mutants")
     modes = tuple(Mode) if args.mode == "both" else (Mode(args.mode),)
     return CheckOptions(
         modes=modes,
@@ -246,6 +255,7 @@ def parse_options(argv: Sequence[str]) -> CheckOptions:
         bmc_writes=args.bmc_writes,
         workers=args.workers,
         only=only,
+        confirm_survivors=args.confirm_survivors,
     )
 
 
@@ -550,9 +560,26 @@ def _run_mutation_testing(
         print(f"    first killed by {checker}: {count}", file=out)
     for outcome in report.invalid:
         print(f"    invalid {outcome.mutant.name}: {outcome.invalid}", file=out)
-    if report.survivors:
-        print(f"  {len(report.survivors)} surviving mutants:", file=out)
-        for outcome in report.survivors:
+    survivors = report.survivors
+    if survivors and options.confirm_survivors:
+        from proofs.mutants import check_mutant, equivalence_checkers
+
+        confirmed = []
+        for outcome in survivors:
+            line.show(f"confirming survivor {outcome.mutant.name} at the larger bounds")
+            again = check_mutant(defn, outcome.mutant, equivalence_checkers())
+            if again.killed:
+                print(
+                    f"    NOT equivalent: {outcome.mutant.name} killed by {again.killer} in "
+                    f"{again.mode.value if again.mode else '?'}: {again.violation}",
+                    file=out,
+                )
+            else:
+                confirmed.append(outcome)
+        survivors = tuple(confirmed)
+    if survivors:
+        print(f"  {len(survivors)} surviving mutants:", file=out)
+        for outcome in survivors:
             print(f"    {outcome.mutant.name}: {outcome.mutant.describe()}", file=out)
     return 0
 

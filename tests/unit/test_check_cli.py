@@ -96,3 +96,11 @@ def test_quick_check_runs_the_bug_catalogue_and_no_bmc() -> None:
     assert sum(label.startswith("bugs ") for label in labels) == 2
     assert not any(label.startswith("z3 bmc") for label in labels)
     assert sum(label.startswith("z3 bmc") for label in plan_labels(parse_options(["--deep"]))) == 2
+
+
+def test_confirm_survivors_needs_mutants() -> None:
+    """--confirm-survivors re-checks survivors at the larger bounds, so it needs --mutants."""
+    assert parse_options(["--mutants", "--confirm-survivors"]).confirm_survivors
+    with pytest.raises(SystemExit) as raised:
+        parse_options(["--confirm-survivors"])
+    assert raised.value.code == 2
