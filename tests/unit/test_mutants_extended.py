@@ -99,11 +99,13 @@ def test_screening_finds_unconsulted_refusals_and_commuting_swaps() -> None:
         "row5:swapped_effects=0",  # DIRECTORY_REMOVE_HOLDER and DROP_COPY commute
     ]
     consulted = next(
-        i for i, f in enumerate(defn.refusals) if f.source is L1State.I and f.event is Event.EVICT
+        i
+        for i, f in enumerate(defn.refusals)
+        if f.source is L1State.S and f.event is Event.READ and f.guard is Guard.CONN_MISSED
     )
-    names.append(f"refusal{consulted}:refusal_kind=STALLED")
+    names.append(f"refusal{consulted}:refusal_kind=NOT_APPLICABLE")
     chosen = select_mutants(defn, names)
-    reasons = screen_mutants(defn, chosen, (Bounds(1, 1, 1),))
+    reasons = screen_mutants(defn, chosen, (Bounds(2, 1, 1),))
     assert "refusal decides no event" in reasons[names[0]]
     assert "commute" in reasons[names[1]]
     assert names[2] not in reasons
