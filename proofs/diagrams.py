@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from sagemem.spec.invariants import INVARIANTS
-from sagemem.spec.table import TABLE, Rule
+from sagemem.spec.table import REFUSALS, TABLE, Refusal, RefusalKind, Rule
 from sagemem.spec.vocabulary import L1_STATE_MEANING, Guard, L1State, Mode
 
 __all__ = [
@@ -110,6 +110,35 @@ def rows_markdown_table(rules: Sequence[Rule]) -> str:
     return "\n".join(lines)
 
 
+_REFUSAL_EFFECT = {
+    RefusalKind.STALLED: "held: fed again once the entry moves (a read or write waits)",
+    RefusalKind.NOT_APPLICABLE: (
+        "no-op: a message is dropped; a read or write of a stable entry returns None at once; "
+        "a user operation on a busy entry is queued"
+    ),
+    RefusalKind.IMPOSSIBLE: "a protocol error: the checkers report reaching it",
+}
+
+
+def refusals_markdown_table(refusals: Sequence[Refusal]) -> str:
+    """Every refusal as a Markdown table: (state, event, guard), its kind and its reason,
+    preceded by what each kind makes production do."""
+    lines = [f"- `{kind.name}`: {_REFUSAL_EFFECT[kind]}" for kind in RefusalKind]
+    lines += ["", "| source | event | guard | kind | modes | reason |", "|---|---|---|---|---|---|"]
+    for refusal in refusals:
+        modes = ", ".join(sorted(mode.value for mode in refusal.modes))
+        cells = [
+            refusal.source.name,
+            refusal.event.name,
+            "any" if refusal.guard is None else refusal.guard.name,
+            refusal.kind.name,
+            modes,
+            refusal.reason,
+        ]
+        lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
+    return "\n".join(lines)
+
+
 def states_list() -> str:
     """Every L1 state with its meaning, stable states first."""
     return "\n".join(f"- `{state.name}`: {L1_STATE_MEANING[state]}" for state in L1State)
@@ -124,10 +153,13 @@ def invariants_list() -> str:
     return "\n".join(lines)
 
 
-def generated_blocks(rules: Sequence[Rule] = TABLE) -> dict[str, str]:
+def generated_blocks(
+    rules: Sequence[Rule] = TABLE, refusals: Sequence[Refusal] = REFUSALS
+) -> dict[str, str]:
     """The content of every generated block of the document, by block name."""
     blocks = {f"diagram-{mode.value}": mermaid_state_diagram(rules, mode) for mode in Mode}
     blocks["rows"] = rows_markdown_table(rules)
+    blocks["refusals"] = refusals_markdown_table(refusals)
     blocks["states"] = states_list()
     blocks["invariants"] = invariants_list()
     return blocks

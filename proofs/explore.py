@@ -115,8 +115,11 @@ def explore(  # one BFS with its bookkeeping, kept in one place
     progress: ProgressCallback | None = None,
     max_states: int | None = None,
     fired_rows: set[int] | None = None,
+    on_state: Callable[[State], None] | None = None,
 ) -> CheckReport:
     """Explore every reachable state of `defn`; see the module docstring for the properties.
+
+    `on_state`, if given, is called with every reachable state (canonical) as it is dequeued.
 
     If `fired_rows` is given, the index (in `defn.table`) of every row that fires in some
     reachable state is added to it (row coverage; see `unfired_rows`).
@@ -156,6 +159,8 @@ def explore(  # one BFS with its bookkeeping, kept in one place
         broken = first_violation(defn, state)
         if broken is not None:
             return finish(False, _counterexample(defn, states, parent, sid, *broken))
+        if on_state is not None:
+            on_state(state)
         good = is_quiescent(defn, state)
         quiescent.append(good)
         moved = False

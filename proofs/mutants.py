@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
@@ -45,11 +46,17 @@ from enum import Enum, unique
 from proofs.report import CheckReport
 from proofs.scenarios import check_scenarios
 from sagemem.spec.model import (
+    QUICK_BOUNDS,
+    Bounds,
     ProtocolDefinition,
+    State,
+    consulted_refusals,
+    definitions,
     quick,
+    transitions,
 )
-from sagemem.spec.table import Rule
-from sagemem.spec.vocabulary import Guard, L1State, Mode
+from sagemem.spec.table import Refusal, RefusalKind, Rule
+from sagemem.spec.vocabulary import STABLE_STATES, Effect, Event, Guard, L1State, Mode
 
 __all__ = [
     "CheckerKind",
@@ -62,9 +69,14 @@ __all__ = [
     "baseline_coverage",
     "check_mutant",
     "default_checkers",
+    "equivalence_checkers",
+    "generate_extended_mutants",
     "generate_mutants",
     "mutate",
+    "mutate_definition",
+    "mutate_refusals",
     "run_mutants",
+    "screen_mutants",
     "select_mutants",
 ]
 
@@ -77,29 +89,90 @@ class MutationKind(Enum):
     DROPPED_EFFECT = "dropped_effect"
     DROPPED_ROW = "dropped_row"
     WEAKENED_GUARD = "weakened_guard"
+    # the extended generator (`generate_extended_mutants`)
+    SUBSTITUTED_EFFECT = "substituted_effect"
+    SWAPPED_EFFECTS = "swapped_effects"
+    REFUSAL_KIND = "refusal_kind"
+    DROPPED_REFUSAL = "dropped_refusal"
+    PAIR = "pair"
+
+
+# Effects that a person could plausibly write in place of each other (one group each); an
+# effect is only ever substituted by another of its group.
+SUBSTITUTES: tuple[frozenset[Effect], ...] = (
+    frozenset({Effect.RETURN_VALUE, Effect.RETURN_VALUE_UNCACHED}),
+    frozenset({Effect.PUBLISH_INVALIDATIONS, Effect.PUBLISH_INVALIDATIONS_AWAIT_ACKS}),
+    frozenset({Effect.L2_LEASED_FILL, Effect.L2_FILL_IF_NEWER}),
+    frozenset({Effect.L2_DELETE, Effect.L2_EVICT_COPY, Effect.L2_SET_IF_NEWER}),
+    frozenset(
+        {Effect.HOME_STORE_AND_RELEASE, Effect.HOME_STORE_KEEP_GRANT, Effect.HOME_STORE_UNFENCED}
+    ),
+    frozenset({Effect.HOME_COMMIT_VERSION, Effect.HOME_COMMIT_KEEP_VERSION}),
+    frozenset(
+        {
+            Effect.REQUEST_FILL,
+            Effect.REQUEST_COMMIT,
+            Effect.REQUEST_OWNERSHIP,
+            Effect.REQUEST_WRITE_BACK,
+            Effect.REQUEST_FLUSH,
+        }
+    ),
+    frozenset({Effect.DIRECTORY_ADD_HOLDER, Effect.DIRECTORY_REMOVE_HOLDER}),
+    frozenset({Effect.DROP_COPY, Effect.NOTE_INVALIDATION}),
+    frozenset({Effect.REPORT_FENCED, Effect.REPORT_CONFLICT}),
+    frozenset({Effect.AWAIT_INVALIDATIONS, Effect.AWAIT_OWNER}),
+    frozenset({Effect.L2_READ, Effect.HOME_READ}),
+    frozenset({Effect.L2_TAKE_LEASE, Effect.L2_ABANDON_LEASE}),
+    frozenset({Effect.DISCARD_MESSAGE, Effect.DISCARD_ALL_MESSAGES}),
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Mutant:
-    """One single-row change of a table: which row (its index in the original table) and how.
+    """One change of a table: which row (its index in the original table) and how.
 
     `detail` is the new target's name (WRONG_TARGET), the dropped effect's position
-    (DROPPED_EFFECT), or empty.
+    (DROPPED_EFFECT), "position:EFFECT" (SUBSTITUTED_EFFECT), the first of the two swapped
+    positions (SWAPPED_EFFECTS), the new kind's name (REFUSAL_KIND), or empty. Refusal mutants
+    name the refusal by `refusal_index` (its index in the original refusals; `row_index` is -1
+    and `rule` None); a PAIR holds its two single-row mutants in `parts`.
     """
 
     kind: MutationKind
     row_index: int
-    rule: Rule
+    rule: Rule | None
     detail: str = ""
+    refusal_index: int = -1
+    refusal: Refusal | None = None
+    parts: tuple[Mutant, ...] = ()
 
     @property
     def name(self) -> str:
-        """A stable, readable id such as `row12:wrong_target=I`."""
+        """A stable, readable id such as `row12:wrong_target=I` or
+        `refusal3:refusal_kind=STALLED` (a pair joins its two names with `+`)."""
         suffix = f"={self.detail}" if self.detail else ""
+        if self.kind is MutationKind.PAIR:
+            return "+".join(part.name for part in self.parts)
+        if self.refusal is not None:
+            return f"refusal{self.refusal_index}:{self.kind.value}{suffix}"
         return f"row{self.row_index}:{self.kind.value}{suffix}"
 
     def describe(self) -> str:
-        """The original row and the change, for reports."""
+        """The original row (or refusal) and the change, for reports."""
+        if self.kind is MutationKind.PAIR:
+            return " AND ".join(part.describe() for part in self.parts)
+        if self.refusal is not None:
+            f = self.refusal
+            guard = "any" if f.guard is None else f.guard.name
+            what = f"({f.source.name}, {f.event.name}, {guard}) {f.kind.name}"
+            modes = ",".join(sorted(mode.value for mode in f.modes))
+            change = (
+                "refusal dropped"
+                if self.kind is MutationKind.DROPPED_REFUSAL
+                else f"kind {f.kind.name} -> {self.detail}"
+            )
+            return f"refusal {self.refusal_index} ({modes}) {what}: {change}"
+        assert self.rule is not None
         row = (
             f"{self.rule.source.name} --{self.rule.event.name} [{self.rule.guard.name}]--> "
             f"{self.rule.target.name} {{{', '.join(e.name for e in self.rule.effects)}}}"
@@ -113,17 +186,41 @@ class Mutant:
                 change = "row dropped"
             case MutationKind.WEAKENED_GUARD:
                 change = f"guard {self.rule.guard.name} -> ALWAYS"
+            case MutationKind.SUBSTITUTED_EFFECT:
+                position, effect = self.detail.split(":")
+                change = f"effect {self.rule.effects[int(position)].name} -> {effect}"
+            case MutationKind.SWAPPED_EFFECTS:
+                first = int(self.detail)
+                effects = self.rule.effects
+                change = f"effects {effects[first].name} and {effects[first + 1].name} swapped"
+            case _:  # pragma: no cover  # refusal and pair kinds are described above
+                change = self.kind.value
         modes = ",".join(sorted(mode.value for mode in self.rule.modes))
         return f"row {self.row_index} ({modes}) {row}: {change}"
 
     @property
     def modes(self) -> tuple[Mode, ...]:
-        """The modes whose checks see this row (coherent first)."""
-        return tuple(mode for mode in Mode if mode in self.rule.modes)
+        """The modes whose checks see this change (coherent first)."""
+        if self.parts:
+            wanted = frozenset(mode for part in self.parts for mode in part.modes)
+        elif self.refusal is not None:
+            wanted = self.refusal.modes
+        else:
+            assert self.rule is not None
+            wanted = self.rule.modes
+        return tuple(mode for mode in Mode if mode in wanted)
 
 
 def mutate(table: Sequence[Rule], mutant: Mutant) -> tuple[Rule, ...]:
-    """`table` with `mutant`'s change applied (the other rows are the same objects)."""
+    """`table` with `mutant`'s change applied (the other rows are the same objects).
+
+    Refusal mutants leave the table as it is (see `mutate_definition`)."""
+    if mutant.kind is MutationKind.PAIR:
+        for part in mutant.parts:
+            table = mutate(table, part)
+        return tuple(table)
+    if mutant.refusal is not None:
+        return tuple(table)
     rows = list(table)
     rule = rows[mutant.row_index]
     if rule != mutant.rule:
@@ -142,7 +239,49 @@ def mutate(table: Sequence[Rule], mutant: Mutant) -> tuple[Rule, ...]:
             del rows[mutant.row_index]
         case MutationKind.WEAKENED_GUARD:
             rows[mutant.row_index] = dataclasses.replace(rule, guard=Guard.ALWAYS)
+        case MutationKind.SUBSTITUTED_EFFECT:
+            text, name = mutant.detail.split(":")
+            position = int(text)
+            effects = (*rule.effects[:position], Effect[name], *rule.effects[position + 1 :])
+            rows[mutant.row_index] = dataclasses.replace(rule, effects=effects)
+        case MutationKind.SWAPPED_EFFECTS:
+            first = int(mutant.detail)
+            swapped = list(rule.effects)
+            swapped[first], swapped[first + 1] = swapped[first + 1], swapped[first]
+            rows[mutant.row_index] = dataclasses.replace(rule, effects=tuple(swapped))
+        case _:  # pragma: no cover  # refusal and pair mutants are handled above
+            raise ValueError(f"mutant {mutant.name} does not change a row")
     return tuple(rows)
+
+
+def mutate_refusals(refusals: Sequence[Refusal], mutant: Mutant) -> tuple[Refusal, ...]:
+    """`refusals` with `mutant`'s change applied (unchanged for row mutants)."""
+    if mutant.kind is MutationKind.PAIR:
+        for part in mutant.parts:
+            refusals = mutate_refusals(refusals, part)
+        return tuple(refusals)
+    if mutant.refusal is None:
+        return tuple(refusals)
+    kept = list(refusals)
+    if kept[mutant.refusal_index] != mutant.refusal:
+        raise ValueError(
+            f"mutant {mutant.name} was generated for {mutant.refusal!r}, but refusal "
+            f"{mutant.refusal_index} is {kept[mutant.refusal_index]!r}"
+        )
+    if mutant.kind is MutationKind.DROPPED_REFUSAL:
+        del kept[mutant.refusal_index]
+    else:
+        kept[mutant.refusal_index] = dataclasses.replace(
+            mutant.refusal, kind=RefusalKind[mutant.detail]
+        )
+    return tuple(kept)
+
+
+def mutate_definition(defn: ProtocolDefinition, mutant: Mutant) -> ProtocolDefinition:
+    """`defn` with `mutant` applied to its table and refusals."""
+    return dataclasses.replace(
+        defn, table=mutate(defn.table, mutant), refusals=mutate_refusals(defn.refusals, mutant)
+    )
 
 
 def generate_mutants(defn: ProtocolDefinition) -> Iterator[Mutant]:
@@ -159,10 +298,79 @@ def generate_mutants(defn: ProtocolDefinition) -> Iterator[Mutant]:
             yield Mutant(MutationKind.WEAKENED_GUARD, index, rule)
 
 
+def _row_extensions(defn: ProtocolDefinition) -> Iterator[Mutant]:
+    """Effect substitutions (within `SUBSTITUTES`) and swaps of adjacent effects."""
+    for index, rule in enumerate(defn.table):
+        for position, effect in enumerate(rule.effects):
+            for group in SUBSTITUTES:
+                if effect in group:
+                    for other in sorted(group - {effect}, key=lambda e: e.name):
+                        detail = f"{position}:{other.name}"
+                        yield Mutant(MutationKind.SUBSTITUTED_EFFECT, index, rule, detail)
+        for position in range(len(rule.effects) - 1):
+            if rule.effects[position] is not rule.effects[position + 1]:
+                yield Mutant(MutationKind.SWAPPED_EFFECTS, index, rule, str(position))
+
+
+def _refusal_mutants(defn: ProtocolDefinition) -> Iterator[Mutant]:
+    """Every refusal changed to each other kind, and every refusal dropped."""
+    for index, refusal in enumerate(defn.refusals):
+        for kind in RefusalKind:
+            if kind is not refusal.kind:
+                yield Mutant(MutationKind.REFUSAL_KIND, -1, None, kind.name, index, refusal)
+        yield Mutant(MutationKind.DROPPED_REFUSAL, -1, None, "", index, refusal)
+
+
+_PAIRABLE: frozenset[MutationKind] = frozenset(
+    {
+        MutationKind.WRONG_TARGET,
+        MutationKind.DROPPED_EFFECT,
+        MutationKind.WEAKENED_GUARD,
+        MutationKind.SUBSTITUTED_EFFECT,
+        MutationKind.SWAPPED_EFFECTS,
+    }
+)
+
+
+def _pairs(singles: Sequence[Mutant], count: int, seed: int) -> Iterator[Mutant]:
+    """`count` pairs of row mutants on two different rows that share a mode, sampled with a
+    fixed seed (dropped rows are not paired: they renumber the rows)."""
+    rng = random.Random(seed)
+    pool = [m for m in singles if m.kind in _PAIRABLE]
+    seen: set[tuple[str, str]] = set()
+    attempts = 0
+    made = 0
+    while made < count and attempts < 100 * max(count, 1) and len(pool) > 1:
+        attempts += 1
+        first, second = rng.sample(pool, 2)
+        if first.row_index == second.row_index or not set(first.modes) & set(second.modes):
+            continue
+        if first.row_index > second.row_index:
+            first, second = second, first
+        key = (first.name, second.name)
+        if key in seen:
+            continue
+        seen.add(key)
+        made += 1
+        yield Mutant(MutationKind.PAIR, first.row_index, first.rule, parts=(first, second))
+
+
+def generate_extended_mutants(
+    defn: ProtocolDefinition, *, pairs: int = 150, seed: int = 13
+) -> Iterator[Mutant]:
+    """The extended generator: every single-row mutant, every effect substitution and swap of
+    adjacent effects, every refusal mutant (each other kind, dropped), and `pairs` sampled
+    pairs of row mutants."""
+    singles = [*generate_mutants(defn), *_row_extensions(defn)]
+    yield from singles
+    yield from _refusal_mutants(defn)
+    yield from _pairs(singles, pairs, seed)
+
+
 def select_mutants(defn: ProtocolDefinition, names: Iterable[str]) -> list[Mutant]:
-    """The mutants of `defn.table` with these names (as `Mutant.name` prints them), in the
-    order given; an unknown name is a ValueError naming it."""
-    by_name = {mutant.name: mutant for mutant in generate_mutants(defn)}
+    """The mutants of `defn` (extended generator) with these names (as `Mutant.name` prints
+    them), in the order given; an unknown name is a ValueError naming it."""
+    by_name = {mutant.name: mutant for mutant in generate_extended_mutants(defn)}
     wanted = [name.strip() for name in names if name.strip()]
     unknown = [name for name in wanted if name not in by_name]
     if unknown:
@@ -199,6 +407,7 @@ class CheckerSpec:
     writes: int = 0
     fault_budget: int | None = 1
     depth: int = 0
+    leaves: bool = False  # EXPLORE: agents may also leave (close) for good
 
     @property
     def name(self) -> str:
@@ -207,9 +416,10 @@ class CheckerSpec:
             case CheckerKind.TABLE:
                 return "z3 table checks"
             case CheckerKind.EXPLORE:
+                leaving = ", agents leave" if self.leaves else ""
                 return (
                     f"explore({_count(self.agents, 'agent')}, {_count(self.writes, 'write')}, "
-                    f"fault budget {self.fault_budget})"
+                    f"fault budget {self.fault_budget}{leaving})"
                 )
             case CheckerKind.QUICK:
                 return "explore(quick bounds)"
@@ -239,10 +449,21 @@ def default_checkers() -> tuple[CheckerSpec, ...]:
         CheckerSpec(CheckerKind.EXPLORE, agents=2, writes=1, fault_budget=2),
         CheckerSpec(CheckerKind.COVERAGE),
         CheckerSpec(CheckerKind.SCENARIOS),
+        CheckerSpec(CheckerKind.EXPLORE, agents=2, writes=1, fault_budget=1, leaves=True),
+    )
+
+
+def equivalence_checkers() -> tuple[CheckerSpec, ...]:
+    """The larger bounds a survivor must also survive before it is called equivalent: 2
+    agents, 2 writes, 2 faults and 3 agents, 2 writes, 1 fault (minutes per mode each)."""
+    return (
+        CheckerSpec(CheckerKind.EXPLORE, agents=2, writes=2, fault_budget=2),
+        CheckerSpec(CheckerKind.EXPLORE, agents=3, writes=2, fault_budget=1),
     )
 
 
 type Coverage = dict[Mode, frozenset[int]]
+_COVERAGE_NAME = "row coverage at the quick bounds"
 
 
 def baseline_coverage(table: tuple[Rule, ...]) -> Coverage:
@@ -258,6 +479,115 @@ def baseline_coverage(table: tuple[Rule, ...]) -> Coverage:
     return coverage
 
 
+def screen_mutants(
+    defn: ProtocolDefinition,
+    mutants: Sequence[Mutant],
+    bounds: tuple[Bounds, ...] = QUICK_BOUNDS,
+) -> dict[str, str]:
+    """Mutants that are equivalent by construction at the quick bounds, with the reason: a
+    refusal mutant whose refusal decides no event in any reachable state of its modes (the
+    reachable state space is unchanged), and a swap of two effects that commute in every
+    reachable state where the row fires (same successors, so the same state space). Explores
+    `bounds` (the quick bounds) in both modes once; returns {mutant name: reason}."""
+    from proofs.explore import explore
+
+    refusal_index = {id(f): i for i, f in enumerate(defn.refusals)}
+    row_index = {id(r): i for i, r in enumerate(defn.table)}
+    swaps = [m for m in mutants if m.kind is MutationKind.SWAPPED_EFFECTS]
+    consulted: dict[Mode, set[int]] = {mode: set() for mode in Mode}
+    differs: set[str] = set()
+    fired_swaps: set[str] = set()
+    for mode in Mode:
+        for plain in definitions(mode, bounds, table=defn.table):
+            bounded = dataclasses.replace(plain, refusals=defn.refusals)
+            # one definition per swap and bound, built once (the interpreter caches its index
+            # by definition)
+            swapped = {
+                m.name: dataclasses.replace(
+                    mutate_definition(bounded, m),
+                    agents=bounded.agents,
+                    writes=bounded.writes,
+                    fault_budget=bounded.fault_budget,
+                )
+                for m in swaps
+                if m.rule is not None and mode in m.rule.modes
+            }
+            by_row: dict[int, list[Mutant]] = {}
+            for m in swaps:
+                if m.name in swapped:
+                    by_row.setdefault(m.row_index, []).append(m)
+
+            def visit(
+                state: State,
+                mode: Mode = mode,
+                bounded: ProtocolDefinition = bounded,
+                by_row: dict[int, list[Mutant]] = by_row,
+                swapped: dict[str, ProtocolDefinition] = swapped,
+            ) -> None:
+                for f in consulted_refusals(bounded, state):
+                    consulted[mode].add(refusal_index[id(f)])
+                if not by_row:
+                    return
+                for step in transitions(bounded, state):
+                    if step.rule is None or row_index.get(id(step.rule)) not in by_row:
+                        continue
+                    for m in by_row[row_index[id(step.rule)]]:
+                        if m.name in differs:
+                            continue
+                        fired_swaps.add(m.name)
+                        targets = {
+                            t.target
+                            for t in transitions(swapped[m.name], state)
+                            if t.event is step.event
+                            and t.agent == step.agent
+                            and t.payload == step.payload
+                        }
+                        if targets != {step.target}:
+                            differs.add(m.name)
+
+            explore(bounded, on_state=visit)
+    reasons: dict[str, str] = {}
+    for m in mutants:
+        if m.refusal is not None and m.kind is not MutationKind.PAIR:
+            if _same_meaning(m):
+                reasons[m.name] = (
+                    "equivalent by construction: STALLED and NOT_APPLICABLE mean the same here "
+                    "(no step: a queued user operation, a timer, a request's answer)"
+                )
+            elif not any(m.refusal_index in consulted[mode] for mode in m.modes):
+                reasons[m.name] = (
+                    "equivalent by construction: the refusal decides no event in any reachable "
+                    "state at the quick bounds"
+                )
+        elif m.kind is MutationKind.SWAPPED_EFFECTS and m.name not in differs:
+            reasons[m.name] = (
+                "equivalent by construction: the two effects commute in every reachable state "
+                "where the row fires at the quick bounds"
+                if m.name in fired_swaps
+                else "equivalent by construction: the row fires in no reachable state at the "
+                "quick bounds"
+            )
+    return reasons
+
+
+_DISTINCT_KINDS = frozenset({RefusalKind.STALLED, RefusalKind.NOT_APPLICABLE})
+
+
+def _same_meaning(mutant: Mutant) -> bool:
+    """A STALLED <-> NOT_APPLICABLE change where the interpreter (and the adapter) give both
+    kinds the same meaning: anything but a message delivery and a read or write asked of a
+    stable entry (see `sagemem.spec.model._not_applicable`)."""
+    refusal = mutant.refusal
+    if refusal is None or mutant.kind is not MutationKind.REFUSAL_KIND:
+        return False
+    if {refusal.kind, RefusalKind[mutant.detail]} != _DISTINCT_KINDS:
+        return False
+    if refusal.event in (Event.DELIVER_INVALIDATE, Event.DELIVER_RECALL):
+        return False
+    user = refusal.event in (Event.READ, Event.WRITE_L1, Event.WRITE_THROUGH)
+    return not (user and refusal.source in STABLE_STATES)
+
+
 def _run_one(spec: CheckerSpec, defn: ProtocolDefinition, fired: set[int]) -> CheckReport | None:
     """One checker on `defn`; None when it has nothing to say (COVERAGE is done by the caller)."""
     match spec.kind:
@@ -269,7 +599,11 @@ def _run_one(spec: CheckerSpec, defn: ProtocolDefinition, fired: set[int]) -> Ch
             from proofs.explore import explore
 
             bounded = dataclasses.replace(
-                defn, agents=spec.agents, writes=spec.writes, fault_budget=spec.fault_budget
+                defn,
+                agents=spec.agents,
+                writes=spec.writes,
+                fault_budget=spec.fault_budget,
+                leaves=spec.leaves,
             )
             return explore(bounded)
         case CheckerKind.QUICK:
@@ -315,6 +649,8 @@ class MutantOutcome:
     mode: Mode | None = None
     violation: str = ""
     seconds: float = 0.0
+    invalid: str = ""  # the model cannot interpret this mutant (neither killed nor survived)
+    equivalent: str = ""  # screened out as equivalent by construction (see `screen_mutants`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,13 +672,42 @@ class MutationReport:
 
     @property
     def survivors(self) -> tuple[MutantOutcome, ...]:
-        """The mutants no checker caught."""
-        return tuple(outcome for outcome in self.outcomes if not outcome.killed)
+        """The mutants no checker caught (invalid ones excluded)."""
+        return tuple(
+            o for o in self.outcomes if not o.killed and not o.invalid and not o.equivalent
+        )
+
+    @property
+    def screened(self) -> tuple[MutantOutcome, ...]:
+        """The mutants shown equivalent by construction without running the chain."""
+        return tuple(o for o in self.outcomes if o.equivalent)
+
+    @property
+    def invalid(self) -> tuple[MutantOutcome, ...]:
+        """The mutants the interpreter cannot run (reported apart, not in the kill rate)."""
+        return tuple(o for o in self.outcomes if o.invalid)
+
+    @property
+    def coverage_kills(self) -> int:
+        """Mutants killed only because a row became dead (no property was violated)."""
+        return sum(o.killed and o.killer == _COVERAGE_NAME for o in self.outcomes)
+
+    @property
+    def property_kills(self) -> int:
+        """Mutants killed by a violated property (an invariant, progress, a scenario's end)."""
+        return self.killed - self.coverage_kills
 
     @property
     def kill_rate(self) -> float:
-        """killed / total (1.0 for no mutants)."""
-        return self.killed / self.total if self.total else 1.0
+        """killed / (total - invalid - screened equivalent) (1.0 for no mutants)."""
+        valid = self.total - len(self.invalid) - len(self.screened)
+        return self.killed / valid if valid else 1.0
+
+    @property
+    def property_kill_rate(self) -> float:
+        """property kills / (total - invalid - screened equivalent)."""
+        valid = self.total - len(self.invalid) - len(self.screened)
+        return self.property_kills / valid if valid else 1.0
 
     def kills_by_checker(self) -> dict[str, int]:
         """How many mutants each checker of the chain killed first."""
@@ -387,8 +752,9 @@ def check_mutant(
     the quick bounds no longer fires (a dead row: the mutation cut off part of the protocol).
     """
     started = time.perf_counter()
-    table = mutate(defn.table, mutant)
+    changed = mutate_definition(defn, mutant)
     fired: dict[Mode, set[int]] = {mode: set() for mode in mutant.modes}
+    mutated_rows = {part.row_index for part in mutant.parts} | {mutant.row_index}
 
     def killed(spec: CheckerSpec, mode: Mode, violation: str) -> MutantOutcome:
         return MutantOutcome(
@@ -406,13 +772,23 @@ def check_mutant(
                 if baseline is None:
                     raise ValueError("a COVERAGE checker needs the baseline coverage")
                 now = {_original_index(mutant, i) for i in fired[mode]}
-                dead = sorted(baseline[mode] - now - {mutant.row_index})
+                dead = sorted(baseline[mode] - now - mutated_rows)
                 if dead:
                     rows = "; ".join(_row_text(defn.table[i]) for i in dead[:3])
                     return killed(spec, mode, f"{len(dead)} rows became dead: {rows}")
                 continue
-            mutated = dataclasses.replace(defn, table=table, mode=mode, name=mutant.name)
-            report = _run_one(spec, mutated, fired[mode])
+            mutated = dataclasses.replace(changed, mode=mode, name=mutant.name)
+            try:
+                report = _run_one(spec, mutated, fired[mode])
+            except (AssertionError, IndexError, KeyError, TypeError, ValueError) as error:
+                # the interpreter cannot run this combination (an effect without its subject,
+                # a field it never has): not a kill, reported apart as invalid
+                return MutantOutcome(
+                    mutant,
+                    killed=False,
+                    invalid=f"{spec.name} in {mode.value}: {type(error).__name__}: {error}",
+                    seconds=time.perf_counter() - started,
+                )
             if report is not None and not report.ok and report.counterexample is not None:
                 return killed(spec, mode, _violation_text(report))
     return MutantOutcome(mutant, killed=False, seconds=time.perf_counter() - started)
@@ -429,8 +805,12 @@ def run_mutants(
     progress: Callable[[MutantProgress], None] | None = None,
     mutants: Sequence[Mutant] | None = None,
     workers: int = 2,
+    screen: bool = True,
 ) -> MutationReport:
     """Check every mutant of `defn.table` (or the given `mutants`) and report the outcomes.
+
+    Without `mutants`, the extended generator's mutants are screened first (`screen_mutants`):
+    those equivalent by construction are reported as such, not run.
 
     `defn.mode` is ignored: each mutant is checked in the modes of its row. With `workers > 1`
     the mutants are spread over that many processes; outcomes keep the mutants' order.
@@ -441,10 +821,18 @@ def run_mutants(
         if any(spec.kind is CheckerKind.COVERAGE for spec in chain)
         else None
     )
-    todo = list(mutants) if mutants is not None else list(generate_mutants(defn))
+    todo = list(mutants) if mutants is not None else list(generate_extended_mutants(defn))
     started = time.perf_counter()
     outcomes: list[MutantOutcome | None] = [None] * len(todo)
     killed = 0
+    # screening explores the quick bounds once: worth it for the whole generated set only
+    reasons = screen_mutants(defn, todo) if screen and mutants is None else {}
+    for position, mutant in enumerate(todo):
+        if mutant.name in reasons:
+            outcomes[position] = MutantOutcome(
+                mutant, killed=False, equivalent=reasons[mutant.name]
+            )
+    pending = [(p, m) for p, m in enumerate(todo) if outcomes[p] is None]
 
     def record(position: int, outcome: MutantOutcome, done: int) -> None:
         nonlocal killed
@@ -454,15 +842,15 @@ def run_mutants(
             elapsed = time.perf_counter() - started
             progress(MutantProgress(done, len(todo), killed, elapsed, outcome))
 
-    if workers <= 1 or len(todo) <= 1:
-        for position, mutant in enumerate(todo):
-            record(position, check_mutant(defn, mutant, chain, baseline), position + 1)
+    if workers <= 1 or len(pending) <= 1:
+        for done, (position, mutant) in enumerate(pending, start=1):
+            record(position, check_mutant(defn, mutant, chain, baseline), done)
     else:
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             futures: dict[Future[MutantOutcome], int] = {
                 pool.submit(check_mutant, defn, mutant, chain, baseline): position
-                for position, mutant in enumerate(todo)
+                for position, mutant in pending
             }
             for done, future in enumerate(as_completed(futures), start=1):
                 record(futures[future], future.result(), done)

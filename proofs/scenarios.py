@@ -203,6 +203,38 @@ def hostile_scenarios() -> tuple[Scenario, ...]:
         *stall,
         *write_v2,
     )
+    # agent1 holds (or held) v0, agent2 writes v1 through; the relay's invalidation reaches
+    # agent1, then Redis is restored from a snapshot holding v0: agent1's next read must not
+    # cache v0 (its floor, raised by the invalidation, makes the fill discard it)
+    restored = _hostile(
+        "Redis is restored from a snapshot taken before the write: L2 holds v0 again",
+        # the snapshot's history comes back with it: "L2 never goes back" restarts from v0
+        lambda state: state._replace(l2=0, l2val=state.names[0], l2_high=0),
+    )
+    restored_v2 = _hostile(
+        "Redis is restored from a snapshot taken between the revocation and the write of v3: "
+        "L2 holds v2",
+        lambda state: state._replace(l2=2, l2val=state.names[2], l2_high=2),
+    )
+    restored_gone = _hostile(
+        "the restored copy goes (it expires, or the next relay deletes it)",
+        lambda state: state._replace(l2=-1, l2val=-1),
+    )
+    reread_after_restore = (
+        _do(Event.WRITE_SETTLED, 2),
+        restored,
+        _do(Event.READ, 1),
+        _do(Event.FILL_FETCH, 1),
+        _do(Event.FILL_DATA, 1),
+        restored_gone,
+        _do(Event.FILL_FETCH, 1),
+        _do(Event.FILL_DATA, 1),
+    )
+    write_v1_by_agent2 = (
+        _do(Event.WRITE_THROUGH, 2),
+        _do(Event.HOME_COMMIT, 2),
+        _do(Event.OUTBOX_RELAY),
+    )
     after_stall = _expect_agents((1, L1State.I, -1), (2, L1State.S, 3), (3, L1State.I, -1))
     return (
         Scenario(
@@ -215,7 +247,9 @@ def hostile_scenarios() -> tuple[Scenario, ...]:
                 *write_through_v1,
                 _hostile(
                     "Redis is restored from a snapshot taken before the write: L2 holds v0",
-                    lambda state: state._replace(l2=0, l2_high=max(state.l2_high, 0)),
+                    lambda state: state._replace(
+                        l2=0, l2val=state.names[0], l2_high=max(state.l2_high, 0)
+                    ),
                 ),
                 _do(Event.READ, 1),
                 _do(Event.FILL_FETCH, 1),
@@ -224,7 +258,7 @@ def hostile_scenarios() -> tuple[Scenario, ...]:
                 _do(Event.FILL_DATA, 1),
                 _hostile(
                     "the restored copy goes (it expires, or the next relay deletes it)",
-                    lambda state: state._replace(l2=-1),
+                    lambda state: state._replace(l2=-1, l2val=-1),
                 ),
                 _do(Event.FILL_FETCH, 1),
                 _do(Event.FILL_DATA, 1),
@@ -387,6 +421,87 @@ def hostile_scenarios() -> tuple[Scenario, ...]:
                 *fenced_then_read,
             ),
             expect=after_stall,
+        ),
+        Scenario(
+            "restored_l2_after_invalidating_a_shared_copy",
+            "agent1's Shared v0 is invalidated by agent2's write-through of v1, then Redis is "
+            "restored from a snapshot holding v0: agent1's next fill reads v0 from L2, which "
+            "is older than the invalidation it saw, so it is discarded and fetched again",
+            agents=2,
+            moves=(
+                *read_v0,
+                *write_v1_by_agent2,
+                _do(Event.DELIVER_INVALIDATE, 1, 1),
+                *reread_after_restore,
+            ),
+            expect=_expect_agents((1, L1State.S, 1), (2, L1State.I, -1)),
+            tolerated=frozenset({"stale_copies_covered"}),
+        ),
+        Scenario(
+            "restored_l2_after_invalidating_an_idle_holder",
+            "agent1's Shared v0 is evicted without deregistering (a stale registration), so "
+            "the invalidation for v1 reaches it while Invalid; Redis is then restored to v0: "
+            "agent1's next fill must not cache v0",
+            agents=2,
+            moves=(
+                *read_v0,
+                _hostile(
+                    "agent1's copy is dropped but its registration stays (it lapses later)",
+                    lambda state: _change_agent(
+                        state, 1, lambda ag: ag._replace(st=L1State.I, ver=-1, val=-1, rlease=False)
+                    ),
+                ),
+                *write_v1_by_agent2,
+                _do(Event.DELIVER_INVALIDATE, 1, 1),
+                *reread_after_restore,
+            ),
+            expect=_expect_agents((1, L1State.S, 1), (2, L1State.I, -1)),
+            tolerated=frozenset({"stale_copies_covered"}),
+        ),
+        Scenario(
+            "stalled_owners_read_after_restored_l2",
+            "as stalled_releasing_owner_acknowledges and stalled_recalled_owner_acknowledges "
+            "(the invalidation for v3 reaches the fenced owner in MI_A, or in MS_A), then Redis "
+            "is restored to v2: the old owner's next read must not cache a version older than "
+            "the invalidation it saw",
+            agents=3,
+            moves=(
+                *resynced_releasing_owner_stalls,
+                _do(Event.DELIVER_INVALIDATE, 1, 3),
+                *fenced_then_read,
+                restored_v2,
+                _do(Event.READ, 1),
+                _do(Event.FILL_FETCH, 1),
+                _do(Event.FILL_DATA, 1),
+                restored_gone,
+                _do(Event.FILL_FETCH, 1),
+                _do(Event.FILL_DATA, 1),
+            ),
+            expect=_expect_agents((1, L1State.S, 3), (2, L1State.S, 3), (3, L1State.I, -1)),
+            tolerated=frozenset({"stale_copies_covered"}),
+        ),
+        Scenario(
+            "stalled_recalled_owner_reads_after_restored_l2",
+            "a recalled owner (MS_A) stalls past its lease; the invalidation for v3 reaches it "
+            "in MS_A, its write-back is fenced; Redis is then restored to v2 (the revocation's "
+            "version): its next read must not cache v2",
+            agents=3,
+            moves=(
+                *recalled_owner,
+                *stall,
+                *write_v2,
+                _do(Event.DELIVER_INVALIDATE, 1, 3),
+                *fenced_then_read,
+                restored_v2,
+                _do(Event.READ, 1),
+                _do(Event.FILL_FETCH, 1),
+                _do(Event.FILL_DATA, 1),
+                restored_gone,
+                _do(Event.FILL_FETCH, 1),
+                _do(Event.FILL_DATA, 1),
+            ),
+            expect=_expect_agents((1, L1State.S, 3), (2, L1State.S, 3), (3, L1State.I, -1)),
+            tolerated=frozenset({"stale_copies_covered"}),
         ),
     )
 

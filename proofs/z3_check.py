@@ -60,7 +60,7 @@ from proofs.z3_encoding import (
     Encoding,
     Step,
     SymState,
-    violation_category,
+    version_level,
 )
 from sagemem.spec.invariants import first_violation, invariants_for
 from sagemem.spec.model import (
@@ -242,7 +242,7 @@ def check_table(defn: ProtocolDefinition) -> CheckReport:
 
 
 def _normalized(state: State) -> State:
-    return state._replace(violation=violation_category(state.violation))
+    return version_level(state)
 
 
 def _replay(

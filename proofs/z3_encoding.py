@@ -42,6 +42,8 @@ from sagemem.spec.model import (
     REQUEST_ALTERNATIVE,
     REQUEST_EVENT,
     SITE_KEY,
+    UNENCODED_AGENT_FIELDS,
+    UNENCODED_GLOBAL_FIELDS,
     USER_OFFERED,
     VERSION_CREATING,
     AgentState,
@@ -66,10 +68,12 @@ from sagemem.spec.vocabulary import (
 __all__ = [
     "AGENT_FIELDS",
     "GLOBAL_FIELDS",
+    "VALUE_LEVEL_INVARIANTS",
     "VIOLATION_CODES",
     "Encoding",
     "Step",
     "SymState",
+    "version_level",
     "violation_category",
 ]
 
@@ -95,9 +99,26 @@ VIOLATION_CODES: Final[dict[int, str]] = {
 _TABLE_DEFECTS: Final = ("unhandled", "nondeterministic", "overlap", "impossible_reached")
 
 
+# Violations of the value level and the read guarantees: recorded by the model only (their
+# fields are not encoded, see UNENCODED_AGENT_FIELDS); the encoding sees no violation there.
+_UNENCODED_VIOLATIONS: Final = (
+    "data_value",
+    "read_result",
+    "write_invalidates_copies",
+)
+
+
+VALUE_LEVEL_INVARIANTS: Final = frozenset(
+    {"version_names_one_value", "data_value_reads", "read_result", "write_invalidates_copies"}
+)
+"""Invariants over the fields the encoding leaves out (values, read-start ghosts): checked by
+the explorer and the scenarios only."""
+
+
 def violation_category(text: str) -> str:
-    """The kind of a model violation text, as the encoding records it ("" for none)."""
-    if not text:
+    """The kind of a model violation text, as the encoding records it ("" for none, and for
+    the value-level violations the encoding does not model)."""
+    if not text or text.startswith(_UNENCODED_VIOLATIONS):
         return ""
     if text.startswith(_TABLE_DEFECTS):
         return VIOLATION_CODES[VIOLATION_DEFECT]
@@ -140,14 +161,29 @@ def _kinds() -> tuple[dict[str, str], dict[str, str]]:
     agent_fields = {
         name: _field_kind(name, getattr(agent, name))
         for name in AgentState._fields
-        if name != "inbox"
+        if name != "inbox" and name not in UNENCODED_AGENT_FIELDS
     }
     global_fields = {
         name: "viol" if name == "violation" else _field_kind(name, getattr(sample, name))
         for name in State._fields
-        if name != "agents"
+        if name != "agents" and name not in UNENCODED_GLOBAL_FIELDS
     }
     return agent_fields, global_fields
+
+
+_BLANK: Final = initial_state(ProtocolDefinition(agents=1))
+_BLANK_AGENT: Final = {name: getattr(_BLANK.agents[0], name) for name in UNENCODED_AGENT_FIELDS}
+_BLANK_GLOBAL: Final = {name: getattr(_BLANK, name) for name in UNENCODED_GLOBAL_FIELDS}
+
+
+def version_level(state: State) -> State:
+    """`state` as the encoding sees it: the value-level fields blanked, the violation text
+    reduced to its encoded kind (see `violation_category`)."""
+    return state._replace(
+        agents=tuple(ag._replace(**_BLANK_AGENT) for ag in state.agents),
+        violation=violation_category(state.violation),
+        **_BLANK_GLOBAL,
+    )
 
 
 # Derived from the model's own state types, so a new field is encoded (as unchanged by
@@ -297,9 +333,11 @@ class Encoding:
         for ag, box in zip(sym.agents, sym.inboxes, strict=True):
             fields = {f: field(k, ag[f]) for f, k in AGENT_FIELDS.items()}
             fields["inbox"] = tuple(m for m in self.messages if flag(box[m]))
+            fields.update(_BLANK_AGENT)
             agents.append(AgentState(**fields))  # type: ignore[arg-type]  # built field by field
         gfields = {f: field(k, sym.g[f]) for f, k in GLOBAL_FIELDS.items() if k != "viol"}
         gfields["violation"] = VIOLATION_CODES.get(num(sym.g["violation"], False), "unknown")
+        gfields.update(_BLANK_GLOBAL)
         return State(agents=tuple(agents), **gfields)  # type: ignore[arg-type]  # field by field
 
     def equal(self, left: SymState, right: SymState) -> Expr:
@@ -659,6 +697,20 @@ class Encoding:
                 ag["grant"] = z3.If(live, self.v(NO_GRANT), ag["grant"])
                 g["dirty"] = z3.BoolVal(False)
                 ag["unsaved"] = z3.BoolVal(False)
+            case Effect.HOME_COMMIT_KEEP_VERSION:
+                # version level: a commit that names no new version (the value it changes is
+                # not encoded; the explorer's version_names_one_value sees it)
+                assert a is not None
+                g["commits"] = g["commits"] + self.v(1)
+                g["outbox"] = z3.If(g["home"] > self.v(0), g["home"], g["outbox"])
+                ag["ver"] = g["home"]
+                ag["req"] = self.code("req", Request.SETTLE)
+                live = self._grant_is(ag, GRANT_LIVE_INCARNATION)
+                self._void_recalls(w, a, live)
+                ag["lease"] = z3.And(ag["lease"], z3.Not(live))
+                ag["grant"] = z3.If(live, self.v(NO_GRANT), ag["grant"])
+                g["dirty"] = z3.BoolVal(False)
+                ag["unsaved"] = z3.BoolVal(False)
             case Effect.HOME_RESERVE_AND_GRANT:
                 assert a is not None
                 self._home_new_version(w, a)
@@ -878,6 +930,8 @@ class Encoding:
         }
         result: dict[str, Expr] = {}
         for inv in invariants_for(self.mode):
+            if inv.name in VALUE_LEVEL_INVARIANTS:
+                continue
             builder = builders.get(inv.name)
             if builder is None:
                 raise ValueError(

@@ -152,6 +152,33 @@ def versions_bounded(defn: ProtocolDefinition, state: State) -> str | None:
     return None
 
 
+def version_names_one_value(defn: ProtocolDefinition, state: State) -> str | None:
+    """A version names exactly one value: every (version, value) pair held anywhere (an L1
+    copy, fill data in flight, the L2 copy, the home when the newest data is not at an owner)
+    is the pair the write that created the version made, across agents, incarnations and an
+    owner's successive local writes."""
+    names = state.names
+    if len(names) != state.home + 1:
+        return f"{len(names)} versions were named but the home is at v{state.home}"
+
+    def wrong(version: int, value: int) -> bool:
+        return version >= len(names) or names[version] != value
+
+    if not state.dirty and wrong(state.home, state.hval):
+        return (
+            f"the home stores w{state.hval} as v{state.home}, but v{state.home} names "
+            f"w{names[state.home]}"
+        )
+    if state.l2 >= 0 and wrong(state.l2, state.l2val):
+        return f"L2 holds w{state.l2val} as v{state.l2}, which names another value"
+    for i, ag in enumerate(state.agents, start=1):
+        if ag.ver >= 0 and wrong(ag.ver, ag.val):
+            return f"agent{i} holds w{ag.val} as v{ag.ver}, which names another value"
+        if ag.data >= 0 and wrong(ag.data, ag.dval):
+            return f"agent{i} is fetching w{ag.dval} as v{ag.data}, which names another value"
+    return None
+
+
 def no_lost_update(defn: ProtocolDefinition, state: State) -> str | None:
     """Successful compare-and-swaps (and grants) equal the home's version count."""
     if state.commits != state.home:
@@ -318,6 +345,18 @@ INVARIANTS: Final[tuple[Invariant, ...]] = (
         "every field is in its domain; each state has its shape",
     ),
     Invariant(
+        "version_names_one_value",
+        version_names_one_value,
+        BOTH_MODES,
+        "a version names exactly one value (home, L2, copies, fills, owners' local writes)",
+    ),
+    Invariant(
+        "data_value_reads",
+        _ghost("data_value"),
+        BOTH_MODES,
+        "every read returns the value its version names: the value of the write that made it",
+    ),
+    Invariant(
         "versions_bounded",
         versions_bounded,
         BOTH_MODES,
@@ -367,6 +406,20 @@ INVARIANTS: Final[tuple[Invariant, ...]] = (
         _ghost("reads_respect_invalidations"),
         BOTH_MODES,
         "no read returns a version older than an invalidation already delivered to its agent",
+    ),
+    Invariant(
+        "read_result",
+        _ghost("read_result"),
+        BOTH_MODES,
+        "no read returns a version older than a write completed before it began, unless an "
+        "invalidation addressed to the reader is in flight",
+    ),
+    Invariant(
+        "write_invalidates_copies",
+        _ghost("write_invalidates_copies"),
+        BOTH_MODES,
+        "when a write returns, every other older copy is invalid or has an invalidation "
+        "addressed to it in flight",
     ),
     Invariant(
         "monotonic_reads_and_read_your_writes",

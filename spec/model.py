@@ -24,6 +24,7 @@ from .table import REFUSALS, TABLE, Refusal, RefusalKind, RowKey, Rule
 from .vocabulary import (
     EVENT_KIND,
     EVENT_SITE,
+    STABLE_STATES,
     ActorState,
     Effect,
     Event,
@@ -38,6 +39,7 @@ __all__ = [
     "ALL_FAULTS",
     "DEEP_BOUNDS",
     "FAULT_EVENT_SET",
+    "LEAVE",
     "OPERATION",
     "OP_NONE",
     "OP_READ",
@@ -47,6 +49,8 @@ __all__ = [
     "REQUEST_ALTERNATIVE",
     "REQUEST_EVENT",
     "SITE_KEY",
+    "UNENCODED_AGENT_FIELDS",
+    "UNENCODED_GLOBAL_FIELDS",
     "USER_OFFERED",
     "VERSION_CREATING",
     "AgentState",
@@ -56,6 +60,7 @@ __all__ = [
     "State",
     "Transition",
     "canonical",
+    "consulted_refusals",
     "deep",
     "definitions",
     "describe",
@@ -110,6 +115,13 @@ class AgentState(NamedTuple):
     unsaved: bool  # ghost: it holds an acknowledged write the home does not have
     op: int  # ghost: the application operation in progress (0 none, 1 read, 2 write)
     told: int  # ghost: highest invalidation version delivered to this agent (this process)
+    # values (not encoded for Z3: see UNENCODED_AGENT_FIELDS)
+    val: int  # value id of the L1 copy (paired with `ver`); -1 none
+    dval: int  # value id of the fill data in flight (paired with `data`); -1 none
+    gone: bool  # the agent left (closed) for good: it takes no further step (see LEAVE)
+    rstart: int  # ghost (coherent): the highest completed write when this agent's read began,
+    # if that is above its floor (else 0: the floor check is stronger; strict mode's
+    # linearizable_reads is stronger still)
 
 
 class State(NamedTuple):
@@ -127,6 +139,18 @@ class State(NamedTuple):
     done: int  # ghost (strict): highest version of a completed (acknowledged) write
     read_max: int  # ghost (strict): highest version any read returned
     violation: str  # ghost: first trace property broken, or a table defect; "" none
+    # values (not encoded for Z3: see UNENCODED_GLOBAL_FIELDS)
+    hval: int  # value id the home stores (under `home` unless `dirty`: then the owner's is newer)
+    l2val: int  # value id of the L2 copy (paired with `l2`); -1 empty
+    names: tuple[int, ...]  # ghost: names[v] is the value id version v was created with
+    completed: int  # ghost (both modes): highest version of a completed (acknowledged) write
+
+
+UNENCODED_AGENT_FIELDS: Final = frozenset({"val", "dval", "rstart", "gone"})
+"""Agent fields of the value level and the read guarantees: checked by the explorer (and the
+hostile scenarios), not encoded for Z3 (the Z3 encoding is the version-level abstraction)."""
+UNENCODED_GLOBAL_FIELDS: Final = frozenset({"hval", "l2val", "names", "completed"})
+"""Global fields of the value level, not encoded for Z3 (see UNENCODED_AGENT_FIELDS)."""
 
 
 FAULT_EVENTS: Final[tuple[Event, ...]] = (
@@ -153,6 +177,7 @@ class ProtocolDefinition:
     faults: frozenset[Event] = ALL_FAULTS
     fault_budget: int | None = 1
     name: str = field(default="", compare=False)
+    leaves: bool = False  # environment: an idle agent may leave (close) for good (see LEAVE)
 
     def __post_init__(self) -> None:
         if not 1 <= self.agents <= 6:
@@ -229,6 +254,10 @@ _EMPTY_AGENT: Final = AgentState(
     unsaved=False,
     op=0,
     told=0,
+    val=-1,
+    dval=-1,
+    gone=False,
+    rstart=0,
 )
 
 
@@ -247,6 +276,10 @@ def initial_state(defn: ProtocolDefinition) -> State:
         done=0,
         read_max=0,
         violation="",
+        hval=0,
+        l2val=-1,
+        names=(0,),
+        completed=0,
     )
 
 
@@ -260,7 +293,8 @@ def canonical(state: State) -> State:
 
 
 class Transition(NamedTuple):
-    """One enabled step: who, what, which row (None for a table-defect step), where to."""
+    """One enabled step: who, what, which row (None for a table-defect step, or for a
+    NOT_APPLICABLE refusal that consumes the event: then `refusal` is set), where to."""
 
     event: Event
     kind: EventKind
@@ -268,11 +302,19 @@ class Transition(NamedTuple):
     payload: int
     rule: Rule | None
     target: State
+    refusal: Refusal | None = None
 
     @property
     def label(self) -> str:
         """The step as an event-script line, e.g. "agent2 READ: I -> IS_D {request_fill}"."""
-        detail = _rule_detail(self.rule) if self.rule is not None else self.target.violation
+        if self.rule is not None:
+            detail = _rule_detail(self.rule)
+        elif self.refusal is not None:
+            detail = f"{self.refusal.source.name} not applicable: {self.refusal.reason}"
+            if self.target.violation:
+                detail += f" ({self.target.violation})"
+        else:
+            detail = self.target.violation
         return _label(self.event, self.agent, self.payload, detail)
 
 
@@ -309,7 +351,7 @@ def _index(defn: ProtocolDefinition) -> dict[tuple[RowKey, Event], _Entry]:
             dict.fromkeys([r.guard for r in rules] + [f.guard for f in refusals if f.guard])
         )
         index[key] = _Entry(rules, refusals, guards)
-    if len(_CACHE) > 64:
+    if len(_CACHE) > 512:
         _CACHE.clear()
     _CACHE[id(defn)] = (defn, index)
     return index
@@ -436,23 +478,47 @@ class _Work:
 
 # field positions
 _ST, _VER, _DATA, _FLOOR, _MISSED, _INBOX, _REQ, _LEASE, _RLEASE, _REG, _ACK, _GRANT = range(12)
-_L2L, _UNSAVED, _OP, _TOLD = 12, 13, 14, 15
+_L2L, _UNSAVED, _OP, _TOLD, _VAL, _DVAL, _GONE, _RSTART = range(12, 20)
 OP_NONE: Final = 0
 OP_READ: Final = 1
 OP_WRITE: Final = 2
 _HOME, _OUTBOX, _DIRTY, _L2, _L2HIGH, _COMMITS, _WRITES, _FAULTS, _DONE, _READMAX, _VIOL = range(11)
+_HVAL, _L2VAL, _NAMES, _COMPLETED = 11, 12, 13, 14
 
 
 def _violate(w: _Work, text: str) -> None:
+    # `text` must not name an agent: states are compared after sorting the agents
     if not w.g[_VIOL]:
         w.g[_VIOL] = text
 
 
-def _check_read(w: _Work, mode: Mode, a: int, version: int) -> None:
+def _in_flight(ag: list[Any]) -> bool:
+    """An invalidation is addressed to the agent (in its inbox: any one drops a Shared copy and
+    turns a fill into IS_D_I), or the loss of one was detected (reads of shared copies wait
+    for RESYNC)."""
+    return bool(ag[_MISSED]) or any(m != RECALL for m in ag[_INBOX])
+
+
+def _check_read(w: _Work, mode: Mode, a: int, version: int, value: int) -> None:
     ag = w.agents[a]
     if ag[_OP] != OP_READ:
         _violate(w, "every_operation_answered: a value was returned to no read")
     ag[_OP] = OP_NONE
+    names: tuple[int, ...] = w.g[_NAMES]
+    if not 0 <= version < len(names) or names[version] != value:
+        named = f"w{names[version]}" if 0 <= version < len(names) else "no value"
+        _violate(
+            w,
+            f"data_value: a read returned w{value} as v{version}, but v{version} names {named} "
+            "(the value of the write that created it)",
+        )
+    rstart = int(ag[_RSTART])
+    if version < rstart and not _in_flight(ag):
+        _violate(
+            w,
+            f"read_result: a read returned v{version}, but the write of v{rstart} completed "
+            "before the read began and no invalidation addressed to the reader is in flight",
+        )
     floor = int(ag[_FLOOR])
     if version < floor:
         _violate(
@@ -461,6 +527,7 @@ def _check_read(w: _Work, mode: Mode, a: int, version: int) -> None:
             f"agent had read, written or been told of v{floor}",
         )
     ag[_FLOOR] = max(floor, version)
+    ag[_RSTART] = 0
     if version < ag[_TOLD]:
         _violate(
             w,
@@ -475,7 +542,40 @@ def _check_read(w: _Work, mode: Mode, a: int, version: int) -> None:
         w.g[_READMAX] = max(w.g[_READMAX], version)
 
 
+_COPY_STATES: Final = frozenset({L1State.S, L1State.E, L1State.M, L1State.MS_A})
+
+
+def _check_write_returned(w: _Work, a: int, version: int) -> None:
+    """After a write returns, every other copy older than it is invalid or has an
+    invalidation addressed to it in flight (fill data about to be installed included)."""
+    for b, other in enumerate(w.agents):
+        if b == a:
+            continue
+        st = other[_ST]
+        held = int(other[_VER]) if st in _COPY_STATES else -1
+        if st is L1State.IS_D and int(other[_DATA]) >= int(other[_FLOOR]):
+            held = int(other[_DATA])
+        if 0 <= held < version and not _in_flight(other):
+            _violate(
+                w,
+                f"write_invalidates_copies: the write of v{version} returned while another agent "
+                f"({st.name}) still holds v{held} and no invalidation addressed to it is in "
+                "flight",
+            )
+
+
+def _fresh_value(w: _Work) -> int:
+    """A value id no version and no copy names yet (a new write's value)."""
+    g = w.g
+    taken: list[int] = [*g[_NAMES], int(g[_HVAL]), int(g[_L2VAL])]
+    for ag in w.agents:
+        taken += (int(ag[_VAL]), int(ag[_DVAL]))
+    return max(taken) + 1
+
+
 def _add_message(ag: list[Any], message: int) -> None:
+    if ag[_GONE]:
+        return  # nobody listens for a departed agent
     inbox = ag[_INBOX]
     assert isinstance(inbox, tuple)
     if message not in inbox:
@@ -490,18 +590,22 @@ def _apply(  # one case per effect, by design
     match effect:
         case Effect.RETURN_VALUE:
             assert a is not None
-            _check_read(w, mode, a, int(ag[_VER]))
+            _check_read(w, mode, a, int(ag[_VER]), int(ag[_VAL]))
         case Effect.RETURN_VALUE_UNCACHED:
             assert a is not None
-            _check_read(w, mode, a, int(ag[_DATA]))
+            _check_read(w, mode, a, int(ag[_DATA]), int(ag[_DVAL]))
             ag[_DATA] = -1
+            ag[_DVAL] = -1
             ag[_REQ] = Request.NONE
         case Effect.INSTALL_COPY:
             ag[_VER] = ag[_DATA]
+            ag[_VAL] = ag[_DVAL]
             ag[_DATA] = -1
+            ag[_DVAL] = -1
             ag[_REQ] = Request.NONE
         case Effect.DROP_COPY:
             ag[_VER] = -1
+            ag[_VAL] = -1
         case Effect.NOTE_INVALIDATION:
             ag[_FLOOR] = max(int(ag[_FLOOR]), payload)
         case Effect.ACK_WRITE:
@@ -513,6 +617,9 @@ def _apply(  # one case per effect, by design
             ag[_REQ] = Request.NONE
             if mode is Mode.STRICT:
                 g[_DONE] = max(int(g[_DONE]), int(ag[_VER]))
+            assert a is not None
+            _check_write_returned(w, a, int(ag[_VER]))
+            g[_COMPLETED] = max(int(g[_COMPLETED]), int(ag[_VER]))
         case Effect.START_OWNER_LEASE:
             ag[_LEASE] = True
         case Effect.LEASE_LAPSED:
@@ -526,6 +633,7 @@ def _apply(  # one case per effect, by design
         case Effect.REPORT_FENCED:
             ag[_UNSAVED] = False
             ag[_VER] = -1
+            ag[_VAL] = -1
             ag[_REQ] = Request.NONE
             ag[_LEASE] = False
         case Effect.RESYNC_CONNECTION:
@@ -533,6 +641,9 @@ def _apply(  # one case per effect, by design
         case Effect.LOSE_VOLATILE_STATE:
             ag[_VER] = -1
             ag[_DATA] = -1
+            ag[_VAL] = -1
+            ag[_DVAL] = -1
+            ag[_RSTART] = 0
             ag[_FLOOR] = 0
             ag[_MISSED] = False
             ag[_INBOX] = ()
@@ -547,15 +658,18 @@ def _apply(  # one case per effect, by design
             ag[_TOLD] = 0
         case Effect.REFETCH:
             ag[_DATA] = -1
+            ag[_DVAL] = -1
             ag[_REQ] = Request.FILL
         case Effect.MARK_DIRTY:
             g[_DIRTY] = True
+            ag[_VAL] = _fresh_value(w)  # the owner's local write: a new value, same version
         case Effect.AWAIT_INVALIDATIONS:
             ag[_REQ] = Request.SETTLE
         case Effect.AWAIT_OWNER:
             ag[_REQ] = Request.WAIT_OWNER
         case Effect.REQUEST_FILL:
             ag[_DATA] = -1
+            ag[_DVAL] = -1
             ag[_REQ] = Request.FILL
         case Effect.REQUEST_COMMIT:
             ag[_REQ] = Request.COMMIT
@@ -597,6 +711,7 @@ def _apply(  # one case per effect, by design
                         other[_ACK] = True
         case Effect.L2_READ:
             ag[_DATA] = g[_L2]
+            ag[_DVAL] = g[_L2VAL]
             ag[_L2L] = False
             ag[_REQ] = Request.DATA
         case Effect.L2_TAKE_LEASE:
@@ -605,29 +720,33 @@ def _apply(  # one case per effect, by design
             ag[_L2L] = True
         case Effect.HOME_READ:
             ag[_DATA] = g[_HOME]
+            ag[_DVAL] = g[_HVAL]
             ag[_REQ] = Request.DATA
         case Effect.L2_LEASED_FILL:
             if ag[_L2L]:
-                _l2_set(w, int(ag[_DATA]))
+                _l2_set(w, int(ag[_DATA]), int(ag[_DVAL]))
                 ag[_L2L] = False
         case Effect.L2_FILL_IF_NEWER:
             data = int(ag[_DATA])
             if data > int(g[_L2]):
-                _l2_set(w, data)
+                _l2_set(w, data, int(ag[_DVAL]))
         case Effect.L2_DELETE:
             g[_L2] = -1
+            g[_L2VAL] = -1
             for other in w.agents:
                 other[_L2L] = False
         case Effect.L2_EVICT_COPY:
             g[_L2] = -1
+            g[_L2VAL] = -1
         case Effect.L2_ABANDON_LEASE:
             ag[_L2L] = False
         case Effect.L2_SET_IF_NEWER:
             version = int(g[_OUTBOX])
             if version > int(g[_L2]):
-                _l2_set(w, version)
+                _l2_set(w, version, g[_NAMES][version])
         case Effect.HOME_COMMIT_VERSION:
             _home_new_version(w, ag)
+            g[_HVAL] = ag[_VAL]
             if ag[_GRANT] == GRANT_LIVE_INCARNATION:
                 _void_recalls(ag)
                 ag[_GRANT] = NO_GRANT
@@ -640,29 +759,44 @@ def _apply(  # one case per effect, by design
             g[_DIRTY] = True
         case Effect.HOME_STORE_AND_RELEASE:
             g[_DIRTY] = False
+            g[_HVAL] = ag[_VAL]
             _void_recalls(ag)
             ag[_GRANT] = NO_GRANT
             ag[_UNSAVED] = False
             ag[_LEASE] = False
             ag[_REQ] = Request.NONE
         case Effect.HOME_STORE_UNFENCED:
-            version = int(ag[_VER])
-            if ag[_GRANT] != GRANT_LIVE_INCARNATION and int(g[_HOME]) > version:
-                _violate(
-                    w,
-                    f"no_acked_write_lost: a late write-back of v{version} overwrote the "
-                    f"home's newer v{g[_HOME]}",
-                )
+            # The write-back's value is stored whoever holds the grant, under the home's
+            # current version (the statement lacks its fence): if the grant was revoked, or a
+            # newer version committed meanwhile, that version now names the owner's old value.
+            g[_HVAL] = ag[_VAL]
             if ag[_GRANT] == GRANT_LIVE_INCARNATION:
                 g[_DIRTY] = False
                 _void_recalls(ag)
                 ag[_GRANT] = NO_GRANT
             ag[_UNSAVED] = False
             ag[_VER] = -1
+            ag[_VAL] = -1
             ag[_LEASE] = False
             ag[_REQ] = Request.NONE
+        case Effect.HOME_COMMIT_KEEP_VERSION:
+            # A delete (or any commit) that changes the value but not the version: ABA.
+            g[_COMMITS] = int(g[_COMMITS]) + 1
+            g[_HVAL] = _fresh_value(w)
+            ag[_VER] = g[_HOME]
+            ag[_VAL] = g[_HVAL]
+            if int(g[_HOME]) > 0:
+                g[_OUTBOX] = g[_HOME]
+            ag[_REQ] = Request.SETTLE
+            if ag[_GRANT] == GRANT_LIVE_INCARNATION:
+                _void_recalls(ag)
+                ag[_GRANT] = NO_GRANT
+                ag[_LEASE] = False
+            g[_DIRTY] = False
+            ag[_UNSAVED] = False
         case Effect.HOME_STORE_KEEP_GRANT:
             g[_DIRTY] = False
+            g[_HVAL] = ag[_VAL]
             ag[_UNSAVED] = False
             ag[_REQ] = Request.NONE
         case Effect.HOME_REVOKE_GRANT:
@@ -673,6 +807,7 @@ def _apply(  # one case per effect, by design
             # home never got: the value the home keeps gets a version of its own.
             g[_HOME] = int(g[_HOME]) + 1
             g[_COMMITS] = int(g[_COMMITS]) + 1
+            g[_NAMES] = (*g[_NAMES], g[_HVAL])
         case Effect.HOME_CLEAR_OUTBOX:
             g[_OUTBOX] = 0
         case _:  # pragma: no cover
@@ -685,8 +820,9 @@ def _void_recalls(ag: list[Any]) -> None:
     ag[_INBOX] = tuple(m for m in ag[_INBOX] if m != RECALL)
 
 
-def _l2_set(w: _Work, version: int) -> None:
+def _l2_set(w: _Work, version: int, value: int) -> None:
     w.g[_L2] = version
+    w.g[_L2VAL] = value
     w.g[_L2HIGH] = max(int(w.g[_L2HIGH]), version)
 
 
@@ -696,6 +832,8 @@ def _home_new_version(w: _Work, ag: list[Any]) -> None:
     g[_COMMITS] = int(g[_COMMITS]) + 1
     g[_OUTBOX] = g[_HOME]
     ag[_VER] = g[_HOME]
+    ag[_VAL] = _fresh_value(w)
+    g[_NAMES] = (*g[_NAMES], ag[_VAL])
     ag[_REQ] = Request.SETTLE
 
 
@@ -732,10 +870,18 @@ def _offers(defn: ProtocolDefinition, state: State) -> Iterator[tuple[Event, int
     budget = defn.fault_budget
     faults = defn.faults if budget is None or state.faults < budget else frozenset()
     for a, ag in enumerate(state.agents):
+        if ag.gone:  # a departed agent's records only expire
+            if ag.grant != NO_GRANT:
+                yield Event.HOME_EXPIRE_OWNER, a, 0
+            if ag.ack_owed:
+                yield Event.HOLDER_EXPIRE, a, 0
+            continue
         for event in USER_OFFERED:
             yield event, a, 0
         if Event.EVICT in faults:
             yield Event.EVICT, a, 0
+            if defn.leaves and ag.st in (L1State.I, L1State.S) and ag.req is Request.NONE:
+                yield Event.EVICT, a, LEAVE
         for message in ag.inbox:
             if message == RECALL:
                 yield Event.DELIVER_RECALL, a, RECALL
@@ -768,7 +914,9 @@ def _offers(defn: ProtocolDefinition, state: State) -> Iterator[tuple[Event, int
 
 def _label(event: Event, a: int | None, payload: int, detail: str) -> str:
     who = f"agent{a + 1}" if a is not None else EVENT_SITE[event].value
-    if event in (Event.DELIVER_INVALIDATE, Event.DROP_MESSAGE) and payload != RECALL:
+    if event is Event.EVICT and payload == LEAVE:
+        what = "LEAVE (close)"
+    elif event in (Event.DELIVER_INVALIDATE, Event.DROP_MESSAGE) and payload != RECALL:
         what = f"{event.name}(v{payload})"
     elif event is Event.DROP_MESSAGE:
         what = f"{event.name}(recall)"
@@ -783,6 +931,10 @@ def transitions(defn: ProtocolDefinition, state: State) -> Iterator[Transition]:
         return
     index = _index(defn)
     for event, a, payload in _offers(defn, state):
+        if payload == LEAVE and event is Event.EVICT:
+            assert a is not None
+            yield _leave(defn, state, index, a)
+            continue
         site = EVENT_SITE[event]
         key: RowKey = state.agents[a].st if site is Site.AGENT and a is not None else SITE_KEY[site]
         entry = index.get((key, event))
@@ -835,6 +987,10 @@ def transitions(defn: ProtocolDefinition, state: State) -> Iterator[Transition]:
                     payload,
                     f"impossible_reached: ({key.name}, {event.name}): {refused[0].reason}",
                 )
+            elif all(f.kind is RefusalKind.NOT_APPLICABLE for f in refused):
+                consumed = _not_applicable(state, event, kind, a, payload, key, refused[0])
+                if consumed is not None:
+                    yield consumed
             continue
         rule = matched[0]
         w = _Work(state)
@@ -854,9 +1010,97 @@ def transitions(defn: ProtocolDefinition, state: State) -> Iterator[Transition]:
             w.agents[a][_ST] = rule.target
             if event in OPERATION:
                 w.agents[a][_OP] = OPERATION[event]
+            if event is Event.READ and defn.mode is Mode.COHERENT:
+                # A read older than the floor is the floor check's (and, strict, any read older
+                # than a completed write is linearizable_reads'): keep rstart only above it.
+                completed = w.g[_COMPLETED]
+                w.agents[a][_RSTART] = completed if completed > w.agents[a][_FLOOR] else 0
         for effect in rule.effects:
             _apply(effect, w, defn.mode, a, payload)
         yield Transition(event, kind, a, payload, rule, w.freeze())
+
+
+LEAVE: Final = -1
+"""Payload of the EVICT step that is an agent leaving: `close()` (see `_leave`)."""
+
+
+def _leave(
+    defn: ProtocolDefinition, state: State, index: dict[tuple[RowKey, Event], _Entry], a: int
+) -> Transition:
+    """An idle agent (I or S) closes for good, as production's `aclose()` does: its entry is
+    evicted by the table's EVICT row (a Shared copy's row deregisters it), then the directory
+    forgets the agent (`RedisDirectory.leave`: registration and owed acks dropped), its
+    messages in flight are lost and it takes no further step. Its home grant, if a lapsed
+    owner left one, is expired by the home as any other."""
+    ag = state.agents[a]
+    w = _Work(state)
+    w.g[_FAULTS] = state.faults + 1
+    rule: Rule | None = None
+    if ag.st is L1State.S:
+        entry = index.get((L1State.S, Event.EVICT))
+        matched = [r for r in entry.rules if holds(r.guard, state, a, 0)] if entry else []
+        if len(matched) != 1:
+            text = f"unhandled: no single row for (S, EVICT) when agent{a + 1} leaves"
+            return _defect(state, Event.EVICT, EventKind.FAULT, a, LEAVE, text)
+        rule = matched[0]
+        for effect in rule.effects:
+            _apply(effect, w, defn.mode, a, 0)
+    left = w.agents[a]
+    left[_ST] = L1State.I
+    left[_VER] = left[_DATA] = left[_VAL] = left[_DVAL] = -1
+    left[_INBOX] = ()
+    left[_MISSED] = False
+    left[_REQ] = Request.NONE
+    left[_RLEASE] = False
+    left[_LEASE] = False
+    left[_REG] = False
+    left[_ACK] = False
+    left[_L2L] = False
+    left[_OP] = OP_NONE
+    left[_RSTART] = 0
+    left[_GONE] = True
+    return Transition(Event.EVICT, EventKind.FAULT, a, LEAVE, rule, w.freeze())
+
+
+_ANSWERED_OPERATIONS: Final = {
+    Event.READ: "read",
+    Event.WRITE_L1: "write",
+    Event.WRITE_THROUGH: "write",
+}
+
+
+def _not_applicable(
+    state: State,
+    event: Event,
+    kind: EventKind,
+    a: int | None,
+    payload: int,
+    key: RowKey,
+    refusal: Refusal,
+) -> Transition | None:
+    """What a NOT_APPLICABLE refusal does, as production's adapter treats it (a STALLED one
+    holds the event: no step). A message is consumed and nothing else happens (a STALLED one
+    is held and fed again); a read or write asked of a STABLE entry returns at once with
+    nothing (production returns None: for a read or write that is an operation answered with
+    nothing); anything else (a user operation queued behind one in flight, a flush or evict
+    with nothing to do, a request's answer, which the adapter sends again, a timer) changes
+    nothing, so it is no step."""
+    if event is Event.DELIVER_INVALIDATE or event is Event.DELIVER_RECALL:
+        assert a is not None
+        agents = list(state.agents)
+        ag = agents[a]
+        agents[a] = ag._replace(inbox=tuple(m for m in ag.inbox if m != payload))
+        return Transition(
+            event, kind, a, payload, None, state._replace(agents=tuple(agents)), refusal
+        )
+    if event in _ANSWERED_OPERATIONS and key in STABLE_STATES:
+        what = _ANSWERED_OPERATIONS[event]
+        text = (
+            f"every_operation_answered: a {what} of a {key.name} entry returned nothing (the "
+            "table calls it not applicable: production answers it at once with None)"
+        )
+        return Transition(event, kind, a, payload, None, state._replace(violation=text), refusal)
+    return None
 
 
 def _rule_detail(rule: Rule) -> str:
@@ -874,6 +1118,25 @@ def _defect(
     state: State, event: Event, kind: EventKind, a: int | None, payload: int, text: str
 ) -> Transition:
     return Transition(event, kind, a, payload, None, state._replace(violation=text))
+
+
+def consulted_refusals(defn: ProtocolDefinition, state: State) -> Iterator[Refusal]:
+    """The refusals of `defn` that decide some event offered in `state` (no row matched and
+    the refusal's guard holds): the refusals whose kind matters in this state."""
+    if state.violation:
+        return
+    index = _index(defn)
+    for event, a, payload in _offers(defn, state):
+        if payload == LEAVE and event is Event.EVICT:
+            continue
+        site = EVENT_SITE[event]
+        key: RowKey = state.agents[a].st if site is Site.AGENT and a is not None else SITE_KEY[site]
+        entry = index.get((key, event))
+        if entry is None or any(holds(r.guard, state, a, payload) for r in entry.rules):
+            continue
+        for f in entry.refusals:
+            if f.guard is None or holds(f.guard, state, a, payload):
+                yield f
 
 
 def successors(defn: ProtocolDefinition, state: State) -> Iterator[tuple[str, State]]:

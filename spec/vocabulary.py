@@ -389,6 +389,7 @@ class Effect(Enum):
     HOME_STORE_AND_RELEASE = "home_store_and_release"
     HOME_STORE_KEEP_GRANT = "home_store_keep_grant"
     HOME_STORE_UNFENCED = "home_store_unfenced"
+    HOME_COMMIT_KEEP_VERSION = "home_commit_keep_version"
     HOME_REVOKE_GRANT = "home_revoke_grant"
     HOME_CLEAR_OUTBOX = "home_clear_outbox"
 
@@ -442,6 +443,9 @@ EFFECT_MEANING: Final[dict[Effect, str]] = {
     Effect.HOME_STORE_AND_RELEASE: "store the owner's data (fenced by the grant), release it",
     Effect.HOME_STORE_KEEP_GRANT: "store the owner's data (fenced by the grant), keep the grant",
     Effect.HOME_STORE_UNFENCED: "(not in TABLE) store the write-back without checking the grant",
+    Effect.HOME_COMMIT_KEEP_VERSION: (
+        "(not in TABLE) commit a new value (a delete's tombstone) without a new version: ABA"
+    ),
     Effect.HOME_REVOKE_GRANT: (
         "drop the lapsed owner's grant (its unsaved data is lost); the value the home keeps "
         "gets a new version, so the grant's version never names two values"

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from proofs.cli import CheckOptions, main, parse_options, run_checks
+from proofs.cli import CheckOptions, main, parse_options, plan_labels, run_checks
 from sagemem.spec.table import TABLE, Rule
 from sagemem.spec.vocabulary import Event, L1State, Mode
 
@@ -87,3 +87,20 @@ def test_deep_selects_depth_20_in_both_modes() -> None:
         assert deep.depth(mode) >= 20
         assert quick.depth(mode) < deep.depth(mode)
     assert parse_options(["--deep", "--bmc-depth", "7"]).depth(Mode.STRICT) == 7
+
+
+def test_quick_check_runs_the_bug_catalogue_and_no_bmc() -> None:
+    """The quick check rejects the hand-written bugs in each mode and runs no BMC (the
+    explorer covers its bounds); --deep keeps BMC."""
+    labels = plan_labels(parse_options([]))
+    assert sum(label.startswith("bugs ") for label in labels) == 2
+    assert not any(label.startswith("z3 bmc") for label in labels)
+    assert sum(label.startswith("z3 bmc") for label in plan_labels(parse_options(["--deep"]))) == 2
+
+
+def test_confirm_survivors_needs_mutants() -> None:
+    """--confirm-survivors re-checks survivors at the larger bounds, so it needs --mutants."""
+    assert parse_options(["--mutants", "--confirm-survivors"]).confirm_survivors
+    with pytest.raises(SystemExit) as raised:
+        parse_options(["--confirm-survivors"])
+    assert raised.value.code == 2

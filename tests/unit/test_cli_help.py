@@ -72,7 +72,7 @@ def test_services_without_an_action_is_a_usage_error(capsys: pytest.CaptureFixtu
 def test_check_says_up_front_how_long_the_quick_check_takes() -> None:
     """The first line of the quick check states the expected duration; custom bounds say
     it depends on them."""
-    assert "about 1-3 minutes" in expected_duration(CheckOptions())
+    assert "under a minute" in expected_duration(CheckOptions())
     assert "about 40 minutes" in expected_duration(CheckOptions(deep=True))
     assert "depends on the bounds" in expected_duration(parse_options(["--bmc-depth", "3"]))
 

@@ -179,9 +179,14 @@ def test_an_unknown_only_name_fails_before_any_check_runs() -> None:
     assert "explore" not in out.getvalue()
 
 
-def test_the_chain_ends_with_the_hostile_scenarios() -> None:
-    """The scenarios are the last link, so adding them changed no earlier link's kills."""
-    assert default_checkers()[-1].kind is CheckerKind.SCENARIOS
+def test_the_chain_ends_with_the_hostile_scenarios_then_leaving_agents() -> None:
+    """The scenarios come after every earlier link, and the explorer with agents that leave
+    comes last, so adding either changed no earlier link's kills."""
+    chain = default_checkers()
+    assert chain[-2].kind is CheckerKind.SCENARIOS
+    assert chain[-1].kind is CheckerKind.EXPLORE
+    assert chain[-1].leaves
+    assert not any(spec.leaves for spec in chain[:-1])
 
 
 @pytest.mark.parametrize("mode", list(Mode), ids=lambda m: m.value)

@@ -13,8 +13,8 @@ from proofs.diagrams import (
     mermaid_state_diagram,
     replace_generated_blocks,
 )
-from sagemem.spec.table import TABLE
-from sagemem.spec.vocabulary import L1State, Mode
+from sagemem.spec.table import REFUSALS, TABLE, RefusalKind
+from sagemem.spec.vocabulary import Event, Guard, L1State, Mode
 
 
 def test_committed_generated_blocks_match_the_table() -> None:
@@ -70,3 +70,18 @@ def test_replace_generated_blocks_keeps_the_text_around_the_blocks() -> None:
     text = "intro\n<!-- BEGIN GENERATED: rows -->\nold\n<!-- END GENERATED -->\noutro\n"
     expected = "intro\n<!-- BEGIN GENERATED: rows -->\nnew\n<!-- END GENERATED -->\noutro\n"
     assert expected == replace_generated_blocks(text, {"rows": "new"})
+
+
+def test_a_changed_refusal_kind_makes_the_docs_stale() -> None:
+    """The generated docs include the refusals: turning (S, READ, CONN_MISSED) from STALLED
+    into NOT_APPLICABLE changes the committed document."""
+    refusals = tuple(
+        dataclasses.replace(f, kind=RefusalKind.NOT_APPLICABLE)
+        if f.source is L1State.S and f.event is Event.READ and f.guard is Guard.CONN_MISSED
+        else f
+        for f in REFUSALS
+    )
+    assert refusals != REFUSALS
+    text = DOCUMENT_PATH.read_text(encoding="utf-8")
+    assert replace_generated_blocks(text, generated_blocks(TABLE, refusals)) != text
+    assert "| S | READ | CONN_MISSED | STALLED |" in text

@@ -139,9 +139,11 @@ def test_crashed_owner_blocks_everyone_without_lease_expiry(mode: Mode) -> None:
 
 @pytest.mark.parametrize("mode", list(Mode))
 def test_late_write_back_is_caught_without_the_fence(mode: Mode) -> None:
-    """An expired owner's late write-back would overwrite a newer committed version."""
+    """An expired owner's late write-back stores its old value under the home's newer
+    version (the revocation's, or a write-through's): that version now names two values."""
     trace = _rejected(unfenced_write_back_table(), mode)
-    assert trace.property_name == "no_acked_write_lost"
+    assert trace.property_name == "version_names_one_value"
+    assert "the home stores" in trace.explanation
     assert any("LEASE_LAPSE" in step.event for step in trace.steps)
     assert any("HOME_EXPIRE_OWNER" in step.event for step in trace.steps)
     assert len(trace.steps) <= 12

@@ -195,6 +195,8 @@ def test_every_documented_invariant_is_checked() -> None:
     assert [(inv.name, len(inv.modes)) for inv in INVARIANTS] == [
         ("table_handles_every_event", 2),
         ("type_invariant", 2),
+        ("version_names_one_value", 2),
+        ("data_value_reads", 2),
         ("versions_bounded", 2),
         ("no_lost_update", 2),
         ("fill_respects_invalidations", 2),
@@ -204,6 +206,8 @@ def test_every_documented_invariant_is_checked() -> None:
         ("no_acked_write_lost", 2),
         ("every_operation_answered", 2),
         ("reads_respect_invalidations", 2),
+        ("read_result", 2),
+        ("write_invalidates_copies", 2),
         ("monotonic_reads_and_read_your_writes", 2),
         ("swmr", 1),
         ("data_value", 1),
