@@ -10,7 +10,8 @@ exhaustively without servers and read in one place:
   owner);
 - which event a commit's or an acquire's answer fires, with which payload (`commit_verdict`,
   `acquire_verdict`), and when a refused request expires the owner (HOME_EXPIRE_OWNER);
-- whether a write has settled: PUBLISHED / ACKNOWLEDGED or not yet (`settle_guard`);
+- whether a write has settled: PUBLISHED / ACKNOWLEDGED or not yet (`settle_guard`, and
+  whether the directory must be asked at all: `needs_ack_facts`);
 - what stale fill data means: a bogus floor that restarts the entry (its CRASH row) or a newer
   copy on its way (`stale_data_verdict`);
 - when a cached copy or grant may be served (`trusted`), which event ends one that may not
@@ -60,6 +61,7 @@ __all__ = [
     "first_event",
     "lapses_first",
     "loss_event",
+    "needs_ack_facts",
     "owner_compare",
     "parks",
     "recall_is_repeat",
@@ -288,6 +290,12 @@ def relay_before_conflict(outbox: int | None, version: int) -> bool:
     or older is relayed by the waiter (relaying is idempotent); a newer one is not its to wait
     for (the acks it then waits for are those of `version`'s relay)."""
     return outbox is not None and outbox <= version
+
+
+def needs_ack_facts(mode: Mode, *, outbox_empty: bool) -> bool:
+    """Whether `settle_guard` needs the directory's facts (owed acks, its age): only a strict
+    write whose outbox is empty can be ACKNOWLEDGED; otherwise the outbox alone decides."""
+    return mode is Mode.STRICT and outbox_empty
 
 
 def conflict_settles_first(mode: Mode, row_version: int | None) -> bool:

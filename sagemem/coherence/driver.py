@@ -980,7 +980,7 @@ class AgentDriver:
                 empty = True
             else:  # a newer commit's entry (its writer relays it too; relaying is idempotent)
                 empty = await self._relay(key, pending, self.agent_id)
-        if self.mode is Mode.COHERENT or not empty:
+        if not answers.needs_ack_facts(self.mode, outbox_empty=empty):
             return answers.settle_guard(self.mode, outbox_empty=empty)
         owed, directory_age_s = await steps.settle_facts(key)
         if owed:

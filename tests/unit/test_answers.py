@@ -26,6 +26,7 @@ from sagemem.coherence.answers import (
     first_event,
     lapses_first,
     loss_event,
+    needs_ack_facts,
     owner_compare,
     parks,
     recall_is_repeat,
@@ -200,6 +201,14 @@ def test_a_write_settles_only_when_every_fact_says_so() -> None:
         )
         settled = empty and not owed and age >= 2.0
         assert guard is (Guard.ACKNOWLEDGED if settled else Guard.UNACKNOWLEDGED)
+    for mode, empty in itertools.product(Mode, (False, True)):
+        needed = needs_ack_facts(mode, outbox_empty=empty)
+        assert needed is (mode is Mode.STRICT and empty)
+        if not needed:  # the outbox alone decides: the directory's facts cannot change it
+            for owed in (False, True):
+                assert settle_guard(mode, outbox_empty=empty, acks_owed=owed) is settle_guard(
+                    mode, outbox_empty=empty
+                )
     assert _guards(Mode.STRICT, Event.WRITE_SETTLED) >= {
         Guard.ACKNOWLEDGED,
         Guard.UNACKNOWLEDGED,
