@@ -236,6 +236,17 @@ def hostile_scenarios() -> tuple[Scenario, ...]:
         _do(Event.OUTBOX_RELAY),
     )
     after_stall = _expect_agents((1, L1State.I, -1), (2, L1State.S, 3), (3, L1State.I, -1))
+    # Redis restored to v2: agent 1's read fills v2 (discarded), then the copy is gone and the
+    # fill fetches again.
+    read_through_restored_v2 = (
+        restored_v2,
+        _do(Event.READ, 1),
+        _do(Event.FILL_FETCH, 1),
+        _do(Event.FILL_DATA, 1),
+        restored_gone,
+        _do(Event.FILL_FETCH, 1),
+        _do(Event.FILL_DATA, 1),
+    )
     return (
         Scenario(
             "stale_l2_copy_is_refetched",
@@ -469,13 +480,7 @@ def hostile_scenarios() -> tuple[Scenario, ...]:
                 *resynced_releasing_owner_stalls,
                 _do(Event.DELIVER_INVALIDATE, 1, 3),
                 *fenced_then_read,
-                restored_v2,
-                _do(Event.READ, 1),
-                _do(Event.FILL_FETCH, 1),
-                _do(Event.FILL_DATA, 1),
-                restored_gone,
-                _do(Event.FILL_FETCH, 1),
-                _do(Event.FILL_DATA, 1),
+                *read_through_restored_v2,
             ),
             expect=_expect_agents((1, L1State.S, 3), (2, L1State.S, 3), (3, L1State.I, -1)),
             tolerated=frozenset({"stale_copies_covered"}),
@@ -492,13 +497,7 @@ def hostile_scenarios() -> tuple[Scenario, ...]:
                 *write_v2,
                 _do(Event.DELIVER_INVALIDATE, 1, 3),
                 *fenced_then_read,
-                restored_v2,
-                _do(Event.READ, 1),
-                _do(Event.FILL_FETCH, 1),
-                _do(Event.FILL_DATA, 1),
-                restored_gone,
-                _do(Event.FILL_FETCH, 1),
-                _do(Event.FILL_DATA, 1),
+                *read_through_restored_v2,
             ),
             expect=_expect_agents((1, L1State.S, 3), (2, L1State.S, 3), (3, L1State.I, -1)),
             tolerated=frozenset({"stale_copies_covered"}),
