@@ -55,7 +55,7 @@ import random
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -157,6 +157,19 @@ class _Summary:
             },
             separators=(",", ":"),
         )
+
+
+async def _read_every_key(
+    keys: Sequence[str], read: Callable[[str], Awaitable[TierEntry | None]], summary: _Summary
+) -> None:
+    """The final reads: each key once, its (value, version) or the error into `summary`."""
+    for key in keys:
+        try:
+            entry = await read(key)
+        except Exception as error:  # recorded as Unknown; reported
+            summary.errors.append(f"final read: {type(error).__name__}: {error}")
+            continue
+        summary.final[key] = None if entry is None else [entry.value, entry.version]
 
 
 async def _traced_delete(
@@ -308,13 +321,7 @@ class _Agent:
 
     async def final_reads(self) -> None:
         """Read every key once more (after every agent stopped writing)."""
-        for key in self.keys:
-            try:
-                entry = await self.read(key)
-            except Exception as error:  # recorded as Unknown; reported
-                self.summary.errors.append(f"final read: {type(error).__name__}: {error}")
-                continue
-            self.summary.final[key] = None if entry is None else [entry.value, entry.version]
+        await _read_every_key(self.keys, self.read, self.summary)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -545,13 +552,7 @@ class _ScriptedAgent:
 
     async def final_reads(self) -> None:
         """Read every key once more (after every agent stopped writing)."""
-        for key in self.keys:
-            try:
-                entry = await self.read(key)
-            except Exception as error:  # recorded as Unknown; reported
-                self.summary.errors.append(f"final read: {type(error).__name__}: {error}")
-                continue
-            self.summary.final[key] = None if entry is None else [entry.value, entry.version]
+        await _read_every_key(self.keys, self.read, self.summary)
 
 
 def _parse_mix(text: str) -> list[float]:
