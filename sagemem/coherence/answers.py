@@ -61,6 +61,7 @@ __all__ = [
     "first_event",
     "lapses_first",
     "loss_event",
+    "miss_branch",
     "needs_ack_facts",
     "owner_compare",
     "parks",
@@ -163,6 +164,11 @@ def _expired(owner: str | None, lapsed: bool) -> str | None:
     return owner if owner is not None and lapsed else None
 
 
+def miss_branch(mode: Mode) -> Guard:
+    """The FILL_FETCH branch of an L2 miss the home answers (not owned, nothing settling)."""
+    return Guard.FETCH_SETTLED if mode is Mode.STRICT else Guard.FETCH_FREE
+
+
 def fetch_verdict(mode: Mode, me: str, fill: FillFacts, home: HomeFacts | None) -> FetchVerdict:
     """The FILL_FETCH branch the answers make (`home` None until the home was read)."""
     if fill.kind is FillKind.UNSETTLED:
@@ -195,7 +201,7 @@ def fetch_verdict(mode: Mode, me: str, fill: FillFacts, home: HomeFacts | None) 
         )
     return FetchVerdict(
         payload=Payload(
-            branch=Guard.FETCH_SETTLED if mode is Mode.STRICT else Guard.FETCH_FREE,
+            branch=miss_branch(mode),
             version=home.version,
             value=home.value,
             fill_lease=fill.lease_token,

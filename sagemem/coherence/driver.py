@@ -824,7 +824,7 @@ class AgentDriver:
         strict = self.mode is Mode.STRICT
         # The script registers the agent where the entry's FILL_FETCH rows say so.
         branches = self.core.branches(key, Event.FILL_FETCH)
-        miss = Guard.FETCH_SETTLED if strict else Guard.FETCH_FREE
+        miss = answers.miss_branch(self.mode)
         on_hit = Effect.DIRECTORY_ADD_HOLDER in branches.get(Guard.FETCH_L2_HIT, ())
         on_miss = Effect.DIRECTORY_ADD_HOLDER in branches.get(miss, ())
         state.fill_sent = time.monotonic()
