@@ -31,6 +31,7 @@ types (`HomeRead`, `CommitAnswer`, `FillStep`) have these fields.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, unique
 from typing import Final, Protocol
@@ -357,20 +358,21 @@ def stale_data_verdict(*, source: int, stale_for_s: float, l2_limit_s: float) ->
 def trusted(
     mode: Mode,
     state: L1State,
-    *,
     now: float,
     deadline: float,
-    link_heard_at: float | None,
+    link_heard_at: Callable[[], float | None],
     link_trust_s: float,
 ) -> bool:
     """Whether a copy or grant may be served now: before its deadline and, for a strict Shared
     copy, while the bus link it was registered over is confirmed (a frame read within
-    `link_trust_s`; a strict holder that cannot confirm it may have missed an invalidation)."""
+    `link_trust_s`; a strict holder that cannot confirm it may have missed an invalidation).
+    `link_heard_at` is asked only then (this is every L1 hit's check: positional, no I/O)."""
     if now >= deadline:
         return False
     if mode is Mode.COHERENT or state is not L1State.S:
         return True
-    return link_heard_at is not None and now - link_heard_at < link_trust_s
+    heard = link_heard_at()
+    return heard is not None and now - heard < link_trust_s
 
 
 def expiry_event(mode: Mode, state: L1State) -> Event | None:

@@ -239,13 +239,13 @@ def test_every_expiry_event_has_a_row_in_its_state(mode: Mode) -> None:
 def test_a_copy_is_trusted_before_its_deadline_and_a_strict_copy_only_over_a_heard_link() -> None:
     """The deadline bounds every copy; a strict S copy also needs a recently heard link."""
     common = {"now": 10.0, "deadline": 11.0, "link_trust_s": 2.0}
-    assert trusted(Mode.COHERENT, L1State.S, link_heard_at=None, **common)
-    assert trusted(Mode.STRICT, L1State.E, link_heard_at=None, **common)
-    assert trusted(Mode.STRICT, L1State.S, link_heard_at=9.0, **common)
-    assert not trusted(Mode.STRICT, L1State.S, link_heard_at=7.5, **common)
-    assert not trusted(Mode.STRICT, L1State.S, link_heard_at=None, **common)
+    assert trusted(Mode.COHERENT, L1State.S, link_heard_at=lambda: None, **common)
+    assert trusted(Mode.STRICT, L1State.E, link_heard_at=lambda: None, **common)
+    assert trusted(Mode.STRICT, L1State.S, link_heard_at=lambda: 9.0, **common)
+    assert not trusted(Mode.STRICT, L1State.S, link_heard_at=lambda: 7.5, **common)
+    assert not trusted(Mode.STRICT, L1State.S, link_heard_at=lambda: None, **common)
     late = {**common, "now": 11.0}
-    assert not trusted(Mode.COHERENT, L1State.M, link_heard_at=None, **late)
+    assert not trusted(Mode.COHERENT, L1State.M, link_heard_at=lambda: None, **late)
 
 
 def test_only_an_owner_past_its_deadline_lapses_before_a_message() -> None:
