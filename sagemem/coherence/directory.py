@@ -312,6 +312,7 @@ class RedisDirectory:
         strict: bool = False,
         register_on_hit: bool = True,
         register_on_miss: bool = True,
+        holders_lapse: bool = True,
     ) -> FillStep:
         """The Redis half of FILL_FETCH: DIRECTORY_ADD_HOLDER, then L2_READ or L2_TAKE_LEASE.
 
@@ -324,6 +325,8 @@ class RedisDirectory:
         changes nothing (the home's outbox is the caller's check). `register_on_hit` and
         `register_on_miss` say whether the entry's FILL_FETCH rows (L2 hit; miss) have
         DIRECTORY_ADD_HOLDER: the script registers the agent only where they do.
+        `holders_lapse` says whether the table's HOLDER_EXPIRE row expires lapsed holders: only
+        then does the script drop lapsed registrations and owed acks before it counts them.
         """
         keys = self._keys(key)
         agent = check_agent_id(agent_id)
@@ -343,6 +346,7 @@ class RedisDirectory:
                     keys[0],  # the copy, only read: see FILL_SCRIPT
                     1 if register_on_hit else 0,
                     1 if register_on_miss else 0,
+                    1 if holders_lapse else 0,
                 ],
             ),
         )
@@ -372,15 +376,17 @@ class RedisDirectory:
             )
         raise DirectoryUnavailable(f"fill script of key {key!r} replied an unknown kind {kind!r}")
 
-    async def add_holder(self, key: str, agent_id: str) -> bool:
+    async def add_holder(self, key: str, agent_id: str, *, holders_lapse: bool = True) -> bool:
         """DIRECTORY_ADD_HOLDER alone (a recalled owner keeps a Shared copy): register
-        `agent_id` for `holder_ttl_s`; False if the holder set was full (do not keep a copy)."""
+        `agent_id` for `holder_ttl_s`; False if the holder set was full (do not keep a copy).
+        `holders_lapse`: lapsed registrations make room first (the HOLDER_EXPIRE row)."""
         agent = check_agent_id(agent_id)
         reply = await self._run(
             "add holder",
             key,
             self._scripts.add_holder(
-                keys=[self.holders_key(key)], args=[agent, self._holder_ttl_ms, self._holders_max]
+                keys=[self.holders_key(key)],
+                args=[agent, self._holder_ttl_ms, self._holders_max, 1 if holders_lapse else 0],
             ),
         )
         if int(reply):
@@ -458,14 +464,16 @@ class RedisDirectory:
         sender: str,
         effects: Sequence[str],
         *,
-        acks_lapse_with_leases: bool = True,
+        holders_lapse: bool = True,
     ) -> Relayed:
         """The Redis effects of an OUTBOX_RELAY row, performed in the row's order in one atomic
         script: `RELAY_L2_DELETE`, `RELAY_PUBLISH` or `RELAY_PUBLISH_AWAIT_ACKS` (see
         `invalidate`). Returns what the script reports it performed, and whom it messaged.
-        `acks_lapse_with_leases`: owed acks vanish when the last holder's read lease lapses
-        (HOLDER_EXPIRE performed by the server's key expiry); False keeps them until they are
-        acknowledged or `expire_lapsed` drops them."""
+        `holders_lapse`: whether the table's HOLDER_EXPIRE row expires lapsed holders: then
+        lapsed holders are dropped unmessaged and owed acks vanish when the last holder's read
+        lease lapses (HOLDER_EXPIRE performed by the server's key expiry); False messages every
+        registered holder and keeps owed acks until they are acknowledged or `expire_lapsed`
+        drops them."""
         check_agent_id(sender)
         if type(version) is not int or not 0 <= version <= INTEGER_MAX:
             raise InvalidValueError(
@@ -486,7 +494,7 @@ class RedisDirectory:
                     self._channel_prefix,
                     encode_unsequenced(message),
                     sender,
-                    1 if acks_lapse_with_leases else 0,
+                    1 if holders_lapse else 0,
                     self._sequence_ttl_ms,
                     channel_suffix(MessageKind.INVALIDATE, key),
                     "".join(effects),

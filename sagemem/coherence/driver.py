@@ -840,7 +840,12 @@ class AgentDriver:
         on_miss = Effect.DIRECTORY_ADD_HOLDER in branches.get(miss, ())
         state.fill_sent = time.monotonic()
         fill = await steps.fill(
-            key, self.agent_id, strict=strict, register_on_hit=on_hit, register_on_miss=on_miss
+            key,
+            self.agent_id,
+            strict=strict,
+            register_on_hit=on_hit,
+            register_on_miss=on_miss,
+            holders_lapse=self._holders_expire(),
         )
         verdict = answers.fetch_verdict(self.mode, self._me, fill, None)
         if verdict.read_home:
@@ -935,7 +940,7 @@ class AgentDriver:
                     version,
                     sender,
                     tuple(redis_batch),
-                    acks_lapse_with_leases=self._holders_expire(),
+                    holders_lapse=self._holders_expire(),
                 )
             except ScopeViolationError:
                 if sender != RELAY_SENDER:
@@ -1052,7 +1057,9 @@ class AgentDriver:
                 if await steps.ack(key, self.agent_id):
                     self.counts["acks_sent"] += 1
             case Effect.DIRECTORY_ADD_HOLDER:
-                if not await steps.add_holder(key, self.agent_id):
+                if not await steps.add_holder(
+                    key, self.agent_id, holders_lapse=self._holders_expire()
+                ):
                     state.deadline = 0.0  # not registered: the kept copy must not be served
             case Effect.DIRECTORY_REMOVE_HOLDER:
                 await steps.remove_holder(key, self.agent_id)

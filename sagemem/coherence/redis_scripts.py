@@ -93,7 +93,8 @@ FILL_UNSETTLED: Final = 3
 # ARGV[1] agent, ARGV[2] a fresh random lease token, ARGV[3] lease ttl ms, ARGV[4] holder
 # ttl ms, ARGV[5] holders max, ARGV[6] '1' in strict mode, ARGV[7] the L2 copy's key, ARGV[8]
 # and ARGV[9] '1' if the FILL_FETCH row of an L2 hit / of a miss has DIRECTORY_ADD_HOLDER (the
-# script performs what the entry's rows say). The copy
+# script performs what the entry's rows say), ARGV[10] '1' if the table's HOLDER_EXPIRE row
+# expires lapsed holders (DIRECTORY_EXPIRE_HOLDER: the script may perform it first). The copy
 # is only read here, so it is not declared: Redis checks declared keys for reading AND
 # writing, and an agent whose grant lets it read a key but not write it (sagemem.grants) may
 # read the copy, never write it.
@@ -114,16 +115,22 @@ end
 local owed = 0
 if not copy then
   -- Strict FETCH_UNSETTLED: while a holder still owes an ack the fill waits, with no effect.
-  -- Lapsed acks are expired first (HOLDER_EXPIRE is a timer that may fire at any time).
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ms(now))
+  -- Lapsed acks are expired first where the table has HOLDER_EXPIRE (a timer that may fire at
+  -- any time).
+  if ARGV[10] == '1' then
+    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ms(now))
+  end
   owed = redis.call('ZCARD', KEYS[3])
   if ARGV[6] == '1' and owed > 0 then
     return {3, 0, '', owed}
   end
 end
 -- DIRECTORY_ADD_HOLDER, refused (registered = 0) when the set is full of live holders: the
--- caller may return the data once but must not cache it.
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ms(now))
+-- caller may return the data once but must not cache it. Lapsed registrations make room only
+-- where the table has HOLDER_EXPIRE.
+if ARGV[10] == '1' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ms(now))
+end
 local registered = 2
 if (copy and ARGV[8] == '1') or (not copy and ARGV[9] == '1') then
   registered = 0
@@ -175,9 +182,10 @@ return 1
 
 # KEYS[1] the L2 copy, KEYS[2] the key's fill lease, KEYS[3] holders, KEYS[4] owed acks.
 # ARGV[1] the bus's channel prefix 'sagemem-bus:<namespace>:', ARGV[2] the invalidation's wire
-# form up to its sequence number, ARGV[3] the sender (not messaged), ARGV[4] '1' if owed acks
-# lapse with their holders' read leases (the HOLDER_EXPIRE row's DIRECTORY_EXPIRE_HOLDER; else
-# they are kept until acknowledged or explicitly expired, for at most ARGV[5] ms),
+# form up to its sequence number, ARGV[3] the sender (not messaged), ARGV[4] '1' if the table's
+# HOLDER_EXPIRE row expires lapsed holders (DIRECTORY_EXPIRE_HOLDER): lapsed holders are then
+# dropped unmessaged and owed acks lapse with their holders' read leases; else registrations
+# stay and owed acks are kept until acknowledged or explicitly expired, for at most ARGV[5] ms,
 # ARGV[5] the sequence counters' ttl ms, ARGV[6] the channel suffix '|i|<key>'
 # (`messages.channel_suffix`): holder h's channel is ARGV[1] .. h .. ARGV[6], its counter
 # ARGV[1] .. h .. ':seq'; ARGV[7] the effects to perform (letters, see below).
@@ -206,8 +214,11 @@ for step = 1, #ARGV[7] do
     performed = performed .. 'D'
   elseif effect == 'P' or effect == 'A' then
     local await_acks = effect == 'A'
-    -- Lapsed holders have dropped their copies by their own clock: they need no message.
-    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ms(now))
+    -- Lapsed holders have dropped their copies by their own clock: they need no message
+    -- (HOLDER_EXPIRE first, where the table has it; ARGV[4]).
+    if ARGV[4] == '1' then
+      redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ms(now))
+    end
     local entries = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
     for i = 1, #entries, 2 do
       local agent = entries[i]
@@ -243,16 +254,17 @@ return sent
 """
 )
 
-# KEYS[1] holders, KEYS[2] owed acks. ARGV[1] agent.
-# Reply 1 if a lapsed owed ack or lapsed registration of the agent was dropped, else 0.
 # DIRECTORY_ADD_HOLDER on its own (a recalled owner keeps a Shared copy: it must be a holder).
-# KEYS[1] holders; ARGV[1] agent, ARGV[2] holder ttl ms, ARGV[3] holders max. Reply 1 if
-# registered, 0 if the set was full of live holders.
+# KEYS[1] holders; ARGV[1] agent, ARGV[2] holder ttl ms, ARGV[3] holders max, ARGV[4] '1' if
+# the table's HOLDER_EXPIRE row expires lapsed holders (they then make room first). Reply 1 if
+# registered, 0 if the set was full.
 ADD_HOLDER_SCRIPT: Final = (
     _PRELUDE
     + """
 local now = now_ms()
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms(now))
+if ARGV[4] == '1' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms(now))
+end
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
   redis.call('ZADD', KEYS[1], ms(now + tonumber(ARGV[2])), ARGV[1])
   expire_at_newest(KEYS[1])
@@ -262,6 +274,8 @@ return 0
 """
 )
 
+# KEYS[1] holders, KEYS[2] owed acks. ARGV[1] agent.
+# Reply 1 if a lapsed owed ack or lapsed registration of the agent was dropped, else 0.
 EXPIRE_HOLDER_SCRIPT: Final = (
     _PRELUDE
     + """

@@ -56,15 +56,18 @@ class ServerSteps:
         strict: bool,
         register_on_hit: bool = True,
         register_on_miss: bool = True,
+        holders_lapse: bool = True,
     ) -> FillStep:
         """The fill script: register as holder (where the entry's rows say), L2 get, else a fill
-        lease (strict: or wait)."""
+        lease (strict: or wait); lapsed registrations and acks dropped first if `holders_lapse`
+        (the HOLDER_EXPIRE row)."""
         return await self.directory.fill(
             key,
             agent_id,
             strict=strict,
             register_on_hit=register_on_hit,
             register_on_miss=register_on_miss,
+            holders_lapse=holders_lapse,
         )
 
     async def home_read(self, key: str) -> HomeRead:
@@ -146,17 +149,17 @@ class ServerSteps:
         sender: str,
         effects: tuple[Effect, ...],
         *,
-        acks_lapse_with_leases: bool,
+        holders_lapse: bool,
     ) -> tuple[tuple[Effect, ...], tuple[str, ...]]:
         """Redis effects of OUTBOX_RELAY (`REDIS_RELAY_EFFECTS`), in order, in one script;
         returns the effects the script reports it performed and the agents it messaged.
-        `acks_lapse_with_leases`: whether HOLDER_EXPIRE (performed by key expiry) applies."""
+        `holders_lapse`: whether HOLDER_EXPIRE applies (lapsed holders dropped, acks lapse)."""
         relayed: Relayed = await self.directory.relay(
             key,
             version,
             sender,
             [REDIS_RELAY_EFFECTS[e] for e in effects],
-            acks_lapse_with_leases=acks_lapse_with_leases,
+            holders_lapse=holders_lapse,
         )
         by_letter = {letter: effect for effect, letter in REDIS_RELAY_EFFECTS.items()}
         return tuple(by_letter[letter] for letter in relayed.performed), relayed.messaged
@@ -177,9 +180,9 @@ class ServerSteps:
         """SEND_ACK: this holder acknowledges an invalidation."""
         return await self.directory.ack(key, agent_id)
 
-    async def add_holder(self, key: str, agent_id: str) -> bool:
+    async def add_holder(self, key: str, agent_id: str, *, holders_lapse: bool = True) -> bool:
         """DIRECTORY_ADD_HOLDER; False if the holder set is full (the copy is not served)."""
-        return await self.directory.add_holder(key, agent_id)
+        return await self.directory.add_holder(key, agent_id, holders_lapse=holders_lapse)
 
     async def remove_holder(self, key: str, agent_id: str) -> bool:
         """DIRECTORY_REMOVE_HOLDER."""

@@ -26,6 +26,8 @@ from sagemem.coherence import (
     RecallMessage,
 )
 from sagemem.coherence.directory import (
+    RELAY_L2_DELETE,
+    RELAY_PUBLISH_AWAIT_ACKS,
     DirectoryUnavailable,
     FillKind,
     FillStep,
@@ -468,6 +470,34 @@ async def test_lapsed_holders_need_no_message(client: aioredis.Redis, namespace:
     await poll_until(lapsed, "the registrations to lapse", WAIT_S, interval_s=0.02)
     await short.fill(KEY, "b")
     assert await short.invalidate(KEY, 2, "writer") == ("b",)
+
+
+async def test_lapsed_registrations_stay_where_the_table_has_no_holder_expire(
+    client: aioredis.Redis, namespace: str
+) -> None:
+    """The scripts drop lapsed registrations and owed acks only where the HOLDER_EXPIRE row
+    says so (`holders_lapse`): without it a lapsed holder is still messaged, still counted
+    against the cap, and a strict fill still waits for its lapsed ack."""
+    short = RedisDirectory(client, namespace, holder_ttl_s=0.2, holders_max=2)
+    long = RedisDirectory(client, namespace, holder_ttl_s=60.0, holders_max=2)
+    await short.fill(KEY, "a")
+    await long.fill(KEY, "b")
+
+    async def a_lapsed() -> bool:
+        return await long.holders(KEY) == ("b",)
+
+    await poll_until(a_lapsed, "a's registration to lapse", WAIT_S, interval_s=0.02)
+    refused = await long.fill(KEY, "c", holders_lapse=False)
+    assert refused.registered is False  # the lapsed registration still takes its place
+    assert await long.add_holder(KEY, "c", holders_lapse=False) is False
+    assert await client.zscore(long.holders_key(KEY), "a") is not None
+    effects = (RELAY_L2_DELETE, RELAY_PUBLISH_AWAIT_ACKS)
+    messaged = await long.relay(KEY, 2, "writer", effects, holders_lapse=False)
+    assert messaged.messaged == ("a", "b")
+    assert await long.ack(KEY, "b") is True
+    step = await long.fill(KEY, "d", strict=True, holders_lapse=False)
+    assert step.kind is FillKind.UNSETTLED  # a's lapsed ack is owed until HOLDER_EXPIRE
+    assert (await long.fill(KEY, "d", strict=True)).kind is FillKind.LEASED  # the row drops it
 
 
 # -- failures -----------------------------------------------------------------------------------

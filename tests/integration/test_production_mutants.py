@@ -197,13 +197,11 @@ class _FailingRelay(ServerSteps):
         sender: str,
         effects: tuple[Effect, ...],
         *,
-        acks_lapse_with_leases: bool,
+        holders_lapse: bool,
     ) -> tuple[tuple[Effect, ...], tuple[str, ...]]:
         if {Effect.PUBLISH_INVALIDATIONS, Effect.PUBLISH_INVALIDATIONS_AWAIT_ACKS} & set(effects):
             raise TierUnavailable("injected: the relay's Redis call failed", tier="L2")
-        return await super().relay(
-            key, version, sender, effects, acks_lapse_with_leases=acks_lapse_with_leases
-        )
+        return await super().relay(key, version, sender, effects, holders_lapse=holders_lapse)
 
 
 def _failing_relay(home: HomeStore, directory: RedisDirectory, bus: CoherenceBus) -> ServerSteps:

@@ -1,0 +1,1 @@
+"""Production mutation sampling: run the real-server protocol tests against a mutated table."""
