@@ -1,7 +1,8 @@
 """The coherence protocol of sagemem as executable data: one table, its interpreter, invariants.
 
-Import it as `sagemem.spec` (never as a bare `spec`). Standard library only; no I/O. The
-production core executes `TABLE` itself, and `proofs/` checks it.
+Import it as `sagemem.spec`; `import spec` (the repository's top-level folder, also in the
+wheel) gives the very same modules, so `spec.L1State is sagemem.spec.L1State`. Standard
+library only; no I/O. The production core executes `TABLE` itself, and `proofs/` checks it.
 
 The design in brief (one key; keys are independent):
 
@@ -25,6 +26,16 @@ The design in brief (one key; keys are independent):
 """
 
 from __future__ import annotations
+
+import importlib as _importlib
+import sys as _sys
+
+if __name__ != "sagemem.spec":
+    # Imported as the top-level `spec`: become `sagemem.spec`, submodules included, so that one
+    # module tree (one TABLE, one L1State) exists whichever name a user imports.
+    _sys.modules[__name__] = _importlib.import_module("sagemem.spec")
+    for _name in ("vocabulary", "table", "model", "invariants", "conformance"):
+        _sys.modules[f"{__name__}.{_name}"] = _importlib.import_module(f"sagemem.spec.{_name}")
 
 from .invariants import INVARIANTS, Invariant, first_violation, invariants_for, is_quiescent
 from .model import (
