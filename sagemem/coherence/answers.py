@@ -178,7 +178,11 @@ def fetch_verdict(mode: Mode, me: str, fill: FillFacts, home: HomeFacts | None) 
         return FetchVerdict(payload=Payload(branch=Guard.FETCH_UNSETTLED), registered=False)
     if fill.kind is FillKind.L2_HIT:
         entry = fill.entry
-        if entry is None or entry.version is None:
+        if entry is None:  # the row has no L2_READ: the script did not return the copy
+            return FetchVerdict(
+                payload=Payload(branch=Guard.FETCH_L2_HIT), registered=fill.registered, source=1
+            )
+        if entry.version is None:
             raise ValueError(f"an L2 hit without a versioned entry: {fill!r}")
         return FetchVerdict(
             payload=Payload(branch=Guard.FETCH_L2_HIT, version=entry.version, value=entry.value),

@@ -313,6 +313,8 @@ class RedisDirectory:
         register_on_hit: bool = True,
         register_on_miss: bool = True,
         holders_lapse: bool = True,
+        read_on_hit: bool = True,
+        lease_on_miss: bool = True,
     ) -> FillStep:
         """The Redis half of FILL_FETCH: DIRECTORY_ADD_HOLDER, then L2_READ or L2_TAKE_LEASE.
 
@@ -327,6 +329,8 @@ class RedisDirectory:
         DIRECTORY_ADD_HOLDER: the script registers the agent only where they do.
         `holders_lapse` says whether the table's HOLDER_EXPIRE row expires lapsed holders: only
         then does the script drop lapsed registrations and owed acks before it counts them.
+        `read_on_hit` and `lease_on_miss` say whether the L2-hit row has L2_READ and the miss
+        row L2_TAKE_LEASE: without them the step carries no entry / no lease token.
         """
         keys = self._keys(key)
         agent = check_agent_id(agent_id)
@@ -347,6 +351,8 @@ class RedisDirectory:
                     1 if register_on_hit else 0,
                     1 if register_on_miss else 0,
                     1 if holders_lapse else 0,
+                    1 if read_on_hit else 0,
+                    1 if lease_on_miss else 0,
                 ],
             ),
         )
@@ -361,16 +367,17 @@ class RedisDirectory:
             self._registrations_refused += 1
         if kind == FILL_L2_HIT:
             self._l2_hits += 1
-            entry = self._decode_entry(keys[0], payload)
+            entry = self._decode_entry(keys[0], payload) if _text(payload) else None
             return FillStep(
                 FillKind.L2_HIT, registered, entry=entry, acks_owed=int(owed), holder_added=added
             )
         if kind == FILL_LEASED:
-            self._leases_granted += 1
+            lease = _text(payload) or None
+            self._leases_granted += 1 if lease is not None else 0
             return FillStep(
                 FillKind.LEASED,
                 registered,
-                lease_token=_text(payload),
+                lease_token=lease,
                 acks_owed=int(owed),
                 holder_added=added,
             )

@@ -836,8 +836,10 @@ class AgentDriver:
         # The script registers the agent where the entry's FILL_FETCH rows say so.
         branches = self.core.branches(key, Event.FILL_FETCH)
         miss = answers.miss_branch(self.mode)
-        on_hit = Effect.DIRECTORY_ADD_HOLDER in branches.get(Guard.FETCH_L2_HIT, ())
-        on_miss = Effect.DIRECTORY_ADD_HOLDER in branches.get(miss, ())
+        hit_effects = branches.get(Guard.FETCH_L2_HIT, ())
+        miss_effects = branches.get(miss, ())
+        on_hit = Effect.DIRECTORY_ADD_HOLDER in hit_effects
+        on_miss = Effect.DIRECTORY_ADD_HOLDER in miss_effects
         state.fill_sent = time.monotonic()
         fill = await steps.fill(
             key,
@@ -846,6 +848,8 @@ class AgentDriver:
             register_on_hit=on_hit,
             register_on_miss=on_miss,
             holders_lapse=self._holders_expire(),
+            read_on_hit=Effect.L2_READ in hit_effects,
+            lease_on_miss=Effect.L2_TAKE_LEASE in miss_effects,
         )
         verdict = answers.fetch_verdict(self.mode, self._me, fill, None)
         if verdict.read_home:
@@ -859,6 +863,16 @@ class AgentDriver:
                     f"FILL_FETCH of {key!r} [{branch.value}]: the fill script "
                     f"{'registered' if attempted else 'did not register'} the agent, the row "
                     f"{'has' if wanted else 'has no'} DIRECTORY_ADD_HOLDER"
+                )
+            effect, done = (
+                (Effect.L2_READ, fill.entry is not None)
+                if branch is Guard.FETCH_L2_HIT
+                else (Effect.L2_TAKE_LEASE, fill.lease_token is not None)
+            )
+            if done is not (effect in branches.get(branch, ())):
+                raise ProtocolError(
+                    f"FILL_FETCH of {key!r} [{branch.value}]: the fill script "
+                    f"{'performed' if done else 'did not perform'} {effect.name}, unlike the row"
                 )
         state.unregistered = not verdict.registered
         if verdict.owner is not None:

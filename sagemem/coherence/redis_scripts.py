@@ -94,12 +94,16 @@ FILL_UNSETTLED: Final = 3
 # ttl ms, ARGV[5] holders max, ARGV[6] '1' in strict mode, ARGV[7] the L2 copy's key, ARGV[8]
 # and ARGV[9] '1' if the FILL_FETCH row of an L2 hit / of a miss has DIRECTORY_ADD_HOLDER (the
 # script performs what the entry's rows say), ARGV[10] '1' if the table's HOLDER_EXPIRE row
-# expires lapsed holders (DIRECTORY_EXPIRE_HOLDER: the script may perform it first). The copy
+# expires lapsed holders (DIRECTORY_EXPIRE_HOLDER: the script may perform it first), ARGV[11]
+# '1' if the L2-hit row has L2_READ (else the copy is not returned), ARGV[12] '1' if the miss
+# row has L2_TAKE_LEASE (else no lease is handed out; the script acts before the home says
+# whether an owner holds the key, so a lease the owned branch does not use simply expires, as
+# L2_ABANDON_LEASE does). The copy
 # is only read here, so it is not declared: Redis checks declared keys for reading AND
 # writing, and an agent whose grant lets it read a key but not write it (sagemem.grants) may
 # read the copy, never write it.
 # Reply {kind, registered (1 added, 0 refused: the set is full, 2 not asked by the row),
-# payload (copy or token, '' when none), acks still owed}.
+# payload (copy or token, '' when none: not asked by the row), acks still owed}.
 FILL_SCRIPT: Final = (
     _PRELUDE
     + """
@@ -141,8 +145,14 @@ if (copy and ARGV[8] == '1') or (not copy and ARGV[9] == '1') then
   end
 end
 if copy then
-  -- L2_READ
+  -- L2_READ, where the row has it
+  if ARGV[11] ~= '1' then
+    copy = ''
+  end
   return {1, registered, copy, owed}
+end
+if ARGV[12] ~= '1' then
+  return {2, registered, '', owed}
 end
 -- L2_TAKE_LEASE: the key has one lease; handing out a new one voids the older one.
 redis.call('DEL', KEYS[1])

@@ -57,10 +57,12 @@ class ServerSteps:
         register_on_hit: bool = True,
         register_on_miss: bool = True,
         holders_lapse: bool = True,
+        read_on_hit: bool = True,
+        lease_on_miss: bool = True,
     ) -> FillStep:
         """The fill script: register as holder (where the entry's rows say), L2 get, else a fill
-        lease (strict: or wait); lapsed registrations and acks dropped first if `holders_lapse`
-        (the HOLDER_EXPIRE row)."""
+        lease (strict: or wait), each where the entry's rows say; lapsed registrations and acks
+        dropped first if `holders_lapse` (the HOLDER_EXPIRE row)."""
         return await self.directory.fill(
             key,
             agent_id,
@@ -68,6 +70,8 @@ class ServerSteps:
             register_on_hit=register_on_hit,
             register_on_miss=register_on_miss,
             holders_lapse=holders_lapse,
+            read_on_hit=read_on_hit,
+            lease_on_miss=lease_on_miss,
         )
 
     async def home_read(self, key: str) -> HomeRead:

@@ -472,6 +472,28 @@ async def test_lapsed_holders_need_no_message(client: aioredis.Redis, namespace:
     assert await short.invalidate(KEY, 2, "writer") == ("b",)
 
 
+async def test_the_fill_reads_l2_and_takes_a_lease_only_where_the_rows_say(
+    directory: RedisDirectory, client: aioredis.Redis
+) -> None:
+    """Without L2_READ in the hit row the copy is not returned; without L2_TAKE_LEASE in the
+    miss row no lease is handed out (and none is stored), so an older lease stays valid."""
+    older = await directory.fill(KEY, "a")
+    unleased = await directory.fill(KEY, "b", lease_on_miss=False)
+    assert unleased.kind is FillKind.LEASED
+    assert unleased.lease_token is None
+    assert await client.hget(directory.lease_key(KEY), "agent") == b"a"
+    assert older.lease_token is not None
+    assert await directory.leased_fill(KEY, "a", older.lease_token, 3, {"v": 3}) is True
+
+    unread = await directory.fill(KEY, "c", read_on_hit=False)
+    assert unread.kind is FillKind.L2_HIT
+    assert unread.entry is None
+    assert unread.registered
+    read = await directory.fill(KEY, "c")
+    assert read.entry is not None
+    assert (read.entry.version, read.entry.value) == (3, {"v": 3})
+
+
 async def test_lapsed_registrations_stay_where_the_table_has_no_holder_expire(
     client: aioredis.Redis, namespace: str
 ) -> None:
