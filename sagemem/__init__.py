@@ -17,9 +17,15 @@ __all__ = [
     "CoherenceBus",
     "CoherentL1Tier",
     "ConfigurationError",
+    "DRAMTier",
     "InvalidKeyError",
     "InvalidValueError",
+    "L1State",
+    "L1Tier",
+    "L2Tier",
+    "L3Tier",
     "MemoryHierarchy",
+    "Mode",
     "OutcomeUnknown",
     "SageMemError",
     "ScopeViolationError",
@@ -35,6 +41,12 @@ _LAZY = {
     "AgentCapability": "sagemem.scope",
     "CoherenceBus": "sagemem.coherence.bus",
     "CoherentL1Tier": "sagemem.tiers.l1_coherent",
+    "DRAMTier": "sagemem.tiers.dram",
+    "L1State": "sagemem.spec.vocabulary",
+    "L1Tier": "sagemem.tiers.l1",
+    "L2Tier": "sagemem.tiers.l2",
+    "L3Tier": "sagemem.tiers.l3",
+    "Mode": "sagemem.spec.vocabulary",
     "MemoryHierarchy": "sagemem.hierarchy",
     "ScopedHierarchy": "sagemem.scope",
     "TierEntry": "sagemem.tiers.base",
@@ -73,8 +85,13 @@ if TYPE_CHECKING:
     )
     from sagemem.hierarchy import MemoryHierarchy
     from sagemem.scope import AgentCapability, ScopedHierarchy
+    from sagemem.spec.vocabulary import L1State, Mode
     from sagemem.tiers.base import TierEntry
+    from sagemem.tiers.dram import DRAMTier
+    from sagemem.tiers.l1 import L1Tier
     from sagemem.tiers.l1_coherent import CoherentL1Tier
+    from sagemem.tiers.l2 import L2Tier
+    from sagemem.tiers.l3 import L3Tier
 
 
 def __getattr__(name: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 import zipfile
@@ -46,6 +47,42 @@ def test_importing_sagemem_loads_no_driver() -> None:
         [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60
     )
     assert result.stdout.strip() == "[]"
+
+
+PUBLIC_SURFACE = {
+    "AgentCapability": "sagemem.scope",
+    "ClosedResourceError": "sagemem.errors",
+    "CoherenceBus": "sagemem.coherence.bus",
+    "CoherentL1Tier": "sagemem.tiers.l1_coherent",
+    "ConfigurationError": "sagemem.errors",
+    "DRAMTier": "sagemem.tiers.dram",
+    "InvalidKeyError": "sagemem.errors",
+    "InvalidValueError": "sagemem.errors",
+    "L1State": "sagemem.spec",
+    "L1Tier": "sagemem.tiers.l1",
+    "L2Tier": "sagemem.tiers.l2",
+    "L3Tier": "sagemem.tiers.l3",
+    "MemoryHierarchy": "sagemem.hierarchy",
+    "Mode": "sagemem.spec",
+    "OutcomeUnknown": "sagemem.errors",
+    "SageMemError": "sagemem.errors",
+    "ScopeViolationError": "sagemem.errors",
+    "ScopedHierarchy": "sagemem.scope",
+    "TierEntry": "sagemem.tiers.base",
+    "TierUnavailable": "sagemem.errors",
+    "ValueTooLargeError": "sagemem.errors",
+    "VersionConflict": "sagemem.errors",
+    "connect": "sagemem.connection",
+}
+
+
+def test_the_public_surface_is_pinned_and_each_name_is_the_deep_one() -> None:
+    """`import sagemem` exports exactly what the README teaches (tiers, hierarchy, coherent L1,
+    bus, capability, scoped view, modes, states, errors, connect), each the very object its
+    module defines; adding or dropping a name must be a deliberate edit of this list."""
+    assert sorted(sagemem.__all__) == sorted(PUBLIC_SURFACE)
+    for name, module in PUBLIC_SURFACE.items():
+        assert getattr(sagemem, name) is getattr(importlib.import_module(module), name), name
 
 
 def test_every_public_name_resolves() -> None:
