@@ -99,15 +99,15 @@ def connect(
         from sagemem.coherence.bus import CoherenceBus
         from sagemem.tiers.l1_coherent import CoherentL1Tier
 
-        bus = CoherenceBus(url=redis_url, namespace=namespace)
+        bus = CoherenceBus(redis_url, namespace=namespace)
         l1 = CoherentL1Tier(agent_id, bus, l1_capacity, mode=mode)
     tiers: list[Tier] = [
         l1,
-        L2Tier(url=redis_url, namespace=namespace, ttl=l2_ttl_s),
-        L3Tier(dsn=postgres_dsn, namespace=namespace),
+        L2Tier(redis_url, namespace=namespace, ttl_s=l2_ttl_s),
+        L3Tier(postgres_dsn, namespace=namespace),
     ]
     if semantic:
         from sagemem.tiers.dram import DRAMTier
 
-        tiers.append(DRAMTier(dsn=postgres_dsn, namespace=namespace, embedder=embedder))
+        tiers.append(DRAMTier(postgres_dsn, namespace=namespace, embedder=embedder))
     return _Connection(MemoryHierarchy(tiers, owns_tiers=True), bus)

@@ -355,7 +355,7 @@ class ScopedHierarchy(AsyncResource):
             )
         namespace = check_namespace(shared.namespace + L2_SPACE_SUFFIX, derived=True)
         # The same server as the protocol's L2 (the URL argument, or None: env/embedded).
-        return L2Tier(shared.url, namespace=namespace, ttl=shared.ttl)
+        return L2Tier(shared.redis_url, namespace=namespace, ttl_s=shared.ttl_s)
 
     # -- what the agent may know about itself ----------------------------------------------
 

@@ -51,6 +51,7 @@ from redis.exceptions import NoPermissionError, RedisError
 
 from sagemem._driver_errors import refused_by_server, tier_unavailable
 from sagemem._lifecycle import AsyncResource
+from sagemem._renamed import UNSET, Unset, renamed
 from sagemem.coherence.messages import (
     CHANNEL_PREFIX,
     BusEvent,
@@ -294,11 +295,14 @@ class Subscription:
 class CoherenceBus(AsyncResource):
     """Redis pub/sub transport of invalidations and recalls, addressed to agent ids.
 
-    `url=None` takes `SAGEMEM_REDIS_URL`, else the embedded server, when `connect()` runs. The
-    bus owns two Redis clients, both created by `connect()` and closed by `aclose()`: a small
-    pool for publishing (and reading sequence counters) and one dedicated pub/sub connection
-    (replaced after a failure), plus the listener task that reads it. Several agents of one
-    process share one bus: each `subscribe()`s its own agent id.
+    `redis_url=None` takes `SAGEMEM_REDIS_URL`, else the embedded server, when `connect()` runs
+    (`url=`, the
+    design note's spelling, is accepted too; `connections_max=` is the deprecated old name of
+    `pool_size_max=`, the publishing pool's bound). The bus owns two Redis clients, both created by
+    `connect()` and closed by `aclose()`: a small pool for publishing (and reading sequence
+    counters) and one dedicated pub/sub connection (replaced after a failure), plus the listener
+    task that reads it. Several agents of one process share one bus: each `subscribe()`s its own
+    agent id.
 
     Handlers run one at a time on the listener task, in the order events arrive, each bounded by
     `handler_timeout_s`; they must not await `subscribe()` (the listener is what completes it).
@@ -311,7 +315,7 @@ class CoherenceBus(AsyncResource):
 
     def __init__(
         self,
-        url: str | None = None,
+        redis_url: str | None = None,
         *,
         namespace: str = "default",
         connect_timeout_s: float = 5.0,
@@ -323,11 +327,17 @@ class CoherenceBus(AsyncResource):
         reconnect_delay_min_s: float = 0.05,
         reconnect_delay_max_s: float = 2.0,
         sequence_ttl_s: float = 7 * 24 * 3600.0,
-        connections_max: int = 16,
+        pool_size_max: int = 16,
+        url: str | Unset | None = UNSET,
+        connections_max: int | Unset = UNSET,
     ) -> None:
+        url = renamed("CoherenceBus", "redis_url", redis_url, None, "url", url, deprecated=False)
+        connections_max = renamed(
+            "CoherenceBus", "pool_size_max", pool_size_max, 16, "connections_max", connections_max
+        )
         if url is not None and (type(url) is not str or not url):
             raise ConfigurationError(
-                f"CoherenceBus url must be a redis:// URL string or None, got {url!r}; None "
+                f"CoherenceBus redis_url must be a redis:// URL string or None, got {url!r}; None "
                 "uses SAGEMEM_REDIS_URL or the embedded server"
             )
         self.namespace: Final = check_namespace(namespace)
@@ -353,7 +363,7 @@ class CoherenceBus(AsyncResource):
         )
         if type(connections_max) is not int or connections_max < 1:
             raise ConfigurationError(
-                f"CoherenceBus connections_max must be a positive int, got {connections_max!r}"
+                f"CoherenceBus pool_size_max must be a positive int, got {connections_max!r}"
             )
         self._connections_max: Final = connections_max
         self._prefix: Final = f"{CHANNEL_PREFIX}:{self.namespace}:"

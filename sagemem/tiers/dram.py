@@ -60,6 +60,7 @@ import asyncpg
 from pgvector.asyncpg import register_vector
 
 from sagemem._driver_errors import refused_by_server, tier_unavailable
+from sagemem._renamed import UNSET, Unset, renamed
 from sagemem.embedding import DIMENSIONS_MAX, Embedder, HashingEmbedder
 from sagemem.errors import ConfigurationError, InvalidValueError, SageMemError, TierUnavailable
 from sagemem.tiers.l3 import (
@@ -304,7 +305,7 @@ class DRAMTier(VersionedRowTier):
 
     def __init__(
         self,
-        dsn: str | None = None,
+        postgres_dsn: str | None = None,
         *,
         namespace: str = "default",
         schema: str = "sagemem",
@@ -317,9 +318,10 @@ class DRAMTier(VersionedRowTier):
         command_timeout_s: float = 30.0,
         text_statistics_ttl_s: float = 10.0,
         query_cache_size: int = 1024,
+        dsn: str | Unset | None = UNSET,
     ) -> None:
         super().__init__(
-            dsn,
+            renamed("DRAMTier", "postgres_dsn", postgres_dsn, None, "dsn", dsn, deprecated=False),
             namespace=namespace,
             schema=schema,
             value_size_max_bytes=value_size_max_bytes,

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from sagemem._driver_errors import not_connected, tier_unavailable
 from sagemem._lifecycle import AsyncResource
+from sagemem._renamed import UNSET, Unset, renamed
 from sagemem.errors import ConfigurationError, InvalidValueError, TierUnavailable
 from sagemem.tiers.base import TierEntry
 from sagemem.values import (
@@ -63,40 +64,49 @@ def _check_positive_seconds(name: str, value: object, *, allow_none: bool) -> fl
 class L2Tier(AsyncResource):
     """A Redis-backed tier: one namespace of a Redis server, optionally with a TTL per entry.
 
-    `url=None` takes `SAGEMEM_REDIS_URL`, else the embedded server (started or reused by
-    `sagemem.services`) when `connect()` runs. The tier owns its connection pool: `connect()`
-    creates it (and checks the server answers), `aclose()` closes it. At most
-    `connections_max` commands run at once (so at most that many connections are opened); a
+    `redis_url=None` takes `SAGEMEM_REDIS_URL`, else the embedded server (started or reused
+    by `sagemem.services`) when `connect()` runs. The tier owns its connection pool:
+    `connect()` creates it (and checks the server answers), `aclose()` closes it. At most
+    `pool_size_max` commands run at once (so at most that many connections are opened); a
     command waits at most `pool_timeout_s` for its turn and at most `command_timeout_s` for
-    its reply. `ttl` (seconds, may be fractional)
-    makes every entry written or filled expire, so a copy a coherence message missed cannot
-    stay stale forever.
+    its reply. `ttl_s` (seconds, may be fractional) makes every entry written or filled
+    expire, so a copy a coherence message missed cannot stay stale forever. `url=`, the design
+    note's spelling, is accepted too; the old names `ttl=` and `connections_max=` still work
+    for one release, with a `DeprecationWarning`.
     """
 
     name = "L2"
 
     def __init__(
         self,
-        url: str | None = None,
+        redis_url: str | None = None,
         *,
         namespace: str = "default",
-        ttl: float | None = None,
+        ttl_s: float | None = None,
         value_size_max_bytes: int = VALUE_SIZE_MAX_BYTES,
-        connections_max: int = 32,
+        pool_size_max: int = 32,
         connect_timeout_s: float = 5.0,
         command_timeout_s: float = 10.0,
         pool_timeout_s: float = 10.0,
+        url: str | Unset | None = UNSET,
+        ttl: float | Unset | None = UNSET,
+        connections_max: int | Unset = UNSET,
     ) -> None:
+        url = renamed("L2Tier", "redis_url", redis_url, None, "url", url, deprecated=False)
+        ttl = renamed("L2Tier", "ttl_s", ttl_s, None, "ttl", ttl)
+        connections_max = renamed(
+            "L2Tier", "pool_size_max", pool_size_max, 32, "connections_max", connections_max
+        )
         if url is not None and (type(url) is not str or not url):
             raise ConfigurationError(
-                f"L2 url must be a redis:// URL string or None, got {url!r}; None uses "
+                f"L2 redis_url must be a redis:// URL string or None, got {url!r}; None uses "
                 "SAGEMEM_REDIS_URL or the embedded server"
             )
         self.namespace: Final = check_namespace(namespace, derived=True)
-        ttl_s = _check_positive_seconds("ttl", ttl, allow_none=True)
-        self.ttl: Final = ttl_s
+        seconds = _check_positive_seconds("ttl_s", ttl, allow_none=True)
+        self.ttl_s: Final = seconds
         # Redis expiries are whole milliseconds; round up so a tiny TTL never becomes "no TTL".
-        self._ttl_ms: Final = None if ttl_s is None else max(1, math.ceil(ttl_s * 1000))
+        self._ttl_ms: Final = None if seconds is None else max(1, math.ceil(seconds * 1000))
         if type(value_size_max_bytes) is not int or value_size_max_bytes < 1:
             raise ConfigurationError(
                 f"L2 value_size_max_bytes must be a positive int, got {value_size_max_bytes!r}"
@@ -104,7 +114,7 @@ class L2Tier(AsyncResource):
         self.value_size_max_bytes: Final = value_size_max_bytes
         if type(connections_max) is not int or connections_max < 1:
             raise ConfigurationError(
-                f"L2 connections_max must be a positive int, got {connections_max!r}"
+                f"L2 pool_size_max must be a positive int, got {connections_max!r}"
             )
         self._connections_max: Final = connections_max
         self._connect_timeout_s: Final = _check_positive_seconds(
@@ -125,13 +135,23 @@ class L2Tier(AsyncResource):
 
     def __repr__(self) -> str:
         state = "connected" if self._client is not None else "not connected"
-        return f"L2Tier(namespace={self.namespace!r}, ttl={self.ttl!r}, {state})"
+        return f"L2Tier(namespace={self.namespace!r}, ttl_s={self.ttl_s!r}, {state})"
 
     @property
-    def url(self) -> str | None:
+    def redis_url(self) -> str | None:
         """The Redis URL given to the constructor (None: `SAGEMEM_REDIS_URL` or the embedded
         server, resolved when `connect()` runs)."""
         return self._url_argument
+
+    @property
+    def url(self) -> str | None:
+        """`redis_url` under its old name."""
+        return self._url_argument
+
+    @property
+    def ttl(self) -> float | None:
+        """`ttl_s` under its old name."""
+        return self.ttl_s
 
     # -- lifecycle ------------------------------------------------------------------------
 

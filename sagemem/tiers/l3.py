@@ -38,6 +38,7 @@ import asyncpg
 
 from sagemem._driver_errors import not_connected, refused_by_server, tier_unavailable
 from sagemem._lifecycle import AsyncResource
+from sagemem._renamed import UNSET, Unset, renamed
 from sagemem.errors import ConfigurationError, InvalidValueError, VersionConflict
 from sagemem.tiers.base import TierEntry
 from sagemem.values import (
@@ -396,7 +397,7 @@ class VersionedRowTier(AsyncResource):
 
     def __init__(
         self,
-        dsn: str | None = None,
+        postgres_dsn: str | None = None,
         *,
         namespace: str = "default",
         schema: str = "sagemem",
@@ -404,11 +405,21 @@ class VersionedRowTier(AsyncResource):
         pool_size_max: int = 10,
         connect_timeout_s: float = 10.0,
         command_timeout_s: float = 30.0,
+        dsn: str | Unset | None = UNSET,
     ) -> None:
+        dsn = renamed(
+            f"{type(self).__name__}",
+            "postgres_dsn",
+            postgres_dsn,
+            None,
+            "dsn",
+            dsn,
+            deprecated=False,
+        )
         if dsn is not None and (type(dsn) is not str or not dsn):
             raise ConfigurationError(
-                f"{self.name} dsn must be a postgresql:// DSN string or None, got {dsn!r}; None "
-                "uses SAGEMEM_POSTGRES_DSN or the embedded server"
+                f"{self.name} postgres_dsn must be a postgresql:// DSN string or None, got "
+                f"{dsn!r}; None uses SAGEMEM_POSTGRES_DSN or the embedded server"
             )
         self.namespace: Final = check_namespace(namespace)
         self.schema: Final = check_schema(schema)
@@ -764,15 +775,16 @@ class VersionedRowTier(AsyncResource):
 class L3Tier(VersionedRowTier):
     """L3: the global home of every key, Postgres JSONB with versions and compare-and-swap.
 
-    `dsn=None` takes `SAGEMEM_POSTGRES_DSN`, else the embedded server (started or reused by
-    `sagemem.services`) when `connect()` runs. The tier owns its connection pool (at most
-    `pool_size_max` connections): `connect()` creates it, and the schema and table if they are
-    missing (safe when several processes connect at once), `aclose()` closes it. The server
-    aborts (and rolls back) a statement that waits for a lock longer than `command_timeout_s`,
-    a command waits at most as long for a free connection, and no statement runs more than
-    1.5 times as long (at least 1 s more) before the client gives up; connecting waits at most
-    `connect_timeout_s`. A caller that cancels a write mid-statement cannot know whether it
-    committed, as with any lost reply: re-read the version.
+    `postgres_dsn=None` takes `SAGEMEM_POSTGRES_DSN`, else the embedded server (started or
+    reused by `sagemem.services`) when `connect()` runs (`dsn=`, the design note's spelling, is
+    accepted too). The tier owns its connection pool (at most `pool_size_max` connections):
+    `connect()` creates it, and the schema and table if they are missing (safe when several
+    processes connect at once), `aclose()` closes it. The server aborts (and rolls back) a
+    statement that waits for a lock longer than `command_timeout_s`, a command waits at most as
+    long for a free connection, and no statement runs more than 1.5 times as long (at least 1 s
+    more) before the client gives up; connecting waits at most `connect_timeout_s`. A caller
+    that cancels a write mid-statement cannot know whether it committed, as with any lost reply:
+    re-read the version.
     """
 
     name: str = "L3"

@@ -154,8 +154,8 @@ async def test_clear_removes_more_keys_than_one_batch(
 async def test_entries_expire_after_the_ttl(
     redis_url: str, namespace: str, raw_redis: aioredis.Redis
 ) -> None:
-    """With ttl=0.25 s an entry carries a Redis expiry and becomes a miss once it passes."""
-    async with L2Tier(redis_url, namespace=namespace, ttl=0.25) as tier:
+    """With ttl_s=0.25 an entry carries a Redis expiry and becomes a miss once it passes."""
+    async with L2Tier(redis_url, namespace=namespace, ttl_s=0.25) as tier:
         await tier.set("short", "lived")
         await tier.fill("filled", TierEntry("copy", 3))
         for key in ("short", "filled"):
@@ -305,8 +305,8 @@ async def test_foreign_data_in_the_namespace_is_reported_not_misread(
 
 
 async def test_many_concurrent_commands_share_a_small_pool(redis_url: str, namespace: str) -> None:
-    """200 concurrent writes and reads through connections_max=2 all complete, none lost."""
-    async with L2Tier(redis_url, namespace=namespace, connections_max=2) as tier:
+    """200 concurrent writes and reads through pool_size_max=2 all complete, none lost."""
+    async with L2Tier(redis_url, namespace=namespace, pool_size_max=2) as tier:
         async with asyncio.timeout(60):
             await asyncio.gather(*(tier.set(f"k{index}", index) for index in range(200)))
             values = await asyncio.gather(*(tier.get(f"k{index}") for index in range(200)))
