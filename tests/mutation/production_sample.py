@@ -3,16 +3,16 @@ tests against each: the production half of the mutation score for rows the agent
 executes (the shared rows have their own exhaustive test, `test_production_mutants.py`).
 
     uv run python -m tests.mutation.production_sample [--rows 16] [--refusals 8] [--seed 1]
-        [--json out.json] [--timeout-s 900] [tests ...]
+        [--json out.json] [--timeout-s 900] [--model-bounds 2/1/1,3/1/1] [tests ...]
 
-For each sampled mutant (extended generator of `proofs.mutants`, agent rows and agent
-refusals only, seeded), the model's explorer judges it first (2 agents / 1 write / 1 fault,
-then 3/1/1); only mutants the model rejects are kept, since the others may be equivalent. Each
-kept mutant then runs the protocol integration tests (`DEFAULT_TESTS`, or those given) in a
-fresh pytest with `-p tests.mutation.table_plugin`, which puts the mutant's table under every
-`CoherentL1Tier` of its mode; the mutant is killed if the run fails (or outlives
-`--timeout-s`). The unmutated table is run first as the control and must pass, else the
-sample is void. Progress goes to stderr; the summary and the per-mutant table to stdout.
+For each sampled mutant (extended generator of `proofs.mutants`, agent rows and agent refusals
+only, seeded), the model's explorer judges it first (`--model-bounds`, by default 2 agents / 1
+write / 1 fault, then 3/1/1); only mutants the model rejects are kept, since the others may be
+equivalent. Each kept mutant then runs the protocol integration tests (`DEFAULT_TESTS`, or
+those given) in a fresh pytest with `-p tests.mutation.table_plugin`, which puts the mutant's
+table under every `CoherentL1Tier` of its mode; the mutant is killed if the run fails (or
+outlives `--timeout-s`). The unmutated table is run first as the control and must pass, else
+the sample is void. Progress goes to stderr; the summary and the per-mutant table to stdout.
 
 This is a measurement (about 2-4 minutes per surviving mutant on 2 cores), not part of the
 suite: its numbers are reported in docs/coherence-protocol.md.
@@ -76,9 +76,11 @@ def population(base: ProtocolDefinition) -> list[Mutant]:
     return chosen
 
 
-def model_rejects(mutant: Mutant, mode: Mode) -> str | None:
-    """The property the explorer finds violated at `MODEL_BOUNDS` (in order), else None."""
-    for agents, writes, faults in MODEL_BOUNDS:
+def model_rejects(
+    mutant: Mutant, mode: Mode, bounds: Sequence[tuple[int, int, int]] = MODEL_BOUNDS
+) -> str | None:
+    """The property the explorer finds violated at `bounds` (in order), else None."""
+    for agents, writes, faults in bounds:
         defn = ProtocolDefinition(mode=mode, agents=agents, writes=writes, fault_budget=faults)
         report = explore(mutate_definition(defn, mutant))
         if not report.ok:
@@ -122,9 +124,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout-s", type=float, default=900.0)
     parser.add_argument("--json", default="", help="write the results to this file")
+    parser.add_argument(
+        "--model-bounds",
+        default="2/1/1,3/1/1",
+        help="agents/writes/faults the explorer judges each mutant at, in order",
+    )
     options = parser.parse_args(argv)
     if options.rows < 0 or options.refusals < 0 or options.timeout_s <= 0:
         parser.error("--rows and --refusals must be >= 0 and --timeout-s > 0")
+    try:
+        bounds = [
+            (int(a), int(w), int(f))
+            for a, w, f in (part.split("/") for part in options.model_bounds.split(","))
+        ]
+    except ValueError:
+        parser.error(f"--model-bounds takes A/W/F[,A/W/F...], got {options.model_bounds!r}")
 
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
@@ -140,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if wanted[family] == 0:
             continue
         screened += 1
-        violated = model_rejects(mutant, mode)
+        violated = model_rejects(mutant, mode, bounds)
         say(f"model: {mutant.name} [{mode.value}]: {violated or 'not rejected (skipped)'}")
         if violated is not None:
             kept.append((mutant, mode, violated))
