@@ -27,15 +27,12 @@ The design in brief (one key; keys are independent):
 
 from __future__ import annotations
 
-import importlib as _importlib
-import sys as _sys
-
 if __name__ != "sagemem.spec":
     # Imported as the top-level `spec`: become `sagemem.spec`, submodules included, so that one
     # module tree (one TABLE, one L1State) exists whichever name a user imports.
-    _sys.modules[__name__] = _importlib.import_module("sagemem.spec")
-    for _name in ("vocabulary", "table", "model", "invariants", "conformance"):
-        _sys.modules[f"{__name__}.{_name}"] = _importlib.import_module(f"sagemem.spec.{_name}")
+    from sagemem._alias import alias_package
+
+    alias_package(__name__, "sagemem.spec")
 
 from .invariants import INVARIANTS, Invariant, first_violation, invariants_for, is_quiescent
 from .model import (

@@ -1,0 +1,69 @@
+"""One module tree under two names: the repository's top-level folders (`spec`, `proofs`,
+`demo`) are importable by their short names in a clone, and ship inside the wheel as
+`sagemem.spec`, `sagemem.proofs` and `sagemem.demo`. `alias_package` makes the short name an
+alias of the long one, so `proofs.explore is sagemem.proofs.explore` and each class exists once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+__all__ = ["alias_package"]
+
+
+class _AliasLoader(importlib.abc.Loader):
+    """Loads `real` (the long name) and hands that very module out under the short name."""
+
+    def __init__(self, real: str) -> None:
+        self._real = real
+        self._spec: importlib.machinery.ModuleSpec | None = None
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
+        module = importlib.import_module(self._real)
+        self._spec = module.__spec__
+        return module
+
+    def exec_module(self, module: ModuleType) -> None:
+        # The import system stamped the short name's spec on the module: give its own back.
+        module.__spec__ = self._spec
+
+
+class _AliasFinder(importlib.abc.MetaPathFinder):
+    """Finds `short.X` as `long.X` (only submodules; the package itself is aliased directly)."""
+
+    def __init__(self, short: str, long: str) -> None:
+        self._short = short
+        self._long = long
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        if not fullname.startswith(self._short + "."):
+            return None
+        real = self._long + fullname[len(self._short) :]
+        if importlib.util.find_spec(real) is None:
+            return None
+        return importlib.machinery.ModuleSpec(fullname, _AliasLoader(real))
+
+
+def alias_package(short: str, long: str) -> None:
+    """Make `short` (being imported now) the package `long`, submodules included: called from
+    the package's `__init__` when it runs under its short name."""
+    package = importlib.import_module(long)
+    if not any(
+        isinstance(finder, _AliasFinder) and finder._short == short for finder in sys.meta_path
+    ):
+        sys.meta_path.insert(0, _AliasFinder(short, long))
+    for name, module in list(sys.modules.items()):
+        if name.startswith(long + "."):
+            sys.modules.setdefault(short + name[len(long) :], module)
+    sys.modules[short] = package
