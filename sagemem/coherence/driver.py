@@ -597,7 +597,7 @@ class AgentDriver:
             self._drive(key, state), name=f"sagemem-l1-{self.agent_id}-{key[:40]}"
         )
 
-    def _spawn(self, coroutine: Coroutine[object, object, None], name: str) -> None:
+    def _spawn(self, coroutine: Coroutine[object, object, object], name: str) -> None:
         async def logged() -> None:
             try:
                 await coroutine
@@ -1080,8 +1080,18 @@ class AgentDriver:
             case Effect.L2_LEASED_FILL:
                 if action.fill_lease is not None and action.value is not ABSENT:
                     assert action.version is not None
-                    await steps.leased_fill(
-                        key, self.agent_id, action.fill_lease, action.version, unpack(action.value)
+                    # The read returns without waiting for L2: the lease decides whether the
+                    # copy may still be stored (a write meanwhile voids it, so storing it late
+                    # is storing it before that write's relay deleted it).
+                    self._spawn(
+                        steps.leased_fill(
+                            key,
+                            self.agent_id,
+                            action.fill_lease,
+                            action.version,
+                            unpack(action.value),
+                        ),
+                        f"leased L2 fill of {key[:40]!r}",
                     )
             case _:
                 pass  # requests (the driver performs them next), waits, abandoned leases

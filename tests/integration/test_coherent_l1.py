@@ -502,9 +502,9 @@ async def test_fill_data_older_than_an_invalidation_is_fetched_again(cluster: Cl
 async def test_a_late_fill_cannot_put_an_older_version_back_into_l2_after_an_eviction(
     cluster: Cluster,
 ) -> None:
-    """b's fill read version 1 and pauses before writing L2; a commits version 2 (the relay
-    deletes L2 and voids b's lease); Redis evicts whatever L2 held; c fills version 2. When b
-    resumes, set-if-newer alone would accept nothing here, but after an eviction it would
+    """b's fill read version 1 and pauses before writing L2 (b's read has returned: the L2
+    fill runs after it); a commits version 2 (the relay deletes L2 and voids b's lease); Redis
+    evicts whatever L2 held; c fills version 2. When b resumes, set-if-newer alone would accept nothing here, but after an eviction it would
     accept v1; the lease makes b's fill a no-op, so L2 never goes back."""
     gate = Gate()
     stepping = Stepping(leased_fill=gate.wrap)
@@ -519,12 +519,14 @@ async def test_a_late_fill_cannot_put_an_older_version_back_into_l2_after_an_evi
     await cluster.redis.delete(directory.l2_key("k"))  # L2 evicts the key
     assert await c.get("k") == "v2"
     assert (await cluster.l2.read("k") or None) is not None
+    assert await reader == "v1"  # the read returns without waiting for its L2 fill
     gate.opened.set()
-    assert await reader == "v1"
+    await wait_until(
+        lambda: directory.statistics().leased_fills_refused == 1, "b's late fill was refused"
+    )
     entry = await cluster.l2.read("k")
     assert entry is not None
     assert (entry.value, entry.version) == ("v2", 2)
-    assert directory.statistics().leased_fills_refused == 1
 
 
 async def test_an_owners_write_back_racing_a_recall_is_not_lost(cluster: Cluster) -> None:
