@@ -12,12 +12,12 @@ import importlib.machinery
 import importlib.util
 import sys
 from collections.abc import Sequence
-from types import ModuleType
+from types import CodeType, ModuleType
 
 __all__ = ["alias_package"]
 
 
-class _AliasLoader(importlib.abc.Loader):
+class _AliasLoader(importlib.abc.InspectLoader):
     """Loads `real` (the long name) and hands that very module out under the short name."""
 
     def __init__(self, real: str) -> None:
@@ -32,6 +32,24 @@ class _AliasLoader(importlib.abc.Loader):
     def exec_module(self, module: ModuleType) -> None:
         # The import system stamped the short name's spec on the module: give its own back.
         module.__spec__ = self._spec
+
+    def _real_loader(self) -> importlib.abc.InspectLoader:
+        spec = importlib.util.find_spec(self._real)
+        if spec is None or not isinstance(spec.loader, importlib.abc.InspectLoader):
+            raise ImportError(f"{self._real} has no source to run", name=self._real)
+        return spec.loader
+
+    def get_code(self, fullname: str) -> CodeType | None:
+        """The long module's code, so `python -m <short>.<module>` runs (runpy asks for it)."""
+        return self._real_loader().get_code(self._real)
+
+    def get_source(self, fullname: str) -> str | None:
+        """The long module's source (tracebacks, inspect)."""
+        return self._real_loader().get_source(self._real)
+
+    def is_package(self, fullname: str) -> bool:
+        """Whether the long module is a package (runpy asks)."""
+        return self._real_loader().is_package(self._real)
 
 
 class _AliasFinder(importlib.abc.MetaPathFinder):

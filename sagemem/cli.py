@@ -23,19 +23,23 @@ def _checkout_root() -> Path | None:
     return root if (root / "proofs" / "__init__.py").is_file() else None
 
 
-def _run_demo(argv: Sequence[str]) -> int:
-    root = _checkout_root()
-    if root is None or not (root / "demo" / "server" / "main.py").is_file():
-        print(
-            "sagemem demo: the live demo lives in the source checkout's demo/ folder, which an "
-            "installed wheel does not ship; run it from a clone with `uv run sagemem demo`",
-            file=sys.stderr,
-        )
-        return 2
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from demo.server.main import main as demo_main
+def _missing_extra(command: str, extra: str, error: ImportError) -> int:
+    """Say which extra a subcommand needs when one of its libraries is not installed."""
+    print(
+        f"sagemem {command}: {error.name or 'a library'} is not installed; install the "
+        f'"{extra}" extra: pip install "sagemem[{extra}]" (in a clone, `uv sync` installs it)',
+        file=sys.stderr,
+    )
+    return 2
 
+
+def _run_demo(argv: Sequence[str]) -> int:
+    try:
+        from sagemem.demo.server.main import main as demo_main
+    except ImportError as error:
+        if error.name is not None and error.name.startswith("sagemem"):
+            raise
+        return _missing_extra("demo", "demo", error)
     return demo_main(list(argv))
 
 

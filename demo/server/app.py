@@ -22,10 +22,11 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from demo.server.events import EventHub, JSONObject
-from demo.server.run import AGENTS_MAX, AGENTS_MIN, DemoRun, FaultError, RunSettings
 from sagemem.errors import SageMemError
 from sagemem.spec.vocabulary import Mode
+
+from .events import EventHub, JSONObject
+from .run import AGENTS_MAX, AGENTS_MIN, DemoRun, FaultError, RunSettings
 
 __all__ = ["DemoController", "create_app"]
 

@@ -27,9 +27,6 @@ from typing import Final
 
 import uvicorn
 
-from demo.server.app import ControlError, DemoController, create_app
-from demo.server.events import EventHub
-from demo.server.run import AGENTS_MAX, AGENTS_MIN, RunSettings
 from sagemem.errors import SageMemError
 from sagemem.services import (
     EmbeddedServices,
@@ -40,6 +37,10 @@ from sagemem.services import (
     resolve_redis_url,
 )
 from sagemem.spec.vocabulary import Mode
+
+from .app import ControlError, DemoController, create_app
+from .events import EventHub
+from .run import AGENTS_MAX, AGENTS_MIN, RunSettings
 
 __all__ = ["PortUnavailableError", "main"]
 

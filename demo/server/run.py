@@ -36,7 +36,6 @@ import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from demo.server.events import EventHub, JSONObject
 from sagemem.coherence.bus import CoherenceBus
 from sagemem.coherence.core import NO_VERSION, TraceRecord
 from sagemem.coherence.home import ABSENT, HomeRead, HomeStore, owner_agent
@@ -49,6 +48,8 @@ from sagemem.tiers.l1_coherent import CoherentL1Tier
 from sagemem.tiers.l2 import L2Tier
 from sagemem.tiers.l3 import L3Tier
 from sagemem.values import JSONValue
+
+from .events import EventHub, JSONObject
 
 __all__ = [
     "AGENTS_MAX",

@@ -502,10 +502,11 @@ async def test_fill_data_older_than_an_invalidation_is_fetched_again(cluster: Cl
 async def test_a_late_fill_cannot_put_an_older_version_back_into_l2_after_an_eviction(
     cluster: Cluster,
 ) -> None:
-    """b's fill read version 1 and pauses before writing L2 (b's read has returned: the L2
-    fill runs after it); a commits version 2 (the relay deletes L2 and voids b's lease); Redis
-    evicts whatever L2 held; c fills version 2. When b resumes, set-if-newer alone would accept nothing here, but after an eviction it would
-    accept v1; the lease makes b's fill a no-op, so L2 never goes back."""
+    """b's fill read version 1 and pauses before writing L2 (b's read has returned: the L2 fill
+    runs after it); a commits version 2 (the relay deletes L2 and voids b's lease); Redis evicts
+    whatever L2 held; c fills version 2. When b resumes, set-if-newer alone would accept nothing
+    here, but after an eviction it would accept v1; the lease makes b's fill a no-op, so L2
+    never goes back."""
     gate = Gate()
     stepping = Stepping(leased_fill=gate.wrap)
     a = await cluster.agent("a")

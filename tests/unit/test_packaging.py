@@ -37,6 +37,24 @@ def test_wheel_ships_the_spec_under_the_sagemem_name_only(wheel_names: list[str]
     assert "sagemem/py.typed" in wheel_names
 
 
+def test_wheel_ships_the_demo_with_its_page(wheel_names: list[str]) -> None:
+    """`sagemem demo` works from an installed wheel: the demo ships as sagemem/demo, page too."""
+    for name in ("server/main.py", "server/app.py", "server/run.py", "server/static/index.html"):
+        assert f"sagemem/demo/{name}" in wheel_names, name
+
+
+def test_the_demo_is_one_module_tree_under_both_names() -> None:
+    """`demo.server.app` (a clone's short name) is the very module `sagemem.demo.server.app`."""
+    code = (
+        "import demo.server.app as a, sagemem.demo.server.app as b, demo.server.run as c; "
+        "import sagemem.demo.server.run as d; print(a is b and c is d, a.__spec__.name)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.split() == ["True", "sagemem.demo.server.app"]
+
+
 def test_importing_sagemem_loads_no_driver() -> None:
     """`import sagemem`, its errors and value checks import neither redis nor asyncpg."""
     code = (
