@@ -7,7 +7,10 @@ on first use (PEP 562), so the protocol specification stays importable without r
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+from sagemem import endpoints as _endpoints
 
 __version__ = "0.1.0"
 
@@ -92,6 +95,24 @@ if TYPE_CHECKING:
     from sagemem.tiers.l1_coherent import CoherentL1Tier
     from sagemem.tiers.l2 import L2Tier
     from sagemem.tiers.l3 import L3Tier
+
+
+def _embedded_fallback(kind: Literal["redis", "postgres"]) -> Callable[[], str]:
+    """What a tier given no address connects to: `sagemem.services` (the SAGEMEM_* variables,
+    then the embedded servers), injected here at the top so the tiers never import it."""
+
+    def resolve() -> str:
+        services = importlib.import_module("sagemem.services")
+        if kind == "redis":
+            return str(services.resolve_redis_url(None))
+        return str(services.resolve_postgres_dsn(None))
+
+    return resolve
+
+
+for _kind in ("redis", "postgres"):
+    if _kind not in _endpoints._fallbacks:
+        _endpoints.set_fallback(_kind, _embedded_fallback(_kind))
 
 
 def __getattr__(name: str) -> Any:

@@ -58,8 +58,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit
 
+from sagemem.endpoints import redacted_url
 from sagemem.errors import ConfigurationError, ServiceError
 
 __all__ = [
@@ -123,20 +124,6 @@ _logger = logging.getLogger("sagemem.services")
 # inter-process lock object that is not thread-safe; the fcntl lock orders processes.
 _process_lock = threading.Lock()
 _pgserver_module: Any = None
-
-
-def redacted_url(url: str) -> str:
-    """`url` with its password (if any) replaced by `***`, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return "<unparsable URL>"
-    if not password:
-        return url
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 @dataclass(frozen=True, slots=True)

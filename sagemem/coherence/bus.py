@@ -49,6 +49,7 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoPermissionError, RedisError
 
+from sagemem import endpoints
 from sagemem._driver_errors import refused_by_server, tier_unavailable
 from sagemem._lifecycle import AsyncResource
 from sagemem._renamed import UNSET, Unset, renamed
@@ -426,9 +427,7 @@ class CoherenceBus(AsyncResource):
                 return
             url = self._url_argument
             if url is None:
-                from sagemem.services import resolve_redis_url
-
-                url = await asyncio.to_thread(resolve_redis_url, None)
+                url = await endpoints.resolve("redis")
             try:
                 publish_pool = aioredis.ConnectionPool.from_url(
                     url,
@@ -449,11 +448,9 @@ class CoherenceBus(AsyncResource):
                 # pub/sub pushes to a callback instead of returning them from read_response.
                 subscriber_pool.connection_kwargs["protocol"] = 2
             except (ValueError, TypeError) as error:
-                from sagemem.services import redacted_url
-
                 raise ConfigurationError(
-                    f"CoherenceBus url {redacted_url(url)!r} is not a valid Redis URL ({error}); "
-                    "use redis://host:port/db or unix:///path/to/socket"
+                    f"CoherenceBus url {endpoints.redacted_url(url)!r} is not a valid Redis URL "
+                    f"({error}); use redis://host:port/db or unix:///path/to/socket"
                 ) from error
             client = aioredis.Redis(connection_pool=publish_pool)
             link: _Link | None = None

@@ -23,6 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 
+from sagemem import endpoints
 from sagemem._driver_errors import not_connected, tier_unavailable
 from sagemem._lifecycle import AsyncResource
 from sagemem._renamed import UNSET, Unset, renamed
@@ -162,9 +163,7 @@ class L2Tier(AsyncResource):
                 return
             url = self._url_argument
             if url is None:
-                from sagemem.services import resolve_redis_url
-
-                url = await asyncio.to_thread(resolve_redis_url, None)
+                url = await endpoints.resolve("redis")
             try:
                 # The tier's own semaphore bounds the commands in flight (and their wait for a
                 # turn), so the pool never needs more connections than that; redis-py's
@@ -177,11 +176,9 @@ class L2Tier(AsyncResource):
                     retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.2), retries=2),
                 )
             except (ValueError, TypeError) as error:
-                from sagemem.services import redacted_url
-
                 raise ConfigurationError(
-                    f"L2 url {redacted_url(url)!r} is not a valid Redis URL ({error}); use "
-                    "redis://host:port/db or unix:///path/to/socket"
+                    f"L2 url {endpoints.redacted_url(url)!r} is not a valid Redis URL ({error}); "
+                    "use redis://host:port/db or unix:///path/to/socket"
                 ) from error
             client = aioredis.Redis(connection_pool=pool)
             try:

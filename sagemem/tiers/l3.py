@@ -36,6 +36,7 @@ from typing import ClassVar, Final
 
 import asyncpg
 
+from sagemem import endpoints
 from sagemem._driver_errors import not_connected, refused_by_server, tier_unavailable
 from sagemem._lifecycle import AsyncResource
 from sagemem._renamed import UNSET, Unset, renamed
@@ -478,9 +479,7 @@ class VersionedRowTier(AsyncResource):
                 return
             dsn = self._dsn_argument
             if dsn is None:
-                from sagemem.services import resolve_postgres_dsn
-
-                dsn = await asyncio.to_thread(resolve_postgres_dsn, None)
+                dsn = await endpoints.resolve("postgres")
             try:
                 first = await self._open_connection(dsn)
                 try:
@@ -491,10 +490,8 @@ class VersionedRowTier(AsyncResource):
                     first.terminate()
                     raise
             except asyncpg.ClientConfigurationError as error:
-                from sagemem.services import redacted_url
-
                 raise ConfigurationError(
-                    f"{self.name} DSN {redacted_url(dsn)!r} is not valid ({error}); use "
+                    f"{self.name} DSN {endpoints.redacted_url(dsn)!r} is not valid ({error}); use "
                     "postgresql://user:password@host:port/database or ...?host=/socket/dir"
                 ) from error
             except POSTGRES_DRIVER_ERRORS as error:

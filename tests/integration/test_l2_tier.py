@@ -224,12 +224,12 @@ async def test_invalid_input_is_refused_even_before_connect() -> None:
     [
         {"namespace": "a:b"},
         {"namespace": ""},
-        {"ttl": 0},
-        {"ttl": -1.0},
-        {"ttl": float("inf")},
-        {"ttl": "10"},
+        {"ttl_s": 0},
+        {"ttl_s": -1.0},
+        {"ttl_s": float("inf")},
+        {"ttl_s": "10"},
         {"value_size_max_bytes": 0},
-        {"connections_max": 0},
+        {"pool_size_max": 0},
         {"command_timeout_s": 0},
     ],
 )
