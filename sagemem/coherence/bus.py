@@ -55,6 +55,7 @@ from sagemem._lifecycle import AsyncResource
 from sagemem._renamed import UNSET, Unset, renamed
 from sagemem.coherence.messages import (
     CHANNEL_PREFIX,
+    LUA_SEQUENCED,
     BusEvent,
     BusHandler,
     Delivered,
@@ -108,7 +109,9 @@ _PING_TOKEN: Final = b"sagemem-bus-health"
 # Returns the number of messages published; refuses (NOPERM) before changing anything when the
 # caller's ACL does not allow the publication. The counter lives as long as its channel is used:
 # a counter that expired restarts at 1, which the listener reports as a sequence gap (safe).
-_PUBLISH_SCRIPT: Final = """
+_PUBLISH_SCRIPT: Final = (
+    LUA_SEQUENCED
+    + """
 if #KEYS > 0 and redis.acl_check_cmd and not redis.acl_check_cmd('PUBLISH', ARGV[3], '') then
   return redis.error_reply('NOPERM this user may not publish this message')
 end
@@ -116,11 +119,12 @@ local sent = 0
 for i = 1, #KEYS do
   local seq = redis.call('INCR', KEYS[i])
   redis.call('PEXPIRE', KEYS[i], ARGV[2])
-  redis.call('PUBLISH', ARGV[2 + i], ARGV[1] .. string.format('%d', seq) .. '}')
+  redis.call('PUBLISH', ARGV[2 + i], sequenced(ARGV[1], seq))
   sent = sent + 1
 end
 return sent
 """
+)
 
 
 class BusUnavailable(TierUnavailable):

@@ -33,6 +33,7 @@ __all__ = [
     "CHANNEL_PREFIX",
     "FORMAT_VERSION",
     "INTEGER_MAX",
+    "LUA_SEQUENCED",
     "MESSAGE_SIZE_MAX_BYTES",
     "BusEvent",
     "BusHandler",
@@ -225,9 +226,21 @@ def encode_unsequenced(message: Message) -> bytes:
     return f'{head}{body}"seq":'.encode()
 
 
+_SEQUENCE_TAIL: Final = "}"  # what follows the sequence number: the end of the JSON object
+
+LUA_SEQUENCED: Final = (
+    "local function sequenced(head, seq)\n"
+    f"  return head .. string.format('%d', seq) .. '{_SEQUENCE_TAIL}'\n"
+    "end\n"
+)
+"""Lua source of `sequenced(head, seq)`: a message's wire form from `encode_unsequenced` and a
+target's sequence number, for the scripts that stamp it (the bus's publish, the relay), so the
+wire format is written here only."""
+
+
 def encode(message: Message) -> bytes:
     """The message's complete wire form (compact JSON, UTF-8), including its `seq`."""
-    return encode_unsequenced(message) + f"{message.seq}}}".encode()
+    return encode_unsequenced(message) + f"{message.seq}{_SEQUENCE_TAIL}".encode()
 
 
 def _reject_constant(name: str) -> NoReturn:

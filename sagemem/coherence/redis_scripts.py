@@ -45,6 +45,8 @@ from typing import Final
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
+from sagemem.coherence.messages import LUA_SEQUENCED
+
 __all__ = [
     "ADD_HOLDER_SCRIPT",
     "EXPIRE_HOLDER_SCRIPT",
@@ -202,6 +204,7 @@ return 1
 # Reply: the effects performed (letters), then the agents messaged.
 INVALIDATE_SCRIPT: Final = (
     _PRELUDE
+    + LUA_SEQUENCED
     + """
 -- A restricted caller may publish invalidations only of the keys it may write (its ACL): check
 -- before changing anything, since a command refused half-way would not undo the earlier ones.
@@ -237,7 +240,7 @@ for step = 1, #ARGV[7] do
         local seq = redis.call('INCR', counter)
         redis.call('PEXPIRE', counter, ARGV[5])
         redis.call('PUBLISH', ARGV[1] .. agent .. ARGV[6],
-          ARGV[2] .. string.format('%d', seq) .. '}')
+          sequenced(ARGV[2], seq))
         redis.call('ZREM', KEYS[3], agent)
         if await_acks then
           -- The ack is owed until the holder's read lease (its registration's deadline) lapses.

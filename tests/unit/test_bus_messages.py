@@ -13,9 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sagemem.coherence
+from sagemem.coherence import bus, redis_scripts
 from sagemem.coherence.messages import (
     FORMAT_VERSION,
     INTEGER_MAX,
+    LUA_SEQUENCED,
     MESSAGE_SIZE_MAX_BYTES,
     InvalidateMessage,
     MalformedMessage,
@@ -301,3 +303,15 @@ def test_a_channel_name_has_exactly_two_separators(
     assert head == f"sagemem-bus:{namespace}:{agent}"
     assert tag == ("i" if kind is MessageKind.INVALIDATE else "r")
     assert tail == channel_key(key)
+
+
+def test_the_scripts_stamp_sequence_numbers_with_the_one_lua_function() -> None:
+    """The wire format is written once: both stamping scripts use messages.LUA_SEQUENCED, and
+    its Lua builds exactly what `encode` builds."""
+    for script in (bus._PUBLISH_SCRIPT, redis_scripts.INVALIDATE_SCRIPT):
+        assert LUA_SEQUENCED in script
+        assert "'}'" not in script.replace(LUA_SEQUENCED, "")
+    message = InvalidateMessage("ns", "k", 3, "writer", seq=41)
+    head = encode_unsequenced(message).decode()
+    tail = LUA_SEQUENCED.split(".. '", 1)[1].split("'", 1)[0]
+    assert (head + "41" + tail).encode() == encode(message)
