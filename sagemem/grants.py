@@ -59,9 +59,10 @@ import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from sagemem.coherence.directory import DIRECTORY_BIRTH_KEY
+from sagemem import keyspace
 from sagemem.coherence.messages import CHANNEL_PREFIX, channel_suffix, subscription_pattern
 from sagemem.errors import ConfigurationError, SageMemError
+from sagemem.keyspace import DIRECTORY_BIRTH_KEY
 from sagemem.scope import DRAM_INDEX, L2_INDEX, L2_SPACE_SUFFIX, L3_INDEX, AgentCapability
 from sagemem.spec.vocabulary import MessageKind
 from sagemem.values import check_namespace
@@ -80,7 +81,7 @@ __all__ = [
     "revoke_grant",
 ]
 
-REDIS_USER_PREFIX: Final = "sagemem-grant:"
+REDIS_USER_PREFIX: Final = keyspace.GRANT_USER_PREFIX
 POSTGRES_ROLE_PREFIX: Final = "sagemem_g_"
 _TIMEOUT_S: Final = 30.0
 _POLICY_SUFFIXES: Final = ("_select", "_insert", "_update")
@@ -198,9 +199,9 @@ def redis_acl_rules(capability: AgentCapability, *, agent_id: str, namespace: st
     reads = dict(capability.read_prefixes)
     writes = dict(capability.write_prefixes)
     rules = ["reset", "resetkeys", "resetchannels", "-@all", *_L2_COMMANDS]
-    space = f"sagemem:{namespace}{L2_SPACE_SUFFIX}:"
-    copies = f"sagemem:{namespace}:"
-    directory = f"sagemem-dir:{namespace}:"
+    space = keyspace.l2_prefix(namespace + L2_SPACE_SUFFIX)
+    copies = keyspace.l2_prefix(namespace)
+    directory = keyspace.directory_prefix(namespace)
     if L2_INDEX in capability.tiers:
         rules += [f"%R~{_glob_escape(space + p)}*" for p in _prefixes(reads, L2_INDEX)]
         rules += [f"%W~{_glob_escape(space + p)}*" for p in _prefixes(writes, L2_INDEX)]

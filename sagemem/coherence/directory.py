@@ -44,11 +44,11 @@ from typing import Final, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
+from sagemem import keyspace
 from sagemem._driver_errors import refused_by_server as _refused
 from sagemem._driver_errors import tier_unavailable
 from sagemem.coherence.answers import FillKind
 from sagemem.coherence.messages import (
-    CHANNEL_PREFIX,
     INTEGER_MAX,
     InvalidateMessage,
     channel_name,
@@ -71,6 +71,7 @@ from sagemem.errors import (
     ScopeViolationError,
     TierUnavailable,
 )
+from sagemem.keyspace import DIRECTORY_BIRTH_KEY
 from sagemem.spec.vocabulary import MessageKind
 from sagemem.tiers.base import TierEntry
 from sagemem.values import (
@@ -103,10 +104,6 @@ _HINT: Final = (
     "check that the Redis server is running and that the client given to RedisDirectory "
     "points at it; `sagemem services status` shows the embedded servers"
 )
-_DIRECTORY_PREFIX: Final = "sagemem-dir"
-DIRECTORY_BIRTH_KEY: Final = f"{_DIRECTORY_PREFIX}:born"
-"""The key holding when this Redis server's directory was first used (server clock, ms)."""
-_L2_PREFIX: Final = "sagemem"  # L2Tier's prefix: the leased fill writes L2Tier's own key
 # How Redis words an ACL refusal of a command run inside a script (a plain ResponseError).
 _ACL_FAILURE: Final = "ACL failure in script"
 _L2_SEPARATOR: Final = b";"
@@ -259,9 +256,9 @@ class RedisDirectory:
         self._command_timeout_s: Final = _check_seconds("command_timeout_s", command_timeout_s)
         self._client: Final = client
         self._scripts: Final = register_directory_scripts(client)
-        self._prefix: Final = f"{_DIRECTORY_PREFIX}:{self.namespace}:"
-        self._l2_prefix: Final = f"{_L2_PREFIX}:{self.namespace}:"
-        self._channel_prefix: Final = f"{CHANNEL_PREFIX}:{self.namespace}:"
+        self._prefix: Final = keyspace.directory_prefix(self.namespace)
+        self._l2_prefix: Final = keyspace.l2_prefix(self.namespace)  # L2Tier's own keys
+        self._channel_prefix: Final = keyspace.bus_prefix(self.namespace)
         self._fills = 0
         self._l2_hits = 0
         self._leases_granted = 0

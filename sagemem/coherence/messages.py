@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import ClassVar, Final, NoReturn
 
+from sagemem import keyspace
 from sagemem.errors import ConfigurationError, InvalidKeyError, SageMemError
 from sagemem.spec.vocabulary import MessageKind
 from sagemem.values import NAMESPACE_PATTERN, check_key
@@ -96,7 +97,7 @@ def check_agent_id(agent_id: object) -> str:
 # `%25`. That encoding maps characters one by one to a prefix-free code, so
 # `channel_key(p)` is a prefix of `channel_key(k)` exactly when `p` is a prefix of `k`.
 
-CHANNEL_PREFIX: Final = "sagemem-bus"
+CHANNEL_PREFIX: Final = keyspace.BUS_PREFIX
 _KIND_TAGS: Final = {MessageKind.INVALIDATE: "i", MessageKind.RECALL: "r"}
 
 

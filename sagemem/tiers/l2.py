@@ -23,7 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 
-from sagemem import endpoints
+from sagemem import endpoints, keyspace
 from sagemem._driver_errors import not_connected, tier_unavailable
 from sagemem._lifecycle import AsyncResource
 from sagemem._renamed import UNSET, Unset, renamed
@@ -128,7 +128,7 @@ class L2Tier(AsyncResource):
             "pool_timeout_s", pool_timeout_s, allow_none=False
         )
         self._url_argument: Final = url
-        self._prefix: Final = f"sagemem:{self.namespace}:"
+        self._prefix: Final = keyspace.l2_prefix(self.namespace)
         self._client: aioredis.Redis | None = None
         self._pool: aioredis.ConnectionPool | None = None
         self._slots: asyncio.Semaphore | None = None
