@@ -9,8 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Literal, cast
 
 from sagemem.errors import InvalidValueError, VersionConflict
-from sagemem.tiers.base import TierEntry
-from sagemem.values import JSONValue, encode_value
+from sagemem.values import JSONValue, TierEntry, encode_value
 
 __all__ = ["ConflictPolicy", "check_attempts", "check_policy", "swap_with_policy", "update"]
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from typing import Final
 
 from sagemem.errors import (
@@ -37,6 +38,7 @@ __all__ = [
     "VALUE_SIZE_MAX_BYTES",
     "VERSION_MAX",
     "JSONValue",
+    "TierEntry",
     "check_expected_version",
     "check_key",
     "check_namespace",
@@ -185,3 +187,14 @@ def decode_value(text: str | bytes) -> JSONValue:
     """Decode JSON text written by `encode_value` into a fresh object."""
     result: JSONValue = json.loads(text)
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class TierEntry:
+    """One key's value as held by a tier, with the home version it was copied from (if known).
+
+    Defined here, below the tiers and the coherence adapters that both use it;
+    `sagemem.tiers.base.TierEntry` and `sagemem.TierEntry` are this class."""
+
+    value: JSONValue
+    version: int | None = None

@@ -39,8 +39,7 @@ from typing import Final, Protocol
 from sagemem.coherence.core import ABSENT, Payload
 from sagemem.spec.model import Request
 from sagemem.spec.vocabulary import Effect, Event, Guard, L1State, Mode
-from sagemem.tiers.base import TierEntry
-from sagemem.values import JSONValue
+from sagemem.values import JSONValue, TierEntry
 
 __all__ = [
     "COPY_STATES",

@@ -73,10 +73,10 @@ from sagemem.errors import (
 )
 from sagemem.keyspace import DIRECTORY_BIRTH_KEY
 from sagemem.spec.vocabulary import MessageKind
-from sagemem.tiers.base import TierEntry
 from sagemem.values import (
     VALUE_SIZE_MAX_BYTES,
     JSONValue,
+    TierEntry,
     check_key,
     check_namespace,
     decode_value,

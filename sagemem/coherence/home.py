@@ -34,8 +34,8 @@ from typing import Final
 
 from sagemem.coherence.core import ABSENT
 from sagemem.errors import TierUnavailable
+from sagemem.postgres import RowTable, jsonb_text
 from sagemem.spec.vocabulary import Guard
-from sagemem.tiers.l3 import L3Tier, jsonb_text
 from sagemem.values import JSONValue, check_key, decode_value, encode_value
 
 _CONDITIONAL_ATTEMPTS: Final = 5
@@ -94,10 +94,12 @@ def _recorded_answer(recorded: str) -> CommitAnswer:
 
 
 class HomeStore:
-    """The home statements over `l3`'s table (borrowed: the caller connects and closes it)."""
+    """The home statements over `l3`'s table (an `L3Tier`, or any `sagemem.postgres.RowTable`;
+    borrowed: the caller connects and closes it), run through its `statements`."""
 
-    def __init__(self, l3: L3Tier) -> None:
+    def __init__(self, l3: RowTable) -> None:
         self.l3: Final = l3
+        self._db: Final = l3.statements
         self.namespace: Final = l3.namespace
         t = l3.table
         where = "t.namespace = $1 AND t.key = $2"
@@ -263,7 +265,7 @@ class HomeStore:
 
     async def read(self, key: str) -> HomeRead:
         """HOME_READ (and the ownership and outbox facts the fill's branch depends on)."""
-        row = await self.l3._fetchrow("home read", key, self._read, self.namespace, key)
+        row = await self._db.fetchrow("home read", key, self._read, self.namespace, key)
         if row is None:
             return HomeRead(0, ABSENT, None, False, None)
         value = ABSENT if row[2] else decode_value(row[0])
@@ -279,15 +281,15 @@ class HomeStore:
         check_key(key)
         text = None if value is ABSENT else self._value_text(value)
         if self._returning_old is None:
-            found = await self.l3._fetchrow("server version", None, "SHOW server_version_num")
+            found = await self._db.fetchrow("server version", None, "SHOW server_version_num")
             self._returning_old = found is not None and int(found[0]) >= 180000
         sql = self._commit_returning_old if self._returning_old else self._commit
-        row = await self.l3._fetchrow(
+        row = await self._db.fetchrow(
             "home commit", key, sql, self.namespace, key, text, me, operation_id
         )
         if row is not None:
             return CommitAnswer(Guard.NOT_OWNED_BY_OTHER, int(row[0]), existed=bool(row[1]))
-        found = await self.l3._fetchrow(
+        found = await self._db.fetchrow(
             "home commit outcome", key, self._recorded, self.namespace, key, operation_id
         )
         if found is not None and found[0] is not None:
@@ -307,7 +309,7 @@ class HomeStore:
         text = None if value is ABSENT else self._value_text(value)
         for _ in range(_CONDITIONAL_ATTEMPTS):
             if expected is None:
-                row = await self.l3._fetchrow(
+                row = await self._db.fetchrow(
                     "home commit-if",
                     key,
                     self._cas_if_absent,
@@ -318,7 +320,7 @@ class HomeStore:
                     operation_id,
                 )
             else:
-                row = await self.l3._fetchrow(
+                row = await self._db.fetchrow(
                     "home commit-if",
                     key,
                     self._cas_if_version,
@@ -348,7 +350,7 @@ class HomeStore:
             if owner == me:
                 # A grant this agent no longer uses (its Exclusive copy lapsed): give it up,
                 # so the home does not record it as the owner of a key it is refused.
-                await self.l3._fetchrow(
+                await self._db.fetchrow(
                     "home release own grant", key, self._release_own, self.namespace, key, me
                 )
             return CommitAnswer(
@@ -373,7 +375,7 @@ class HomeStore:
     async def acquire(self, key: str, me: str, lease_ms: int) -> CommitAnswer:
         """HOME_ACQUIRE: reserve the next version and grant it to `me` unless owned by another."""
         check_key(key)
-        row = await self.l3._fetchrow(
+        row = await self._db.fetchrow(
             "home acquire", key, self._acquire, self.namespace, key, me, lease_ms
         )
         if row is not None:
@@ -387,47 +389,47 @@ class HomeStore:
         least `keep_ms` more): GRANT_HELD if stored, GRANT_LOST if the grant was revoked."""
         text = self._value_text(value)
         if keep_ms is None:
-            row = await self.l3._fetchrow(
+            row = await self._db.fetchrow(
                 "home write-back", key, self._write_back, self.namespace, key, me, epoch, text
             )
         else:
-            row = await self.l3._fetchrow(
+            row = await self._db.fetchrow(
                 "home flush", key, self._flush, self.namespace, key, me, epoch, text, keep_ms
             )
         return Guard.GRANT_LOST if row is None else Guard.GRANT_HELD
 
     async def renew(self, keys: list[str], me: str, lease_ms: int) -> set[str]:
         """Extend `me`'s lease on `keys`; return the keys it still owns."""
-        rows = await self.l3._fetch(
+        rows = await self._db.fetch(
             "home renew", None, self._renew, self.namespace, keys, me, lease_ms
         )
         return {str(row[0]) for row in rows}
 
     async def revoke(self, key: str, owner: str) -> bool:
         """HOME_EXPIRE_OWNER: drop `owner`'s grant if its lease lapsed; True if revoked."""
-        row = await self.l3._fetchrow("home revoke", key, self._revoke, self.namespace, key, owner)
+        row = await self._db.fetchrow("home revoke", key, self._revoke, self.namespace, key, owner)
         return row is not None
 
     async def outbox(self, key: str) -> int | None:
         """The version whose invalidations are still to be published (None: outbox empty)."""
-        row = await self.l3._fetchrow("home outbox", key, self._outbox, self.namespace, key)
+        row = await self._db.fetchrow("home outbox", key, self._outbox, self.namespace, key)
         return None if row is None or row[0] is None else int(row[0])
 
     async def clear_outbox(self, key: str, version: int) -> bool:
         """HOME_CLEAR_OUTBOX after `version` was relayed (a newer entry is kept)."""
-        row = await self.l3._fetchrow(
+        row = await self._db.fetchrow(
             "home clear outbox", key, self._clear_outbox, self.namespace, key, version
         )
         return row is not None
 
     async def stale_outboxes(self, older_than_ms: int) -> list[tuple[str, int]]:
         """Outbox entries not relayed for `older_than_ms` (their writer may have died)."""
-        rows = await self.l3._fetch(
+        rows = await self._db.fetch(
             "home outbox sweep", None, self._stale_outboxes, self.namespace, older_than_ms
         )
         return [(str(row[0]), int(row[1])) for row in rows]
 
     async def lapsed_owners(self) -> list[tuple[str, str]]:
         """(key, owner) of grants whose lease lapsed on the server's clock."""
-        rows = await self.l3._fetch("home owner sweep", None, self._lapsed_owners, self.namespace)
+        rows = await self._db.fetch("home owner sweep", None, self._lapsed_owners, self.namespace)
         return [(str(row[0]), str(row[1])) for row in rows]

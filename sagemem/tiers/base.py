@@ -12,17 +12,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
-from sagemem.values import JSONValue
+from sagemem.values import JSONValue, TierEntry
 
 __all__ = ["Tier", "TierEntry", "TierStatistics"]
-
-
-@dataclass(frozen=True, slots=True)
-class TierEntry:
-    """One key's value as held by a tier, with the home version it was copied from (if known)."""
-
-    value: JSONValue
-    version: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
