@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from benchmarks import round_trips
-from benchmarks.agent_systems import AgentSystem, open_system
+from benchmarks.agent_systems import AgentSystem, UncachedPostgresSystem, open_system
 from benchmarks.agent_workloads import (
     WORKLOADS,
     Operation,
@@ -102,7 +102,10 @@ class Agent:
     async def prefill(self, command: dict[str, Any]) -> dict[str, object]:
         system = self._system()
         writes: list[Record] = []
-        for key in command["keys"]:
+        # One asyncpg connection serves one statement at a time; the hierarchies take many.
+        slots = asyncio.Semaphore(1 if isinstance(system, UncachedPostgresSystem) else 8)
+
+        async def store(key: str) -> None:
             value: JSONValue
             if ":doc" in key:
                 value = {"tag": f"p:{key}", "text": research_document(int(key.rsplit("doc")[1]))}
@@ -110,8 +113,11 @@ class Agent:
                 value = 0
             else:
                 value = {"tag": f"p:{key}", "key": key, "text": FILLER}
-            version = await system.write(key, value)
+            async with slots:
+                version = await system.write(key, value)
             writes.append([key, version, time.monotonic_ns(), tag_of(value)])
+
+        await asyncio.gather(*(store(key) for key in command["keys"]))
         return {"writes": writes}
 
     async def run(self, command: dict[str, Any]) -> dict[str, object]:

@@ -78,8 +78,8 @@ __all__ = ["BASELINE", "RunOptions", "main", "parse_options", "run"]
 
 BASELINE: Final = "uncached-postgres"
 ROOT: Final = Path(__file__).resolve().parents[1]
-START_DELAY_S: Final = 0.3  # between sending `run` and the agents' common start
-SETTLE_S: Final = 0.2  # after a workload, before the final reads (invalidations in flight)
+START_DELAY_S: Final = 0.15  # between sending `run` and the agents' common start
+SETTLE_S: Final = 0.1  # after a workload, before the final reads (invalidations in flight)
 ANSWER_TIMEOUT_S: Final = 300.0
 PROBLEMS_SHOWN: Final = 20
 
@@ -482,9 +482,15 @@ async def _remove(resources: _Resources) -> None:
         await connection.close(timeout=30)
     client = aioredis.Redis.from_url(resources.redis_url)
     try:
-        for namespace in resources.namespaces:
-            async for raw_key in client.scan_iter(match=f"sagemem*:{namespace}:*", count=500):
-                await client.unlink(raw_key)
+        # One pass over the keyspace: every namespace of the run starts with the prefix.
+        batch: list[bytes] = []
+        async for raw_key in client.scan_iter(match=f"*{resources.prefix}*", count=1000):
+            batch.append(raw_key)
+            if len(batch) >= 500:
+                await client.unlink(*batch)
+                batch.clear()
+        if batch:
+            await client.unlink(*batch)
     finally:
         await client.aclose()
 
@@ -502,6 +508,7 @@ async def _run_session(
     namespace = f"{resources.prefix}-{SYSTEMS.index(system)}-a{pool.count}-r{repetition}"
     resources.namespaces.append(namespace)
     research = any(w.kind == "research" for w in workloads)
+    clock = time.monotonic()
     await pool.ask(
         [
             {
@@ -515,10 +522,15 @@ async def _run_session(
             }
         ]
     )
+    opened_s, clock = time.monotonic() - clock, time.monotonic()
     keys = [key for workload in workloads for key in workload_keys(workload)]
     shares = [keys[index :: pool.count] for index in range(pool.count)]
     answers = await pool.ask([{"cmd": "prefill", "keys": share} for share in shares])
     prefill = [WriteRecord(*row) for answer in answers for row in answer["writes"]]
+    _progress(
+        f"{system}: {pool.count} agents opened it in {opened_s:.1f} s, stored {len(keys)} "
+        f"keys in {time.monotonic() - clock:.1f} s"
+    )
     cells: list[Cell] = []
     for workload in workloads:
         _progress(
@@ -562,7 +574,9 @@ async def _run_session(
             + (f", {len(cell.problems)} PROBLEMS" if cell.problems else "")
         )
         cells.append(cell)
+    clock = time.monotonic()
     await pool.ask([{"cmd": "close"}])
+    _progress(f"{system}: closed in {time.monotonic() - clock:.1f} s")
     return cells
 
 
