@@ -108,8 +108,8 @@ def format_report(results: dict[str, Any], plots: Sequence[str]) -> str:
         "",
         "Latencies are per operation (a search is the pgvector query alone; the reads of its "
         "hits count as reads). A read is stale when a write of a newer version of its key had "
-        'returned before the read began; its age is how long before. "Stale after run": the '
-        "agents' reads of every key once the workload stopped (no writes any more). RT: round "
+        'returned before the read began; its age is how long before. "Stale after run": every '
+        "agent's read of every key written in the run, once it stopped. RT: round "
         "trips counted in the agents' drivers. msgs: coherence messages received by the agents "
         "(invalidations and recalls; for the broadcast variant, every broadcast).",
         "",

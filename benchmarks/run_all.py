@@ -9,7 +9,7 @@ Agents are separate OS processes (`benchmarks.agent_process`). For each agent co
 repetition opens every system in turn (the order rotates from one repetition to the next, so
 the systems are interleaved with their baselines in one run), stores the workloads' keys,
 and runs every workload: all agents start together, warm up untimed, then run timed for the
-duration. Then each agent reads every key of the workload once more. Everything the agents
+duration. Then each agent reads once more every key written in the run. Everything the agents
 did is recorded, so the run reports, per workload and system (median and min-max over the
 repetitions): ops/s and its ratio to the uncached Postgres store of the same repetition,
 p50/p99 latency per operation kind, stale reads (count and max age) and reads still stale
@@ -340,6 +340,7 @@ class Cell:
     reads: int
     stale_reads: int
     stale_max_age_ms: float
+    keys_written: int
     final_reads: int
     final_stale: int
     l1_hit_rate: float | None
@@ -415,6 +416,7 @@ def measure_cell(
         reads=stale.reads,
         stale_reads=stale.stale,
         stale_max_age_ms=stale.max_age_ms,
+        keys_written=len({w.key for a in answers for w in _records(a["writes"], WriteRecord)}),
         final_reads=len(finals),
         final_stale=final_stale,
         l1_hit_rate=None
@@ -556,7 +558,9 @@ async def _run_session(
         answers = await running
         after = await counters.snapshot()
         await asyncio.sleep(SETTLE_S)
-        finals = await pool.ask([{"cmd": "final", "keys": workload_keys(workload)}])
+        # Only the keys written in the run can be stale once it stopped.
+        written = sorted({row[0] for answer in answers for row in answer["writes"]})
+        finals = await pool.ask([{"cmd": "final", "keys": written}])
         key_set = set(workload_keys(workload))
         cell = measure_cell(
             workload,
