@@ -82,7 +82,13 @@ def format_report(results: dict[str, Any], plots: Sequence[str]) -> str:
         f"Profile `{options['profile']}`: {agents} agent processes, {options['repetitions']} "
         f"repetition(s), {options['warmup_s']} s warm-up + {options['duration_s']} s timed per "
         f"workload run, seed {options['seed']}; scaling sweep: "
-        f"{options['scaling'] or 'none'}. Took {results['elapsed_s']} s.",
+        f"{options['scaling'] or 'none'}"
+        + (
+            f" ({options.get('scaling_repetitions', 1)} repetition(s) each)"
+            if options["scaling"]
+            else ""
+        )
+        + f". Took {results['elapsed_s']} s.",
         "",
         f"Environment: Python {environment['python']}, {environment['machine']}, "
         f"{environment['redis_server']}, PostgreSQL {environment['postgres_server']}. "

@@ -54,7 +54,7 @@ SYSTEMS: Final = (
 
 ZIPF_EXPONENT: Final = 0.99  # YCSB's default skew
 DEBATE_READS_PER_TURN: Final = 3
-RESEARCH_DOCS: Final = 200
+RESEARCH_DOCS: Final = 100
 RESEARCH_NOTES: Final = 50
 COUNTERS: Final = 4
 

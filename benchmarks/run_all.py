@@ -2,6 +2,7 @@
 
     uv run python -m benchmarks.run_all [--quick | --full] [--out DIR] [--agents 8]
         [--repetitions 3] [--duration-s S] [--warmup-s S] [--scaling 2,16]
+        [--scaling-repetitions 1]
         [--workloads a,b] [--systems a,b] [--seed N]
     uv run sagemem bench ...   (the same)
 
@@ -92,6 +93,7 @@ class RunOptions:
     agents: int
     scaling: tuple[int, ...]
     repetitions: int
+    scaling_repetitions: int
     duration_s: float
     warmup_s: float
     workloads: tuple[str, ...]
@@ -101,18 +103,27 @@ class RunOptions:
 
 
 _PROFILES: Final[dict[str, dict[str, Any]]] = {
-    "quick": {"agents": 2, "scaling": (), "repetitions": 1, "duration_s": 0.25, "warmup_s": 0.1},
+    "quick": {
+        "agents": 2,
+        "scaling": (),
+        "repetitions": 1,
+        "scaling_repetitions": 1,
+        "duration_s": 0.25,
+        "warmup_s": 0.1,
+    },
     "default": {
         "agents": 8,
         "scaling": (2, 16),
         "repetitions": 3,
-        "duration_s": 1.0,
-        "warmup_s": 0.3,
+        "scaling_repetitions": 1,
+        "duration_s": 0.8,
+        "warmup_s": 0.2,
     },
     "full": {
         "agents": 8,
         "scaling": (2, 4, 8, 16, 32),
         "repetitions": 5,
+        "scaling_repetitions": 5,
         "duration_s": 4.0,
         "warmup_s": 1.0,
     },
@@ -146,8 +157,11 @@ def parse_options(argv: Sequence[str] | None = None) -> RunOptions:
     parser.add_argument("--agents", help="agent processes of the workloads (default 8)")
     parser.add_argument("--scaling", help="agent counts of the scaling sweep, e.g. 2,4,16")
     parser.add_argument("--repetitions", help="repetitions of every cell (default 3)")
-    parser.add_argument("--duration-s", help="timed seconds per workload run (default 1.0)")
-    parser.add_argument("--warmup-s", help="untimed seconds before each (default 0.3)")
+    parser.add_argument(
+        "--scaling-repetitions", help="repetitions of each scaling point (default 1)"
+    )
+    parser.add_argument("--duration-s", help="timed seconds per workload run (default 0.8)")
+    parser.add_argument("--warmup-s", help="untimed seconds before each (default 0.2)")
     parser.add_argument("--workloads", help=f"a subset of: {', '.join(w.name for w in WORKLOADS)}")
     parser.add_argument("--systems", help=f"a subset of: {', '.join(SYSTEMS)}")
     parser.add_argument("--seed", help="seed of the agents' operation streams (default 1)")
@@ -175,6 +189,11 @@ def parse_options(argv: Sequence[str] | None = None) -> RunOptions:
         if args.repetitions
         else int(base["repetitions"])
     )
+    scaling_repetitions = (
+        parse_positive_ints("--scaling-repetitions", args.scaling_repetitions)[0]
+        if args.scaling_repetitions
+        else int(base["scaling_repetitions"])
+    )
     workloads = tuple(
         parse_names("--workloads", args.workloads, [w.name for w in WORKLOADS])
         if args.workloads
@@ -195,6 +214,7 @@ def parse_options(argv: Sequence[str] | None = None) -> RunOptions:
         agents=agents,
         scaling=tuple(count for count in scaling if count != agents),
         repetitions=repetitions,
+        scaling_repetitions=scaling_repetitions,
         duration_s=_positive_seconds("--duration-s", args.duration_s)
         if args.duration_s
         else float(base["duration_s"]),
@@ -503,12 +523,18 @@ async def _run_session(
     resources: _Resources,
     counters: ServerCounters,
     system: str,
-    repetition: int,
+    repetition_of: tuple[int, int],
     workloads: list[Workload],
+    history: list[WriteRecord],
 ) -> list[Cell]:
-    """Open `system` in every agent, store the workloads' keys, run each workload once."""
-    namespace = f"{resources.prefix}-{SYSTEMS.index(system)}-a{pool.count}-r{repetition}"
-    resources.namespaces.append(namespace)
+    """Open `system` in every agent (L1s start empty), store the workloads' keys the first
+    time, run each workload once (repetition `repetition_of[0]` of `repetition_of[1]`).
+    `history` holds every write committed in the system's
+    namespace by the earlier repetitions; this one's are added."""
+    repetition = repetition_of[0]
+    namespace = f"{resources.prefix}-{SYSTEMS.index(system)}-a{pool.count}"
+    if namespace not in resources.namespaces:
+        resources.namespaces.append(namespace)
     research = any(w.kind == "research" for w in workloads)
     clock = time.monotonic()
     await pool.ask(
@@ -526,17 +552,18 @@ async def _run_session(
     )
     opened_s, clock = time.monotonic() - clock, time.monotonic()
     keys = [key for workload in workloads for key in workload_keys(workload)]
-    shares = [keys[index :: pool.count] for index in range(pool.count)]
-    answers = await pool.ask([{"cmd": "prefill", "keys": share} for share in shares])
-    prefill = [WriteRecord(*row) for answer in answers for row in answer["writes"]]
+    if not history:  # the first repetition stores the keys; the next ones find them
+        shares = [keys[index :: pool.count] for index in range(pool.count)]
+        answers = await pool.ask([{"cmd": "prefill", "keys": share} for share in shares])
+        history += [WriteRecord(*row) for answer in answers for row in answer["writes"]]
     _progress(
-        f"{system}: {pool.count} agents opened it in {opened_s:.1f} s, stored {len(keys)} "
-        f"keys in {time.monotonic() - clock:.1f} s"
+        f"{system}: {pool.count} agents opened it in {opened_s:.1f} s, "
+        f"{len(keys)} keys stored in {time.monotonic() - clock:.1f} s"
     )
     cells: list[Cell] = []
     for workload in workloads:
         _progress(
-            f"{pool.count} agents, repetition {repetition + 1}/{options.repetitions}: "
+            f"{pool.count} agents, repetition {repetition + 1}/{repetition_of[1]}: "
             f"{workload.name} on {system} ..."
         )
         start_ns = time.monotonic_ns() + int(START_DELAY_S * 1e9)
@@ -569,9 +596,10 @@ async def _run_session(
             repetition,
             answers,
             finals,
-            [w for w in prefill if w.key in key_set],
+            [w for w in history if w.key in key_set],
             (before, after),
         )
+        history += [WriteRecord(*row) for answer in answers for row in answer["writes"]]
         _progress(
             f"  {cell.ops} ops, {cell.ops_s:,.0f} ops/s, {cell.stale_reads} stale of "
             f"{cell.reads} reads, {cell.final_stale} stale after the run"
@@ -623,6 +651,7 @@ async def run(options: RunOptions) -> dict[str, Any]:
     scaling_workload = next(w for w in WORKLOADS if w.name == SCALING_WORKLOAD)
     plan: list[tuple[int, list[Workload]]] = [(options.agents, selected)]
     plan += [(count, [scaling_workload]) for count in options.scaling]
+    histories: dict[tuple[int, str], list[WriteRecord]] = defaultdict(list)
     cells: list[Cell] = []
     counters = ServerCounters(redis_url)
     try:
@@ -633,12 +662,22 @@ async def run(options: RunOptions) -> dict[str, Any]:
             pool = AgentPool(agents, options.out / "logs")
             try:
                 await pool.start()
-                for repetition in range(options.repetitions):
+                repetitions = (
+                    options.repetitions if agents == options.agents else options.scaling_repetitions
+                )
+                for repetition in range(repetitions):
                     shift = repetition % len(options.systems)
                     order = options.systems[shift:] + options.systems[:shift]
                     for system in order:
                         cells += await _run_session(
-                            pool, options, resources, counters, system, repetition, workloads
+                            pool,
+                            options,
+                            resources,
+                            counters,
+                            system,
+                            (repetition, repetitions),
+                            workloads,
+                            histories[(agents, system)],
                         )
             finally:
                 await pool.aclose()
