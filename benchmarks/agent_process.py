@@ -9,6 +9,7 @@ process exits). Commands:
 - `open`: open a system (`benchmarks.agent_systems.open_system`), and the shared search
   corpus (a `DRAMTier`) when given;
 - `prefill`: write the given keys (their first versions), answering with the write records;
+- `warm`: read the given keys once (untimed), answering with the read records;
 - `run`: wait for `start_ns` (`time.monotonic_ns`, one clock for every process of a Linux
   machine), do the workload's operations untimed until the warm-up ends, then timed until the
   deadline; answer with per-kind counts and latencies and every read and write record;
@@ -204,6 +205,20 @@ class Agent:
             await self._do(Operation("read", key), reads, [], time.monotonic_ns())
         return {"reads": reads}
 
+    async def warm(self, command: dict[str, Any]) -> dict[str, object]:
+        """Read every given key once, a few at a time: a long-running agent's cache holds
+        what it read before, so the timed run starts from there, not from an empty L1."""
+        system = self._system()
+        reads: list[Record] = []
+        slots = asyncio.Semaphore(1 if isinstance(system, UncachedPostgresSystem) else 8)
+
+        async def read(key: str) -> None:
+            async with slots:
+                await self._do(Operation("read", key), reads, [], time.monotonic_ns())
+
+        await asyncio.gather(*(read(key) for key in command["keys"]))
+        return {"reads": reads}
+
     def counters(self) -> dict[str, int]:
         """The system's cache counters and this process's round trips so far."""
         return {**self._system().counters(), **round_trips.counts()}
@@ -242,6 +257,7 @@ async def _serve(index: int) -> int:
                     "prefill": agent.prefill,
                     "run": agent.run,
                     "final": agent.final,
+                    "warm": agent.warm,
                 }.get(name)
                 answer = await (handler(command) if handler else agent.close())
             except Exception as error:

@@ -9,15 +9,17 @@
 Agents are separate OS processes (`benchmarks.agent_process`). For each agent count, each
 repetition opens every system in turn (the order rotates from one repetition to the next, so
 the systems are interleaved with their baselines in one run), stores the workloads' keys,
-and runs every workload: all agents start together, warm up untimed, then run timed for the
-duration. Then each agent reads once more every key written in the run. Everything the agents
-did is recorded, so the run reports, per workload and system (median and min-max over the
-repetitions): ops/s and its ratio to the uncached Postgres store of the same repetition,
-p50/p99 latency per operation kind, stale reads (count and max age) and reads still stale
-after the workload stopped, L1 hit rate, coherence messages per operation and per write,
-Redis and Postgres round trips per operation (counted in the agents' drivers, see
-`benchmarks.round_trips`) and Redis commands per operation on the server (`INFO
-commandstats` deltas, which include whatever else uses that server at the time).
+and runs every workload: each agent first reads every key of the workload once (its L1 then
+holds what a long-running agent's would), then all agents start together, run the workload
+untimed for the warm-up, then timed for the duration. Then each agent reads once more every
+key written in the run. Everything the agents did is recorded, so the run reports, per
+workload and system (median and min-max over the repetitions): ops/s and its ratio to the
+uncached Postgres store of the same repetition, p50/p99 latency per operation kind, stale
+reads (count and max age) and reads still stale after the workload stopped, L1 hit rate,
+coherence messages per operation and per write, Redis and Postgres round trips per operation
+(counted in the agents' drivers, see `benchmarks.round_trips`) and Redis commands per
+operation on the server (`INFO commandstats` deltas: commands run inside Lua scripts count,
+and so does whatever else uses that server at the time).
 
 Writes `results.json` and `report.md` with PNG plots into `--out` (default
 `benchmark-results/<UTC timestamp>`); progress goes to stderr. Exit status 0 when every read of
@@ -394,6 +396,7 @@ def measure_cell(
     final_answers: list[dict[str, Any]],
     prefill: list[WriteRecord],
     server_commands: tuple[int, int],
+    warm_answers: Sequence[dict[str, Any]] = (),
 ) -> Cell:
     """The cell's figures from the agents' answers (pure: no I/O)."""
     reads = [r for a in answers for r in _records(a["reads"], ReadRecord)]
@@ -420,7 +423,8 @@ def measure_cell(
     for write in writes:
         newest[write.key] = max(newest.get(write.key, 0), write.version)
     final_stale = sum(1 for read in finals if read.version < newest.get(read.key, 0))
-    problems = check_reads(writes, reads + finals)
+    warmed = [r for a in warm_answers for r in _records(a["reads"], ReadRecord)]
+    problems = check_reads(writes, reads + finals + warmed)
     hits, misses = _delta(answers, "l1_hits"), _delta(answers, "l1_misses")
     received = _delta(answers, "messages_received")
     redis_trips = _delta(answers, "redis_round_trips") or 0
@@ -566,6 +570,7 @@ async def _run_session(
             f"{pool.count} agents, repetition {repetition + 1}/{repetition_of[1]}: "
             f"{workload.name} on {system} ..."
         )
+        warm = await pool.ask([{"cmd": "warm", "keys": workload_keys(workload)}])
         start_ns = time.monotonic_ns() + int(START_DELAY_S * 1e9)
         commands = [
             {
@@ -598,6 +603,7 @@ async def _run_session(
             finals,
             [w for w in history if w.key in key_set],
             (before, after),
+            warm,
         )
         history += [WriteRecord(*row) for answer in answers for row in answer["writes"]]
         _progress(

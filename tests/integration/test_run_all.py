@@ -49,7 +49,7 @@ def test_quick_run_measures_every_system_and_every_read_is_consistent(
             assert cell["l1_hit_rate"] is None
             assert cell["redis_round_trips_per_op"] == 0
             assert cell["postgres_round_trips_per_op"] >= 1, where  # at least the SELECT
-        else:
+        elif cell["workload"] != "counter":  # a plain hierarchy's update reads the home
             assert cell["l1_hit_rate"] is not None, where
             assert 0 <= cell["l1_hit_rate"] <= 1, where
     summary = results["summary"]
