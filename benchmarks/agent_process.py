@@ -103,8 +103,7 @@ class Agent:
     async def prefill(self, command: dict[str, Any]) -> dict[str, object]:
         system = self._system()
         writes: list[Record] = []
-        # One asyncpg connection serves one statement at a time; the hierarchies take many.
-        slots = asyncio.Semaphore(1 if isinstance(system, UncachedPostgresSystem) else 8)
+        slots = asyncio.Semaphore(self._concurrency(command))
 
         async def store(key: str) -> None:
             value: JSONValue
@@ -208,9 +207,9 @@ class Agent:
     async def warm(self, command: dict[str, Any]) -> dict[str, object]:
         """Read every given key once, a few at a time: a long-running agent's cache holds
         what it read before, so the timed run starts from there, not from an empty L1."""
-        system = self._system()
+        self._system()  # fails early when nothing is open
         reads: list[Record] = []
-        slots = asyncio.Semaphore(1 if isinstance(system, UncachedPostgresSystem) else 8)
+        slots = asyncio.Semaphore(self._concurrency(command))
 
         async def read(key: str) -> None:
             async with slots:
@@ -218,6 +217,14 @@ class Agent:
 
         await asyncio.gather(*(read(key) for key in command["keys"]))
         return {"reads": reads}
+
+    def _concurrency(self, command: dict[str, Any]) -> int:
+        """How many operations of a `prefill` or `warm` may run at once: one asyncpg
+        connection serves one statement at a time; a hierarchy opens a Postgres connection
+        per concurrent miss, and all agents share the server's ~100 connections."""
+        if isinstance(self._system(), UncachedPostgresSystem):
+            return 1
+        return max(1, int(command.get("concurrency", 1)))
 
     def counters(self) -> dict[str, int]:
         """The system's cache counters and this process's round trips so far."""

@@ -1,7 +1,7 @@
 """Every agent workload on sagemem and its baselines, side by side: `python -m benchmarks.run_all`.
 
     uv run python -m benchmarks.run_all [--quick | --full] [--out DIR] [--agents 8]
-        [--repetitions 3] [--duration-s S] [--warmup-s S] [--scaling 2,16]
+        [--repetitions 3] [--duration-s S] [--warmup-s S] [--scaling 16]
         [--scaling-repetitions 1]
         [--workloads a,b] [--systems a,b] [--seed N]
     uv run sagemem bench ...   (the same)
@@ -85,6 +85,7 @@ START_DELAY_S: Final = 0.15  # between sending `run` and the agents' common star
 SETTLE_S: Final = 0.1  # after a workload, before the final reads (invalidations in flight)
 ANSWER_TIMEOUT_S: Final = 300.0
 PROBLEMS_SHOWN: Final = 20
+CONNECTIONS_BUDGET: Final = 32  # Postgres connections the agents may open at once, together
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +116,11 @@ _PROFILES: Final[dict[str, dict[str, Any]]] = {
     },
     "default": {
         "agents": 8,
-        "scaling": (2, 16),
+        "scaling": (16,),
         "repetitions": 3,
         "scaling_repetitions": 1,
-        "duration_s": 0.8,
-        "warmup_s": 0.2,
+        "duration_s": 0.6,
+        "warmup_s": 0.1,
     },
     "full": {
         "agents": 8,
@@ -157,13 +158,15 @@ def parse_options(argv: Sequence[str] | None = None) -> RunOptions:
     size.add_argument("--full", action="store_true", help="longer, 5 repetitions, 2..32 agents")
     parser.add_argument("--out", type=Path, help="results folder (default benchmark-results/TS)")
     parser.add_argument("--agents", help="agent processes of the workloads (default 8)")
-    parser.add_argument("--scaling", help="agent counts of the scaling sweep, e.g. 2,4,16")
+    parser.add_argument(
+        "--scaling", help="agent counts of the scaling sweep (default 16; --full: 2,4,16,32)"
+    )
     parser.add_argument("--repetitions", help="repetitions of every cell (default 3)")
     parser.add_argument(
         "--scaling-repetitions", help="repetitions of each scaling point (default 1)"
     )
-    parser.add_argument("--duration-s", help="timed seconds per workload run (default 0.8)")
-    parser.add_argument("--warmup-s", help="untimed seconds before each (default 0.2)")
+    parser.add_argument("--duration-s", help="timed seconds per workload run (default 0.6)")
+    parser.add_argument("--warmup-s", help="untimed seconds before each (default 0.1)")
     parser.add_argument("--workloads", help=f"a subset of: {', '.join(w.name for w in WORKLOADS)}")
     parser.add_argument("--systems", help=f"a subset of: {', '.join(SYSTEMS)}")
     parser.add_argument("--seed", help="seed of the agents' operation streams (default 1)")
@@ -521,6 +524,12 @@ async def _remove(resources: _Resources) -> None:
         await client.aclose()
 
 
+def _concurrency(agents: int) -> int:
+    """Operations in flight per agent while storing or warming: the agents together stay
+    well below the Postgres server's 100 connections (others use it too)."""
+    return max(1, min(8, CONNECTIONS_BUDGET // agents))
+
+
 async def _run_session(
     pool: AgentPool,
     options: RunOptions,
@@ -558,7 +567,12 @@ async def _run_session(
     keys = [key for workload in workloads for key in workload_keys(workload)]
     if not history:  # the first repetition stores the keys; the next ones find them
         shares = [keys[index :: pool.count] for index in range(pool.count)]
-        answers = await pool.ask([{"cmd": "prefill", "keys": share} for share in shares])
+        answers = await pool.ask(
+            [
+                {"cmd": "prefill", "keys": share, "concurrency": _concurrency(pool.count)}
+                for share in shares
+            ]
+        )
         history += [WriteRecord(*row) for answer in answers for row in answer["writes"]]
     _progress(
         f"{system}: {pool.count} agents opened it in {opened_s:.1f} s, "
@@ -570,7 +584,15 @@ async def _run_session(
             f"{pool.count} agents, repetition {repetition + 1}/{repetition_of[1]}: "
             f"{workload.name} on {system} ..."
         )
-        warm = await pool.ask([{"cmd": "warm", "keys": workload_keys(workload)}])
+        warm = await pool.ask(
+            [
+                {
+                    "cmd": "warm",
+                    "keys": workload_keys(workload),
+                    "concurrency": _concurrency(pool.count),
+                }
+            ]
+        )
         start_ns = time.monotonic_ns() + int(START_DELAY_S * 1e9)
         commands = [
             {
