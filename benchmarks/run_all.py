@@ -81,7 +81,7 @@ __all__ = ["BASELINE", "RunOptions", "main", "parse_options", "run"]
 
 BASELINE: Final = "uncached-postgres"
 ROOT: Final = Path(__file__).resolve().parents[1]
-START_DELAY_S: Final = 0.15  # between sending `run` and the agents' common start
+START_DELAY_S: Final = 0.1  # between sending `run` and the agents' common start
 SETTLE_S: Final = 0.1  # after a workload, before the final reads (invalidations in flight)
 ANSWER_TIMEOUT_S: Final = 300.0
 PROBLEMS_SHOWN: Final = 20
@@ -119,7 +119,7 @@ _PROFILES: Final[dict[str, dict[str, Any]]] = {
         "scaling": (16,),
         "repetitions": 3,
         "scaling_repetitions": 1,
-        "duration_s": 0.6,
+        "duration_s": 0.5,
         "warmup_s": 0.1,
     },
     "full": {
@@ -165,7 +165,7 @@ def parse_options(argv: Sequence[str] | None = None) -> RunOptions:
     parser.add_argument(
         "--scaling-repetitions", help="repetitions of each scaling point (default 1)"
     )
-    parser.add_argument("--duration-s", help="timed seconds per workload run (default 0.6)")
+    parser.add_argument("--duration-s", help="timed seconds per workload run (default 0.5)")
     parser.add_argument("--warmup-s", help="untimed seconds before each (default 0.1)")
     parser.add_argument("--workloads", help=f"a subset of: {', '.join(w.name for w in WORKLOADS)}")
     parser.add_argument("--systems", help=f"a subset of: {', '.join(SYSTEMS)}")
