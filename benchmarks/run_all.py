@@ -1,7 +1,7 @@
 """Every agent workload on sagemem and its baselines, side by side: `python -m benchmarks.run_all`.
 
     uv run python -m benchmarks.run_all [--quick | --full] [--out DIR] [--agents 8]
-        [--repetitions 3] [--duration-s S] [--warmup-s S] [--scaling 16]
+        [--repetitions 3] [--duration-s S] [--warmup-s S] [--scaling 2]
         [--scaling-repetitions 1]
         [--workloads a,b] [--systems a,b] [--seed N]
     uv run sagemem bench ...   (the same)
@@ -116,7 +116,7 @@ _PROFILES: Final[dict[str, dict[str, Any]]] = {
     },
     "default": {
         "agents": 8,
-        "scaling": (16,),
+        "scaling": (2,),
         "repetitions": 3,
         "scaling_repetitions": 1,
         "duration_s": 0.5,
@@ -159,7 +159,7 @@ def parse_options(argv: Sequence[str] | None = None) -> RunOptions:
     parser.add_argument("--out", type=Path, help="results folder (default benchmark-results/TS)")
     parser.add_argument("--agents", help="agent processes of the workloads (default 8)")
     parser.add_argument(
-        "--scaling", help="agent counts of the scaling sweep (default 16; --full: 2,4,16,32)"
+        "--scaling", help="agent counts of the scaling sweep (default 2; --full: 2,4,16,32)"
     )
     parser.add_argument("--repetitions", help="repetitions of every cell (default 3)")
     parser.add_argument(
