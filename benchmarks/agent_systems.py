@@ -33,6 +33,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 import sagemem
+from benchmarks.agent_workloads import SYSTEMS, BenchmarkOptionError
 from sagemem.errors import VersionConflict
 from sagemem.hierarchy import MemoryHierarchy
 from sagemem.tiers.base import TierEntry
@@ -364,4 +365,4 @@ async def open_system(
         return await UncachedPostgresSystem.open(namespace, postgres_dsn, bench_schema)
     if system == "broadcast-invalidation":
         return await BroadcastSystem.open(namespace, agent_id, redis_url, postgres_dsn)
-    raise ValueError(f"unknown system {system!r}")
+    raise BenchmarkOptionError(f"unknown system {system!r}; choose from {', '.join(SYSTEMS)}")

@@ -24,7 +24,8 @@ and so does whatever else uses that server at the time).
 Writes `results.json` and `report.md` with PNG plots into `--out` (default
 `benchmark-results/<UTC timestamp>`); progress goes to stderr. Exit status 0 when every read of
 every system returned the value committed as the version it reported, 1 when one did not (the
-report lists them), 2 on a usage error.
+report lists them) or an agent process failed (its stderr is in `--out`/logs), 2 on a usage
+error.
 
 Servers: SAGEMEM_REDIS_URL / SAGEMEM_POSTGRES_DSN, else the embedded ones. Each run uses fresh
 namespaces and a private Postgres schema, removed at the end.
@@ -74,6 +75,7 @@ from benchmarks.agent_workloads import (
     workload_keys,
 )
 from sagemem.embedding import HashingEmbedder
+from sagemem.errors import SageMemError
 from sagemem.services import resolve_postgres_dsn, resolve_redis_url
 from sagemem.tiers.dram import DRAMTier
 
@@ -151,10 +153,11 @@ def parse_options(argv: Sequence[str] | None = None) -> RunOptions:
         prog="python -m benchmarks.run_all",
         description=(__doc__ or "").split("\n\n")[0],
         epilog="exit status: 0 every read was consistent; 1 a read returned a value other than "
-        "the one committed as its version (listed in the report); 2 a usage error.",
+        "the one committed as its version (listed in the report), or an agent process "
+        "failed; 2 a usage error.",
     )
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="a smoke run: 2 agents, seconds")
+    size.add_argument("--quick", action="store_true", help="a smoke run: 2 agents, under a minute")
     size.add_argument("--full", action="store_true", help="longer, 5 repetitions, 2..32 agents")
     parser.add_argument("--out", type=Path, help="results folder (default benchmark-results/TS)")
     parser.add_argument("--agents", help="agent processes of the workloads (default 8)")
@@ -210,9 +213,14 @@ def parse_options(argv: Sequence[str] | None = None) -> RunOptions:
             f"--systems {args.systems!r} leaves out {BASELINE}, the baseline every ratio is "
             f"taken against; add it"
         )
-    seed = int(args.seed) if args.seed and args.seed.lstrip("-").isdigit() else 1
-    if args.seed and not args.seed.lstrip("-").isdigit():
-        raise BenchmarkOptionError(f"--seed must be a whole number, got {args.seed!r}")
+    seed = 1
+    if args.seed is not None:
+        try:
+            seed = int(args.seed)
+        except ValueError:
+            raise BenchmarkOptionError(
+                f"--seed must be a whole number, got {args.seed!r}; e.g. --seed 7"
+            ) from None
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return RunOptions(
         profile=profile,
@@ -237,7 +245,7 @@ def _progress(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-class BenchmarkFailure(RuntimeError):
+class BenchmarkFailure(SageMemError, RuntimeError):
     """An agent process failed or did not answer: the run cannot report what it claims."""
 
 
@@ -369,6 +377,7 @@ class Cell:
     final_reads: int
     final_stale: int
     l1_hit_rate: float | None
+    l1_lookups: int | None  # L1 hits + misses in the timed window, by the system's counters
     messages_per_op: float | None
     messages_per_write: float | None
     redis_commands_per_op: float  # server side: INFO commandstats, every client of the server
@@ -446,6 +455,7 @@ def measure_cell(
         keys_written=len({w.key for a in answers for w in _records(a["writes"], WriteRecord)}),
         final_reads=len(finals),
         final_stale=final_stale,
+        l1_lookups=None if hits is None or misses is None else hits + misses,
         l1_hit_rate=None
         if hits is None or misses is None or not hits + misses
         else hits / (hits + misses),
@@ -817,7 +827,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{options.warmup_s} s warm-up + {options.duration_s} s per run; results in "
         f"{options.out}"
     )
-    results = asyncio.run(run(options))
+    try:
+        results = asyncio.run(run(options))
+    except BenchmarkFailure as error:
+        _progress(f"run_all failed: {error}")
+        return 1
     (options.out / "results.json").write_text(json.dumps(results, indent=1))
     report = write_report(results, options.out)
     _progress(f"wrote {options.out / 'results.json'} and {report} in {results['elapsed_s']} s")
