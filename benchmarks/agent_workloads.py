@@ -22,10 +22,13 @@ from sagemem.errors import SageMemError
 from sagemem.values import JSONValue
 
 __all__ = [
+    "SCALING_WORKLOAD",
     "SYSTEMS",
     "WORKLOADS",
     "BenchmarkOptionError",
+    "KeyChooser",
     "Operation",
+    "OperationStream",
     "ReadRecord",
     "StaleReport",
     "Workload",
@@ -35,6 +38,7 @@ __all__ = [
     "parse_positive_int",
     "parse_positive_ints",
     "percentile",
+    "research_document",
     "stale_reads",
     "tag_of",
     "workload_keys",

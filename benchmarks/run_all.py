@@ -79,7 +79,17 @@ from sagemem.errors import SageMemError
 from sagemem.services import resolve_postgres_dsn, resolve_redis_url
 from sagemem.tiers.dram import DRAMTier
 
-__all__ = ["BASELINE", "RunOptions", "main", "parse_options", "run"]
+__all__ = [
+    "BASELINE",
+    "BenchmarkFailure",
+    "Cell",
+    "RunOptions",
+    "main",
+    "measure_cell",
+    "parse_options",
+    "run",
+    "summarise_cells",
+]
 
 BASELINE: Final = "uncached-postgres"
 ROOT: Final = Path(__file__).resolve().parents[1]
