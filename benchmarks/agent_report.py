@@ -212,29 +212,41 @@ def _plots(results: dict[str, Any], out: Path) -> list[str]:
     grouped("ops_s", f"throughput, {agents} agents (median)", "ops/s", "throughput.png", log=True)
     grouped("stale_reads", "stale reads (all repetitions)", "reads", "stale_reads.png")
     grouped("l1_hit_rate", "L1 hit rate (median)", "fraction of reads", "l1_hit_rate.png")
+    grouped(
+        "messages_per_write",
+        "coherence messages received per write (median)",
+        "messages",
+        "messages.png",
+    )
     grouped("redis_round_trips_per_op", "Redis round trips per operation", "RT/op", "redis_rt.png")
     grouped(
         "postgres_round_trips_per_op", "Postgres round trips per operation", "RT/op", "pg_rt.png"
     )
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for side, quantile in enumerate(("p50", "p99")):
-        for offset, system in enumerate(systems):
-            values = []
-            for workload in workloads:
-                e = next(
-                    (x for x in _rows(summary, workload, agents) if x["system"] == system), None
+    figure, grid = plt.subplots(2, 2, figsize=(11, 8))
+    for row, operation in enumerate(("read", "write")):
+        for side, quantile in enumerate(("p50", "p99")):
+            axes = grid[row][side]
+            for offset, system in enumerate(systems):
+                values = []
+                for workload in workloads:
+                    e = next(
+                        (x for x in _rows(summary, workload, agents) if x["system"] == system),
+                        None,
+                    )
+                    kind = "update" if workload == "counter" else operation
+                    figures = None if e is None else e["latency_us"].get(kind)
+                    values.append(0.0 if figures is None else figures[quantile])
+                axes.bar(
+                    [i + offset * width for i in range(len(workloads))],
+                    values,
+                    width,
+                    label=system,
                 )
-                kind = "update" if workload == "counter" else "read"
-                figures = None if e is None else e["latency_us"].get(kind)
-                values.append(0.0 if figures is None else figures[quantile])
-            axes[side].bar(
-                [i + offset * width for i in range(len(workloads))], values, width, label=system
-            )
-        axes[side].set_xticks([i + 0.4 - width / 2 for i in range(len(workloads))], workloads)
-        axes[side].tick_params(axis="x", labelrotation=30, labelsize="small")
-        axes[side].set_yscale("log")
-        axes[side].set_title(f"read latency {quantile} (update for counter), us")
-    axes[0].legend(fontsize="small")
+            axes.set_xticks([i + 0.4 - width / 2 for i in range(len(workloads))], workloads)
+            axes.tick_params(axis="x", labelrotation=30, labelsize="small")
+            axes.set_yscale("log")
+            axes.set_title(f"{operation} latency {quantile} (update for counter), us")
+    grid[0][0].legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(out / "latency.png", dpi=100)
     plt.close(figure)
