@@ -520,7 +520,10 @@ async def _remove(resources: _Resources) -> None:
     """Drop the private schema, the run's L3 rows and its Redis keys."""
     connection = await asyncpg.connect(resources.postgres_dsn, timeout=30)
     try:
+        clock = time.monotonic()
         await connection.execute(f'DROP SCHEMA IF EXISTS "{resources.schema}" CASCADE')
+        _progress(f"  schema dropped in {time.monotonic() - clock:.1f} s")
+        clock = time.monotonic()
         table = await connection.fetchval("SELECT to_regclass('sagemem.l3_entries')::text")
         if table is not None and resources.namespaces:
             await connection.execute(
@@ -542,6 +545,7 @@ async def _remove(resources: _Resources) -> None:
             await client.unlink(*batch)
     finally:
         await client.aclose()
+    _progress(f"  L3 rows and Redis keys removed in {time.monotonic() - clock:.1f} s")
 
 
 def _concurrency(agents: int) -> int:
