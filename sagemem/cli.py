@@ -1,5 +1,5 @@
-"""The `sagemem` command line: `services up|status|down`, `check`, `grants`, `demo`, `mcp` and
-`eval`.
+"""The `sagemem` command line: `services up|status|down`, `check`, `grants`, `demo`, `mcp`,
+`eval` and `bench`.
 
 Each subcommand lives with the code it drives; this module only parses the first word and
 dispatches, so importing it stays cheap.
@@ -41,6 +41,23 @@ def _run_demo(argv: Sequence[str]) -> int:
             raise
         return _missing_extra("demo", "demo", error)
     return demo_main(list(argv))
+
+
+def _run_bench(argv: Sequence[str]) -> int:
+    root = _checkout_root()
+    if root is None or not (root / "benchmarks" / "run_all.py").is_file():
+        print(
+            "sagemem bench: the benchmarks live in the source checkout's benchmarks/ folder, "
+            "which an installed wheel does not ship; run it from a clone with `uv run sagemem "
+            "bench` (or `uv run python -m benchmarks.run_all`)",
+            file=sys.stderr,
+        )
+        return 2
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.run_all import main as bench_main
+
+    return bench_main(list(argv))
 
 
 def _run_check(argv: Sequence[str]) -> int:
@@ -117,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_check(arguments[1:])
     if arguments[:1] == ["demo"]:  # so does `sagemem demo`
         return _run_demo(arguments[1:])
+    if arguments[:1] == ["bench"]:  # and `sagemem bench` (python -m benchmarks.run_all)
+        return _run_bench(arguments[1:])
     if arguments[:1] == ["grants"]:  # and `sagemem grants`
         from sagemem.grants import main as grants_main
 
@@ -155,6 +174,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo", help="run the live demo at http://localhost:8000 (see `sagemem demo --help`)"
     )
     demo.add_argument("demo_args", nargs=argparse.REMAINDER)
+    bench = commands.add_parser(
+        "bench",
+        help="run the agent workloads on sagemem and its baselines, write a report "
+        "(see `sagemem bench --help`)",
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     grants = commands.add_parser(
         "grants",
         help="provision Redis ACL users and Postgres roles for agent capabilities "

@@ -1,0 +1,67 @@
+"""`python -m benchmarks.run_all --quick` on the real servers: a smoke run of the harness.
+
+Two workloads (95/5 reads and writes, and the counter's updates) on every system with two
+agent processes: the run must exit 0, write `results.json`, `report.md` and the plots, and
+account for what it did (every timed read one L1 hit or miss, every written key read back).
+Every read of every system is checked by the harness against the write that committed the
+version it returned (a problem would make the run exit 1 and is asserted away here too).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks.agent_workloads import SYSTEMS
+from benchmarks.run_all import BASELINE, main
+from sagemem.services import ServiceEndpoints
+
+WORKLOADS = ("read95-uniform", "counter")
+
+
+def test_quick_run_measures_every_system_and_every_read_is_consistent(
+    service_endpoints: ServiceEndpoints, tmp_path: Path
+) -> None:
+    """A quick run exits 0 with one cell per workload and system, consistent counters, no
+    inconsistent read, no stale read in strict mode or without a cache, and its report."""
+    out = tmp_path / "results"
+    status = main(["--quick", "--workloads", ",".join(WORKLOADS), "--out", str(out)])
+    assert status == 0
+    results = json.loads((out / "results.json").read_text())
+    cells = results["cells"]
+    assert sorted((c["workload"], c["system"]) for c in cells) == sorted(
+        (w, s) for w in WORKLOADS for s in SYSTEMS
+    )
+    for cell in cells:
+        where = f"{cell['workload']} on {cell['system']}"
+        assert cell["problems"] == [], where
+        assert cell["ops"] > 0, where
+        kinds = set(cell["latency_us"])
+        if cell["workload"] == "counter":
+            assert kinds == {"update"}, where
+        else:
+            assert "read" in kinds, where
+            assert cell["reads"] > 0, where
+        # every key written in the run is read once more by each of the 2 agents
+        assert cell["final_reads"] == 2 * cell["keys_written"], where
+        if cell["system"] in ("sagemem-strict", BASELINE):
+            assert (cell["stale_reads"], cell["final_stale"]) == (0, 0), where
+        if cell["system"] == BASELINE:
+            assert cell["l1_hit_rate"] is None
+            assert cell["redis_round_trips_per_op"] == 0
+            assert cell["postgres_round_trips_per_op"] >= 1, where  # at least the SELECT
+        elif cell["workload"] != "counter":  # a plain hierarchy's update reads the home
+            assert cell["l1_hit_rate"] is not None, where
+            assert 0 <= cell["l1_hit_rate"] <= 1, where
+        if cell["workload"] == "read95-uniform" and cell["system"] != BASELINE:
+            # every timed read is accounted for by the cache as a hit or a miss, once
+            assert cell["l1_lookups"] == cell["latency_us"]["read"]["count"], where
+    summary = results["summary"]
+    baseline = [e for e in summary if e["system"] == BASELINE]
+    assert all(e["ratio_vs_baseline"]["median"] == 1.0 for e in baseline)
+    report = (out / "report.md").read_text()
+    assert "## Headline: 2 agents, 95/5, 100 uniform keys" in report
+    for system in SYSTEMS:
+        assert f"| {system} |" in report
+    assert (out / "throughput.png").stat().st_size > 0
+    assert (out / "latency.png").stat().st_size > 0
