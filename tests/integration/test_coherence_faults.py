@@ -195,6 +195,43 @@ async def test_killed_pubsub_connection_before_a_write_never_serves_the_old_valu
         assert await holder.read_from(key) == (TierEntry("new", new_version), 0)
 
 
+@pytest.mark.parametrize("mode", ["coherent", "strict"])
+async def test_an_owner_whose_pubsub_connection_dropped_still_answers_a_recall(
+    mode: str,
+    redis_url: str,
+    postgres_dsn: str,
+    namespace: str,
+    pg_schema: str,
+    raw_redis: aioredis.Redis,
+) -> None:
+    """An owner holding a flushed value (E) loses its pub/sub connection and resyncs: it keeps
+    its grant and its copy (RESYNC drops shared copies, not owned ones), so a reader's recall
+    reaches it and the reader gets the value at once. An owner that dropped its entry on the
+    resync would ignore the recall and hold the grant until its lease (10 s) lapsed, past the
+    reader's operation timeout."""
+    key = "belief:owned"
+    quick_reconnect: BusOptions = {"health_check_interval_s": 0.2, "health_check_timeout_s": 0.6}
+    endpoints = (redis_url, postgres_dsn, namespace, pg_schema)
+    async with (
+        agent("owner", *endpoints, bus_options=quick_reconnect, mode=mode) as owner,
+        agent("reader", *endpoints, mode=mode, operation_timeout_s=3.0) as reader,
+    ):
+        await owner.set(key, "mine")
+        await owner.flush(key)
+        assert owner.get_state(key) is L1State.E
+        resyncs = owner.statistics().resyncs
+
+        assert await raw_redis.client_kill_filter(_type="pubsub") >= 1
+        await wait_until(
+            lambda: owner.statistics().resyncs > resyncs, "the owner's resync after the drop"
+        )
+        assert owner.get_state(key) is L1State.E
+
+        assert (await reader.read(key)).value == "mine"
+        assert reader.statistics().recalls_sent >= 1
+        assert owner.statistics().recalls_received >= 1
+
+
 # -- 2 and 3. a server restarted mid-workload -------------------------------------------------
 
 WORKLOAD_KEYS = ("k0", "k1")
