@@ -12,7 +12,7 @@ Fills one namespace of a `DRAMTier` with `--entries` entries (default 10,000), t
   tier's own SQL cost on a first query;
 - with `--home`, `search through a hierarchy's home index`: the same entries stored in an L3
   home and indexed by `reindex_home`, searched by a DRAMTier attached to that home (each hit
-  checked against its L3 row), warm query cache;
+  checked against its L3 row), with a warm query cache and with a cold one (query embedded);
 - `embed one query` (the embedder alone) and the lexeme round trip alone;
 - the baseline: asyncpg's prepared `ORDER BY embedding <=> $1 LIMIT 10` on the same table and
   HNSW index (no text ranking, no fusion, no value decoding), with the ratio of each search to it.
@@ -219,7 +219,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                         query_cache_size=len(queries),
                     )
                 )
-                bound = None
+                bound = bound_cold = None
                 if args.home:
                     home = await stack.enter_async_context(
                         L3Tier(args.dsn, namespace="bench", schema=home_schema)
@@ -233,17 +233,29 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                     )
                     bound.attach_home(home)
                     await stack.enter_async_context(bound)
+                    bound_cold = DRAMTier(
+                        args.dsn,
+                        namespace="bench",
+                        schema=home_schema,
+                        embedder=embedder,
+                        text_of=entry_text,
+                        query_cache_size=0,
+                    )
+                    bound_cold.attach_home(home)
+                    await stack.enter_async_context(bound_cold)
                 baseline = await stack.enter_async_context(_RawVectorSearch(args.dsn, schema))
                 # Warm-up: plans, caches, the warm tier's query cache (every query once).
                 for query in queries[:50]:
                     await cold.search(query, limit=10, mode=mode)
                     await baseline.top10(table[query])
-                    if bound is not None:
+                    if bound is not None and bound_cold is not None:
                         await bound.search(query, limit=10, mode=mode)
+                        await bound_cold.search(query, limit=10, mode=mode)
                 for query in queries:
                     await warm.search(query, limit=10, mode=mode)
-                    if bound is not None:
+                    if bound is not None and bound_cold is not None:
                         await bound.search(query, limit=10, mode=mode)
+                        await bound_cold.search(query, limit=10, mode=mode)
                 for query in queries:
                     vector = table[query]
                     timed: list[tuple[str, Callable[[], Awaitable[object]]]] = [
@@ -254,8 +266,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                         ("lexemes", partial(_lexemes, filling, query)),
                         ("raw_vector", partial(baseline.top10, vector)),
                     ]
-                    if bound is not None:
+                    if bound is not None and bound_cold is not None:
                         timed.append(("home", partial(bound.search, query, limit=10, mode=mode)))
+                        timed.append(
+                            ("home_cold", partial(bound_cold.search, query, limit=10, mode=mode))
+                        )
                     for name, call in timed:
                         started = time.perf_counter()
                         await call()
@@ -345,6 +360,7 @@ _OPERATIONS = {
     "warm": "search, warm query cache",
     "given": "search, vector given (the tier's SQL: lexemes, statistics, the statement)",
     "home": "search through a hierarchy's home index (warm query cache; joins the L3 row)",
+    "home_cold": "search through a hierarchy's home index, cold query cache (query embedded)",
     "embed": "embed one query",
     "lexemes": "  of which: the query's lexemes (one round trip)",
     "raw_vector": "baseline: asyncpg prepared pgvector top-10, same table",
@@ -388,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"| {label} | {row['p50']:.2f} | {row['p95']:.2f} | {row['p99']:.2f} |")
     baseline = result.get("raw_vector_ms")
     if isinstance(baseline, dict):
-        for name in ("warm", "given", "home"):
+        for name in ("cold", "warm", "given", "home", "home_cold"):
             row = result.get(f"{name}_ms")
             if isinstance(row, dict):
                 print(f"{name} / baseline at the median: {row['p50'] / baseline['p50']:.2f}x")

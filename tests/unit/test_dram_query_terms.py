@@ -1,0 +1,19 @@
+"""The semantic tier guesses which cached word counts a new query may use, without a server."""
+
+from __future__ import annotations
+
+from sagemem.tiers.dram import _known_stems
+
+
+def test_known_stems_finds_cached_stems_that_prefix_the_query_words() -> None:
+    """English stems are prefixes of their words, or a prefix plus 'i' ('studies' -> 'studi');
+    cached lexemes the query cannot hold are left out, in sorted order."""
+    known = {stem: (1, 0.0) for stem in ("studi", "comet", "trip", "violin", "happi")}
+    assert _known_stems("Studies of COMETS, happy trips", known) == [
+        "comet",
+        "happi",
+        "studi",
+        "trip",
+    ]
+    assert _known_stems("", known) == []
+    assert _known_stems("orchard", known) == []
