@@ -275,6 +275,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                         started = time.perf_counter()
                         await call()
                         samples[name].append((time.perf_counter() - started) * 1000)
+            if args.writes and args.home:
+                # In the home's schema, beside its 10,000 indexed entries (the HNSW index's
+                # size is part of a write's cost), in namespaces of their own.
+                written = [value for _, value in stored[: args.writes]]
+                await _write_costs(args.dsn, home_schema, embedder, written, samples)
     finally:
         await drop_schema(args.dsn, schema)
         if args.home:
@@ -293,6 +298,80 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         if values:
             result[f"{name}_ms"] = _summary(values)
     return result
+
+
+async def _write_costs(
+    dsn: str | None,
+    schema: str,
+    embedder: Embedder,
+    values: list[JSONValue],
+    samples: dict[str, list[float]],
+) -> None:
+    """Time `set` through hierarchies without and with the semantic tier, write by write.
+
+    Each hierarchy has a namespace of its own; each pair writes the same values to the same
+    keys (50 keys, so most writes replace a value), one after the other: a plain hierarchy at
+    the home (`tier_index=2`, the L3 commit), and a coherent agent at tier 0 (ownership; its
+    later writes of a key it owns stay in its L1) and at tier 2 (a write-through). With the
+    semantic tier each write also embeds the value and writes its index row.
+    """
+    from sagemem.coherence.bus import CoherenceBus
+    from sagemem.hierarchy import MemoryHierarchy
+    from sagemem.tiers.base import Tier
+    from sagemem.tiers.l1 import L1Tier
+    from sagemem.tiers.l1_coherent import CoherentL1Tier
+    from sagemem.tiers.l2 import L2Tier
+
+    run = uuid.uuid4().hex[:8]
+
+    async def open_hierarchy(
+        stack: contextlib.AsyncExitStack, kind: str, tier_index: int, semantic: bool
+    ) -> MemoryHierarchy:
+        namespace = f"writes-{run}-{kind}-{tier_index}-{'with' if semantic else 'without'}"
+        first: Tier
+        if kind == "plain":
+            first = L1Tier()
+        else:
+            bus = CoherenceBus(namespace=namespace)
+            await bus.connect()
+            stack.push_async_callback(bus.aclose)
+            first = CoherentL1Tier("bench", bus)
+        tiers: list[Tier] = [
+            first,
+            L2Tier(namespace=namespace),
+            L3Tier(dsn, namespace=namespace, schema=schema),
+        ]
+        if semantic:
+            tiers.append(
+                DRAMTier(
+                    dsn, namespace=namespace, schema=schema, embedder=embedder, text_of=entry_text
+                )
+            )
+        hierarchy = MemoryHierarchy(tiers, owns_tiers=True)
+        return await stack.enter_async_context(hierarchy)
+
+    kinds = {
+        ("plain", 2): "write_plain_l3",
+        ("coherent", 0): "write_coherent_0",
+        ("coherent", 2): "write_coherent_2",
+    }
+    async with contextlib.AsyncExitStack() as stack:
+        hierarchies = {
+            (kind, tier_index, semantic): await open_hierarchy(stack, kind, tier_index, semantic)
+            for kind, tier_index in kinds
+            for semantic in (False, True)
+        }
+        for index, value in enumerate(values):
+            key = f"fact:{index % 50}"
+            for (kind, tier_index), name in kinds.items():
+                for semantic in (False, True):
+                    hierarchy = hierarchies[kind, tier_index, semantic]
+                    started = time.perf_counter()
+                    await hierarchy.set(key, value, tier_index=tier_index)
+                    elapsed = (time.perf_counter() - started) * 1000
+                    if index >= 10:  # the first writes warm connections and plans up
+                        label = f"{name}_{'with' if semantic else 'without'}"
+                        samples.setdefault(label, []).append(elapsed)
 
 
 async def _analyze(dsn: str | None, schemas: list[str]) -> None:
@@ -365,6 +444,11 @@ _OPERATIONS = {
     "lexemes": "  of which: the query's lexemes (one round trip)",
     "raw_vector": "baseline: asyncpg prepared pgvector top-10, same table",
 }
+_WRITES = {
+    "write_plain_l3": "write, plain hierarchy at L3 (tier_index=2)",
+    "write_coherent_0": "write, coherent agent at tier 0",
+    "write_coherent_2": "write, coherent agent at tier 2 (write-through)",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -390,6 +474,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="also measure a hierarchy's search (index rows joined with an L3 home)",
     )
+    parser.add_argument(
+        "--writes",
+        type=int,
+        default=0,
+        help="with --home, also time this many writes through hierarchies without and with "
+        "the semantic tier (plain at L3, coherent at tier 0 and tier 2)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     result = asyncio.run(run(args))
@@ -408,6 +499,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             row = result.get(f"{name}_ms")
             if isinstance(row, dict):
                 print(f"{name} / baseline at the median: {row['p50'] / baseline['p50']:.2f}x")
+    if any(f"{name}_without_ms" in result for name in _WRITES):
+        print(
+            "\n| write through a hierarchy | without the semantic tier p50 / p95 ms | with it "
+            "p50 / p95 ms | with / without (p50) |\n|---|---:|---:|---:|"
+        )
+    for name, label in _WRITES.items():
+        without, with_ = result.get(f"{name}_without_ms"), result.get(f"{name}_with_ms")
+        if isinstance(without, dict) and isinstance(with_, dict):
+            print(
+                f"| {label} | {without['p50']:.2f} / {without['p95']:.2f} | "
+                f"{with_['p50']:.2f} / {with_['p95']:.2f} | {with_['p50'] / without['p50']:.2f}x |"
+            )
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0
