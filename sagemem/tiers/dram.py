@@ -712,16 +712,39 @@ class DRAMTier(VersionedRowTier):
             )
         return self._checked_vector(vectors[0], f"embedder {self.embedder!r}")
 
-    async def _query_vector(self, query: str) -> list[float]:
+    async def _query_vector(self, query: str | list[float]) -> list[float]:
         """The query's embedding, from the cache of the last `query_cache_size` queries."""
+        if not isinstance(query, str):
+            return self._checked_vector(query, "the query")
+        vector = self._cached_query_vector(query)
+        if vector is None:
+            vector = await self._embed_one(query)
+            self._remember(self._query_vectors, query, vector)
+        return vector
+
+    def _cached_query_vector(self, query: str) -> list[float] | None:
         cache = self._query_vectors
         vector = cache.get(query)
         if vector is not None:
             cache.move_to_end(query)
-            return vector
-        vector = await self._embed_one(query)
-        self._remember(cache, query, vector)
         return vector
+
+    async def _weights_and_vector(
+        self, connection: asyncpg.Connection, query: str | list[float], text: str, candidates: int
+    ) -> tuple[tuple[list[str], list[float], list[bool]], list[float]]:
+        """The query's text weights and embedding, the embedding computed while the server
+        answers the statistics statement (sent first)."""
+        weights = asyncio.ensure_future(self._text_weights(connection, text, candidates))
+        await asyncio.sleep(0)  # the task sends its statement
+        try:
+            vector = await self._query_vector(query)
+        except BaseException:
+            weights.cancel()
+            await asyncio.wait([weights])
+            if not weights.cancelled():
+                weights.exception()  # retrieved: the embedder's failure is the one raised
+            raise
+        return await weights, vector
 
     def _remember(self, cache: OrderedDict[str, _T], query: str, item: _T) -> None:
         if self._query_cache_size:
@@ -817,9 +840,10 @@ class DRAMTier(VersionedRowTier):
             where_json = jsonb_text(
                 where, encode_value(where, size_max_bytes=self.value_size_max_bytes)
             )
+        vector: list[float] | None
         if isinstance(query, str):
             pool = self._connected()  # before calling a possibly remote embedder
-            vector = await self._query_vector(query)
+            vector = self._cached_query_vector(query)
             text = query.replace("\x00", " ")[:_SEARCH_TEXT_CHARS_MAX]
         else:
             if mode != "vector":
@@ -833,9 +857,19 @@ class DRAMTier(VersionedRowTier):
         sql = self._sql_search[mode]
         try:
             async with pool.lease() as connection:
+                weights: tuple[list[str], list[float], list[bool]] | None = None
+                if mode != "vector" and vector is None:
+                    # The query's embedding overlaps its statistics round trip.
+                    weights, vector = await self._weights_and_vector(
+                        connection, query, text, candidates
+                    )
+                elif mode != "vector":
+                    weights = await self._text_weights(connection, text, candidates)
+                if vector is None:
+                    vector = await self._query_vector(query)
                 arguments: list[object] = [self.namespace, vector, limit, candidates, where_json]
-                if mode != "vector":
-                    arguments += await self._text_weights(connection, text, candidates)
+                if weights is not None:
+                    arguments += weights
                 if mode == "hybrid":
                     arguments += [rrf_k, float(text_weight)]
                 if ef_search is None:
