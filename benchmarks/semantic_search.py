@@ -171,8 +171,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     embed_s = time.perf_counter() - started
     if args.embedding_cache is not None and missing:
         args.embedding_cache.write_text(json.dumps(table), encoding="utf-8")
-    schema = f"search_bench_{uuid.uuid4().hex[:10]}"
+    schema = args.keep_schema or f"search_bench_{uuid.uuid4().hex[:10]}"
     home_schema = f"{schema}_home"
+    filled = args.keep_schema is not None and await _filled(
+        args.dsn, [schema, home_schema] if args.home else [schema], len(stored)
+    )
     precomputed = PrecomputedEmbedder(embedder, table)
     mode: SearchMode = args.mode
     samples: dict[str, list[float]] = {name: [] for name in _OPERATIONS}
@@ -186,12 +189,12 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             text_of=entry_text,
         ) as filling:
             started = time.perf_counter()
-            for index, (key, value) in enumerate(stored):
+            for index, (key, value) in enumerate([] if filled else stored):
                 await filling.set(key, value)
                 if (index + 1) % 1000 == 0:
                     print(f"stored {index + 1}/{len(stored)}", file=sys.stderr, flush=True)
             fill_s = time.perf_counter() - started
-            if args.home:
+            if args.home and not filled:
                 home_fill_s = await _fill_home(args.dsn, home_schema, stored, precomputed)
                 print(f"home indexed in {home_fill_s:.1f} s", file=sys.stderr, flush=True)
             await precomputed.embed(queries)  # the query vectors of the "vector given" runs
@@ -281,9 +284,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 written = [value for _, value in stored[: args.writes]]
                 await _write_costs(args.dsn, home_schema, embedder, written, samples)
     finally:
-        await drop_schema(args.dsn, schema)
-        if args.home:
-            await drop_schema(args.dsn, home_schema)
+        if args.keep_schema is None:
+            await drop_schema(args.dsn, schema)
+            if args.home:
+                await drop_schema(args.dsn, home_schema)
     result: dict[str, object] = {
         "entries": len(stored),
         "queries": len(queries),
@@ -372,6 +376,27 @@ async def _write_costs(
                     if index >= 10:  # the first writes warm connections and plans up
                         label = f"{name}_{'with' if semantic else 'without'}"
                         samples.setdefault(label, []).append(elapsed)
+
+
+async def _filled(dsn: str | None, schemas: list[str], entries: int) -> bool:
+    """Whether each schema's tables already hold `entries` rows of the benchmark namespace."""
+    from sagemem.services import resolve_postgres_dsn
+
+    resolved = dsn or await asyncio.to_thread(resolve_postgres_dsn, None)
+    connection = await asyncpg.connect(resolved, timeout=30)
+    try:
+        for schema in schemas:
+            if not await connection.fetchval("SELECT to_regclass($1)", f'"{schema}".dram_entries'):
+                return False
+            count = await connection.fetchval(
+                f"SELECT count(*) FROM \"{schema}\".dram_entries WHERE namespace = 'bench' "
+                "AND embedding IS NOT NULL"
+            )
+            if count != entries:
+                return False
+        return True
+    finally:
+        await connection.close(timeout=30)
 
 
 async def _analyze(dsn: str | None, schemas: list[str]) -> None:
@@ -473,6 +498,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--home",
         action="store_true",
         help="also measure a hierarchy's search (index rows joined with an L3 home)",
+    )
+    parser.add_argument(
+        "--keep-schema",
+        metavar="NAME",
+        help="store the entries in schema NAME (and NAME_home) and keep them: a later run with "
+        "the same NAME and entries measures at once instead of filling again",
     )
     parser.add_argument(
         "--writes",
