@@ -233,3 +233,15 @@ async def test_a_new_query_with_cached_words_scores_as_on_a_fresh_tier(
             expected = {hit.key: hit.score for hit in await fresh.search(query, mode="text")}
             assert cached == pytest.approx(expected)
             assert len(cached) >= 3
+
+
+async def test_the_tier_s_connections_plan_every_search_for_its_own_parameters(
+    dram: DRAMTier,
+) -> None:
+    """plan_cache_mode is force_custom_plan on the tier's connections: Postgres never swaps a
+    search's plan for its generic one (10x slower on some data), however often it runs."""
+    await dram.set("a", "cats purr")
+    for _ in range(7):  # past the five executions after which Postgres may go generic
+        assert [hit.key for hit in await dram.search("cats")] == ["a"]
+    async with dram._connected().lease() as connection:
+        assert await connection.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
