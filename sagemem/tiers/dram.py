@@ -88,6 +88,8 @@ _SELECTIVE_ROWS_MIN: Final = 50
 _TEXT_CANDIDATE_ROWS_PER_CANDIDATE: Final = 4
 _RRF_K_MAX: Final = 10_000
 _WORD: Final = re.compile(r"\w+")
+_GUESS_CHARS_MAX: Final = 2000  # the part of a query whose cached word counts are looked up
+_GUESS_WORD_CHARS_MAX: Final = 40
 # to_tsvector refuses texts whose tsvector would exceed 1 MiB; the words of the first
 # 200,000 characters are what full-text search sees (the embedding sees what the model reads).
 _SEARCH_TEXT_CHARS_MAX: Final = 200_000
@@ -291,8 +293,9 @@ def _known_stems(text: str, known: dict[str, tuple[int, float]]) -> list[str]:
     query lacks is ignored, so this only saves work.
     """
     stems: set[str] = set()
-    for word in _WORD.findall(text.casefold()):
-        for end in range(1, len(word) + 1):
+    # Bounded work for a long query (its other words are simply counted by the server).
+    for word in _WORD.findall(text[:_GUESS_CHARS_MAX].casefold()):
+        for end in range(1, min(len(word), _GUESS_WORD_CHARS_MAX) + 1):
             prefix = word[:end]
             for stem in (prefix, prefix + "i"):
                 if stem in known:
