@@ -12,7 +12,7 @@ Fills one namespace of a `DRAMTier` with `--entries` entries (default 10,000), t
   tier's own SQL cost on a first query;
 - with `--home`, `search through a hierarchy's home index`: the same entries stored in an L3
   home and indexed by `reindex_home`, searched by a DRAMTier attached to that home (each hit
-  checked against its L3 row), warm query cache;
+  checked against its L3 row), with a warm query cache and with a cold one (query embedded);
 - `embed one query` (the embedder alone) and the lexeme round trip alone;
 - the baseline: asyncpg's prepared `ORDER BY embedding <=> $1 LIMIT 10` on the same table and
   HNSW index (no text ranking, no fusion, no value decoding), with the ratio of each search to it.
@@ -171,8 +171,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     embed_s = time.perf_counter() - started
     if args.embedding_cache is not None and missing:
         args.embedding_cache.write_text(json.dumps(table), encoding="utf-8")
-    schema = f"search_bench_{uuid.uuid4().hex[:10]}"
+    schema = args.keep_schema or f"search_bench_{uuid.uuid4().hex[:10]}"
     home_schema = f"{schema}_home"
+    filled = args.keep_schema is not None and await _filled(
+        args.dsn, [schema, home_schema] if args.home else [schema], len(stored)
+    )
     precomputed = PrecomputedEmbedder(embedder, table)
     mode: SearchMode = args.mode
     samples: dict[str, list[float]] = {name: [] for name in _OPERATIONS}
@@ -186,12 +189,12 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             text_of=entry_text,
         ) as filling:
             started = time.perf_counter()
-            for index, (key, value) in enumerate(stored):
+            for index, (key, value) in enumerate([] if filled else stored):
                 await filling.set(key, value)
                 if (index + 1) % 1000 == 0:
                     print(f"stored {index + 1}/{len(stored)}", file=sys.stderr, flush=True)
             fill_s = time.perf_counter() - started
-            if args.home:
+            if args.home and not filled:
                 home_fill_s = await _fill_home(args.dsn, home_schema, stored, precomputed)
                 print(f"home indexed in {home_fill_s:.1f} s", file=sys.stderr, flush=True)
             await precomputed.embed(queries)  # the query vectors of the "vector given" runs
@@ -219,7 +222,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                         query_cache_size=len(queries),
                     )
                 )
-                bound = None
+                bound = bound_cold = None
                 if args.home:
                     home = await stack.enter_async_context(
                         L3Tier(args.dsn, namespace="bench", schema=home_schema)
@@ -233,17 +236,29 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                     )
                     bound.attach_home(home)
                     await stack.enter_async_context(bound)
+                    bound_cold = DRAMTier(
+                        args.dsn,
+                        namespace="bench",
+                        schema=home_schema,
+                        embedder=embedder,
+                        text_of=entry_text,
+                        query_cache_size=0,
+                    )
+                    bound_cold.attach_home(home)
+                    await stack.enter_async_context(bound_cold)
                 baseline = await stack.enter_async_context(_RawVectorSearch(args.dsn, schema))
                 # Warm-up: plans, caches, the warm tier's query cache (every query once).
                 for query in queries[:50]:
                     await cold.search(query, limit=10, mode=mode)
                     await baseline.top10(table[query])
-                    if bound is not None:
+                    if bound is not None and bound_cold is not None:
                         await bound.search(query, limit=10, mode=mode)
+                        await bound_cold.search(query, limit=10, mode=mode)
                 for query in queries:
                     await warm.search(query, limit=10, mode=mode)
-                    if bound is not None:
+                    if bound is not None and bound_cold is not None:
                         await bound.search(query, limit=10, mode=mode)
+                        await bound_cold.search(query, limit=10, mode=mode)
                 for query in queries:
                     vector = table[query]
                     timed: list[tuple[str, Callable[[], Awaitable[object]]]] = [
@@ -254,16 +269,25 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                         ("lexemes", partial(_lexemes, filling, query)),
                         ("raw_vector", partial(baseline.top10, vector)),
                     ]
-                    if bound is not None:
+                    if bound is not None and bound_cold is not None:
                         timed.append(("home", partial(bound.search, query, limit=10, mode=mode)))
+                        timed.append(
+                            ("home_cold", partial(bound_cold.search, query, limit=10, mode=mode))
+                        )
                     for name, call in timed:
                         started = time.perf_counter()
                         await call()
                         samples[name].append((time.perf_counter() - started) * 1000)
+            if args.writes and args.home:
+                # In the home's schema, beside its 10,000 indexed entries (the HNSW index's
+                # size is part of a write's cost), in namespaces of their own.
+                written = [value for _, value in stored[: args.writes]]
+                await _write_costs(args.dsn, home_schema, embedder, written, samples)
     finally:
-        await drop_schema(args.dsn, schema)
-        if args.home:
-            await drop_schema(args.dsn, home_schema)
+        if args.keep_schema is None:
+            await drop_schema(args.dsn, schema)
+            if args.home:
+                await drop_schema(args.dsn, home_schema)
     result: dict[str, object] = {
         "entries": len(stored),
         "queries": len(queries),
@@ -278,6 +302,101 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         if values:
             result[f"{name}_ms"] = _summary(values)
     return result
+
+
+async def _write_costs(
+    dsn: str | None,
+    schema: str,
+    embedder: Embedder,
+    values: list[JSONValue],
+    samples: dict[str, list[float]],
+) -> None:
+    """Time `set` through hierarchies without and with the semantic tier, write by write.
+
+    Each hierarchy has a namespace of its own; each pair writes the same values to the same
+    keys (50 keys, so most writes replace a value), one after the other: a plain hierarchy at
+    the home (`tier_index=2`, the L3 commit), and a coherent agent at tier 0 (ownership; its
+    later writes of a key it owns stay in its L1) and at tier 2 (a write-through). With the
+    semantic tier each write also embeds the value and writes its index row.
+    """
+    from sagemem.coherence.bus import CoherenceBus
+    from sagemem.hierarchy import MemoryHierarchy
+    from sagemem.tiers.base import Tier
+    from sagemem.tiers.l1 import L1Tier
+    from sagemem.tiers.l1_coherent import CoherentL1Tier
+    from sagemem.tiers.l2 import L2Tier
+
+    run = uuid.uuid4().hex[:8]
+
+    async def open_hierarchy(
+        stack: contextlib.AsyncExitStack, kind: str, tier_index: int, semantic: bool
+    ) -> MemoryHierarchy:
+        namespace = f"writes-{run}-{kind}-{tier_index}-{'with' if semantic else 'without'}"
+        first: Tier
+        if kind == "plain":
+            first = L1Tier()
+        else:
+            bus = CoherenceBus(namespace=namespace)
+            await bus.connect()
+            stack.push_async_callback(bus.aclose)
+            first = CoherentL1Tier("bench", bus)
+        tiers: list[Tier] = [
+            first,
+            L2Tier(namespace=namespace),
+            L3Tier(dsn, namespace=namespace, schema=schema),
+        ]
+        if semantic:
+            tiers.append(
+                DRAMTier(
+                    dsn, namespace=namespace, schema=schema, embedder=embedder, text_of=entry_text
+                )
+            )
+        hierarchy = MemoryHierarchy(tiers, owns_tiers=True)
+        return await stack.enter_async_context(hierarchy)
+
+    kinds = {
+        ("plain", 2): "write_plain_l3",
+        ("coherent", 0): "write_coherent_0",
+        ("coherent", 2): "write_coherent_2",
+    }
+    async with contextlib.AsyncExitStack() as stack:
+        hierarchies = {
+            (kind, tier_index, semantic): await open_hierarchy(stack, kind, tier_index, semantic)
+            for kind, tier_index in kinds
+            for semantic in (False, True)
+        }
+        for index, value in enumerate(values):
+            key = f"fact:{index % 50}"
+            for (kind, tier_index), name in kinds.items():
+                for semantic in (False, True):
+                    hierarchy = hierarchies[kind, tier_index, semantic]
+                    started = time.perf_counter()
+                    await hierarchy.set(key, value, tier_index=tier_index)
+                    elapsed = (time.perf_counter() - started) * 1000
+                    if index >= 10:  # the first writes warm connections and plans up
+                        label = f"{name}_{'with' if semantic else 'without'}"
+                        samples.setdefault(label, []).append(elapsed)
+
+
+async def _filled(dsn: str | None, schemas: list[str], entries: int) -> bool:
+    """Whether each schema's tables already hold `entries` rows of the benchmark namespace."""
+    from sagemem.services import resolve_postgres_dsn
+
+    resolved = dsn or await asyncio.to_thread(resolve_postgres_dsn, None)
+    connection = await asyncpg.connect(resolved, timeout=30)
+    try:
+        for schema in schemas:
+            if not await connection.fetchval("SELECT to_regclass($1)", f'"{schema}".dram_entries'):
+                return False
+            count = await connection.fetchval(
+                f"SELECT count(*) FROM \"{schema}\".dram_entries WHERE namespace = 'bench' "
+                "AND embedding IS NOT NULL"
+            )
+            if count != entries:
+                return False
+        return True
+    finally:
+        await connection.close(timeout=30)
 
 
 async def _analyze(dsn: str | None, schemas: list[str]) -> None:
@@ -345,9 +464,15 @@ _OPERATIONS = {
     "warm": "search, warm query cache",
     "given": "search, vector given (the tier's SQL: lexemes, statistics, the statement)",
     "home": "search through a hierarchy's home index (warm query cache; joins the L3 row)",
+    "home_cold": "search through a hierarchy's home index, cold query cache (query embedded)",
     "embed": "embed one query",
     "lexemes": "  of which: the query's lexemes (one round trip)",
     "raw_vector": "baseline: asyncpg prepared pgvector top-10, same table",
+}
+_WRITES = {
+    "write_plain_l3": "write, plain hierarchy at L3 (tier_index=2)",
+    "write_coherent_0": "write, coherent agent at tier 0",
+    "write_coherent_2": "write, coherent agent at tier 2 (write-through)",
 }
 
 
@@ -374,6 +499,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="also measure a hierarchy's search (index rows joined with an L3 home)",
     )
+    parser.add_argument(
+        "--keep-schema",
+        metavar="NAME",
+        help="store the entries in schema NAME (and NAME_home) and keep them: a later run with "
+        "the same NAME and entries measures at once instead of filling again",
+    )
+    parser.add_argument(
+        "--writes",
+        type=int,
+        default=0,
+        help="with --home, also time this many writes through hierarchies without and with "
+        "the semantic tier (plain at L3, coherent at tier 0 and tier 2)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     result = asyncio.run(run(args))
@@ -388,10 +526,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"| {label} | {row['p50']:.2f} | {row['p95']:.2f} | {row['p99']:.2f} |")
     baseline = result.get("raw_vector_ms")
     if isinstance(baseline, dict):
-        for name in ("warm", "given", "home"):
+        for name in ("cold", "warm", "given", "home", "home_cold"):
             row = result.get(f"{name}_ms")
             if isinstance(row, dict):
                 print(f"{name} / baseline at the median: {row['p50'] / baseline['p50']:.2f}x")
+    if any(f"{name}_without_ms" in result for name in _WRITES):
+        print(
+            "\n| write through a hierarchy | without the semantic tier p50 / p95 ms | with it "
+            "p50 / p95 ms | with / without (p50) |\n|---|---:|---:|---:|"
+        )
+    for name, label in _WRITES.items():
+        without, with_ = result.get(f"{name}_without_ms"), result.get(f"{name}_with_ms")
+        if isinstance(without, dict) and isinstance(with_, dict):
+            print(
+                f"| {label} | {without['p50']:.2f} / {without['p95']:.2f} | "
+                f"{with_['p50']:.2f} / {with_['p95']:.2f} | {with_['p50'] / without['p50']:.2f}x |"
+            )
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -1,5 +1,5 @@
 """The `sagemem` command line: `services up|status|down`, `check`, `grants`, `demo`, `mcp`,
-`eval` and `bench`.
+`reindex`, `eval` and `bench`.
 
 Each subcommand lives with the code it drives; this module only parses the first word and
 dispatches, so importing it stays cheap.
@@ -153,6 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 2
         return mcp_main(arguments[1:])
+    if arguments[:1] == ["reindex"]:  # and `sagemem reindex`
+        from sagemem.reindex import main as reindex_main
+
+        return reindex_main(arguments[1:])
     if arguments[:2] == ["eval", "locomo"]:  # and `sagemem eval locomo`
         from sagemem.evaluation.locomo import main as locomo_main
 
@@ -190,6 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mcp", help="serve one namespace's memory as MCP tools (see `sagemem mcp --help`)"
     )
     mcp.add_argument("mcp_args", nargs=argparse.REMAINDER)
+    reindex = commands.add_parser(
+        "reindex",
+        help="index L3 entries that search cannot find yet (see `sagemem reindex --help`)",
+    )
+    reindex.add_argument("reindex_args", nargs=argparse.REMAINDER)
     evaluation = commands.add_parser(
         "eval",
         help="evaluate the semantic tier's retrieval (`sagemem eval locomo --data PATH`, see "

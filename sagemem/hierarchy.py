@@ -29,6 +29,7 @@ the home's older value while this hierarchy serves the newer. See decision recor
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import statistics as _stats
 import time
@@ -54,6 +55,7 @@ __all__ = ["HierarchyStatistics", "MemoryHierarchy"]
 _logger = logging.getLogger("sagemem.hierarchy")
 
 _LATENCY_SAMPLES_MAX: Final = 4096
+_REINDEX_BATCH: Final = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +89,15 @@ class MemoryHierarchy(AsyncResource):
 
     The tiers are borrowed unless `owns_tiers=True`: `aclose()` closes only tiers it owns
     (`sagemem.connect()` builds a hierarchy that owns its tiers). `connect()` connects every
-    tier (each tier's `connect()` is idempotent).
+    tier (each tier's `connect()` is idempotent). With a semantic index (see
+    `semantic_index`), `connect()` also starts indexing, in a background task, the home's
+    entries that have no index row for their current version (see `reindex`), unless
+    `reindex_on_connect=False`; `wait_reindexed()` awaits it.
     """
 
-    def __init__(self, tiers: Sequence[Tier], *, owns_tiers: bool = False) -> None:
+    def __init__(
+        self, tiers: Sequence[Tier], *, owns_tiers: bool = False, reindex_on_connect: bool = True
+    ) -> None:
         if not tiers:
             raise ConfigurationError("MemoryHierarchy needs at least one tier, got none")
         for index, tier in enumerate(tiers):
@@ -107,6 +114,12 @@ class MemoryHierarchy(AsyncResource):
             self._bind_coherent_l1()
         self._index: DRAMTier | None = None
         self._index_home = -1  # the index of the L3 tier the semantic tier indexes
+        if type(reindex_on_connect) is not bool:
+            raise ConfigurationError(
+                f"reindex_on_connect must be True or False, got {reindex_on_connect!r}"
+            )
+        self._reindex_on_connect = reindex_on_connect
+        self._reindexing: asyncio.Task[int] | None = None  # started by connect()
         # Index updates that failed after their write took effect (logged; see _after_commit).
         self.index_failures = 0
         if any(type(tier).__module__ == "sagemem.tiers.dram" for tier in tiers):
@@ -203,12 +216,63 @@ class MemoryHierarchy(AsyncResource):
             await tier.connect()
         if self._coherent is not None:
             await self._coherent.start()
+        if self._index is not None and self._reindex_on_connect and self._reindexing is None:
+            self._reindexing = asyncio.get_running_loop().create_task(
+                self._reindex_in_background(), name="sagemem search index repair"
+            )
+
+    async def reindex(self) -> int:
+        """Index every live home entry that has no index row for its current version, now;
+        return how many were indexed (0 without a semantic index).
+
+        Such entries come from a writer that stopped between its commit and its index write,
+        an owner whose lease lapsed (the home gave its value a version of its own), or writes
+        to L3 from a program without the semantic tier. They are missing from searches (never
+        stale) until indexed. `connect()` runs this in the background; call it after writing
+        to L3 from outside, or use `sagemem reindex` from a shell.
+        """
+        self._check_open()
+        index = self._index
+        if index is None:
+            return 0
+        total = 0
+        while True:
+            indexed = await index.reindex_home(limit=_REINDEX_BATCH)
+            total += indexed
+            if indexed < _REINDEX_BATCH:
+                return total
+
+    async def wait_reindexed(self) -> int:
+        """Await the indexing `connect()` started (see `reindex`); return how many entries it
+        indexed (0 if it did not run or failed; a failure is logged and counted in
+        `index_failures`)."""
+        task = self._reindexing
+        return 0 if task is None else await asyncio.shield(task)
+
+    async def _reindex_in_background(self) -> int:
+        try:
+            indexed = await self.reindex()
+        except SageMemError as error:
+            self.index_failures += 1
+            _logger.warning(
+                "indexing the home's unindexed entries on connect failed (%s); they stay "
+                "missing from searches until MemoryHierarchy.reindex() runs",
+                error,
+            )
+            return 0
+        if indexed:
+            _logger.info("indexed %d home entries that had no index row on connect", indexed)
+        return indexed
 
     async def aclose(self) -> None:
         """Close the tiers this hierarchy owns (idempotent); borrowed tiers stay open."""
         if self._closed:
             return
         self._closed = True
+        reindexing, self._reindexing = self._reindexing, None
+        if reindexing is not None:  # the index repair stops with the hierarchy
+            reindexing.cancel()
+            await asyncio.wait([reindexing])
         errors: list[BaseException] = []
         if self._owns_tiers:
             # A coherent L1 closes first: it writes its owned entries back to the home (L3)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -247,6 +248,7 @@ class EvaluationOptions:
     categories: frozenset[int] = frozenset({1, 2, 3, 4})
     candidates: int | None = None
     text_weight: float = 1.0
+    one_namespace: bool = False  # all conversations in one namespace (evidence ids prefixed)
 
 
 @dataclass(slots=True)
@@ -377,6 +379,12 @@ def conversation_entries(
     return entries
 
 
+def _prefixed_evidence(value: dict[str, JSONValue], index: int) -> dict[str, JSONValue]:
+    evidence = value.get("evidence")
+    items = evidence if isinstance(evidence, list) else []
+    return {**value, "evidence": [f"{index}:{item}" for item in items]}
+
+
 def _first_evidence_rank(hits: Sequence[JSONValue], evidence: frozenset[str]) -> int | None:
     for rank, value in enumerate(hits):
         ids = value.get("evidence") if isinstance(value, dict) else None
@@ -410,26 +418,46 @@ async def evaluate(
     schema = schema or f"locomo_{uuid.uuid4().hex[:12]}"
     run = uuid.uuid4().hex[:8]
     plans = [
-        (conversation, conversation_entries(conversation, options))
+        (conversation.sample_id, conversation_entries(conversation, options))
         for conversation in conversations
     ]
     asked = [
         [q for q in conversation.questions if q.category in options.categories and q.evidence]
         for conversation in conversations
     ]
+    if options.one_namespace and plans:
+        # One namespace for all: keys and evidence ids name their conversation, so a turn of
+        # another conversation (which may share a dia_id) is no evidence.
+        plans = [
+            (
+                f"all {len(plans)}",
+                [
+                    (f"{index}:{key}", _prefixed_evidence(value, index))
+                    for index, (_, entries) in enumerate(plans)
+                    for key, value in entries
+                ],
+            )
+        ]
+        asked = [
+            [
+                dataclasses.replace(
+                    question, evidence=frozenset(f"{index}:{item}" for item in question.evidence)
+                )
+                for index, questions in enumerate(asked)
+                for question in questions
+            ]
+        ]
     total = sum(len(entries) for _, entries in plans) + sum(len(qs) for qs in asked)
     bar = Progress(progress, total)
     tier: DRAMTier | None = None
     try:
-        for index, ((conversation, entries), questions) in enumerate(
-            zip(plans, asked, strict=True)
-        ):
+        for index, ((sample_id, entries), questions) in enumerate(zip(plans, asked, strict=True)):
             namespace = f"locomo-{run}-{index}"
             tier = DRAMTier(
                 dsn, namespace=namespace, schema=schema, embedder=embedder, text_of=entry_text
             )
             async with tier:
-                label = f"conversation {index + 1}/{len(plans)} ({conversation.sample_id})"
+                label = f"conversation {index + 1}/{len(plans)} ({sample_id})"
                 for key, value in entries:
                     started = time.perf_counter()
                     await tier.set(key, value)
@@ -622,6 +650,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         "--categories", default="1,2,3,4", help="comma-separated categories (default 1,2,3,4)"
     )
     parser.add_argument("--conversations", type=int, help="only the first N conversations")
+    parser.add_argument(
+        "--one-namespace",
+        action="store_true",
+        help="store every conversation in one namespace (harder: other conversations' turns "
+        "compete; exercises search over thousands of entries)",
+    )
     parser.add_argument("--dsn", help="Postgres DSN (default: SAGEMEM_POSTGRES_DSN or embedded)")
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
     parser.add_argument(
@@ -674,6 +708,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "sagemem eval locomo"
             categories=categories,
             candidates=args.candidates,
             text_weight=args.text_weight,
+            one_namespace=args.one_namespace,
         )
         print(
             f"LoCoMo: {len(conversations)} conversations, embedder {embedder!r}, {options}",

@@ -50,6 +50,7 @@ import asyncio
 import inspect
 import logging
 import math
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -84,7 +85,12 @@ _CANDIDATES_MAX: Final = 10_000
 _TERM_STATISTICS_MAX: Final = 100_000  # cached document frequencies per tier
 # A query word selects candidates when it is in at most this many rows, or 1/20 of them.
 _SELECTIVE_ROWS_MIN: Final = 50
+# ...and the selective words together select at most this many rows per candidate wanted.
+_TEXT_CANDIDATE_ROWS_PER_CANDIDATE: Final = 4
 _RRF_K_MAX: Final = 10_000
+_WORD: Final = re.compile(r"\w+")
+_GUESS_CHARS_MAX: Final = 2000  # the part of a query whose cached word counts are looked up
+_GUESS_WORD_CHARS_MAX: Final = 40
 # to_tsvector refuses texts whose tsvector would exceed 1 MiB; the words of the first
 # 200,000 characters are what full-text search sees (the embedding sees what the model reads).
 _SEARCH_TEXT_CHARS_MAX: Final = 200_000
@@ -188,11 +194,12 @@ def _search_statements(
         "ORDER BY d LIMIT $4) AS nearest)"
     )
     # BM25 over the tsvector, in a form the GIN index keeps cheap: candidates are the rows
-    # holding a selective lexeme (in at most 50 rows or 1/20 of them), so a common word such
-    # as a speaker's name adds to a score but does not make most rows candidates; each
-    # candidate scores the IDFs of all query
-    # lexemes it holds, with BM25's saturation and length normalisation for a term frequency
-    # of one (repeated words count once), the average length taken over the candidates.
+    # holding a selective lexeme (in at most 50 rows or 1/20 of them, at most 4 candidates'
+    # worth of rows for all of them; see DRAMTier._text_weights), so a common word such as a
+    # speaker's name adds to a score but does not make most rows candidates; each candidate
+    # scores the IDFs of all query lexemes it holds, with BM25's saturation and length
+    # normalisation for a term frequency of one (repeated words count once), the average
+    # length taken over the candidates.
     text_ranked = (
         "weights AS MATERIALIZED (SELECT quote_literal(w.lexeme)::tsquery AS term, w.idf, "
         "w.selective FROM unnest($6::text[], $7::float8[], $8::bool[]) "
@@ -244,11 +251,14 @@ def _search_statements(
     }
 
 
-def _statistics_statements(table: str, *, with_home: bool) -> tuple[str, str]:
-    """The query's lexemes ($1 the text), and the document frequencies of lexemes.
+def _statistics_statements(table: str, *, with_home: bool) -> tuple[str, str, str]:
+    """The query's lexemes, the document frequencies of lexemes, and both in one round trip.
 
-    The second takes $1 namespace, $2 lexemes, $3 whether the namespace's live row count is
-    wanted (else NULL). Frequencies come from the GIN index plus a visit of each matching row,
+    The first takes $1 the text. The second takes $1 namespace, $2 lexemes, $3 whether the
+    namespace's live row count is wanted (else NULL). The third takes $1 namespace, $2 the
+    text, $3 lexemes whose frequency is known (not counted again), $4 whether the row count is
+    wanted; it returns the text's lexemes, their frequencies (NULL for the known ones) and
+    the row count. Frequencies come from the GIN index plus a visit of each matching row,
     which is why `DRAMTier` caches them. With a home, the home's index rows count too (they
     weigh words: whether each is still current does not matter here).
     """
@@ -257,13 +267,41 @@ def _statistics_statements(table: str, *, with_home: bool) -> tuple[str, str]:
         "SELECT coalesce(array_agg(DISTINCT lexeme ORDER BY lexeme), '{}') "
         "FROM unnest(to_tsvector('english'::regconfig, $1))"
     )
-    frequencies = (
-        f"SELECT array(SELECT (SELECT count(*) FROM {table} AS t WHERE {live} "
-        "AND t.search_tsv @@ quote_literal(u.lexeme)::tsquery) "
-        "FROM unnest($2::text[]) WITH ORDINALITY AS u(lexeme, position) ORDER BY u.position), "
-        f"CASE WHEN $3::bool THEN (SELECT count(*) FROM {table} AS t WHERE {live}) END"
+    count = (
+        f"(SELECT count(*) FROM {table} AS t WHERE {live} "
+        "AND t.search_tsv @@ quote_literal(u.lexeme)::tsquery)"
     )
-    return lexemes, frequencies
+    rows = f"CASE WHEN $3::bool THEN (SELECT count(*) FROM {table} AS t WHERE {live}) END"
+    frequencies = (
+        f"SELECT array(SELECT {count} FROM unnest($2::text[]) WITH ORDINALITY AS "
+        f"u(lexeme, position) ORDER BY u.position), {rows}"
+    )
+    # CASE evaluates the count only for a lexeme that is not known.
+    terms = (
+        "SELECT coalesce(array_agg(u.lexeme ORDER BY u.lexeme), '{}'), "
+        f"coalesce(array_agg(CASE WHEN u.lexeme = ANY($3::text[]) THEN NULL ELSE {count} END "
+        f"ORDER BY u.lexeme), '{{}}'), {rows.replace('$3', '$4')} "
+        "FROM unnest(tsvector_to_array(to_tsvector('english'::regconfig, $2))) AS u(lexeme)"
+    )
+    return lexemes, frequencies, terms
+
+
+def _known_stems(text: str, known: dict[str, tuple[int, float]]) -> list[str]:
+    """The cached lexemes that the query `text` may contain, found without the server.
+
+    English stems are mostly a prefix of their word, or a prefix plus `i` ("studies" ->
+    "studi"); a lexeme of the query missed here is counted again, one listed here that the
+    query lacks is ignored, so this only saves work.
+    """
+    stems: set[str] = set()
+    # Bounded work for a long query (its other words are simply counted by the server).
+    for word in _WORD.findall(text[:_GUESS_CHARS_MAX].casefold()):
+        for end in range(1, min(len(word), _GUESS_WORD_CHARS_MAX) + 1):
+            prefix = word[:end]
+            for stem in (prefix, prefix + "i"):
+                if stem in known:
+                    stems.add(stem)
+    return sorted(stems)
 
 
 @dataclass(slots=True)
@@ -371,7 +409,7 @@ class DRAMTier(VersionedRowTier):
         self._text_of: Final = text_of
         self._vector_schema = "public"  # replaced by the extension's schema on connect()
         self._sql_search: dict[SearchMode, str] = {}  # built on connect()
-        self._sql_lexemes, self._sql_frequencies = _statistics_statements(
+        self._sql_lexemes, self._sql_frequencies, self._sql_terms = _statistics_statements(
             self.table, with_home=False
         )
         self._home: L3Tier | None = None  # see attach_home()
@@ -495,7 +533,15 @@ class DRAMTier(VersionedRowTier):
     def _server_settings(self) -> dict[str, str]:
         # Without iterative scans an HNSW search filtered by namespace can return fewer rows
         # than asked for (the index yields ef_search candidates, the filter drops some).
-        return {**super()._server_settings(), "hnsw.iterative_scan": "strict_order"}
+        # Custom plans always: after five executions of a prepared search Postgres may switch
+        # to its generic plan when the estimates favour it, and for the hybrid statement over
+        # some data that plan is 10x slower (measured: 52 ms instead of 5.9 ms per search over
+        # 10,000 entries, depending on the tables' statistics); planning costs ~0.4 ms.
+        return {
+            **super()._server_settings(),
+            "hnsw.iterative_scan": "strict_order",
+            "plan_cache_mode": "force_custom_plan",
+        }
 
     # -- embeddings -----------------------------------------------------------------------
 
@@ -537,7 +583,7 @@ class DRAMTier(VersionedRowTier):
         if self._pool is not None:
             raise ConfigurationError("attach_home must be called before the DRAM tier connects")
         self._home = home
-        self._sql_lexemes, self._sql_frequencies = _statistics_statements(
+        self._sql_lexemes, self._sql_frequencies, self._sql_terms = _statistics_statements(
             self.table, with_home=True
         )
         self._sql_index = (
@@ -679,16 +725,39 @@ class DRAMTier(VersionedRowTier):
             )
         return self._checked_vector(vectors[0], f"embedder {self.embedder!r}")
 
-    async def _query_vector(self, query: str) -> list[float]:
+    async def _query_vector(self, query: str | list[float]) -> list[float]:
         """The query's embedding, from the cache of the last `query_cache_size` queries."""
+        if not isinstance(query, str):
+            return self._checked_vector(query, "the query")
+        vector = self._cached_query_vector(query)
+        if vector is None:
+            vector = await self._embed_one(query)
+            self._remember(self._query_vectors, query, vector)
+        return vector
+
+    def _cached_query_vector(self, query: str) -> list[float] | None:
         cache = self._query_vectors
         vector = cache.get(query)
         if vector is not None:
             cache.move_to_end(query)
-            return vector
-        vector = await self._embed_one(query)
-        self._remember(cache, query, vector)
         return vector
+
+    async def _weights_and_vector(
+        self, connection: asyncpg.Connection, query: str | list[float], text: str, candidates: int
+    ) -> tuple[tuple[list[str], list[float], list[bool]], list[float]]:
+        """The query's text weights and embedding, the embedding computed while the server
+        answers the statistics statement (sent first)."""
+        weights = asyncio.ensure_future(self._text_weights(connection, text, candidates))
+        await asyncio.sleep(0)  # the task sends its statement
+        try:
+            vector = await self._query_vector(query)
+        except BaseException:
+            weights.cancel()
+            await asyncio.wait([weights])
+            if not weights.cancelled():
+                weights.exception()  # retrieved: the embedder's failure is the one raised
+            raise
+        return await weights, vector
 
     def _remember(self, cache: OrderedDict[str, _T], query: str, item: _T) -> None:
         if self._query_cache_size:
@@ -784,9 +853,10 @@ class DRAMTier(VersionedRowTier):
             where_json = jsonb_text(
                 where, encode_value(where, size_max_bytes=self.value_size_max_bytes)
             )
+        vector: list[float] | None
         if isinstance(query, str):
             pool = self._connected()  # before calling a possibly remote embedder
-            vector = await self._query_vector(query)
+            vector = self._cached_query_vector(query)
             text = query.replace("\x00", " ")[:_SEARCH_TEXT_CHARS_MAX]
         else:
             if mode != "vector":
@@ -800,9 +870,19 @@ class DRAMTier(VersionedRowTier):
         sql = self._sql_search[mode]
         try:
             async with pool.lease() as connection:
+                weights: tuple[list[str], list[float], list[bool]] | None = None
+                if mode != "vector" and vector is None:
+                    # The query's embedding overlaps its statistics round trip.
+                    weights, vector = await self._weights_and_vector(
+                        connection, query, text, candidates
+                    )
+                elif mode != "vector":
+                    weights = await self._text_weights(connection, text, candidates)
+                if vector is None:
+                    vector = await self._query_vector(query)
                 arguments: list[object] = [self.namespace, vector, limit, candidates, where_json]
-                if mode != "vector":
-                    arguments += await self._text_weights(connection, text)
+                if weights is not None:
+                    arguments += weights
                 if mode == "hybrid":
                     arguments += [rrf_k, float(text_weight)]
                 if ef_search is None:
@@ -828,14 +908,18 @@ class DRAMTier(VersionedRowTier):
         self, connection: asyncpg.Connection, lexemes: list[str], rows: bool
     ) -> None:
         """Count the live rows holding each of `lexemes` (and all live rows if `rows`)."""
-        statistics = self._term_statistics
         record = await connection.fetchrow(self._sql_frequencies, self.namespace, lexemes, rows)
         assert record is not None  # a SELECT without FROM returns one row
+        self._store_counts(list(zip(lexemes, record[0], strict=True)), record[1])
+
+    def _store_counts(self, counts: list[tuple[str, int]], rows: int | None) -> None:
+        """Cache document frequencies (and the live row count unless None), dated now."""
+        statistics = self._term_statistics
         now = time.monotonic()
-        for lexeme, count in zip(lexemes, record[0], strict=True):
+        for lexeme, count in counts:
             statistics.frequencies[lexeme] = (int(count), now)
-        if record[1] is not None:
-            statistics.rows, statistics.rows_at = int(record[1]), now
+        if rows is not None:
+            statistics.rows, statistics.rows_at = int(rows), now
 
     def _count_terms_later(self, lexemes: list[str], rows: bool) -> None:
         """Recount expired statistics in a task of this tier (one at a time; `aclose` stops
@@ -863,34 +947,56 @@ class DRAMTier(VersionedRowTier):
         await super().aclose()
 
     async def _text_weights(
-        self, connection: asyncpg.Connection, text: str
+        self, connection: asyncpg.Connection, text: str, candidates: int
     ) -> tuple[list[str], list[float], list[bool]]:
         """The query's lexemes with their BM25 IDF and whether each selects candidates.
 
         IDF is `ln(1 + (N - df + 0.5) / (df + 0.5))` over the namespace's live rows; a lexeme
-        is selective when it is in at most 50 rows or 1/20 of them, or is the query's rarest.
-        Row count and frequencies come from the cache: a word never counted is counted now;
-        figures older than `text_statistics_ttl_s` are still used while a background task
-        counts them again (they weigh words; waiting ~1 ms per word for fresh ones doubled a
-        search's median).
+        is selective when it is in at most 50 rows or 1/20 of them, or is the query's rarest,
+        and the selective lexemes, taken rarest first, hold at most `4 * candidates` rows
+        together (the rarest always selects). Row count and frequencies come from the cache;
+        a query not seen before costs one round trip, which finds its lexemes and counts the
+        ones never counted; figures older than `text_statistics_ttl_s` are still used while a
+        background task counts them again (they weigh words; waiting ~1 ms per word for fresh
+        ones doubled a search's median).
         """
+        statistics = self._term_statistics
+        known = statistics.frequencies
+        ttl_s = self._text_statistics_ttl_s
+        rows_missing = ttl_s == 0 or statistics.rows_at == -math.inf
+        fresh: set[str] = set()  # counted by this call
         lexemes = self._query_lexemes.get(text)
         if lexemes is None:
-            lexemes = list(await connection.fetchval(self._sql_lexemes, text))
+            # One round trip: the lexemes, and the counts of those the cache may not hold.
+            guess = [] if ttl_s == 0 else _known_stems(text, known)
+            record = await connection.fetchrow(
+                self._sql_terms, self.namespace, text, guess, rows_missing
+            )
+            assert record is not None  # an aggregate without GROUP BY returns one row
+            lexemes = list(record[0])
+            counted = [
+                (lexeme, count)
+                for lexeme, count in zip(lexemes, record[1], strict=True)
+                if count is not None
+            ]
+            self._store_counts(counted, record[2])
+            fresh = {lexeme for lexeme, _ in counted}
+            rows_missing = False
             self._remember(self._query_lexemes, text, lexemes)
         else:
             self._query_lexemes.move_to_end(text)
         if not lexemes:
             return [], [], []
-        statistics = self._term_statistics
-        ttl_s = self._text_statistics_ttl_s
+        if len(known) > _TERM_STATISTICS_MAX:  # bounded memory: keep this query's words
+            kept = {lexeme: known[lexeme] for lexeme in lexemes if lexeme in known}
+            known.clear()
+            known.update(kept)
         oldest = time.monotonic() - ttl_s
-        known = statistics.frequencies
-        missing = lexemes if ttl_s == 0 else [lexeme for lexeme in lexemes if lexeme not in known]
-        if len(known) + len(missing) > _TERM_STATISTICS_MAX:
-            known.clear()  # bounded memory: start again with this query's words
-            missing = lexemes
-        rows_missing = ttl_s == 0 or statistics.rows_at == -math.inf
+        missing = [
+            lexeme
+            for lexeme in lexemes
+            if lexeme not in fresh and (ttl_s == 0 or lexeme not in known)
+        ]
         if missing or rows_missing:
             await self._count_terms(connection, missing, rows_missing)
         if ttl_s:
@@ -909,5 +1015,16 @@ class DRAMTier(VersionedRowTier):
             for lexeme in present
         ]
         threshold = max(total / 20, rarest, _SELECTIVE_ROWS_MIN)
-        selective = [frequencies[lexeme] <= threshold for lexeme in present]
+        # Selective lexemes, rarest first, while the rows holding them stay within the budget
+        # (the rarest always selects): the BM25 ranking scores every candidate row, so a long
+        # query of moderately common words would otherwise score a thousand rows or more.
+        budget = max(_SELECTIVE_ROWS_MIN, _TEXT_CANDIDATE_ROWS_PER_CANDIDATE * candidates)
+        selective = [False] * len(present)
+        selected_rows = 0
+        for index in sorted(range(len(present)), key=lambda i: (frequencies[present[i]], i)):
+            rows = frequencies[present[index]]
+            if rows > threshold or (selected_rows and selected_rows + rows > budget):
+                continue
+            selective[index] = True
+            selected_rows += rows
         return present, idfs, selective

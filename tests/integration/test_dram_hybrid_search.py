@@ -183,3 +183,65 @@ async def test_scores_in_vector_mode_are_similarities(dram: DRAMTier) -> None:
     assert hit.score == pytest.approx(hit.similarity)
     values: list[JSONValue] = [hit.value]
     assert values == ["cats purr"]
+
+
+async def test_selective_words_together_select_at_most_four_candidates_worth_of_rows(
+    postgres_dsn: str, namespace: str, pg_schema: str
+) -> None:
+    """Text candidates come from the rarest words first, within 4 rows per candidate: with 15
+    candidates (60 rows), a word in 40 rows is not used to select once a rarer one selected
+    40, so its short entries, which BM25 would rank first, are not among the hits."""
+    async with DRAMTier(
+        postgres_dsn,
+        namespace=namespace,
+        schema=pg_schema,
+        embedder=ConstantEmbedder(),
+        text_statistics_ttl_s=0,
+    ) as tier:
+        await tier.set("gamma", "gamma")
+        for index in range(39):
+            await tier.set(f"alpha:{index}", f"alpha with many more words in entry {index}")
+        for index in range(40):
+            await tier.set(f"beta:{index}", "beta")
+        hits = await tier.search("gamma alpha beta", limit=15, candidates=15, mode="text")
+        assert hits[0].key == "gamma"
+        assert [hit.key.split(":")[0] for hit in hits[1:]] == ["alpha"] * 14
+        # Searched alone, the word in 40 rows selects them all (the query's rarest word).
+        alone = await tier.search("beta", limit=15, candidates=15, mode="text")
+        assert {hit.key.split(":")[0] for hit in alone} == {"beta"}
+
+
+async def test_a_new_query_with_cached_words_scores_as_on_a_fresh_tier(
+    postgres_dsn: str, namespace: str, pg_schema: str
+) -> None:
+    """A query that is new but shares words (in other forms) with earlier ones gets its word
+    counts partly from the cache and partly from its one round trip: the scores equal those
+    of a tier that counts every word afresh."""
+    async with (
+        DRAMTier(postgres_dsn, namespace=namespace, schema=pg_schema) as tier,
+        DRAMTier(
+            postgres_dsn, namespace=namespace, schema=pg_schema, text_statistics_ttl_s=0
+        ) as fresh,
+    ):
+        texts = ["studies of comets", "comet trip", "a study trip", "happy comets", "trips"]
+        for index, text in enumerate(texts):
+            await tier.set(f"k{index}", text)
+        await tier.search("studies of comets", mode="text")  # caches 'studi' and 'comet'
+        await tier.search("happiness", mode="text")  # caches 'happi'
+        for query in ("the comet study trip", "happy studying trips"):
+            cached = {hit.key: hit.score for hit in await tier.search(query, mode="text")}
+            expected = {hit.key: hit.score for hit in await fresh.search(query, mode="text")}
+            assert cached == pytest.approx(expected)
+            assert len(cached) >= 3
+
+
+async def test_the_tier_s_connections_plan_every_search_for_its_own_parameters(
+    dram: DRAMTier,
+) -> None:
+    """plan_cache_mode is force_custom_plan on the tier's connections: Postgres never swaps a
+    search's plan for its generic one (10x slower on some data), however often it runs."""
+    await dram.set("a", "cats purr")
+    for _ in range(7):  # past the five executions after which Postgres may go generic
+        assert [hit.key for hit in await dram.search("cats")] == ["a"]
+    async with dram._connected().lease() as connection:
+        assert await connection.fetchval("SHOW plan_cache_mode") == "force_custom_plan"

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 
 from sagemem.embedding import HashingEmbedder
-from sagemem.errors import ConfigurationError
+from sagemem.errors import ConfigurationError, TierUnavailable
 from sagemem.tiers.dram import DRAMTier
 
 
@@ -92,3 +92,28 @@ async def test_expired_term_statistics_serve_while_a_background_task_recounts_th
         expected = {hit.key: hit.score for hit in await fresh.search("comet", mode="text")}
         assert after == pytest.approx(expected)
         assert after["a0"] != pytest.approx(first["a0"])  # comet is now in 6 of 7 rows
+
+
+class FailingEmbedder(CountingEmbedder):
+    """Refuses texts containing 'boom', like a model server that is down for them."""
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """The inner embedder's vectors, or TierUnavailable for a text with 'boom'."""
+        if any("boom" in text for text in texts):
+            raise TierUnavailable("injected: the embedding service failed", tier="embedder")
+        return await super().embed(texts)
+
+
+async def test_an_embedder_failing_while_the_query_statistics_run_fails_the_search_alone(
+    postgres_dsn: str, namespace: str, pg_schema: str
+) -> None:
+    """A new query is embedded while its word statistics are fetched: when the embedder fails,
+    the search raises the embedder's error, and the tier searches normally afterwards."""
+    async with DRAMTier(
+        postgres_dsn, namespace=namespace, schema=pg_schema, embedder=FailingEmbedder()
+    ) as tier:
+        await tier.set("a", "comet over the harbor")
+        for _ in range(3):
+            with pytest.raises(TierUnavailable, match="injected"):
+                await tier.search("comet boom")
+        assert [hit.key for hit in await tier.search("comet harbor")] == ["a"]

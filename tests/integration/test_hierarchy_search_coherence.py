@@ -57,6 +57,7 @@ async def _plain(
     ]
     hierarchy = MemoryHierarchy(tiers, owns_tiers=True)
     await hierarchy.connect()
+    await hierarchy.wait_reindexed()  # so no repair runs behind the test's back
     try:
         yield hierarchy
     finally:

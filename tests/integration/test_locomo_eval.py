@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import zipfile
@@ -318,3 +319,25 @@ async def test_the_llm_judge_answers_from_retrieved_turns_and_grades(
     assert len(prompts) == 8
     assert "Ann: I adopted a greyhound called Rocket" in prompts[0]
     assert "LLM judge (J): overall 0.250" in format_report(report)
+
+
+async def test_one_namespace_counts_only_evidence_of_the_question_s_own_conversation(
+    data_zip: Path, postgres_dsn: str
+) -> None:
+    """With --one-namespace two identical conversations share a namespace: each question's
+    evidence is its own conversation's turn, so the copy's question finds the first
+    conversation's identical turn first (no evidence for it) and its own after it."""
+    (conversation,) = load_conversations(data_zip)
+    copy = dataclasses.replace(conversation, sample_id="copy")
+    report = await evaluate(
+        [conversation, copy],
+        HashingEmbedder(),
+        dsn=postgres_dsn,
+        options=EvaluationOptions(one_namespace=True),
+    )
+    assert report.entries == 2 * (4 + len(FILLER))
+    for category in (3, 4):
+        original, copied = report.ranks[category]
+        assert original == 0
+        assert copied is not None  # found, but behind the identical turn of the first one
+        assert 1 <= copied < 5

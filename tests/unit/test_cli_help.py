@@ -50,6 +50,7 @@ def test_services_help_describes_each_action(capsys: pytest.CaptureFixture[str])
         (("check", "--help"), "1 a checker found a violation"),
         (("demo", "--help"), "1 when it cannot start (port"),
         (("grants", "--help"), "2 a usage error or a failure"),
+        (("reindex", "--help"), "1 a server failed"),
     ],
 )
 def test_every_command_and_action_documents_its_exit_statuses(
