@@ -25,7 +25,7 @@ EMBEDDER_CHOICES = ("hashing", "minilm", "wordllama", "openai")
 async def reindex(
     namespace: str,
     *,
-    dsn: str | None = None,
+    postgres_dsn: str | None = None,
     schema: str = "sagemem",
     embedder: Embedder | None = None,
 ) -> int:
@@ -36,8 +36,8 @@ async def reindex(
     from sagemem.tiers.l3 import L3Tier
 
     tiers = [
-        L3Tier(dsn, namespace=namespace, schema=schema),
-        DRAMTier(dsn, namespace=namespace, schema=schema, embedder=embedder),
+        L3Tier(postgres_dsn, namespace=namespace, schema=schema),
+        DRAMTier(postgres_dsn, namespace=namespace, schema=schema, embedder=embedder),
     ]
     async with MemoryHierarchy(tiers, owns_tiers=True, reindex_on_connect=False) as hierarchy:
         return await hierarchy.reindex()
@@ -63,7 +63,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--embedding-model", help="model name for --embedder openai")
     parser.add_argument("--embedding-dimensions", type=int, help="its vector size")
-    parser.add_argument("--dsn", help="Postgres DSN (default: SAGEMEM_POSTGRES_DSN or embedded)")
+    parser.add_argument(
+        "--postgres-dsn",
+        "--dsn",
+        dest="postgres_dsn",
+        help="Postgres DSN (default: SAGEMEM_POSTGRES_DSN or embedded)",
+    )
     return parser
 
 
@@ -75,7 +80,12 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "sagemem reindex") ->
     try:
         embedder = build_embedder(args)
         indexed = asyncio.run(
-            reindex(args.namespace, dsn=args.dsn, schema=args.schema, embedder=embedder)
+            reindex(
+                args.namespace,
+                postgres_dsn=args.postgres_dsn,
+                schema=args.schema,
+                embedder=embedder,
+            )
         )
     except ConfigurationError as error:
         print(f"{prog}: {error}", file=sys.stderr)

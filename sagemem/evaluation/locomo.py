@@ -656,7 +656,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         help="store every conversation in one namespace (harder: other conversations' turns "
         "compete; exercises search over thousands of entries)",
     )
-    parser.add_argument("--dsn", help="Postgres DSN (default: SAGEMEM_POSTGRES_DSN or embedded)")
+    parser.add_argument(
+        "--postgres-dsn",
+        "--dsn",
+        dest="postgres_dsn",
+        help="Postgres DSN (default: SAGEMEM_POSTGRES_DSN or embedded)",
+    )
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
     parser.add_argument(
         "--judge",
@@ -718,7 +723,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "sagemem eval locomo"
             evaluate(
                 conversations,
                 embedder,
-                dsn=args.dsn,
+                dsn=args.postgres_dsn,
                 options=options,
                 judge=judge,
                 progress=None if args.quiet else sys.stderr,

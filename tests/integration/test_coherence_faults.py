@@ -227,7 +227,9 @@ async def test_an_owner_whose_pubsub_connection_dropped_still_answers_a_recall(
         )
         assert owner.get_state(key) is L1State.E
 
-        assert (await reader.read(key)).value == "mine"
+        entry = await reader.read(key)
+        assert entry is not None
+        assert entry.value == "mine"
         assert reader.statistics().recalls_sent >= 1
         assert owner.statistics().recalls_received >= 1
 

@@ -41,8 +41,10 @@ async def test_entries_written_without_the_semantic_tier_are_indexed_when_a_hier
     """Two values an L3-only program wrote (one replacing an indexed value) are found, at the
     home's versions, once the hierarchy's open-time repair finished; nothing is left after."""
     async with _hierarchy(postgres_dsn, namespace, pg_schema) as first:
-        await first.set("fact:a", "harbor lantern old", tier_index=0)
+        # The open-time repair of an empty namespace finishes before the write, so it cannot
+        # race the write's own index update (it would index the new entry itself).
         assert await first.wait_reindexed() == 0
+        await first.set("fact:a", "harbor lantern old", tier_index=0)
     async with L3Tier(postgres_dsn, namespace=namespace, schema=pg_schema) as outside:
         replaced = await outside.write("fact:a", "harbor lantern new")
         added = await outside.write("fact:b", "harbor violin")
@@ -77,7 +79,7 @@ async def test_the_reindex_command_indexes_what_an_l3_only_program_wrote(
     hierarchy opened later finds the entry without repairing anything itself."""
     async with L3Tier(postgres_dsn, namespace=namespace, schema=pg_schema) as outside:
         version = await outside.write("plan", "comet falcon meadow")
-    arguments = ["--namespace", namespace, "--schema", pg_schema, "--dsn", postgres_dsn]
+    arguments = ["--namespace", namespace, "--schema", pg_schema, "--postgres-dsn", postgres_dsn]
     assert await _run_in_thread(arguments) == 0
     assert f"indexed 1 entries of namespace {namespace!r}" in capsys.readouterr().out
     async with _hierarchy(postgres_dsn, namespace, pg_schema) as memory:
