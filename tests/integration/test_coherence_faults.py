@@ -961,3 +961,52 @@ async def test_recall_reaching_a_lapsed_owner_reports_the_fenced_write(
         await owner.aclose()
         await home.aclose()
         await bus.aclose()
+
+
+async def test_an_invalidation_older_than_an_owners_version_leaves_the_owner_serving_it(
+    redis_url: str, postgres_dsn: str, namespace: str, pg_schema: str
+) -> None:
+    """A holder's bus deliveries are held back while another agent's write-through invalidates
+    its copy; the holder then writes the key itself (taking ownership at a newer version) and
+    flushes it (E). When the held invalidation finally arrives it names an older version: the
+    owner notes it and keeps serving its own value, and a reader still gets that value."""
+    key = "plan:owner"
+    endpoints = (redis_url, postgres_dsn, namespace, pg_schema)
+    home = L3Tier(dsn=postgres_dsn, namespace=namespace, schema=pg_schema)
+    bus = CoherenceBus(url=redis_url, namespace=namespace, handler_timeout_s=WAIT_S)
+    owner = CoherentL1Tier(
+        agent_id="late-holder", bus=bus, home=home, holder_ttl_s=60.0, operation_timeout_s=5.0
+    )
+    deliveries = asyncio.Event()
+    driver = owner._driver
+    deliver = driver.on_bus
+
+    async def held_until_released(event: BusEvent) -> None:
+        await deliveries.wait()
+        await deliver(event)
+
+    driver.on_bus = held_until_released  # type: ignore[method-assign]  # test hook, as above
+    try:
+        async with agent("writer", *endpoints, operation_timeout_s=5.0) as writer:
+            await bus.connect()
+            await owner.start()
+            await writer.write_through(key, "v1")
+            assert (await owner.read(key) or TierEntry(None)).value == "v1"
+            second = await writer.write_through(key, "v2")  # its invalidation is held back
+            mine = await owner.set(key, "mine")
+            await owner.flush(key)
+            assert mine is not None
+            assert mine > second
+            assert owner.get_state(key) is L1State.E
+
+            deliveries.set()
+            await wait_until(
+                lambda: owner.statistics().invalidations_received >= 1, "the held invalidation"
+            )
+            assert owner.get_state(key) is L1State.E
+            assert await owner.read(key) == TierEntry("mine", mine)
+            assert (await writer.read(key) or TierEntry(None)).value == "mine"
+    finally:
+        await owner.aclose()
+        await home.aclose()
+        await bus.aclose()
