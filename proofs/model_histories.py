@@ -93,9 +93,12 @@ from sagemem.verify import (
 
 __all__ = [
     "KEY",
+    "GraphHistories",
     "HistoryVerdict",
     "ModelHistory",
     "check_model_histories",
+    "counterexample",
+    "graph_histories",
     "history_of",
     "judge",
     "random_walk",
@@ -110,6 +113,7 @@ HOME_AGENT: Final = "home"
 QUICK_WALKS: Final = 150
 DEEP_WALKS: Final = 3000
 WALK_STEPS: Final = 80
+GRAPH_STATES_MAX: Final = 400_000
 
 _RESPONSES: Final = frozenset(
     {Effect.RETURN_VALUE, Effect.RETURN_VALUE_UNCACHED, Effect.ACK_WRITE, Effect.REPORT_CONFLICT}
@@ -473,7 +477,7 @@ def check_model_histories(
     walked: Iterable[ProtocolDefinition] = (),
     walks: int = QUICK_WALKS,
     max_steps: int = WALK_STEPS,
-    max_states: int = 200_000,
+    max_states: int = GRAPH_STATES_MAX,
     seed: int = 13,
 ) -> CheckReport:
     """Judge (see `judge`) the histories of every answered operation's shortest path in each
@@ -492,12 +496,16 @@ def check_model_histories(
 
     for defn in graph:
         summary["mode"] = defn.mode.value
-        for history in graph_histories(defn, max_states=max_states):
+        histories = graph_histories(defn, max_states=max_states)
+        for history in histories:
             summary["graph_paths"] = int(summary["graph_paths"]) + 1
             summary["operations"] = int(summary["operations"]) + len(history.operations)
             verdict = judge(history)
             if not verdict.ok:
                 return fail(defn, history, verdict)
+        summary["graph_states"] = int(summary.get("graph_states", 0)) + histories.states
+        if histories.truncated:  # said, never silent: the graph paths are then a sample
+            summary[f"truncated_{defn.agents}a{defn.writes}w"] = max_states
     rng = random.Random(seed)
     for defn in walked:
         summary["mode"] = defn.mode.value
@@ -515,28 +523,45 @@ def check_model_histories(
     return CheckReport("model histories", True, summary)
 
 
-def graph_histories(
-    defn: ProtocolDefinition, *, max_states: int = 200_000
-) -> Iterator[ModelHistory]:
+class GraphHistories:
     """The history of the shortest path to every state the model reaches (breadth-first,
     without symmetry reduction, so agent numbers are stable along each path) whose last step
-    answered an operation: every way an operation can be answered within `defn`'s bounds,
-    each on one shortest path. Stops after `max_states` states."""
-    root = initial_state(defn)
-    parent: dict[State, tuple[State, Transition] | None] = {root: None}
-    queue: deque[State] = deque([root])
-    while queue:
-        state = queue.popleft()
-        for step in transitions(defn, state):
-            target = step.target
-            if target == state or target in parent:
-                continue
-            if len(parent) >= max_states:
-                return
-            parent[target] = (state, step)
-            queue.append(target)
-            if step.rule is not None and _RESPONSES.intersection(step.rule.effects):
-                yield history_of(defn, _path_to(parent, target))
+    answered an operation: every way an operation can be answered within the definition's
+    bounds, each on one shortest path. Iterate it; afterwards `states` says how many states
+    were reached and `truncated` whether `max_states` stopped it."""
+
+    def __init__(self, defn: ProtocolDefinition, max_states: int) -> None:
+        self.defn = defn
+        self.max_states = max_states
+        self.states = 0
+        self.truncated = False
+
+    def __iter__(self) -> Iterator[ModelHistory]:
+        defn = self.defn
+        root = initial_state(defn)
+        parent: dict[State, tuple[State, Transition] | None] = {root: None}
+        queue: deque[State] = deque([root])
+        while queue:
+            state = queue.popleft()
+            for step in transitions(defn, state):
+                target = step.target
+                if target == state or target in parent:
+                    continue
+                if len(parent) >= self.max_states:
+                    self.states, self.truncated = len(parent), True
+                    return
+                parent[target] = (state, step)
+                queue.append(target)
+                if step.rule is not None and _RESPONSES.intersection(step.rule.effects):
+                    yield history_of(defn, _path_to(parent, target))
+        self.states = len(parent)
+
+
+def graph_histories(
+    defn: ProtocolDefinition, *, max_states: int = GRAPH_STATES_MAX
+) -> GraphHistories:
+    """The histories of `defn`'s state graph (see `GraphHistories`)."""
+    return GraphHistories(defn, max_states)
 
 
 def _path_to(

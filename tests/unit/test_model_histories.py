@@ -177,6 +177,15 @@ def test_walks_of_a_bug_report_the_shortest_failing_walk() -> None:
     assert 0 < len(report.counterexample.steps) <= 10
 
 
+def test_a_truncated_state_graph_is_said_in_the_summary() -> None:
+    """max_states stops the graph paths, and the report names the truncated definition."""
+    defn = ProtocolDefinition(mode=Mode.COHERENT, agents=2, writes=1, fault_budget=1)
+    report = check_model_histories(graph=[defn], max_states=300)
+    assert report.ok
+    assert report.summary["truncated_2a1w"] == 300
+    assert report.summary["graph_states"] == 300
+
+
 def test_an_empty_history_passes() -> None:
     """A path that answers no operation has nothing to judge."""
     defn = ProtocolDefinition(mode=Mode.STRICT, agents=1, writes=0, fault_budget=0)
