@@ -40,7 +40,10 @@ waits for the version it saw to settle, `answers.conflict_settles_first`, which 
 row does not: recorded with the home's version, a strict refusal during an owner's
 reservation followed by a read of the older version is not linearizable). The home's
 revocation of a lapsed owner (HOME_REVOKE_GRANT) gives the value the home kept a version of
-its own: a write by the pseudo-agent "home", as readers see it. A version created by no
+its own: a write by the pseudo-agent "home", invoked at that step, of unknown outcome (it is
+no client's operation and nobody is told when it takes effect: recorded as completed at that
+step, a strict reader's still-valid copy of the same value under the older version, read
+before the relay, would count as a stale read no client could observe). A version created by no
 operation (a mutant's extra commit) is left out, so a read of it cannot be explained. The
 model has no separate delete or compare-and-swap: a delete is a write-through of a
 tombstone, a value like any other.
@@ -295,8 +298,10 @@ class _Builder:
         for version in range(len(before.names), len(after.names)):
             value_id = after.names[version]
             if Effect.HOME_REVOKE_GRANT in rule.effects:
+                # no client's operation: nobody is told when it takes effect (see the docstring)
                 home = _Open(self._new_id(HOME_AGENT), HOME_AGENT, OpKind.WRITE, number)
-                self._close(home, Written(version + 1), number, value_id)
+                home.value_id = value_id
+                self._close(home, Unknown("the home revoked a lapsed owner's grant"), None)
                 continue
             pending = self.open.get(step.agent) if step.agent is not None else None
             if pending is not None and pending.kind is OpKind.WRITE and pending.value_id is None:
@@ -358,17 +363,23 @@ def history_of(defn: ProtocolDefinition, path: Sequence[Transition]) -> ModelHis
     )
 
 
+def _steps(defn: ProtocolDefinition, state: State) -> Iterator[Transition]:
+    """The enabled steps of `state`, also past a violation the model's ghost checks recorded
+    (the interpreter stops there; the history goes on, so that what the bad step leads to can
+    show in the history, independently of the ghost check that saw it)."""
+    return transitions(defn, state._replace(violation="") if state.violation else state)
+
+
 def random_walk(
     defn: ProtocolDefinition, rng: random.Random, max_steps: int = WALK_STEPS
 ) -> list[Transition]:
     """A random path from the initial state: each step uniformly among the enabled steps
-    that change the state, until `max_steps`, a state with a violation, or no step."""
+    that change the state (past recorded violations, see `_steps`), until `max_steps` or no
+    step."""
     state = initial_state(defn)
     path: list[Transition] = []
     for _ in range(max_steps):
-        if state.violation:
-            break
-        options = [step for step in transitions(defn, state) if step.target != state]
+        options = [step for step in _steps(defn, state) if step.target != state]
         if not options:
             break
         chosen = rng.choice(options)
@@ -438,7 +449,11 @@ def _coherent_violations(history: ModelHistory) -> list[tuple[int, str, str]]:
         creator = named.get(op.outcome.version)
         if creator == op.outcome.value or (creator is None and op.outcome.value in unknown_values):
             continue  # the write that made it, or one of unknown outcome that may have
-        written = f"written with {creator!r}" if creator else "created by no operation"
+        written = (
+            f"written with {creator!r}"
+            if creator
+            else f"created by no operation that wrote {op.outcome.value!r}"
+        )
         found.append(
             (
                 _step_of(history, op),
@@ -527,8 +542,9 @@ class GraphHistories:
     """The history of the shortest path to every state the model reaches (breadth-first,
     without symmetry reduction, so agent numbers are stable along each path) whose last step
     answered an operation: every way an operation can be answered within the definition's
-    bounds, each on one shortest path. Iterate it; afterwards `states` says how many states
-    were reached and `truncated` whether `max_states` stopped it."""
+    bounds, each on one shortest path (past recorded violations, see `_steps`). Iterate it;
+    afterwards `states` says how many states were reached and `truncated` whether
+    `max_states` stopped it."""
 
     def __init__(self, defn: ProtocolDefinition, max_states: int) -> None:
         self.defn = defn
@@ -543,16 +559,19 @@ class GraphHistories:
         queue: deque[State] = deque([root])
         while queue:
             state = queue.popleft()
-            for step in transitions(defn, state):
+            for step in _steps(defn, state):
                 target = step.target
+                answers = step.rule is not None and bool(_RESPONSES.intersection(step.rule.effects))
                 if target == state or target in parent:
+                    if target == state and answers:  # a read answered from a copy, unchanged
+                        yield history_of(defn, [*_path_to(parent, state), step])
                     continue
                 if len(parent) >= self.max_states:
                     self.states, self.truncated = len(parent), True
                     return
                 parent[target] = (state, step)
                 queue.append(target)
-                if step.rule is not None and _RESPONSES.intersection(step.rule.effects):
+                if answers:
                     yield history_of(defn, _path_to(parent, target))
         self.states = len(parent)
 
