@@ -14,7 +14,8 @@ history of each model path it takes (below):
   newer version. The model carries that evidence; a recorded production history does not,
   which is why the multi-process tests bound the age of a stale read instead
   (`check_invalidation_coverage`). Also (this module's own check: `sagemem.verify` compares
-  versions only) every read returns the value the write that created its version wrote.
+  versions only) every read returns the value the write that created its version wrote, and
+  never nothing (the key always exists in the model).
 
 Paths: (1) `graph_histories`: breadth-first over the model's states WITHOUT symmetry
 reduction, the shortest path to every state whose last step answered an operation (every way
@@ -334,6 +335,14 @@ class _Builder:
         self.open.clear()
 
 
+def _answers(step: Transition) -> bool:
+    """The step answers an operation: a response row, or a read or write of a stable entry
+    the table calls not applicable (answered at once with nothing)."""
+    if step.rule is None:
+        return step.refusal is not None and step.event in _KIND_BY_EVENT
+    return bool(_RESPONSES.intersection(step.rule.effects))
+
+
 def _returns(step: Transition) -> bool:
     rule = step.rule
     return rule is not None and bool(
@@ -444,6 +453,15 @@ def _coherent_violations(history: ModelHistory) -> list[tuple[int, str, str]]:
         elif op.is_unknown and op.kind is not OpKind.READ and isinstance(op.value, str):
             unknown_values.add(op.value)
     for op in ops:
+        if isinstance(op.outcome, ReadMiss):
+            found.append(
+                (
+                    _step_of(history, op),
+                    "history_read_value",
+                    f"{op.describe()}: the key always exists in the model, yet the read "
+                    "returned nothing",
+                )
+            )
         if not isinstance(op.outcome, ReadHit):
             continue
         creator = named.get(op.outcome.version)
@@ -561,7 +579,7 @@ class GraphHistories:
             state = queue.popleft()
             for step in _steps(defn, state):
                 target = step.target
-                answers = step.rule is not None and bool(_RESPONSES.intersection(step.rule.effects))
+                answers = _answers(step)
                 if target == state or target in parent:
                     if target == state and answers:  # a read answered from a copy, unchanged
                         yield history_of(defn, [*_path_to(parent, state), step])

@@ -18,7 +18,15 @@ from proofs.model_histories import (
     judge,
     random_walk,
 )
-from sagemem.spec import Mode, ProtocolDefinition
+from sagemem.spec import (
+    REFUSALS,
+    Event,
+    Guard,
+    L1State,
+    Mode,
+    ProtocolDefinition,
+    RefusalKind,
+)
 from sagemem.spec.model import Transition, initial_state, transitions
 from sagemem.verify import OpKind, ReadHit, Unknown, Written
 
@@ -162,6 +170,31 @@ def test_every_hand_written_bug_gives_a_history_the_checkers_reject(bug: Bug, mo
     assert not report.ok, f"{bug.name} ({mode.value}) passed {report.summary}"
     assert report.counterexample is not None
     assert report.counterexample.property_name.startswith("history_")
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        (Mode.STRICT, {"history_linearizable"}),
+        (Mode.COHERENT, {"history_read_value", "history_monotonic_reads"}),
+    ],
+)
+def test_a_read_refused_as_not_applicable_shows_as_a_miss_the_checkers_reject(
+    mode: Mode, expected: set[str]
+) -> None:
+    """(S, READ, CONN_MISSED) made NOT_APPLICABLE: production answers None, a miss of a live key."""
+    refusals = tuple(
+        dataclasses.replace(f, kind=RefusalKind.NOT_APPLICABLE)
+        if f.source is L1State.S and f.event is Event.READ and f.guard is Guard.CONN_MISSED
+        else f
+        for f in REFUSALS
+    )
+    assert refusals != REFUSALS
+    defn = ProtocolDefinition(mode=mode, refusals=refusals, agents=2, writes=1, fault_budget=1)
+    report = check_model_histories(graph=[defn])
+    assert report.counterexample is not None
+    assert report.counterexample.property_name in expected
+    assert "miss" in report.counterexample.explanation
 
 
 def test_a_strict_stale_read_is_explained_by_the_linearizability_checker() -> None:
