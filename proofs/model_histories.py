@@ -114,8 +114,7 @@ KEY: Final = "k"
 HOME_AGENT: Final = "home"
 """The pseudo-agent whose writes are the home's revocations of lapsed owners."""
 
-QUICK_WALKS: Final = 150
-DEEP_WALKS: Final = 3000
+WALKS: Final = 100
 WALK_STEPS: Final = 80
 GRAPH_STATES_MAX: Final = 400_000
 
@@ -508,7 +507,7 @@ def check_model_histories(
     *,
     graph: Iterable[ProtocolDefinition] = (),
     walked: Iterable[ProtocolDefinition] = (),
-    walks: int = QUICK_WALKS,
+    walks: int = WALKS,
     max_steps: int = WALK_STEPS,
     max_states: int = GRAPH_STATES_MAX,
     seed: int = 13,
@@ -518,7 +517,12 @@ def check_model_histories(
     definition of `walked`. Fails with the first failing history of the state graph (a
     shortest one), or the shortest failing walk of the first walked definition with one."""
     started = time.perf_counter()
-    summary: dict[str, int | float | str] = {"graph_paths": 0, "walks": 0, "operations": 0}
+    summary: dict[str, int | float | str] = {
+        "graph_paths": 0,
+        "walks": 0,
+        "operations": 0,
+        "conflicts_left_out": 0,
+    }
 
     def fail(
         defn: ProtocolDefinition, history: ModelHistory, verdict: HistoryVerdict
@@ -533,6 +537,9 @@ def check_model_histories(
         for history in histories:
             summary["graph_paths"] = int(summary["graph_paths"]) + 1
             summary["operations"] = int(summary["operations"]) + len(history.operations)
+            summary["conflicts_left_out"] = (
+                int(summary["conflicts_left_out"]) + history.conflicts_left_out
+            )
             verdict = judge(history)
             if not verdict.ok:
                 return fail(defn, history, verdict)
@@ -547,6 +554,9 @@ def check_model_histories(
             history = history_of(defn, random_walk(defn, rng, max_steps))
             summary["walks"] = int(summary["walks"]) + 1
             summary["operations"] = int(summary["operations"]) + len(history.operations)
+            summary["conflicts_left_out"] = (
+                int(summary["conflicts_left_out"]) + history.conflicts_left_out
+            )
             verdict = judge(history)
             if not verdict.ok and (worst is None or verdict.step < worst[0]):
                 worst = (verdict.step, history, verdict)
