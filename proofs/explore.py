@@ -116,12 +116,15 @@ _UNDISRUPTED_EDGES = _mask(_USER, _INTERNAL, _CONFLICT, _EXPIRY, _RETRY, _FAULT)
 GRAPH_PROPERTIES = frozenset(
     {"quiescence_reachable", "prompt_progress", "internal_steps_terminate", "fair_progress"}
 )
-"""The properties checked on the explored graph, in checking order (`explore(skip=...)`)."""
+"""The names of the properties checked on the explored graph (`explore(skip=...)`); they are
+checked in the order quiescence_reachable, prompt_progress, internal_steps_terminate,
+fair_progress."""
 
 # Fairness (fair_progress): the events whose steps weak fairness covers, one bit per event.
 _EVENT_CODE = {event: code for code, event in enumerate(Event)}
 _EVENT_OF_CODE = tuple(Event)
 _COMPLETES = 0x80  # edge_event flag: the step answers an operation in progress
+assert len(_EVENT_OF_CODE) < _COMPLETES, "an event code must fit in edge_event's low 7 bits"
 _FAIR_EVENTS = sum(
     1 << _EVENT_CODE[event]
     for event, kind in EVENT_KIND.items()
