@@ -2,12 +2,16 @@
 
 - `sagemem check` (quick): for each mode, the exhaustive explorer at the quick bounds (3 agents
   with 1 write, and 2 agents with 2 writes; every fault event enabled, one fault step per run),
-  the Z3 one-step table checks, the hostile scenarios and the catalogue of hand-written bugs
-  (`proofs.bugs`: each must be rejected). No bounded model checking: at 3 agents and 1 write it
-  covers nothing the explorer does not (`--bmc-depth N` runs it anyway).
-- `sagemem check --deep`: the explorer at 3 agents x 2 writes and at 4 agents, and bounded
-  model checking for 3 agents to depth `DEEP_BMC_DEPTH` (20) in both modes: 39 minutes on
-  the 2-core machine with `--workers 2`, 33 of them strict mode's BMC (see
+  the Z3 one-step table checks, the hostile scenarios, the project's history checkers
+  (`sagemem.verify`) on model histories (`proofs.model_histories`: every answered operation's
+  shortest path at 2 agents/1 write/1 fault, and 100 seeded random walks of each explored
+  definition) and the catalogue of hand-written bugs (`proofs.bugs`: each must be rejected).
+  No bounded model checking: at 3 agents and 1 write it covers nothing the explorer does not
+  (`--bmc-depth N` runs it anyway).
+- `sagemem check --deep`: the explorer at 3 agents x 2 writes and at 4 agents, the model
+  histories' graph paths also at 2 agents/2 writes with 3,000 walks per explored definition,
+  and bounded model checking for 3 agents to depth `DEEP_BMC_DEPTH` (20) in both modes: 39
+  minutes on the 2-core machine with `--workers 2`, 33 of them strict mode's BMC (see
   `docs/coherence-protocol.md`).
 - `sagemem check --mutants`: the quick checks, then the extended mutants of the table through
   the kill chain of `proofs.mutants`; prints the kill rate and every surviving mutant.
@@ -37,7 +41,7 @@ from typing import TextIO
 
 from proofs.report import CheckReport
 from sagemem.spec.invariants import invariants_for
-from sagemem.spec.model import ProtocolDefinition, deep, quick
+from sagemem.spec.model import Bounds, ProtocolDefinition, deep, definitions, quick
 from sagemem.spec.table import TABLE, Rule
 from sagemem.spec.vocabulary import Mode
 
@@ -51,6 +55,12 @@ __all__ = [
     "run_checks",
 ]
 
+# `sagemem.verify` on model histories (proofs.model_histories): every answered operation's
+# shortest path at these bounds, plus seeded random walks of each explored definition.
+HISTORY_GRAPH_QUICK = (Bounds(2, 1, 1),)
+HISTORY_GRAPH_DEEP = (Bounds(2, 1, 1), Bounds(2, 2, 1))
+HISTORY_WALKS_QUICK = 100
+HISTORY_WALKS_DEEP = 3000
 QUICK_BMC_DEPTH = 0  # the quick explorer covers 3 agents x 1 write exhaustively: no BMC
 DEEP_BMC_DEPTH = 20
 BMC_AGENTS = 3
@@ -336,6 +346,22 @@ def _bugs_task(mode: Mode) -> _Task:
     return _Task(label, run)
 
 
+def _histories_task(mode: Mode, table: tuple[Rule, ...], *, deep_run: bool) -> _Task:
+    check_model_histories = _load("proofs.model_histories", "check_model_histories")
+    label = f"history  {mode.value:<8} sagemem.verify on model histories"
+    graph_bounds = HISTORY_GRAPH_DEEP if deep_run else HISTORY_GRAPH_QUICK
+    walks = HISTORY_WALKS_DEEP if deep_run else HISTORY_WALKS_QUICK
+    walked = (*quick(mode, table=table), *(deep(mode, table=table) if deep_run else ()))
+
+    def run(line: ProgressLine) -> CheckReport:
+        line.show(f"{label}: judging", force=True)
+        return check_model_histories(
+            graph=definitions(mode, graph_bounds, table=table), walked=walked, walks=walks
+        )
+
+    return _Task(label, run)
+
+
 def _bmc_task(defn: ProtocolDefinition, depth: int, workers: int) -> _Task:
     bounded_model_check = _load("proofs.z3_check", "bounded_model_check")
     label = (
@@ -378,6 +404,8 @@ def _plan(options: CheckOptions, table: tuple[Rule, ...]) -> list[_Task]:
         tasks.append(_table_task(base))
         tasks.extend(_explore_task(defn) for defn in explored_definitions(options, mode, table))
         tasks.append(_scenario_task(base))
+        if not options.custom_bounds:
+            tasks.append(_histories_task(mode, table, deep_run=options.deep))
         if table is TABLE and not options.custom_bounds:
             # the catalogue edits the real table; custom bounds or tables skip it
             tasks.append(_bugs_task(mode))
