@@ -5,6 +5,6 @@ a clone `python -m demo.server.main` runs the same modules under their short nam
 """
 
 if __name__ != "sagemem.demo":
-    from sagemem._alias import alias_package
+    from sagemem.spec._alias import alias_package
 
     alias_package(__name__, "sagemem.demo")

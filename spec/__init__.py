@@ -30,7 +30,7 @@ from __future__ import annotations
 if __name__ != "sagemem.spec":
     # Imported as the top-level `spec`: become `sagemem.spec`, submodules included, so that one
     # module tree (one TABLE, one L1State) exists whichever name a user imports.
-    from sagemem._alias import alias_package
+    from ._alias import alias_package
 
     alias_package(__name__, "sagemem.spec")
 

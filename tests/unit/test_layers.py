@@ -23,7 +23,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "sagemem.conflicts",
             "sagemem._lifecycle",
             "sagemem._renamed",
-            "sagemem._alias",
         ),
     ),
     ("spec", ("sagemem.spec",)),
