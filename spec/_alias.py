@@ -68,9 +68,20 @@ class _AliasFinder(importlib.abc.MetaPathFinder):
         if not fullname.startswith(self._short + "."):
             return None
         real = self._long + fullname[len(self._short) :]
-        if importlib.util.find_spec(real) is None:
+        found = importlib.util.find_spec(real)
+        if found is None:
             return None
-        return importlib.machinery.ModuleSpec(fullname, _AliasLoader(real))
+        # The long module's location, so `python -m <short>.<module>` gets its `__file__`.
+        spec = importlib.machinery.ModuleSpec(
+            fullname,
+            _AliasLoader(real),
+            origin=found.origin,
+            is_package=found.submodule_search_locations is not None,
+        )
+        spec.has_location = found.has_location
+        if found.submodule_search_locations is not None:
+            spec.submodule_search_locations = list(found.submodule_search_locations)
+        return spec
 
 
 def alias_package(short: str, long: str) -> None:
