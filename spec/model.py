@@ -68,6 +68,8 @@ __all__ = [
     "holds",
     "initial_state",
     "is_rollback",
+    "offer_transitions",
+    "offers",
     "quick",
     "successors",
     "transitions",
@@ -980,96 +982,121 @@ def transitions(defn: ProtocolDefinition, state: State) -> Iterator[Transition]:
         return
     index = _index(defn)
     for event, a, payload in _offers(defn, state):
-        if payload == LEAVE and event is Event.EVICT:
-            assert a is not None
-            yield _leave(defn, state, index, a)
-            continue
-        if payload >= ROLLBACK_TO and event is Event.L2_EVICT:
-            yield _rollback(state, payload)
-            continue
-        site = EVENT_SITE[event]
-        key: RowKey = state.agents[a].st if site is Site.AGENT and a is not None else SITE_KEY[site]
-        entry = index.get((key, event))
-        kind = EVENT_KIND[event]
-        if entry is None:
-            yield _defect(
-                state, event, kind, a, payload, f"unhandled: no row for ({key.name}, {event.name})"
-            )
-            continue
-        matched = [r for r in entry.rules if holds(r.guard, state, a, payload)]
-        refused = [
-            f for f in entry.refusals if f.guard is None or holds(f.guard, state, a, payload)
-        ]
-        if len(matched) > 1:
+        yield from _offer_steps(defn, state, index, event, a, payload)
+
+
+def offers(defn: ProtocolDefinition, state: State) -> Iterator[tuple[Event, int | None, int]]:
+    """Every (event, subject agent or None, payload) the environment offers in `state`; the
+    offers do not depend on the table, only on the state and the definition's bounds."""
+    return _offers(defn, state)
+
+
+def offer_transitions(
+    defn: ProtocolDefinition, state: State, event: Event, agent: int | None, payload: int
+) -> Iterator[Transition]:
+    """The steps `transitions` yields for one offer (as `offers` lists it) of `state`."""
+    if state.violation:
+        return iter(())
+    return _offer_steps(defn, state, _index(defn), event, agent, payload)
+
+
+def _offer_steps(
+    defn: ProtocolDefinition,
+    state: State,
+    index: dict[tuple[RowKey, Event], _Entry],
+    event: Event,
+    a: int | None,
+    payload: int,
+) -> Iterator[Transition]:
+    """The steps of one offer: its row, a refusal's step, or a table defect."""
+    if payload == LEAVE and event is Event.EVICT:
+        assert a is not None
+        yield _leave(defn, state, index, a)
+        return
+    if payload >= ROLLBACK_TO and event is Event.L2_EVICT:
+        yield _rollback(state, payload)
+        return
+    site = EVENT_SITE[event]
+    key: RowKey = state.agents[a].st if site is Site.AGENT and a is not None else SITE_KEY[site]
+    entry = index.get((key, event))
+    kind = EVENT_KIND[event]
+    if entry is None:
+        yield _defect(
+            state, event, kind, a, payload, f"unhandled: no row for ({key.name}, {event.name})"
+        )
+        return
+    matched = [r for r in entry.rules if holds(r.guard, state, a, payload)]
+    refused = [f for f in entry.refusals if f.guard is None or holds(f.guard, state, a, payload)]
+    if len(matched) > 1:
+        yield _defect(
+            state,
+            event,
+            kind,
+            a,
+            payload,
+            f"nondeterministic: {len(matched)} rows for ({key.name}, {event.name})",
+        )
+        return
+    if matched and refused:
+        yield _defect(
+            state,
+            event,
+            kind,
+            a,
+            payload,
+            f"overlap: a row and a refusal for ({key.name}, {event.name})",
+        )
+        return
+    if not matched:
+        if not refused:
             yield _defect(
                 state,
                 event,
                 kind,
                 a,
                 payload,
-                f"nondeterministic: {len(matched)} rows for ({key.name}, {event.name})",
+                f"unhandled: no row for ({key.name}, {event.name}) under these guards",
             )
-            continue
-        if matched and refused:
+        elif any(f.kind is RefusalKind.IMPOSSIBLE for f in refused):
             yield _defect(
                 state,
                 event,
                 kind,
                 a,
                 payload,
-                f"overlap: a row and a refusal for ({key.name}, {event.name})",
+                f"impossible_reached: ({key.name}, {event.name}): {refused[0].reason}",
             )
-            continue
-        if not matched:
-            if not refused:
-                yield _defect(
-                    state,
-                    event,
-                    kind,
-                    a,
-                    payload,
-                    f"unhandled: no row for ({key.name}, {event.name}) under these guards",
-                )
-            elif any(f.kind is RefusalKind.IMPOSSIBLE for f in refused):
-                yield _defect(
-                    state,
-                    event,
-                    kind,
-                    a,
-                    payload,
-                    f"impossible_reached: ({key.name}, {event.name}): {refused[0].reason}",
-                )
-            elif all(f.kind is RefusalKind.NOT_APPLICABLE for f in refused):
-                consumed = _not_applicable(state, event, kind, a, payload, key, refused[0])
-                if consumed is not None:
-                    yield consumed
-            continue
-        rule = matched[0]
-        w = _Work(state)
-        if event in FAULT_EVENT_SET:
-            w.g[_FAULTS] = state.faults + 1
-        if event is Event.DELIVER_INVALIDATE or event is Event.DELIVER_RECALL:
-            assert a is not None
-            agent = w.agents[a]
-            agent[_INBOX] = tuple(m for m in agent[_INBOX] if m != payload)
-            if event is Event.DELIVER_INVALIDATE:
-                agent[_TOLD] = max(agent[_TOLD], payload)
-        if kind is EventKind.USER and VERSION_CREATING.intersection(rule.effects):
-            if state.writes >= defn.writes:
-                continue
-            w.g[_WRITES] = state.writes + 1
-        if isinstance(rule.target, L1State) and a is not None and site is Site.AGENT:
-            w.agents[a][_ST] = rule.target
-            if event in OPERATION:
-                w.agents[a][_OP] = OPERATION[event]
-            if event is Event.READ and defn.mode is Mode.COHERENT:
-                # A read older than the floor is the floor check's (and, strict, any read older
-                # than a completed write is linearizable_reads'): keep rstart only above it.
-                completed = w.g[_COMPLETED]
-                w.agents[a][_RSTART] = completed if completed > w.agents[a][_FLOOR] else 0
-        for effect in rule.effects:
-            _apply(effect, w, defn.mode, a, payload)
-        yield Transition(event, kind, a, payload, rule, w.freeze())
+        elif all(f.kind is RefusalKind.NOT_APPLICABLE for f in refused):
+            consumed = _not_applicable(state, event, kind, a, payload, key, refused[0])
+            if consumed is not None:
+                yield consumed
+        return
+    rule = matched[0]
+    w = _Work(state)
+    if event in FAULT_EVENT_SET:
+        w.g[_FAULTS] = state.faults + 1
+    if event is Event.DELIVER_INVALIDATE or event is Event.DELIVER_RECALL:
+        assert a is not None
+        agent = w.agents[a]
+        agent[_INBOX] = tuple(m for m in agent[_INBOX] if m != payload)
+        if event is Event.DELIVER_INVALIDATE:
+            agent[_TOLD] = max(agent[_TOLD], payload)
+    if kind is EventKind.USER and VERSION_CREATING.intersection(rule.effects):
+        if state.writes >= defn.writes:
+            return
+        w.g[_WRITES] = state.writes + 1
+    if isinstance(rule.target, L1State) and a is not None and site is Site.AGENT:
+        w.agents[a][_ST] = rule.target
+        if event in OPERATION:
+            w.agents[a][_OP] = OPERATION[event]
+        if event is Event.READ and defn.mode is Mode.COHERENT:
+            # A read older than the floor is the floor check's (and, strict, any read older
+            # than a completed write is linearizable_reads'): keep rstart only above it.
+            completed = w.g[_COMPLETED]
+            w.agents[a][_RSTART] = completed if completed > w.agents[a][_FLOOR] else 0
+    for effect in rule.effects:
+        _apply(effect, w, defn.mode, a, payload)
+    yield Transition(event, kind, a, payload, rule, w.freeze())
 
 
 LEAVE: Final = -1
