@@ -17,7 +17,7 @@ Two environment events of the model are NOT encoded, by design: an agent leaving
 copy going back to an older snapshot; `sagemem.spec.model.ROLLBACK_TO`). Neither is a row of
 the table, so the one-step checks (totality, determinism, rows keeping the type invariant) do
 not concern them; the rollback also needs what this version-level abstraction leaves out:
-the versions L2 has held (`l2_held`), and the marks that exempt a restored copy, and the
+the values of older versions (`names`), and the marks that exempt a restored copy, and the
 copies read from it, from the global recency properties (`l2_restored`, `restored`), which
 would have to be encoded in every invariant they relax. The offers below ignore both flags,
 so an `Encoding` of a definition with them set is the encoding of that definition without

@@ -150,16 +150,13 @@ class State(NamedTuple):
     names: tuple[int, ...]  # ghost: names[v] is the value id version v was created with
     completed: int  # ghost (both modes): highest version of a completed (acknowledged) write
     # the L2 rollback (see ROLLBACK_TO; not encoded for Z3)
-    l2_held: int  # bit v set: L2 has held version v (what a snapshot of Redis may bring back)
     l2_restored: bool  # ghost: the L2 copy was put back by a rollback, not by a protocol step
 
 
 UNENCODED_AGENT_FIELDS: Final = frozenset({"val", "dval", "rstart", "gone", "restored"})
 """Agent fields of the value level and the read guarantees: checked by the explorer (and the
 hostile scenarios), not encoded for Z3 (the Z3 encoding is the version-level abstraction)."""
-UNENCODED_GLOBAL_FIELDS: Final = frozenset(
-    {"hval", "l2val", "names", "completed", "l2_held", "l2_restored"}
-)
+UNENCODED_GLOBAL_FIELDS: Final = frozenset({"hval", "l2val", "names", "completed", "l2_restored"})
 """Global fields of the value level and of the L2 rollback, not encoded for Z3 (see
 UNENCODED_AGENT_FIELDS and ROLLBACK_TO)."""
 
@@ -295,7 +292,6 @@ def initial_state(defn: ProtocolDefinition) -> State:
         l2val=-1,
         names=(0,),
         completed=0,
-        l2_held=0,
         l2_restored=False,
     )
 
@@ -509,7 +505,7 @@ OP_NONE: Final = 0
 OP_READ: Final = 1
 OP_WRITE: Final = 2
 _HOME, _OUTBOX, _DIRTY, _L2, _L2HIGH, _COMMITS, _WRITES, _FAULTS, _DONE, _READMAX, _VIOL = range(11)
-_HVAL, _L2VAL, _NAMES, _COMPLETED, _L2HELD, _L2RESTORED = range(11, 17)
+_HVAL, _L2VAL, _NAMES, _COMPLETED, _L2RESTORED = range(11, 16)
 
 
 def _violate(w: _Work, text: str) -> None:
@@ -865,7 +861,6 @@ def _l2_set(w: _Work, version: int, value: int) -> None:
     w.g[_L2] = version
     w.g[_L2VAL] = value
     w.g[_L2HIGH] = max(int(w.g[_L2HIGH]), version)
-    w.g[_L2HELD] = int(w.g[_L2HELD]) | (1 << version)
     w.g[_L2RESTORED] = False
 
 
@@ -954,11 +949,11 @@ def _offers(defn: ProtocolDefinition, state: State) -> Iterator[tuple[Event, int
         yield Event.OUTBOX_RELAY, None, 0
     if state.l2 >= 0 and Event.L2_EVICT in faults:
         yield Event.L2_EVICT, None, 0
-    if defn.l2_rollback and faults and state.l2_held:
-        held, newest = state.l2_held, state.l2 if state.l2 >= 0 else state.home + 1
+    if defn.l2_rollback and faults and state.l2_high >= 0:
+        # any version up to the newest L2 held, older than its copy (see `_rollback`)
+        newest = min(state.l2 if state.l2 >= 0 else state.home + 1, state.l2_high + 1)
         for version in range(newest):
-            if held >> version & 1:
-                yield Event.L2_EVICT, None, ROLLBACK_TO + version
+            yield Event.L2_EVICT, None, ROLLBACK_TO + version
 
 
 def _label(event: Event, a: int | None, payload: int, detail: str) -> str:
@@ -1153,9 +1148,13 @@ def is_rollback(event: Event, payload: int) -> bool:
 
 def _rollback(state: State, payload: int) -> Transition:
     """Redis is restored from an older snapshot (`ProtocolDefinition(l2_rollback=True)`): the
-    L2 copy goes back to a version v it held before (older than the copy it holds now, or any
-    it held when it is empty), with the value v names; an environment fault outside the
-    table, counted against the fault budget (going back to an empty L2 is L2_EVICT). Fill
+    L2 copy goes back to a version v no newer than the newest it ever held (`l2_high`) and
+    older than the copy it holds now (any such v when it is empty), with the value v names;
+    an environment fault outside the table, counted against the fault budget (going back to
+    an empty L2 is L2_EVICT). The model does not remember which older versions L2 held (a
+    field for that history split the states by a third), so it may put back a version L2
+    skipped: a superset of the snapshots Redis can have taken (a kill's trace shows which
+    version came back, and whether L2 had held it). Fill
     leases and the directory are not restored. A copy put back this way is marked
     (`l2_restored`) until a protocol step writes or deletes L2, and so is the fill data or copy
     of an agent that reads it (`restored`): those are exempt from the global recency

@@ -67,7 +67,7 @@ def test_quick_definitions_offer_the_rollback_and_plain_ones_do_not() -> None:
 
 
 @MODES
-def test_rollback_puts_back_a_version_l2_held_as_a_fault(mode: Mode) -> None:
+def test_rollback_puts_back_an_older_version_as_a_fault(mode: Mode) -> None:
     """After the relay deleted v0 from L2, the rollback restores v0 with the value v0 names,
     marks the copy restored and takes one fault of the budget."""
     defn = _small(mode)
@@ -92,10 +92,14 @@ def test_rollback_is_not_offered_without_the_flag_budget_or_history() -> None:
 
 
 def test_only_older_versions_than_the_current_copy_come_back() -> None:
-    """A rollback never moves L2 forward: with v0 in L2, v0 is not offered again."""
+    """A rollback never moves L2 forward, nor past the newest copy it held: with v0 in L2
+    (and the home at v0, then v1) nothing is offered."""
     defn = _small(Mode.COHERENT)
     state = _play(defn, _INVALIDATED_READER[:3])
     assert state.l2 == 0
+    assert _rollbacks(defn, state) == []
+    state = _play(defn, _INVALIDATED_READER[:5])
+    assert (state.home, state.l2) == (1, 0)
     assert _rollbacks(defn, state) == []
 
 
