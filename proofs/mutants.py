@@ -83,10 +83,12 @@ __all__ = [
     "MutationKind",
     "MutationReport",
     "StateSpaceComparison",
+    "SurvivorVerdict",
     "baseline_coverage",
     "changed_keys",
     "check_mutant",
     "compare_state_spaces",
+    "confirm_survivors",
     "default_checkers",
     "equivalence_checkers",
     "generate_extended_mutants",
@@ -988,3 +990,64 @@ def compare_state_spaces(
     report = explore(original, on_state=visit, progress=progress)
     equal = tuple(m.name for m in chosen if m.name not in differs)
     return StateSpaceComparison(mode, spec, report, equal, differs, time.perf_counter() - started)
+
+
+@dataclass(frozen=True, slots=True)
+class SurvivorVerdict:
+    """What the larger bounds say of one survivor: killed (by `killer`, with the property
+    and the trace length in `violation`) or confirmed, with how at each bound (`how`: "equal
+    state space" or "survived exploration", one entry per bound and mode)."""
+
+    mutant: Mutant
+    killed: bool
+    killer: str = ""
+    mode: Mode | None = None
+    violation: str = ""
+    how: tuple[str, ...] = ()
+
+
+def confirm_survivors(
+    defn: ProtocolDefinition,
+    survivors: Sequence[Mutant],
+    *,
+    bounds: Sequence[CheckerSpec] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[SurvivorVerdict, ...]:
+    """Each survivor at the larger bounds (`equivalence_checkers()`), bound by bound: one
+    exploration of the real table per bound and mode proves the survivors whose reachable
+    state space is the real one's equivalent there (`compare_state_spaces`); each other
+    survivor is explored itself, and killed by the first property it breaks. A survivor
+    killed at one bound is not run at the next."""
+    chosen = tuple(bounds) if bounds is not None else equivalence_checkers()
+    alive = list(survivors)
+    how: dict[str, list[str]] = {m.name: [] for m in alive}
+    verdicts: dict[str, SurvivorVerdict] = {}
+    for spec in chosen:
+        for mode in Mode:
+            if progress is not None:
+                progress(f"comparing state spaces at {spec.name} in {mode.value}")
+            comparison = compare_state_spaces(defn, alive, spec, mode)
+            if not comparison.report.ok:
+                raise ValueError(
+                    f"the real table fails at {spec.name} in {mode.value}: no mutant can be "
+                    "confirmed against it"
+                )
+            for name in comparison.equal:
+                how[name].append(f"equal state space at {spec.name} in {mode.value}")
+            for m in alive:
+                if m.name not in comparison.differs or m.name in verdicts:
+                    continue
+                if progress is not None:
+                    progress(f"exploring {m.name} at {spec.name} in {mode.value}")
+                mutated = dataclasses.replace(mutate_definition(defn, m), mode=mode, name=m.name)
+                report = _run_one(spec, mutated, set())
+                if report is not None and not report.ok and report.counterexample is not None:
+                    verdicts[m.name] = SurvivorVerdict(
+                        m, True, spec.name, mode, _violation_text(report)
+                    )
+                else:
+                    how[m.name].append(f"survived exploration at {spec.name} in {mode.value}")
+        alive = [m for m in alive if m.name not in verdicts]
+    return tuple(
+        verdicts.get(m.name) or SurvivorVerdict(m, False, how=tuple(how[m.name])) for m in survivors
+    )

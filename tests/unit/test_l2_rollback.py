@@ -201,3 +201,19 @@ def test_a_dropped_note_invalidation_dies_once_l2_may_go_back(
     assert trace.property_name == "fill_respects_invalidations", trace.render()
     assert any("L2_ROLLBACK(v0)" in step.event for step in trace.steps), trace.render()
     assert explore(dataclasses.replace(mutant, l2_rollback=False)).ok
+
+
+def test_two_faults_crash_then_rollback_stall_a_strict_writer_in_the_model() -> None:
+    """A known limit of the model, why the 2-fault bounds run without the rollback: a holder
+    that owes an ack crashes, its new fill hits the restored copy (FETCH_UNSETTLED is asked
+    only on an L2 miss) and renews the read lease its owed ack expires with, so only a
+    LEASE_LAPSE, a third fault, would free the writer (production's owed ack keeps its own
+    deadline)."""
+    defn = ProtocolDefinition(mode=Mode.STRICT, agents=2, writes=1, fault_budget=2)
+    assert explore(defn).ok
+    report = explore(dataclasses.replace(defn, l2_rollback=True))
+    assert report.counterexample is not None
+    assert report.counterexample.property_name == "no_deadlock"
+    labels = [step.event for step in report.counterexample.steps]
+    assert any("CRASH" in label for label in labels)
+    assert any("L2_ROLLBACK" in label for label in labels)
