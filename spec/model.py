@@ -325,8 +325,8 @@ class Transition(NamedTuple):
         elif is_rollback(self.event, self.payload):
             version = self.payload - ROLLBACK_TO
             detail = (
-                f"L2 goes back to v{version} (w{self.target.l2val}), a copy it held before "
-                "(Redis restored from an older snapshot)"
+                f"L2 goes back to v{version} (w{self.target.l2val}), an older copy (Redis "
+                "restored from an older snapshot)"
             )
         elif self.refusal is not None:
             detail = f"{self.refusal.source.name} not applicable: {self.refusal.reason}"
@@ -1291,9 +1291,13 @@ def describe(state: State) -> str:
             bits.append("read_lease")
         if ag.l2_lease:
             bits.append("l2_lease")
+        if ag.restored:
+            bits.append("restored")
         parts.append(f"a{i}:{' '.join(bits)}")
     home = f"home=v{state.home}" + (" (data at owner)" if state.dirty else "")
     outbox = f" outbox=v{state.outbox}" if state.outbox else ""
     l2 = f"L2=v{state.l2}" if state.l2 >= 0 else "L2=empty"
+    if state.l2_restored:
+        l2 += " (restored)"
     viol = f" VIOLATION={state.violation!r}" if state.violation else ""
     return f"{home}{outbox} {l2} | " + " | ".join(parts) + viol
