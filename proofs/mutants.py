@@ -46,17 +46,33 @@ from enum import Enum, unique
 from proofs.report import CheckReport
 from proofs.scenarios import check_scenarios
 from sagemem.spec.model import (
+    LEAVE,
     QUICK_BOUNDS,
+    SITE_KEY,
     Bounds,
     ProtocolDefinition,
     State,
     consulted_refusals,
     definitions,
+    describe,
+    is_rollback,
+    offer_transitions,
+    offers,
     quick,
     transitions,
 )
-from sagemem.spec.table import Refusal, RefusalKind, Rule
-from sagemem.spec.vocabulary import STABLE_STATES, Effect, Event, Guard, L1State, Mode
+from sagemem.spec.table import Refusal, RefusalKind, RowKey, Rule
+from sagemem.spec.vocabulary import (
+    EVENT_SITE,
+    STABLE_STATES,
+    Effect,
+    Event,
+    EventKind,
+    Guard,
+    L1State,
+    Mode,
+    Site,
+)
 
 __all__ = [
     "CheckerKind",
@@ -66,8 +82,13 @@ __all__ = [
     "MutantProgress",
     "MutationKind",
     "MutationReport",
+    "StateSpaceComparison",
+    "SurvivorVerdict",
     "baseline_coverage",
+    "changed_keys",
     "check_mutant",
+    "compare_state_spaces",
+    "confirm_survivors",
     "default_checkers",
     "equivalence_checkers",
     "generate_extended_mutants",
@@ -408,6 +429,7 @@ class CheckerSpec:
     fault_budget: int | None = 1
     depth: int = 0
     leaves: bool = False  # EXPLORE: agents may also leave (close) for good
+    l2_rollback: bool = True  # EXPLORE: L2 may go back to an older snapshot (a fault)
 
     @property
     def name(self) -> str:
@@ -417,9 +439,10 @@ class CheckerSpec:
                 return "z3 table checks"
             case CheckerKind.EXPLORE:
                 leaving = ", agents leave" if self.leaves else ""
+                rollback = "" if self.l2_rollback else ", no L2 rollback"
                 return (
                     f"explore({_count(self.agents, 'agent')}, {_count(self.writes, 'write')}, "
-                    f"fault budget {self.fault_budget}{leaving})"
+                    f"fault budget {self.fault_budget}{leaving}{rollback})"
                 )
             case CheckerKind.QUICK:
                 return "explore(quick bounds)"
@@ -446,7 +469,8 @@ def default_checkers() -> tuple[CheckerSpec, ...]:
         CheckerSpec(CheckerKind.TABLE),
         CheckerSpec(CheckerKind.QUICK),
         CheckerSpec(CheckerKind.EXPLORE, agents=2, writes=3, fault_budget=0),
-        CheckerSpec(CheckerKind.EXPLORE, agents=2, writes=1, fault_budget=2),
+        # two faults: no L2 rollback (see `equivalence_checkers`)
+        CheckerSpec(CheckerKind.EXPLORE, agents=2, writes=1, fault_budget=2, l2_rollback=False),
         CheckerSpec(CheckerKind.COVERAGE),
         CheckerSpec(CheckerKind.SCENARIOS),
         CheckerSpec(CheckerKind.EXPLORE, agents=2, writes=1, fault_budget=1, leaves=True),
@@ -455,9 +479,15 @@ def default_checkers() -> tuple[CheckerSpec, ...]:
 
 def equivalence_checkers() -> tuple[CheckerSpec, ...]:
     """The larger bounds a survivor must also survive before it is called equivalent: 2
-    agents, 2 writes, 2 faults and 3 agents, 2 writes, 1 fault (minutes per mode each)."""
+    agents, 2 writes, 2 faults and 3 agents, 2 writes, 1 fault (minutes per mode each).
+
+    The 2-fault bound runs without the L2 rollback: with two faults the real table fails there
+    in strict mode (a crash, then a rollback: the crashed holder's new fill hits the restored
+    copy, skips FETCH_UNSETTLED and renews the read lease its owed ack expires with, so only a
+    LEASE_LAPSE, a third fault, frees the writer; production's owed ack keeps its own
+    deadline), so every mutant would die there for the model's sake."""
     return (
-        CheckerSpec(CheckerKind.EXPLORE, agents=2, writes=2, fault_budget=2),
+        CheckerSpec(CheckerKind.EXPLORE, agents=2, writes=2, fault_budget=2, l2_rollback=False),
         CheckerSpec(CheckerKind.EXPLORE, agents=3, writes=2, fault_budget=1),
     )
 
@@ -604,6 +634,7 @@ def _run_one(spec: CheckerSpec, defn: ProtocolDefinition, fired: set[int]) -> Ch
                 writes=spec.writes,
                 fault_budget=spec.fault_budget,
                 leaves=spec.leaves,
+                l2_rollback=spec.l2_rollback,
             )
             return explore(bounded)
         case CheckerKind.QUICK:
@@ -856,3 +887,167 @@ def run_mutants(
                 record(futures[future], future.result(), done)
     final = tuple(outcome for outcome in outcomes if outcome is not None)
     return MutationReport(final, time.perf_counter() - started)
+
+
+# ----------------------------------------------------------------------------------------------
+# equivalence at the larger bounds
+
+
+def changed_keys(mutant: Mutant) -> frozenset[tuple[RowKey, Event]]:
+    """The (row key, event) pairs whose rows or refusals `mutant` changes: the interpreter
+    consults a (key, event)'s rows and refusals only for an offer of that event at that key,
+    so every other offer has the same steps in the mutant as in the original."""
+    if mutant.parts:
+        return frozenset(key for part in mutant.parts for key in changed_keys(part))
+    if mutant.refusal is not None:
+        return frozenset({(mutant.refusal.source, mutant.refusal.event)})
+    assert mutant.rule is not None
+    return frozenset({(mutant.rule.source, mutant.rule.event)})
+
+
+@dataclass(frozen=True, slots=True)
+class StateSpaceComparison:
+    """The outcome of `compare_state_spaces` for one bound and mode.
+
+    `differs` maps each mutant whose steps differ from the original's in some reachable state
+    of the original to that state (rendered); the others have the original's reachable state
+    space exactly. `report` is the original's exploration (it must pass)."""
+
+    mode: Mode
+    bounds: CheckerSpec
+    report: CheckReport
+    equal: tuple[str, ...]
+    differs: dict[str, str]
+    seconds: float
+
+
+def compare_state_spaces(
+    defn: ProtocolDefinition,
+    mutants: Sequence[Mutant],
+    spec: CheckerSpec,
+    mode: Mode,
+    *,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> StateSpaceComparison:
+    """Which of `mutants` (those of `mode`) have exactly the reachable state space of
+    `defn`'s table at `spec`'s bounds: one exploration of the original, where every offer
+    whose rows a mutant changes (`changed_keys`) is stepped again with the mutant's table
+    and compared (event, subject, payload, kind and target state). A mutant whose steps agree
+    in every reachable state reaches exactly the same states by the same edges (induction on
+    the breadth-first search), so every property the explorer checks, invariants, quiescence,
+    prompt progress and acyclicity included, has the same verdict: it is equivalent at these
+    bounds. A mutant that differs somewhere needs its own exploration."""
+    from proofs.explore import explore
+
+    started = time.perf_counter()
+    original = dataclasses.replace(
+        defn,
+        mode=mode,
+        agents=spec.agents,
+        writes=spec.writes,
+        fault_budget=spec.fault_budget,
+        leaves=spec.leaves,
+        l2_rollback=spec.l2_rollback,
+    )
+    chosen = [m for m in mutants if mode in m.modes]
+    changed = {m.name: mutate_definition(original, m) for m in chosen}
+    by_key: dict[tuple[RowKey, Event], list[str]] = {}
+    for m in chosen:
+        for key in changed_keys(m):
+            by_key.setdefault(key, []).append(m.name)
+    differs: dict[str, str] = {}
+
+    def steps(
+        d: ProtocolDefinition, state: State, event: Event, agent: int | None, payload: int
+    ) -> frozenset[tuple[Event, int | None, int, EventKind, State]]:
+        return frozenset(
+            (t.event, t.agent, t.payload, t.kind, t.target)
+            for t in offer_transitions(d, state, event, agent, payload)
+        )
+
+    def visit(state: State) -> None:
+        for event, agent, payload in offers(original, state):
+            if agent is not None and payload == LEAVE and event is Event.EVICT:
+                names = by_key.get((L1State.S, Event.EVICT), [])  # LEAVE runs (S, EVICT)
+            elif is_rollback(event, payload):
+                continue  # an environment step: no row is consulted
+            else:
+                site = EVENT_SITE[event]
+                key: RowKey = (
+                    state.agents[agent].st
+                    if site is Site.AGENT and agent is not None
+                    else SITE_KEY[site]
+                )
+                names = by_key.get((key, event), [])
+            pending = [name for name in names if name not in differs]
+            if not pending:
+                continue
+            expected = steps(original, state, event, agent, payload)
+            for name in pending:
+                if steps(changed[name], state, event, agent, payload) != expected:
+                    differs[name] = describe(state)
+
+    report = explore(original, on_state=visit, progress=progress)
+    equal = tuple(m.name for m in chosen if m.name not in differs)
+    return StateSpaceComparison(mode, spec, report, equal, differs, time.perf_counter() - started)
+
+
+@dataclass(frozen=True, slots=True)
+class SurvivorVerdict:
+    """What the larger bounds say of one survivor: killed (by `killer`, with the property
+    and the trace length in `violation`) or confirmed, with how at each bound (`how`: "equal
+    state space" or "survived exploration", one entry per bound and mode)."""
+
+    mutant: Mutant
+    killed: bool
+    killer: str = ""
+    mode: Mode | None = None
+    violation: str = ""
+    how: tuple[str, ...] = ()
+
+
+def confirm_survivors(
+    defn: ProtocolDefinition,
+    survivors: Sequence[Mutant],
+    *,
+    bounds: Sequence[CheckerSpec] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[SurvivorVerdict, ...]:
+    """Each survivor at the larger bounds (`equivalence_checkers()`), bound by bound: one
+    exploration of the real table per bound and mode proves the survivors whose reachable
+    state space is the real one's equivalent there (`compare_state_spaces`); each other
+    survivor is explored itself, and killed by the first property it breaks. A survivor
+    killed at one bound is not run at the next."""
+    chosen = tuple(bounds) if bounds is not None else equivalence_checkers()
+    alive = list(survivors)
+    how: dict[str, list[str]] = {m.name: [] for m in alive}
+    verdicts: dict[str, SurvivorVerdict] = {}
+    for spec in chosen:
+        for mode in Mode:
+            if progress is not None:
+                progress(f"comparing state spaces at {spec.name} in {mode.value}")
+            comparison = compare_state_spaces(defn, alive, spec, mode)
+            if not comparison.report.ok:
+                raise ValueError(
+                    f"the real table fails at {spec.name} in {mode.value}: no mutant can be "
+                    "confirmed against it"
+                )
+            for name in comparison.equal:
+                how[name].append(f"equal state space at {spec.name} in {mode.value}")
+            for m in alive:
+                if m.name not in comparison.differs or m.name in verdicts:
+                    continue
+                if progress is not None:
+                    progress(f"exploring {m.name} at {spec.name} in {mode.value}")
+                mutated = dataclasses.replace(mutate_definition(defn, m), mode=mode, name=m.name)
+                report = _run_one(spec, mutated, set())
+                if report is not None and not report.ok and report.counterexample is not None:
+                    verdicts[m.name] = SurvivorVerdict(
+                        m, True, spec.name, mode, _violation_text(report)
+                    )
+                else:
+                    how[m.name].append(f"survived exploration at {spec.name} in {mode.value}")
+        alive = [m for m in alive if m.name not in verdicts]
+    return tuple(
+        verdicts.get(m.name) or SurvivorVerdict(m, False, how=tuple(how[m.name])) for m in survivors
+    )

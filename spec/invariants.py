@@ -4,6 +4,15 @@ Trace properties (monotonic reads, read-your-writes, linearizable reads in stric
 checked through ghost fields the interpreter maintains: a read that breaks one records the
 first violation in `State.violation`, and the matching invariant here reports it.
 
+An L2 rollback (`ProtocolDefinition.l2_rollback`, an environment fault) puts an older copy back
+in L2. The properties that say "L2 never goes back" and the global recency properties (stale
+copies covered, strict swmr and data value, and at reads read_result, linearizable reads and
+write_invalidates_copies) are stated for the protocol's own steps: they exempt the restored L2
+copy (`State.l2_restored`) and the fill data and copies read from it (`AgentState.restored`),
+which no protocol can keep fresh over a restored store. The agent-local ones (monotonic reads
+and read-your-writes, reads and fills respecting the invalidations the agent saw) hold for them
+too: the agent's floor is what defends against a restored copy.
+
 `is_quiescent()` defines the good states the explorer must be able to reach from everywhere:
 nothing in flight, nothing waiting, no missed-messages condition, and no stale copy.
 
@@ -141,13 +150,14 @@ def table_handles_every_event(defn: ProtocolDefinition, state: State) -> str | N
 
 
 def versions_bounded(defn: ProtocolDefinition, state: State) -> str | None:
-    """No copy is newer than the home, and L2 never goes back to an older version."""
+    """No copy is newer than the home, and no protocol step takes L2 back to an older
+    version (an L2 rollback, the environment's fault, may: its copy is marked restored)."""
     for i, ag in enumerate(state.agents, start=1):
         if ag.ver > state.home or ag.data > state.home:
             return f"agent{i} holds v{max(ag.ver, ag.data)} but the home is at v{state.home}"
     if state.l2 > state.home:
         return f"L2 holds v{state.l2} but the home is at v{state.home}"
-    if 0 <= state.l2 < state.l2_high:
+    if 0 <= state.l2 < state.l2_high and not state.l2_restored:
         return f"L2 went back to v{state.l2} after holding v{state.l2_high}"
     return None
 
@@ -215,6 +225,8 @@ def stale_copies_covered(defn: ProtocolDefinition, state: State) -> str | None:
     will delete it).
     """
     for i, ag in enumerate(state.agents, start=1):
+        if ag.restored:
+            continue  # read from a copy an L2 rollback put back: only its floor protects it
         valid = ag.st in (L1State.S, L1State.E, L1State.M)
         if (
             valid
@@ -232,7 +244,7 @@ def stale_copies_covered(defn: ProtocolDefinition, state: State) -> str | None:
                 f"agent{i} is about to install v{ag.data} but the home is at "
                 f"v{state.home} and no invalidation is on its way"
             )
-    if 0 <= state.l2 < state.home and state.outbox <= state.l2:
+    if 0 <= state.l2 < state.home and state.outbox <= state.l2 and not state.l2_restored:
         return f"L2 holds v{state.l2}, the home v{state.home}, and no relay is pending"
     return None
 
@@ -265,7 +277,8 @@ def single_owner(defn: ProtocolDefinition, state: State) -> str | None:
 def swmr(defn: ProtocolDefinition, state: State) -> str | None:
     """Strict: single writer or multiple readers: an owner excludes every Shared copy."""
     owners = sum(ag.st in (L1State.E, L1State.M) for ag in state.agents)
-    sharers = sum(ag.st is L1State.S for ag in state.agents)
+    # a Shared copy read from an L2 rollback's restored copy is the fault's, not a reader's
+    sharers = sum(ag.st is L1State.S and not ag.restored for ag in state.agents)
     if owners and sharers:
         return f"an owner and {sharers} Shared copies coexist"
     return None
@@ -274,7 +287,7 @@ def swmr(defn: ProtocolDefinition, state: State) -> str | None:
 def data_value(defn: ProtocolDefinition, state: State) -> str | None:
     """Strict: no valid copy is older than the last completed (acknowledged) write."""
     for i, ag in enumerate(state.agents, start=1):
-        if ag.st in (L1State.S, L1State.E, L1State.M) and ag.ver < state.done:
+        if ag.st in (L1State.S, L1State.E, L1State.M) and ag.ver < state.done and not ag.restored:
             return f"agent{i} holds v{ag.ver} after the write of v{state.done} completed"
     return None
 
@@ -360,7 +373,7 @@ INVARIANTS: Final[tuple[Invariant, ...]] = (
         "versions_bounded",
         versions_bounded,
         BOTH_MODES,
-        "no copy newer than the home; L2 never goes back",
+        "no copy newer than the home; no protocol step takes L2 back (an L2 rollback may)",
     ),
     Invariant(
         "no_lost_update",
@@ -378,7 +391,8 @@ INVARIANTS: Final[tuple[Invariant, ...]] = (
         "stale_copies_covered",
         stale_copies_covered,
         BOTH_MODES,
-        "every stale valid copy has an invalidation on its way (or a detected loss)",
+        "every stale valid copy has an invalidation on its way (or a detected loss; copies an "
+        "L2 rollback restored excepted)",
     ),
     Invariant(
         "shared_copies_registered",
@@ -466,7 +480,7 @@ def is_quiescent(defn: ProtocolDefinition, state: State) -> bool:
     """Nothing in flight or waiting, no loss undetected or unresolved, and no stale copy."""
     if state.violation or state.outbox:
         return False
-    if 0 <= state.l2 != state.home:
+    if 0 <= state.l2 != state.home and not state.l2_restored:
         return False
     for ag in state.agents:
         if ag.st not in STABLE_STATES or ag.req is not Request.NONE:
@@ -475,6 +489,6 @@ def is_quiescent(defn: ProtocolDefinition, state: State) -> bool:
             return False
         if ag.grant == GRANT_LIVE_INCARNATION and not ag.lease:
             return False
-        if ag.ver >= 0 and ag.ver != state.home:
+        if ag.ver >= 0 and ag.ver != state.home and not ag.restored:
             return False
     return first_violation(defn, state) is None

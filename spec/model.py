@@ -48,6 +48,7 @@ __all__ = [
     "RECALL",
     "REQUEST_ALTERNATIVE",
     "REQUEST_EVENT",
+    "ROLLBACK_TO",
     "SITE_KEY",
     "UNENCODED_AGENT_FIELDS",
     "UNENCODED_GLOBAL_FIELDS",
@@ -66,6 +67,9 @@ __all__ = [
     "describe",
     "holds",
     "initial_state",
+    "is_rollback",
+    "offer_transitions",
+    "offers",
     "quick",
     "successors",
     "transitions",
@@ -122,6 +126,7 @@ class AgentState(NamedTuple):
     rstart: int  # ghost (coherent): the highest completed write when this agent's read began,
     # if that is above its floor (else 0: the floor check is stronger; strict mode's
     # linearizable_reads is stronger still)
+    restored: bool  # ghost: its fill data or copy came from an L2 copy a rollback restored
 
 
 class State(NamedTuple):
@@ -144,13 +149,16 @@ class State(NamedTuple):
     l2val: int  # value id of the L2 copy (paired with `l2`); -1 empty
     names: tuple[int, ...]  # ghost: names[v] is the value id version v was created with
     completed: int  # ghost (both modes): highest version of a completed (acknowledged) write
+    # the L2 rollback (see ROLLBACK_TO; not encoded for Z3)
+    l2_restored: bool  # ghost: the L2 copy was put back by a rollback, not by a protocol step
 
 
-UNENCODED_AGENT_FIELDS: Final = frozenset({"val", "dval", "rstart", "gone"})
+UNENCODED_AGENT_FIELDS: Final = frozenset({"val", "dval", "rstart", "gone", "restored"})
 """Agent fields of the value level and the read guarantees: checked by the explorer (and the
 hostile scenarios), not encoded for Z3 (the Z3 encoding is the version-level abstraction)."""
-UNENCODED_GLOBAL_FIELDS: Final = frozenset({"hval", "l2val", "names", "completed"})
-"""Global fields of the value level, not encoded for Z3 (see UNENCODED_AGENT_FIELDS)."""
+UNENCODED_GLOBAL_FIELDS: Final = frozenset({"hval", "l2val", "names", "completed", "l2_restored"})
+"""Global fields of the value level and of the L2 rollback, not encoded for Z3 (see
+UNENCODED_AGENT_FIELDS and ROLLBACK_TO)."""
 
 
 FAULT_EVENTS: Final[tuple[Event, ...]] = (
@@ -178,6 +186,7 @@ class ProtocolDefinition:
     fault_budget: int | None = 1
     name: str = field(default="", compare=False)
     leaves: bool = False  # environment: an idle agent may leave (close) for good (see LEAVE)
+    l2_rollback: bool = False  # environment: L2 may go back to an older snapshot (ROLLBACK_TO)
 
     def __post_init__(self) -> None:
         if not 1 <= self.agents <= 6:
@@ -213,7 +222,8 @@ DEEP_BOUNDS: Final[tuple[Bounds, ...]] = (Bounds(3, 2, 1), Bounds(4, 1, 1))
 def definitions(
     mode: Mode, bounds: tuple[Bounds, ...], *, table: tuple[Rule, ...] = TABLE
 ) -> tuple[ProtocolDefinition, ...]:
-    """One ProtocolDefinition per bound, all with every fault event enabled."""
+    """One ProtocolDefinition per bound, all with every fault event enabled, the L2
+    rollback included (`l2_rollback`: an environment fault outside the table)."""
     return tuple(
         ProtocolDefinition(
             mode=mode,
@@ -222,6 +232,7 @@ def definitions(
             writes=b.writes,
             fault_budget=b.fault_budget,
             name=f"{mode.value}-{b.agents}agents-{b.writes}writes-{b.fault_budget}faults",
+            l2_rollback=True,
         )
         for b in bounds
     )
@@ -258,6 +269,7 @@ _EMPTY_AGENT: Final = AgentState(
     dval=-1,
     gone=False,
     rstart=0,
+    restored=False,
 )
 
 
@@ -280,6 +292,7 @@ def initial_state(defn: ProtocolDefinition) -> State:
         l2val=-1,
         names=(0,),
         completed=0,
+        l2_restored=False,
     )
 
 
@@ -309,6 +322,12 @@ class Transition(NamedTuple):
         """The step as an event-script line, e.g. "agent2 READ: I -> IS_D {request_fill}"."""
         if self.rule is not None:
             detail = _rule_detail(self.rule)
+        elif is_rollback(self.event, self.payload):
+            version = self.payload - ROLLBACK_TO
+            detail = (
+                f"L2 goes back to v{version} (w{self.target.l2val}), an older copy (Redis "
+                "restored from an older snapshot)"
+            )
         elif self.refusal is not None:
             detail = f"{self.refusal.source.name} not applicable: {self.refusal.reason}"
             if self.target.violation:
@@ -472,18 +491,21 @@ class _Work:
         self.g: list[Any] = list(state[1:])
 
     def freeze(self) -> State:
+        for ag in self.agents:
+            if ag[_RES] and ag[_VER] < 0 and ag[_DATA] < 0:
+                ag[_RES] = False  # the restored data is gone (dropped, returned or replaced)
         agents = tuple([_intern(_new_agent(AgentState, ag)) for ag in self.agents])
         return _new_state(State, (agents, *self.g))
 
 
 # field positions
 _ST, _VER, _DATA, _FLOOR, _MISSED, _INBOX, _REQ, _LEASE, _RLEASE, _REG, _ACK, _GRANT = range(12)
-_L2L, _UNSAVED, _OP, _TOLD, _VAL, _DVAL, _GONE, _RSTART = range(12, 20)
+_L2L, _UNSAVED, _OP, _TOLD, _VAL, _DVAL, _GONE, _RSTART, _RES = range(12, 21)
 OP_NONE: Final = 0
 OP_READ: Final = 1
 OP_WRITE: Final = 2
 _HOME, _OUTBOX, _DIRTY, _L2, _L2HIGH, _COMMITS, _WRITES, _FAULTS, _DONE, _READMAX, _VIOL = range(11)
-_HVAL, _L2VAL, _NAMES, _COMPLETED = 11, 12, 13, 14
+_HVAL, _L2VAL, _NAMES, _COMPLETED, _L2RESTORED = range(11, 16)
 
 
 def _violate(w: _Work, text: str) -> None:
@@ -512,8 +534,11 @@ def _check_read(w: _Work, mode: Mode, a: int, version: int, value: int) -> None:
             f"data_value: a read returned w{value} as v{version}, but v{version} names {named} "
             "(the value of the write that created it)",
         )
+    # Data a rollback put back in L2 is outside the global recency guarantees (no protocol
+    # keeps them over a restored store); the agent-local ones below still hold.
+    restored = bool(ag[_RES])
     rstart = int(ag[_RSTART])
-    if version < rstart and not _in_flight(ag):
+    if version < rstart and not _in_flight(ag) and not restored:
         _violate(
             w,
             f"read_result: a read returned v{version}, but the write of v{rstart} completed "
@@ -534,7 +559,7 @@ def _check_read(w: _Work, mode: Mode, a: int, version: int, value: int) -> None:
             f"reads_respect_invalidations: a read returned v{version} after the invalidation "
             f"for v{ag[_TOLD]} was delivered",
         )
-    if mode is Mode.STRICT:
+    if mode is Mode.STRICT and not restored:
         if version < w.g[_DONE]:
             _violate(w, f"linearizable_reads: read v{version} after write v{w.g[_DONE]} completed")
         if version < w.g[_READMAX]:
@@ -549,8 +574,8 @@ def _check_write_returned(w: _Work, a: int, version: int) -> None:
     """After a write returns, every other copy older than it is invalid or has an
     invalidation addressed to it in flight (fill data about to be installed included)."""
     for b, other in enumerate(w.agents):
-        if b == a:
-            continue
+        if b == a or other[_RES]:
+            continue  # a copy read from a restored L2 is outside the guarantee (see _rollback)
         st = other[_ST]
         held = int(other[_VER]) if st in _COPY_STATES else -1
         if st is L1State.IS_D and int(other[_DATA]) >= int(other[_FLOOR]):
@@ -657,6 +682,13 @@ def _apply(  # one case per effect, by design
             ag[_OP] = OP_NONE
             ag[_TOLD] = 0
         case Effect.REFETCH:
+            if ag[_RES] and g[_L2RESTORED] and int(ag[_DATA]) < int(ag[_FLOOR]):
+                # Production backs off after discarding stale data (and resets the floor
+                # past `l2_limit_s`); the model lets the back-off last until the restored copy
+                # is gone (its TTL), so a refetch never reads the same restored copy again.
+                g[_L2] = -1
+                g[_L2VAL] = -1
+                g[_L2RESTORED] = False
             ag[_DATA] = -1
             ag[_DVAL] = -1
             ag[_REQ] = Request.FILL
@@ -712,6 +744,7 @@ def _apply(  # one case per effect, by design
         case Effect.L2_READ:
             ag[_DATA] = g[_L2]
             ag[_DVAL] = g[_L2VAL]
+            ag[_RES] = g[_L2RESTORED]
             ag[_L2L] = False
             ag[_REQ] = Request.DATA
         case Effect.L2_TAKE_LEASE:
@@ -721,6 +754,7 @@ def _apply(  # one case per effect, by design
         case Effect.HOME_READ:
             ag[_DATA] = g[_HOME]
             ag[_DVAL] = g[_HVAL]
+            ag[_RES] = False
             ag[_REQ] = Request.DATA
         case Effect.L2_LEASED_FILL:
             if ag[_L2L]:
@@ -733,11 +767,13 @@ def _apply(  # one case per effect, by design
         case Effect.L2_DELETE:
             g[_L2] = -1
             g[_L2VAL] = -1
+            g[_L2RESTORED] = False
             for other in w.agents:
                 other[_L2L] = False
         case Effect.L2_EVICT_COPY:
             g[_L2] = -1
             g[_L2VAL] = -1
+            g[_L2RESTORED] = False
         case Effect.L2_ABANDON_LEASE:
             ag[_L2L] = False
         case Effect.L2_SET_IF_NEWER:
@@ -784,6 +820,7 @@ def _apply(  # one case per effect, by design
             g[_COMMITS] = int(g[_COMMITS]) + 1
             g[_HVAL] = _fresh_value(w)
             ag[_VER] = g[_HOME]
+            ag[_RES] = False
             ag[_VAL] = g[_HVAL]
             if int(g[_HOME]) > 0:
                 g[_OUTBOX] = g[_HOME]
@@ -824,6 +861,7 @@ def _l2_set(w: _Work, version: int, value: int) -> None:
     w.g[_L2] = version
     w.g[_L2VAL] = value
     w.g[_L2HIGH] = max(int(w.g[_L2HIGH]), version)
+    w.g[_L2RESTORED] = False
 
 
 def _home_new_version(w: _Work, ag: list[Any]) -> None:
@@ -832,6 +870,7 @@ def _home_new_version(w: _Work, ag: list[Any]) -> None:
     g[_COMMITS] = int(g[_COMMITS]) + 1
     g[_OUTBOX] = g[_HOME]
     ag[_VER] = g[_HOME]
+    ag[_RES] = False
     ag[_VAL] = _fresh_value(w)
     g[_NAMES] = (*g[_NAMES], ag[_VAL])
     ag[_REQ] = Request.SETTLE
@@ -910,12 +949,19 @@ def _offers(defn: ProtocolDefinition, state: State) -> Iterator[tuple[Event, int
         yield Event.OUTBOX_RELAY, None, 0
     if state.l2 >= 0 and Event.L2_EVICT in faults:
         yield Event.L2_EVICT, None, 0
+    if defn.l2_rollback and faults and state.l2_high >= 0:
+        # any version up to the newest L2 held, older than its copy (see `_rollback`)
+        newest = min(state.l2 if state.l2 >= 0 else state.home + 1, state.l2_high + 1)
+        for version in range(newest):
+            yield Event.L2_EVICT, None, ROLLBACK_TO + version
 
 
 def _label(event: Event, a: int | None, payload: int, detail: str) -> str:
     who = f"agent{a + 1}" if a is not None else EVENT_SITE[event].value
     if event is Event.EVICT and payload == LEAVE:
         what = "LEAVE (close)"
+    elif is_rollback(event, payload):
+        what = f"L2_ROLLBACK(v{payload - ROLLBACK_TO})"
     elif event in (Event.DELIVER_INVALIDATE, Event.DROP_MESSAGE) and payload != RECALL:
         what = f"{event.name}(v{payload})"
     elif event is Event.DROP_MESSAGE:
@@ -931,93 +977,121 @@ def transitions(defn: ProtocolDefinition, state: State) -> Iterator[Transition]:
         return
     index = _index(defn)
     for event, a, payload in _offers(defn, state):
-        if payload == LEAVE and event is Event.EVICT:
-            assert a is not None
-            yield _leave(defn, state, index, a)
-            continue
-        site = EVENT_SITE[event]
-        key: RowKey = state.agents[a].st if site is Site.AGENT and a is not None else SITE_KEY[site]
-        entry = index.get((key, event))
-        kind = EVENT_KIND[event]
-        if entry is None:
-            yield _defect(
-                state, event, kind, a, payload, f"unhandled: no row for ({key.name}, {event.name})"
-            )
-            continue
-        matched = [r for r in entry.rules if holds(r.guard, state, a, payload)]
-        refused = [
-            f for f in entry.refusals if f.guard is None or holds(f.guard, state, a, payload)
-        ]
-        if len(matched) > 1:
+        yield from _offer_steps(defn, state, index, event, a, payload)
+
+
+def offers(defn: ProtocolDefinition, state: State) -> Iterator[tuple[Event, int | None, int]]:
+    """Every (event, subject agent or None, payload) the environment offers in `state`; the
+    offers do not depend on the table, only on the state and the definition's bounds."""
+    return _offers(defn, state)
+
+
+def offer_transitions(
+    defn: ProtocolDefinition, state: State, event: Event, agent: int | None, payload: int
+) -> Iterator[Transition]:
+    """The steps `transitions` yields for one offer (as `offers` lists it) of `state`."""
+    if state.violation:
+        return iter(())
+    return _offer_steps(defn, state, _index(defn), event, agent, payload)
+
+
+def _offer_steps(
+    defn: ProtocolDefinition,
+    state: State,
+    index: dict[tuple[RowKey, Event], _Entry],
+    event: Event,
+    a: int | None,
+    payload: int,
+) -> Iterator[Transition]:
+    """The steps of one offer: its row, a refusal's step, or a table defect."""
+    if payload == LEAVE and event is Event.EVICT:
+        assert a is not None
+        yield _leave(defn, state, index, a)
+        return
+    if payload >= ROLLBACK_TO and event is Event.L2_EVICT:
+        yield _rollback(state, payload)
+        return
+    site = EVENT_SITE[event]
+    key: RowKey = state.agents[a].st if site is Site.AGENT and a is not None else SITE_KEY[site]
+    entry = index.get((key, event))
+    kind = EVENT_KIND[event]
+    if entry is None:
+        yield _defect(
+            state, event, kind, a, payload, f"unhandled: no row for ({key.name}, {event.name})"
+        )
+        return
+    matched = [r for r in entry.rules if holds(r.guard, state, a, payload)]
+    refused = [f for f in entry.refusals if f.guard is None or holds(f.guard, state, a, payload)]
+    if len(matched) > 1:
+        yield _defect(
+            state,
+            event,
+            kind,
+            a,
+            payload,
+            f"nondeterministic: {len(matched)} rows for ({key.name}, {event.name})",
+        )
+        return
+    if matched and refused:
+        yield _defect(
+            state,
+            event,
+            kind,
+            a,
+            payload,
+            f"overlap: a row and a refusal for ({key.name}, {event.name})",
+        )
+        return
+    if not matched:
+        if not refused:
             yield _defect(
                 state,
                 event,
                 kind,
                 a,
                 payload,
-                f"nondeterministic: {len(matched)} rows for ({key.name}, {event.name})",
+                f"unhandled: no row for ({key.name}, {event.name}) under these guards",
             )
-            continue
-        if matched and refused:
+        elif any(f.kind is RefusalKind.IMPOSSIBLE for f in refused):
             yield _defect(
                 state,
                 event,
                 kind,
                 a,
                 payload,
-                f"overlap: a row and a refusal for ({key.name}, {event.name})",
+                f"impossible_reached: ({key.name}, {event.name}): {refused[0].reason}",
             )
-            continue
-        if not matched:
-            if not refused:
-                yield _defect(
-                    state,
-                    event,
-                    kind,
-                    a,
-                    payload,
-                    f"unhandled: no row for ({key.name}, {event.name}) under these guards",
-                )
-            elif any(f.kind is RefusalKind.IMPOSSIBLE for f in refused):
-                yield _defect(
-                    state,
-                    event,
-                    kind,
-                    a,
-                    payload,
-                    f"impossible_reached: ({key.name}, {event.name}): {refused[0].reason}",
-                )
-            elif all(f.kind is RefusalKind.NOT_APPLICABLE for f in refused):
-                consumed = _not_applicable(state, event, kind, a, payload, key, refused[0])
-                if consumed is not None:
-                    yield consumed
-            continue
-        rule = matched[0]
-        w = _Work(state)
-        if event in FAULT_EVENT_SET:
-            w.g[_FAULTS] = state.faults + 1
-        if event is Event.DELIVER_INVALIDATE or event is Event.DELIVER_RECALL:
-            assert a is not None
-            agent = w.agents[a]
-            agent[_INBOX] = tuple(m for m in agent[_INBOX] if m != payload)
-            if event is Event.DELIVER_INVALIDATE:
-                agent[_TOLD] = max(agent[_TOLD], payload)
-        if kind is EventKind.USER and VERSION_CREATING.intersection(rule.effects):
-            if state.writes >= defn.writes:
-                continue
-            w.g[_WRITES] = state.writes + 1
-        if isinstance(rule.target, L1State) and a is not None and site is Site.AGENT:
-            w.agents[a][_ST] = rule.target
-            if event in OPERATION:
-                w.agents[a][_OP] = OPERATION[event]
-            if event is Event.READ and defn.mode is Mode.COHERENT:
-                # A read older than the floor is the floor check's (and, strict, any read older
-                # than a completed write is linearizable_reads'): keep rstart only above it.
-                completed = w.g[_COMPLETED]
-                w.agents[a][_RSTART] = completed if completed > w.agents[a][_FLOOR] else 0
-        for effect in rule.effects:
-            _apply(effect, w, defn.mode, a, payload)
-        yield Transition(event, kind, a, payload, rule, w.freeze())
+        elif all(f.kind is RefusalKind.NOT_APPLICABLE for f in refused):
+            consumed = _not_applicable(state, event, kind, a, payload, key, refused[0])
+            if consumed is not None:
+                yield consumed
+        return
+    rule = matched[0]
+    w = _Work(state)
+    if event in FAULT_EVENT_SET:
+        w.g[_FAULTS] = state.faults + 1
+    if event is Event.DELIVER_INVALIDATE or event is Event.DELIVER_RECALL:
+        assert a is not None
+        agent = w.agents[a]
+        agent[_INBOX] = tuple(m for m in agent[_INBOX] if m != payload)
+        if event is Event.DELIVER_INVALIDATE:
+            agent[_TOLD] = max(agent[_TOLD], payload)
+    if kind is EventKind.USER and VERSION_CREATING.intersection(rule.effects):
+        if state.writes >= defn.writes:
+            return
+        w.g[_WRITES] = state.writes + 1
+    if isinstance(rule.target, L1State) and a is not None and site is Site.AGENT:
+        w.agents[a][_ST] = rule.target
+        if event in OPERATION:
+            w.agents[a][_OP] = OPERATION[event]
+        if event is Event.READ and defn.mode is Mode.COHERENT:
+            # A read older than the floor is the floor check's (and, strict, any read older
+            # than a completed write is linearizable_reads'): keep rstart only above it.
+            completed = w.g[_COMPLETED]
+            w.agents[a][_RSTART] = completed if completed > w.agents[a][_FLOOR] else 0
+    for effect in rule.effects:
+        _apply(effect, w, defn.mode, a, payload)
+    yield Transition(event, kind, a, payload, rule, w.freeze())
 
 
 LEAVE: Final = -1
@@ -1060,6 +1134,40 @@ def _leave(
     left[_RSTART] = 0
     left[_GONE] = True
     return Transition(Event.EVICT, EventKind.FAULT, a, LEAVE, rule, w.freeze())
+
+
+ROLLBACK_TO: Final = 1000
+"""Payload base of the L2_EVICT step that is an L2 rollback: payload ROLLBACK_TO + v puts back
+version v (see `_rollback`)."""
+
+
+def is_rollback(event: Event, payload: int) -> bool:
+    """Whether the step (event, payload) is an L2 rollback, not a plain L2 eviction."""
+    return event is Event.L2_EVICT and payload >= ROLLBACK_TO
+
+
+def _rollback(state: State, payload: int) -> Transition:
+    """Redis is restored from an older snapshot (`ProtocolDefinition(l2_rollback=True)`): the
+    L2 copy goes back to a version v no newer than the newest it ever held (`l2_high`) and
+    older than the copy it holds now (any such v when it is empty), with the value v names;
+    an environment fault outside the table, counted against the fault budget (going back to
+    an empty L2 is L2_EVICT). The model does not remember which older versions L2 held (a
+    field for that history split the states by a third), so it may put back a version L2
+    skipped: a superset of the snapshots Redis can have taken (a kill's trace shows which
+    version came back, and whether L2 had held it). Fill
+    leases and the directory are not restored. A copy put back this way is marked
+    (`l2_restored`) until a protocol step writes or deletes L2, and so is the fill data or copy
+    of an agent that reads it (`restored`): those are exempt from the global recency
+    properties (read_result, linearizable reads, stale copies covered, ...), which no protocol
+    can keep over a restored store, but not from the agent-local ones (its floor: monotonic
+    reads, read-your-writes, reads and fills respecting the invalidations it saw)."""
+    version = payload - ROLLBACK_TO
+    w = _Work(state)
+    w.g[_FAULTS] = state.faults + 1
+    w.g[_L2] = version
+    w.g[_L2VAL] = state.names[version]
+    w.g[_L2RESTORED] = True
+    return Transition(Event.L2_EVICT, EventKind.FAULT, None, payload, None, w.freeze())
 
 
 _ANSWERED_OPERATIONS: Final = {
@@ -1127,7 +1235,7 @@ def consulted_refusals(defn: ProtocolDefinition, state: State) -> Iterator[Refus
         return
     index = _index(defn)
     for event, a, payload in _offers(defn, state):
-        if payload == LEAVE and event is Event.EVICT:
+        if (payload == LEAVE and event is Event.EVICT) or is_rollback(event, payload):
             continue
         site = EVENT_SITE[event]
         key: RowKey = state.agents[a].st if site is Site.AGENT and a is not None else SITE_KEY[site]
@@ -1183,9 +1291,13 @@ def describe(state: State) -> str:
             bits.append("read_lease")
         if ag.l2_lease:
             bits.append("l2_lease")
+        if ag.restored:
+            bits.append("restored")
         parts.append(f"a{i}:{' '.join(bits)}")
     home = f"home=v{state.home}" + (" (data at owner)" if state.dirty else "")
     outbox = f" outbox=v{state.outbox}" if state.outbox else ""
     l2 = f"L2=v{state.l2}" if state.l2 >= 0 else "L2=empty"
+    if state.l2_restored:
+        l2 += " (restored)"
     viol = f" VIOLATION={state.violation!r}" if state.violation else ""
     return f"{home}{outbox} {l2} | " + " | ".join(parts) + viol

@@ -25,15 +25,12 @@ from sagemem.spec import (
 
 # Rows that need more than the quick bounds to fire (a resync of an already invalidated fill
 # needs an invalidation to arrive, then a second message to the same agent to be lost).
-# IS_D FILL_DATA [DATA_STALE] is defensive: in the model
-# neither L2 nor the home can hand a fill data older than a version the agent knows of (the
-# relay deletes L2 before it publishes); production keeps the row for an L2 copy written
-# outside the protocol (a plain L2Tier.write, a Redis restored from an old snapshot).
-# MS_A HOME_WRITE_BACK [GRANT_LOST] and ME_A HOME_FLUSH [GRANT_LOST] are defensive too: only a
+# MS_A HOME_WRITE_BACK [GRANT_LOST] and ME_A HOME_FLUSH [GRANT_LOST] are defensive: only a
 # production owner stalled past its lease reaches them (see spec/table.py). The hostile
-# scenarios of proofs/mutants.py reach all three (tests/unit/test_mutants.py).
+# scenarios of proofs/mutants.py reach both (tests/unit/test_mutants.py). IS_D FILL_DATA
+# [DATA_STALE], defensive too, fires at the quick bounds since they include the L2 rollback
+# (an agent told of v1 reads the restored v0).
 _NEEDS_DEEPER_BOUNDS = {
-    (L1State.IS_D, Event.FILL_DATA),
     (L1State.MS_A, Event.HOME_WRITE_BACK),
     (L1State.ME_A, Event.HOME_FLUSH),
 }
