@@ -22,11 +22,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from proofs.report import CheckReport, Counterexample
-from proofs.scenarios import Move, Scenario, run_scenario
 from sagemem.spec.model import ProtocolDefinition
 from sagemem.spec.table import REFUSALS, TABLE, Refusal, Rule
 from sagemem.spec.vocabulary import Effect, Event, Guard, L1State, Mode
+
+from .report import CheckReport, Counterexample
+from .scenarios import Move, Scenario, run_scenario
 
 __all__ = [
     "BUGS",
@@ -317,7 +318,7 @@ def bug_definition(
 
 def check_bug(bug: Bug, mode: Mode) -> BugVerdict:
     """Run `bug` in `mode` through the explorer, then its script: the first rejection wins."""
-    from proofs.explore import explore
+    from .explore import explore
 
     started = time.perf_counter()
     defn = bug_definition(bug, mode)

@@ -39,11 +39,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-from proofs.report import CheckReport
 from sagemem.spec.invariants import invariants_for
 from sagemem.spec.model import Bounds, ProtocolDefinition, deep, definitions, quick
 from sagemem.spec.table import TABLE, Rule
 from sagemem.spec.vocabulary import Mode
+
+from .report import CheckReport
 
 __all__ = [
     "CheckOptions",
@@ -276,12 +277,14 @@ class CheckerUnavailable(RuntimeError):
 
 
 def _load(module: str, name: str) -> Callable[..., CheckReport]:
+    """`name` from this package's `module` (e.g. ".explore"), whichever name the package was
+    imported under (`proofs` in a clone, `sagemem.proofs` from the wheel)."""
     try:
-        loaded = importlib.import_module(module)
+        loaded = importlib.import_module(module, __package__)
     except ImportError as error:
         raise CheckerUnavailable(
-            f"cannot import {module} ({error}); install the dev dependencies with `uv sync` "
-            "and run `uv run sagemem check` from the source checkout"
+            f"cannot import {__package__}{module} ({error}); install the checkers' extra: "
+            'pip install "sagemem[check]" (in a clone, `uv sync` installs it)'
         ) from error
     function: Callable[..., CheckReport] = getattr(loaded, name)
     return function
@@ -294,7 +297,7 @@ class _Task:
 
 
 def _explore_task(defn: ProtocolDefinition) -> _Task:
-    explore = _load("proofs.explore", "explore")
+    explore = _load(".explore", "explore")
     label = (
         f"explore  {defn.mode.value:<8} {defn.agents} agents, {defn.writes} writes, "
         f"fault budget {defn.fault_budget}"
@@ -316,7 +319,7 @@ def _explore_task(defn: ProtocolDefinition) -> _Task:
 
 
 def _table_task(defn: ProtocolDefinition) -> _Task:
-    check_table = _load("proofs.z3_check", "check_table")
+    check_table = _load(".z3_check", "check_table")
     label = f"z3 table {defn.mode.value:<8} one-step totality, determinism, type invariant"
 
     def run(line: ProgressLine) -> CheckReport:
@@ -327,7 +330,7 @@ def _table_task(defn: ProtocolDefinition) -> _Task:
 
 
 def _scenario_task(defn: ProtocolDefinition) -> _Task:
-    check_scenarios = _load("proofs.scenarios", "check_scenarios")
+    check_scenarios = _load(".scenarios", "check_scenarios")
     label = f"hostile  {defn.mode.value:<8} scenarios beyond the model"
 
     def run(line: ProgressLine) -> CheckReport:
@@ -338,7 +341,7 @@ def _scenario_task(defn: ProtocolDefinition) -> _Task:
 
 
 def _bugs_task(mode: Mode) -> _Task:
-    check_bugs = _load("proofs.bugs", "check_bugs")
+    check_bugs = _load(".bugs", "check_bugs")
     label = f"bugs     {mode.value:<8} hand-written protocol bugs must be rejected"
 
     def run(line: ProgressLine) -> CheckReport:
@@ -349,7 +352,7 @@ def _bugs_task(mode: Mode) -> _Task:
 
 
 def _histories_task(mode: Mode, table: tuple[Rule, ...], *, deep_run: bool) -> _Task:
-    check_model_histories = _load("proofs.model_histories", "check_model_histories")
+    check_model_histories = _load(".model_histories", "check_model_histories")
     label = f"history  {mode.value:<8} sagemem.verify on model histories"
     graph_bounds = HISTORY_GRAPH_DEEP if deep_run else HISTORY_GRAPH_QUICK
     walks = HISTORY_WALKS_DEEP if deep_run else HISTORY_WALKS_QUICK
@@ -365,7 +368,7 @@ def _histories_task(mode: Mode, table: tuple[Rule, ...], *, deep_run: bool) -> _
 
 
 def _bmc_task(defn: ProtocolDefinition, depth: int, workers: int) -> _Task:
-    bounded_model_check = _load("proofs.z3_check", "bounded_model_check")
+    bounded_model_check = _load(".z3_check", "bounded_model_check")
     label = (
         f"z3 bmc   {defn.mode.value:<8} {defn.agents} agents, {defn.writes} writes, depth {depth}"
     )
@@ -467,7 +470,7 @@ def run_checks(
         flush=True,
     )
     if options.only:
-        from proofs.mutants import select_mutants
+        from .mutants import select_mutants
 
         try:  # before the quick checks: a misspelt name must not wait for them
             select_mutants(ProtocolDefinition(table=table), options.only)
@@ -552,7 +555,7 @@ class _Totals:
 def _run_mutation_testing(
     options: CheckOptions, table: tuple[Rule, ...], *, out: TextIO, line: ProgressLine
 ) -> int:
-    from proofs.mutants import MutantProgress, run_mutants, select_mutants
+    from .mutants import MutantProgress, run_mutants, select_mutants
 
     def progress(update: MutantProgress) -> None:
         rate = update.done / max(update.elapsed_s, 1e-9)
@@ -592,7 +595,7 @@ def _run_mutation_testing(
         print(f"    invalid {outcome.mutant.name}: {outcome.invalid}", file=out)
     survivors = report.survivors
     if survivors and options.confirm_survivors:
-        from proofs.mutants import confirm_survivors
+        from .mutants import confirm_survivors
 
         verdicts = confirm_survivors(
             defn, [outcome.mutant for outcome in survivors], progress=lambda text: line.show(text)

@@ -68,7 +68,6 @@ from typing import NamedTuple
 
 import networkx as nx
 
-from proofs.report import CheckReport, Counterexample, TraceStep
 from sagemem.spec.invariants import first_violation, is_quiescent
 from sagemem.spec.model import (
     OP_NONE,
@@ -82,6 +81,8 @@ from sagemem.spec.model import (
 )
 from sagemem.spec.table import Rule
 from sagemem.spec.vocabulary import EVENT_KIND, Event, EventKind
+
+from .report import CheckReport, Counterexample, TraceStep
 
 __all__ = ["GRAPH_PROPERTIES", "ProgressCallback", "explore", "replay_path", "unfired_rows"]
 

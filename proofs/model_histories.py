@@ -63,7 +63,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from proofs.report import CheckReport, Counterexample, TraceStep
 from sagemem.spec.model import _DATA as _M_DATA  # the interpreter's field positions
 from sagemem.spec.model import _DVAL as _M_DVAL
 from sagemem.spec.model import _VAL as _M_VAL
@@ -94,6 +93,8 @@ from sagemem.verify import (
     analyze_staleness,
     check_history,
 )
+
+from .report import CheckReport, Counterexample, TraceStep
 
 __all__ = [
     "KEY",

@@ -43,8 +43,6 @@ from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from enum import Enum, unique
 
-from proofs.report import CheckReport
-from proofs.scenarios import check_scenarios
 from sagemem.spec.model import (
     LEAVE,
     QUICK_BOUNDS,
@@ -73,6 +71,9 @@ from sagemem.spec.vocabulary import (
     Mode,
     Site,
 )
+
+from .report import CheckReport
+from .scenarios import check_scenarios
 
 __all__ = [
     "CheckerKind",
@@ -498,7 +499,7 @@ _COVERAGE_NAME = "row coverage at the quick bounds"
 
 def baseline_coverage(table: tuple[Rule, ...]) -> Coverage:
     """For each mode, the indices of the rows of `table` that fire at the quick bounds."""
-    from proofs.explore import explore
+    from .explore import explore
 
     coverage: Coverage = {}
     for mode in Mode:
@@ -519,7 +520,7 @@ def screen_mutants(
     reachable state space is unchanged), and a swap of two effects that commute in every
     reachable state where the row fires (same successors, so the same state space). Explores
     `bounds` (the quick bounds) in both modes once; returns {mutant name: reason}."""
-    from proofs.explore import explore
+    from .explore import explore
 
     refusal_index = {id(f): i for i, f in enumerate(defn.refusals)}
     row_index = {id(r): i for i, r in enumerate(defn.table)}
@@ -622,11 +623,11 @@ def _run_one(spec: CheckerSpec, defn: ProtocolDefinition, fired: set[int]) -> Ch
     """One checker on `defn`; None when it has nothing to say (COVERAGE is done by the caller)."""
     match spec.kind:
         case CheckerKind.TABLE:
-            from proofs.z3_check import check_table
+            from .z3_check import check_table
 
             return check_table(defn)
         case CheckerKind.EXPLORE:
-            from proofs.explore import explore
+            from .explore import explore
 
             bounded = dataclasses.replace(
                 defn,
@@ -638,7 +639,7 @@ def _run_one(spec: CheckerSpec, defn: ProtocolDefinition, fired: set[int]) -> Ch
             )
             return explore(bounded)
         case CheckerKind.QUICK:
-            from proofs.explore import explore
+            from .explore import explore
 
             report: CheckReport | None = None
             for bounded in quick(defn.mode, table=defn.table):
@@ -647,7 +648,7 @@ def _run_one(spec: CheckerSpec, defn: ProtocolDefinition, fired: set[int]) -> Ch
                     return report
             return report
         case CheckerKind.BMC:
-            from proofs.z3_check import bounded_model_check
+            from .z3_check import bounded_model_check
 
             bounded = dataclasses.replace(
                 defn, agents=spec.agents, writes=spec.writes, fault_budget=spec.fault_budget
@@ -937,7 +938,7 @@ def compare_state_spaces(
     the breadth-first search), so every property the explorer checks, invariants, quiescence,
     prompt progress and acyclicity included, has the same verdict: it is equivalent at these
     bounds. A mutant that differs somewhere needs its own exploration."""
-    from proofs.explore import explore
+    from .explore import explore
 
     started = time.perf_counter()
     original = dataclasses.replace(

@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from proofs.report import CheckReport, Counterexample, TraceStep
 from sagemem.spec.invariants import invariants_for, is_quiescent
 from sagemem.spec.model import (
     AgentState,
@@ -31,6 +30,8 @@ from sagemem.spec.model import (
     transitions,
 )
 from sagemem.spec.vocabulary import Event, L1State, Mode
+
+from .report import CheckReport, Counterexample, TraceStep
 
 __all__ = ["Move", "Scenario", "check_scenarios", "hostile_scenarios", "run_scenario"]
 

@@ -54,14 +54,6 @@ from typing import Any, Final
 
 import z3
 
-from proofs.report import CheckReport, Counterexample, TraceStep
-from proofs.z3_encoding import (
-    VIOLATION_NONE,
-    Encoding,
-    Step,
-    SymState,
-    version_level,
-)
 from sagemem.spec.invariants import first_violation, invariants_for
 from sagemem.spec.model import (
     SITE_KEY,
@@ -73,6 +65,15 @@ from sagemem.spec.model import (
 )
 from sagemem.spec.table import RefusalKind, RowKey, Rule
 from sagemem.spec.vocabulary import EVENT_SITE, Event, L1State, Mode, Site
+
+from .report import CheckReport, Counterexample, TraceStep
+from .z3_encoding import (
+    VIOLATION_NONE,
+    Encoding,
+    Step,
+    SymState,
+    version_level,
+)
 
 __all__ = [
     "DEEP_DEPTH",

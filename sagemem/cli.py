@@ -61,19 +61,12 @@ def _run_bench(argv: Sequence[str]) -> int:
 
 
 def _run_check(argv: Sequence[str]) -> int:
-    root = _checkout_root()
-    if root is None:
-        print(
-            "sagemem check: the model checkers live in the source checkout's proofs/ folder, "
-            "which an installed wheel does not ship; run it from a clone with `uv run sagemem "
-            "check`",
-            file=sys.stderr,
-        )
-        return 2
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from proofs.cli import main as check_main
-
+    try:
+        from sagemem.proofs.cli import main as check_main
+    except ImportError as error:
+        if error.name is not None and error.name.startswith("sagemem"):
+            raise
+        return _missing_extra("check", "check", error)
     return check_main(list(argv))
 
 

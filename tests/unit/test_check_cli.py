@@ -64,10 +64,13 @@ def test_progress_goes_to_stderr_and_the_summary_to_stdout() -> None:
 def test_missing_z3_checker_fails_clearly(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """When proofs.z3_check cannot be imported the command fails (status 2), never skips."""
-    monkeypatch.setitem(sys.modules, "proofs.z3_check", None)
+    """When the Z3 checker cannot be imported the command fails (status 2), never skips, and
+    names the extra that provides it."""
+    monkeypatch.setitem(sys.modules, "sagemem.proofs.z3_check", None)
     assert run_checks(CheckOptions(modes=(Mode.COHERENT,))) == 2
-    assert "cannot import proofs.z3_check" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot import sagemem.proofs.z3_check" in err
+    assert 'pip install "sagemem[check]"' in err
 
 
 @pytest.mark.parametrize(

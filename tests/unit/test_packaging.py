@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+def wheel_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         ["uv", "build", "--wheel", "--out-dir", str(out), str(ROOT)],
@@ -25,7 +25,12 @@ def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
         timeout=180,
     )
     (wheel,) = out.glob("sagemem-*.whl")
-    with zipfile.ZipFile(wheel) as archive:
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def wheel_names(wheel_path: Path) -> list[str]:
+    with zipfile.ZipFile(wheel_path) as archive:
         return archive.namelist()
 
 
@@ -108,3 +113,65 @@ def test_every_public_name_resolves() -> None:
     for name in sagemem.__all__:
         assert getattr(sagemem, name) is not None, name
     assert set(sagemem.__all__) <= set(dir(sagemem))
+
+
+def test_wheel_ships_the_checkers_as_sagemem_proofs(wheel_names: list[str]) -> None:
+    """`sagemem check` works from an installed wheel: the checkers ship as sagemem/proofs."""
+    for name in ("cli.py", "explore.py", "z3_check.py", "mutants.py", "bugs.py"):
+        assert f"sagemem/proofs/{name}" in wheel_names, name
+
+
+def test_without_the_check_extra_sagemem_check_names_the_extra() -> None:
+    """With networkx missing, `sagemem check` exits 2 and says `pip install "sagemem[check]"`."""
+    code = (
+        "import sys; sys.modules['networkx'] = None\n"
+        "from sagemem.cli import main\n"
+        "sys.exit(main(['check']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 2, result.stderr
+    assert 'pip install "sagemem[check]"' in result.stderr
+
+
+def test_an_installed_wheel_with_the_check_extra_runs_sagemem_check(
+    wheel_path: Path, tmp_path: Path
+) -> None:
+    """A fresh virtual environment with only the wheel and its [check] extra (no clone on the
+    path) runs a small `sagemem check` to the end."""
+    venv = tmp_path / "venv"
+    subprocess.run(
+        ["uv", "venv", "--quiet", "--python", sys.executable, str(venv)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    python = venv / "bin" / "python"
+    subprocess.run(
+        ["uv", "pip", "install", "--quiet", "--python", str(python), f"{wheel_path}[check]"],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    result = subprocess.run(
+        [
+            str(venv / "bin" / "sagemem"),
+            "check",
+            "--mode",
+            "coherent",
+            "--agents",
+            "2",
+            "--writes",
+            "1",
+            "--fault-budget",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "every check passed" in result.stdout
