@@ -11,14 +11,16 @@ statements through a tier's `statements` without reaching into the tier (`RowTab
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from types import TracebackType
 from typing import Final, Protocol
 
 import asyncpg
+from asyncpg import Connection
 
 from sagemem._driver_errors import not_connected, refused_by_server, tier_unavailable
 from sagemem.values import JSONValue
@@ -268,50 +270,40 @@ class Statements:
             raise not_connected(self._name)
         return pool
 
-    async def fetchrow(
-        self, operation: str, key: str | None, sql: str, *args: object
-    ) -> asyncpg.Record | None:
-        """The statement's first row (None if none)."""
+    @contextlib.asynccontextmanager
+    async def _connection(self, operation: str, key: str | None) -> AsyncIterator[Connection]:
+        """A leased connection; what a statement on it raises is translated on the way out."""
         pool = self._connected()
         try:
             async with pool.lease() as connection:
-                row: asyncpg.Record | None = await connection.fetchrow(sql, *args)
-                return row
+                yield connection
         except asyncpg.InsufficientPrivilegeError as error:
             raise refused_by_server(self._name, operation, key, error) from error
         except POSTGRES_DRIVER_ERRORS as error:
             raise tier_unavailable(
                 self._name, operation, error, hint=POSTGRES_HINT, key=key
             ) from error
+
+    async def fetchrow(
+        self, operation: str, key: str | None, sql: str, *args: object
+    ) -> asyncpg.Record | None:
+        """The statement's first row (None if none)."""
+        async with self._connection(operation, key) as connection:
+            row: asyncpg.Record | None = await connection.fetchrow(sql, *args)
+            return row
 
     async def fetch(
         self, operation: str, key: str | None, sql: str, *args: object
     ) -> list[asyncpg.Record]:
         """Every row of the statement."""
-        pool = self._connected()
-        try:
-            async with pool.lease() as connection:
-                rows: list[asyncpg.Record] = await connection.fetch(sql, *args)
-                return rows
-        except asyncpg.InsufficientPrivilegeError as error:
-            raise refused_by_server(self._name, operation, key, error) from error
-        except POSTGRES_DRIVER_ERRORS as error:
-            raise tier_unavailable(
-                self._name, operation, error, hint=POSTGRES_HINT, key=key
-            ) from error
+        async with self._connection(operation, key) as connection:
+            rows: list[asyncpg.Record] = await connection.fetch(sql, *args)
+            return rows
 
     async def execute(self, operation: str, key: str | None, sql: str, *args: object) -> None:
         """Run the statement for its effect."""
-        pool = self._connected()
-        try:
-            async with pool.lease() as connection:
-                await connection.execute(sql, *args)
-        except asyncpg.InsufficientPrivilegeError as error:
-            raise refused_by_server(self._name, operation, key, error) from error
-        except POSTGRES_DRIVER_ERRORS as error:
-            raise tier_unavailable(
-                self._name, operation, error, hint=POSTGRES_HINT, key=key
-            ) from error
+        async with self._connection(operation, key) as connection:
+            await connection.execute(sql, *args)
 
 
 class RowTable(Protocol):
