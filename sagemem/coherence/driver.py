@@ -179,6 +179,15 @@ class _KeyState:
     commit_unanswered: bool = False
 
 
+def _holders_expire(core: AgentCore) -> bool:
+    """Whether `core`'s HOLDER_EXPIRE row expires lapsed holders (DIRECTORY_EXPIRE_HOLDER)."""
+    try:
+        rule = core.shared_row(Event.HOLDER_EXPIRE, Guard.HOLDER_LEASE_LAPSED)
+    except ProtocolError:
+        return False
+    return isinstance(rule, Rule) and Effect.DIRECTORY_EXPIRE_HOLDER in rule.effects
+
+
 class AgentDriver:
     """Performs one agent's protocol: the core's actions and requests, bus events, maintenance.
 
@@ -203,6 +212,9 @@ class AgentDriver:
         self.mode: Final = mode
         self.bus: Final = bus
         self.core: Final = core
+        # Whether the table's HOLDER_EXPIRE row expires lapsed holders (and their owed acks):
+        # the scripts drop lapsed registrations only then. The table is fixed: looked up once.
+        self._holders_lapse: Final = _holders_expire(core)
         self.capacity: Final = capacity
         self._me: Final = me
         self._require_open: Final = require_open
@@ -847,7 +859,7 @@ class AgentDriver:
             strict=strict,
             register_on_hit=on_hit,
             register_on_miss=on_miss,
-            holders_lapse=self._holders_expire(),
+            holders_lapse=self._holders_lapse,
             read_on_hit=Effect.L2_READ in hit_effects,
             lease_on_miss=Effect.L2_TAKE_LEASE in miss_effects,
         )
@@ -908,14 +920,6 @@ class AgentDriver:
                     "L1 %s: revoked the lapsed grant of %s on %r", self.agent_id, owner, key
                 )
 
-    def _holders_expire(self) -> bool:
-        """Whether the table's HOLDER_EXPIRE row expires lapsed holders (their owed acks)."""
-        try:
-            rule = self.core.shared_row(Event.HOLDER_EXPIRE, Guard.HOLDER_LEASE_LAPSED)
-        except ProtocolError:
-            return False
-        return isinstance(rule, Rule) and Effect.DIRECTORY_EXPIRE_HOLDER in rule.effects
-
     async def _expire_holders(self, key: str) -> None:
         """HOLDER_EXPIRE of every holder of `key` whose read lease lapsed, from its row."""
         steps = self._steps
@@ -954,7 +958,7 @@ class AgentDriver:
                     version,
                     sender,
                     tuple(redis_batch),
-                    holders_lapse=self._holders_expire(),
+                    holders_lapse=self._holders_lapse,
                 )
             except ScopeViolationError:
                 if sender != RELAY_SENDER:
@@ -1072,7 +1076,7 @@ class AgentDriver:
                     self.counts["acks_sent"] += 1
             case Effect.DIRECTORY_ADD_HOLDER:
                 if not await steps.add_holder(
-                    key, self.agent_id, holders_lapse=self._holders_expire()
+                    key, self.agent_id, holders_lapse=self._holders_lapse
                 ):
                     state.deadline = 0.0  # not registered: the kept copy must not be served
             case Effect.DIRECTORY_REMOVE_HOLDER:
