@@ -66,7 +66,35 @@ class AgentSystem(Protocol):
     async def aclose(self) -> None: ...
 
 
-class SagememSystem:
+class _HierarchyOperations:
+    """Reads, writes at the home (`set(..., tier_index=2)`) and `update()` through a
+    `MemoryHierarchy`: what the two hierarchy systems share."""
+
+    _memory: MemoryHierarchy
+
+    async def read(self, key: str) -> TierEntry | None:
+        return await self._memory.read(key)
+
+    async def write(self, key: str, value: JSONValue) -> int:
+        version = await self._memory.set(key, value, tier_index=2)
+        assert version is not None
+        return version
+
+    async def update(self, key: str, fn: UpdateFn) -> tuple[int, JSONValue]:
+        computed: list[JSONValue] = []
+
+        def computing(current: JSONValue) -> JSONValue:
+            computed[:] = [fn(current)]  # the last value computed is the one committed
+            return computed[0]
+
+        version = await self._memory.update(key, computing, attempts=UPDATE_ATTEMPTS)
+        return version, computed[0]
+
+    async def aclose(self) -> None:
+        await self._memory.aclose()
+
+
+class SagememSystem(_HierarchyOperations):
     """`sagemem.connect(namespace=..., agent_id=..., mode=...)`: the coherent hierarchy."""
 
     def __init__(self, memory: MemoryHierarchy) -> None:
@@ -89,24 +117,6 @@ class SagememSystem:
         )
         return cls(memory)
 
-    async def read(self, key: str) -> TierEntry | None:
-        return await self._memory.read(key)
-
-    async def write(self, key: str, value: JSONValue) -> int:
-        version = await self._memory.set(key, value, tier_index=2)
-        assert version is not None
-        return version
-
-    async def update(self, key: str, fn: UpdateFn) -> tuple[int, JSONValue]:
-        computed: list[JSONValue] = []
-
-        def computing(current: JSONValue) -> JSONValue:
-            computed[:] = [fn(current)]  # the last value computed is the one committed
-            return computed[0]
-
-        version = await self._memory.update(key, computing, attempts=UPDATE_ATTEMPTS)
-        return version, computed[0]
-
     def counters(self) -> dict[str, int]:
         stats = self._l1.statistics()
         return {
@@ -116,11 +126,8 @@ class SagememSystem:
             "messages_sent": stats.invalidations_sent + stats.recalls_sent + stats.acks_sent,
         }
 
-    async def aclose(self) -> None:
-        await self._memory.aclose()
 
-
-class PlainHierarchySystem:
+class PlainHierarchySystem(_HierarchyOperations):
     """`MemoryHierarchy([L1Tier, L2Tier, L3Tier])`: caches with no coherence at all."""
 
     def __init__(self, memory: MemoryHierarchy, l1: L1Tier) -> None:
@@ -141,30 +148,9 @@ class PlainHierarchySystem:
         await memory.connect()
         return cls(memory, l1)
 
-    async def read(self, key: str) -> TierEntry | None:
-        return await self._memory.read(key)
-
-    async def write(self, key: str, value: JSONValue) -> int:
-        version = await self._memory.set(key, value, tier_index=2)
-        assert version is not None
-        return version
-
-    async def update(self, key: str, fn: UpdateFn) -> tuple[int, JSONValue]:
-        computed: list[JSONValue] = []
-
-        def computing(current: JSONValue) -> JSONValue:
-            computed[:] = [fn(current)]
-            return computed[0]
-
-        version = await self._memory.update(key, computing, attempts=UPDATE_ATTEMPTS)
-        return version, computed[0]
-
     def counters(self) -> dict[str, int]:
         stats = self._l1.statistics()
         return {"l1_hits": stats.hits, "l1_misses": stats.misses}
-
-    async def aclose(self) -> None:
-        await self._memory.aclose()
 
 
 def uncached_store_ddl(schema: str) -> list[str]:
