@@ -143,6 +143,22 @@ async def home_probe(postgres_dsn: str, namespace: str, schema: str) -> AsyncIte
         await l3.aclose()
 
 
+def hold_deliveries(l1: CoherentL1Tier) -> asyncio.Event:
+    """Hold back every bus event addressed to `l1` (set before `start()`) until the returned
+    event is set: a pause of its listener, made deterministic. The bus hands the agent's events
+    to this gate instead of the driver."""
+    released = asyncio.Event()
+    driver = l1._driver
+    deliver = driver.on_bus
+
+    async def held_until_released(event: BusEvent) -> None:
+        await released.wait()
+        await deliver(event)
+
+    driver.on_bus = held_until_released  # type: ignore[method-assign]  # test hook
+    return released
+
+
 # -- 1. the pub/sub connection killed just before a write ------------------------------------
 
 
@@ -920,16 +936,8 @@ async def test_recall_reaching_a_lapsed_owner_reports_the_fenced_write(
         holder_ttl_s=60.0,
         operation_timeout_s=2.0,
     )
-    deliveries = asyncio.Event()
+    deliveries = hold_deliveries(owner)
     driver = owner._driver
-    deliver_to_owner = driver.on_bus
-
-    async def held_until_resumed(event: BusEvent) -> None:
-        await deliveries.wait()
-        await deliver_to_owner(event)
-
-    # Pausing the adapter at the right point: the bus hands the owner's events to this gate.
-    driver.on_bus = held_until_resumed  # type: ignore[method-assign]  # test hook, see above
     try:
         async with agent("taker", *endpoints) as taker:
             await bus.connect()
@@ -977,15 +985,7 @@ async def test_an_invalidation_older_than_an_owners_version_leaves_the_owner_ser
     owner = CoherentL1Tier(
         agent_id="late-holder", bus=bus, home=home, holder_ttl_s=60.0, operation_timeout_s=5.0
     )
-    deliveries = asyncio.Event()
-    driver = owner._driver
-    deliver = driver.on_bus
-
-    async def held_until_released(event: BusEvent) -> None:
-        await deliveries.wait()
-        await deliver(event)
-
-    driver.on_bus = held_until_released  # type: ignore[method-assign]  # test hook, as above
+    deliveries = hold_deliveries(owner)
     try:
         async with agent("writer", *endpoints, operation_timeout_s=5.0) as writer:
             await bus.connect()
