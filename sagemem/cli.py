@@ -8,8 +8,9 @@ dispatches, so importing it stays cheap.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -33,14 +34,16 @@ def _missing_extra(command: str, extra: str, error: ImportError) -> int:
     return 2
 
 
-def _run_demo(argv: Sequence[str]) -> int:
+def _run_shipped(command: str, module: str, argv: Sequence[str]) -> int:
+    """Run `module.main(argv)`, a part the wheel ships whose libraries come with the extra of
+    the same name as `command` (`sagemem[check]`, `sagemem[demo]`); say so if one is missing."""
     try:
-        from sagemem.demo.server.main import main as demo_main
+        main_of: Callable[[list[str]], int] = importlib.import_module(module).main
     except ImportError as error:
         if error.name is not None and error.name.startswith("sagemem"):
             raise
-        return _missing_extra("demo", "demo", error)
-    return demo_main(list(argv))
+        return _missing_extra(command, command, error)
+    return main_of(list(argv))
 
 
 def _run_bench(argv: Sequence[str]) -> int:
@@ -58,16 +61,6 @@ def _run_bench(argv: Sequence[str]) -> int:
     from benchmarks.run_all import main as bench_main
 
     return bench_main(list(argv))
-
-
-def _run_check(argv: Sequence[str]) -> int:
-    try:
-        from sagemem.proofs.cli import main as check_main
-    except ImportError as error:
-        if error.name is not None and error.name.startswith("sagemem"):
-            raise
-        return _missing_extra("check", "check", error)
-    return check_main(list(argv))
 
 
 def _version() -> str:
@@ -124,9 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sagemem` console script; returns the process exit status."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["check"]:  # `sagemem check` owns all of its arguments, --help included
-        return _run_check(arguments[1:])
+        return _run_shipped("check", "sagemem.proofs.cli", arguments[1:])
     if arguments[:1] == ["demo"]:  # so does `sagemem demo`
-        return _run_demo(arguments[1:])
+        return _run_shipped("demo", "sagemem.demo.server.main", arguments[1:])
     if arguments[:1] == ["bench"]:  # and `sagemem bench` (python -m benchmarks.run_all)
         return _run_bench(arguments[1:])
     if arguments[:1] == ["grants"]:  # and `sagemem grants`
