@@ -136,6 +136,7 @@ class Agent:
         delay_s = (start_ns - clock()) / 1e9
         if delay_s > 0:
             await asyncio.sleep(delay_s)
+        counters_run_start = self.counters()
         counters_timed: dict[str, int] | None = None
         timed_start_ns = 0
         last_end_ns = 0
@@ -165,6 +166,7 @@ class Agent:
             "latency_us": latency_us,
             "reads": reads,
             "writes": writes,
+            "counters_run_start": counters_run_start,
             "counters_timed_start": counters_timed,
             "counters_end": self.counters(),
             "timed_start_ns": timed_start_ns,
@@ -226,6 +228,11 @@ class Agent:
             return 1
         return max(1, int(command.get("concurrency", 1)))
 
+    async def counters_command(self, command: dict[str, Any]) -> dict[str, object]:
+        """The counters now (the coordinator asks after a run, until the messages settle)."""
+        del command
+        return {"counters": self.counters()}
+
     def counters(self) -> dict[str, int]:
         """The system's cache counters and this process's round trips so far."""
         return {**self._system().counters(), **round_trips.counts()}
@@ -265,6 +272,7 @@ async def _serve(index: int) -> int:
                     "run": agent.run,
                     "final": agent.final,
                     "warm": agent.warm,
+                    "counters": agent.counters_command,
                 }.get(name)
                 answer = await (handler(command) if handler else agent.close())
             except Exception as error:

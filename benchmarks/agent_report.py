@@ -45,14 +45,21 @@ def _rows(summary: Sequence[dict[str, Any]], workload: str, agents: int) -> list
     return [e for e in summary if e["workload"] == workload and e["agents"] == agents]
 
 
+def _sent_delivered(entry: dict[str, Any]) -> str:
+    sent, delivered = entry.get("messages_to_holders"), entry.get("messages_delivered")
+    if sent is None or delivered is None:
+        return "-"
+    return f"{sent} / {delivered}"
+
+
 def _workload_table(entries: Sequence[dict[str, Any]]) -> list[str]:
     kinds = sorted({kind for e in entries for kind in e["latency_us"]})
     lines = [
         "| system | ops/s median (min-max) | x uncached (min-max) | "
         + " | ".join(f"{kind} p50/p99 us" for kind in kinds)
         + " | stale reads (max age ms) | stale after run | L1 hit rate | msgs/op | msgs/write"
-        " | Redis RT/op | PG RT/op | Redis cmds/op (server) |",
-        "|---|---:|---:|" + "---:|" * len(kinds) + "---:|---:|---:|---:|---:|---:|---:|---:|",
+        " | msgs to holders / delivered | Redis RT/op | PG RT/op | Redis cmds/op (server) |",
+        "|---|---:|---:|" + "---:|" * len(kinds) + "---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for e in entries:
         stale = f"{e['stale_reads']} of {e['reads']} ({e['stale_max_age_ms']:.1f})"
@@ -63,6 +70,7 @@ def _workload_table(entries: Sequence[dict[str, Any]]) -> list[str]:
             + " | ".join(_latency(e, kind) for kind in kinds)
             + f" | {stale} | {e['final_stale']} of {e['final_reads']} | {_fmt(hit, 1, ' %')}"
             f" | {_fmt(e['messages_per_op'], 2)} | {_fmt(e['messages_per_write'], 2)}"
+            f" | {_sent_delivered(e)}"
             f" | {_fmt(e['redis_round_trips_per_op'], 2)}"
             f" | {_fmt(e['postgres_round_trips_per_op'], 2)}"
             f" | {_fmt(e['redis_commands_per_op'], 2)} |"
@@ -117,7 +125,10 @@ def format_report(results: dict[str, Any], plots: Sequence[str]) -> str:
         'returned before the read began; its age is how long before. "Stale after run": every '
         "agent's read of every key written in the run, once it stopped. RT: round "
         "trips counted in the agents' drivers. msgs: coherence messages received by the agents "
-        "(invalidations and recalls; for the broadcast variant, every broadcast).",
+        "(invalidations and recalls; for the broadcast variant, every broadcast). Msgs to "
+        "holders / delivered: over the whole run, once settled, the messages sagemem's relays "
+        "sent to registered holders plus the recalls sent, and how many the agents received "
+        "(equal unless pub/sub lost one).",
         "",
     ]
     workloads = list(dict.fromkeys(e["workload"] for e in summary if e["agents"] == agents))

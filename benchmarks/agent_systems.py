@@ -124,6 +124,8 @@ class SagememSystem(_HierarchyOperations):
             "l1_misses": stats.misses,
             "messages_received": stats.invalidations_received + stats.recalls_received,
             "messages_sent": stats.invalidations_sent + stats.recalls_sent + stats.acks_sent,
+            # one per holder a relay messaged, one per recall: what the agents must receive
+            "messages_to_holders": stats.invalidations_sent + stats.recalls_sent,
         }
 
 

@@ -44,7 +44,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,6 +95,7 @@ BASELINE: Final = "uncached-postgres"
 ROOT: Final = Path(__file__).resolve().parents[1]
 START_DELAY_S: Final = 0.1  # between sending `run` and the agents' common start
 SETTLE_S: Final = 0.1  # after a workload, before the final reads (invalidations in flight)
+MESSAGES_SETTLE_S: Final = 2.0  # after the final reads: how long to wait for messages in flight
 ANSWER_TIMEOUT_S: Final = 300.0
 PROBLEMS_SHOWN: Final = 20
 CONNECTIONS_BUDGET: Final = 32  # Postgres connections the agents may open at once, together
@@ -390,6 +391,11 @@ class Cell:
     l1_lookups: int | None  # L1 hits + misses in the timed window, by the system's counters
     messages_per_op: float | None
     messages_per_write: float | None
+    # The whole run (warm-up, timed part, final reads), once the messages settled: one message
+    # per holder each relay messaged and per recall sent, against what the agents received.
+    # None for systems without a directory (the broadcast variant messages every agent).
+    messages_to_holders: int | None
+    messages_delivered: int | None
     redis_commands_per_op: float  # server side: INFO commandstats, every client of the server
     redis_round_trips_per_op: float  # client side: this run's agents only
     postgres_round_trips_per_op: float
@@ -409,6 +415,24 @@ def _delta(answers: list[dict[str, Any]], name: str) -> int | None:
     return sum(values) if values else None
 
 
+def message_totals(
+    answers: Sequence[dict[str, Any]], settled: Sequence[dict[str, Any]]
+) -> tuple[int | None, int | None]:
+    """(messages sent to holders, messages the agents received) from each agent's counters
+    at the start of its run (`answers`) to the `counters` answers in `settled` (same order);
+    (None, None) for a system that does not count messages to holders."""
+    if not settled or len(settled) != len(answers):
+        return None, None
+    sent = received = 0
+    for answer, later in zip(answers, settled, strict=True):
+        start, end = answer.get("counters_run_start") or {}, later["counters"]
+        if "messages_to_holders" not in end or "messages_to_holders" not in start:
+            return None, None
+        sent += end["messages_to_holders"] - start["messages_to_holders"]
+        received += end["messages_received"] - start["messages_received"]
+    return sent, received
+
+
 def measure_cell(
     workload: Workload,
     system: str,
@@ -419,8 +443,10 @@ def measure_cell(
     prefill: list[WriteRecord],
     server_commands: tuple[int, int],
     warm_answers: Sequence[dict[str, Any]] = (),
+    settled_answers: Sequence[dict[str, Any]] = (),
 ) -> Cell:
-    """The cell's figures from the agents' answers (pure: no I/O)."""
+    """The cell's figures from the agents' answers (pure: no I/O). `settled_answers` are the
+    agents' `counters` answers once the run's messages settled (see `message_totals`)."""
     reads = [r for a in answers for r in _records(a["reads"], ReadRecord)]
     writes = prefill + [w for a in answers for w in _records(a["writes"], WriteRecord)]
     finals = [r for a in final_answers for r in _records(a["reads"], ReadRecord)]
@@ -449,6 +475,7 @@ def measure_cell(
     problems = check_reads(writes, reads + finals + warmed)
     hits, misses = _delta(answers, "l1_hits"), _delta(answers, "l1_misses")
     received = _delta(answers, "messages_received")
+    to_holders, delivered = message_totals(answers, settled_answers)
     redis_trips = _delta(answers, "redis_round_trips") or 0
     postgres_trips = _delta(answers, "postgres_round_trips") or 0
     return Cell(
@@ -471,6 +498,8 @@ def measure_cell(
         else hits / (hits + misses),
         messages_per_op=None if received is None or not ops else received / ops,
         messages_per_write=None if received is None or not write_ops else received / write_ops,
+        messages_to_holders=to_holders,
+        messages_delivered=delivered,
         redis_commands_per_op=(server_commands[1] - server_commands[0]) / max(ops, 1),
         redis_round_trips_per_op=redis_trips / max(ops, 1),
         postgres_round_trips_per_op=postgres_trips / max(ops, 1),
@@ -639,6 +668,7 @@ async def _run_session(
         # Only the keys written in the run can be stale once it stopped.
         written = sorted({row[0] for answer in answers for row in answer["writes"]})
         finals = await pool.ask([{"cmd": "final", "keys": written}])
+        settled = await _settled_counters(pool, answers)
         key_set = set(workload_keys(workload))
         cell = measure_cell(
             workload,
@@ -650,6 +680,7 @@ async def _run_session(
             [w for w in history if w.key in key_set],
             (before, after),
             warm,
+            settled,
         )
         history += [WriteRecord(*row) for answer in answers for row in answer["writes"]]
         _progress(
@@ -662,6 +693,19 @@ async def _run_session(
     await pool.ask([{"cmd": "close"}])
     _progress(f"{system}: closed in {time.monotonic() - clock:.1f} s")
     return cells
+
+
+async def _settled_counters(pool: AgentPool, answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every agent's counters once the agents have received every message the relays sent to
+    holders during the run (or `MESSAGES_SETTLE_S` passed: pub/sub delivers at most once, and
+    a message still missing then is reported as such)."""
+    deadline = time.monotonic() + MESSAGES_SETTLE_S
+    while True:
+        settled = await pool.ask([{"cmd": "counters"}])
+        sent, received = message_totals(answers, settled)
+        if sent is None or sent == received or time.monotonic() >= deadline:
+            return settled
+        await asyncio.sleep(0.05)
 
 
 async def _environment(resources: _Resources) -> dict[str, str]:
@@ -762,6 +806,14 @@ def _spread(values: list[float]) -> dict[str, float]:
     }
 
 
+def _total(values: Iterable[int | None]) -> int | None:
+    """The sum, or None if any cell did not count it."""
+    counted = list(values)
+    if not counted or any(v is None for v in counted):
+        return None
+    return sum(v for v in counted if v is not None)
+
+
 def summarise_cells(cells: Sequence[Cell]) -> list[dict[str, Any]]:
     """Per (workload, agents, system): median and min-max over the repetitions, and the ratio
     of its ops/s to the baseline's in the same repetition."""
@@ -811,6 +863,8 @@ def summarise_cells(cells: Sequence[Cell]) -> list[dict[str, Any]]:
                 "l1_hit_rate": statistics.median(hit_rates) if hit_rates else None,
                 "messages_per_op": statistics.median(messages) if messages else None,
                 "messages_per_write": statistics.median(per_write) if per_write else None,
+                "messages_to_holders": _total(c.messages_to_holders for c in group),
+                "messages_delivered": _total(c.messages_delivered for c in group),
                 "redis_commands_per_op": statistics.median(c.redis_commands_per_op for c in group),
                 "redis_round_trips_per_op": statistics.median(
                     c.redis_round_trips_per_op for c in group

@@ -2,7 +2,8 @@
 
 Two workloads (95/5 reads and writes, and the counter's updates) on every system with two
 agent processes: the run must exit 0, write `results.json`, `report.md` and the plots, and
-account for what it did (every timed read one L1 hit or miss, every written key read back).
+account for what it did (every timed read one L1 hit or miss, every written key read back,
+every message sent to a holder received).
 Every read of every system is checked by the harness against the write that committed the
 version it returned (a problem would make the run exit 1 and is asserted away here too).
 """
@@ -53,6 +54,12 @@ def test_quick_run_measures_every_system_and_every_read_is_consistent(
         elif cell["workload"] != "counter":  # a plain hierarchy's update reads the home
             assert cell["l1_hit_rate"] is not None, where
             assert 0 <= cell["l1_hit_rate"] <= 1, where
+        if cell["system"].startswith("sagemem-"):
+            # every message a relay sent to a registered holder (and every recall) arrived
+            assert cell["messages_to_holders"] is not None, where
+            assert cell["messages_delivered"] == cell["messages_to_holders"], where
+        else:
+            assert cell["messages_to_holders"] is None, where
         if cell["workload"] == "read95-uniform" and cell["system"] != BASELINE:
             # every timed read is accounted for by the cache as a hit or a miss, once
             assert cell["l1_lookups"] == cell["latency_us"]["read"]["count"], where

@@ -21,7 +21,14 @@ from benchmarks.agent_workloads import (
     percentile,
     stale_reads,
 )
-from benchmarks.run_all import BASELINE, main, measure_cell, parse_options, summarise_cells
+from benchmarks.run_all import (
+    BASELINE,
+    main,
+    measure_cell,
+    message_totals,
+    parse_options,
+    summarise_cells,
+)
 from sagemem import cli
 from sagemem.errors import SageMemError
 
@@ -275,3 +282,35 @@ def test_the_report_has_the_headline_ratios_and_the_workload_tables() -> None:
     assert "### read95-uniform" in text
     assert "None: every read of every system returned the value committed" in text
     assert "![throughput](throughput.png)" in text
+
+
+def test_message_totals_sum_each_agents_run_from_its_start_to_the_settled_counters() -> None:
+    """Messages sent to holders and received are counted from each agent's run start to its
+    settled counters, summed over the agents; a system without the counter gives None."""
+    answers = [
+        {"counters_run_start": {"messages_to_holders": 3, "messages_received": 1}},
+        {"counters_run_start": {"messages_to_holders": 0, "messages_received": 5}},
+    ]
+    settled = [
+        {"counters": {"messages_to_holders": 10, "messages_received": 4}},
+        {"counters": {"messages_to_holders": 2, "messages_received": 11}},
+    ]
+    assert message_totals(answers, settled) == (7 + 2, 3 + 6)
+    assert message_totals(answers, []) == (None, None)
+    plain = [{"counters": {"messages_received": 4}}, {"counters": {"messages_received": 4}}]
+    assert message_totals(answers, plain) == (None, None)
+    workload = _workload("read95-uniform")
+    key = workload.key(0)
+    answer = {**_answer(10, [[key, 10, 1, "p"]], [[key, 2, 20, "a0:1"]]), **answers[0]}
+    cell = measure_cell(
+        workload,
+        "sagemem-coherent",
+        2,
+        0,
+        [answer],
+        [{"reads": [[key, 30, 2, "a0:1"]]}],
+        [WriteRecord(key, 1, 0, "p")],
+        (0, 10),
+        settled_answers=settled[:1],
+    )
+    assert (cell.messages_to_holders, cell.messages_delivered) == (7, 3)
