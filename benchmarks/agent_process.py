@@ -235,7 +235,11 @@ class Agent:
 
     def counters(self) -> dict[str, int]:
         """The system's cache counters and this process's round trips so far."""
-        return {**self._system().counters(), **round_trips.counts()}
+        return {
+            **self._system().counters(),
+            **round_trips.counts(),
+            "client_cpu_us": time.process_time_ns() // 1000,  # this agent process's CPU
+        }
 
     def _system(self) -> AgentSystem:
         if self.system is None:

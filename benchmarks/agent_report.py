@@ -49,7 +49,8 @@ def _sent_delivered(entry: dict[str, Any]) -> str:
     sent, delivered = entry.get("messages_to_holders"), entry.get("messages_delivered")
     if sent is None or delivered is None:
         return "-"
-    return f"{sent} / {delivered}"
+    losses = entry.get("bus_losses")
+    return f"{sent} / {delivered}" + (f" ({losses} losses detected)" if losses else "")
 
 
 def _workload_table(entries: Sequence[dict[str, Any]]) -> list[str]:
@@ -58,8 +59,9 @@ def _workload_table(entries: Sequence[dict[str, Any]]) -> list[str]:
         "| system | ops/s median (min-max) | x uncached (min-max) | "
         + " | ".join(f"{kind} p50/p99 us" for kind in kinds)
         + " | stale reads (max age ms) | stale after run | L1 hit rate | msgs/op | msgs/write"
-        " | msgs to holders / delivered | Redis RT/op | PG RT/op | Redis cmds/op (server) |",
-        "|---|---:|---:|" + "---:|" * len(kinds) + "---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " | msgs to holders / delivered | Redis RT/op | PG RT/op | Redis cmds/op (server)"
+        " | agent CPU us/op |",
+        "|---|---:|---:|" + "---:|" * len(kinds) + "---:|" * 10,
     ]
     for e in entries:
         stale = f"{e['stale_reads']} of {e['reads']} ({e['stale_max_age_ms']:.1f})"
@@ -73,7 +75,8 @@ def _workload_table(entries: Sequence[dict[str, Any]]) -> list[str]:
             f" | {_sent_delivered(e)}"
             f" | {_fmt(e['redis_round_trips_per_op'], 2)}"
             f" | {_fmt(e['postgres_round_trips_per_op'], 2)}"
-            f" | {_fmt(e['redis_commands_per_op'], 2)} |"
+            f" | {_fmt(e['redis_commands_per_op'], 2)}"
+            f" | {_fmt(e.get('client_cpu_us_per_op'), 0)} |"
         )
     return lines
 
@@ -128,7 +131,8 @@ def format_report(results: dict[str, Any], plots: Sequence[str]) -> str:
         "(invalidations and recalls; for the broadcast variant, every broadcast). Msgs to "
         "holders / delivered: over the whole run, once settled, the messages sagemem's relays "
         "sent to registered holders plus the recalls sent, and how many the agents received "
-        "(equal unless pub/sub lost one).",
+        "(equal unless pub/sub lost one). Agent CPU: the agent processes' own CPU time (user and "
+        "system) per operation in the timed window, servers not included.",
         "",
     ]
     workloads = list(dict.fromkeys(e["workload"] for e in summary if e["agents"] == agents))

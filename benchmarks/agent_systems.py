@@ -126,6 +126,7 @@ class SagememSystem(_HierarchyOperations):
             "messages_sent": stats.invalidations_sent + stats.recalls_sent + stats.acks_sent,
             # one per holder a relay messaged, one per recall: what the agents must receive
             "messages_to_holders": stats.invalidations_sent + stats.recalls_sent,
+            "bus_losses": stats.disconnects,  # detected losses (sequence gaps, reconnects)
         }
 
 

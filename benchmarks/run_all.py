@@ -396,9 +396,11 @@ class Cell:
     # None for systems without a directory (the broadcast variant messages every agent).
     messages_to_holders: int | None
     messages_delivered: int | None
+    bus_losses: int | None  # losses the agents' buses detected in the run (then a RESYNC)
     redis_commands_per_op: float  # server side: INFO commandstats, every client of the server
     redis_round_trips_per_op: float  # client side: this run's agents only
     postgres_round_trips_per_op: float
+    client_cpu_us_per_op: float | None  # the agent processes' CPU (system and user) per op
     problems: list[str] = field(default_factory=list)
 
 
@@ -431,6 +433,21 @@ def message_totals(
         sent += end["messages_to_holders"] - start["messages_to_holders"]
         received += end["messages_received"] - start["messages_received"]
     return sent, received
+
+
+def _run_delta(
+    answers: Sequence[dict[str, Any]], settled: Sequence[dict[str, Any]], name: str
+) -> int | None:
+    """A counter's growth from each agent's run start to its settled counters, summed."""
+    if not settled or len(settled) != len(answers):
+        return None
+    total = 0
+    for answer, later in zip(answers, settled, strict=True):
+        start, end = answer.get("counters_run_start") or {}, later["counters"]
+        if name not in start or name not in end:
+            return None
+        total += end[name] - start[name]
+    return total
 
 
 def measure_cell(
@@ -478,6 +495,7 @@ def measure_cell(
     to_holders, delivered = message_totals(answers, settled_answers)
     redis_trips = _delta(answers, "redis_round_trips") or 0
     postgres_trips = _delta(answers, "postgres_round_trips") or 0
+    client_cpu = _delta(answers, "client_cpu_us")
     return Cell(
         workload=workload.name,
         system=system,
@@ -500,9 +518,11 @@ def measure_cell(
         messages_per_write=None if received is None or not write_ops else received / write_ops,
         messages_to_holders=to_holders,
         messages_delivered=delivered,
+        bus_losses=_run_delta(answers, settled_answers, "bus_losses"),
         redis_commands_per_op=(server_commands[1] - server_commands[0]) / max(ops, 1),
         redis_round_trips_per_op=redis_trips / max(ops, 1),
         postgres_round_trips_per_op=postgres_trips / max(ops, 1),
+        client_cpu_us_per_op=None if client_cpu is None else client_cpu / max(ops, 1),
         problems=problems[:PROBLEMS_SHOWN]
         + (
             [f"... and {len(problems) - PROBLEMS_SHOWN} more"]
@@ -806,6 +826,12 @@ def _spread(values: list[float]) -> dict[str, float]:
     }
 
 
+def _median_of(values: Iterable[float | None]) -> float | None:
+    """The median of the values counted, or None if none was."""
+    counted = [v for v in values if v is not None]
+    return float(statistics.median(counted)) if counted else None
+
+
 def _total(values: Iterable[int | None]) -> int | None:
     """The sum, or None if any cell did not count it."""
     counted = list(values)
@@ -865,6 +891,7 @@ def summarise_cells(cells: Sequence[Cell]) -> list[dict[str, Any]]:
                 "messages_per_write": statistics.median(per_write) if per_write else None,
                 "messages_to_holders": _total(c.messages_to_holders for c in group),
                 "messages_delivered": _total(c.messages_delivered for c in group),
+                "bus_losses": _total(c.bus_losses for c in group),
                 "redis_commands_per_op": statistics.median(c.redis_commands_per_op for c in group),
                 "redis_round_trips_per_op": statistics.median(
                     c.redis_round_trips_per_op for c in group
@@ -872,6 +899,7 @@ def summarise_cells(cells: Sequence[Cell]) -> list[dict[str, Any]]:
                 "postgres_round_trips_per_op": statistics.median(
                     c.postgres_round_trips_per_op for c in group
                 ),
+                "client_cpu_us_per_op": _median_of(c.client_cpu_us_per_op for c in group),
                 "problems": sum(len(c.problems) for c in group),
             }
         )

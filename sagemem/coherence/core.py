@@ -438,6 +438,11 @@ class AgentCore:
         entry = self._entries.get(key)
         return EntryCore() if entry is None else dataclasses.replace(entry)
 
+    def request(self, key: str) -> Request:
+        """What the adapter waits for on `key` (`snapshot(key).request` without the copy)."""
+        entry = self._entries.get(key)
+        return Request.NONE if entry is None else entry.request
+
     def keys(self) -> tuple[str, ...]:
         """Every key the core holds an entry for."""
         return tuple(self._entries)

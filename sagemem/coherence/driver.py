@@ -488,7 +488,7 @@ class AgentDriver:
                 return await asyncio.shield(op.future)
         except TimeoutError:
             kind = answers.timeout_error(
-                self.core.snapshot(key).request, commit_unanswered=state.commit_unanswered
+                self.core.request(key), commit_unanswered=state.commit_unanswered
             )
             if kind is TimeoutKind.OUTCOME_UNKNOWN:
                 raise OutcomeUnknown(
@@ -603,7 +603,7 @@ class AgentDriver:
         (unless it is parked: see `_drive`)."""
         if state.driver is not None or self.closed or state.broken is not None or state.parked:
             return
-        if not state.actions and self.core.snapshot(key).request is Request.NONE:
+        if not state.actions and self.core.request(key) is Request.NONE:
             return
         state.driver = asyncio.get_running_loop().create_task(
             self._drive(key, state), name=f"sagemem-l1-{self.agent_id}-{key[:40]}"
@@ -633,7 +633,7 @@ class AgentDriver:
                         action, owner = state.actions[0]
                         await self._perform(key, state, action, owner)
                         state.actions.popleft()
-                    request = self.core.snapshot(key).request
+                    request = self.core.request(key)
                     if request is Request.NONE:
                         state.waits = 0
                         return
@@ -687,12 +687,12 @@ class AgentDriver:
                 op is not None
                 and not op.future.done()
                 and not state.actions
-                and self.core.snapshot(key).request is Request.NONE
+                and self.core.request(key) is Request.NONE
             ):
                 op.future.set_result(None)  # an operation without an answer (evict, flush)
             self._signal(state)
             if state.actions or (
-                not self.closed and self.core.snapshot(key).request is not Request.NONE
+                not self.closed and self.core.request(key) is not Request.NONE
             ):
                 self._kick(key, state)
 
