@@ -37,6 +37,7 @@ from .model import (
     ProtocolDefinition,
     Request,
     State,
+    message_version,
 )
 from .table import BOTH_MODES
 from .vocabulary import STABLE_STATES, L1State, Mode
@@ -115,7 +116,7 @@ def _agent_shape(i: int, ag: AgentState, state: State) -> str | None:
         return f"agent{i} in {ag.st.name} has fill data {ag.data} while waiting for {ag.req.name}"
     if not 0 <= ag.floor <= state.home:
         return f"agent{i} knows of v{ag.floor} with the home at v{state.home}"
-    if any(not 0 <= m <= state.home for m in ag.inbox):
+    if any(not 0 <= message_version(m) <= state.home for m in ag.inbox):
         return f"agent{i} has a message {ag.inbox} beyond the home's v{state.home}"
     if ag.grant not in (NO_GRANT, GRANT_LIVE_INCARNATION, GRANT_DEAD_INCARNATION):
         return f"agent{i} has grant {ag.grant}"

@@ -68,6 +68,8 @@ __all__ = [
     "holds",
     "initial_state",
     "is_rollback",
+    "is_update",
+    "message_version",
     "offer_transitions",
     "offers",
     "quick",
@@ -76,6 +78,19 @@ __all__ = [
 ]
 
 RECALL: Final = 0  # inbox encoding: 0 is a recall, n >= 1 is "invalidate, version n committed"
+UPDATE_BASE: Final = 64
+"""Inbox encoding of write-update: UPDATE_BASE + n is "update: version n committed, with its
+value" (the value is the one version n names: `names[n]`)."""
+
+
+def message_version(message: int) -> int:
+    """The version an invalidation or update message announces (0 for a recall)."""
+    return message - UPDATE_BASE if message >= UPDATE_BASE else message
+
+
+def is_update(message: int) -> bool:
+    """Whether an inbox message is a write-update (else an invalidation or a recall)."""
+    return message >= UPDATE_BASE
 
 NO_GRANT: Final = 0
 GRANT_LIVE_INCARNATION: Final = 1
@@ -108,7 +123,8 @@ class AgentState(NamedTuple):
     data: int  # version of fill data in flight; -1 none
     floor: int  # newest version this agent has read, written or been told about (local)
     missed: bool  # the bus lost a message to this agent and it has not resynced yet
-    inbox: tuple[int, ...]  # messages in flight to it, sorted (RECALL=0, INV(n)=n)
+    inbox: tuple[int, ...]  # messages in flight to it, sorted (RECALL=0, INV(n)=n,
+    # UPD(n)=UPDATE_BASE+n)
     req: Request
     lease: bool  # its owner lease is live by its own clock
     rlease: bool  # strict: its read lease (from registration as holder) is live by its own clock
@@ -187,6 +203,9 @@ class ProtocolDefinition:
     name: str = field(default="", compare=False)
     leaves: bool = False  # environment: an idle agent may leave (close) for good (see LEAVE)
     l2_rollback: bool = False  # environment: L2 may go back to an older snapshot (ROLLBACK_TO)
+    # write-update: a write-through's relay may publish updates (OUTBOX_RELAY_UPDATE) instead
+    # of invalidations; both relays stay offered, as production falls back to invalidating
+    write_update: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.agents <= 6:
@@ -223,7 +242,9 @@ def definitions(
     mode: Mode, bounds: tuple[Bounds, ...], *, table: tuple[Rule, ...] = TABLE
 ) -> tuple[ProtocolDefinition, ...]:
     """One ProtocolDefinition per bound, all with every fault event enabled, the L2
-    rollback included (`l2_rollback`: an environment fault outside the table)."""
+    rollback included (`l2_rollback`: an environment fault outside the table), and the
+    write-update relay offered beside the invalidating one (`write_update`: production picks
+    one per relay, so the definitions offer both)."""
     return tuple(
         ProtocolDefinition(
             mode=mode,
@@ -233,6 +254,7 @@ def definitions(
             fault_budget=b.fault_budget,
             name=f"{mode.value}-{b.agents}agents-{b.writes}writes-{b.fault_budget}faults",
             l2_rollback=True,
+            write_update=True,
         )
         for b in bounds
     )
@@ -406,9 +428,9 @@ def holds(guard: Guard, state: State, a: int | None, payload: int) -> bool:
         case Guard.CONN_MISSED:
             return ag is not None and ag.missed
         case Guard.INV_NEWER:
-            return ag is not None and payload > ag.ver
+            return ag is not None and message_version(payload) > ag.ver
         case Guard.INV_NOT_NEWER:
-            return ag is not None and payload <= ag.ver
+            return ag is not None and message_version(payload) <= ag.ver
         case Guard.FETCH_L2_HIT:
             return state.l2 >= 0
         case Guard.FETCH_OWNED:
@@ -461,6 +483,10 @@ def holds(guard: Guard, state: State, a: int | None, payload: int) -> bool:
             return ag is not None and not ag.rlease
         case Guard.HOLDER_LEASE_LIVE:
             return ag is not None and ag.rlease
+        case Guard.VALUE_AT_HOME:
+            return state.outbox != 0 and state.outbox == state.home and not state.dirty
+        case Guard.VALUE_AT_OWNER:
+            return state.outbox != 0 and (state.outbox != state.home or state.dirty)
     raise AssertionError(f"unknown guard {guard!r}")  # pragma: no cover
 
 
@@ -632,7 +658,11 @@ def _apply(  # one case per effect, by design
             ag[_VER] = -1
             ag[_VAL] = -1
         case Effect.NOTE_INVALIDATION:
-            ag[_FLOOR] = max(int(ag[_FLOOR]), payload)
+            ag[_FLOOR] = max(int(ag[_FLOOR]), message_version(payload))
+        case Effect.INSTALL_UPDATE:
+            version = message_version(payload)
+            ag[_VER] = version
+            ag[_VAL] = g[_NAMES][version]
         case Effect.ACK_WRITE:
             if ag[_OP] != OP_WRITE:
                 _violate(w, "every_operation_answered: a write was acknowledged twice")
@@ -740,6 +770,13 @@ def _apply(  # one case per effect, by design
                     _add_message(other, version)
                     other[_REG] = False
                     if effect is Effect.PUBLISH_INVALIDATIONS_AWAIT_ACKS:
+                        other[_ACK] = True
+        case Effect.PUBLISH_UPDATES | Effect.PUBLISH_UPDATES_AWAIT_ACKS:
+            version = int(g[_OUTBOX])
+            for other in w.agents:
+                if other[_REG]:  # the holders stay registered: the next relay reaches them
+                    _add_message(other, UPDATE_BASE + version)
+                    if effect is Effect.PUBLISH_UPDATES_AWAIT_ACKS:
                         other[_ACK] = True
         case Effect.L2_READ:
             ag[_DATA] = g[_L2]
@@ -924,6 +961,8 @@ def _offers(defn: ProtocolDefinition, state: State) -> Iterator[tuple[Event, int
         for message in ag.inbox:
             if message == RECALL:
                 yield Event.DELIVER_RECALL, a, RECALL
+            elif is_update(message):
+                yield Event.DELIVER_UPDATE, a, message
             else:
                 yield Event.DELIVER_INVALIDATE, a, message
             if Event.DROP_MESSAGE in faults:
@@ -947,6 +986,8 @@ def _offers(defn: ProtocolDefinition, state: State) -> Iterator[tuple[Event, int
             yield Event.HOLDER_EXPIRE, a, 0
     if state.outbox:
         yield Event.OUTBOX_RELAY, None, 0
+        if defn.write_update:
+            yield Event.OUTBOX_RELAY_UPDATE, None, 0
     if state.l2 >= 0 and Event.L2_EVICT in faults:
         yield Event.L2_EVICT, None, 0
     if defn.l2_rollback and faults and state.l2_high >= 0:
@@ -1070,12 +1111,12 @@ def _offer_steps(
     w = _Work(state)
     if event in FAULT_EVENT_SET:
         w.g[_FAULTS] = state.faults + 1
-    if event is Event.DELIVER_INVALIDATE or event is Event.DELIVER_RECALL:
+    if event in _MESSAGE_EVENTS:
         assert a is not None
         agent = w.agents[a]
         agent[_INBOX] = tuple(m for m in agent[_INBOX] if m != payload)
-        if event is Event.DELIVER_INVALIDATE:
-            agent[_TOLD] = max(agent[_TOLD], payload)
+        if event is not Event.DELIVER_RECALL:
+            agent[_TOLD] = max(agent[_TOLD], message_version(payload))
     if kind is EventKind.USER and VERSION_CREATING.intersection(rule.effects):
         if state.writes >= defn.writes:
             return
@@ -1177,6 +1218,11 @@ _ANSWERED_OPERATIONS: Final = {
 }
 
 
+_MESSAGE_EVENTS: Final = frozenset(
+    {Event.DELIVER_INVALIDATE, Event.DELIVER_RECALL, Event.DELIVER_UPDATE}
+)
+
+
 def _not_applicable(
     state: State,
     event: Event,
@@ -1193,7 +1239,7 @@ def _not_applicable(
     nothing); anything else (a user operation queued behind one in flight, a flush or evict
     with nothing to do, a request's answer, which the adapter sends again, a timer) changes
     nothing, so it is no step."""
-    if event is Event.DELIVER_INVALIDATE or event is Event.DELIVER_RECALL:
+    if event in _MESSAGE_EVENTS:
         assert a is not None
         agents = list(state.agents)
         ag = agents[a]
@@ -1277,7 +1323,14 @@ def describe(state: State) -> str:
         if ag.missed:
             bits.append("MISSED")
         if ag.inbox:
-            msgs = ",".join("recall" if m == RECALL else f"inv(v{m})" for m in ag.inbox)
+            msgs = ",".join(
+                "recall"
+                if m == RECALL
+                else f"upd(v{message_version(m)})"
+                if is_update(m)
+                else f"inv(v{m})"
+                for m in ag.inbox
+            )
             bits.append(f"inbox=[{msgs}]")
         if ag.registered:
             bits.append("holder")

@@ -88,6 +88,7 @@ GUARD_PARTITIONS: Final[tuple[frozenset[Guard], ...]] = (
     frozenset({Guard.ALWAYS}),
     frozenset({Guard.CONN_OK, Guard.CONN_MISSED}),
     frozenset({Guard.INV_NEWER, Guard.INV_NOT_NEWER}),
+    frozenset({Guard.VALUE_AT_HOME, Guard.VALUE_AT_OWNER}),
     frozenset({Guard.FETCH_L2_HIT, Guard.FETCH_OWNED, Guard.FETCH_FREE}),
     frozenset({Guard.FETCH_L2_HIT, Guard.FETCH_OWNED, Guard.FETCH_SETTLED, Guard.FETCH_UNSETTLED}),
     frozenset({Guard.DATA_FRESH, Guard.DATA_STALE, Guard.CONN_MISSED}),
@@ -228,9 +229,10 @@ _USER_ROWS: Final[tuple[Rule, ...]] = (
 )
 
 
-def _inv_rows() -> tuple[Rule, ...]:
-    """DELIVER_INVALIDATE in every state; strict mode acknowledges every invalidation."""
-    plain: list[tuple[L1State, Guard, L1State, tuple[Effect, ...], str]] = [
+def _inv_plain() -> list[tuple[L1State, Guard, L1State, tuple[Effect, ...], str]]:
+    """DELIVER_INVALIDATE's (source, guard, target, effects, note) per state, before strict
+    mode's acknowledgement; DELIVER_UPDATE reuses them for every state but S."""
+    return [
         (I, A, I, (X.NOTE_INVALIDATION,), "nothing cached; remember the version for later fills"),
         (
             S,
@@ -281,13 +283,19 @@ def _inv_rows() -> tuple[Rule, ...]:
             "the copy we meant to keep lost its registration: keep nothing",
         ),
     ]
+
+
+def _acknowledged(
+    event: Event, plain: list[tuple[L1State, Guard, L1State, tuple[Effect, ...], str]]
+) -> tuple[Rule, ...]:
+    """One coherent row per entry of `plain`, and its strict twin that also acknowledges."""
     rows: list[Rule] = []
     for source, guard, target, effects, note in plain:
-        rows.append(Rule(source, Event.DELIVER_INVALIDATE, guard, target, effects, _COHERENT, note))
+        rows.append(Rule(source, event, guard, target, effects, _COHERENT, note))
         rows.append(
             Rule(
                 source,
-                Event.DELIVER_INVALIDATE,
+                event,
                 guard,
                 target,
                 (*effects, X.SEND_ACK),
@@ -296,6 +304,47 @@ def _inv_rows() -> tuple[Rule, ...]:
             )
         )
     return tuple(rows)
+
+
+def _inv_rows() -> tuple[Rule, ...]:
+    """DELIVER_INVALIDATE in every state; strict mode acknowledges every invalidation."""
+    return _acknowledged(Event.DELIVER_INVALIDATE, _inv_plain())
+
+
+def _update_rows() -> tuple[Rule, ...]:
+    """Write-update (a namespace's choice): the relay of a write-through whose value it holds
+    publishes the version and the value to the holders, who stay registered; a Shared holder
+    moves to the newer version instead of missing. In every other state an update is an
+    invalidation (the same rows: the agent has no copy to update, or one in flight that the
+    update may be newer than). Coherent mode only: in strict mode a holder that moved to the
+    new version could serve it before the write settles while another agent's fill still
+    returns the old one (the explorer finds that trace in 12 steps), so strict mode always
+    invalidates. Appended after every other row, so the rows before keep their numbers."""
+    plain = [
+        (
+            S,
+            Guard.INV_NEWER,
+            S,
+            (X.NOTE_INVALIDATION, X.INSTALL_UPDATE),
+            "write-update: the holder moves to the newer version and stays registered",
+        ),
+        (S, Guard.INV_NOT_NEWER, S, (X.NOTE_INVALIDATION,), "a late update: the copy is newer"),
+        *(row for row in _inv_plain() if row[0] is not S),
+    ]
+    deliveries = tuple(
+        Rule(source, Event.DELIVER_UPDATE, guard, target, effects, _COHERENT, note)
+        for source, guard, target, effects, note in plain
+    )
+    relay = Rule(
+        HOME,
+        Event.OUTBOX_RELAY_UPDATE,
+        Guard.VALUE_AT_HOME,
+        HOME,
+        (X.L2_DELETE, X.PUBLISH_UPDATES, X.HOME_CLEAR_OUTBOX),
+        _COHERENT,
+        note="write-update: delete L2 (voiding fill leases), send the holders the value",
+    )
+    return (*deliveries, relay)
 
 
 def _recall_rows() -> tuple[Rule, ...]:
@@ -712,6 +761,7 @@ TABLE: Final[tuple[Rule, ...]] = (
     + _server_rows()
     + _resync_rows()
     + _TIME_AND_FAULT_ROWS
+    + _update_rows()
 )
 
 _ONE_AT_A_TIME = "one operation at a time per agent and key: the core queues the caller"
@@ -748,6 +798,46 @@ REFUSALS: Final[tuple[Refusal, ...]] = (
         Guard.INV_NEWER,
         RefusalKind.IMPOSSIBLE,
         "no version is committed while a live grant is held; a lapsed owner has left M",
+    ),
+    *(
+        Refusal(
+            s,
+            Event.DELIVER_UPDATE,
+            Guard.INV_NEWER,
+            RefusalKind.IMPOSSIBLE,
+            "no version is committed while a live grant is held; a lapsed owner has left "
+            + s.name,
+            _COHERENT,
+        )
+        for s in (E, M)
+    ),
+    *(
+        Refusal(
+            s,
+            Event.DELIVER_UPDATE,
+            None,
+            RefusalKind.IMPOSSIBLE,
+            "strict mode never publishes updates (OUTBOX_RELAY_UPDATE is not applicable there)",
+            _STRICT,
+        )
+        for s in L1State
+    ),
+    Refusal(
+        HOME,
+        Event.OUTBOX_RELAY_UPDATE,
+        Guard.VALUE_AT_OWNER,
+        RefusalKind.NOT_APPLICABLE,
+        "an ownership grant's value is at the owner: the relay invalidates (OUTBOX_RELAY)",
+        _COHERENT,
+    ),
+    Refusal(
+        HOME,
+        Event.OUTBOX_RELAY_UPDATE,
+        None,
+        RefusalKind.NOT_APPLICABLE,
+        "strict mode always invalidates: an updated holder could serve the new version before "
+        "the write settles, while another agent's fill still returns the old one",
+        _STRICT,
     ),
     Refusal(
         WT_A,

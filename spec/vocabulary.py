@@ -150,6 +150,7 @@ class Event(Enum):
     # messages delivered to an agent
     DELIVER_INVALIDATE = "deliver_invalidate"
     DELIVER_RECALL = "deliver_recall"
+    DELIVER_UPDATE = "deliver_update"
     # server answers to an agent's request (the guard is the script's branch)
     FILL_FETCH = "fill_fetch"
     FILL_DATA = "fill_data"
@@ -163,6 +164,7 @@ class Event(Enum):
     RETRY = "retry"
     # actor steps
     OUTBOX_RELAY = "outbox_relay"
+    OUTBOX_RELAY_UPDATE = "outbox_relay_update"
     HOME_EXPIRE_OWNER = "home_expire_owner"
     HOLDER_EXPIRE = "holder_expire"
     # time and faults
@@ -181,6 +183,7 @@ EVENT_SITE: Final[dict[Event, Site]] = {
     Event.FLUSH: Site.AGENT,
     Event.DELIVER_INVALIDATE: Site.AGENT,
     Event.DELIVER_RECALL: Site.AGENT,
+    Event.DELIVER_UPDATE: Site.AGENT,
     Event.FILL_FETCH: Site.AGENT,
     Event.FILL_DATA: Site.AGENT,
     Event.HOME_COMMIT: Site.AGENT,
@@ -194,6 +197,7 @@ EVENT_SITE: Final[dict[Event, Site]] = {
     Event.LEASE_LAPSE: Site.AGENT,
     Event.CRASH: Site.AGENT,
     Event.OUTBOX_RELAY: Site.HOME,
+    Event.OUTBOX_RELAY_UPDATE: Site.HOME,
     Event.HOME_EXPIRE_OWNER: Site.HOME,
     Event.HOLDER_EXPIRE: Site.REDIS,
     Event.L2_EVICT: Site.REDIS,
@@ -209,6 +213,7 @@ EVENT_KIND: Final[dict[Event, EventKind]] = {
     Event.FLUSH: EventKind.USER,
     Event.DELIVER_INVALIDATE: EventKind.INTERNAL,
     Event.DELIVER_RECALL: EventKind.INTERNAL,
+    Event.DELIVER_UPDATE: EventKind.INTERNAL,
     Event.FILL_FETCH: EventKind.INTERNAL,
     Event.FILL_DATA: EventKind.INTERNAL,
     Event.HOME_COMMIT: EventKind.INTERNAL,
@@ -220,6 +225,7 @@ EVENT_KIND: Final[dict[Event, EventKind]] = {
     Event.RESYNC: EventKind.INTERNAL,
     Event.RETRY: EventKind.TIMER,
     Event.OUTBOX_RELAY: EventKind.INTERNAL,
+    Event.OUTBOX_RELAY_UPDATE: EventKind.INTERNAL,
     Event.HOME_EXPIRE_OWNER: EventKind.TIMER,
     Event.HOLDER_EXPIRE: EventKind.TIMER,
     Event.LEASE_LAPSE: EventKind.TIMER,
@@ -237,6 +243,9 @@ EVENT_MEANING: Final[dict[Event, str]] = {
     Event.FLUSH: "flush(): write Modified data back but keep ownership",
     Event.DELIVER_INVALIDATE: "an invalidation message reaches the agent",
     Event.DELIVER_RECALL: "a recall message reaches the owner",
+    Event.DELIVER_UPDATE: (
+        "an update message (write-update: the committed version and its value) reaches the agent"
+    ),
     Event.FILL_FETCH: "the fill script runs: register as holder, L2 get or lease, else home read",
     Event.FILL_DATA: "the fetched data reaches the agent's core",
     Event.HOME_COMMIT: "the home's compare-and-swap for a write-through runs",
@@ -251,6 +260,10 @@ EVENT_MEANING: Final[dict[Event, str]] = {
     Event.RESYNC: "the agent's bus listener has detected missed messages and resynchronises",
     Event.RETRY: "the backoff timer of a request that found an owner fires: send it again",
     Event.OUTBOX_RELAY: "the outbox relay runs: L2 delete, publish invalidations to holders",
+    Event.OUTBOX_RELAY_UPDATE: (
+        "the outbox relay of a write-update namespace runs for a write-through it holds the "
+        "value of: L2 delete, publish the version and value to the holders, who stay holders"
+    ),
     Event.HOME_EXPIRE_OWNER: "the home expires an owner whose lease has lapsed",
     Event.HOLDER_EXPIRE: "the directory expires a holder that owes an ack and whose lease lapsed",
     Event.LEASE_LAPSE: "the agent's own (conservative) lease clock runs out",
@@ -294,15 +307,19 @@ class Guard(Enum):
     OWNER_LEASE_LIVE = "owner_lease_live"
     HOLDER_LEASE_LAPSED = "holder_lease_lapsed"
     HOLDER_LEASE_LIVE = "holder_lease_live"
+    VALUE_AT_HOME = "value_at_home"
+    VALUE_AT_OWNER = "value_at_owner"
 
 
 GUARD_MEANING: Final[dict[Guard, str]] = {
     Guard.ALWAYS: "no condition",
     Guard.CONN_OK: "the agent's bus connection has not missed a message",
     Guard.CONN_MISSED: "the agent's bus connection missed messages (drop detected, not resynced)",
-    Guard.INV_NEWER: "the invalidation's version is newer than the entry's version",
+    Guard.INV_NEWER: "the invalidation's (or update's) version is newer than the entry's version",
     # the agent's floor: the newest version it has read, written or been told about
-    Guard.INV_NOT_NEWER: "the invalidation's version is not newer than the entry's version",
+    Guard.INV_NOT_NEWER: (
+        "the invalidation's (or update's) version is not newer than the entry's version"
+    ),
     Guard.FETCH_L2_HIT: "the fill script found an L2 copy",
     Guard.FETCH_OWNED: "L2 missed and the home says an owner (or a dead incarnation) holds it",
     Guard.FETCH_FREE: "L2 missed and the key is not owned (coherent: read the home)",
@@ -324,6 +341,11 @@ GUARD_MEANING: Final[dict[Guard, str]] = {
     Guard.OWNER_LEASE_LIVE: "the owner's lease is still live",
     Guard.HOLDER_LEASE_LAPSED: "the holder's read lease has lapsed by its own clock (or crashed)",
     Guard.HOLDER_LEASE_LIVE: "the holder's read lease is still live",
+    Guard.VALUE_AT_HOME: (
+        "the outbox's version is the home's and its value is at the home (a write-through's "
+        "commit, not an ownership grant whose data is still at the owner)"
+    ),
+    Guard.VALUE_AT_OWNER: "the outbox's version is an ownership grant: its value is at the owner",
 }
 
 
@@ -344,6 +366,7 @@ class Effect(Enum):
     INSTALL_COPY = "install_copy"
     DROP_COPY = "drop_copy"
     NOTE_INVALIDATION = "note_invalidation"
+    INSTALL_UPDATE = "install_update"
     ACK_WRITE = "ack_write"
     START_OWNER_LEASE = "start_owner_lease"
     LEASE_LAPSED = "lease_lapsed"
@@ -373,6 +396,8 @@ class Effect(Enum):
     DIRECTORY_EXPIRE_HOLDER = "directory_expire_holder"
     PUBLISH_INVALIDATIONS = "publish_invalidations"
     PUBLISH_INVALIDATIONS_AWAIT_ACKS = "publish_invalidations_await_acks"
+    PUBLISH_UPDATES = "publish_updates"
+    PUBLISH_UPDATES_AWAIT_ACKS = "publish_updates_await_acks"
     # L2 (Redis, Lua)
     L2_READ = "l2_read"
     L2_TAKE_LEASE = "l2_take_lease"
@@ -400,6 +425,7 @@ EFFECT_MEANING: Final[dict[Effect, str]] = {
     Effect.INSTALL_COPY: "install the fetched version as the L1 copy (starts a strict read lease)",
     Effect.DROP_COPY: "forget the L1 copy",
     Effect.NOTE_INVALIDATION: "raise the agent's floor to the invalidation's version",
+    Effect.INSTALL_UPDATE: "replace the L1 copy by the update's version and value (stay Shared)",
     Effect.ACK_WRITE: "return success to the writer (the write is acknowledged)",
     Effect.START_OWNER_LEASE: "start renewing the ownership lease",
     Effect.LEASE_LAPSED: "stop renewing: the agent's own lease clock ran out",
@@ -429,6 +455,10 @@ EFFECT_MEANING: Final[dict[Effect, str]] = {
     Effect.DIRECTORY_EXPIRE_HOLDER: "directory: drop a lapsed holder and its owed ack",
     Effect.PUBLISH_INVALIDATIONS: "publish an invalidation to every holder and forget them",
     Effect.PUBLISH_INVALIDATIONS_AWAIT_ACKS: "as above, and record an owed ack per holder",
+    Effect.PUBLISH_UPDATES: (
+        "publish the outbox's version and its value to every holder, who stay registered"
+    ),
+    Effect.PUBLISH_UPDATES_AWAIT_ACKS: "as above, and record an owed ack per holder",
     Effect.L2_READ: "fill data = the L2 copy's version",
     Effect.L2_TAKE_LEASE: "L2 miss: hand out a fill lease (voids older leases)",
     Effect.L2_LEASED_FILL: "set the L2 copy if this agent's lease is still valid; consume it",
