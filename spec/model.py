@@ -771,13 +771,11 @@ def _apply(  # one case per effect, by design
                     other[_REG] = False
                     if effect is Effect.PUBLISH_INVALIDATIONS_AWAIT_ACKS:
                         other[_ACK] = True
-        case Effect.PUBLISH_UPDATES | Effect.PUBLISH_UPDATES_AWAIT_ACKS:
+        case Effect.PUBLISH_UPDATES:
             version = int(g[_OUTBOX])
             for other in w.agents:
                 if other[_REG]:  # the holders stay registered: the next relay reaches them
                     _add_message(other, UPDATE_BASE + version)
-                    if effect is Effect.PUBLISH_UPDATES_AWAIT_ACKS:
-                        other[_ACK] = True
         case Effect.L2_READ:
             ag[_DATA] = g[_L2]
             ag[_DVAL] = g[_L2VAL]

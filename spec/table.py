@@ -799,46 +799,6 @@ REFUSALS: Final[tuple[Refusal, ...]] = (
         RefusalKind.IMPOSSIBLE,
         "no version is committed while a live grant is held; a lapsed owner has left M",
     ),
-    *(
-        Refusal(
-            s,
-            Event.DELIVER_UPDATE,
-            Guard.INV_NEWER,
-            RefusalKind.IMPOSSIBLE,
-            "no version is committed while a live grant is held; a lapsed owner has left "
-            + s.name,
-            _COHERENT,
-        )
-        for s in (E, M)
-    ),
-    *(
-        Refusal(
-            s,
-            Event.DELIVER_UPDATE,
-            None,
-            RefusalKind.IMPOSSIBLE,
-            "strict mode never publishes updates (OUTBOX_RELAY_UPDATE is not applicable there)",
-            _STRICT,
-        )
-        for s in L1State
-    ),
-    Refusal(
-        HOME,
-        Event.OUTBOX_RELAY_UPDATE,
-        Guard.VALUE_AT_OWNER,
-        RefusalKind.NOT_APPLICABLE,
-        "an ownership grant's value is at the owner: the relay invalidates (OUTBOX_RELAY)",
-        _COHERENT,
-    ),
-    Refusal(
-        HOME,
-        Event.OUTBOX_RELAY_UPDATE,
-        None,
-        RefusalKind.NOT_APPLICABLE,
-        "strict mode always invalidates: an updated holder could serve the new version before "
-        "the write settles, while another agent's fill still returns the old one",
-        _STRICT,
-    ),
     Refusal(
         WT_A,
         Event.DELIVER_RECALL,
@@ -975,6 +935,47 @@ REFUSALS: Final[tuple[Refusal, ...]] = (
         Guard.HOLDER_LEASE_LIVE,
         RefusalKind.STALLED,
         "a live holder's ack is awaited",
+    ),
+    # write-update (appended last, so the refusals before keep their numbers)
+    *(
+        Refusal(
+            s,
+            Event.DELIVER_UPDATE,
+            Guard.INV_NEWER,
+            RefusalKind.IMPOSSIBLE,
+            "no version is committed while a live grant is held; a lapsed owner has left "
+            + s.name,
+            _COHERENT,
+        )
+        for s in (E, M)
+    ),
+    *(
+        Refusal(
+            s,
+            Event.DELIVER_UPDATE,
+            None,
+            RefusalKind.IMPOSSIBLE,
+            "strict mode never publishes updates (OUTBOX_RELAY_UPDATE is not applicable there)",
+            _STRICT,
+        )
+        for s in L1State
+    ),
+    Refusal(
+        HOME,
+        Event.OUTBOX_RELAY_UPDATE,
+        Guard.VALUE_AT_OWNER,
+        RefusalKind.NOT_APPLICABLE,
+        "an ownership grant's value is at the owner: the relay invalidates (OUTBOX_RELAY)",
+        _COHERENT,
+    ),
+    Refusal(
+        HOME,
+        Event.OUTBOX_RELAY_UPDATE,
+        None,
+        RefusalKind.NOT_APPLICABLE,
+        "strict mode always invalidates: an updated holder could serve the new version before "
+        "the write settles, while another agent's fill still returns the old one",
+        _STRICT,
     ),
 )
 

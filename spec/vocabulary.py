@@ -397,7 +397,6 @@ class Effect(Enum):
     PUBLISH_INVALIDATIONS = "publish_invalidations"
     PUBLISH_INVALIDATIONS_AWAIT_ACKS = "publish_invalidations_await_acks"
     PUBLISH_UPDATES = "publish_updates"
-    PUBLISH_UPDATES_AWAIT_ACKS = "publish_updates_await_acks"
     # L2 (Redis, Lua)
     L2_READ = "l2_read"
     L2_TAKE_LEASE = "l2_take_lease"
@@ -458,7 +457,6 @@ EFFECT_MEANING: Final[dict[Effect, str]] = {
     Effect.PUBLISH_UPDATES: (
         "publish the outbox's version and its value to every holder, who stay registered"
     ),
-    Effect.PUBLISH_UPDATES_AWAIT_ACKS: "as above, and record an owed ack per holder",
     Effect.L2_READ: "fill data = the L2 copy's version",
     Effect.L2_TAKE_LEASE: "L2 miss: hand out a fill lease (voids older leases)",
     Effect.L2_LEASED_FILL: "set the L2 copy if this agent's lease is still valid; consume it",
