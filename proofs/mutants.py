@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from enum import Enum, unique
+from typing import Final
 
 from sagemem.spec.model import (
     LEAVE,

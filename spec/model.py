@@ -92,6 +92,7 @@ def is_update(message: int) -> bool:
     """Whether an inbox message is a write-update (else an invalidation or a recall)."""
     return message >= UPDATE_BASE
 
+
 NO_GRANT: Final = 0
 GRANT_LIVE_INCARNATION: Final = 1
 GRANT_DEAD_INCARNATION: Final = 2

@@ -943,8 +943,7 @@ REFUSALS: Final[tuple[Refusal, ...]] = (
             Event.DELIVER_UPDATE,
             Guard.INV_NEWER,
             RefusalKind.IMPOSSIBLE,
-            "no version is committed while a live grant is held; a lapsed owner has left "
-            + s.name,
+            "no version is committed while a live grant is held; a lapsed owner has left " + s.name,
             _COHERENT,
         )
         for s in (E, M)

@@ -691,9 +691,7 @@ class AgentDriver:
             ):
                 op.future.set_result(None)  # an operation without an answer (evict, flush)
             self._signal(state)
-            if state.actions or (
-                not self.closed and self.core.request(key) is not Request.NONE
-            ):
+            if state.actions or (not self.closed and self.core.request(key) is not Request.NONE):
                 self._kick(key, state)
 
     async def _wait_turn(self, state: _KeyState) -> None:
