@@ -364,7 +364,11 @@ def _pairs(singles: Sequence[Mutant], count: int, seed: int) -> Iterator[Mutant]
     rng = random.Random(seed)
     # The write-update rows (appended to the table later) are mutated one at a time and not
     # paired, so that the sample of pairs, and the names of its survivors, stay as they were.
-    pool = [m for m in singles if m.kind in _PAIRABLE and m.rule.event not in _UNPAIRED_EVENTS]
+    pool = [
+        m
+        for m in singles
+        if m.kind in _PAIRABLE and m.rule is not None and m.rule.event not in _UNPAIRED_EVENTS
+    ]
     seen: set[tuple[str, str]] = set()
     attempts = 0
     made = 0
