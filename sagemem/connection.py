@@ -68,6 +68,7 @@ def connect(
     agent_id: str | None = None,
     mode: str = "coherent",
     embedder: Embedder | None = None,
+    write_policy: str = "invalidate",
 ) -> _Connection:
     """A hierarchy L1 -> L2 -> L3 (-> DRAM if `semantic`) on the configured or embedded servers.
 
@@ -79,6 +80,8 @@ def connect(
     `HashingEmbedder`; see README for which to choose) and is the search index of L3: every
     write and delete through the hierarchy is reflected in the next `search` (see
     `sagemem.hierarchy`). Passing `embedder` without `semantic` is refused.
+    `write_policy="update"` (coherent mode, with `agent_id`) sends the value of this agent's
+    writes to the agents holding a copy instead of invalidating it (see `CoherentL1Tier`).
     """
     if embedder is not None and not semantic:
         from sagemem.errors import ConfigurationError
@@ -86,6 +89,13 @@ def connect(
         raise ConfigurationError(
             f"connect(embedder={embedder!r}) needs semantic=True (the embedder serves the "
             "semantic tier)"
+        )
+    if write_policy != "invalidate" and agent_id is None:
+        from sagemem.errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"connect(write_policy={write_policy!r:.40}) needs agent_id: the write policy is "
+            "the coherent L1's (without agent_id nothing is kept coherent)"
         )
     from sagemem.tiers.l1 import L1Tier
     from sagemem.tiers.l2 import L2Tier
@@ -100,7 +110,7 @@ def connect(
         from sagemem.tiers.l1_coherent import CoherentL1Tier
 
         bus = CoherenceBus(redis_url, namespace=namespace)
-        l1 = CoherentL1Tier(agent_id, bus, l1_capacity, mode=mode)
+        l1 = CoherentL1Tier(agent_id, bus, l1_capacity, mode=mode, write_policy=write_policy)
     tiers: list[Tier] = [
         l1,
         L2Tier(redis_url, namespace=namespace, ttl_s=l2_ttl_s),

@@ -10,10 +10,11 @@ channels and no commands):
 - the L3-labelled copies `sagemem:<ns>:*` (the protocol's L2): read per L3 read prefix when the
   agent has tier 1 and L3 read, written only per L3 write prefix; with L3 read, the coherence
   directory keys `sagemem-dir:<ns>:{lease,holders,acks}:<prefix>*` of the L3 read prefixes;
-- the bus (channels `sagemem-bus:<ns>:<agent>|<i or r>|<key>`, see
+- the bus (channels `sagemem-bus:<ns>:<agent>|<i, u or r>|<key>`, see
   `sagemem.coherence.messages.channel_name`): the root permissions allow only PSUBSCRIBE to the
   agent's own pattern `sagemem-bus:<ns>:<agent>|*`. An agent that may write L3 gets a selector
-  allowing PUBLISH of invalidations (`|i|`) of its L3 write prefixes and of recalls (`|r|`) of
+  allowing PUBLISH of invalidations (`|i|`) and updates (`|u|`, write-update) of its L3 write
+  prefixes and of recalls (`|r|`) of
   its L3 read prefixes, to any agent, plus the sequence counters those bump, and nothing else:
   it cannot forge an invalidation of a key it may not write, and cannot listen to anyone
   else's messages;
@@ -223,13 +224,16 @@ def redis_acl_rules(capability: AgentCapability, *, agent_id: str, namespace: st
         l3_writes = _prefixes(writes, L3_INDEX)
         if L2_INDEX in capability.tiers:
             rules += [f"%W~{_glob_escape(copies + p)}*" for p in l3_writes]
-        # A selector: PUBLISH (and the sequence counters it bumps) of invalidations of the
-        # keys it may write and of recalls of the keys it may read, and nothing else. A channel
-        # holds exactly two '|' (agent ids have none, channel_key encodes the key's), so
-        # `*|i|P*` matches exactly the invalidations of the keys starting with P.
+        # A selector: PUBLISH (and the sequence counters it bumps) of invalidations and updates
+        # (write-update) of the keys it may write and of recalls of the keys it may read, and
+        # nothing else. A channel holds exactly two '|' (agent ids have none, channel_key
+        # encodes the key's), so `*|i|P*` matches exactly the invalidations of the keys
+        # starting with P.
         bus = _glob_escape(f"{CHANNEL_PREFIX}:{namespace}:")
         channels = [
-            f"&{bus}*{_glob_escape(channel_suffix(MessageKind.INVALIDATE, p))}*" for p in l3_writes
+            f"&{bus}*{_glob_escape(channel_suffix(kind, p))}*"
+            for kind in (MessageKind.INVALIDATE, MessageKind.UPDATE)
+            for p in l3_writes
         ]
         channels += [
             f"&{bus}*{_glob_escape(channel_suffix(MessageKind.RECALL, p))}*"

@@ -127,12 +127,13 @@ class EventKind(Enum):
 
 @unique
 class MessageKind(Enum):
-    """Messages on the bus (pub/sub, at most once). They never carry a value."""
+    """Messages on the bus (pub/sub, at most once). Only an update carries a value."""
 
     __hash__ = object.__hash__  # members are singletons: identity hashing is exact and fast
 
     INVALIDATE = "invalidate"  # "version n was committed: copies older than n are stale"
     RECALL = "recall"  # "someone waits for your owned data: write it back and release"
+    UPDATE = "update"  # write-update: "version n was committed with this value"
 
 
 @unique

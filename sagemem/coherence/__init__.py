@@ -20,6 +20,7 @@ from sagemem.coherence.messages import (
     MissedReason,
     RecallMessage,
     Resynced,
+    UpdateMessage,
 )
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "RecallMessage",
     "Resynced",
     "Subscription",
+    "UpdateMessage",
 ]
 
 _LAZY = {

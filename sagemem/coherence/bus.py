@@ -66,6 +66,7 @@ from sagemem.coherence.messages import (
     MissedReason,
     RecallMessage,
     Resynced,
+    UpdateMessage,
     channel_name,
     channel_suffix,
     check_agent_id,
@@ -158,6 +159,7 @@ class BusStatistics:
     sequence_gaps: int
     subscriptions: int
     connected: bool
+    updates_received: int = 0  # write-update messages (UpdateMessage)
 
 
 def _log_dropped(count: int, message: str, *args: object) -> None:
@@ -392,6 +394,7 @@ class CoherenceBus(AsyncResource):
         self._recalls_sent = 0
         self._invalidations_received = 0
         self._recalls_received = 0
+        self._updates_received = 0
         self._last_failure = ""
         self._malformed = 0
         self._misaddressed = 0
@@ -566,6 +569,7 @@ class CoherenceBus(AsyncResource):
             recalls_sent=self._recalls_sent,
             invalidations_received=self._invalidations_received,
             recalls_received=self._recalls_received,
+            updates_received=self._updates_received,
             malformed_messages=self._malformed,
             misaddressed_messages=self._misaddressed,
             handler_errors=self._handler_errors,
@@ -942,6 +946,8 @@ class CoherenceBus(AsyncResource):
             await self._dispatch(channel, Resynced())
         if isinstance(message, InvalidateMessage):
             self._invalidations_received += 1
+        elif isinstance(message, UpdateMessage):
+            self._updates_received += 1
         else:
             self._recalls_received += 1
         await self._dispatch(channel, Delivered(message))

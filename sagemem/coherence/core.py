@@ -117,6 +117,8 @@ SERVER_GUARDS: Final[frozenset[Guard]] = frozenset(
         Guard.UNPUBLISHED,
         Guard.ACKNOWLEDGED,
         Guard.UNACKNOWLEDGED,
+        Guard.VALUE_AT_HOME,
+        Guard.VALUE_AT_OWNER,
         Guard.GRANT_HELD,
         Guard.GRANT_LOST,
         Guard.OWNER_LEASE_LAPSED,
@@ -138,6 +140,7 @@ LOCAL_EFFECTS: Final[frozenset[Effect]] = frozenset(
         Effect.INSTALL_COPY,
         Effect.DROP_COPY,
         Effect.NOTE_INVALIDATION,
+        Effect.INSTALL_UPDATE,
         Effect.MARK_DIRTY,
         Effect.RESYNC_CONNECTION,
         Effect.LOSE_VOLATILE_STATE,
@@ -614,6 +617,8 @@ class AgentCore:
             )
         if event is Event.DELIVER_INVALIDATE and payload.version is None:
             raise ProtocolError(f"{where}: the payload must carry the invalidation's version")
+        if event is Event.DELIVER_UPDATE and (payload.version is None or payload.value is ABSENT):
+            raise ProtocolError(f"{where}: the payload must carry the update's version and value")
         data = entry.data
         if event is Event.FILL_DATA and payload.version is not None:
             data = payload.version
@@ -758,6 +763,9 @@ class AgentCore:
             case Effect.NOTE_INVALIDATION:
                 if payload.version is not None:
                     entry.floor = max(entry.floor, payload.version)
+            case Effect.INSTALL_UPDATE:
+                assert payload.version is not None  # checked in _decide
+                entry.version, entry.value = payload.version, payload.value
             case Effect.ACK_WRITE:
                 action = Action(
                     effect,

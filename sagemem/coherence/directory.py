@@ -51,6 +51,7 @@ from sagemem.coherence.answers import FillKind
 from sagemem.coherence.messages import (
     INTEGER_MAX,
     InvalidateMessage,
+    UpdateMessage,
     channel_name,
     channel_suffix,
     check_agent_id,
@@ -85,13 +86,16 @@ from sagemem.values import (
 
 __all__ = [
     "DIRECTORY_BIRTH_KEY",
+    "NO_VALUE",
     "RELAY_L2_DELETE",
     "RELAY_PUBLISH",
     "RELAY_PUBLISH_AWAIT_ACKS",
+    "RELAY_PUBLISH_UPDATES",
     "DirectoryStatistics",
     "DirectoryUnavailable",
     "FillKind",
     "FillStep",
+    "NoValue",
     "RedisDirectory",
     "Relayed",
 ]
@@ -127,7 +131,11 @@ RELAY_PUBLISH: Final = "P"
 """`RedisDirectory.relay` effect: PUBLISH_INVALIDATIONS."""
 RELAY_PUBLISH_AWAIT_ACKS: Final = "A"
 """`RedisDirectory.relay` effect: PUBLISH_INVALIDATIONS_AWAIT_ACKS."""
-_RELAY_EFFECTS: Final = frozenset({RELAY_L2_DELETE, RELAY_PUBLISH, RELAY_PUBLISH_AWAIT_ACKS})
+RELAY_PUBLISH_UPDATES: Final = "U"
+"""Relay effect letter: PUBLISH_UPDATES (write-update; the holders stay registered)."""
+_RELAY_EFFECTS: Final = frozenset(
+    {RELAY_L2_DELETE, RELAY_PUBLISH, RELAY_PUBLISH_AWAIT_ACKS, RELAY_PUBLISH_UPDATES}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +180,16 @@ class DirectoryStatistics:
     acks_received: int
     holders_removed: int
     holders_expired: int
+    updates_sent: int = 0  # write-update messages published (one per holder messaged)
+
+
+class NoValue:
+    """No value given (a relay of invalidations): unlike None, which is a JSON value."""
+
+    __slots__ = ()
+
+
+NO_VALUE: Final = NoValue()
 
 
 def _check_seconds(name: str, value: object) -> float:
@@ -268,6 +286,7 @@ class RedisDirectory:
         self._leased_fills_refused = 0
         self._relays = 0
         self._invalidations_sent = 0
+        self._updates_sent = 0
         self._acks_received = 0
         self._holders_removed = 0
         self._holders_expired = 0
@@ -469,6 +488,7 @@ class RedisDirectory:
         effects: Sequence[str],
         *,
         holders_lapse: bool = True,
+        value: JSONValue | NoValue = NO_VALUE,
     ) -> Relayed:
         """The Redis effects of an OUTBOX_RELAY row, performed in the row's order in one atomic
         script: `RELAY_L2_DELETE`, `RELAY_PUBLISH` or `RELAY_PUBLISH_AWAIT_ACKS` (see
@@ -477,7 +497,9 @@ class RedisDirectory:
         lapsed holders are dropped unmessaged and owed acks vanish when the last holder's read
         lease lapses (HOLDER_EXPIRE performed by the server's key expiry); False messages every
         registered holder and keeps owed acks until they are acknowledged or `expire_lapsed`
-        drops them."""
+        drops them. `RELAY_PUBLISH_UPDATES` (write-update) publishes an `UpdateMessage` carrying
+        `value`, the value committed as `version` (required then, and only then), and keeps
+        the holders registered."""
         check_agent_id(sender)
         if type(version) is not int or not 0 <= version <= INTEGER_MAX:
             raise InvalidValueError(
@@ -488,7 +510,18 @@ class RedisDirectory:
             raise InvalidValueError(
                 f"relay effects must be among {sorted(_RELAY_EFFECTS)}, got {unknown!r}"
             )
-        message = InvalidateMessage(self.namespace, check_key(key), version, sender)
+        updating = RELAY_PUBLISH_UPDATES in effects
+        if updating != (value is not NO_VALUE):
+            raise InvalidValueError(
+                "a relay that publishes updates needs the committed value, and only it: pass "
+                f"value= with {RELAY_PUBLISH_UPDATES!r} among the effects (got effects "
+                f"{list(effects)!r}, {'a' if value is not NO_VALUE else 'no'} value)"
+            )
+        message: InvalidateMessage | UpdateMessage
+        if updating:
+            message = UpdateMessage(self.namespace, check_key(key), version, value, sender)
+        else:
+            message = InvalidateMessage(self.namespace, check_key(key), version, sender)
         reply = await self._run(
             "invalidate",
             key,
@@ -500,7 +533,7 @@ class RedisDirectory:
                     sender,
                     1 if holders_lapse else 0,
                     self._sequence_ttl_ms,
-                    channel_suffix(MessageKind.INVALIDATE, key),
+                    channel_suffix(message.kind, key),
                     "".join(effects),
                 ],
             ),
@@ -508,7 +541,10 @@ class RedisDirectory:
         performed = tuple(_text(reply[0])) if reply else ()
         messaged = tuple(sorted(_text(agent) for agent in reply[1:]))
         self._relays += 1
-        self._invalidations_sent += len(messaged)
+        if updating:
+            self._updates_sent += len(messaged)
+        else:
+            self._invalidations_sent += len(messaged)
         return Relayed(performed, messaged)
 
     async def ack(self, key: str, agent_id: str) -> bool:
@@ -608,6 +644,7 @@ class RedisDirectory:
             leased_fills_refused=self._leased_fills_refused,
             relays=self._relays,
             invalidations_sent=self._invalidations_sent,
+            updates_sent=self._updates_sent,
             acks_received=self._acks_received,
             holders_removed=self._holders_removed,
             holders_expired=self._holders_expired,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import marshal
 import math
@@ -52,6 +53,7 @@ from sagemem.coherence.core import (
     Payload,
     Step,
 )
+from sagemem.coherence.directory import NO_VALUE, NoValue
 from sagemem.coherence.home import owner_agent
 from sagemem.coherence.messages import (
     BusEvent,
@@ -61,6 +63,7 @@ from sagemem.coherence.messages import (
     MissedReason,
     RecallMessage,
     Resynced,
+    UpdateMessage,
 )
 from sagemem.coherence.steps import REDIS_RELAY_EFFECTS, ServerSteps
 from sagemem.errors import (
@@ -73,7 +76,7 @@ from sagemem.errors import (
 )
 from sagemem.spec.model import Request
 from sagemem.spec.table import Rule
-from sagemem.spec.vocabulary import STABLE_STATES, Effect, Event, Guard, Mode
+from sagemem.spec.vocabulary import STABLE_STATES, Effect, Event, Guard, L1State, Mode
 from sagemem.values import JSONValue
 
 __all__ = ["RELAY_SENDER", "AgentDriver", "DriverSettings", "FencedWrite", "pack", "unpack"]
@@ -136,6 +139,9 @@ class DriverSettings:
     retry_delay_max_s: float
     operation_timeout_s: float
     outbox_sweep_after_s: float
+    # write-update (coherent mode): the encoded size up to which a write-through's relay sends
+    # its value to the holders (OUTBOX_RELAY_UPDATE); 0 always invalidates (OUTBOX_RELAY)
+    update_value_max_bytes: int = 0
 
 
 @dataclass(slots=True)
@@ -227,6 +233,7 @@ class AgentDriver:
         self._retry_delay_max_s: Final = max(settings.retry_delay_max_s, settings.retry_delay_s)
         self._operation_timeout_s: Final = settings.operation_timeout_s
         self._outbox_sweep_after_s: Final = settings.outbox_sweep_after_s
+        self._update_value_max_bytes: Final = settings.update_value_max_bytes
         # How long L2 may keep answering a fill with data older than the agent's floor before
         # the floor is taken as bogus: the sweep's period twice, plus a second.
         self._stale_l2_limit_s: Final = 2 * settings.outbox_sweep_after_s + 1.0
@@ -254,6 +261,8 @@ class AgentDriver:
                 "write_backs",
                 "invalidations_sent",
                 "invalidations_received",
+                "updates_sent",
+                "updates_received",
                 "recalls_sent",
                 "recalls_received",
                 "acks_sent",
@@ -932,15 +941,25 @@ class AgentDriver:
                 )
             await steps.expire_lapsed(key)
 
-    async def _relay(self, key: str, version: int, sender: str) -> bool:
+    async def _relay(
+        self, key: str, version: int, sender: str, value: JSONValue | NoValue = NO_VALUE
+    ) -> bool:
         """OUTBOX_RELAY of `version`, executed from its row: the row's effects are performed in
         its order (consecutive Redis effects in one atomic script, HOME_CLEAR_OUTBOX as the
         home's statement), and what the servers report they performed must be the row's list.
+        With `value` (write-update: the value this agent's write-through committed as
+        `version`, so VALUE_AT_HOME holds) the row is OUTBOX_RELAY_UPDATE's, whose updates
+        carry it.
 
         Returns True if the outbox is empty afterwards as far as this relay knows."""
         steps = self._steps
         assert steps is not None
-        rule = self.core.shared_row(Event.OUTBOX_RELAY, Guard.ALWAYS)
+        if value is NO_VALUE:
+            rule = self.core.shared_row(Event.OUTBOX_RELAY, Guard.ALWAYS)
+        else:
+            rule = self.core.shared_row(Event.OUTBOX_RELAY_UPDATE, Guard.VALUE_AT_HOME)
+            if not isinstance(rule, Rule):  # no update row (strict mode, or a mutant)
+                return await self._relay(key, version, sender)
         if not isinstance(rule, Rule):
             return False  # the table relays nothing (a mutant): the outbox stays
         performed: list[Effect] = []
@@ -957,6 +976,7 @@ class AgentDriver:
                     sender,
                     tuple(redis_batch),
                     holders_lapse=self._holders_lapse,
+                    value=value,
                 )
             except ScopeViolationError:
                 if sender != RELAY_SENDER:
@@ -968,7 +988,8 @@ class AgentDriver:
                 return False
             performed.extend(done)
             redis_batch.clear()
-            self.counts["invalidations_sent"] += len(messaged)
+            sent = "invalidations_sent" if value is NO_VALUE else "updates_sent"
+            self.counts[sent] += len(messaged)
             if messaged:
                 # Agents of this process may have just received the invalidation: let their
                 # bus listener run before this writer's bookkeeping (the outbox), so a
@@ -997,6 +1018,21 @@ class AgentDriver:
             )
         return emptied
 
+    def _update_value(self, key: str) -> JSONValue | NoValue:
+        """The value a write-update relay of `key` carries: the value of this agent's
+        write-through in flight (WT_A: committed at the home, so VALUE_AT_HOME), if the
+        namespace updates and its JSON text is within the bound; else NO_VALUE (invalidate).
+        An ownership grant's relay (IM_A) always invalidates: its value is at the owner."""
+        limit = self._update_value_max_bytes
+        if not limit or self.core.state(key) is not L1State.WT_A:
+            return NO_VALUE
+        written = self.core.snapshot(key).write_value
+        if written is ABSENT:
+            return NO_VALUE  # a delete: holders drop their copies
+        value = unpack(written)
+        size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+        return value if size <= limit else NO_VALUE
+
     async def _settle(self, key: str, state: _KeyState, version: int) -> Guard:
         """Relay this write's invalidations (once) and report PUBLISHED / ACKNOWLEDGED or not
         yet (WRITE_SETTLED's branch)."""
@@ -1004,7 +1040,7 @@ class AgentDriver:
         assert steps is not None
         empty = False
         if state.relayed < version:
-            empty = await self._relay(key, version, self.agent_id)
+            empty = await self._relay(key, version, self.agent_id, self._update_value(key))
             state.relayed = version
         if not empty:
             pending = await steps.outbox(key)
@@ -1107,6 +1143,13 @@ class AgentDriver:
                 self.counts["invalidations_received"] += 1
                 self._deliver(
                     message.key, Event.DELIVER_INVALIDATE, Payload(version=message.version)
+                )
+            case Delivered(message=UpdateMessage() as message):
+                self.counts["updates_received"] += 1
+                self._deliver(
+                    message.key,
+                    Event.DELIVER_UPDATE,
+                    Payload(version=message.version, value=pack(cast(JSONValue, message.value))),
                 )
             case Delivered(message=RecallMessage() as message):
                 self.counts["recalls_received"] += 1

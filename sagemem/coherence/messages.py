@@ -1,10 +1,15 @@
 """The coherence bus's vocabulary: wire messages, their codec, and the events a subscriber sees.
 
-Two messages travel on the bus (`spec.vocabulary.MessageKind`): `InvalidateMessage` ("version n
-of this key was committed; copies older than n are stale") and `RecallMessage` ("someone waits
-for the data you own: write it back and release"). Neither ever carries a value: a receiver
-that acts on a message at worst drops a copy and refetches it from the home, so a forged or
-replayed message can cost a refetch but can never put data into a cache.
+Three messages travel on the bus (`spec.vocabulary.MessageKind`): `InvalidateMessage`
+("version n of this key was committed; copies older than n are stale"), `RecallMessage`
+("someone waits for the data you own: write it back and release") and, in a write-update
+namespace, `UpdateMessage` ("version n of this key was committed with this value"). The first
+two never carry a value: a receiver that acts on one at worst drops a copy and refetches it
+from the home, so a forged or replayed one can cost a refetch but can never put data into a
+cache. An update does carry the value: its receiver caches it (if newer than its copy), so
+write-update trusts whoever may publish updates of a key (`sagemem.grants`: the agents allowed
+to write it) as much as the home trusts their writes; a namespace with writers it does not
+trust that far keeps the default, invalidation.
 
 The wire format (see docs/decisions/0003-bus-wire-format.md) is one compact JSON object of
 UTF-8 text with a format version `fmt`, the kind, the namespace, the key, the sender's agent
@@ -36,6 +41,7 @@ __all__ = [
     "INTEGER_MAX",
     "LUA_SEQUENCED",
     "MESSAGE_SIZE_MAX_BYTES",
+    "UPDATE_VALUE_MAX_BYTES",
     "BusEvent",
     "BusHandler",
     "Delivered",
@@ -46,6 +52,7 @@ __all__ = [
     "MissedReason",
     "RecallMessage",
     "Resynced",
+    "UpdateMessage",
     "channel_key",
     "channel_name",
     "channel_suffix",
@@ -60,6 +67,9 @@ FORMAT_VERSION: Final = 1
 # The largest valid message is about 2.4 KB (a 512-character key of 4-byte characters is 2 KB);
 # anything longer is refused before it is parsed, so a hostile payload costs a length check.
 MESSAGE_SIZE_MAX_BYTES: Final = 4096
+# An update also carries its value's JSON text, at most this long (the largest a namespace may
+# choose for `update_value_max_bytes`); an update message may be that much longer.
+UPDATE_VALUE_MAX_BYTES: Final = 65536
 # Versions are Postgres bigints and sequence numbers Redis INCR counters: both signed 64-bit.
 INTEGER_MAX: Final = (1 << 63) - 1
 # Agent ids name pub/sub channels and Redis keys: no ':' or '|' (so one id is never a prefix
@@ -69,6 +79,7 @@ AGENT_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 _INVALIDATE_FIELDS: Final = frozenset({"fmt", "kind", "ns", "key", "version", "sender", "seq"})
 _RECALL_FIELDS: Final = frozenset({"fmt", "kind", "ns", "key", "sender", "seq"})
 _RECALL_OPTIONAL_FIELDS: Final = frozenset({"owner_epoch"})
+_UPDATE_FIELDS: Final = frozenset({"fmt", "kind", "ns", "key", "version", "value", "sender", "seq"})
 
 
 class MalformedMessage(SageMemError, ValueError):
@@ -88,17 +99,18 @@ def check_agent_id(agent_id: object) -> str:
 # -- channel names -------------------------------------------------------------------------
 #
 # A message to agent `a` about `key` travels on `sagemem-bus:<ns>:<a>|<tag>|<channel_key(key)>`
-# (tag `i` for an invalidation, `r` for a recall); agent `a` receives all of them through ONE
-# pattern subscription, `sagemem-bus:<ns>:<a>|*`. The key is in the channel name so that Redis
-# ACL channel rules can confine who publishes what (`sagemem.grants`): `&sagemem-bus:<ns>:*|i|P*`
-# lets a user publish invalidations of the keys starting with P and nothing else. For that
+# (tag `i` for an invalidation, `r` for a recall, `u` for an update); agent `a` receives all of
+# them through ONE pattern subscription, `sagemem-bus:<ns>:<a>|*`. The key is in the channel
+# name so that Redis ACL channel rules can confine who publishes what (`sagemem.grants`):
+# `&sagemem-bus:<ns>:*|i|P*` lets a user publish invalidations of the keys starting with P and
+# nothing else. For that
 # rule to mean exactly "keys starting with P", a channel holds exactly two '|': agent ids and
 # namespaces have none, and `channel_key` writes '|' (and '%', to stay reversible) as `%7C` and
 # `%25`. That encoding maps characters one by one to a prefix-free code, so
 # `channel_key(p)` is a prefix of `channel_key(k)` exactly when `p` is a prefix of `k`.
 
 CHANNEL_PREFIX: Final = keyspace.BUS_PREFIX
-_KIND_TAGS: Final = {MessageKind.INVALIDATE: "i", MessageKind.RECALL: "r"}
+_KIND_TAGS: Final = {MessageKind.INVALIDATE: "i", MessageKind.RECALL: "r", MessageKind.UPDATE: "u"}
 
 
 def channel_key(key: str) -> str:
@@ -195,7 +207,29 @@ class RecallMessage:
             _check_integer("owner_epoch", self.owner_epoch)
 
 
-type Message = InvalidateMessage | RecallMessage
+@dataclass(frozen=True, slots=True)
+class UpdateMessage:
+    """Write-update: version `version` of `key` was committed with value `value` (a JSON value).
+
+    A holder whose copy is older moves to it; to anyone else it is an invalidation. `seq` as
+    for invalidations.
+    """
+
+    namespace: str
+    key: str
+    version: int
+    value: object
+    sender: str
+    seq: int = 0
+
+    kind: ClassVar[MessageKind] = MessageKind.UPDATE
+
+    def __post_init__(self) -> None:
+        _check_common(self.namespace, self.key, self.sender, self.seq)
+        _check_integer("version", self.version)
+
+
+type Message = InvalidateMessage | RecallMessage | UpdateMessage
 
 
 # -- codec ------------------------------------------------------------------------------------
@@ -221,6 +255,9 @@ def encode_unsequenced(message: Message) -> bytes:
     )
     if isinstance(message, InvalidateMessage):
         body = f'"version":{message.version},"sender":{_dumps(message.sender)},'
+    elif isinstance(message, UpdateMessage):
+        value = json.dumps(message.value, ensure_ascii=False, separators=(",", ":"))
+        body = f'"version":{message.version},"value":{value},"sender":{_dumps(message.sender)},'
     else:
         epoch = "" if message.owner_epoch is None else f'"owner_epoch":{message.owner_epoch},'
         body = f'"sender":{_dumps(message.sender)},{epoch}'
@@ -270,9 +307,10 @@ def decode(raw: bytes) -> Message:
     """
     if type(raw) is not bytes:
         raise MalformedMessage(f"message must be bytes, got {type(raw).__name__}")
-    if len(raw) > MESSAGE_SIZE_MAX_BYTES:
+    if len(raw) > MESSAGE_SIZE_MAX_BYTES + UPDATE_VALUE_MAX_BYTES:
         raise MalformedMessage(
-            f"message is {len(raw)} bytes long, over the limit of {MESSAGE_SIZE_MAX_BYTES}"
+            f"message is {len(raw)} bytes long, over the limit of "
+            f"{MESSAGE_SIZE_MAX_BYTES + UPDATE_VALUE_MAX_BYTES}"
         )
     try:
         text = raw.decode("utf-8")
@@ -296,6 +334,21 @@ def decode(raw: bytes) -> Message:
         )
     kind = document.get("kind")
     fields = frozenset(document)
+    if kind == MessageKind.UPDATE.value:
+        _check_fields(fields, _UPDATE_FIELDS, frozenset(), str(kind))
+        return UpdateMessage(
+            namespace=document["ns"],
+            key=document["key"],
+            version=document["version"],
+            value=document["value"],
+            sender=document["sender"],
+            seq=document["seq"],
+        )
+    if len(raw) > MESSAGE_SIZE_MAX_BYTES:
+        raise MalformedMessage(
+            f"{kind!s:.40} message is {len(raw)} bytes long, over the limit of "
+            f"{MESSAGE_SIZE_MAX_BYTES} (only an update may carry a value)"
+        )
     if kind == MessageKind.INVALIDATE.value:
         _check_fields(fields, _INVALIDATE_FIELDS, frozenset(), str(kind))
         return InvalidateMessage(

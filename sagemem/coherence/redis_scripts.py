@@ -12,7 +12,9 @@ meaning every script implements is the one `spec/model.py` gives the effect it n
 - `INVALIDATE_SCRIPT`: the Redis half of OUTBOX_RELAY, executing the effects the row names, in
   its order: L2_DELETE (the copy and the lease), PUBLISH_INVALIDATIONS (one message per holder
   except the sender, who are then forgotten) or PUBLISH_INVALIDATIONS_AWAIT_ACKS (also record
-  an owed ack per holder); it replies with the effects it performed, then the agents messaged.
+  an owed ack per holder), or PUBLISH_UPDATES (write-update: the message, an update carrying
+  the value, goes to every holder except the sender, who all stay holders); it replies with the
+  effects it performed, then the agents messaged.
 - `EXPIRE_HOLDER_SCRIPT`: HOLDER_EXPIRE / DIRECTORY_EXPIRE_HOLDER for one agent, only once its
   read lease (the registration's deadline) has passed.
 - `EXPIRE_LAPSED_SCRIPT`: HOLDER_EXPIRE for every lapsed holder and owed ack of a key.
@@ -215,7 +217,8 @@ if redis.acl_check_cmd and not redis.acl_check_cmd('PUBLISH', probe, '') then
 end
 local now = now_ms()
 -- ARGV[7]: the effects to perform, in the row's order, as letters: D L2_DELETE, P
--- PUBLISH_INVALIDATIONS, A PUBLISH_INVALIDATIONS_AWAIT_ACKS. The reply's first element names
+-- PUBLISH_INVALIDATIONS, A PUBLISH_INVALIDATIONS_AWAIT_ACKS, U PUBLISH_UPDATES (ARGV[2] and
+-- ARGV[6] are then an update's message and channel suffix). The reply's first element names
 -- the effects performed, in order; the agents messaged follow.
 local performed = ''
 local sent = {}
@@ -225,8 +228,9 @@ for step = 1, #ARGV[7] do
     -- L2_DELETE: the copy goes, and with the key's lease every fill lease handed out is void.
     redis.call('DEL', KEYS[1], KEYS[2])
     performed = performed .. 'D'
-  elseif effect == 'P' or effect == 'A' then
+  elseif effect == 'P' or effect == 'A' or effect == 'U' then
     local await_acks = effect == 'A'
+    local forget = effect ~= 'U'  -- an update's holders stay holders: the next relay reaches them
     -- Lapsed holders have dropped their copies by their own clock: they need no message
     -- (HOLDER_EXPIRE first, where the table has it; ARGV[4]).
     if ARGV[4] == '1' then
@@ -241,7 +245,9 @@ for step = 1, #ARGV[7] do
         redis.call('PEXPIRE', counter, ARGV[5])
         redis.call('PUBLISH', ARGV[1] .. agent .. ARGV[6],
           sequenced(ARGV[2], seq))
-        redis.call('ZREM', KEYS[3], agent)
+        if forget then
+          redis.call('ZREM', KEYS[3], agent)
+        end
         if await_acks then
           -- The ack is owed until the holder's read lease (its registration's deadline) lapses.
           redis.call('ZADD', KEYS[4], 'GT', entries[i + 1], agent)

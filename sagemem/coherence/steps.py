@@ -17,10 +17,13 @@ from typing import Final
 
 from sagemem.coherence.bus import CoherenceBus
 from sagemem.coherence.directory import (
+    NO_VALUE,
     RELAY_L2_DELETE,
     RELAY_PUBLISH,
     RELAY_PUBLISH_AWAIT_ACKS,
+    RELAY_PUBLISH_UPDATES,
     FillStep,
+    NoValue,
     RedisDirectory,
     Relayed,
 )
@@ -34,6 +37,7 @@ REDIS_RELAY_EFFECTS: Final[dict[Effect, str]] = {
     Effect.L2_DELETE: RELAY_L2_DELETE,
     Effect.PUBLISH_INVALIDATIONS: RELAY_PUBLISH,
     Effect.PUBLISH_INVALIDATIONS_AWAIT_ACKS: RELAY_PUBLISH_AWAIT_ACKS,
+    Effect.PUBLISH_UPDATES: RELAY_PUBLISH_UPDATES,
 }
 """The OUTBOX_RELAY effects the relay script performs (consecutive ones in one atomic call)."""
 
@@ -154,16 +158,19 @@ class ServerSteps:
         effects: tuple[Effect, ...],
         *,
         holders_lapse: bool,
+        value: JSONValue | NoValue = NO_VALUE,
     ) -> tuple[tuple[Effect, ...], tuple[str, ...]]:
-        """Redis effects of OUTBOX_RELAY (`REDIS_RELAY_EFFECTS`), in order, in one script;
-        returns the effects the script reports it performed and the agents it messaged.
-        `holders_lapse`: whether HOLDER_EXPIRE applies (lapsed holders dropped, acks lapse)."""
+        """Redis effects of OUTBOX_RELAY or OUTBOX_RELAY_UPDATE (`REDIS_RELAY_EFFECTS`), in
+        order, in one script; returns the effects the script reports it performed and the
+        agents it messaged. `holders_lapse`: whether HOLDER_EXPIRE applies (lapsed holders
+        dropped, acks lapse); `value`: the committed value an update carries."""
         relayed: Relayed = await self.directory.relay(
             key,
             version,
             sender,
             [REDIS_RELAY_EFFECTS[e] for e in effects],
             holders_lapse=holders_lapse,
+            value=value,
         )
         by_letter = {letter: effect for effect, letter in REDIS_RELAY_EFFECTS.items()}
         return tuple(by_letter[letter] for letter in relayed.performed), relayed.messaged

@@ -23,6 +23,15 @@ servers refuse to the credentials in use (a grant of `sagemem.grants` that does 
 key) is not retried: it changed nothing, the operation raises `ScopeViolationError`, and so
 does every later operation on that key in this tier (re-provisioned grants need a new tier).
 Relaying another writer's invalidations of a key the grant may only read is left to others.
+
+Write policy (coherent mode): `write_policy="invalidate"` (the default) makes every write drop
+the other agents' copies, which refetch on their next read; `write_policy="update"` makes this
+agent's write-throughs send their value (when its JSON text is at most `update_value_max_bytes`)
+to the agents holding a copy, which move to the new version and keep hitting (the spec's
+OUTBOX_RELAY_UPDATE and DELIVER_UPDATE rows). Larger values, deletes and ownership grants still
+invalidate. The policy is the writer's: every agent understands both kinds of message, so the
+agents of one namespace may mix policies; set the same one on all of them for predictable
+costs. Updates are trusted as the home trusts writes (see `sagemem.coherence.messages`).
 """
 
 from __future__ import annotations
@@ -49,7 +58,7 @@ from sagemem.coherence.driver import (
     unpack,
 )
 from sagemem.coherence.home import HomeStore, owner_token
-from sagemem.coherence.messages import check_agent_id
+from sagemem.coherence.messages import UPDATE_VALUE_MAX_BYTES, check_agent_id
 from sagemem.coherence.steps import ServerSteps, ServerStepsFactory
 from sagemem.conflicts import ConflictPolicy, check_attempts, check_policy, swap_with_policy
 from sagemem.conflicts import update as update_with_retries
@@ -63,6 +72,7 @@ from sagemem.values import JSONValue, check_expected_version, check_key, encode_
 
 __all__ = [
     "RELAY_SENDER",
+    "WRITE_POLICIES",
     "CoherentL1Statistics",
     "CoherentL1Tier",
     "ConflictPolicy",
@@ -72,6 +82,9 @@ __all__ = [
 ]
 
 _logger = logging.getLogger("sagemem.coherence")
+
+WRITE_POLICIES: Final = ("invalidate", "update")
+"""The `write_policy` values: what a write-through does to the other agents' copies."""
 
 _SCALARS: Final = (str, int, float, bool, type(None))
 # A read whose entry restarts empty (a bogus floor) starts again at most this often.
@@ -95,6 +108,8 @@ class CoherentL1Statistics:
     write_backs: int
     invalidations_sent: int
     invalidations_received: int
+    updates_sent: int  # write-update: updates this agent's relays published (one per holder)
+    updates_received: int  # updates delivered to this agent
     recalls_sent: int
     recalls_received: int
     acks_sent: int
@@ -143,6 +158,8 @@ class CoherentL1Tier(AsyncResource):
         retry_delay_max_s: float = 0.05,
         operation_timeout_s: float = 30.0,
         outbox_sweep_after_s: float = 2.0,
+        write_policy: str = "invalidate",
+        update_value_max_bytes: int = 8192,
         tracer: Tracer | None = None,
         definition: ProtocolDefinition | None = None,
         on_fenced: Callable[[FencedWrite], None] | None = None,
@@ -167,6 +184,24 @@ class CoherentL1Tier(AsyncResource):
                 ) from None
         if not isinstance(mode, Mode):
             raise ConfigurationError(f"mode must be 'coherent' or 'strict', got {mode!r}")
+        if write_policy not in WRITE_POLICIES:
+            raise ConfigurationError(
+                f"write_policy must be one of {list(WRITE_POLICIES)}, got {write_policy!r:.80}"
+            )
+        if write_policy == "update" and mode is Mode.STRICT:
+            raise ConfigurationError(
+                "write_policy='update' is coherent mode's: strict mode always invalidates (an "
+                "updated copy could be read before the write settles); use mode='coherent' or "
+                "write_policy='invalidate'"
+            )
+        if (
+            type(update_value_max_bytes) is not int
+            or not 1 <= update_value_max_bytes <= UPDATE_VALUE_MAX_BYTES
+        ):
+            raise ConfigurationError(
+                f"update_value_max_bytes must be an int from 1 to {UPDATE_VALUE_MAX_BYTES}, got "
+                f"{update_value_max_bytes!r:.80}"
+            )
         if not callable(server_steps) or not callable(home_steps):
             raise ConfigurationError(
                 "server_steps and home_steps must be callables building the step objects, got "
@@ -188,6 +223,7 @@ class CoherentL1Tier(AsyncResource):
         self.bus: Final = bus
         self.capacity: Final = capacity
         self.mode: Final[Mode] = mode
+        self.write_policy: Final = write_policy
         self.incarnation: Final = secrets.token_hex(4)
         self._me: Final = owner_token(self.agent_id, self.incarnation)
         table: tuple[Rule, ...] = TABLE
@@ -222,6 +258,7 @@ class CoherentL1Tier(AsyncResource):
                 retry_delay_max_s=float(retry_delay_max_s),
                 operation_timeout_s=float(operation_timeout_s),
                 outbox_sweep_after_s=float(outbox_sweep_after_s),
+                update_value_max_bytes=update_value_max_bytes if write_policy == "update" else 0,
             ),
             on_fenced=on_fenced,
             require_open=self._require_started,
@@ -376,6 +413,8 @@ class CoherentL1Tier(AsyncResource):
             write_backs=c["write_backs"],
             invalidations_sent=c["invalidations_sent"],
             invalidations_received=c["invalidations_received"],
+            updates_sent=c["updates_sent"],
+            updates_received=c["updates_received"],
             recalls_sent=c["recalls_sent"],
             recalls_received=c["recalls_received"],
             acks_sent=c["acks_sent"],

@@ -26,7 +26,7 @@ from sagemem.coherence import (
     RecallMessage,
     Resynced,
 )
-from sagemem.coherence.messages import MESSAGE_SIZE_MAX_BYTES, encode
+from sagemem.coherence.messages import MESSAGE_SIZE_MAX_BYTES, Message, encode
 from sagemem.errors import ClosedResourceError, ConfigurationError
 from sagemem.spec.vocabulary import MessageKind
 
@@ -56,7 +56,7 @@ class EventRecorder:
     async def wait_for_count(self, count: int) -> list[BusEvent]:
         return await self.wait_for(lambda events: len(events) >= count)
 
-    def messages(self) -> list[InvalidateMessage | RecallMessage]:
+    def messages(self) -> list[Message]:
         return [event.message for event in self.events if isinstance(event, Delivered)]
 
 

@@ -35,13 +35,13 @@ import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import pytest
 
 from proofs.explore import explore
 from sagemem.coherence.bus import CoherenceBus
-from sagemem.coherence.directory import RedisDirectory
+from sagemem.coherence.directory import NO_VALUE, NoValue, RedisDirectory
 from sagemem.coherence.home import HomeStore
 from sagemem.coherence.messages import BusEvent
 from sagemem.coherence.steps import ServerSteps
@@ -52,6 +52,7 @@ from sagemem.spec.table import Rule
 from sagemem.spec.vocabulary import Effect, Event, L1State, Mode
 from sagemem.tiers.l1_coherent import CoherentL1Tier
 from sagemem.tiers.l3 import L3Tier
+from sagemem.values import JSONValue
 
 HOME_STATEMENTS = frozenset(
     {
@@ -186,6 +187,11 @@ def _model_rejects(mutant: TableMutant) -> str | None:
 # -- the scenario ----------------------------------------------------------------------------
 
 
+_PUBLISHING: Final = frozenset(
+    {Effect.PUBLISH_INVALIDATIONS, Effect.PUBLISH_INVALIDATIONS_AWAIT_ACKS, Effect.PUBLISH_UPDATES}
+)
+
+
 class _FailingRelay(ServerSteps):
     """A writer that cannot publish: every relay call that would publish invalidations fails
     (its link to Redis broke after the commit), as if it died before publishing."""
@@ -198,10 +204,13 @@ class _FailingRelay(ServerSteps):
         effects: tuple[Effect, ...],
         *,
         holders_lapse: bool,
+        value: JSONValue | NoValue = NO_VALUE,
     ) -> tuple[tuple[Effect, ...], tuple[str, ...]]:
-        if {Effect.PUBLISH_INVALIDATIONS, Effect.PUBLISH_INVALIDATIONS_AWAIT_ACKS} & set(effects):
+        if _PUBLISHING & set(effects):
             raise TierUnavailable("injected: the relay's Redis call failed", tier="L2")
-        return await super().relay(key, version, sender, effects, holders_lapse=holders_lapse)
+        return await super().relay(
+            key, version, sender, effects, holders_lapse=holders_lapse, value=value
+        )
 
 
 def _failing_relay(home: HomeStore, directory: RedisDirectory, bus: CoherenceBus) -> ServerSteps:
