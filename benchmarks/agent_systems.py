@@ -9,6 +9,8 @@ against the write that committed it:
 - `sagemem-coherent` / `sagemem-strict`: `sagemem.connect(namespace, agent_id, mode)`;
   writes are `set(key, value, tier_index=2)` (committed at the home, other copies invalidated
   before it returns), like the baselines' writes;
+- `sagemem-update`: coherent mode with `write_policy="update"`: a write-through sends its value
+  to the agents holding the key, which keep hitting instead of refetching;
 - `plain-hierarchy`: `MemoryHierarchy([L1Tier, L2Tier, L3Tier])` with no coherence: a write
   drops the writer's own copies only, so other agents keep reading what they cached;
 - `uncached-postgres`: what LangGraph's Postgres store does, no cache at all: every read one
@@ -105,7 +107,14 @@ class SagememSystem(_HierarchyOperations):
 
     @classmethod
     async def open(
-        cls, namespace: str, agent_id: str, mode: str, redis_url: str, postgres_dsn: str
+        cls,
+        namespace: str,
+        agent_id: str,
+        mode: str,
+        redis_url: str,
+        postgres_dsn: str,
+        *,
+        write_policy: str = "invalidate",
     ) -> SagememSystem:
         memory = await sagemem.connect(
             namespace=namespace,
@@ -114,6 +123,7 @@ class SagememSystem(_HierarchyOperations):
             redis_url=redis_url,
             postgres_dsn=postgres_dsn,
             l1_capacity=L1_CAPACITY,
+            write_policy=write_policy,
         )
         return cls(memory)
 
@@ -122,10 +132,17 @@ class SagememSystem(_HierarchyOperations):
         return {
             "l1_hits": stats.hits,
             "l1_misses": stats.misses,
-            "messages_received": stats.invalidations_received + stats.recalls_received,
-            "messages_sent": stats.invalidations_sent + stats.recalls_sent + stats.acks_sent,
+            "messages_received": stats.invalidations_received
+            + stats.updates_received
+            + stats.recalls_received,
+            "messages_sent": stats.invalidations_sent
+            + stats.updates_sent
+            + stats.recalls_sent
+            + stats.acks_sent,
             # one per holder a relay messaged, one per recall: what the agents must receive
-            "messages_to_holders": stats.invalidations_sent + stats.recalls_sent,
+            "messages_to_holders": stats.invalidations_sent
+            + stats.updates_sent
+            + stats.recalls_sent,
             "bus_losses": stats.disconnects,  # detected losses (sequence gaps, reconnects)
         }
 
@@ -348,6 +365,10 @@ async def open_system(
     if system in ("sagemem-coherent", "sagemem-strict"):
         mode = system.removeprefix("sagemem-")
         return await SagememSystem.open(namespace, agent_id, mode, redis_url, postgres_dsn)
+    if system == "sagemem-update":
+        return await SagememSystem.open(
+            namespace, agent_id, "coherent", redis_url, postgres_dsn, write_policy="update"
+        )
     if system == "plain-hierarchy":
         return await PlainHierarchySystem.open(namespace, redis_url, postgres_dsn)
     if system == "uncached-postgres":

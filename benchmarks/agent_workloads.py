@@ -49,6 +49,7 @@ type WorkloadKind = Literal["read_write", "debate", "counter", "research"]
 
 SYSTEMS: Final = (
     "sagemem-coherent",
+    "sagemem-update",
     "sagemem-strict",
     "plain-hierarchy",
     "uncached-postgres",

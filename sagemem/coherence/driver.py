@@ -976,7 +976,7 @@ class AgentDriver:
                     sender,
                     tuple(redis_batch),
                     holders_lapse=self._holders_lapse,
-                    value=value,
+                    value=value if Effect.PUBLISH_UPDATES in redis_batch else NO_VALUE,
                 )
             except ScopeViolationError:
                 if sender != RELAY_SENDER:

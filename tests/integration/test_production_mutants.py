@@ -63,7 +63,7 @@ HOME_STATEMENTS = frozenset(
     }
 )
 PRODUCTION_SHARED_EVENTS = frozenset(
-    {Event.OUTBOX_RELAY, Event.HOME_EXPIRE_OWNER, Event.HOLDER_EXPIRE}
+    {Event.OUTBOX_RELAY, Event.OUTBOX_RELAY_UPDATE, Event.HOME_EXPIRE_OWNER, Event.HOLDER_EXPIRE}
 )
 BOUNDS = ((2, 1, 1), (3, 1, 1))
 CONCURRENT_SCENARIOS = 6
@@ -82,6 +82,7 @@ class TableMutant:
     name: str
     mode: Mode
     table: tuple[Rule, ...]
+    write_update: bool = False  # the model offers the write-update relay (its rows' mutants)
 
 
 def _mutants() -> Iterator[TableMutant]:
@@ -139,10 +140,14 @@ def _mutants() -> Iterator[TableMutant]:
                 for n, r in enumerate(TABLE)
             )
 
+        updating = rule.event is Event.OUTBOX_RELAY_UPDATE
         for mode in sorted(rule.modes, key=lambda m: m.value):
             where = f"row{index}-{rule.event.name}-{mode.value}"
             yield TableMutant(
-                f"{where}-deleted", mode, tuple(r for n, r in enumerate(TABLE) if n != index)
+                f"{where}-deleted",
+                mode,
+                tuple(r for n, r in enumerate(TABLE) if n != index),
+                updating,
             )
             effects = rule.effects
             for j, effect in enumerate(effects):
@@ -150,6 +155,7 @@ def _mutants() -> Iterator[TableMutant]:
                     f"{where}-drop-{effect.name}",
                     mode,
                     with_effects(effects[:j] + effects[j + 1 :]),
+                    updating,
                 )
             for j in range(len(effects) - 1):
                 swapped = list(effects)
@@ -158,13 +164,17 @@ def _mutants() -> Iterator[TableMutant]:
                     f"{where}-swap-{effects[j].name}-{effects[j + 1].name}",
                     mode,
                     with_effects(tuple(swapped)),
+                    updating,
                 )
             for j, effect in enumerate(effects):
                 if effect in swaps:
                     replaced = list(effects)
                     replaced[j] = swaps[effect]
                     yield TableMutant(
-                        f"{where}-subst-{swaps[effect].name}", mode, with_effects(tuple(replaced))
+                        f"{where}-subst-{swaps[effect].name}",
+                        mode,
+                        with_effects(tuple(replaced)),
+                        updating,
                     )
 
 
@@ -175,7 +185,12 @@ def _model_rejects(mutant: TableMutant) -> str | None:
     """The property the explorer finds broken, or None if the mutant survives every bound."""
     for agents, writes, faults in BOUNDS:
         defn = ProtocolDefinition(
-            mode=mutant.mode, table=mutant.table, agents=agents, writes=writes, fault_budget=faults
+            mode=mutant.mode,
+            table=mutant.table,
+            agents=agents,
+            writes=writes,
+            fault_budget=faults,
+            write_update=mutant.write_update,
         )
         report = explore(defn)
         if not report.ok:
@@ -240,7 +255,7 @@ async def _poll(check: Callable[[], Awaitable[bool]], seconds: float) -> bool:
 async def _seed(
     writer: CoherentL1Tier, holder: CoherentL1Tier, l2_holder: CoherentL1Tier, held: CoherentL1Tier
 ) -> bool:
-    for key in ("k1", "k4", "k5"):
+    for key in ("k1", "k4", "k5", "k9", "k10"):
         await writer.write_through(key, "v1")
     await holder.get("k1")  # an L2 miss: the home, then L2 filled
     await l2_holder.get("k1")  # an L2 hit
@@ -287,6 +302,13 @@ async def run_scenario(
         owner, taker = await agent("owner"), await agent("taker")
         keeper, evictor = await agent("keeper"), await agent("evictor")
         flusher = await agent("flusher")
+        updater = await agent("updater", write_policy="update") if mode is Mode.COHERENT else None
+        uholder = await agent("uholder")  # holds k9 only: its counters are the update's
+        broken_updater = (
+            await agent("brokenupd", server_steps=_failing_relay, write_policy="update")
+            if mode is Mode.COHERENT
+            else None
+        )
         crashed_holder = await agent("crashed", holder_ttl_s=SHORT_HOLDER_TTL_S)
         broken_writer = await agent("broken", server_steps=_failing_relay)
         held = await agent("held", bus=held_bus)
@@ -337,6 +359,61 @@ async def run_scenario(
                 owed = await directory.pending_acks("k1")
                 if owed:
                     problems.append(f"a coherent namespace owes acknowledgements: {owed}")
+
+        async def update_to_holders() -> None:
+            if updater is None:
+                return  # strict mode always invalidates
+            await uholder.get("k9")
+            before = uholder.statistics()
+            if (
+                await _within(
+                    OPERATION_TIMEOUT_S + 1,
+                    "a write-update",
+                    updater.write_through("k9", "v2"),
+                    problems,
+                )
+                is None
+            ):
+                return
+
+            async def updated() -> bool:
+                return uholder.statistics().updates_received > before.updates_received
+
+            if not await _poll(updated, INVALIDATED_WITHIN_S):
+                problems.append("the holder received no update after a write-update returned")
+            if await uholder.get("k9") != "v2":
+                problems.append("the holder still serves v1 after a write-update returned")
+            after = uholder.statistics()
+            if after.invalidations_received != before.invalidations_received:
+                problems.append("a write-update also invalidated the holder")
+            if (after.fills_from_l2, after.fills_from_home) != (
+                before.fills_from_l2,
+                before.fills_from_home,
+            ):
+                problems.append("the holder refetched a key a write-update had sent it")
+            if await fresh.get("k9") != "v2":
+                problems.append("a fresh reader got v1 after a write-update returned (L2)")
+            if (await HomeStore(home).outbox("k9")) is not None:
+                problems.append("a write-update's outbox entry was left at the home")
+
+        async def update_left_for_a_sweeper() -> None:
+            if broken_updater is None:
+                return
+            await fresh.get("k10")
+            with_error: list[str] = []
+            await _within(
+                OPERATION_TIMEOUT_S + 1, "", broken_updater.write_through("k10", "v2"), with_error
+            )
+            await broken_updater.abandon()
+
+            async def fresh_current() -> bool:
+                return await fresh.get("k10") == "v2"
+
+            if not await _poll(fresh_current, INVALIDATED_WITHIN_S + SWEEP_AFTER_S):
+                problems.append(
+                    "a write-update's writer died before its relay published, and a holder "
+                    "still serves v1: nobody relayed the outbox"
+                )
 
         async def crashed_owner() -> None:
             await owner.set("k2", "unsaved")
@@ -426,6 +503,8 @@ async def run_scenario(
             crashed_holder_strict(),
             relay_left_for_a_sweeper(),
             held_back_holder_strict(),
+            update_to_holders(),
+            update_left_for_a_sweeper(),
             return_exceptions=True,
         )
         for part in parts:
