@@ -19,10 +19,12 @@ from sagemem.coherence.messages import (
     INTEGER_MAX,
     LUA_SEQUENCED,
     MESSAGE_SIZE_MAX_BYTES,
+    UPDATE_VALUE_MAX_BYTES,
     InvalidateMessage,
     MalformedMessage,
     Message,
     RecallMessage,
+    UpdateMessage,
     channel_key,
     channel_name,
     check_agent_id,
@@ -301,7 +303,9 @@ def test_a_channel_name_has_exactly_two_separators(
     assert name.count("|") == 2
     head, tag, tail = name.split("|")
     assert head == f"sagemem-bus:{namespace}:{agent}"
-    assert tag == ("i" if kind is MessageKind.INVALIDATE else "r")
+    assert (
+        tag == {MessageKind.INVALIDATE: "i", MessageKind.RECALL: "r", MessageKind.UPDATE: "u"}[kind]
+    )
     assert tail == channel_key(key)
 
 
@@ -315,3 +319,65 @@ def test_the_scripts_stamp_sequence_numbers_with_the_one_lua_function() -> None:
     head = encode_unsequenced(message).decode()
     tail = LUA_SEQUENCED.split(".. '", 1)[1].split("'", 1)[0]
     assert (head + "41" + tail).encode() == encode(message)
+
+
+# -- write-update -----------------------------------------------------------------------------
+
+updates = st.builds(UpdateMessage, namespaces, keys, integers, json_values, agent_ids, seq=integers)
+
+
+def test_an_update_has_a_compact_wire_form_carrying_its_value() -> None:
+    """An update is an invalidation's object with the committed value beside the version."""
+    message = UpdateMessage("ns", "belief:x", 7, {"a": [1, "é"]}, "agent-a", 12)
+
+    assert (
+        encode(message)
+        == (
+            '{"fmt":1,"kind":"update","ns":"ns","key":"belief:x","version":7,"value":{"a":[1,"é"]},'
+            '"sender":"agent-a","seq":12}'
+        ).encode()
+    )
+
+
+@given(updates)
+def test_every_update_round_trips_and_its_template_plus_seq_is_the_encoding(
+    message: UpdateMessage,
+) -> None:
+    """decode(encode(u)) == u for any JSON value, and the relay script's template (the
+    unsequenced form) plus the seq is the encoding."""
+    raw = encode(message)
+
+    assert decode(raw) == message
+    assert raw == encode_unsequenced(message) + f"{message.seq}}}".encode()
+
+
+def test_only_an_update_may_be_longer_than_the_message_limit() -> None:
+    """An update may carry a value up to UPDATE_VALUE_MAX_BYTES; an invalidation of the same
+    length, or an update beyond both limits, is refused saying why."""
+    big = "x" * (MESSAGE_SIZE_MAX_BYTES + 100)
+    update = UpdateMessage("ns", "k", 1, big, "w")
+    assert decode(encode(update)) == update
+    long_invalidation = _invalidation_fields(padding=big)
+    with pytest.raises(MalformedMessage, match="only an update may carry a value"):
+        decode(long_invalidation)
+    huge = UpdateMessage("ns", "k", 1, "x" * (MESSAGE_SIZE_MAX_BYTES + UPDATE_VALUE_MAX_BYTES), "w")
+    with pytest.raises(MalformedMessage, match="over the limit"):
+        decode(encode(huge))
+
+
+@pytest.mark.parametrize("missing", ["value", "version"])
+def test_an_update_without_its_value_or_version_is_malformed(missing: str) -> None:
+    """An update needs both the version and the value it announces."""
+    fields: dict[str, object] = {
+        "fmt": 1,
+        "kind": "update",
+        "ns": "ns",
+        "key": "k",
+        "version": 3,
+        "value": None,
+        "sender": "w",
+        "seq": 1,
+    }
+    del fields[missing]
+    with pytest.raises(MalformedMessage, match="missing fields"):
+        decode(json.dumps(fields).encode())

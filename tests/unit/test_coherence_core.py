@@ -545,3 +545,47 @@ def test_a_recalled_owner_whose_grant_lapsed_meanwhile_is_fenced_not_stuck() -> 
     assert effects(fenced) == [Effect.REPORT_FENCED]
     assert fenced.actions[-1] == Action(Effect.REPORT_FENCED, version=2, value="late")
     assert core.snapshot(KEY).owner_epoch is None
+
+
+def test_an_update_moves_a_shared_copy_to_the_newer_version() -> None:
+    """Write-update: a Shared holder installs a newer update's version and value and stays S;
+    an older (late) one changes nothing but the floor it already has."""
+    core = AgentCore()
+    fill(core, 1)
+    step = core.handle(KEY, Event.DELIVER_UPDATE, Payload(version=3, value="v3"))
+    assert (step.source, step.target, step.actions) == (L1State.S, L1State.S, ())
+    entry = core.snapshot(KEY)
+    assert (entry.version, entry.value, entry.floor) == (3, "v3", 3)
+    late = core.handle(KEY, Event.DELIVER_UPDATE, Payload(version=2, value="v2"))
+    assert late.target is L1State.S
+    entry = core.snapshot(KEY)
+    assert (entry.version, entry.value, entry.floor) == (3, "v3", 3)
+    assert core.handle(KEY, Event.READ).actions == (
+        Action(Effect.RETURN_VALUE, version=3, value="v3"),
+    )
+
+
+def test_an_update_elsewhere_is_an_invalidation() -> None:
+    """Without a Shared copy an update only raises the floor (I), and a fill in flight is
+    marked invalidated (IS_D to IS_D_I), as an invalidation would."""
+    core = AgentCore()
+    step = core.handle(KEY, Event.DELIVER_UPDATE, Payload(version=4, value="v4"))
+    assert step.target is L1State.I
+    assert core.snapshot(KEY).floor == 4
+    core.handle(KEY, Event.READ)
+    racing = core.handle(KEY, Event.DELIVER_UPDATE, Payload(version=5, value="v5"))
+    assert (racing.source, racing.target) == (L1State.IS_D, L1State.IS_D_I)
+
+
+def test_an_update_needs_its_version_and_strict_mode_never_takes_one() -> None:
+    """An update without a version is a ProtocolError; in strict mode (which never publishes
+    updates) the table calls any update impossible."""
+    core = AgentCore()
+    fill(core, 1)
+    with pytest.raises(ProtocolError, match="update's version and value"):
+        core.handle(KEY, Event.DELIVER_UPDATE, Payload(value="v2"))
+    strict = AgentCore(Mode.STRICT)
+    fill(strict, 1)
+    with pytest.raises(ProtocolError):
+        strict.handle(KEY, Event.DELIVER_UPDATE, Payload(version=2, value="v2"))
+    assert strict.snapshot(KEY).version == 1
