@@ -22,9 +22,9 @@ def _row(event: Event, source: object, guard: Guard | None = None) -> int:
     raise AssertionError(f"no row for {event} in {source}")
 
 
-def _with(index: int, **changes: object) -> tuple[Rule, ...]:
+def _with(index: int, effects: tuple[Effect, ...]) -> tuple[Rule, ...]:
     return tuple(
-        dataclasses.replace(r, **changes) if i == index else r for i, r in enumerate(TABLE)
+        dataclasses.replace(r, effects=effects) if i == index else r for i, r in enumerate(TABLE)
     )
 
 
