@@ -30,6 +30,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
 import sagemem
+from sagemem.coherence.messages import check_agent_id
 from sagemem.errors import (
     ClosedResourceError,
     InvalidValueError,
@@ -66,8 +67,6 @@ class MemoryServerConfig:
 
     def __post_init__(self) -> None:
         check_namespace(self.namespace)
-        from sagemem.coherence.messages import check_agent_id
-
         check_agent_id(self.agent_id)
 
 
