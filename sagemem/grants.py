@@ -60,6 +60,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from sagemem import keyspace
+from sagemem.coherence.home import HomeStore
 from sagemem.coherence.messages import (
     CHANNEL_PREFIX,
     channel_suffix,
@@ -452,10 +453,12 @@ async def create_grant(
 async def _ensure_tables(
     capability: AgentCapability, admin_postgres: str, namespace: str, schema: str
 ) -> None:
-    """Create the L3 table (always) and, when tier 3 is granted and it is missing, the
-    semantic tier's table with the default embedder's size (an existing one is left as is)."""
-    async with L3Tier(admin_postgres, namespace=namespace, schema=schema):
-        pass
+    """Create the L3 table with the coherence home's columns (always) and, when tier 3 is
+    granted and it is missing, the semantic tier's table with the default embedder's size (an
+    existing one is left as is)."""
+    async with L3Tier(admin_postgres, namespace=namespace, schema=schema) as l3:
+        # the coherence home's columns too: the grant's role may not alter the table
+        await HomeStore(l3).ensure_schema()
     if DRAM_INDEX not in capability.tiers:
         return
     connection = await _admin_postgres(admin_postgres)

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from sagemem._lifecycle import AsyncResource
+from sagemem.coherence.home import HomeStore
 from sagemem.conflicts import ConflictPolicy, check_attempts, check_policy, swap_with_policy
 from sagemem.conflicts import update as update_with_retries
 from sagemem.errors import ClosedResourceError, ConfigurationError, SageMemError
@@ -569,7 +570,7 @@ class MemoryHierarchy(AsyncResource):
         if self._coherent is not None:
             home = self.tiers[self._home_index]
             assert isinstance(home, L3Tier)
-            for key in await home.live_keys():
+            for key in await HomeStore(home).live_keys():
                 await self._coherent.delete(key)
             for tier in self.tiers[self._home_index + 1 :]:
                 await tier.clear()
