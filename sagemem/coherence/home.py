@@ -1,8 +1,10 @@
 """`HomeStore`: the Postgres half of the coherence protocol, on the L3 table.
 
-Each method is ONE SQL statement and performs exactly the HOME_* effects of `sagemem.spec` it
-names, with the meaning `spec/model.py` gives them; the statement's answer is the branch (the
-server guard) the agent's core is fed. No transition is decided here.
+Each state change is ONE SQL statement performing exactly the HOME_* effects of `sagemem.spec`
+its method names, with the meaning `spec/model.py` gives them; the statement's answer is the
+branch (the server guard) the agent's core is fed. Some methods read again to build that answer
+(a refused commit reads the recorded outcome and the owner; a compare-and-swap that races
+creators asks again, at most `_CONDITIONAL_ATTEMPTS` times). No transition is decided here.
 
 The home of a key is its L3 row (`L3Tier`'s table). The home owns four more columns of that
 table and adds them itself (`ensure_home_schema`, run before a `HomeStore`'s first statement:
