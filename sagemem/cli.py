@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from sagemem import __version__
+
 __all__ = ["main"]
 
 
@@ -69,8 +71,6 @@ def _version() -> str:
     try:
         return version("sagemem")
     except PackageNotFoundError:  # imported from a source tree that is not installed
-        from sagemem import __version__
-
         return __version__
 
 

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from sagemem.coherence.bus import CoherenceBus
+from sagemem.embedding import Embedder
+from sagemem.errors import ConfigurationError
 from sagemem.hierarchy import MemoryHierarchy
 from sagemem.tiers.base import Tier
-
-if TYPE_CHECKING:
-    from sagemem.coherence.bus import CoherenceBus
-    from sagemem.embedding import Embedder
+from sagemem.tiers.dram import DRAMTier
+from sagemem.tiers.l1 import L1Tier
+from sagemem.tiers.l1_coherent import CoherentL1Tier
+from sagemem.tiers.l2 import L2Tier
+from sagemem.tiers.l3 import L3Tier
 
 __all__ = ["connect"]
 
@@ -84,31 +88,20 @@ def connect(
     writes to the agents holding a copy instead of invalidating it (see `CoherentL1Tier`).
     """
     if embedder is not None and not semantic:
-        from sagemem.errors import ConfigurationError
-
         raise ConfigurationError(
             f"connect(embedder={embedder!r}) needs semantic=True (the embedder serves the "
             "semantic tier)"
         )
     if write_policy != "invalidate" and agent_id is None:
-        from sagemem.errors import ConfigurationError
-
         raise ConfigurationError(
             f"connect(write_policy={write_policy!r:.40}) needs agent_id: the write policy is "
             "the coherent L1's (without agent_id nothing is kept coherent)"
         )
-    from sagemem.tiers.l1 import L1Tier
-    from sagemem.tiers.l2 import L2Tier
-    from sagemem.tiers.l3 import L3Tier
-
     bus = None
     l1: Tier
     if agent_id is None:
         l1 = L1Tier(capacity=l1_capacity)
     else:
-        from sagemem.coherence.bus import CoherenceBus
-        from sagemem.tiers.l1_coherent import CoherentL1Tier
-
         bus = CoherenceBus(redis_url, namespace=namespace)
         l1 = CoherentL1Tier(agent_id, bus, l1_capacity, mode=mode, write_policy=write_policy)
     tiers: list[Tier] = [
@@ -117,7 +110,5 @@ def connect(
         L3Tier(postgres_dsn, namespace=namespace),
     ]
     if semantic:
-        from sagemem.tiers.dram import DRAMTier
-
         tiers.append(DRAMTier(postgres_dsn, namespace=namespace, embedder=embedder))
     return _Connection(MemoryHierarchy(tiers, owns_tiers=True), bus)

@@ -61,11 +61,25 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from sagemem import keyspace
-from sagemem.coherence.messages import CHANNEL_PREFIX, channel_suffix, subscription_pattern
+from sagemem.coherence.home import HomeStore
+from sagemem.coherence.messages import (
+    CHANNEL_PREFIX,
+    channel_suffix,
+    check_agent_id,
+    subscription_pattern,
+)
 from sagemem.errors import ConfigurationError, SageMemError
 from sagemem.keyspace import DIRECTORY_BIRTH_KEY
 from sagemem.scope import DRAM_INDEX, L2_INDEX, L2_SPACE_SUFFIX, L3_INDEX, AgentCapability
+from sagemem.services import (
+    POSTGRES_DSN_ENV,
+    REDIS_URL_ENV,
+    resolve_postgres_dsn,
+    resolve_redis_url,
+)
 from sagemem.spec.vocabulary import MessageKind
+from sagemem.tiers.dram import DRAMTier
+from sagemem.tiers.l3 import L3Tier, check_schema
 from sagemem.values import check_namespace
 
 __all__ = [
@@ -160,14 +174,10 @@ class GrantRecord:
 
 
 def _check_agent(agent_id: object) -> str:
-    from sagemem.coherence.messages import check_agent_id
-
     return check_agent_id(agent_id)
 
 
 def _check_schema(schema: object) -> str:
-    from sagemem.tiers.l3 import check_schema
-
     return check_schema(schema)
 
 
@@ -331,8 +341,6 @@ def _with_credentials(url: str, username: str, password: str) -> str:
 
 
 def _resolve(redis_url: str | None, postgres_dsn: str | None) -> tuple[str, str]:
-    from sagemem.services import resolve_postgres_dsn, resolve_redis_url
-
     return resolve_redis_url(redis_url), resolve_postgres_dsn(postgres_dsn)
 
 
@@ -449,13 +457,12 @@ async def create_grant(
 async def _ensure_tables(
     capability: AgentCapability, admin_postgres: str, namespace: str, schema: str
 ) -> None:
-    """Create the L3 table (always) and, when tier 3 is granted and it is missing, the
-    semantic tier's table with the default embedder's size (an existing one is left as is)."""
-    from sagemem.tiers.dram import DRAMTier
-    from sagemem.tiers.l3 import L3Tier
-
-    async with L3Tier(admin_postgres, namespace=namespace, schema=schema):
-        pass
+    """Create the L3 table with the coherence home's columns (always) and, when tier 3 is
+    granted and it is missing, the semantic tier's table with the default embedder's size (an
+    existing one is left as is)."""
+    async with L3Tier(admin_postgres, namespace=namespace, schema=schema) as l3:
+        # the coherence home's columns too: the grant's role may not alter the table
+        await HomeStore(l3).ensure_schema()
     if DRAM_INDEX not in capability.tiers:
         return
     connection = await _admin_postgres(admin_postgres)
@@ -685,8 +692,6 @@ async def _run(args: argparse.Namespace) -> int:
             redis_url=args.redis_url,
             postgres_dsn=args.postgres_dsn,
         )
-        from sagemem.services import POSTGRES_DSN_ENV, REDIS_URL_ENV
-
         print(f"{REDIS_URL_ENV}={shlex.quote(credentials.redis_url)}")
         print(f"{POSTGRES_DSN_ENV}={shlex.quote(credentials.postgres_dsn)}")
         print(f"export {REDIS_URL_ENV} {POSTGRES_DSN_ENV}")

@@ -36,18 +36,18 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from sagemem._lifecycle import AsyncResource
+from sagemem.coherence.home import HomeStore
 from sagemem.conflicts import ConflictPolicy, check_attempts, check_policy, swap_with_policy
 from sagemem.conflicts import update as update_with_retries
 from sagemem.errors import ClosedResourceError, ConfigurationError, SageMemError
 from sagemem.tiers.base import Tier, TierEntry, TierStatistics
-
-if TYPE_CHECKING:
-    from sagemem.tiers.dram import DRAMTier, IndexEntry
-    from sagemem.tiers.l1_coherent import CoherentL1Tier
-    from sagemem.tiers.l3 import L3Tier
+from sagemem.tiers.dram import DRAMTier, IndexEntry
+from sagemem.tiers.l1_coherent import CoherentL1Tier
+from sagemem.tiers.l2 import L2Tier
+from sagemem.tiers.l3 import L3Tier
 from sagemem.values import JSONValue, check_key, encode_value
 
 __all__ = ["HierarchyStatistics", "MemoryHierarchy"]
@@ -110,7 +110,7 @@ class MemoryHierarchy(AsyncResource):
         self._coherent: CoherentL1Tier | None = None
         self._home_index = -1
         self._l2_index = -1
-        if type(tiers[0]).__module__ == "sagemem.tiers.l1_coherent":
+        if isinstance(tiers[0], CoherentL1Tier):
             self._bind_coherent_l1()
         self._index: DRAMTier | None = None
         self._index_home = -1  # the index of the L3 tier the semantic tier indexes
@@ -122,7 +122,7 @@ class MemoryHierarchy(AsyncResource):
         self._reindexing: asyncio.Task[int] | None = None  # started by connect()
         # Index updates that failed after their write took effect (logged; see _after_commit).
         self.index_failures = 0
-        if any(type(tier).__module__ == "sagemem.tiers.dram" for tier in tiers):
+        if any(isinstance(tier, DRAMTier) for tier in tiers):
             self._bind_semantic_index()
         self._owns_tiers = owns_tiers
         # Awaited by aclose() after the owned tiers are closed (e.g. the bus of a coherent L1
@@ -135,10 +135,6 @@ class MemoryHierarchy(AsyncResource):
 
     def _bind_coherent_l1(self) -> None:
         """Give the coherent L1 the hierarchy's L3 as its home; check the namespaces agree."""
-        from sagemem.tiers.l1_coherent import CoherentL1Tier
-        from sagemem.tiers.l2 import L2Tier
-        from sagemem.tiers.l3 import L3Tier
-
         l1 = self.tiers[0]
         assert isinstance(l1, CoherentL1Tier)
         for index, tier in enumerate(self.tiers):
@@ -179,9 +175,6 @@ class MemoryHierarchy(AsyncResource):
 
     def _bind_semantic_index(self) -> None:
         """Make the first DRAMTier after an L3Tier on the same DSN that L3's search index."""
-        from sagemem.tiers.dram import DRAMTier
-        from sagemem.tiers.l3 import L3Tier
-
         home_index = next(
             (index for index, tier in enumerate(self.tiers) if isinstance(tier, L3Tier)), -1
         )
@@ -532,8 +525,6 @@ class MemoryHierarchy(AsyncResource):
         )
 
     def _plain_home(self) -> tuple[int, L3Tier]:
-        from sagemem.tiers.l3 import L3Tier
-
         for index, tier in enumerate(self.tiers):
             if isinstance(tier, L3Tier):
                 return index, tier
@@ -577,11 +568,9 @@ class MemoryHierarchy(AsyncResource):
         """
         self._check_open()
         if self._coherent is not None:
-            from sagemem.tiers.l3 import L3Tier
-
             home = self.tiers[self._home_index]
             assert isinstance(home, L3Tier)
-            for key in await home.live_keys():
+            for key in await HomeStore(home).live_keys():
                 await self._coherent.delete(key)
             for tier in self.tiers[self._home_index + 1 :]:
                 await tier.clear()

@@ -26,6 +26,7 @@ from sagemem._driver_errors import not_connected, refused_by_server, tier_unavai
 from sagemem.values import JSONValue
 
 __all__ = [
+    "DDL_LOCK_ID",
     "POSTGRES_DRIVER_ERRORS",
     "POSTGRES_HINT",
     "ConnectionPool",
@@ -46,6 +47,10 @@ POSTGRES_HINT: Final = (
     "check that the Postgres server is running and that the DSN (argument or "
     "SAGEMEM_POSTGRES_DSN) points at it; `sagemem services status` shows the embedded servers"
 )
+
+# One advisory lock id for every sagemem DDL (the tiers' tables, the home's columns), so
+# processes connecting at once create objects in turn.
+DDL_LOCK_ID: Final = 0x5A6E_0002
 
 
 class LeaseExpired(TimeoutError):

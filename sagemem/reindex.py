@@ -16,6 +16,10 @@ from collections.abc import Sequence
 
 from sagemem.embedding import Embedder
 from sagemem.errors import ConfigurationError, SageMemError
+from sagemem.evaluation.locomo import build_embedder
+from sagemem.hierarchy import MemoryHierarchy
+from sagemem.tiers.dram import DRAMTier
+from sagemem.tiers.l3 import L3Tier
 
 __all__ = ["main", "reindex"]
 
@@ -31,10 +35,6 @@ async def reindex(
 ) -> int:
     """Index the live L3 entries of `namespace` that have no index row for their version;
     return how many (the embedder must be the application's; default `HashingEmbedder`)."""
-    from sagemem.hierarchy import MemoryHierarchy
-    from sagemem.tiers.dram import DRAMTier
-    from sagemem.tiers.l3 import L3Tier
-
     tiers = [
         L3Tier(postgres_dsn, namespace=namespace, schema=schema),
         DRAMTier(postgres_dsn, namespace=namespace, schema=schema, embedder=embedder),
@@ -75,8 +75,6 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, *, prog: str = "sagemem reindex") -> int:
     """Run `sagemem reindex`; returns the exit status."""
     args = _parser(prog).parse_args(argv)
-    from sagemem.evaluation.locomo import build_embedder
-
     try:
         embedder = build_embedder(args)
         indexed = asyncio.run(

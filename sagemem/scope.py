@@ -35,16 +35,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from sagemem._lifecycle import AsyncResource
+from sagemem.coherence.messages import check_agent_id
+from sagemem.conflicts import ConflictPolicy
 from sagemem.errors import (
     ClosedResourceError,
     ConfigurationError,
     ScopeViolationError,
 )
+from sagemem.hierarchy import MemoryHierarchy
 from sagemem.tiers.base import Tier, TierEntry
 from sagemem.tiers.l1 import L1Tier
+from sagemem.tiers.l2 import L2Tier
 from sagemem.values import (
     DERIVED_NAMESPACE_SUFFIX,
     KEY_LENGTH_MAX,
@@ -53,10 +57,6 @@ from sagemem.values import (
     check_namespace,
     encode_value,
 )
-
-if TYPE_CHECKING:
-    from sagemem.conflicts import ConflictPolicy
-    from sagemem.hierarchy import MemoryHierarchy
 
 __all__ = [
     "DRAM_INDEX",
@@ -307,9 +307,6 @@ class ScopedHierarchy(AsyncResource):
         l2_space: Tier | None = None,
         l1_capacity: int = 1024,
     ) -> None:
-        from sagemem.coherence.messages import check_agent_id
-        from sagemem.hierarchy import MemoryHierarchy
-
         if not isinstance(hierarchy, MemoryHierarchy):
             raise ConfigurationError(
                 f"ScopedHierarchy needs a MemoryHierarchy, got {type(hierarchy).__name__}"
@@ -343,8 +340,6 @@ class ScopedHierarchy(AsyncResource):
 
     @staticmethod
     def __derive_l2_space(tiers: tuple[Tier, ...]) -> Tier | None:
-        from sagemem.tiers.l2 import L2Tier
-
         if len(tiers) <= L2_INDEX:
             return None
         shared = tiers[L2_INDEX]

@@ -1,15 +1,21 @@
 """`HomeStore`: the Postgres half of the coherence protocol, on the L3 table.
 
-Each method is ONE SQL statement and performs exactly the HOME_* effects of `sagemem.spec` it
-names, with the meaning `spec/model.py` gives them; the statement's answer is the branch (the
-server guard) the agent's core is fed. No transition is decided here.
+Each state change is ONE SQL statement performing exactly the HOME_* effects of `sagemem.spec`
+its method names, with the meaning `spec/model.py` gives them; the statement's answer is the
+branch (the server guard) the agent's core is fed. Some methods read again to build that answer
+(a refused commit reads the recorded outcome and the owner; a compare-and-swap that races
+creators asks again, at most `_CONDITIONAL_ATTEMPTS` times). No transition is decided here.
 
-The home of a key is its L3 row (`L3Tier`'s table), which carries three more columns:
+The home of a key is its L3 row (`L3Tier`'s table). The home owns four more columns of that
+table and adds them itself (`ensure_home_schema`, run before a `HomeStore`'s first statement:
+`ALTER TABLE ... ADD COLUMN IF NOT EXISTS`, so a table made by any earlier sagemem is kept):
 
 - `owner`: the grant of an L1 writer, `<agent id>/<incarnation>`, so a restarted agent (a new
   incarnation) is never mistaken for the owner it replaced; NULL when nobody owns the key;
 - `owner_deadline`: the end of the owner's lease on the server's clock (renewed by the owner);
 - `outbox`: the committed (or reserved) version whose invalidations are still to be published.
+- `ops`: the outcomes of the key's latest protocol commits, {operation id: [version, existed]},
+  so a commit retried after a lost reply learns its own outcome.
 
 The grant's epoch is the version it reserved: while an agent owns a key the row's version is
 that epoch (nobody else can move it), so a write-back fenced by `(owner, version)` is refused
@@ -28,13 +34,17 @@ tombstone if none): read owned keys through the protocol (a fill recalls the own
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+import asyncpg
+
 from sagemem.coherence.core import ABSENT
 from sagemem.errors import TierUnavailable
-from sagemem.postgres import RowTable, jsonb_text
+from sagemem.postgres import DDL_LOCK_ID, RowTable, Statements, jsonb_text
 from sagemem.spec.vocabulary import Guard
 from sagemem.values import JSONValue, check_key, decode_value, encode_value
 
@@ -43,7 +53,85 @@ _CONDITIONAL_ATTEMPTS: Final = 5
 # timeout, long before this many later commits of the same key could push its record out.
 _OUTCOMES_KEPT: Final = 32
 
-__all__ = ["ABSENT", "CommitAnswer", "HomeRead", "HomeStore", "owner_token"]
+__all__ = [
+    "ABSENT",
+    "HOME_COLUMNS",
+    "CommitAnswer",
+    "HomeRead",
+    "HomeStore",
+    "ensure_home_schema",
+    "owner_token",
+]
+
+HOME_COLUMNS: Final = ("owner", "owner_deadline", "outbox", "ops")
+_COLUMNS_PRESENT: Final = (
+    "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass($1) "
+    "AND attname::text = ANY($2::text[]) AND attnum > 0 AND NOT attisdropped"
+)
+
+type Fetch = Callable[..., Awaitable[Sequence[asyncpg.Record]]]
+
+
+def _home_schema_statement(table: str) -> str:
+    """One statement adding the home's columns and outbox index to `table` (a quoted
+    "schema"."name") where they are missing, under sagemem's DDL lock (a DO block is one
+    transaction, so the lock covers the changes)."""
+    name = table.rsplit(".", 1)[-1].strip('"')
+    return (
+        "DO $home$ BEGIN "
+        f"PERFORM pg_advisory_xact_lock({DDL_LOCK_ID}); "
+        f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS owner text, "
+        "ADD COLUMN IF NOT EXISTS owner_deadline timestamptz, "
+        "ADD COLUMN IF NOT EXISTS outbox bigint, "
+        "ADD COLUMN IF NOT EXISTS ops jsonb; "
+        f"CREATE INDEX IF NOT EXISTS {name}_outbox ON {table} (namespace) "
+        "WHERE outbox IS NOT NULL; "
+        "END $home$"
+    )
+
+
+async def ensure_home_schema(table: str, fetch: Fetch) -> None:
+    """Add the home's columns (`HOME_COLUMNS`) and outbox index to the L3 table `table` unless
+    every column is there already (then no DDL runs, so a role without the right to alter
+    the table, e.g. a grant's, can use it). `fetch(sql, *args)` runs one statement."""
+    rows = await fetch(_COLUMNS_PRESENT, table, list(HOME_COLUMNS))
+    if rows and int(str(rows[0][0])) == len(HOME_COLUMNS):
+        return
+    await fetch(_home_schema_statement(table))
+
+
+class _SchemaFirst:
+    """A table's `Statements` that make sure the home's columns exist before the first one."""
+
+    def __init__(self, statements: Statements, table: str) -> None:
+        self._statements = statements
+        self._table = table
+        self._ready = False
+        self._lock = asyncio.Lock()
+
+    async def ensure(self) -> None:
+        if self._ready:
+            return
+        async with self._lock:
+            if not self._ready:
+
+                async def fetch(sql: str, *args: object) -> Sequence[asyncpg.Record]:
+                    return await self._statements.fetch("home schema", None, sql, *args)
+
+                await ensure_home_schema(self._table, fetch)
+                self._ready = True
+
+    async def fetchrow(
+        self, operation: str, key: str | None, sql: str, *args: object
+    ) -> asyncpg.Record | None:
+        await self.ensure()
+        return await self._statements.fetchrow(operation, key, sql, *args)
+
+    async def fetch(
+        self, operation: str, key: str | None, sql: str, *args: object
+    ) -> list[asyncpg.Record]:
+        await self.ensure()
+        return await self._statements.fetch(operation, key, sql, *args)
 
 
 def owner_token(agent_id: str, incarnation: str) -> str:
@@ -99,7 +187,7 @@ class HomeStore:
 
     def __init__(self, l3: RowTable) -> None:
         self.l3: Final = l3
-        self._db: Final = l3.statements
+        self._db: Final = _SchemaFirst(l3.statements, l3.table)
         self.namespace: Final = l3.namespace
         t = l3.table
         where = "t.namespace = $1 AND t.key = $2"
@@ -264,6 +352,16 @@ class HomeStore:
             f"SELECT key, owner FROM {t} AS t WHERE t.namespace = $1 AND t.owner IS NOT NULL "
             "AND t.owner_deadline < clock_timestamp() LIMIT 256"
         )
+        self._live_keys = (
+            f"SELECT key FROM {t} WHERE namespace = $1 "
+            "AND (NOT deleted OR owner IS NOT NULL) ORDER BY key"
+        )
+
+    async def ensure_schema(self) -> None:
+        """Add the home's columns to the table if they are missing (done anyway before this
+        store's first statement; call it with an administrator's table to prepare a table
+        that roles without the right to alter it will use)."""
+        await self._db.ensure()
 
     def _value_text(self, value: JSONValue) -> str:
         return jsonb_text(value, encode_value(value, size_max_bytes=self.l3.value_size_max_bytes))
@@ -438,3 +536,9 @@ class HomeStore:
         """(key, owner) of grants whose lease lapsed on the server's clock."""
         rows = await self._db.fetch("home owner sweep", None, self._lapsed_owners, self.namespace)
         return [(str(row[0]), str(row[1])) for row in rows]
+
+    async def live_keys(self) -> list[str]:
+        """Every key of this namespace with a live value or an owner (sorted): the keys the
+        protocol holds, including a tier-0 write whose value is still in its owner's L1."""
+        rows = await self._db.fetch("home live keys", None, self._live_keys, self.namespace)
+        return [str(row[0]) for row in rows]

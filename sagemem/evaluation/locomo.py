@@ -40,8 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+import asyncpg
+
+from sagemem import embedders
 from sagemem.embedding import Embedder, HashingEmbedder
 from sagemem.errors import ConfigurationError, SageMemError
+from sagemem.services import resolve_postgres_dsn
 from sagemem.tiers.dram import SEARCH_MODES, DRAMTier, SearchMode
 from sagemem.values import JSONValue
 
@@ -494,10 +498,6 @@ async def evaluate(
 
 async def drop_schema(dsn: str | None, schema: str) -> None:
     """Drop `schema` and everything in it (the evaluation's own schema)."""
-    import asyncpg
-
-    from sagemem.services import resolve_postgres_dsn
-
     resolved = dsn or await asyncio.to_thread(resolve_postgres_dsn, None)
     connection = await asyncpg.connect(resolved, timeout=30)
     try:
@@ -605,8 +605,6 @@ def build_embedder(args: argparse.Namespace) -> Embedder:
     """The embedder named by --embedder."""
     if args.embedder == "hashing":
         return HashingEmbedder()
-    from sagemem import embedders
-
     if args.embedder == "minilm":
         return embedders.MiniLMEmbedder()
     if args.embedder == "wordllama":

@@ -62,6 +62,7 @@ from langgraph.store.base import (
 )
 
 import sagemem
+from sagemem.coherence.home import HomeStore
 from sagemem.coherence.messages import check_agent_id
 from sagemem.errors import (
     ClosedResourceError,
@@ -958,7 +959,7 @@ class SageMemStore(BaseStore):
         """(namespace, key, stored key) of every live item of this store's namespace."""
         items = []
         # Sorted here: the server sorts by its collation, which differs between servers.
-        for stored_key in sorted(await connected.home.live_keys()):
+        for stored_key in sorted(await HomeStore(connected.home).live_keys()):
             decoded = decode_item_key(stored_key)
             if decoded is not None:
                 items.append((decoded[0], decoded[1], stored_key))

@@ -30,6 +30,8 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
 import sagemem
+from sagemem.coherence.home import HomeStore
+from sagemem.coherence.messages import check_agent_id
 from sagemem.errors import (
     ClosedResourceError,
     InvalidValueError,
@@ -66,8 +68,6 @@ class MemoryServerConfig:
 
     def __post_init__(self) -> None:
         check_namespace(self.namespace)
-        from sagemem.coherence.messages import check_agent_id
-
         check_agent_id(self.agent_id)
 
 
@@ -261,7 +261,7 @@ def build_server(config: MemoryServerConfig) -> MCPServer[Any]:
             _check_limit("limit", limit, _LIST_LIMIT_MAX)
             keys = [
                 key
-                for key in sorted(await memory.home().live_keys())
+                for key in sorted(await HomeStore(memory.home()).live_keys())
                 if key.startswith(prefix) and memory.visible(key)
             ]
         except SageMemError as error:

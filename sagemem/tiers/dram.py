@@ -62,6 +62,7 @@ from pgvector.asyncpg import register_vector
 
 from sagemem._driver_errors import refused_by_server, tier_unavailable
 from sagemem._renamed import UNSET, Unset, renamed
+from sagemem.coherence.home import ensure_home_schema
 from sagemem.embedding import DIMENSIONS_MAX, Embedder, HashingEmbedder
 from sagemem.errors import ConfigurationError, InvalidValueError, SageMemError, TierUnavailable
 from sagemem.tiers.l3 import (
@@ -523,6 +524,9 @@ class DRAMTier(VersionedRowTier):
                     "this tier's database: the semantic tier and L3 must use the same Postgres "
                     "database (connect L3 first)"
                 )
+            # A hit needs the home row's owner (a key reserved by a tier-0 write): the
+            # protocol's columns, which the home adds to the L3 table where missing.
+            await ensure_home_schema(home.table, connection.fetch)
         self._sql_search = _search_statements(
             self.table, _quote(self._vector_schema), None if home is None else home.table
         )

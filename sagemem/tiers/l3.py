@@ -38,6 +38,7 @@ from sagemem._lifecycle import AsyncResource
 from sagemem._renamed import UNSET, Unset, renamed
 from sagemem.errors import ConfigurationError, InvalidValueError, VersionConflict
 from sagemem.postgres import (
+    DDL_LOCK_ID,
     POSTGRES_DRIVER_ERRORS,
     POSTGRES_HINT,
     ConnectionPool,
@@ -70,8 +71,6 @@ __all__ = [
 SCHEMA_PATTERN: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 # A create-if-absent that races deletes is retried this often before it reports a conflict.
 _CREATE_ATTEMPTS: Final = 5
-# One lock id for every sagemem DDL, so processes connecting at once create objects in turn.
-_DDL_LOCK_ID: Final = 0x5A6E_0002
 
 
 def check_schema(schema: object) -> str:
@@ -360,7 +359,7 @@ class VersionedRowTier(AsyncResource):
                 await self._check_objects(connection)
                 return
         async with asyncio.timeout(self._lease_time_max_s), connection.transaction():
-            await connection.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK_ID)
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", DDL_LOCK_ID)
             await self._create_objects_locked(connection)
         async with asyncio.timeout(self._lease_time_max_s):
             await self._check_objects(connection)
@@ -561,32 +560,14 @@ class L3Tier(VersionedRowTier):
     name: str = "L3"
     _table: ClassVar[str] = "l3_entries"
 
-    def _ddl(self) -> list[str]:
-        # The coherence protocol's home columns (sagemem.coherence.home): who owns the key
-        # (agent and incarnation), until when (server clock), and the committed version whose
-        # invalidations are still to be published (the transactional outbox).
-        return [
-            *super()._ddl(),
-            f"ALTER TABLE {self.table} ADD COLUMN IF NOT EXISTS owner text, "
-            "ADD COLUMN IF NOT EXISTS owner_deadline timestamptz, "
-            "ADD COLUMN IF NOT EXISTS outbox bigint, "
-            # The outcomes of the key's latest protocol commits, {operation id: [version,
-            # existed]}, so a commit retried after a lost reply learns its own outcome.
-            "ADD COLUMN IF NOT EXISTS ops jsonb",
-            f"CREATE INDEX IF NOT EXISTS {self._table}_outbox ON {self.table} (namespace) "
-            "WHERE outbox IS NOT NULL",
-        ]
-
-    def _required_columns(self) -> tuple[str, ...]:
-        return (*super()._required_columns(), "owner", "owner_deadline", "outbox", "ops")
-
     async def live_keys(self) -> list[str]:
-        """Every key of this namespace with a live value or an owner (sorted)."""
+        """Every key of this namespace with a live value (sorted). With a coherence protocol
+        on the table, `sagemem.coherence.home.HomeStore.live_keys` also lists the keys an
+        agent owns whose value is still in its L1."""
         rows = await self._fetch(
             "live keys",
             None,
-            f"SELECT key FROM {self.table} WHERE namespace = $1 "
-            "AND (NOT deleted OR owner IS NOT NULL) ORDER BY key",
+            f"SELECT key FROM {self.table} WHERE namespace = $1 AND NOT deleted ORDER BY key",
             self.namespace,
         )
         return [str(row[0]) for row in rows]

@@ -517,7 +517,7 @@ def stop_redis(services: EmbeddedServices) -> tuple[str, Path]:
         pid = int(client.info("server")["process_id"])
     binary = os.readlink(f"/proc/{pid}/exe")
     config = services.runtime_dir / "valkey" / "valkey.conf"
-    assert config.is_file(), f"services.py no longer writes {config}; update this test"
+    assert config.is_file(), f"sagemem.services no longer writes {config}; update this test"
     os.kill(pid, signal.SIGTERM)
     _wait_gone(pid, "the embedded Redis")
     return binary, config

@@ -16,10 +16,9 @@ from sagemem.errors import (
     TierUnavailable,
     VersionConflict,
 )
-from sagemem.tiers.base import Tier, TierEntry
+from sagemem.tiers.base import TierEntry
 from sagemem.tiers.dram import DRAMTier, SearchHit
 from sagemem.values import JSONValue
-from tests.json_samples import TRICKY_VALUES, assert_same_json
 
 CORPUS: dict[str, JSONValue] = {
     "cats": "cats are small furry pets that purr and chase mice",
@@ -52,33 +51,6 @@ async def dram(postgres_dsn: str, namespace: str, pg_schema: str) -> AsyncIterat
 async def _store_corpus(tier: DRAMTier) -> None:
     for key, value in CORPUS.items():
         await tier.set(key, value)
-
-
-async def test_dram_is_a_tier(dram: DRAMTier) -> None:
-    """DRAMTier implements the Tier protocol (statically and at run time), named 'DRAM'."""
-    as_tier: Tier = dram  # mypy checks the protocol statically here
-    assert isinstance(as_tier, Tier)
-    assert dram.name == "DRAM"
-
-
-@pytest.mark.parametrize("value", TRICKY_VALUES, ids=repr)
-async def test_tricky_values_read_back_equal_with_the_same_types(
-    dram: DRAMTier, value: JSONValue
-) -> None:
-    """Exact lookup returns every JSON value equal, with the same types."""
-    version = await dram.set("tricky", value)
-    entry = await dram.read("tricky")
-    assert entry is not None
-    assert entry.version == version
-    assert_same_json(value, entry.value)
-
-
-async def test_stored_none_is_an_entry_and_a_missing_key_is_a_miss(dram: DRAMTier) -> None:
-    """A stored None is an entry; a key never written is a miss."""
-    version = await dram.set("none", None)
-    assert TierEntry(None, version) == await dram.read("none")
-    assert await dram.read("missing") is None
-    assert await dram.get("missing", default=1) == 1
 
 
 @pytest.mark.parametrize(("query", "expected_key"), QUERIES)

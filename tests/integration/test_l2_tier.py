@@ -19,10 +19,8 @@ from sagemem.errors import (
     TierUnavailable,
     ValueTooLargeError,
 )
-from sagemem.tiers.base import Tier, TierEntry
+from sagemem.tiers.base import TierEntry
 from sagemem.tiers.l2 import L2Tier
-from sagemem.values import JSONValue
-from tests.json_samples import TRICKY_VALUES, assert_same_json
 
 
 @pytest.fixture
@@ -52,69 +50,6 @@ def _closed_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port
-
-
-async def test_l2_is_a_tier(l2: L2Tier) -> None:
-    """L2Tier implements the Tier protocol (statically and at run time), named 'L2'."""
-    as_tier: Tier = l2  # mypy checks the protocol statically here
-    assert isinstance(as_tier, Tier)
-    assert l2.name == "L2"
-
-
-@pytest.mark.parametrize("value", TRICKY_VALUES, ids=repr)
-async def test_tricky_values_read_back_equal_with_the_same_types(
-    l2: L2Tier, value: JSONValue
-) -> None:
-    """Every JSON value reads back equal, with the same types and even the same repr."""
-    await l2.set("tricky", value)
-    entry = await l2.read("tricky")
-    assert entry is not None
-    assert_same_json(value, entry.value)
-    assert repr(value) == repr(entry.value)
-
-
-async def test_stored_none_is_an_entry_and_a_missing_key_is_a_miss(l2: L2Tier) -> None:
-    """read() returns TierEntry(None) for a stored None and None for a key never written."""
-    await l2.set("none", None)
-    assert TierEntry(None, None) == await l2.read("none")
-    assert await l2.read("missing") is None
-    assert await l2.get("missing", default="fallback") == "fallback"
-    assert await l2.get("none", default="fallback") is None
-    assert await l2.exists("none")
-    assert not await l2.exists("missing")
-
-
-async def test_write_has_no_version_and_fill_keeps_the_home_version(l2: L2Tier) -> None:
-    """A direct write carries no version; a fill carries the version of the promoted copy."""
-    await l2.write("w", "direct")
-    assert TierEntry("direct", None) == await l2.read("w")
-    await l2.fill("f", TierEntry({"promoted": True}, 42))
-    assert TierEntry({"promoted": True}, 42) == await l2.read("f")
-
-
-async def test_mutating_passed_or_returned_objects_never_changes_what_is_stored(
-    l2: L2Tier,
-) -> None:
-    """Values are copied in and out: mutations of either side leave the stored value intact."""
-    items: list[JSONValue] = [1, 2]
-    original: dict[str, JSONValue] = {"items": items, "meta": {"n": 1}}
-    await l2.set("copy", original)
-    items.append(3)
-    returned = await l2.get("copy")
-    assert returned == {"items": [1, 2], "meta": {"n": 1}}
-    assert isinstance(returned, dict)
-    meta = returned["meta"]
-    assert isinstance(meta, dict)
-    meta["n"] = 99
-    assert await l2.get("copy") == {"items": [1, 2], "meta": {"n": 1}}
-
-
-async def test_delete_and_exists(l2: L2Tier) -> None:
-    """delete() reports whether the key was there; afterwards the key is a miss."""
-    await l2.set("d", 1)
-    assert await l2.delete("d")
-    assert not await l2.delete("d")
-    assert await l2.read("d") is None
 
 
 async def test_clear_of_one_namespace_leaves_a_prefix_sharing_namespace_alone(

@@ -18,10 +18,10 @@ from sagemem.errors import (
     ValueTooLargeError,
     VersionConflict,
 )
-from sagemem.tiers.base import Tier, TierEntry
+from sagemem.tiers.base import TierEntry
 from sagemem.tiers.l3 import ConnectionPool, L3Tier, LeaseExpired
 from sagemem.values import JSONValue
-from tests.json_samples import TRICKY_VALUES, assert_same_json, json_values
+from tests.json_samples import assert_same_json, json_values
 
 
 @pytest.fixture
@@ -39,24 +39,6 @@ async def _rows(connection: asyncpg.Connection, schema: str) -> list[tuple[objec
     return [tuple(record) for record in records]
 
 
-async def test_l3_is_a_tier(l3: L3Tier) -> None:
-    """L3Tier implements the Tier protocol (statically and at run time), named 'L3'."""
-    as_tier: Tier = l3  # mypy checks the protocol statically here
-    assert isinstance(as_tier, Tier)
-    assert l3.name == "L3"
-
-
-@pytest.mark.parametrize("value", TRICKY_VALUES, ids=repr)
-async def test_tricky_values_read_back_equal_with_the_same_types(
-    l3: L3Tier, value: JSONValue
-) -> None:
-    """Every JSON value reads back equal with the same types (floats stay floats in JSONB)."""
-    await l3.set("tricky", value)
-    entry = await l3.read("tricky")
-    assert entry is not None
-    assert_same_json(value, entry.value)
-
-
 # The tier fixture is shared by all examples on purpose: each example writes the same key.
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -70,34 +52,6 @@ async def test_any_json_value_reads_back_equal_with_the_same_types(
     entry = await l3.read("generated")
     assert entry is not None
     assert_same_json(value, entry.value)
-
-
-async def test_stored_none_is_an_entry_and_a_missing_key_is_a_miss(l3: L3Tier) -> None:
-    """read() returns an entry holding None for a stored None, and None for a key never written."""
-    version = await l3.set("none", None)
-    assert TierEntry(None, version) == await l3.read("none")
-    assert await l3.read("missing") is None
-    assert await l3.get("missing", default="fallback") == "fallback"
-    assert await l3.get("none", default="fallback") is None
-    assert await l3.exists("none")
-    assert not await l3.exists("missing")
-
-
-async def test_mutating_passed_or_returned_objects_never_changes_what_is_stored(
-    l3: L3Tier,
-) -> None:
-    """Values are copied in and out: mutations of either side leave the stored value intact."""
-    items: list[JSONValue] = [1, 2]
-    original: dict[str, JSONValue] = {"items": items, "meta": {"n": 1}}
-    await l3.set("copy", original)
-    items.append(3)
-    returned = await l3.get("copy")
-    assert returned == {"items": [1, 2], "meta": {"n": 1}}
-    assert isinstance(returned, dict)
-    meta = returned["meta"]
-    assert isinstance(meta, dict)
-    meta["n"] = 99
-    assert await l3.get("copy") == {"items": [1, 2], "meta": {"n": 1}}
 
 
 async def test_each_write_returns_the_next_version(l3: L3Tier) -> None:

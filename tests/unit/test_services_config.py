@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-import sagemem.services as services
 from sagemem.errors import ConfigurationError, ServiceError
 from sagemem.services import (
     POSTGRES_DSN_ENV,
@@ -23,7 +22,11 @@ from sagemem.services import (
     ServerStatus,
     ServiceEndpoints,
     format_env_lines,
+    postgres_server,
     redacted_url,
+    redis_server,
+    registry,
+    resolve,
     resolve_postgres_dsn,
     resolve_redis_url,
     run_services_command,
@@ -51,7 +54,7 @@ class FakeEmbeddedServices:
 def fake_embedded(monkeypatch: pytest.MonkeyPatch) -> type[FakeEmbeddedServices]:
     """Replace the embedded servers with the fake and clear the SAGEMEM_* variables."""
     FakeEmbeddedServices.started = []
-    monkeypatch.setattr(services, "EmbeddedServices", FakeEmbeddedServices)
+    monkeypatch.setattr(resolve, "EmbeddedServices", FakeEmbeddedServices)
     monkeypatch.delenv(REDIS_URL_ENV, raising=False)
     monkeypatch.delenv(POSTGRES_DSN_ENV, raising=False)
     return FakeEmbeddedServices
@@ -191,16 +194,18 @@ def test_stale_record_is_replaced_by_fresh_servers(
     write_record(tmp_path, redis_pid=dead_pid(), postgres_pid=dead_pid())
     started: list[Path] = []
 
-    def fake_start_redis(runtime_dir: Path) -> services._RedisRecord:
+    def fake_start_redis(runtime_dir: Path) -> redis_server._RedisRecord:
         started.append(runtime_dir)
-        return services._RedisRecord(pid=os.getpid(), port=2, password=PASSWORD)
+        return redis_server._RedisRecord(pid=os.getpid(), port=2, password=PASSWORD)
 
-    def fake_start_postgres(runtime_dir: Path) -> services._PostgresRecord:
+    def fake_start_postgres(runtime_dir: Path) -> postgres_server._PostgresRecord:
         started.append(runtime_dir)
-        return services._PostgresRecord(pid=os.getpid(), pgdata="/nowhere", dsn="postgresql://x/y")
+        return postgres_server._PostgresRecord(
+            pid=os.getpid(), pgdata="/nowhere", dsn="postgresql://x/y"
+        )
 
-    monkeypatch.setattr(services, "_start_redis", fake_start_redis)
-    monkeypatch.setattr(services, "_start_postgres", fake_start_postgres)
+    monkeypatch.setattr(registry, "_start_redis", fake_start_redis)
+    monkeypatch.setattr(registry, "_start_postgres", fake_start_postgres)
     endpoints = EmbeddedServices(tmp_path).up()
     assert ServiceEndpoints(f"redis://:{PASSWORD}@127.0.0.1:2/0", "postgresql://x/y") == endpoints
     assert [tmp_path, tmp_path] == started
@@ -215,9 +220,9 @@ def test_record_is_readable_by_its_owner_only(
 ) -> None:
     """The record holds the passwords: it is written 0600 even under a permissive umask."""
     monkeypatch.setattr(
-        services,
+        registry,
         "_start_redis",
-        lambda runtime_dir: services._RedisRecord(pid=os.getpid(), port=2, password=PASSWORD),
+        lambda runtime_dir: redis_server._RedisRecord(pid=os.getpid(), port=2, password=PASSWORD),
     )
     (tmp_path / "services.json").write_text("{}")
     os.chmod(tmp_path / "services.json", 0o644)
@@ -254,8 +259,8 @@ def test_reprs_and_messages_never_show_a_password(tmp_path: Path) -> None:
     shown = [
         repr(ServiceEndpoints(url, dsn)),
         repr(ServerStatus("redis", ServerState.RUNNING, 1, url)),
-        repr(services._RedisRecord(pid=1, port=1, password=PASSWORD)),
-        repr(services._PostgresRecord(pid=1, pgdata="/t", dsn=dsn)),
+        repr(redis_server._RedisRecord(pid=1, port=1, password=PASSWORD)),
+        repr(postgres_server._PostgresRecord(pid=1, pgdata="/t", dsn=dsn)),
     ]
     with pytest.raises(ConfigurationError) as refused:
         resolve_redis_url(f"http://:{PASSWORD}@h/")
