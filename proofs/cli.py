@@ -388,7 +388,7 @@ def explored_definitions(
     """The definitions the explorer checks in `mode`: the spec's quick or deep set, or one
     definition with the bounds given on the command line."""
     if options.custom_bounds:
-        base = ProtocolDefinition(mode=mode, table=table)
+        base = ProtocolDefinition(mode=mode, table=table, write_update=True)
         return (
             dataclasses.replace(
                 base,
@@ -406,7 +406,8 @@ def _plan(options: CheckOptions, table: tuple[Rule, ...]) -> list[_Task]:
     tasks: list[_Task] = []
     for mode in options.modes:
         base = ProtocolDefinition(mode=mode, table=table)
-        tasks.append(_table_task(base))
+        # the one-step checks cover every offer, the write-update relay and its messages too
+        tasks.append(_table_task(dataclasses.replace(base, write_update=True)))
         tasks.extend(_explore_task(defn) for defn in explored_definitions(options, mode, table))
         tasks.append(_scenario_task(base))
         if not options.custom_bounds:

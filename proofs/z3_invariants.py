@@ -26,6 +26,7 @@ from sagemem.spec.model import (
     OP_WRITE,
     RECALL,
     Request,
+    message_version,
 )
 from sagemem.spec.vocabulary import (
     L1State,
@@ -125,7 +126,9 @@ class Invariants(Terms):
             parts.append((ag["ver"] >= zero) == self.is_state(ag, *HOLDS_VERSION))
             parts.append((ag["data"] >= zero) == self._req_is(ag, Request.DATA))
             parts.append(z3.And(ag["floor"] >= zero, ag["floor"] <= g["home"]))
-            parts += [z3.Implies(box[m], self.v(m) <= g["home"]) for m in self.messages]
+            parts += [
+                z3.Implies(box[m], self.v(message_version(m)) <= g["home"]) for m in self.messages
+            ]
         parts.append(self._at_most_one([z3.Not(self._grant_is(ag, NO_GRANT)) for ag in s.agents]))
         parts.append(self._at_most_one([ag["l2_lease"] for ag in s.agents]))
         return z3.And(*parts)

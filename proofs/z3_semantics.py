@@ -35,6 +35,8 @@ from sagemem.spec.model import (
     VERSION_CREATING,
     Request,
     initial_state,
+    is_update,
+    message_version,
 )
 from sagemem.spec.table import Refusal, RefusalKind, RowKey, Rule
 from sagemem.spec.vocabulary import (
@@ -87,9 +89,15 @@ class Semantics(Terms):
             case Guard.CONN_MISSED:
                 return false if ag is None else ag["missed"]
             case Guard.INV_NEWER:
-                return false if ag is None else self.v(payload) > ag["ver"]
+                return false if ag is None else self.v(message_version(payload)) > ag["ver"]
             case Guard.INV_NOT_NEWER:
-                return false if ag is None else self.v(payload) <= ag["ver"]
+                return false if ag is None else self.v(message_version(payload)) <= ag["ver"]
+            case Guard.VALUE_AT_HOME:
+                return z3.And(
+                    g["outbox"] != self.v(0), g["outbox"] == g["home"], z3.Not(g["dirty"])
+                )
+            case Guard.VALUE_AT_OWNER:
+                return z3.And(g["outbox"] != self.v(0), z3.Or(g["outbox"] != g["home"], g["dirty"]))
             case Guard.FETCH_L2_HIT:
                 return g["l2"] >= self.v(0)
             case Guard.FETCH_OWNED:
@@ -192,9 +200,18 @@ class Semantics(Terms):
         w.inboxes[a][RECALL] = z3.And(w.inboxes[a][RECALL], z3.Not(when))
 
     def _add_message(self, w: SymState, i: int, when: Expr, message: Expr) -> None:
+        """A recall (RECALL) or an invalidation of version `message` to agent `i` if `when`."""
         box = w.inboxes[i]
         for m in self.messages:
-            box[m] = z3.Or(box[m], z3.And(when, message == self.v(m)))
+            if not is_update(m):
+                box[m] = z3.Or(box[m], z3.And(when, message == self.v(m)))
+
+    def _add_update(self, w: SymState, i: int, when: Expr, version: Expr) -> None:
+        """A write-update of `version` to agent `i` if `when` (model: UPDATE_BASE + version)."""
+        box = w.inboxes[i]
+        for m in self.messages:
+            if is_update(m):
+                box[m] = z3.Or(box[m], z3.And(when, version == self.v(message_version(m))))
 
     def apply(
         self, effect: Effect, w: SymState, a: int | None, payload: int
@@ -227,7 +244,9 @@ class Semantics(Terms):
             case Effect.DROP_COPY:
                 ag["ver"] = self.v(-1)
             case Effect.NOTE_INVALIDATION:
-                ag["floor"] = self._max(ag["floor"], self.v(payload))
+                ag["floor"] = self._max(ag["floor"], self.v(message_version(payload)))
+            case Effect.INSTALL_UPDATE:
+                ag["ver"] = self.v(message_version(payload))
             case Effect.ACK_WRITE:
                 g["violation"] = z3.If(
                     z3.And(
@@ -272,7 +291,7 @@ class Semantics(Terms):
                 ag["data"] = self.v(-1)
                 ag["floor"] = self.v(0)
                 ag["missed"] = z3.BoolVal(False)
-                w.inboxes[a] = [z3.BoolVal(False) for _ in self.messages]
+                w.inboxes[a] = {m: z3.BoolVal(False) for m in self.messages}
                 ag["req"] = req("req", Request.NONE)
                 ag["lease"] = z3.BoolVal(False)
                 ag["rlease"] = z3.BoolVal(False)
@@ -314,7 +333,7 @@ class Semantics(Terms):
                     w.inboxes[a][payload] = z3.BoolVal(False)
             case Effect.DISCARD_ALL_MESSAGES:
                 assert a is not None
-                w.inboxes[a] = [z3.BoolVal(False) for _ in self.messages]
+                w.inboxes[a] = {m: z3.BoolVal(False) for m in self.messages}
             case Effect.MARK_MISSED:
                 ag["missed"] = z3.BoolVal(True)
             case Effect.DIRECTORY_ADD_HOLDER:
@@ -335,6 +354,9 @@ class Semantics(Terms):
                     if effect is Effect.PUBLISH_INVALIDATIONS_AWAIT_ACKS:
                         other["ack_owed"] = z3.Or(other["ack_owed"], holder)
                     other["registered"] = z3.BoolVal(False)
+            case Effect.PUBLISH_UPDATES:
+                for i, other in enumerate(w.agents):  # the holders stay registered
+                    self._add_update(w, i, other["registered"], g["outbox"])
             case Effect.L2_READ:
                 ag["data"] = g["l2"]
                 ag["l2_lease"] = z3.BoolVal(False)
@@ -453,6 +475,8 @@ class Semantics(Terms):
             for m in self.messages:
                 if m == RECALL:
                     yield Event.DELIVER_RECALL, a, RECALL, box[m]
+                elif is_update(m):
+                    yield Event.DELIVER_UPDATE, a, m, box[m]
                 else:
                     yield Event.DELIVER_INVALIDATE, a, m, box[m]
                 if Event.DROP_MESSAGE in faults:
@@ -471,6 +495,8 @@ class Semantics(Terms):
             yield Event.HOME_EXPIRE_OWNER, a, 0, z3.Not(self._grant_is(ag, NO_GRANT))
             yield Event.HOLDER_EXPIRE, a, 0, ag["ack_owed"]
         yield Event.OUTBOX_RELAY, None, 0, s.g["outbox"] != self.v(0)
+        if self.defn.write_update:
+            yield Event.OUTBOX_RELAY_UPDATE, None, 0, s.g["outbox"] != self.v(0)
         if Event.L2_EVICT in faults:
             yield Event.L2_EVICT, None, 0, z3.And(fault_ok, s.g["l2"] >= self.v(0))
 
@@ -538,12 +564,13 @@ class Semantics(Terms):
                     kind = EVENT_KIND[event]
                     if event in FAULT_EVENT_SET:
                         target.g["faults"] = s.g["faults"] + self.v(1)
-                    if event in (Event.DELIVER_INVALIDATE, Event.DELIVER_RECALL):
+                    if event in _MESSAGE_EVENTS:
                         assert a is not None
                         target.inboxes[a][payload] = z3.BoolVal(False)
-                        if event is Event.DELIVER_INVALIDATE:
+                        if event is not Event.DELIVER_RECALL:
                             told = target.agents[a]["told"]
-                            target.agents[a]["told"] = self._max(told, self.v(payload))
+                            announced = self.v(message_version(payload))
+                            target.agents[a]["told"] = self._max(told, announced)
                     if kind is EventKind.USER and VERSION_CREATING.intersection(rule.effects):
                         conditions.append(s.g["writes"] < self.v(self.defn.writes))
                         target.g["writes"] = s.g["writes"] + self.v(1)
@@ -579,12 +606,16 @@ class Semantics(Terms):
         return z3.And(*parts)
 
 
+_MESSAGE_EVENTS: Final = frozenset(
+    {Event.DELIVER_INVALIDATE, Event.DELIVER_RECALL, Event.DELIVER_UPDATE}
+)
 _AGENTLESS_EFFECTS: Final = frozenset(
     {
         Effect.MARK_DIRTY,
         Effect.SEND_RECALL,
         Effect.PUBLISH_INVALIDATIONS,
         Effect.PUBLISH_INVALIDATIONS_AWAIT_ACKS,
+        Effect.PUBLISH_UPDATES,
         Effect.L2_DELETE,
         Effect.L2_EVICT_COPY,
         Effect.L2_SET_IF_NEWER,

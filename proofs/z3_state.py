@@ -29,6 +29,7 @@ from sagemem.spec.model import (
     NO_GRANT,
     UNENCODED_AGENT_FIELDS,
     UNENCODED_GLOBAL_FIELDS,
+    UPDATE_BASE,
     AgentState,
     ProtocolDefinition,
     Request,
@@ -187,20 +188,20 @@ class SymState:
     """A global state as terms: per agent a field dict plus an inbox (one Boolean per message)."""
 
     agents: list[dict[str, Expr]]
-    inboxes: list[list[Expr]]
+    inboxes: list[dict[int, Expr]]  # per agent: the model's message id -> "in flight"
     g: dict[str, Expr]
 
     def copy(self) -> SymState:
         """A shallow copy whose dicts and lists may be updated without touching this one."""
         return SymState(
-            [dict(ag) for ag in self.agents], [list(box) for box in self.inboxes], dict(self.g)
+            [dict(ag) for ag in self.agents], [dict(box) for box in self.inboxes], dict(self.g)
         )
 
     def terms(self) -> Iterator[Expr]:
         """Every term, in a fixed order (agents, their inboxes, then the globals)."""
         for ag, box in zip(self.agents, self.inboxes, strict=True):
             yield from ag.values()
-            yield from box
+            yield from box.values()
         yield from self.g.values()
 
 
@@ -237,7 +238,12 @@ class Terms:
         # overruns the bound is reported by the type invariant before it could wrap around
         needed = 2 * self.max_version + 4
         self.width = max(4, needed.bit_length() + 1)
-        self.messages = range(self.max_version + 1)  # RECALL=0, INV(n)=n for n <= bound
+        # RECALL=0, INV(n)=n for n <= bound, and with write-update UPD(n)=UPDATE_BASE+n
+        self.messages: tuple[int, ...] = tuple(range(self.max_version + 1)) + (
+            tuple(UPDATE_BASE + n for n in range(1, self.max_version + 1))
+            if defn.write_update
+            else ()
+        )
         self._steps_cache: dict[int, list[Step]] = {}
 
     # ------------------------------------------------------------------------------ terms
@@ -270,23 +276,25 @@ class Terms:
             {f: self._var(k, f"{prefix}_a{i}_{f}") for f, k in AGENT_FIELDS.items()}
             for i in range(self.n)
         ]
-        inboxes = [[z3.Bool(f"{prefix}_a{i}_msg{m}") for m in self.messages] for i in range(self.n)]
+        inboxes = [
+            {m: z3.Bool(f"{prefix}_a{i}_msg{m}") for m in self.messages} for i in range(self.n)
+        ]
         g = {f: self._var(k, f"{prefix}_{f}") for f, k in GLOBAL_FIELDS.items()}
         return SymState(agents, inboxes, g)
 
     def concrete(self, state: State) -> SymState:
         """The constant terms of a model state (its violation text kept as its kind)."""
         agents: list[dict[str, Expr]] = []
-        inboxes: list[list[Expr]] = []
+        inboxes: list[dict[int, Expr]] = []
         for ag in state.agents:
             agents.append({f: self._const(k, getattr(ag, f)) for f, k in AGENT_FIELDS.items()})
             unknown = [m for m in ag.inbox if m not in self.messages]
             if unknown:
                 raise ValueError(
-                    f"message(s) {unknown} are outside the encoded range 0..{self.max_version}; "
+                    f"message(s) {unknown} are outside the encoded ones {list(self.messages)}; "
                     "the state breaks the type invariant"
                 )
-            inboxes.append([z3.BoolVal(m in ag.inbox) for m in self.messages])
+            inboxes.append({m: z3.BoolVal(m in ag.inbox) for m in self.messages})
         category = violation_category(state.violation)
         codes = {text: code for code, text in VIOLATION_CODES.items()}
         if category not in codes:

@@ -256,7 +256,14 @@ def encode_unsequenced(message: Message) -> bytes:
     if isinstance(message, InvalidateMessage):
         body = f'"version":{message.version},"sender":{_dumps(message.sender)},'
     elif isinstance(message, UpdateMessage):
-        value = json.dumps(message.value, ensure_ascii=False, separators=(",", ":"))
+        try:
+            value = json.dumps(
+                message.value, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            )
+        except (TypeError, ValueError) as error:
+            raise MalformedMessage(
+                f"an update's value must be a JSON value (no NaN or infinity): {error}"
+            ) from None
         body = f'"version":{message.version},"value":{value},"sender":{_dumps(message.sender)},'
     else:
         epoch = "" if message.owner_epoch is None else f'"owner_epoch":{message.owner_epoch},'

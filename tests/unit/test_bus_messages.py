@@ -323,7 +323,27 @@ def test_the_scripts_stamp_sequence_numbers_with_the_one_lua_function() -> None:
 
 # -- write-update -----------------------------------------------------------------------------
 
-updates = st.builds(UpdateMessage, namespaces, keys, integers, json_values, agent_ids, seq=integers)
+update_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+updates = st.builds(
+    UpdateMessage, namespaces, keys, integers, update_values, agent_ids, seq=integers
+)
+
+
+def test_an_update_of_a_value_json_cannot_carry_is_refused() -> None:
+    """NaN, infinity or a non-JSON object in an update is a MalformedMessage, never sent."""
+    for value in (float("nan"), float("inf"), {1, 2}):
+        with pytest.raises(MalformedMessage, match="JSON value"):
+            encode(UpdateMessage("ns", "k", 1, value, "w"))
 
 
 def test_an_update_has_a_compact_wire_form_carrying_its_value() -> None:

@@ -30,8 +30,9 @@ MODES = pytest.mark.parametrize("mode", list(Mode), ids=lambda mode: mode.value)
 
 
 def _three_agents(mode: Mode) -> ProtocolDefinition:
-    """The first quick bound: 3 agents, 1 write, one fault per run (every fault event)."""
-    return ProtocolDefinition(mode=mode, agents=3, writes=1, fault_budget=1)
+    """The first quick bound: 3 agents, 1 write, one fault per run (every fault event), and
+    the write-update relay offered beside the invalidating one, as in the quick check."""
+    return ProtocolDefinition(mode=mode, agents=3, writes=1, fault_budget=1, write_update=True)
 
 
 def _small(mode: Mode) -> ProtocolDefinition:
