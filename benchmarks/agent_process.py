@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import logging
+import os
 import random
 import sys
 import time
@@ -287,6 +289,10 @@ async def _serve(index: int) -> int:
         await agent.close()
 
 
+PROFILE_VARIABLE = "SAGEMEM_BENCH_PROFILE_DIR"
+"""Set to a folder to profile every agent process's CPU there (diagnosis only)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve the coordinator's commands until `quit` or end of input; the exit status."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
@@ -294,7 +300,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     round_trips.install()
-    return asyncio.run(_serve(args.agent_index))
+    profile_dir = os.environ.get(PROFILE_VARIABLE)
+    if not profile_dir:
+        return asyncio.run(_serve(args.agent_index))
+    # Where an agent's CPU goes: a CPU-time profile of the whole process, one file per agent
+    # (`python -m pstats <dir>/agent-<i>.prof`). Profiling slows the agent: never in a run
+    # whose numbers are reported.
+    profiler = cProfile.Profile(time.process_time)
+    try:
+        return profiler.runcall(asyncio.run, _serve(args.agent_index))
+    finally:
+        profiler.dump_stats(os.path.join(profile_dir, f"agent-{args.agent_index}.prof"))
 
 
 if __name__ == "__main__":
