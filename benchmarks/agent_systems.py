@@ -129,6 +129,7 @@ class SagememSystem(_HierarchyOperations):
 
     def counters(self) -> dict[str, int]:
         stats = self._l1.statistics()
+        bus = self._l1.bus.statistics()
         return {
             "l1_hits": stats.hits,
             "l1_misses": stats.misses,
@@ -144,6 +145,7 @@ class SagememSystem(_HierarchyOperations):
             + stats.updates_sent
             + stats.recalls_sent,
             "bus_losses": stats.disconnects,  # detected losses (sequence gaps, reconnects)
+            "bus_dropped": bus.malformed_messages + bus.misaddressed_messages + bus.handler_errors,
         }
 
 

@@ -397,6 +397,7 @@ class Cell:
     messages_to_holders: int | None
     messages_delivered: int | None
     bus_losses: int | None  # losses the agents' buses detected in the run (then a RESYNC)
+    bus_dropped: int | None  # messages the buses dropped: malformed, misaddressed, handler errors
     redis_commands_per_op: float  # server side: INFO commandstats, every client of the server
     redis_round_trips_per_op: float  # client side: this run's agents only
     postgres_round_trips_per_op: float
@@ -519,6 +520,7 @@ def measure_cell(
         messages_to_holders=to_holders,
         messages_delivered=delivered,
         bus_losses=_run_delta(answers, settled_answers, "bus_losses"),
+        bus_dropped=_run_delta(answers, settled_answers, "bus_dropped"),
         redis_commands_per_op=(server_commands[1] - server_commands[0]) / max(ops, 1),
         redis_round_trips_per_op=redis_trips / max(ops, 1),
         postgres_round_trips_per_op=postgres_trips / max(ops, 1),
@@ -892,6 +894,7 @@ def summarise_cells(cells: Sequence[Cell]) -> list[dict[str, Any]]:
                 "messages_to_holders": _total(c.messages_to_holders for c in group),
                 "messages_delivered": _total(c.messages_delivered for c in group),
                 "bus_losses": _total(c.bus_losses for c in group),
+                "bus_dropped": _total(c.bus_dropped for c in group),
                 "redis_commands_per_op": statistics.median(c.redis_commands_per_op for c in group),
                 "redis_round_trips_per_op": statistics.median(
                     c.redis_round_trips_per_op for c in group
