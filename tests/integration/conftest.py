@@ -29,6 +29,7 @@ from sagemem.services import (
     remove_abandoned_private_runtime_dirs,
 )
 from sagemem.values import NAMESPACE_PATTERN
+from tests.integration.coherent_cluster import Cluster
 
 _DROP_TIMEOUT_S = 30.0
 
@@ -130,3 +131,18 @@ async def raw_postgres(postgres_dsn: str) -> AsyncIterator[asyncpg.Connection]:
         yield connection
     finally:
         await connection.close(timeout=10)
+
+
+@pytest.fixture
+async def cluster(
+    redis_url: str, postgres_dsn: str, namespace: str, pg_schema: str
+) -> AsyncIterator[Cluster]:
+    """A bus, a shared home and L2 in a fresh namespace and schema; agents via `agent()`."""
+    made = Cluster(redis_url, postgres_dsn, namespace, pg_schema)
+    await made.bus.connect()
+    await made.home.connect()
+    await made.l2.connect()
+    try:
+        yield made
+    finally:
+        await made.aclose()

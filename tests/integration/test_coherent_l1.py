@@ -5,11 +5,10 @@ agent's adapter at the exact point where the race window opens."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from sagemem.coherence.bus import CoherenceBus
 from sagemem.coherence.core import AgentCore, TraceRecord
@@ -31,52 +30,11 @@ from sagemem.tiers.l1_coherent import CoherentL1Tier, L1State
 from sagemem.tiers.l2 import L2Tier
 from sagemem.tiers.l3 import L3Tier
 from sagemem.values import JSONValue
+from tests.integration.coherent_cluster import Cluster
 from tests.integration.polling import wait_until
 from tests.json_samples import TRICKY_VALUES, assert_same_json
 
 WAIT_S = 10.0
-
-
-class Cluster:
-    """A bus, a shared home and L2, and coherent agents over them (one process)."""
-
-    def __init__(self, redis_url: str, dsn: str, namespace: str, schema: str) -> None:
-        self.bus = CoherenceBus(url=redis_url, namespace=namespace)
-        self.home = L3Tier(dsn=dsn, namespace=namespace, schema=schema)
-        self.l2 = L2Tier(url=redis_url, namespace=namespace)
-        self.redis = aioredis.Redis.from_url(redis_url)
-        self.agents: list[CoherentL1Tier] = []
-        self.traces: dict[str, list[TraceRecord]] = {}
-
-    async def agent(self, agent_id: str, **options: Any) -> CoherentL1Tier:
-        trace: list[TraceRecord] = []
-        self.traces[agent_id] = trace
-        l1 = CoherentL1Tier(agent_id, self.bus, home=self.home, tracer=trace.append, **options)
-        await l1.start()
-        self.agents.append(l1)
-        return l1
-
-    async def aclose(self) -> None:
-        for l1 in self.agents:
-            await l1.aclose()
-        await self.l2.aclose()
-        await self.home.aclose()
-        await self.bus.aclose()
-        await self.redis.aclose()
-
-
-@pytest.fixture
-async def cluster(
-    redis_url: str, postgres_dsn: str, namespace: str, pg_schema: str
-) -> AsyncIterator[Cluster]:
-    made = Cluster(redis_url, postgres_dsn, namespace, pg_schema)
-    await made.bus.connect()
-    await made.home.connect()
-    await made.l2.connect()
-    try:
-        yield made
-    finally:
-        await made.aclose()
 
 
 def assert_trace_follows_the_table(records: list[TraceRecord], mode: Mode = Mode.COHERENT) -> None:

@@ -5,61 +5,19 @@ everything else still invalidates."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 import sagemem
 from sagemem.coherence.bus import CoherenceBus
-from sagemem.coherence.core import TraceRecord
 from sagemem.errors import ConfigurationError
 from sagemem.spec.vocabulary import Event, Mode
 from sagemem.tiers.l1_coherent import CoherentL1Tier, L1State
-from sagemem.tiers.l3 import L3Tier
 from sagemem.values import JSONValue
+from tests.integration.coherent_cluster import Cluster
 from tests.integration.polling import wait_until
 from tests.json_samples import TRICKY_VALUES, assert_same_json
-
-
-class Agents:
-    """A bus, a shared home and coherent agents over them (one process), with their traces."""
-
-    def __init__(self, redis_url: str, dsn: str, namespace: str, schema: str) -> None:
-        self.bus = CoherenceBus(redis_url=redis_url, namespace=namespace)
-        self.home = L3Tier(postgres_dsn=dsn, namespace=namespace, schema=schema)
-        self.made: list[CoherentL1Tier] = []
-        self.traces: dict[str, list[TraceRecord]] = {}
-
-    async def agent(self, agent_id: str, **options: Any) -> CoherentL1Tier:
-        trace: list[TraceRecord] = []
-        self.traces[agent_id] = trace
-        l1 = CoherentL1Tier(agent_id, self.bus, home=self.home, tracer=trace.append, **options)
-        await l1.start()
-        self.made.append(l1)
-        return l1
-
-    def fired(self, agent_id: str, event: Event) -> list[TraceRecord]:
-        return [record for record in self.traces[agent_id] if record.event is event]
-
-    async def aclose(self) -> None:
-        for l1 in self.made:
-            await l1.aclose()
-        await self.home.aclose()
-        await self.bus.aclose()
-
-
-@pytest.fixture
-async def agents(
-    redis_url: str, postgres_dsn: str, namespace: str, pg_schema: str
-) -> AsyncIterator[Agents]:
-    made = Agents(redis_url, postgres_dsn, namespace, pg_schema)
-    await made.bus.connect()
-    await made.home.connect()
-    try:
-        yield made
-    finally:
-        await made.aclose()
 
 
 def _fills(l1: CoherentL1Tier) -> int:
@@ -73,11 +31,11 @@ async def _updated(holder: CoherentL1Tier, count: int) -> None:
     await wait_until(lambda: holder.statistics().updates_received >= count, "an update arrived")
 
 
-async def test_a_holder_moves_to_the_written_value_without_a_miss(agents: Agents) -> None:
+async def test_a_holder_moves_to_the_written_value_without_a_miss(cluster: Cluster) -> None:
     """After a write-update returns, a holder's next read is served by its L1 (no fill) on
     the new version."""
-    writer = await agents.agent("writer", write_policy="update")
-    holder = await agents.agent("holder")
+    writer = await cluster.agent("writer", write_policy="update")
+    holder = await cluster.agent("holder")
     await writer.write_through("k", {"n": 1})
     assert await holder.get("k") == {"n": 1}
     fills = _fills(holder)
@@ -89,17 +47,17 @@ async def test_a_holder_moves_to_the_written_value_without_a_miss(agents: Agents
     assert _fills(holder) == fills
     assert holder.core.state("k") is L1State.S
     assert writer.statistics().updates_sent == 1
-    rows = agents.fired("holder", Event.DELIVER_UPDATE)
+    rows = cluster.fired("holder", Event.DELIVER_UPDATE)
     assert [(r.source, r.target) for r in rows] == [(L1State.S, L1State.S)]
 
 
 @pytest.mark.parametrize("value", TRICKY_VALUES, ids=range(len(TRICKY_VALUES)))
 async def test_an_updated_copy_reads_back_equal_to_what_was_written(
-    agents: Agents, value: JSONValue
+    cluster: Cluster, value: JSONValue
 ) -> None:
     """Every kind of JSON value an update carries is read back by the holder as written."""
-    writer = await agents.agent("writer", write_policy="update")
-    holder = await agents.agent("holder")
+    writer = await cluster.agent("writer", write_policy="update")
+    holder = await cluster.agent("holder")
     await writer.write_through("k", "before")
     await holder.get("k")
     await writer.write_through("k", value)
@@ -107,10 +65,10 @@ async def test_an_updated_copy_reads_back_equal_to_what_was_written(
     assert_same_json(await holder.get("k"), value)
 
 
-async def test_the_holder_stays_registered_and_keeps_receiving_updates(agents: Agents) -> None:
+async def test_the_holder_stays_registered_and_keeps_receiving_updates(cluster: Cluster) -> None:
     """An updated holder is still a holder: every later write-update reaches it too."""
-    writer = await agents.agent("writer", write_policy="update")
-    holder = await agents.agent("holder")
+    writer = await cluster.agent("writer", write_policy="update")
+    holder = await cluster.agent("holder")
     await writer.write_through("k", 0)
     await holder.get("k")
     fills = _fills(holder)
@@ -122,11 +80,11 @@ async def test_the_holder_stays_registered_and_keeps_receiving_updates(agents: A
     assert holder.statistics().invalidations_received == 0
 
 
-async def test_a_value_above_the_bound_is_invalidated_instead(agents: Agents) -> None:
+async def test_a_value_above_the_bound_is_invalidated_instead(cluster: Cluster) -> None:
     """A value whose JSON text is longer than update_value_max_bytes invalidates the holders,
     who then miss and read it from the home."""
-    writer = await agents.agent("writer", write_policy="update", update_value_max_bytes=64)
-    holder = await agents.agent("holder")
+    writer = await cluster.agent("writer", write_policy="update", update_value_max_bytes=64)
+    holder = await cluster.agent("holder")
     await writer.write_through("k", "small")
     await holder.get("k")
     await writer.write_through("k", "x" * 100)
@@ -139,11 +97,11 @@ async def test_a_value_above_the_bound_is_invalidated_instead(agents: Agents) ->
     assert holder.statistics().updates_received == 0
 
 
-async def test_a_delete_and_an_owned_write_invalidate(agents: Agents) -> None:
+async def test_a_delete_and_an_owned_write_invalidate(cluster: Cluster) -> None:
     """Only a write-through's committed value is sent: a delete and an ownership grant (whose
     value is at the owner) invalidate the holders."""
-    writer = await agents.agent("writer", write_policy="update")
-    holder = await agents.agent("holder")
+    writer = await cluster.agent("writer", write_policy="update")
+    holder = await cluster.agent("holder")
     await writer.write_through("d", "v1")
     await writer.write_through("o", "v1")
     await holder.get("d")
@@ -159,12 +117,12 @@ async def test_a_delete_and_an_owned_write_invalidate(agents: Agents) -> None:
 
 
 async def test_an_invalidating_writer_and_an_updating_writer_share_a_namespace(
-    agents: Agents,
+    cluster: Cluster,
 ) -> None:
     """The policy is the writer's: holders handle both kinds of message, in any order."""
-    updater = await agents.agent("updater", write_policy="update")
-    invalidator = await agents.agent("invalidator")
-    holder = await agents.agent("holder")
+    updater = await cluster.agent("updater", write_policy="update")
+    invalidator = await cluster.agent("invalidator")
+    holder = await cluster.agent("holder")
     await updater.write_through("k", "u1")
     await holder.get("k")
     await invalidator.write_through("k", "i2")
@@ -174,18 +132,18 @@ async def test_an_invalidating_writer_and_an_updating_writer_share_a_namespace(
     assert await holder.get("k") == "u3"
 
 
-async def test_concurrent_updates_leave_every_holder_on_the_last_version(agents: Agents) -> None:
+async def test_concurrent_updates_leave_every_holder_on_the_last_version(cluster: Cluster) -> None:
     """Updates that race (and may arrive out of order) never move a holder back: once the
     writes return, each holder's copy is the home's last version."""
-    writers = [await agents.agent(f"w{i}", write_policy="update") for i in range(3)]
-    holders = [await agents.agent(f"h{i}") for i in range(3)]
+    writers = [await cluster.agent(f"w{i}", write_policy="update") for i in range(3)]
+    holders = [await cluster.agent(f"h{i}") for i in range(3)]
     await writers[0].write_through("k", -1)
     for holder in holders:
         await holder.get("k")
     await asyncio.gather(
         *(w.write_through("k", 10 * i + n) for i, w in enumerate(writers) for n in range(4))
     )
-    newest = await agents.home.read("k")
+    newest = await cluster.home.read("k")
     assert newest is not None
 
     def settled() -> bool:
