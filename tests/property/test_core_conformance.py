@@ -46,6 +46,7 @@ from sagemem.spec.model import (
     describe,
     holds,
     initial_state,
+    message_version,
     transitions,
 )
 from sagemem.spec.table import GUARD_PARTITIONS, Refusal, RefusalKind, Rule, rows_for
@@ -124,6 +125,9 @@ def answer(
     match event:
         case Event.DELIVER_INVALIDATE:
             return Payload(version=message)
+        case Event.DELIVER_UPDATE:
+            version = message_version(message)
+            return Payload(version=version, value=f"v{version}")
         case Event.WRITE_L1 | Event.WRITE_THROUGH:
             return Payload(value=f"write{state.writes + 1}")
         case Event.FILL_FETCH:
@@ -396,7 +400,7 @@ def test_core_agrees_with_every_reachable_agent_step(mode: Mode) -> None:
     fires the same row in a core seeded with the agent's local fields and leaves the same
     fields, every refused user operation or response is refused by the core too, and no other
     step changes any agent's local fields."""
-    defn = ProtocolDefinition(mode=mode, agents=2, writes=2, fault_budget=1)
+    defn = ProtocolDefinition(mode=mode, agents=2, writes=2, fault_budget=1, write_update=True)
     check = ExhaustiveCheck(defn)
     check.run()
     unfired = {(r.source, r.event, r.guard) for r in agent_rows(defn) - check.fired} - _UNREACHED[

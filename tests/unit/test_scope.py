@@ -281,9 +281,9 @@ def test_prefix_glob_characters_are_escaped() -> None:
 
 
 def test_l3_writer_gets_a_publish_only_selector() -> None:
-    """PUBLISH lives in a selector, apart from PSUBSCRIBE: invalidations only of the write
-    prefixes, recalls of the read prefixes, each prefix encoded as channel names encode keys
-    and glob-escaped, so that `*|i|P*` matches exactly the keys starting with P."""
+    """PUBLISH lives in a selector, apart from PSUBSCRIBE: invalidations and updates only of
+    the write prefixes, recalls of the read prefixes, each prefix encoded as channel names
+    encode keys and glob-escaped, so that `*|i|P*` matches exactly the keys starting with P."""
     capability = AgentCapability(
         tiers={0, 1, 2},
         read_prefixes={2: ("team:", "agent:a:")},
@@ -293,7 +293,8 @@ def test_l3_writer_gets_a_publish_only_selector() -> None:
     selectors = [rule for rule in rules if rule.startswith("(")]
     assert selectors == [
         "(+publish +evalsha +eval +incr +pexpire &sagemem-bus:ns:*|i|agent:a:* "
-        "&sagemem-bus:ns:*|i|x%7C\\*%25* &sagemem-bus:ns:*|r|agent:a:* "
+        "&sagemem-bus:ns:*|i|x%7C\\*%25* &sagemem-bus:ns:*|u|agent:a:* "
+        "&sagemem-bus:ns:*|u|x%7C\\*%25* &sagemem-bus:ns:*|r|agent:a:* "
         "&sagemem-bus:ns:*|r|team:* ~sagemem-bus:ns:*:seq)"
     ]
     assert "%W~sagemem:ns:agent:a:*" in rules
