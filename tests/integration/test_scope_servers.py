@@ -19,8 +19,8 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 
 from sagemem.coherence.bus import BusUnavailable, CoherenceBus
-from sagemem.coherence.directory import RedisDirectory
-from sagemem.coherence.messages import InvalidateMessage, channel_name, encode
+from sagemem.coherence.directory import RELAY_L2_DELETE, RELAY_PUBLISH_UPDATES, RedisDirectory
+from sagemem.coherence.messages import InvalidateMessage, UpdateMessage, channel_name, encode
 from sagemem.errors import ScopeViolationError, VersionConflict
 from sagemem.grants import (
     GrantCredentials,
@@ -806,3 +806,53 @@ async def test_a_bus_on_credentials_without_the_bus_says_why_it_cannot_subscribe
 
         with pytest.raises(BusUnavailable, match="NoPermissionError"):
             await bus.subscribe("intern", ignore)
+
+
+async def test_a_restricted_writer_sends_updates_only_of_keys_it_may_write(
+    coherent_hierarchy: MemoryHierarchy,
+    provision: Provision,
+    admin_redis: aioredis.Redis,
+    namespace: str,
+    pg_schema: str,
+) -> None:
+    """Write-update under a grant: the agent's write-through of a key under its write prefix
+    reaches the boss's copy as an update (the boss keeps hitting, on the new value), but its
+    credentials cannot publish an update of a key it may only read, neither raw (NOPERM) nor
+    through the relay script (ScopeViolationError, nothing deleted)."""
+    boss = coherent_hierarchy.tiers[0]
+    assert isinstance(boss, CoherentL1Tier)
+    await coherent_hierarchy.set("team:plan", "v1", tier_index=2)
+    await coherent_hierarchy.set("agent:a:note", "draft", tier_index=2)
+    assert await coherent_hierarchy.get("team:plan") == "v1"
+    assert await coherent_hierarchy.get("agent:a:note") == "draft"
+    credentials = await provision(TEAM_READER, "a")
+    bus = CoherenceBus(url=credentials.redis_url, namespace=namespace)
+    home = L3Tier(dsn=credentials.postgres_dsn, namespace=namespace, schema=pg_schema)
+    agent = CoherentL1Tier(agent_id="a", bus=bus, home=home, write_policy="update")
+    raw = aioredis.Redis.from_url(credentials.redis_url)
+    try:
+        await bus.connect()
+        await home.connect()
+        await agent.start()
+        await agent.write_through("agent:a:note", {"final": True})
+        await wait_until(lambda: boss.statistics().updates_received == 1, "the boss's update")
+        assert boss.get_state("agent:a:note") is L1State.S
+        assert await coherent_hierarchy.get("agent:a:note") == {"final": True}
+        forged = UpdateMessage(namespace, "team:plan", 99, "forged", "a", seq=1)
+        with pytest.raises(NoPermissionError):
+            await raw.publish(f"sagemem-bus:{namespace}:boss|u|team:plan", encode(forged))
+        copy_key = f"sagemem:{namespace}:team:plan"
+        copy_before = await admin_redis.get(copy_key)
+        directory = RedisDirectory(bus.client, namespace=namespace)
+        with pytest.raises(ScopeViolationError, match="team:plan"):
+            await directory.relay(
+                "team:plan", 99, "a", [RELAY_L2_DELETE, RELAY_PUBLISH_UPDATES], value="forged"
+            )
+        assert await admin_redis.get(copy_key) == copy_before
+        assert await coherent_hierarchy.get("team:plan") == "v1"
+        assert boss.statistics().updates_received == 1
+    finally:
+        await raw.aclose()
+        await agent.aclose()
+        await home.aclose()
+        await bus.aclose()
