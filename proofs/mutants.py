@@ -84,6 +84,7 @@ __all__ = [
     "MutationKind",
     "MutationReport",
     "StateSpaceComparison",
+    "SurvivorRun",
     "SurvivorVerdict",
     "baseline_coverage",
     "changed_keys",
@@ -1007,48 +1008,97 @@ class SurvivorVerdict:
     how: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class SurvivorRun:
+    """One survivor at one bound and mode (passed to `confirm_survivors`' `on_run`): its
+    outcome is "equal state space", "survived exploration" or "killed" (then `violation`
+    names the property and the trace length); states, edges and seconds of its differential
+    exploration."""
+
+    name: str
+    bounds: str
+    mode: Mode
+    outcome: str
+    states: int
+    edges: int
+    seconds: float
+    violation: str = ""
+
+
 def confirm_survivors(
     defn: ProtocolDefinition,
     survivors: Sequence[Mutant],
     *,
     bounds: Sequence[CheckerSpec] | None = None,
     progress: Callable[[str], None] | None = None,
+    on_run: Callable[[SurvivorRun], None] | None = None,
+    modes: Sequence[Mode] = tuple(Mode),
 ) -> tuple[SurvivorVerdict, ...]:
-    """Each survivor at the larger bounds (`equivalence_checkers()`), bound by bound: one
-    exploration of the real table per bound and mode proves the survivors whose reachable
-    state space is the real one's equivalent there (`compare_state_spaces`); each other
-    survivor is explored itself, and killed by the first property it breaks. A survivor
-    killed at one bound is not run at the next."""
+    """Each survivor at the larger bounds (`equivalence_checkers()`), bound by bound and mode
+    by mode: the real table is explored once there and its graph kept (`RealGraph`); each
+    survivor of the mode is then explored differentially against it
+    (`proofs.explore.explore_differential`: only the offers it changes, `changed_keys`, are
+    stepped again, and the states the real table never reached). A survivor whose re-stepped
+    offers all agree with the real steps has exactly the real table's reachable state space
+    and edges there ("equal state space"); any other is checked for every property on its own
+    graph, and killed by the first property it breaks, or survives. A survivor killed at one
+    bound is not run at the next. `on_run` sees every (survivor, bound, mode) as it is done;
+    `modes` chooses the modes and their order (both, coherent first, by default)."""
+    from .explore import RealGraph, explore_differential
+
     chosen = tuple(bounds) if bounds is not None else equivalence_checkers()
     alive = list(survivors)
     how: dict[str, list[str]] = {m.name: [] for m in alive}
     verdicts: dict[str, SurvivorVerdict] = {}
     for spec in chosen:
-        for mode in Mode:
+        for mode in modes:
+            todo = [m for m in alive if mode in m.modes and m.name not in verdicts]
+            if not todo:
+                continue
+            original = _bounded(defn, spec, mode)
             if progress is not None:
-                progress(f"comparing state spaces at {spec.name} in {mode.value}")
-            comparison = compare_state_spaces(defn, alive, spec, mode)
-            if not comparison.report.ok:
-                raise ValueError(
-                    f"the real table fails at {spec.name} in {mode.value}: no mutant can be "
-                    "confirmed against it"
-                )
-            for name in comparison.equal:
-                how[name].append(f"equal state space at {spec.name} in {mode.value}")
-            for m in alive:
-                if m.name not in comparison.differs or m.name in verdicts:
-                    continue
+                progress(f"exploring the real table at {spec.name} in {mode.value}")
+            base = RealGraph.explore(original)
+            for m in todo:
                 if progress is not None:
                     progress(f"exploring {m.name} at {spec.name} in {mode.value}")
-                mutated = dataclasses.replace(mutate_definition(defn, m), mode=mode, name=m.name)
-                report = _run_one(spec, mutated, set())
-                if report is not None and not report.ok and report.counterexample is not None:
-                    verdicts[m.name] = SurvivorVerdict(
-                        m, True, spec.name, mode, _violation_text(report)
+                mutated = dataclasses.replace(mutate_definition(original, m), name=m.name)
+                report = explore_differential(base, mutated, changed_keys(m))
+                states, edges = int(report.summary["states"]), int(report.summary["edges"])
+                seconds = float(report.summary["seconds"])
+                if not report.ok and report.counterexample is not None:
+                    text = _violation_text(report)
+                    verdicts[m.name] = SurvivorVerdict(m, True, spec.name, mode, text)
+                    run = SurvivorRun(
+                        m.name, spec.name, mode, "killed", states, edges, seconds, text
                     )
-                else:
-                    how[m.name].append(f"survived exploration at {spec.name} in {mode.value}")
+                elif report.ok:
+                    outcome = (
+                        "equal state space"
+                        if report.summary.get("equal_state_space") == "yes"
+                        else "survived exploration"
+                    )
+                    how[m.name].append(f"{outcome} at {spec.name} in {mode.value}")
+                    run = SurvivorRun(m.name, spec.name, mode, outcome, states, edges, seconds)
+                else:  # pragma: no cover  # no max_states: an exploration is never cut short
+                    raise AssertionError(f"{m.name}: {report.summary}")
+                if on_run is not None:
+                    on_run(run)
+            del base
         alive = [m for m in alive if m.name not in verdicts]
     return tuple(
         verdicts.get(m.name) or SurvivorVerdict(m, False, how=tuple(how[m.name])) for m in survivors
+    )
+
+
+def _bounded(defn: ProtocolDefinition, spec: CheckerSpec, mode: Mode) -> ProtocolDefinition:
+    """`defn` at `spec`'s bounds (an EXPLORE spec) in `mode`."""
+    return dataclasses.replace(
+        defn,
+        mode=mode,
+        agents=spec.agents,
+        writes=spec.writes,
+        fault_budget=spec.fault_budget,
+        leaves=spec.leaves,
+        l2_rollback=spec.l2_rollback,
     )
