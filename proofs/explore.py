@@ -56,6 +56,14 @@ internal-edge graph, and a cycle, if any, is extracted with networkx. Fair progr
 iterative Tarjan pass over the undisrupted states with an operation in progress (each edge
 keeps its event and whether it answers an operation; each state the events of its
 self-loops); 0.2-0.7 s per quick definition on the loaded 2-core machine.
+
+The search takes each state's verdict and steps from a successor source (`_Source`): the plain
+one (`_Stepper`) steps every state with the definition's table; the graph properties are one
+function (`_analyse`) whatever the source. `explore_differential` explores a mutant against
+the real table's graph kept by `RealGraph.explore` (same bounds and mode): a state the real
+table reached reuses the real steps of every offer the mutant does not change and steps only
+the changed offers again, so a mutant costs about the states it adds, not a new exploration;
+same order of successors, so the same ids, counterexamples and verdicts as `explore`.
 """
 
 from __future__ import annotations
