@@ -48,7 +48,7 @@ from sagemem.spec.vocabulary import Mode
 from .report import CheckReport
 
 if TYPE_CHECKING:
-    from .mutants import MutantOutcome, MutationReport
+    from .mutants import MutantOutcome, MutationReport, SurvivorRun
 
 __all__ = [
     "CheckOptions",
@@ -226,7 +226,8 @@ def _parser() -> argparse.ArgumentParser:
         "--survivors-log",
         metavar="FILE",
         help="with --confirm-survivors: append one JSON line per survivor, bound and mode to "
-        "FILE as each is done (name, bounds, mode, outcome, states, edges, seconds, violation)",
+        "FILE as each is done (name, bounds, mode, outcome, states, edges, seconds, violation); "
+        "the runs FILE already holds are not run again (a second run resumes the first)",
     )
     parser.add_argument(
         "--only",
@@ -641,6 +642,31 @@ def _print_mutation_report(report: MutationReport, *, out: TextIO, line: Progres
         print(f"    invalid {outcome.mutant.name}: {outcome.invalid}", file=out)
 
 
+def _logged_runs(path: str) -> tuple[SurvivorRun, ...]:
+    """The runs an earlier `--survivors-log` recorded in `path` (none if it does not exist):
+    a second run with the same log resumes where the first stopped."""
+    from .mutants import SurvivorRun
+
+    try:
+        with open(path, encoding="utf-8") as log:
+            lines = log.read().splitlines()
+    except FileNotFoundError:
+        return ()
+    return tuple(
+        SurvivorRun(
+            entry["name"],
+            entry["bounds"],
+            Mode(entry["mode"]),
+            entry["outcome"],
+            int(entry["states"]),
+            int(entry["edges"]),
+            float(entry["seconds"]),
+            entry.get("violation", ""),
+        )
+        for entry in map(json.loads, filter(None, lines))
+    )
+
+
 def _confirm(
     defn: ProtocolDefinition,
     survivors: tuple[MutantOutcome, ...],
@@ -650,7 +676,7 @@ def _confirm(
     line: ProgressLine,
 ) -> tuple[MutantOutcome, ...]:
     """The survivors at the larger bounds (`confirm_survivors`); returns those confirmed."""
-    from .mutants import SurvivorRun, confirm_survivors
+    from .mutants import confirm_survivors
 
     def record(run: SurvivorRun) -> None:
         line.show(f"{run.name} at {run.bounds} in {run.mode.value}: {run.outcome}", force=True)
@@ -670,12 +696,14 @@ def _confirm(
         with open(options.survivors_log, "a", encoding="utf-8") as log:
             log.write(json.dumps(entry) + "\n")
 
+    previous = _logged_runs(options.survivors_log) if options.survivors_log else ()
     verdicts = confirm_survivors(
         defn,
         [outcome.mutant for outcome in survivors],
         progress=lambda text: line.show(text),
         on_run=record,
         modes=options.modes,
+        previous=previous,
     )
     confirmed = []
     for outcome, verdict in zip(survivors, verdicts, strict=True):

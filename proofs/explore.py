@@ -199,6 +199,10 @@ class _Source(Protocol):
     def items(self, state: State, base_id: int) -> Iterator[_Item]:
         """Every step of `state`, in the order of `transitions`."""
 
+    def reusable(self, state: State, base_id: int) -> bool:
+        """Whether every step of this real-table state (`base_id` >= 0) is the real one, so
+        the search copies its edges from the `RealGraph` (no invariant check needed)."""
+
 
 def _item(state: State, step: Transition) -> _Item:
     target = canonical(step.target)
@@ -243,6 +247,9 @@ class _Stepper:
 
     def quiescent(self, state: State, base_id: int) -> bool:
         return is_quiescent(self.defn, state)
+
+    def reusable(self, state: State, base_id: int) -> bool:
+        return False
 
     def items(self, state: State, base_id: int) -> Iterator[_Item]:
         fired, record = self.fired_rows, self.record
@@ -349,11 +356,49 @@ def _search(  # one BFS with its bookkeeping, kept in one place
     def fail(sid: int, name: str, text: str, parents: array[int] = parent) -> CheckReport:
         return finish(False, _counterexample(defn, states, parents, sid, name, text))
 
+    def add_real(rid: int, sid: int) -> int:
+        """A new id for the state `rid` of `base`, reached from `sid` (-1 if truncated)."""
+        tid = len(states)
+        if max_states is not None and tid >= max_states:
+            return -1
+        alias[rid] = tid
+        states.append(base_states[rid])
+        base_of.append(rid)
+        parent.append(sid)
+        depth_of.append(depth_of[sid] + 1)
+        queue.append(tid)
+        if progress is not None and tid % PROGRESS_EVERY == 0:
+            progress(len(states), len(edge_dst), depth_of[sid] + 1)
+        return tid
+
     while queue:
         sid = queue.popleft()  # ids are dequeued in order: edge_start[sid], quiescent[sid]
         edge_start.append(len(edge_dst))
         state = states[sid]
         base_id = base_of[sid] if base is not None else -1
+        if base is not None and base_id >= 0 and source.reusable(state, base_id):
+            # every step is the real one: copy the real edges (a real state breaks nothing)
+            first, end = base.start[base_id], base.start[base_id + 1]
+            base_dst = base.dst
+            for k in range(first, end):
+                tid = alias[base_dst[k]]
+                if tid < 0:
+                    tid = add_real(base_dst[k], sid)
+                    if tid < 0:
+                        summary["status"] = f"truncated at max_states={max_states}"
+                        return finish(False, None)
+                edge_dst.append(tid)
+            edge_class.extend(base.klass[first:end])
+            edge_event.extend(base.event[first:end])
+            good = bool(base.quiescent[base_id])
+            quiescent.append(good)
+            loops = 0
+            for k in range(base.loop_start[base_id], base.loop_start[base_id + 1]):
+                loops |= 1 << base.loop_code[k]
+            loop_events.append(loops)
+            if first == end and not good:  # pragma: no cover  # the real table passed
+                return fail(sid, "no_deadlock", "no step is enabled but the state is not quiescent")
+            continue
         broken = source.violation(state, base_id)
         if broken is not None:
             return fail(sid, *broken)
@@ -378,25 +423,25 @@ def _search(  # one BFS with its bookkeeping, kept in one place
             moved = True
             if isinstance(target, int):
                 tid = alias[target]
-                known = tid >= 0
-            else:
-                found_id = ids.get(target)
-                known = found_id is not None
-                tid = found_id if found_id is not None else -1
-            if not known:
+                if tid < 0:
+                    tid = add_real(target, sid)
+                    if tid < 0:
+                        summary["status"] = f"truncated at max_states={max_states}"
+                        return finish(False, None)
+                edge_dst.append(tid)
+                edge_class.append(klass)
+                edge_event.append(code)
+                continue
+            tid = ids.get(target, -1)
+            if tid < 0:
                 tid = len(states)
                 if max_states is not None and tid >= max_states:
                     summary["status"] = f"truncated at max_states={max_states}"
                     return finish(False, None)
-                if isinstance(target, int):
-                    alias[target] = tid
-                    states.append(base_states[target])
-                    base_of.append(target)
-                else:
-                    ids[target] = tid
-                    states.append(target)
-                    if base is not None:
-                        base_of.append(-1)
+                ids[target] = tid
+                states.append(target)
+                if base is not None:
+                    base_of.append(-1)
                 parent.append(sid)
                 depth_of.append(depth_of[sid] + 1)
                 queue.append(tid)
@@ -575,6 +620,7 @@ class RealGraph:
     objects per edge. Build it with `RealGraph.explore`; `report` is that exploration's."""
 
     __slots__ = (
+        "_holding",
         "count",
         "defn",
         "dst",
@@ -606,6 +652,17 @@ class RealGraph:
         self.loop_start = record.loop_start
         self.loop_ordinal = record.loop_ordinal
         self.loop_code = record.loop_code
+        self._holding: dict[L1State, array[int]] | None = None
+
+    def holding(self, state: L1State) -> array[int]:
+        """The ids of the states where some agent is in `state` (indexed once per graph)."""
+        if self._holding is None:
+            index: dict[L1State, array[int]] = {st: array("l") for st in L1State}
+            for rid, real in enumerate(self.states):
+                for st in {agent.st for agent in real.agents}:
+                    index[st].append(rid)
+            self._holding = index
+        return self._holding[state]
 
     @classmethod
     def explore(
@@ -1094,6 +1151,12 @@ class _Differential:
             return bool(self.base.quiescent[base_id])
         return is_quiescent(self.defn, state)
 
+    def reusable(self, state: State, base_id: int) -> bool:
+        if self.verify or self.shared:
+            return False
+        sources = self.sources
+        return not any(agent.st in sources for agent in state.agents)
+
     def _fresh(self, state: State, steps: Iterable[Transition]) -> Iterator[_Item]:
         ids = self.base.ids
         for step in steps:
@@ -1106,22 +1169,14 @@ class _Differential:
                     continue
             yield item
 
-    def items(self, state: State, base_id: int) -> Iterator[_Item]:
-        if base_id < 0:
-            yield from self._fresh(state, transitions(self.defn, state))
-            return
+    def _offers(
+        self, state: State, base_id: int
+    ) -> Iterator[tuple[Event, int | None, int, OfferKey | None, list[_Item]]]:
+        """Every offer of the real state `base_id`: (event, agent, payload, its (row key,
+        event) or None, the real steps of it)."""
         base = self.base
-        first, end = base.start[base_id], base.start[base_id + 1]
-        loop_first, loop_end = base.loop_start[base_id], base.loop_start[base_id + 1]
-        if not self.verify and not self.shared:
-            sources = self.sources
-            if not any(agent.st in sources for agent in state.agents):
-                for k in range(first, end):
-                    yield base.dst[k], base.klass[k], base.event[k]
-                for k in range(loop_first, loop_end):
-                    yield None, 0, base.loop_code[k]
-                return
-        k, loop_k = first, loop_first
+        k, end = base.start[base_id], base.start[base_id + 1]
+        loop_k, loop_end = base.loop_start[base_id], base.loop_start[base_id + 1]
         for ordinal, (event, agent, payload) in enumerate(offers(self.defn, state)):
             old: list[_Item] = []
             while k < end and base.ordinal[k] == ordinal:
@@ -1130,31 +1185,63 @@ class _Differential:
             while loop_k < loop_end and base.loop_ordinal[loop_k] == ordinal:
                 old.append((None, 0, base.loop_code[loop_k]))
                 loop_k += 1
-            key = _offer_key(state, event, agent, payload)
+            yield event, agent, payload, _offer_key(state, event, agent, payload), old
+        if k != end or loop_k != loop_end:  # pragma: no cover  # the same offers both times
+            raise AssertionError("the real steps and the offers of a state disagree")
+
+    def _restep(self, state: State, event: Event, agent: int | None, payload: int) -> list[_Item]:
+        return list(self._fresh(state, offer_transitions(self.defn, state, event, agent, payload)))
+
+    def differs_at(self, state: State, base_id: int) -> bool:
+        """Whether some changed offer of the real state `base_id` has other steps here."""
+        for event, agent, payload, key, old in self._offers(state, base_id):
+            if key is not None and key in self.changed:
+                self.recomputed += 1
+                if _steps_of(self._restep(state, event, agent, payload)) != _steps_of(old):
+                    self.differing += 1
+                    return True
+        return False
+
+    def items(self, state: State, base_id: int) -> Iterator[_Item]:
+        if base_id < 0:
+            yield from self._fresh(state, transitions(self.defn, state))
+            return
+        for event, agent, payload, key, old in self._offers(state, base_id):
             if key is None or key not in self.changed:
-                if self.verify:
-                    new = list(
-                        self._fresh(
-                            state, offer_transitions(self.defn, state, event, agent, payload)
-                        )
+                if self.verify and _steps_of(
+                    self._restep(state, event, agent, payload)
+                ) != _steps_of(old):
+                    raise AssertionError(
+                        f"the differential search reused the real steps of {event.name} "
+                        f"(agent {agent}, payload {payload}) at {key}, which the mutant "
+                        f"changes: {describe(state)}"
                     )
-                    if _steps_of(new) != _steps_of(old):
-                        raise AssertionError(
-                            f"the differential search reused the real steps of "
-                            f"{event.name} (agent {agent}, payload {payload}) at "
-                            f"{key}, which the mutant changes: {describe(state)}"
-                        )
                 yield from old
                 continue
             self.recomputed += 1
-            new = list(
-                self._fresh(state, offer_transitions(self.defn, state, event, agent, payload))
-            )
+            new = self._restep(state, event, agent, payload)
             if _steps_of(new) != _steps_of(old):
                 self.differing += 1
             yield from new
-        if k != end or loop_k != loop_end:  # pragma: no cover  # the same offers both times
-            raise AssertionError("the real steps and the offers of a state disagree")
+
+    def scan(self) -> bool:
+        """Whether the mutant's steps differ from the real ones in some real state: every
+        changed offer of every real state where one is offered, stepped again (stops at the
+        first difference). False: the mutant has exactly the real graph."""
+        base = self.base
+        if self.shared:
+            candidates: Iterable[int] = range(base.count)
+        else:
+            candidates = sorted(
+                {
+                    rid
+                    for source in self.sources
+                    if isinstance(source, L1State)
+                    for rid in base.holding(source)
+                }
+            )
+        states = base.states
+        return any(self.differs_at(states[rid], rid) for rid in candidates)
 
 
 def _steps_of(items: list[_Item]) -> tuple[list[_Item], set[int]]:
@@ -1189,8 +1276,13 @@ def explore_differential(
     re-stepped offer differs: the mutant has the real reachable state space and edges),
     `recomputed_offers`, `differing_offers` and `real_states` (states reused from `base`).
 
+    First every changed offer of every real state where it is offered is stepped again
+    (`_Differential.scan`); if none has other steps, the mutant's graph IS the real one and
+    the real report is returned (with `equal_state_space` "yes"), no search needed.
+
     `verify` re-steps every offer of every real state and raises AssertionError if a reused
-    step is not the mutant's (a check of `changed`; slow)."""
+    step is not the mutant's (a check of `changed`; slow; it also runs the search when the
+    scan finds no difference)."""
     _check_skip(skip)
     for field_name in (
         "mode",
@@ -1223,6 +1315,20 @@ def explore_differential(
         )
         return report
 
+    if not verify and not source.scan():
+        # no changed offer has other steps in any real state: the mutant's graph is the real
+        # one (induction on the search), so is every verdict
+        assert base.report is not None
+        report = base.report
+        summary = dict(report.summary)
+        summary["seconds"] = round(time.perf_counter() - started, 2)
+        summary.update(
+            equal_state_space="yes",
+            recomputed_offers=source.recomputed,
+            differing_offers=0,
+            real_states=base.count,
+        )
+        return CheckReport("explore", report.ok, summary, None)
     failed = _search(
         defn,
         source,

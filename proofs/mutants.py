@@ -1033,6 +1033,7 @@ def confirm_survivors(
     progress: Callable[[str], None] | None = None,
     on_run: Callable[[SurvivorRun], None] | None = None,
     modes: Sequence[Mode] = tuple(Mode),
+    previous: Sequence[SurvivorRun] = (),
 ) -> tuple[SurvivorVerdict, ...]:
     """Each survivor at the larger bounds (`equivalence_checkers()`), bound by bound and mode
     by mode: the real table is explored once there and its graph kept (`RealGraph`); each
@@ -1043,16 +1044,29 @@ def confirm_survivors(
     and edges there ("equal state space"); any other is checked for every property on its own
     graph, and killed by the first property it breaks, or survives. A survivor killed at one
     bound is not run at the next. `on_run` sees every (survivor, bound, mode) as it is done;
-    `modes` chooses the modes and their order (both, coherent first, by default)."""
+    `modes` chooses the modes and their order (both, coherent first, by default). `previous`
+    holds runs already done (e.g. read back from a log): those are taken as they are, not run
+    again, and a bound and mode left with nothing to run is not explored at all."""
     from .explore import RealGraph, explore_differential
 
     chosen = tuple(bounds) if bounds is not None else equivalence_checkers()
     alive = list(survivors)
     how: dict[str, list[str]] = {m.name: [] for m in alive}
     verdicts: dict[str, SurvivorVerdict] = {}
+    recorded = {(run.name, run.bounds, run.mode): run for run in previous}
     for spec in chosen:
         for mode in modes:
-            todo = [m for m in alive if mode in m.modes and m.name not in verdicts]
+            todo = []
+            for m in alive:
+                if mode not in m.modes or m.name in verdicts:
+                    continue
+                done = recorded.get((m.name, spec.name, mode))
+                if done is None:
+                    todo.append(m)
+                elif done.outcome == "killed":
+                    verdicts[m.name] = SurvivorVerdict(m, True, spec.name, mode, done.violation)
+                else:
+                    how[m.name].append(f"{done.outcome} at {spec.name} in {mode.value}")
             if not todo:
                 continue
             original = _bounded(defn, spec, mode)

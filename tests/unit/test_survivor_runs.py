@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import proofs.explore
 import proofs.mutants
 from proofs.cli import main, parse_options
 from proofs.mutants import (
@@ -103,3 +104,25 @@ def test_the_confirmation_options_need_their_companions(argv: list[str]) -> None
     with pytest.raises(SystemExit) as raised:
         parse_options(argv)
     assert raised.value.code == 2
+
+
+def test_a_second_run_with_the_same_log_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs already in the log are taken from it: nothing is explored again for them."""
+    monkeypatch.setattr(proofs.mutants, "equivalence_checkers", lambda: (_SMALL,))
+    log = tmp_path / "runs.jsonl"
+    argv = [
+        *["--agents", "2", "--writes", "1", "--fault-budget", "1", "--bmc-depth", "0"],
+        *["--mode", "coherent", "--mutants", "--only", f"{_REDUNDANT},{_FORGETFUL}"],
+        *["--confirm-survivors", "--skip-chain", "--survivors-log", str(log)],
+    ]
+    assert main(argv) == 0
+    first = log.read_text()
+    explored: list[object] = []
+    monkeypatch.setattr(
+        proofs.explore.RealGraph, "explore", classmethod(lambda cls, d: explored.append(d))
+    )
+    assert main(argv) == 0
+    assert log.read_text() == first
+    assert explored == []
