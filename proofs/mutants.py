@@ -101,6 +101,7 @@ __all__ = [
     "run_mutants",
     "screen_mutants",
     "select_mutants",
+    "survivor_table",
 ]
 
 
@@ -1116,3 +1117,51 @@ def _bounded(defn: ProtocolDefinition, spec: CheckerSpec, mode: Mode) -> Protoco
         leaves=spec.leaves,
         l2_rollback=spec.l2_rollback,
     )
+
+
+def survivor_table(
+    survivors: Sequence[Mutant],
+    runs: Sequence[SurvivorRun],
+    bounds: Sequence[CheckerSpec] | None = None,
+) -> tuple[dict[str, int], list[str]]:
+    """The survivors' runs (`confirm_survivors`' `on_run`, or a `--survivors-log` read back)
+    as Markdown table rows, one per survivor and a column per bound, with the counts: "equal"
+    (equal state spaces at every bound and mode of its own), "survived" (every bound done,
+    some by its own exploration), "killed" and "not done" (some bound and mode not run)."""
+    chosen = tuple(bounds) if bounds is not None else equivalence_checkers()
+    by_key = {(run.name, run.bounds, run.mode): run for run in runs}
+    counts = {"equal": 0, "survived": 0, "killed": 0, "not done": 0}
+    rows = []
+    for m in survivors:
+        cells: list[str] = []
+        outcomes: list[str] = []
+        for spec in chosen:
+            parts = []
+            for mode in m.modes:
+                run = by_key.get((m.name, spec.name, mode))
+                if run is None:
+                    killed_before = any(o == "killed" for o in outcomes)
+                    parts.append(f"{mode.value}: {'-' if killed_before else 'not done'}")
+                    outcomes.append("-" if killed_before else "not done")
+                    continue
+                outcomes.append(run.outcome)
+                if run.outcome == "equal state space":
+                    parts.append(f"{mode.value}: equal state space")
+                elif run.outcome == "killed":
+                    parts.append(f"{mode.value}: **killed**: {run.violation}")
+                else:
+                    parts.append(
+                        f"{mode.value}: survived its exploration ({run.states:,} states, "
+                        f"{run.seconds:.0f} s)"
+                    )
+            cells.append("; ".join(parts))
+        if "killed" in outcomes:
+            counts["killed"] += 1
+        elif "not done" in outcomes:
+            counts["not done"] += 1
+        elif all(o == "equal state space" for o in outcomes):
+            counts["equal"] += 1
+        else:
+            counts["survived"] += 1
+        rows.append(f"| `{m.name}` | " + " | ".join(cells) + " |")
+    return counts, rows

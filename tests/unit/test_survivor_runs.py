@@ -16,6 +16,7 @@ from proofs.mutants import (
     SurvivorRun,
     confirm_survivors,
     select_mutants,
+    survivor_table,
 )
 from sagemem.spec.model import ProtocolDefinition
 from sagemem.spec.vocabulary import Mode
@@ -126,3 +127,24 @@ def test_a_second_run_with_the_same_log_resumes(
     assert main(argv) == 0
     assert log.read_text() == first
     assert explored == []
+
+
+def test_the_survivor_table_counts_each_survivor_once() -> None:
+    """Equal everywhere, survived (some run explored), killed, and not done (a run missing)."""
+    defn = ProtocolDefinition()
+    redundant, forgetful, stale = select_mutants(
+        defn, [_REDUNDANT, _FORGETFUL, _STALE_REGISTRATION]
+    )
+    runs = [
+        SurvivorRun(_REDUNDANT, _SMALL.name, mode, "equal state space", 10, 20, 1.0)
+        for mode in Mode
+    ]
+    runs.append(SurvivorRun(_FORGETFUL, _SMALL.name, Mode.COHERENT, "killed", 5, 9, 1.0, "x"))
+    runs.append(
+        SurvivorRun(_STALE_REGISTRATION, _SMALL.name, Mode.COHERENT, "survived", 12, 30, 2.0)
+    )
+    counts, rows = survivor_table([redundant, forgetful, stale], runs, bounds=(_SMALL,))
+    assert counts == {"equal": 1, "survived": 0, "killed": 1, "not done": 1}
+    assert rows[1] == f"| `{_FORGETFUL}` | coherent: **killed**: x |"
+    assert "strict: not done" in rows[2]
+    assert "coherent: survived its exploration (12 states, 2 s)" in rows[2]
