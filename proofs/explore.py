@@ -716,13 +716,14 @@ def unfired_rows(defns: tuple[ProtocolDefinition, ...]) -> tuple[Rule, ...]:
 class _Graph:
     """The explored state graph: every non-self-loop edge, grouped by source state."""
 
-    __slots__ = ("count", "dst", "klass", "start")
+    __slots__ = ("_reversed", "count", "dst", "klass", "start")
 
     def __init__(self, count: int, start: array[int], dst: array[int], klass: bytearray) -> None:
         self.count = count
         self.start = start
         self.dst = dst
         self.klass = klass
+        self._reversed: tuple[array[int], array[int], bytearray] | None = None
 
     def edges(self, mask: bytes) -> Iterator[tuple[int, int]]:
         """(source, target) of every edge whose class is in `mask`."""
@@ -732,27 +733,40 @@ class _Graph:
                 if mask[klass[k]]:
                     yield node, dst[k]
 
-    def backward(self, seeds: bytearray, mask: bytes) -> bytearray:
-        """Every state from which some seed is reachable by edges of `mask` (one multi-source
-        BFS over the reversed edges)."""
-        count = self.count
+    def _reverse(self) -> tuple[array[int], array[int], bytearray]:
+        """The reversed graph, every edge (built once): predecessors of node n are
+        reverse[reverse_start[n]:reverse_start[n + 1]], with their edges' classes."""
+        if self._reversed is not None:
+            return self._reversed
+        count, start, dst, klass = self.count, self.start, self.dst, self.klass
         reverse_start = array("l", [0]) * (count + 1)
-        for _, d in self.edges(mask):  # two passes: no list of millions of pairs
+        for d in dst:
             reverse_start[d + 1] += 1
         for i in range(count):
             reverse_start[i + 1] += reverse_start[i]
         fill = array("l", reverse_start)
-        reverse = array("l", [0]) * reverse_start[count]
-        for s, d in self.edges(mask):
-            reverse[fill[d]] = s
-            fill[d] += 1
+        reverse = array("l", [0]) * len(dst)
+        reverse_class = bytearray(len(dst))
+        for node in range(count):
+            for k in range(start[node], start[node + 1]):
+                at = fill[dst[k]]
+                reverse[at] = node
+                reverse_class[at] = klass[k]
+                fill[dst[k]] = at + 1
+        self._reversed = (reverse_start, reverse, reverse_class)
+        return self._reversed
+
+    def backward(self, seeds: bytearray, mask: bytes) -> bytearray:
+        """Every state from which some seed is reachable by edges of `mask` (one multi-source
+        BFS over the reversed edges)."""
+        reverse_start, reverse, reverse_class = self._reverse()
         reached = bytearray(seeds)
-        frontier = deque(i for i in range(count) if seeds[i])
+        frontier = deque(i for i in range(self.count) if seeds[i])
         while frontier:
             node = frontier.popleft()
             for k in range(reverse_start[node], reverse_start[node + 1]):
                 pred = reverse[k]
-                if not reached[pred]:
+                if not reached[pred] and mask[reverse_class[k]]:
                     reached[pred] = 1
                     frontier.append(pred)
         return reached
@@ -1028,32 +1042,39 @@ def _loop_union(facts: _Fairness, component: list[int]) -> int:
 
 def _internal_cycle(graph: _Graph) -> tuple[int, list[int]] | None:
     """(first node of a cycle, the cycle's nodes) among internal edges, or None (Kahn)."""
-    count = graph.count
+    count, start, dst, klass = graph.count, graph.start, graph.dst, graph.klass
+    internal = _mask(_INTERNAL, _CONFLICT)
     indegree = array("l", [0]) * count
-    out: dict[int, list[int]] = {}
-    for s, d in graph.edges(_mask(_INTERNAL, _CONFLICT)):
-        out.setdefault(s, []).append(d)
-        indegree[d] += 1
+    for node in range(count):
+        for k in range(start[node], start[node + 1]):
+            if internal[klass[k]]:
+                indegree[dst[k]] += 1
     ready = deque(i for i in range(count) if indegree[i] == 0)
     removed = 0
     while ready:
         node = ready.popleft()
         removed += 1
-        for d in out.get(node, ()):
-            indegree[d] -= 1
-            if indegree[d] == 0:
-                ready.append(d)
+        for k in range(start[node], start[node + 1]):
+            if internal[klass[k]]:
+                d = dst[k]
+                indegree[d] -= 1
+                if indegree[d] == 0:
+                    ready.append(d)
     if removed == count:
         return None
     residual = nx.DiGraph()
-    for s, targets in out.items():
+    for s in range(count):
         if indegree[s] > 0:
-            residual.add_edges_from((s, d) for d in targets if indegree[d] > 0)
+            residual.add_edges_from(
+                (s, dst[k])
+                for k in range(start[s], start[s + 1])
+                if internal[klass[k]] and indegree[dst[k]] > 0
+            )
     loop_edges = nx.find_cycle(residual)
     loop = [int(edge[0]) for edge in loop_edges]
-    start = min(loop)
-    pivot = loop.index(start)
-    return start, loop[pivot:] + loop[:pivot] + [start]
+    first = min(loop)
+    pivot = loop.index(first)
+    return first, loop[pivot:] + loop[:pivot] + [first]
 
 
 def replay_path(
