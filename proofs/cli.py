@@ -33,11 +33,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from sagemem.spec.invariants import invariants_for
 from sagemem.spec.model import Bounds, ProtocolDefinition, deep, definitions, quick
@@ -45,6 +46,9 @@ from sagemem.spec.table import TABLE, Rule
 from sagemem.spec.vocabulary import Mode
 
 from .report import CheckReport
+
+if TYPE_CHECKING:
+    from .mutants import MutantOutcome, MutationReport, SurvivorRun
 
 __all__ = [
     "CheckOptions",
@@ -119,6 +123,8 @@ class CheckOptions:
     workers: int = 2
     only: tuple[str, ...] = ()
     confirm_survivors: bool = False
+    skip_chain: bool = False
+    survivors_log: str | None = None
 
     @property
     def custom_bounds(self) -> bool:
@@ -206,8 +212,22 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --mutants: check every survivor again at 2 agents/2 writes/2 faults and 3 "
         "agents/2 writes/1 fault before calling it equivalent: equal reachable state spaces "
-        "(one exploration of the real table per bound and mode), else its own exploration "
-        "(minutes per survivor)",
+        "(one exploration of the real table per bound and mode), else its own exploration, "
+        "differential against the real table's graph (the modes of --mode, in its order)",
+    )
+    parser.add_argument(
+        "--skip-chain",
+        action="store_true",
+        help="with --confirm-survivors and --only: take the named mutants as the chain's "
+        "survivors without running the chain on them again (the chain takes about a minute "
+        "per survivor)",
+    )
+    parser.add_argument(
+        "--survivors-log",
+        metavar="FILE",
+        help="with --confirm-survivors: append one JSON line per survivor, bound and mode to "
+        "FILE as each is done (name, bounds, mode, outcome, states, edges, seconds, violation); "
+        "the runs FILE already holds are not run again (a second run resumes the first)",
     )
     parser.add_argument(
         "--only",
@@ -255,6 +275,13 @@ def parse_options(argv: Sequence[str]) -> CheckOptions:
         parser.error("--only selects mutants: use it with --mutants")
     if args.confirm_survivors and not args.mutants:
         parser.error("--confirm-survivors checks surviving mutants: use it with --mutants")
+    if args.skip_chain and not (args.confirm_survivors and only):
+        parser.error(
+            "--skip-chain takes the --only mutants as survivors: use it with --only and "
+            "--confirm-survivors"
+        )
+    if args.survivors_log is not None and not args.confirm_survivors:
+        parser.error("--survivors-log records --confirm-survivors: use it with that option")
     modes = tuple(Mode) if args.mode == "both" else (Mode(args.mode),)
     return CheckOptions(
         modes=modes,
@@ -269,6 +296,8 @@ def parse_options(argv: Sequence[str]) -> CheckOptions:
         workers=args.workers,
         only=only,
         confirm_survivors=args.confirm_survivors,
+        skip_chain=args.skip_chain,
+        survivors_log=args.survivors_log,
     )
 
 
@@ -556,7 +585,7 @@ class _Totals:
 def _run_mutation_testing(
     options: CheckOptions, table: tuple[Rule, ...], *, out: TextIO, line: ProgressLine
 ) -> int:
-    from .mutants import MutantProgress, run_mutants, select_mutants
+    from .mutants import MutantOutcome, MutantProgress, run_mutants, select_mutants
 
     def progress(update: MutantProgress) -> None:
         rate = update.done / max(update.elapsed_s, 1e-9)
@@ -571,11 +600,29 @@ def _run_mutation_testing(
     except ValueError as error:
         print(f"sagemem check: --only: {error}", file=sys.stderr)
         return 2
-    try:
-        report = run_mutants(defn, progress=progress, mutants=chosen, workers=options.workers)
-    except CheckerUnavailable as error:
-        print(f"sagemem check: {error}", file=sys.stderr)
-        return 2
+    if options.skip_chain and chosen is not None:
+        survivors: tuple[MutantOutcome, ...] = tuple(
+            MutantOutcome(mutant, killed=False) for mutant in chosen
+        )
+        print(f"  mutants: {len(survivors)} taken as survivors (--skip-chain)", file=out)
+    else:
+        try:
+            report = run_mutants(defn, progress=progress, mutants=chosen, workers=options.workers)
+        except CheckerUnavailable as error:
+            print(f"sagemem check: {error}", file=sys.stderr)
+            return 2
+        _print_mutation_report(report, out=out, line=line)
+        survivors = report.survivors
+    if survivors and options.confirm_survivors:
+        survivors = _confirm(defn, survivors, options, out=out, line=line)
+    if survivors:
+        print(f"  {len(survivors)} surviving mutants:", file=out)
+        for outcome in survivors:
+            print(f"    {outcome.mutant.name}: {outcome.mutant.describe()}", file=out)
+    return 0
+
+
+def _print_mutation_report(report: MutationReport, *, out: TextIO, line: ProgressLine) -> None:
     line.done(f"mutants: {report.killed}/{report.total} killed in {report.seconds:.0f}s")
     print(
         f"  mutants: {report.killed}/{report.total} killed ({report.kill_rate:.1%}) "
@@ -594,30 +641,83 @@ def _run_mutation_testing(
         print(f"    first killed by {checker}: {count}", file=out)
     for outcome in report.invalid:
         print(f"    invalid {outcome.mutant.name}: {outcome.invalid}", file=out)
-    survivors = report.survivors
-    if survivors and options.confirm_survivors:
-        from .mutants import confirm_survivors
 
-        verdicts = confirm_survivors(
-            defn, [outcome.mutant for outcome in survivors], progress=lambda text: line.show(text)
+
+def _logged_runs(path: str) -> tuple[SurvivorRun, ...]:
+    """The runs an earlier `--survivors-log` recorded in `path` (none if it does not exist):
+    a second run with the same log resumes where the first stopped."""
+    from .mutants import SurvivorRun
+
+    try:
+        with open(path, encoding="utf-8") as log:
+            lines = log.read().splitlines()
+    except FileNotFoundError:
+        return ()
+    return tuple(
+        SurvivorRun(
+            entry["name"],
+            entry["bounds"],
+            Mode(entry["mode"]),
+            entry["outcome"],
+            int(entry["states"]),
+            int(entry["edges"]),
+            float(entry["seconds"]),
+            entry.get("violation", ""),
         )
-        confirmed = []
-        for outcome, verdict in zip(survivors, verdicts, strict=True):
-            if verdict.killed:
-                print(
-                    f"    NOT equivalent: {outcome.mutant.name} killed by {verdict.killer} in "
-                    f"{verdict.mode.value if verdict.mode else '?'}: {verdict.violation}",
-                    file=out,
-                )
-            else:
-                print(f"    equivalent: {outcome.mutant.name}: {'; '.join(verdict.how)}", file=out)
-                confirmed.append(outcome)
-        survivors = tuple(confirmed)
-    if survivors:
-        print(f"  {len(survivors)} surviving mutants:", file=out)
-        for outcome in survivors:
-            print(f"    {outcome.mutant.name}: {outcome.mutant.describe()}", file=out)
-    return 0
+        for entry in map(json.loads, filter(None, lines))
+    )
+
+
+def _confirm(
+    defn: ProtocolDefinition,
+    survivors: tuple[MutantOutcome, ...],
+    options: CheckOptions,
+    *,
+    out: TextIO,
+    line: ProgressLine,
+) -> tuple[MutantOutcome, ...]:
+    """The survivors at the larger bounds (`confirm_survivors`); returns those confirmed."""
+    from .mutants import confirm_survivors
+
+    def record(run: SurvivorRun) -> None:
+        line.show(f"{run.name} at {run.bounds} in {run.mode.value}: {run.outcome}", force=True)
+        if options.survivors_log is None:
+            return
+        entry = {
+            "name": run.name,
+            "bounds": run.bounds,
+            "mode": run.mode.value,
+            "outcome": run.outcome,
+            "states": run.states,
+            "edges": run.edges,
+            "seconds": run.seconds,
+            "violation": run.violation,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        with open(options.survivors_log, "a", encoding="utf-8") as log:
+            log.write(json.dumps(entry) + "\n")
+
+    previous = _logged_runs(options.survivors_log) if options.survivors_log else ()
+    verdicts = confirm_survivors(
+        defn,
+        [outcome.mutant for outcome in survivors],
+        progress=lambda text: line.show(text),
+        on_run=record,
+        modes=options.modes,
+        previous=previous,
+    )
+    confirmed = []
+    for outcome, verdict in zip(survivors, verdicts, strict=True):
+        if verdict.killed:
+            print(
+                f"    NOT equivalent: {outcome.mutant.name} killed by {verdict.killer} in "
+                f"{verdict.mode.value if verdict.mode else '?'}: {verdict.violation}",
+                file=out,
+            )
+        else:
+            print(f"    equivalent: {outcome.mutant.name}: {'; '.join(verdict.how)}", file=out)
+            confirmed.append(outcome)
+    return tuple(confirmed)
 
 
 def main(argv: list[str], *, table: tuple[Rule, ...] | None = None) -> int:

@@ -85,6 +85,7 @@ __all__ = [
     "MutationKind",
     "MutationReport",
     "StateSpaceComparison",
+    "SurvivorRun",
     "SurvivorVerdict",
     "baseline_coverage",
     "changed_keys",
@@ -101,6 +102,7 @@ __all__ = [
     "run_mutants",
     "screen_mutants",
     "select_mutants",
+    "survivor_table",
 ]
 
 
@@ -1017,48 +1019,159 @@ class SurvivorVerdict:
     how: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class SurvivorRun:
+    """One survivor at one bound and mode (passed to `confirm_survivors`' `on_run`): its
+    outcome is "equal state space", "survived exploration" or "killed" (then `violation`
+    names the property and the trace length); states, edges and seconds of its differential
+    exploration."""
+
+    name: str
+    bounds: str
+    mode: Mode
+    outcome: str
+    states: int
+    edges: int
+    seconds: float
+    violation: str = ""
+
+
 def confirm_survivors(
     defn: ProtocolDefinition,
     survivors: Sequence[Mutant],
     *,
     bounds: Sequence[CheckerSpec] | None = None,
     progress: Callable[[str], None] | None = None,
+    on_run: Callable[[SurvivorRun], None] | None = None,
+    modes: Sequence[Mode] = tuple(Mode),
+    previous: Sequence[SurvivorRun] = (),
 ) -> tuple[SurvivorVerdict, ...]:
-    """Each survivor at the larger bounds (`equivalence_checkers()`), bound by bound: one
-    exploration of the real table per bound and mode proves the survivors whose reachable
-    state space is the real one's equivalent there (`compare_state_spaces`); each other
-    survivor is explored itself, and killed by the first property it breaks. A survivor
-    killed at one bound is not run at the next."""
+    """Each survivor at the larger bounds (`equivalence_checkers()`), bound by bound and mode
+    by mode: the real table is explored once there and its graph kept (`RealGraph`); each
+    survivor of the mode is then explored differentially against it
+    (`proofs.explore.explore_differential`: only the offers it changes, `changed_keys`, are
+    stepped again, and the states the real table never reached). A survivor whose re-stepped
+    offers all agree with the real steps has exactly the real table's reachable state space
+    and edges there ("equal state space"); any other is checked for every property on its own
+    graph, and killed by the first property it breaks, or survives. A survivor killed at one
+    bound is not run at the next. `on_run` sees every (survivor, bound, mode) as it is done;
+    `modes` chooses the modes and their order (both, coherent first, by default). `previous`
+    holds runs already done (e.g. read back from a log): those are taken as they are, not run
+    again, and a bound and mode left with nothing to run is not explored at all."""
+    from .explore import RealGraph, explore_differential
+
     chosen = tuple(bounds) if bounds is not None else equivalence_checkers()
     alive = list(survivors)
     how: dict[str, list[str]] = {m.name: [] for m in alive}
     verdicts: dict[str, SurvivorVerdict] = {}
+    recorded = {(run.name, run.bounds, run.mode): run for run in previous}
     for spec in chosen:
-        for mode in Mode:
-            if progress is not None:
-                progress(f"comparing state spaces at {spec.name} in {mode.value}")
-            comparison = compare_state_spaces(defn, alive, spec, mode)
-            if not comparison.report.ok:
-                raise ValueError(
-                    f"the real table fails at {spec.name} in {mode.value}: no mutant can be "
-                    "confirmed against it"
-                )
-            for name in comparison.equal:
-                how[name].append(f"equal state space at {spec.name} in {mode.value}")
+        for mode in modes:
+            todo = []
             for m in alive:
-                if m.name not in comparison.differs or m.name in verdicts:
+                if mode not in m.modes or m.name in verdicts:
                     continue
+                done = recorded.get((m.name, spec.name, mode))
+                if done is None:
+                    todo.append(m)
+                elif done.outcome == "killed":
+                    verdicts[m.name] = SurvivorVerdict(m, True, spec.name, mode, done.violation)
+                else:
+                    how[m.name].append(f"{done.outcome} at {spec.name} in {mode.value}")
+            if not todo:
+                continue
+            original = _bounded(defn, spec, mode)
+            if progress is not None:
+                progress(f"exploring the real table at {spec.name} in {mode.value}")
+            base = RealGraph.explore(original)
+            for m in todo:
                 if progress is not None:
                     progress(f"exploring {m.name} at {spec.name} in {mode.value}")
-                mutated = dataclasses.replace(mutate_definition(defn, m), mode=mode, name=m.name)
-                report = _run_one(spec, mutated, set())
-                if report is not None and not report.ok and report.counterexample is not None:
-                    verdicts[m.name] = SurvivorVerdict(
-                        m, True, spec.name, mode, _violation_text(report)
+                mutated = dataclasses.replace(mutate_definition(original, m), name=m.name)
+                report = explore_differential(base, mutated, changed_keys(m))
+                states, edges = int(report.summary["states"]), int(report.summary["edges"])
+                seconds = float(report.summary["seconds"])
+                if not report.ok and report.counterexample is not None:
+                    text = _violation_text(report)
+                    verdicts[m.name] = SurvivorVerdict(m, True, spec.name, mode, text)
+                    run = SurvivorRun(
+                        m.name, spec.name, mode, "killed", states, edges, seconds, text
                     )
-                else:
-                    how[m.name].append(f"survived exploration at {spec.name} in {mode.value}")
+                elif report.ok:
+                    outcome = (
+                        "equal state space"
+                        if report.summary.get("equal_state_space") == "yes"
+                        else "survived exploration"
+                    )
+                    how[m.name].append(f"{outcome} at {spec.name} in {mode.value}")
+                    run = SurvivorRun(m.name, spec.name, mode, outcome, states, edges, seconds)
+                else:  # pragma: no cover  # no max_states: an exploration is never cut short
+                    raise AssertionError(f"{m.name}: {report.summary}")
+                if on_run is not None:
+                    on_run(run)
+            del base
         alive = [m for m in alive if m.name not in verdicts]
     return tuple(
         verdicts.get(m.name) or SurvivorVerdict(m, False, how=tuple(how[m.name])) for m in survivors
     )
+
+
+def _bounded(defn: ProtocolDefinition, spec: CheckerSpec, mode: Mode) -> ProtocolDefinition:
+    """`defn` at `spec`'s bounds (an EXPLORE spec) in `mode`."""
+    return dataclasses.replace(
+        defn,
+        mode=mode,
+        agents=spec.agents,
+        writes=spec.writes,
+        fault_budget=spec.fault_budget,
+        leaves=spec.leaves,
+        l2_rollback=spec.l2_rollback,
+    )
+
+
+def survivor_table(
+    survivors: Sequence[Mutant],
+    runs: Sequence[SurvivorRun],
+    bounds: Sequence[CheckerSpec] | None = None,
+) -> tuple[dict[str, int], list[str]]:
+    """The survivors' runs (`confirm_survivors`' `on_run`, or a `--survivors-log` read back)
+    as Markdown table rows, one per survivor and a column per bound, with the counts: "equal"
+    (equal state spaces at every bound and mode of its own), "survived" (every bound done,
+    some by its own exploration), "killed" and "not done" (some bound and mode not run)."""
+    chosen = tuple(bounds) if bounds is not None else equivalence_checkers()
+    by_key = {(run.name, run.bounds, run.mode): run for run in runs}
+    counts = {"equal": 0, "survived": 0, "killed": 0, "not done": 0}
+    rows = []
+    for m in survivors:
+        cells: list[str] = []
+        outcomes: list[str] = []
+        for spec in chosen:
+            parts = []
+            for mode in m.modes:
+                run = by_key.get((m.name, spec.name, mode))
+                if run is None:
+                    killed_before = any(o == "killed" for o in outcomes)
+                    parts.append(f"{mode.value}: {'-' if killed_before else 'not done'}")
+                    outcomes.append("-" if killed_before else "not done")
+                    continue
+                outcomes.append(run.outcome)
+                if run.outcome == "equal state space":
+                    parts.append(f"{mode.value}: equal state space")
+                elif run.outcome == "killed":
+                    parts.append(f"{mode.value}: **killed**: {run.violation}")
+                else:
+                    parts.append(
+                        f"{mode.value}: survived its exploration ({run.states:,} states, "
+                        f"{run.seconds:.0f} s)"
+                    )
+            cells.append("; ".join(parts))
+        if "killed" in outcomes:
+            counts["killed"] += 1
+        elif "not done" in outcomes:
+            counts["not done"] += 1
+        elif all(o == "equal state space" for o in outcomes):
+            counts["equal"] += 1
+        else:
+            counts["survived"] += 1
+        rows.append(f"| `{m.name}` | " + " | ".join(cells) + " |")
+    return counts, rows
