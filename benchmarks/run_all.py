@@ -418,24 +418,6 @@ def _delta(answers: list[dict[str, Any]], name: str) -> int | None:
     return sum(values) if values else None
 
 
-def message_totals(
-    answers: Sequence[dict[str, Any]], settled: Sequence[dict[str, Any]]
-) -> tuple[int | None, int | None]:
-    """(messages sent to holders, messages the agents received) from each agent's counters
-    at the start of its run (`answers`) to the `counters` answers in `settled` (same order);
-    (None, None) for a system that does not count messages to holders."""
-    if not settled or len(settled) != len(answers):
-        return None, None
-    sent = received = 0
-    for answer, later in zip(answers, settled, strict=True):
-        start, end = answer.get("counters_run_start") or {}, later["counters"]
-        if "messages_to_holders" not in end or "messages_to_holders" not in start:
-            return None, None
-        sent += end["messages_to_holders"] - start["messages_to_holders"]
-        received += end["messages_received"] - start["messages_received"]
-    return sent, received
-
-
 def _run_delta(
     answers: Sequence[dict[str, Any]], settled: Sequence[dict[str, Any]], name: str
 ) -> int | None:
@@ -449,6 +431,18 @@ def _run_delta(
             return None
         total += end[name] - start[name]
     return total
+
+
+def message_totals(
+    answers: Sequence[dict[str, Any]], settled: Sequence[dict[str, Any]]
+) -> tuple[int | None, int | None]:
+    """(messages sent to holders, messages the agents received) from each agent's counters
+    at the start of its run (`answers`) to the `counters` answers in `settled` (same order);
+    (None, None) for a system that does not count messages to holders."""
+    sent = _run_delta(answers, settled, "messages_to_holders")
+    if sent is None:
+        return None, None
+    return sent, _run_delta(answers, settled, "messages_received")
 
 
 def measure_cell(

@@ -22,6 +22,7 @@ from sagemem.spec.model import (
     FAULT_EVENT_SET,
     GRANT_DEAD_INCARNATION,
     GRANT_LIVE_INCARNATION,
+    MESSAGE_EVENTS,
     NO_GRANT,
     OP_NONE,
     OP_READ,
@@ -564,7 +565,7 @@ class Semantics(Terms):
                     kind = EVENT_KIND[event]
                     if event in FAULT_EVENT_SET:
                         target.g["faults"] = s.g["faults"] + self.v(1)
-                    if event in _MESSAGE_EVENTS:
+                    if event in MESSAGE_EVENTS:
                         assert a is not None
                         target.inboxes[a][payload] = z3.BoolVal(False)
                         if event is not Event.DELIVER_RECALL:
@@ -606,9 +607,6 @@ class Semantics(Terms):
         return z3.And(*parts)
 
 
-_MESSAGE_EVENTS: Final = frozenset(
-    {Event.DELIVER_INVALIDATE, Event.DELIVER_RECALL, Event.DELIVER_UPDATE}
-)
 _AGENTLESS_EFFECTS: Final = frozenset(
     {
         Effect.MARK_DIRTY,

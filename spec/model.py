@@ -40,6 +40,7 @@ __all__ = [
     "DEEP_BOUNDS",
     "FAULT_EVENT_SET",
     "LEAVE",
+    "MESSAGE_EVENTS",
     "OPERATION",
     "OP_NONE",
     "OP_READ",
@@ -1110,7 +1111,7 @@ def _offer_steps(
     w = _Work(state)
     if event in FAULT_EVENT_SET:
         w.g[_FAULTS] = state.faults + 1
-    if event in _MESSAGE_EVENTS:
+    if event in MESSAGE_EVENTS:
         assert a is not None
         agent = w.agents[a]
         agent[_INBOX] = tuple(m for m in agent[_INBOX] if m != payload)
@@ -1217,9 +1218,10 @@ _ANSWERED_OPERATIONS: Final = {
 }
 
 
-_MESSAGE_EVENTS: Final = frozenset(
+MESSAGE_EVENTS: Final = frozenset(
     {Event.DELIVER_INVALIDATE, Event.DELIVER_RECALL, Event.DELIVER_UPDATE}
 )
+"""The events that deliver a message from the agent's inbox (its payload names the message)."""
 
 
 def _not_applicable(
@@ -1238,7 +1240,7 @@ def _not_applicable(
     nothing); anything else (a user operation queued behind one in flight, a flush or evict
     with nothing to do, a request's answer, which the adapter sends again, a timer) changes
     nothing, so it is no step."""
-    if event in _MESSAGE_EVENTS:
+    if event in MESSAGE_EVENTS:
         assert a is not None
         agents = list(state.agents)
         ag = agents[a]
