@@ -542,6 +542,12 @@ class CoherenceBus(AsyncResource):
         return self._require_connected()
 
     @property
+    def command_slots(self) -> asyncio.Semaphore:
+        """What bounds the commands in flight on `client` to its pool's connections: a
+        borrower (the namespace's `RedisDirectory`) takes a slot per call, as the bus does."""
+        return self._slots
+
+    @property
     def connected(self) -> bool:
         """True between `connect()` and `aclose()`."""
         return self._client is not None and self._task is not None

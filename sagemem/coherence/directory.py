@@ -233,6 +233,10 @@ class RedisDirectory:
     live holders per key (at most 256, the bus's per-script cap), `l2_ttl_s` (expiry of L2
     copies stored by leased fills: give the namespace's `L2Tier` ttl; None: none),
     `sequence_ttl_s` (the bus's sequence counters, as `CoherenceBus(sequence_ttl_s=...)`).
+    `command_slots` bounds the calls in flight on the borrowed client, so that its pool never
+    needs more connections than it may open (redis-py fails a call with "Too many
+    connections" instead of waiting): pass the bus's `command_slots` when the client is the
+    bus's; None makes one of the size of the client's pool.
     """
 
     def __init__(
@@ -247,6 +251,7 @@ class RedisDirectory:
         sequence_ttl_s: float = _SEQUENCE_TTL_S,
         value_size_max_bytes: int = VALUE_SIZE_MAX_BYTES,
         command_timeout_s: float = 10.0,
+        command_slots: asyncio.Semaphore | None = None,
     ) -> None:
         if not isinstance(client, aioredis.Redis):
             raise ConfigurationError(
@@ -273,6 +278,15 @@ class RedisDirectory:
         self._value_size_max_bytes: Final = value_size_max_bytes
         self._command_timeout_s: Final = _check_seconds("command_timeout_s", command_timeout_s)
         self._client: Final = client
+        if command_slots is None:
+            pool_max = getattr(client.connection_pool, "max_connections", None)
+            command_slots = asyncio.Semaphore(pool_max if isinstance(pool_max, int) else 16)
+        elif not isinstance(command_slots, asyncio.Semaphore):
+            raise ConfigurationError(
+                "RedisDirectory command_slots must be an asyncio.Semaphore (the bus's "
+                f"`command_slots`) or None, got {command_slots!r:.80}"
+            )
+        self._slots: Final = command_slots
         self._scripts: Final = register_directory_scripts(client)
         self._prefix: Final = keyspace.directory_prefix(self.namespace)
         self._l2_prefix: Final = keyspace.l2_prefix(self.namespace)  # L2Tier's own keys
@@ -662,7 +676,7 @@ class RedisDirectory:
     async def _run(self, operation: str, key: str, call: Awaitable[_T]) -> _T:
         """Await one command or script with the timeout; translate driver errors."""
         try:
-            async with asyncio.timeout(self._command_timeout_s):
+            async with asyncio.timeout(self._command_timeout_s), self._slots:
                 return await call
         except NoPermissionError as error:
             raise _refused(_TIER, operation, key, error) from error

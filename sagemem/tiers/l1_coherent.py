@@ -324,6 +324,7 @@ class CoherentL1Tier(AsyncResource):
             directory = RedisDirectory(
                 self.bus.client,
                 self.bus.namespace,
+                command_slots=self.bus.command_slots,
                 lease_ttl_s=self._fill_lease_s,
                 holder_ttl_s=self._holder_ttl_s,
                 value_size_max_bytes=home.value_size_max_bytes,

@@ -131,6 +131,25 @@ def test_bad_configuration_and_arguments_are_refused(
         RedisDirectory(client, namespace, holder_ttl_s=float("inf"))
     with pytest.raises(ConfigurationError, match=r"redis\.asyncio\.Redis"):
         RedisDirectory("redis://localhost", namespace)  # type: ignore[arg-type]  # on purpose
+    with pytest.raises(ConfigurationError, match="command_slots"):
+        RedisDirectory(client, namespace, command_slots=4)  # type: ignore[arg-type]  # on purpose
+
+
+async def test_calls_beyond_the_client_pool_wait_for_a_connection(
+    redis_url: str, namespace: str
+) -> None:
+    """Forty concurrent fills through a one-connection client all succeed: a call waits for
+    the connection instead of failing with redis-py's "Too many connections"."""
+    pool = aioredis.ConnectionPool.from_url(redis_url, max_connections=1)
+    one = aioredis.Redis(connection_pool=pool)
+    try:
+        directory = RedisDirectory(one, namespace)
+        steps = await asyncio.gather(*(directory.fill(f"k{i}", "a") for i in range(40)))
+        assert all(step.registered for step in steps)
+        assert [await directory.holders(f"k{i}") for i in range(40)] == [("a",)] * 40
+    finally:
+        await one.aclose()
+        await pool.aclose()
 
 
 async def test_bad_agent_version_and_token_are_refused(directory: RedisDirectory) -> None:
