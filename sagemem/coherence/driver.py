@@ -142,6 +142,9 @@ class DriverSettings:
     # write-update (coherent mode): the encoded size up to which a write-through's relay sends
     # its value to the holders (OUTBOX_RELAY_UPDATE); 0 always invalidates (OUTBOX_RELAY)
     update_value_max_bytes: int = 0
+    # fetch this agent's copy of a key again, in the background, after its write-through
+    # returned (the write leaves it in I): its next read hits
+    refetch_after_write: bool = False
 
 
 @dataclass(slots=True)
@@ -234,6 +237,7 @@ class AgentDriver:
         self._operation_timeout_s: Final = settings.operation_timeout_s
         self._outbox_sweep_after_s: Final = settings.outbox_sweep_after_s
         self._update_value_max_bytes: Final = settings.update_value_max_bytes
+        self._refetch_after_write: Final = settings.refetch_after_write
         # How long L2 may keep answering a fill with data older than the agent's floor before
         # the floor is taken as bogus: the sweep's period twice, plus a second.
         self._stale_l2_limit_s: Final = 2 * settings.outbox_sweep_after_s + 1.0
@@ -253,6 +257,7 @@ class AgentDriver:
         self.counts: dict[str, int] = dict.fromkeys(
             (
                 "misses",
+                "refetches",
                 "fills_from_l2",
                 "fills_from_home",
                 "fills_discarded_stale",
@@ -412,6 +417,18 @@ class AgentDriver:
                 tier="L1",
             ) from None
 
+    async def _refetch(self, key: str) -> None:
+        """Read `key` into this L1 after this agent's write-through returned (the table's READ
+        from I), unless the entry is busy or valid again: a user operation on it fetches for
+        itself."""
+        await asyncio.sleep(0)  # let the write's caller run first
+        state = self.keys.get(key)
+        if self.closed or state is None or state.op is not None:
+            return
+        if self.core.state(key) is not L1State.I:
+            return
+        await self.operate(key, Event.READ, NO_PAYLOAD, refetch=True)
+
     async def release(self, key: str) -> None:
         if self.core.state(key) in _COPY_STATES:
             self.counts["evictions"] += 1
@@ -426,9 +443,11 @@ class AgentDriver:
         payload: Payload,
         *,
         conditional: tuple[int | None] | None = None,
+        refetch: bool = False,
     ) -> Action | None:
         """Start a user operation and wait for its answer (None for a no-op such as flushing
-        a clean entry)."""
+        a clean entry). `refetch`: a READ this driver starts itself after a write-through
+        (counted as a refetch, not a miss)."""
         self._require_open()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._operation_timeout_s
@@ -467,8 +486,16 @@ class AgentDriver:
                 step = self._fire(key, event, payload)
                 if step.fired:
                     if event is Event.READ:
-                        self.counts["misses"] += 1
-                    return await self._wait(key, state, op, deadline)
+                        self.counts["refetches" if refetch else "misses"] += 1
+                    answer = await self._wait(key, state, op, deadline)
+                    if (
+                        event is Event.WRITE_THROUGH
+                        and self._refetch_after_write
+                        and answer is not None
+                        and answer.effect is Effect.ACK_WRITE
+                    ):
+                        self._spawn(self._refetch(key), f"refetch of {key!r}")
+                    return answer
                 state.op = None
                 if step.outcome is Outcome.NOT_APPLICABLE and step.source in STABLE_STATES:
                     return None  # e.g. flushing a clean entry, evicting nothing

@@ -32,6 +32,13 @@ OUTBOX_RELAY_UPDATE and DELIVER_UPDATE rows). Larger values, deletes and ownersh
 invalidate. The policy is the writer's: every agent understands both kinds of message, so the
 agents of one namespace may mix policies; set the same one on all of them for predictable
 costs. Updates are trusted as the home trusts writes (see `sagemem.coherence.messages`).
+
+A write-through leaves the writer without a copy (the table's WT_A -> I: its version is only
+known once the home has committed it). With `refetch_after_write` (on by default under the
+update policy) the writer fetches its copy again in the background once the write returned,
+through the table's ordinary read (a READ from I): its next read of the key is a hit instead of
+a miss. The refetch is counted in `statistics().refetches`, not as a miss; a user operation on
+the key while it runs waits for it as for any fill.
 """
 
 from __future__ import annotations
@@ -123,6 +130,7 @@ class CoherentL1Statistics:
     held_events: int
     io_retries: int
     parked_keys: int
+    refetches: int = 0  # background fetches of this agent's own written keys (not misses)
 
 
 class CoherentL1Tier(AsyncResource):
@@ -160,6 +168,7 @@ class CoherentL1Tier(AsyncResource):
         outbox_sweep_after_s: float = 2.0,
         write_policy: str = "invalidate",
         update_value_max_bytes: int = 8192,
+        refetch_after_write: bool | None = None,
         tracer: Tracer | None = None,
         definition: ProtocolDefinition | None = None,
         on_fenced: Callable[[FencedWrite], None] | None = None,
@@ -202,6 +211,13 @@ class CoherentL1Tier(AsyncResource):
                 f"update_value_max_bytes must be an int from 1 to {UPDATE_VALUE_MAX_BYTES}, got "
                 f"{update_value_max_bytes!r:.80}"
             )
+        if refetch_after_write is None:
+            refetch_after_write = write_policy == "update"
+        if not isinstance(refetch_after_write, bool):
+            raise ConfigurationError(
+                "refetch_after_write must be True, False or None (None: on under "
+                f"write_policy='update'), got {refetch_after_write!r:.80}"
+            )
         if not callable(server_steps) or not callable(home_steps):
             raise ConfigurationError(
                 "server_steps and home_steps must be callables building the step objects, got "
@@ -224,6 +240,7 @@ class CoherentL1Tier(AsyncResource):
         self.capacity: Final = capacity
         self.mode: Final[Mode] = mode
         self.write_policy: Final = write_policy
+        self.refetch_after_write: Final = refetch_after_write
         self.incarnation: Final = secrets.token_hex(4)
         self._me: Final = owner_token(self.agent_id, self.incarnation)
         table: tuple[Rule, ...] = TABLE
@@ -259,6 +276,7 @@ class CoherentL1Tier(AsyncResource):
                 operation_timeout_s=float(operation_timeout_s),
                 outbox_sweep_after_s=float(outbox_sweep_after_s),
                 update_value_max_bytes=update_value_max_bytes if write_policy == "update" else 0,
+                refetch_after_write=refetch_after_write,
             ),
             on_fenced=on_fenced,
             require_open=self._require_started,
@@ -429,6 +447,7 @@ class CoherentL1Tier(AsyncResource):
             held_events=sum(len(s.held) for s in driver.keys.values()),
             io_retries=c["io_retries"],
             parked_keys=sum(s.parked for s in driver.keys.values()),
+            refetches=c["refetches"],
         )
 
     def fenced_writes(self) -> list[FencedWrite]:

@@ -132,6 +132,40 @@ async def test_an_invalidating_writer_and_an_updating_writer_share_a_namespace(
     assert await holder.get("k") == "u3"
 
 
+async def test_an_updating_writer_gets_its_copy_back_and_its_next_read_hits(
+    cluster: Cluster,
+) -> None:
+    """Under write-update the writer refetches its own copy after the write returns (the
+    table's READ from I, in the background): its next read is served by its L1 with the version
+    it wrote, counted as a refetch and not as a miss."""
+    writer = await cluster.agent("writer", write_policy="update")
+    assert writer.refetch_after_write is True
+    version = await writer.write_through("k", {"n": 1})
+    await wait_until(lambda: writer.core.state("k") is L1State.S, "the writer refetched")
+    fills = _fills(writer)
+    entry = await writer.read("k")
+    assert entry is not None
+    assert (entry.value, entry.version) == ({"n": 1}, version)
+    assert _fills(writer) == fills  # served by the L1
+    assert writer.statistics().refetches == 1
+    reads = [r for r in cluster.fired("writer", Event.READ) if r.source is L1State.I]
+    assert len(reads) == 1  # the refetch went through the table's read row
+
+
+@pytest.mark.parametrize("options", [{}, {"write_policy": "update", "refetch_after_write": False}])
+async def test_without_refetch_the_writer_is_left_without_a_copy(
+    cluster: Cluster, options: dict[str, Any]
+) -> None:
+    """Under invalidate (the default) or with refetch_after_write=False, the written key stays
+    Invalid at the writer until it reads it."""
+    writer = await cluster.agent("writer", **options)
+    await writer.write_through("k", 1)
+    await asyncio.sleep(0.2)
+    assert writer.core.state("k") is L1State.I
+    assert writer.statistics().refetches == 0
+    assert await writer.get("k") == 1
+
+
 async def test_concurrent_updates_leave_every_holder_on_the_last_version(cluster: Cluster) -> None:
     """Updates that race (and may arrive out of order) never move a holder back: once the
     writes return, each holder's copy is the home's last version."""
@@ -194,6 +228,8 @@ async def test_connect_builds_an_updating_hierarchy(
         ({"write_policy": "update", "update_value_max_bytes": 0}, "update_value_max_bytes"),
         ({"write_policy": "update", "update_value_max_bytes": 10**6}, "update_value_max_bytes"),
         ({"write_policy": "update", "update_value_max_bytes": 1.5}, "update_value_max_bytes"),
+        ({"refetch_after_write": "yes"}, "refetch_after_write"),
+        ({"refetch_after_write": 1}, "refetch_after_write"),
     ],
 )
 async def test_bad_write_policy_options_are_refused(
