@@ -62,7 +62,7 @@ async def cluster_nodes(url: str) -> list[NodeView]:
     """The cluster as the node at `url` sees it."""
     client = redis_asyncio.Redis.from_url(url, decode_responses=True)
     try:
-        reply = await client.execute_command("CLUSTER", "NODES")
+        reply = await client.execute_command("CLUSTER", "NODES")  # type: ignore[no-untyped-call]  # untyped in redis-py
     finally:
         await client.aclose()
     assert isinstance(reply, str)
@@ -73,7 +73,7 @@ async def info_fields(url: str, *command: str) -> dict[str, str]:
     """A `key:value` reply (`CLUSTER INFO`, `INFO replication`) of the node at `url`."""
     client = redis_asyncio.Redis.from_url(url, decode_responses=True)
     try:
-        reply = await client.execute_command(*command)
+        reply = await client.execute_command(*command)  # type: ignore[no-untyped-call]  # untyped in redis-py
     finally:
         await client.aclose()
     if isinstance(reply, dict):
