@@ -73,8 +73,8 @@ def run_services_command(
     - `up`: start or reuse; print shell lines setting `SAGEMEM_REDIS_URL` and
       `SAGEMEM_POSTGRES_DSN` (and exporting them) on stdout, progress on stderr. 0, or 1 on error.
       With `cluster` (primaries) and `replicas` (per primary) a Redis cluster takes the
-      single-node Redis's place and `SAGEMEM_REDIS_URL` names its first primary; a bad shape
-      is a usage error (2) and starts nothing.
+      single-node Redis's place and `SAGEMEM_REDIS_URL` names its first primary; a bad shape,
+      or a running cluster of another shape, is a usage error (2) and starts nothing.
     - `status`: print each server's state, pid and address (and the cluster's nodes). 0 if
       Postgres and a Redis run and nothing recorded is stale, 1 if not, 2 on error.
     - `down`: stop all servers and verify they are gone; with `only_cluster`, only the
@@ -91,7 +91,11 @@ def run_services_command(
             print(f"sagemem: embedded servers in {services.runtime_dir}", file=sys.stderr)
             if shape is not None:
                 print(f"sagemem: embedded Redis cluster: {shape}", file=sys.stderr)
-            endpoints = services.up(cluster=shape)
+            try:
+                endpoints = services.up(cluster=shape)
+            except ConfigurationError as error:  # a cluster of another shape already runs
+                print(f"sagemem services up: error: {error}", file=sys.stderr)
+                return 2
             for name in (REDIS_URL_ENV, POSTGRES_DSN_ENV):
                 if os.environ.get(name):
                     print(
