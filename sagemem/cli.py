@@ -79,20 +79,25 @@ _SERVICES_ACTIONS: Final = {
         "start the embedded servers, or reuse them if they run",
         "Start the embedded Redis (Valkey) and Postgres (with pgvector), or reuse the ones "
         "already running, and print shell lines that export SAGEMEM_REDIS_URL and "
-        'SAGEMEM_POSTGRES_DSN: eval "$(sagemem services up)". Progress goes to stderr.',
-        "exit status: 0 the servers run; 1 they could not be started (the reason is printed).",
+        'SAGEMEM_POSTGRES_DSN: eval "$(sagemem services up)". Progress goes to stderr. With '
+        "--cluster N [--replicas R], a local Valkey cluster of N primaries with R replicas each "
+        "takes the single Redis's place, and SAGEMEM_REDIS_URL names one of its primaries.",
+        "exit status: 0 the servers run; 1 they could not be started (the reason is printed); "
+        "2 a bad --cluster/--replicas value (nothing is started).",
     ),
     "status": (
         "show whether the embedded servers run, their pids and addresses",
         "Show the runtime directory and, for each embedded server, whether it runs, its pid "
         "and its address (passwords shown as ***).",
-        "exit status: 0 both servers run; 1 one or both do not (not started, or stale); "
+        "exit status: 0 both servers run (or Postgres and the cluster); 1 one or both do not "
+        "(not started, or stale); "
         "2 the status could not be read.",
     ),
     "down": (
         "stop the embedded servers",
         "Stop the embedded Redis and Postgres and wait until their processes are gone. The "
-        "Postgres data directory is kept for the next `up`.",
+        "Postgres data directory is kept for the next `up`. With --cluster, only the "
+        "embedded Redis cluster is stopped.",
         "exit status: 0 stopped, or nothing was running; 1 they could not be stopped.",
     ),
 }
@@ -109,8 +114,28 @@ def _add_services_parser(commands: Any) -> None:
         "failed; 2 a usage error (or `status` could not read the record).",
     )
     actions = services.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for name, (summary, description, epilog) in _SERVICES_ACTIONS.items():
-        actions.add_parser(name, help=summary, description=description, epilog=epilog)
+    parsers = {
+        name: actions.add_parser(name, help=summary, description=description, epilog=epilog)
+        for name, (summary, description, epilog) in _SERVICES_ACTIONS.items()
+    }
+    parsers["up"].add_argument(
+        "--cluster",
+        type=int,
+        metavar="N",
+        help="start a Redis (Valkey) cluster of N primaries (3 or more) instead of the single "
+        "node; SAGEMEM_REDIS_URL then names its first primary",
+    )
+    parsers["up"].add_argument(
+        "--replicas",
+        type=int,
+        metavar="R",
+        help="with --cluster: R replicas per primary (0-4, default 0)",
+    )
+    parsers["down"].add_argument(
+        "--cluster",
+        action="store_true",
+        help="stop only the Redis cluster; the single-node Redis and Postgres keep running",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -196,6 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "services":
         from sagemem.services import run_services_command
 
+        if args.action == "up":
+            return run_services_command("up", cluster=args.cluster, replicas=args.replicas)
+        if args.action == "down":
+            return run_services_command("down", only_cluster=args.cluster)
         return run_services_command(args.action)
     parser.error(f"unknown command {args.command!r}")
 

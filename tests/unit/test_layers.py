@@ -40,7 +40,15 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("spec", ("sagemem.spec", "spec")),
-    ("adapters", ("sagemem.coherence", "sagemem.postgres", "sagemem._driver_errors")),
+    (
+        "adapters",
+        (
+            "sagemem.coherence",
+            "sagemem.postgres",
+            "sagemem._driver_errors",
+            "sagemem.redis_topology",
+        ),
+    ),
     ("tiers", ("sagemem.tiers",)),
     ("hierarchy", ("sagemem.hierarchy",)),
     ("scope", ("sagemem.scope",)),

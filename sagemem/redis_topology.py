@@ -1,0 +1,136 @@
+"""Which kind of Redis a URL names (one server, or a node of a Redis/Valkey Cluster), and the
+hash slot a key lives in on a cluster.
+
+Cluster mode is detected from the server itself (`INFO cluster` says `cluster_enabled:1`), so
+the user configures nothing new. `key_hash_slot` is the cluster's own mapping of a key to one
+of 16384 slots: CRC16 (XMODEM: polynomial 0x1021, initial value 0) of the key, or of its hash
+tag, modulo 16384. The hash tag is the part between the first `{` and the first `}` after it,
+when that part is not empty; keys with the same tag live in the same slot, which is how a
+multi-key script keeps all its keys on one node.
+
+This module reads the server's answer and computes; it never changes anything on the server,
+and the slot computation does no I/O at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from enum import StrEnum
+from typing import Final
+
+import redis.asyncio as redis_asyncio
+from redis.exceptions import NoPermissionError, RedisError
+
+from sagemem._driver_errors import refused_by_server, tier_unavailable
+from sagemem.endpoints import redacted_url
+from sagemem.errors import ConfigurationError
+
+__all__ = [
+    "HASH_SLOT_COUNT",
+    "RedisTopology",
+    "detect_redis_topology",
+    "detect_redis_topology_at",
+    "key_hash_slot",
+]
+
+
+HASH_SLOT_COUNT: Final = 16384
+_CRC16_POLYNOMIAL: Final = 0x1021
+_DETECT_TIMEOUT_S: Final = 5.0
+_TIER: Final = "Redis"
+
+
+def _crc16_table() -> tuple[int, ...]:
+    """The 256 CRC16/XMODEM remainders of one byte, for the byte-at-a-time loop below."""
+    table: list[int] = []
+    for byte in range(256):
+        crc = byte << 8
+        for _bit in range(8):
+            crc = (crc << 1) ^ _CRC16_POLYNOMIAL if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+        table.append(crc)
+    return tuple(table)
+
+
+_CRC16_TABLE: Final = _crc16_table()
+
+
+def _crc16(data: bytes) -> int:
+    crc = 0
+    for byte in data:
+        crc = ((crc << 8) & 0xFFFF) ^ _CRC16_TABLE[((crc >> 8) ^ byte) & 0xFF]
+    return crc
+
+
+def _hashed_part(key: bytes) -> bytes:
+    """The key's hash tag if it has a non-empty one, else the whole key."""
+    opening = key.find(b"{")
+    if opening == -1:
+        return key
+    closing = key.find(b"}", opening + 1)
+    if closing == -1 or closing == opening + 1:
+        return key
+    return key[opening + 1 : closing]
+
+
+def key_hash_slot(key: str | bytes) -> int:
+    """The cluster hash slot (0-16383) of `key`; a str is hashed as its UTF-8 bytes.
+
+    Same answer as the server's `CLUSTER KEYSLOT`. Raises `ConfigurationError` (a
+    `ValueError`) for anything but a str or bytes.
+    """
+    if isinstance(key, str):
+        encoded = key.encode()
+    elif isinstance(key, bytes):
+        encoded = key
+    else:
+        raise ConfigurationError(
+            f"key {key!r} is a {type(key).__name__}, not a str or bytes; pass the key as the "
+            "string (or bytes) sent to Redis"
+        )
+    return _crc16(_hashed_part(encoded)) % HASH_SLOT_COUNT
+
+
+class RedisTopology(StrEnum):
+    """What a Redis URL names."""
+
+    SINGLE_NODE = "single-node"  # a standalone server (or a replica of one)
+    CLUSTER = "cluster"  # a node of a Redis/Valkey Cluster: keys are spread over slots
+
+
+async def detect_redis_topology(client: redis_asyncio.Redis) -> RedisTopology:
+    """Ask the server behind `client` (`INFO cluster`) whether it is a cluster node.
+
+    The client is borrowed: it is used for one command and left open. Raises
+    `TierUnavailable` when the server does not answer within 5 s, `ScopeViolationError`
+    when the credentials may not run `INFO` (a restricted grant).
+    """
+    try:
+        async with asyncio.timeout(_DETECT_TIMEOUT_S):
+            info = await client.info("cluster")
+    except NoPermissionError as error:
+        raise refused_by_server(_TIER, "INFO cluster", None, error) from error
+    except (RedisError, OSError, TimeoutError) as error:
+        raise tier_unavailable(
+            _TIER,
+            "INFO cluster",
+            error,
+            hint="check that the Redis server at the configured URL runs and answers",
+        ) from error
+    enabled = info.get("cluster_enabled", 0)
+    return RedisTopology.CLUSTER if str(enabled) == "1" else RedisTopology.SINGLE_NODE
+
+
+async def detect_redis_topology_at(redis_url: str) -> RedisTopology:
+    """`detect_redis_topology` on a client of its own for `redis_url`, closed before returning."""
+    try:
+        client = redis_asyncio.Redis.from_url(redis_url, socket_timeout=_DETECT_TIMEOUT_S)
+    except ValueError as error:
+        raise ConfigurationError(
+            f"Redis URL {redacted_url(redis_url)!r} cannot be used: {error}; use a URL such "
+            "as 'redis://127.0.0.1:6379/0'"
+        ) from error
+    try:
+        return await detect_redis_topology(client)
+    finally:
+        await client.aclose()
