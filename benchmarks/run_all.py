@@ -662,6 +662,10 @@ async def _run_session(
                 }
             ]
         )
+        # Every agent's counters before any agent starts: the messages of the run are counted
+        # from here (an agent's own start snapshot can come after a faster agent already sent
+        # it a message, which would be counted as sent and never as received).
+        base = await pool.ask([{"cmd": "counters"}])
         start_ns = time.monotonic_ns() + int(START_DELAY_S * 1e9)
         commands = [
             {
@@ -680,6 +684,8 @@ async def _run_session(
         before = await counters.snapshot()
         answers = await running
         after = await counters.snapshot()
+        for answer, counted in zip(answers, base, strict=True):
+            answer["counters_run_start"] = counted["counters"]
         await asyncio.sleep(SETTLE_S)
         # Only the keys written in the run can be stale once it stopped.
         written = sorted({row[0] for answer in answers for row in answer["writes"]})

@@ -55,14 +55,17 @@ def test_quick_run_measures_every_system_and_every_read_is_consistent(
             assert cell["l1_hit_rate"] is not None, where
             assert 0 <= cell["l1_hit_rate"] <= 1, where
         if cell["system"].startswith("sagemem-"):
-            # the messages relays sent to registered holders (and the recalls) arrived: none
-            # more than were sent, and at most 1 % missing (the 8-agent runs of the benchmark
-            # miss 1-5 of 400-2,700 with no loss detected, not yet understood; see
-            # docs/benchmarks.md), none dropped by the agents' buses
+            # the messages relays sent to registered holders (and the recalls) all arrived,
+            # unless a listener detected a loss (pub/sub is at most once), and none was dropped
+            # by the agents' buses
             sent, delivered = cell["messages_to_holders"], cell["messages_delivered"]
             assert sent is not None, where
             assert sent > 0, where
-            assert 0 <= sent - delivered <= sent // 100, (where, sent, delivered)
+            assert sent == delivered or (sent > delivered and cell["bus_losses"] > 0), (
+                where,
+                sent,
+                delivered,
+            )
             assert cell["bus_dropped"] == 0, where
         else:
             assert cell["messages_to_holders"] is None, where
