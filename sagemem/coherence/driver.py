@@ -250,6 +250,8 @@ class AgentDriver:
         self.keys: dict[str, _KeyState] = {}
         self.lru: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._refetches: set[asyncio.Task[None]] = set()
+        self._releasing = False  # closing: no new refetch may register this agent
         self.closed = False
         self._disconnected = False
         self.fenced: list[FencedWrite] = []
@@ -298,6 +300,12 @@ class AgentDriver:
             self._maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._maintenance
+        # A refetch not yet started would register this agent after it left the directory.
+        self._releasing = True
+        refetches = list(self._refetches)
+        for task in refetches:
+            task.cancel()
+        await asyncio.gather(*refetches, return_exceptions=True)
         for key in list(self.lru):
             await self.release(key)
         for state in list(self.keys.values()):
@@ -423,7 +431,7 @@ class AgentDriver:
         itself."""
         await asyncio.sleep(0)  # let the write's caller run first
         state = self.keys.get(key)
-        if self.closed or state is None or state.op is not None:
+        if self.closed or self._releasing or state is None or state.op is not None:
             return
         if self.core.state(key) is not L1State.I:
             return
@@ -493,8 +501,11 @@ class AgentDriver:
                         and self._refetch_after_write
                         and answer is not None
                         and answer.effect is Effect.ACK_WRITE
+                        and not self._releasing
                     ):
-                        self._spawn(self._refetch(key), f"refetch of {key!r}")
+                        task = self._spawn(self._refetch(key), f"refetch of {key!r}")
+                        self._refetches.add(task)
+                        task.add_done_callback(self._refetches.discard)
                     return answer
                 state.op = None
                 if step.outcome is Outcome.NOT_APPLICABLE and step.source in STABLE_STATES:
@@ -645,7 +656,7 @@ class AgentDriver:
             self._drive(key, state), name=f"sagemem-l1-{self.agent_id}-{key[:40]}"
         )
 
-    def _spawn(self, coroutine: Coroutine[object, object, object], name: str) -> None:
+    def _spawn(self, coroutine: Coroutine[object, object, object], name: str) -> asyncio.Task[None]:
         async def logged() -> None:
             try:
                 await coroutine
@@ -655,6 +666,7 @@ class AgentDriver:
         task = asyncio.get_running_loop().create_task(logged(), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # -- the driver ---------------------------------------------------------------------------
 

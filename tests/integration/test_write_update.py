@@ -11,6 +11,7 @@ import pytest
 
 import sagemem
 from sagemem.coherence.bus import CoherenceBus
+from sagemem.coherence.directory import RedisDirectory
 from sagemem.errors import ConfigurationError
 from sagemem.spec.vocabulary import Event, Mode
 from sagemem.tiers.l1_coherent import CoherentL1Tier, L1State
@@ -150,6 +151,21 @@ async def test_an_updating_writer_gets_its_copy_back_and_its_next_read_hits(
     assert writer.statistics().refetches == 1
     reads = [r for r in cluster.fired("writer", Event.READ) if r.source is L1State.I]
     assert len(reads) == 1  # the refetch went through the table's read row
+
+
+async def test_a_writer_closed_right_after_its_writes_leaves_no_registration(
+    cluster: Cluster,
+) -> None:
+    """Closing cancels the refetches not yet run: the closed writer is a holder of none of
+    the keys it wrote (a registration left behind would be messaged, and waited for by strict
+    writers, until it lapsed)."""
+    writer = await cluster.agent("writer", write_policy="update")
+    keys = [f"k{i}" for i in range(20)]
+    for key in keys:
+        await writer.write_through(key, key)
+    await writer.aclose()
+    directory = RedisDirectory(cluster.redis, cluster.bus.namespace)
+    assert [await directory.holders(key) for key in keys] == [()] * len(keys)
 
 
 @pytest.mark.parametrize("options", [{}, {"write_policy": "update", "refetch_after_write": False}])
