@@ -74,7 +74,13 @@ from sagemem.coherence.messages import (
     encode_unsequenced,
     subscription_pattern,
 )
-from sagemem.errors import ClosedResourceError, ConfigurationError, TierUnavailable
+from sagemem.errors import (
+    ClosedResourceError,
+    ConfigurationError,
+    ScopeViolationError,
+    TierUnavailable,
+)
+from sagemem.redis_topology import RedisTopology, detect_redis_topology
 from sagemem.spec.vocabulary import MessageKind
 from sagemem.values import check_key, check_namespace
 
@@ -464,6 +470,18 @@ class CoherenceBus(AsyncResource):
             try:
                 async with asyncio.timeout(self._connect_timeout_s + self._command_timeout_s):
                     await client.ping()
+                try:
+                    topology = await detect_redis_topology(client)
+                except ScopeViolationError:  # may not run INFO: taken as one server
+                    topology = RedisTopology.SINGLE_NODE
+                if topology is RedisTopology.CLUSTER:
+                    raise ConfigurationError(
+                        f"CoherenceBus url {endpoints.redacted_url(url)!r} is a node of a "
+                        "Redis/Valkey Cluster: the coherence bus, directory and scripts need "
+                        "a single Redis or Valkey server for now (coherent and strict modes); "
+                        "point SAGEMEM_REDIS_URL (or redis_url) at a single server, or use a "
+                        "plain MemoryHierarchy, whose L2Tier runs on a cluster"
+                    )
                 self._subscriber_pool = subscriber_pool
                 link = await self._open_link()
             except _DRIVER_ERRORS as error:

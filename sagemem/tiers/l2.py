@@ -7,6 +7,12 @@ keeps every read and write a single command (GET, SET with PX for the TTL). Name
 `sagemem.values.NAMESPACE_PATTERN`, which excludes ':' and every glob character, so the prefix
 of one namespace is never a prefix of another's and `clear()` touches only its own keys.
 
+On a Redis/Valkey Cluster (found from the server itself when `connect()` runs: `INFO cluster`,
+nothing to configure) the tier talks through redis-py's `RedisCluster`: every command but
+`clear()` names one key, so it goes to that key's slot; `clear()` scans every primary and
+deletes slot by slot. Credentials that may not run `INFO` (a restricted grant) are taken to
+name a single server.
+
 This module must never let a redis exception escape: every driver error becomes
 `TierUnavailable` with the driver's exception as the cause.
 """
@@ -19,6 +25,7 @@ import math
 from typing import Final
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
@@ -27,7 +34,13 @@ from sagemem import endpoints, keyspace
 from sagemem._driver_errors import not_connected, tier_unavailable
 from sagemem._lifecycle import AsyncResource
 from sagemem._renamed import UNSET, Unset, renamed
-from sagemem.errors import ConfigurationError, InvalidValueError, TierUnavailable
+from sagemem.errors import (
+    ConfigurationError,
+    InvalidValueError,
+    ScopeViolationError,
+    TierUnavailable,
+)
+from sagemem.redis_topology import RedisTopology, detect_redis_topology
 from sagemem.tiers.base import TierEntry
 from sagemem.values import (
     VALUE_SIZE_MAX_BYTES,
@@ -129,8 +142,8 @@ class L2Tier(AsyncResource):
         )
         self._url_argument: Final = url
         self._prefix: Final = keyspace.l2_prefix(self.namespace)
-        self._client: aioredis.Redis | None = None
-        self._pool: aioredis.ConnectionPool | None = None
+        self._client: aioredis.Redis | RedisCluster | None = None
+        self._pool: aioredis.ConnectionPool | None = None  # None on a cluster
         self._slots: asyncio.Semaphore | None = None
         self._connect_lock = asyncio.Lock()
 
@@ -183,15 +196,44 @@ class L2Tier(AsyncResource):
             client = aioredis.Redis(connection_pool=pool)
             try:
                 await client.ping()
+                try:
+                    topology = await detect_redis_topology(client)
+                except ScopeViolationError:  # may not run INFO: taken as one server
+                    topology = RedisTopology.SINGLE_NODE
             except _DRIVER_ERRORS as error:
                 await self._close_quietly(client, pool)
                 raise tier_unavailable(self.name, "connect", error, hint=_HINT) from error
             except BaseException:
                 await self._close_quietly(client, pool)
                 raise
-            self._client = client
-            self._pool = pool
+            if topology is RedisTopology.CLUSTER:
+                await self._close_quietly(client, pool)
+                self._client = await self._connect_cluster(url)
+                self._pool = None
+            else:
+                self._client = client
+                self._pool = pool
             self._slots = asyncio.Semaphore(self._connections_max)
+
+    async def _connect_cluster(self, url: str) -> RedisCluster:
+        """A `RedisCluster` client for the cluster `url` names a node of, its slot map loaded."""
+        cluster = RedisCluster.from_url(
+            url,
+            max_connections=self._connections_max,
+            socket_connect_timeout=self._connect_timeout_s,
+            socket_timeout=self._command_timeout_s,
+        )
+        try:
+            connect_s, command_s = self._connect_timeout_s, self._command_timeout_s
+            assert connect_s is not None  # checked in the constructor: never None
+            assert command_s is not None
+            async with asyncio.timeout(connect_s + command_s):
+                await cluster.initialize()
+        except _DRIVER_ERRORS as error:
+            with contextlib.suppress(*_DRIVER_ERRORS, RuntimeError):
+                await cluster.aclose()
+            raise tier_unavailable(self.name, "connect", error, hint=_HINT) from error
+        return cluster
 
     async def aclose(self) -> None:
         """Close the pool this tier owns (idempotent; never raises a driver error)."""
@@ -200,7 +242,11 @@ class L2Tier(AsyncResource):
             self._client = None
             self._pool = None
             self._slots = None
-            if client is not None and pool is not None:
+            if isinstance(client, RedisCluster):
+                with contextlib.suppress(*_DRIVER_ERRORS, RuntimeError):
+                    async with asyncio.timeout(self._command_timeout_s):
+                        await client.aclose()
+            elif client is not None and pool is not None:
                 await self._close_quietly(client, pool)
 
     async def _close_quietly(self, client: aioredis.Redis, pool: aioredis.ConnectionPool) -> None:
@@ -213,6 +259,11 @@ class L2Tier(AsyncResource):
         except (*_DRIVER_ERRORS, RuntimeError):
             with contextlib.suppress(*_DRIVER_ERRORS, RuntimeError):
                 await pool.disconnect(inuse_connections=True)
+
+    @property
+    def on_cluster(self) -> bool:
+        """Whether the connected server is a Redis/Valkey Cluster (False before `connect()`)."""
+        return isinstance(self._client, RedisCluster)
 
     # -- the Tier interface ---------------------------------------------------------------
 
@@ -310,7 +361,7 @@ class L2Tier(AsyncResource):
 
     # -- internals ------------------------------------------------------------------------
 
-    def _connected(self) -> tuple[aioredis.Redis, asyncio.Semaphore]:
+    def _connected(self) -> tuple[aioredis.Redis | RedisCluster, asyncio.Semaphore]:
         client, slots = self._client, self._slots
         if client is None or slots is None:
             raise not_connected(self.name)
