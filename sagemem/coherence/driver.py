@@ -249,8 +249,8 @@ class AgentDriver:
         self._maintenance: asyncio.Task[None] | None = None
         self.keys: dict[str, _KeyState] = {}
         self.lru: OrderedDict[str, None] = OrderedDict()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._refetches: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._refetches: set[asyncio.Task[object]] = set()
         self._releasing = False  # closing: no new refetch may register this agent
         self.closed = False
         self._disconnected = False
@@ -656,16 +656,26 @@ class AgentDriver:
             self._drive(key, state), name=f"sagemem-l1-{self.agent_id}-{key[:40]}"
         )
 
-    def _spawn(self, coroutine: Coroutine[object, object, object], name: str) -> asyncio.Task[None]:
-        async def logged() -> None:
-            try:
-                await coroutine
-            except SageMemError as error:
-                _logger.warning("L1 %s: %s failed: %s", self.agent_id, name, error)
-
-        task = asyncio.get_running_loop().create_task(logged(), name=name)
+    def _spawn(
+        self, coroutine: Coroutine[object, object, object], name: str
+    ) -> asyncio.Task[object]:
+        """Run `coroutine` in the background; a failure is logged (a SageMemError as a warning),
+        never raised. The coroutine is the task's own, so cancelling a task that has not started
+        yet closes it (no "never awaited" coroutine is left behind)."""
+        task = asyncio.get_running_loop().create_task(coroutine, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+        def finished(done: asyncio.Task[object]) -> None:
+            self._tasks.discard(done)
+            if done.cancelled():
+                return
+            error = done.exception()
+            if isinstance(error, SageMemError):
+                _logger.warning("L1 %s: %s failed: %s", self.agent_id, name, error)
+            elif error is not None:
+                _logger.error("L1 %s: %s failed", self.agent_id, name, exc_info=error)
+
+        task.add_done_callback(finished)
         return task
 
     # -- the driver ---------------------------------------------------------------------------
