@@ -5,8 +5,10 @@ module is its Z3 reader (`Semantics.holds` reads a guard's condition as a formul
 `Semantics.apply` runs an effect's statements on the terms), as `sagemem.spec.model` is its
 Python reader. The few effects `meaning.EFFECTS_IN_CODE` lists keep code here and in the model;
 `tests/unit/test_meaning.py` and `tests/unit/test_z3_check.py` evaluate both readers on
-sampled states and steps and fail when they disagree. A step is one `Step`: (event, subject agent, payload, row or table defect)
-with its enabling condition and the successor state, built by applying the row's effects in
+sampled states and steps and fail when they disagree.
+
+A step is one `Step`: (event, subject agent, payload, row or table defect) with its enabling
+condition and the successor state, built by applying the row's effects in
 order to the terms. A (state, event) that the table leaves undefined, doubles, or lists as
 impossible steps into a state whose `viol` code is `VIOLATION_DEFECT`.
 
