@@ -8,8 +8,8 @@ Python reader. The few effects `meaning.EFFECTS_IN_CODE` lists keep code here an
 sampled states and steps and fail when they disagree.
 
 A step is one `Step`: (event, subject agent, payload, row or table defect) with its enabling
-condition and the successor state, built by applying the row's effects in
-order to the terms. A (state, event) that the table leaves undefined, doubles, or lists as
+condition and the successor state, built by applying the row's effects in order to the terms.
+A (state, event) that the table leaves undefined, doubles, or lists as
 impossible steps into a state whose `viol` code is `VIOLATION_DEFECT`.
 
 This module must never import the production package `sagemem` (only `sagemem.spec`).
