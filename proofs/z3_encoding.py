@@ -2,9 +2,10 @@
 
 One global state of the key becomes a `SymState`: a few bit-vector and Boolean terms per field
 (versions are small signed bit-vectors, L1 states and requests 4-bit codes, the inbox one
-Boolean per possible message). The meaning of every guard, effect and invariant is written
-here a second time, as formulas, mirroring `sagemem.spec.model` and `sagemem.spec.invariants`
-field by field. The encoding is split by concern: the state and its terms
+Boolean per possible message). Guards and effects are read, as formulas, from their one
+statement in `sagemem.spec.meaning` (a few effects keep code, see `meaning.EFFECTS_IN_CODE`);
+the invariants are written here a second time, mirroring `sagemem.spec.invariants` field by
+field. The encoding is split by concern: the state and its terms
 (`proofs.z3_state`), the semantics of guards, effects and steps (`proofs.z3_semantics`) and
 the invariants (`proofs.z3_invariants`); this module joins them as `Encoding`, the entry point
 the checkers import. `tests/unit/test_z3_check.py` evaluates both on sampled reachable states and

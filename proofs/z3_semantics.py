@@ -1,11 +1,15 @@
 """The semantics half of the Z3 encoding: guards, effects and the steps they make.
 
-The meaning of every guard (`Semantics.holds`) and effect (`Semantics.apply`) is written here a
-second time, as formulas, mirroring `sagemem.spec.model` case by case;
-`tests/unit/test_z3_check.py` evaluates both on sampled reachable states and steps and fails
-when they disagree. A step is one `Step`: (event, subject agent, payload, row or table defect)
-with its enabling condition and the successor state, built by applying the row's effects in
-order to the terms. A (state, event) that the table leaves undefined, doubles, or lists as
+The meaning of every guard and effect is stated once, as data, in `sagemem.spec.meaning`; this
+module is its Z3 reader (`Semantics.holds` reads a guard's condition as a formula,
+`Semantics.apply` runs an effect's statements on the terms), as `sagemem.spec.model` is its
+Python reader. The few effects `meaning.EFFECTS_IN_CODE` lists keep code here and in the model;
+`tests/unit/test_meaning.py` and `tests/unit/test_z3_check.py` evaluate both readers on
+sampled states and steps and fail when they disagree.
+
+A step is one `Step`: (event, subject agent, payload, row or table defect) with its enabling
+condition and the successor state, built by applying the row's effects in order to the terms.
+A (state, event) that the table leaves undefined, doubles, or lists as
 impossible steps into a state whose `viol` code is `VIOLATION_DEFECT`.
 
 This module must never import the production package `sagemem` (only `sagemem.spec`).
@@ -13,14 +17,42 @@ This module must never import the production package `sagemem` (only `sagemem.sp
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final
 
 import z3
 
+from sagemem.spec.meaning import (
+    EFFECTS,
+    GUARDS,
+    And,
+    Announced,
+    AppendName,
+    Cmp,
+    Code,
+    Drop,
+    Field,
+    Flag,
+    ForEach,
+    FreshValue,
+    If,
+    InMode,
+    Max,
+    NameOf,
+    Not,
+    Num,
+    Or,
+    Plus,
+    Send,
+    Set,
+    Some,
+    Stmt,
+    When,
+    guard_needs_subject,
+)
+from sagemem.spec.meaning import Expr as MeaningExpr
 from sagemem.spec.model import (
     FAULT_EVENT_SET,
-    GRANT_DEAD_INCARNATION,
     GRANT_LIVE_INCARNATION,
     MESSAGE_EVENTS,
     NO_GRANT,
@@ -53,6 +85,8 @@ from sagemem.spec.vocabulary import (
 )
 
 from .z3_state import (
+    _BLANK_AGENT,
+    _BLANK_GLOBAL,
     VIOLATION_DEFECT,
     VIOLATION_LINEARIZABLE,
     VIOLATION_MONOTONIC,
@@ -68,100 +102,105 @@ from .z3_state import (
 
 __all__ = ["Semantics"]
 
+_Z3_OPS: Final[dict[str, Callable[[Expr, Expr], Expr]]] = {
+    "==": lambda left, right: left == right,
+    "!=": lambda left, right: left != right,
+    "<": lambda left, right: left < right,
+    "<=": lambda left, right: left <= right,
+    ">": lambda left, right: left > right,
+    ">=": lambda left, right: left >= right,
+}
+
 
 class Semantics(Terms):
     """Guards, effects, offered events and steps of one definition, as formulas."""
 
     # ------------------------------------------------------------------------------ guards
 
-    def holds(
-        self, guard: Guard, s: SymState, a: int | None, payload: int
-    ) -> Expr:  # one case per guard, as in model.py
-        """The formula of `guard` for subject agent `a` (None: agent-less step), as model.holds."""
-        ag = s.agents[a] if a is not None else None
-        g = s.g
-        no_l2 = g["l2"] < self.v(0)
-        false = z3.BoolVal(False)
-        match guard:
-            case Guard.ALWAYS:
-                return z3.BoolVal(True)
-            case Guard.CONN_OK:
-                return false if ag is None else z3.Not(ag["missed"])
-            case Guard.CONN_MISSED:
-                return false if ag is None else ag["missed"]
-            case Guard.INV_NEWER:
-                return false if ag is None else self.v(message_version(payload)) > ag["ver"]
-            case Guard.INV_NOT_NEWER:
-                return false if ag is None else self.v(message_version(payload)) <= ag["ver"]
-            case Guard.VALUE_AT_HOME:
-                return z3.And(
-                    g["outbox"] != self.v(0), g["outbox"] == g["home"], z3.Not(g["dirty"])
+    def holds(self, guard: Guard, s: SymState, a: int | None, payload: int) -> Expr:
+        """The formula of `guard`'s condition (`meaning.GUARDS`) for subject agent `a` (None:
+        agent-less step, where a guard that reads the subject does not hold), as model.holds."""
+        if a is None and guard_needs_subject(guard):
+            return z3.BoolVal(False)
+        return self._term(GUARDS[guard], s, a, None, payload)
+
+    def _field(self, f: Field, s: SymState, a: int | None, each: int | None) -> Expr:
+        """The term of a field; a field the encoding leaves out reads as its initial value."""
+        if f.owner == "key":
+            if f.name in s.g:
+                return s.g[f.name]
+            return self._blank(_BLANK_GLOBAL[f.name])
+        index = a if f.owner == "agent" else each
+        if index is None:
+            raise ValueError(
+                f"the {f.owner} field {f.name!r} needs a subject agent but the step has none; "
+                "the model cannot run it either"
+            )
+        agent = s.agents[index]
+        if f.name in agent:
+            return agent[f.name]
+        return self._blank(_BLANK_AGENT[f.name])
+
+    def _blank(self, value: object) -> Expr:
+        if isinstance(value, bool):
+            return z3.BoolVal(value)
+        assert isinstance(value, int), f"unencoded field value {value!r}"
+        return self.v(value)
+
+    def _term(  # one case per node of the language
+        self, e: MeaningExpr, s: SymState, a: int | None, each: int | None, payload: int
+    ) -> Expr:
+        """The Z3 term of expression `e` of `sagemem.spec.meaning`."""
+        match e:
+            case Field():
+                return self._field(e, s, a, each)
+            case Num(value):
+                return self.v(value)
+            case Code(value):
+                return self.code("req", int(value))
+            case Flag(value):
+                return z3.BoolVal(value)
+            case Announced():
+                return self.v(message_version(payload))
+            case Cmp(op, left, right):
+                return _Z3_OPS[op](
+                    self._term(left, s, a, each, payload), self._term(right, s, a, each, payload)
                 )
-            case Guard.VALUE_AT_OWNER:
-                return z3.And(g["outbox"] != self.v(0), z3.Or(g["outbox"] != g["home"], g["dirty"]))
-            case Guard.FETCH_L2_HIT:
-                return g["l2"] >= self.v(0)
-            case Guard.FETCH_OWNED:
-                return z3.And(no_l2, self._any_grant(s))
-            case Guard.FETCH_FREE:
-                return z3.And(no_l2, z3.Not(self._any_grant(s)))
-            case Guard.FETCH_SETTLED:
-                return z3.And(
-                    no_l2,
-                    z3.Not(self._any_grant(s)),
-                    g["outbox"] == self.v(0),
-                    z3.Not(self._acks_owed(s)),
+            case And(parts):
+                return z3.And(*(self._term(p, s, a, each, payload) for p in parts))
+            case Or(parts):
+                return z3.Or(*(self._term(p, s, a, each, payload) for p in parts))
+            case Not(part):
+                return z3.Not(self._term(part, s, a, each, payload))
+            case Some(body, others):
+                terms = [
+                    self._term(body, s, a, i, payload)
+                    for i in range(len(s.agents))
+                    if not (others and i == a)
+                ]
+                return z3.Or(*terms) if terms else z3.BoolVal(False)
+            case Max(left, right):
+                return self._max(
+                    self._term(left, s, a, each, payload), self._term(right, s, a, each, payload)
                 )
-            case Guard.FETCH_UNSETTLED:
-                return z3.And(
-                    no_l2,
-                    z3.Not(self._any_grant(s)),
-                    z3.Or(g["outbox"] != self.v(0), self._acks_owed(s)),
+            case Plus(left, right):
+                return self._term(left, s, a, each, payload) + self._term(
+                    right, s, a, each, payload
                 )
-            case Guard.DATA_FRESH:
-                if ag is None:
-                    return false
-                return z3.And(z3.Not(ag["missed"]), ag["data"] >= ag["floor"])
-            case Guard.DATA_STALE:
-                if ag is None:
-                    return false
-                return z3.And(z3.Not(ag["missed"]), ag["data"] < ag["floor"])
-            case Guard.DATA_NOT_OLDER:
-                return false if ag is None else ag["data"] >= ag["floor"]
-            case Guard.DATA_OLDER:
-                return false if ag is None else ag["data"] < ag["floor"]
-            case Guard.OWNED_BY_OTHER:
-                return false if a is None else self._owned_by_other(s, a)
-            case Guard.NOT_OWNED_BY_OTHER:
-                return false if a is None else z3.Not(self._owned_by_other(s, a))
-            case Guard.PUBLISHED:
-                return g["outbox"] == self.v(0)
-            case Guard.UNPUBLISHED:
-                return g["outbox"] != self.v(0)
-            case Guard.ACKNOWLEDGED:
-                return z3.And(g["outbox"] == self.v(0), z3.Not(self._acks_owed(s)))
-            case Guard.UNACKNOWLEDGED:
-                return z3.Or(g["outbox"] != self.v(0), self._acks_owed(s))
-            case Guard.GRANT_HELD:
-                return false if ag is None else self._grant_is(ag, GRANT_LIVE_INCARNATION)
-            case Guard.GRANT_LOST:
-                return false if ag is None else z3.Not(self._grant_is(ag, GRANT_LIVE_INCARNATION))
-            case Guard.OWNER_LEASE_LAPSED:
-                if ag is None:
-                    return false
-                return z3.Or(
-                    self._grant_is(ag, GRANT_DEAD_INCARNATION),
-                    z3.And(self._grant_is(ag, GRANT_LIVE_INCARNATION), z3.Not(ag["lease"])),
+            case If(cond, then, other):
+                return z3.If(
+                    self._term(cond, s, a, each, payload),
+                    self._term(then, s, a, each, payload),
+                    self._term(other, s, a, each, payload),
                 )
-            case Guard.OWNER_LEASE_LIVE:
-                if ag is None:
-                    return false
-                return z3.And(self._grant_is(ag, GRANT_LIVE_INCARNATION), ag["lease"])
-            case Guard.HOLDER_LEASE_LAPSED:
-                return false if ag is None else z3.Not(ag["rlease"])
-            case Guard.HOLDER_LEASE_LIVE:
-                return false if ag is None else ag["rlease"]
-        raise ValueError(f"guard {guard!r} has no Z3 encoding; add it to proofs/z3_semantics.py")
+            case InMode(mode):
+                return z3.BoolVal(self.mode is mode)
+            case FreshValue() | NameOf():
+                raise ValueError(
+                    f"{e!r} is of the value level, which the encoding leaves out; only a "
+                    "field it does not encode may be assigned it"
+                )
+        raise AssertionError(f"unknown expression {e!r}")  # pragma: no cover
 
     # ------------------------------------------------------------------------------ effects
 
@@ -184,50 +223,24 @@ class Semantics(Terms):
             g["read_max"] = self._max(g["read_max"], version)
         g["violation"] = viol
 
-    def _l2_set(self, w: SymState, when: Expr, version: Expr) -> None:
-        g = w.g
-        g["l2"] = z3.If(when, version, g["l2"])
-        g["l2_high"] = z3.If(when, self._max(g["l2_high"], version), g["l2_high"])
-
-    def _home_new_version(self, w: SymState, a: int) -> None:
-        g = w.g
-        g["home"] = g["home"] + self.v(1)
-        g["commits"] = g["commits"] + self.v(1)
-        g["outbox"] = g["home"]
-        w.agents[a]["ver"] = g["home"]
-        w.agents[a]["req"] = self.code("req", Request.SETTLE)
-
     def _void_recalls(self, w: SymState, a: int, when: Expr) -> None:
         w.inboxes[a][RECALL] = z3.And(w.inboxes[a][RECALL], z3.Not(when))
 
-    def _add_message(self, w: SymState, i: int, when: Expr, message: Expr) -> None:
-        """A recall (RECALL) or an invalidation of version `message` to agent `i` if `when`."""
-        box = w.inboxes[i]
-        for m in self.messages:
-            if not is_update(m):
-                box[m] = z3.Or(box[m], z3.And(when, message == self.v(m)))
-
-    def _add_update(self, w: SymState, i: int, when: Expr, version: Expr) -> None:
-        """A write-update of `version` to agent `i` if `when` (model: UPDATE_BASE + version)."""
-        box = w.inboxes[i]
-        for m in self.messages:
-            if is_update(m):
-                box[m] = z3.Or(box[m], z3.And(when, version == self.v(message_version(m))))
-
-    def apply(
-        self, effect: Effect, w: SymState, a: int | None, payload: int
-    ) -> None:  # one case per effect, as in model.py
-        """Apply `effect` to the terms of `w` in place, as model._apply does to a state."""
-        g = w.g
+    def apply(self, effect: Effect, w: SymState, a: int | None, payload: int) -> None:
+        """Apply `effect` to the terms of `w` in place, as model._apply does to a state: its
+        update in `meaning.EFFECTS`, or the code below for `meaning.EFFECTS_IN_CODE`."""
+        statements = EFFECTS.get(effect)
+        if statements is not None:
+            for statement in statements:
+                self._run(statement, w, a, None, payload, None)
+            return
         if a is None:
-            if effect not in _AGENTLESS_EFFECTS:
-                raise ValueError(
-                    f"effect {effect.name} needs a subject agent but the row has none; "
-                    "the model cannot run it either"
-                )
-            ag: dict[str, Expr] = {}
-        else:
-            ag = w.agents[a]
+            raise ValueError(
+                f"effect {effect.name} needs a subject agent but the row has none; "
+                "the model cannot run it either"
+            )
+        g = w.g
+        ag = w.agents[a]
         req = self.code
         match effect:
             case Effect.RETURN_VALUE:
@@ -238,16 +251,6 @@ class Semantics(Terms):
                 self._check_read(w, a, ag["data"])
                 ag["data"] = self.v(-1)
                 ag["req"] = req("req", Request.NONE)
-            case Effect.INSTALL_COPY:
-                ag["ver"] = ag["data"]
-                ag["data"] = self.v(-1)
-                ag["req"] = req("req", Request.NONE)
-            case Effect.DROP_COPY:
-                ag["ver"] = self.v(-1)
-            case Effect.NOTE_INVALIDATION:
-                ag["floor"] = self._max(ag["floor"], self.v(message_version(payload)))
-            case Effect.INSTALL_UPDATE:
-                ag["ver"] = self.v(message_version(payload))
             case Effect.ACK_WRITE:
                 g["violation"] = z3.If(
                     z3.And(
@@ -263,11 +266,6 @@ class Semantics(Terms):
                 ag["req"] = req("req", Request.NONE)
                 if self.mode is Mode.STRICT:
                     g["done"] = self._max(g["done"], ag["ver"])
-            case Effect.START_OWNER_LEASE:
-                ag["lease"] = z3.BoolVal(True)
-            case Effect.LEASE_LAPSED:
-                ag["lease"] = z3.BoolVal(False)
-                ag["rlease"] = z3.BoolVal(False)
             case Effect.REPORT_CONFLICT:
                 g["violation"] = z3.If(
                     z3.And(
@@ -278,147 +276,6 @@ class Semantics(Terms):
                     g["violation"],
                 )
                 ag["op"] = self.v(OP_NONE)
-                ag["req"] = req("req", Request.NONE)
-            case Effect.REPORT_FENCED:
-                ag["unsaved"] = z3.BoolVal(False)
-                ag["ver"] = self.v(-1)
-                ag["req"] = req("req", Request.NONE)
-                ag["lease"] = z3.BoolVal(False)
-            case Effect.RESYNC_CONNECTION:
-                ag["missed"] = z3.BoolVal(False)
-            case Effect.LOSE_VOLATILE_STATE:
-                assert a is not None
-                ag["ver"] = self.v(-1)
-                ag["data"] = self.v(-1)
-                ag["floor"] = self.v(0)
-                ag["missed"] = z3.BoolVal(False)
-                w.inboxes[a] = {m: z3.BoolVal(False) for m in self.messages}
-                ag["req"] = req("req", Request.NONE)
-                ag["lease"] = z3.BoolVal(False)
-                ag["rlease"] = z3.BoolVal(False)
-                ag["grant"] = z3.If(
-                    self._grant_is(ag, NO_GRANT), ag["grant"], self.v(GRANT_DEAD_INCARNATION)
-                )
-                ag["l2_lease"] = z3.BoolVal(False)
-                ag["unsaved"] = z3.BoolVal(False)
-                ag["op"] = self.v(OP_NONE)
-                ag["told"] = self.v(0)
-            case Effect.REFETCH:
-                ag["data"] = self.v(-1)
-                ag["req"] = req("req", Request.FILL)
-            case Effect.MARK_DIRTY:
-                g["dirty"] = z3.BoolVal(True)
-            case Effect.AWAIT_INVALIDATIONS:
-                ag["req"] = req("req", Request.SETTLE)
-            case Effect.AWAIT_OWNER:
-                ag["req"] = req("req", Request.WAIT_OWNER)
-            case Effect.REQUEST_FILL:
-                ag["data"] = self.v(-1)
-                ag["req"] = req("req", Request.FILL)
-            case Effect.REQUEST_COMMIT:
-                ag["req"] = req("req", Request.COMMIT)
-            case Effect.REQUEST_OWNERSHIP:
-                ag["req"] = req("req", Request.ACQUIRE)
-            case Effect.REQUEST_WRITE_BACK:
-                ag["req"] = req("req", Request.WRITE_BACK)
-            case Effect.REQUEST_FLUSH:
-                ag["req"] = req("req", Request.FLUSH)
-            case Effect.SEND_RECALL:
-                for i, other in enumerate(w.agents):
-                    self._add_message(w, i, z3.Not(self._grant_is(other, NO_GRANT)), self.v(RECALL))
-            case Effect.SEND_ACK:
-                ag["ack_owed"] = z3.BoolVal(False)
-            case Effect.DISCARD_MESSAGE:
-                assert a is not None
-                if payload in self.messages:
-                    w.inboxes[a][payload] = z3.BoolVal(False)
-            case Effect.DISCARD_ALL_MESSAGES:
-                assert a is not None
-                w.inboxes[a] = {m: z3.BoolVal(False) for m in self.messages}
-            case Effect.MARK_MISSED:
-                ag["missed"] = z3.BoolVal(True)
-            case Effect.DIRECTORY_ADD_HOLDER:
-                ag["registered"] = z3.BoolVal(True)
-                if self.mode is Mode.STRICT:
-                    ag["rlease"] = z3.BoolVal(True)
-            case Effect.DIRECTORY_REMOVE_HOLDER:
-                ag["registered"] = z3.BoolVal(False)
-                ag["rlease"] = z3.BoolVal(False)
-            case Effect.DIRECTORY_EXPIRE_HOLDER:
-                ag["registered"] = z3.BoolVal(False)
-                ag["ack_owed"] = z3.BoolVal(False)
-            case Effect.PUBLISH_INVALIDATIONS | Effect.PUBLISH_INVALIDATIONS_AWAIT_ACKS:
-                version = g["outbox"]
-                for i, other in enumerate(w.agents):
-                    holder = other["registered"]
-                    self._add_message(w, i, holder, version)
-                    if effect is Effect.PUBLISH_INVALIDATIONS_AWAIT_ACKS:
-                        other["ack_owed"] = z3.Or(other["ack_owed"], holder)
-                    other["registered"] = z3.BoolVal(False)
-            case Effect.PUBLISH_UPDATES:
-                for i, other in enumerate(w.agents):  # the holders stay registered
-                    self._add_update(w, i, other["registered"], g["outbox"])
-            case Effect.L2_READ:
-                ag["data"] = g["l2"]
-                ag["l2_lease"] = z3.BoolVal(False)
-                ag["req"] = req("req", Request.DATA)
-            case Effect.L2_TAKE_LEASE:
-                for other in w.agents:
-                    other["l2_lease"] = z3.BoolVal(False)
-                ag["l2_lease"] = z3.BoolVal(True)
-            case Effect.HOME_READ:
-                ag["data"] = g["home"]
-                ag["req"] = req("req", Request.DATA)
-            case Effect.L2_LEASED_FILL:
-                self._l2_set(w, ag["l2_lease"], ag["data"])
-                ag["l2_lease"] = z3.BoolVal(False)
-            case Effect.L2_FILL_IF_NEWER:
-                self._l2_set(w, ag["data"] > g["l2"], ag["data"])
-            case Effect.L2_DELETE:
-                g["l2"] = self.v(-1)
-                for other in w.agents:
-                    other["l2_lease"] = z3.BoolVal(False)
-            case Effect.L2_EVICT_COPY:
-                g["l2"] = self.v(-1)
-            case Effect.L2_ABANDON_LEASE:
-                ag["l2_lease"] = z3.BoolVal(False)
-            case Effect.L2_SET_IF_NEWER:
-                self._l2_set(w, g["outbox"] > g["l2"], g["outbox"])
-            case Effect.HOME_COMMIT_VERSION:
-                assert a is not None
-                self._home_new_version(w, a)
-                live = self._grant_is(ag, GRANT_LIVE_INCARNATION)
-                self._void_recalls(w, a, live)
-                ag["lease"] = z3.And(ag["lease"], z3.Not(live))
-                ag["grant"] = z3.If(live, self.v(NO_GRANT), ag["grant"])
-                g["dirty"] = z3.BoolVal(False)
-                ag["unsaved"] = z3.BoolVal(False)
-            case Effect.HOME_COMMIT_KEEP_VERSION:
-                # version level: a commit that names no new version (the value it changes is
-                # not encoded; the explorer's version_names_one_value sees it)
-                assert a is not None
-                g["commits"] = g["commits"] + self.v(1)
-                g["outbox"] = z3.If(g["home"] > self.v(0), g["home"], g["outbox"])
-                ag["ver"] = g["home"]
-                ag["req"] = self.code("req", Request.SETTLE)
-                live = self._grant_is(ag, GRANT_LIVE_INCARNATION)
-                self._void_recalls(w, a, live)
-                ag["lease"] = z3.And(ag["lease"], z3.Not(live))
-                ag["grant"] = z3.If(live, self.v(NO_GRANT), ag["grant"])
-                g["dirty"] = z3.BoolVal(False)
-                ag["unsaved"] = z3.BoolVal(False)
-            case Effect.HOME_RESERVE_AND_GRANT:
-                assert a is not None
-                self._home_new_version(w, a)
-                ag["grant"] = self.v(GRANT_LIVE_INCARNATION)
-                g["dirty"] = z3.BoolVal(True)
-            case Effect.HOME_STORE_AND_RELEASE:
-                assert a is not None
-                g["dirty"] = z3.BoolVal(False)
-                self._void_recalls(w, a, z3.BoolVal(True))
-                ag["grant"] = self.v(NO_GRANT)
-                ag["unsaved"] = z3.BoolVal(False)
-                ag["lease"] = z3.BoolVal(False)
                 ag["req"] = req("req", Request.NONE)
             case Effect.HOME_STORE_UNFENCED:
                 assert a is not None
@@ -436,23 +293,76 @@ class Semantics(Terms):
                 ag["ver"] = self.v(-1)
                 ag["lease"] = z3.BoolVal(False)
                 ag["req"] = req("req", Request.NONE)
-            case Effect.HOME_STORE_KEEP_GRANT:
-                g["dirty"] = z3.BoolVal(False)
-                ag["unsaved"] = z3.BoolVal(False)
-                ag["req"] = req("req", Request.NONE)
-            case Effect.HOME_REVOKE_GRANT:
-                assert a is not None
-                self._void_recalls(w, a, z3.BoolVal(True))
-                ag["grant"] = self.v(NO_GRANT)
-                g["dirty"] = z3.BoolVal(False)
-                g["home"] = g["home"] + self.v(1)
-                g["commits"] = g["commits"] + self.v(1)
-            case Effect.HOME_CLEAR_OUTBOX:
-                g["outbox"] = self.v(0)
             case _:
                 raise ValueError(
                     f"effect {effect!r} has no Z3 encoding; add it to proofs/z3_semantics.py"
                 )
+
+    def _run(  # one case per statement of the language
+        self,
+        statement: Stmt,
+        w: SymState,
+        a: int | None,
+        each: int | None,
+        payload: int,
+        when: Expr | None,
+    ) -> None:
+        """Run one statement of `sagemem.spec.meaning` on the terms of `w`, only `when` holds
+        (None: always). An assignment to a field the encoding leaves out is skipped."""
+        match statement:
+            case Set(target, value):
+                fields = self._fields_of(target, w, a, each)
+                if target.name not in fields:
+                    return  # the value level: not encoded
+                new = self._term(value, w, a, each, payload)
+                fields[target.name] = new if when is None else z3.If(when, new, fields[target.name])
+            case When(cond, body):
+                holds = self._term(cond, w, a, each, payload)
+                if z3.is_false(z3.simplify(holds)):
+                    return
+                inner = holds if when is None else z3.And(when, holds)
+                for s in body:
+                    self._run(s, w, a, each, payload, inner)
+            case ForEach(body):
+                for i in range(len(w.agents)):
+                    for s in body:
+                        self._run(s, w, a, i, payload, when)
+            case Send(kind, version):
+                assert each is not None, "Send runs inside ForEach"
+                box = w.inboxes[each]
+                sent = z3.BoolVal(True) if when is None else when
+                if kind == "recall":
+                    box[RECALL] = z3.Or(box[RECALL], sent)
+                    return
+                announced = self._term(version, w, a, each, payload)
+                for m in self.messages:
+                    if is_update(m) == (kind == "update"):
+                        box[m] = z3.Or(
+                            box[m], z3.And(sent, announced == self.v(message_version(m)))
+                        )
+            case Drop(which):
+                if a is None:
+                    raise ValueError("dropping messages needs a subject agent; the step has none")
+                box = w.inboxes[a]
+                dropped = {"payload": [payload], "recalls": [RECALL], "all": list(self.messages)}
+                for m in dropped[which]:
+                    if m in box:
+                        box[m] = z3.BoolVal(False) if when is None else z3.And(box[m], z3.Not(when))
+            case AppendName():
+                return  # the value level: not encoded
+
+    def _fields_of(
+        self, target: Field, w: SymState, a: int | None, each: int | None
+    ) -> dict[str, Expr]:
+        if target.owner == "key":
+            return w.g
+        index = a if target.owner == "agent" else each
+        if index is None:
+            raise ValueError(
+                f"the {target.owner} field {target.name!r} needs a subject agent but the step "
+                "has none; the model cannot run it either"
+            )
+        return w.agents[index]
 
     # ------------------------------------------------------------------------------ steps
 
@@ -605,18 +515,3 @@ class Semantics(Terms):
                     value = z3.If(c, changed, value)
             parts.append(after == value)
         return z3.And(*parts)
-
-
-_AGENTLESS_EFFECTS: Final = frozenset(
-    {
-        Effect.MARK_DIRTY,
-        Effect.SEND_RECALL,
-        Effect.PUBLISH_INVALIDATIONS,
-        Effect.PUBLISH_INVALIDATIONS_AWAIT_ACKS,
-        Effect.PUBLISH_UPDATES,
-        Effect.L2_DELETE,
-        Effect.L2_EVICT_COPY,
-        Effect.L2_SET_IF_NEWER,
-        Effect.HOME_CLEAR_OUTBOX,
-    }
-)

@@ -10,16 +10,41 @@ the value of version n is whatever the write that created version n wrote.
 (state, event) the table does not handle, or handles twice, or lists as impossible, becomes a
 step into a state whose `violation` field says so, so every checker reports it as a failure.
 
-Standard library only; no I/O. The meaning of each guard and effect lives ONLY here.
+Standard library only; no I/O. The meaning of each guard and effect is stated once, as data,
+in `meaning` (`GUARDS`, `EFFECTS`); this interpreter compiles it to Python functions at import
+and runs those. The few effects `meaning.EFFECTS_IN_CODE` lists keep code here (`_apply`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from enum import IntEnum, unique
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, cast
 
+from .codes import (
+    GRANT_DEAD_INCARNATION,
+    GRANT_LIVE_INCARNATION,
+    NO_GRANT,
+    OP_NONE,
+    OP_READ,
+    OP_WRITE,
+    RECALL,
+    UPDATE_BASE,
+    Request,
+    is_update,
+    message_version,
+)
+from .meaning import (
+    EFFECTS,
+    GUARDS,
+    Announced,
+    Field,
+    Renderer,
+    compile_function,
+    effect_needs_subject,
+    guard_needs_subject,
+    nodes,
+)
 from .table import REFUSALS, TABLE, Refusal, RefusalKind, RowKey, Rule
 from .vocabulary import (
     EVENT_KIND,
@@ -39,8 +64,11 @@ __all__ = [
     "ALL_FAULTS",
     "DEEP_BOUNDS",
     "FAULT_EVENT_SET",
+    "GRANT_DEAD_INCARNATION",
+    "GRANT_LIVE_INCARNATION",
     "LEAVE",
     "MESSAGE_EVENTS",
+    "NO_GRANT",
     "OPERATION",
     "OP_NONE",
     "OP_READ",
@@ -53,6 +81,7 @@ __all__ = [
     "SITE_KEY",
     "UNENCODED_AGENT_FIELDS",
     "UNENCODED_GLOBAL_FIELDS",
+    "UPDATE_BASE",
     "USER_OFFERED",
     "VERSION_CREATING",
     "AgentState",
@@ -77,41 +106,6 @@ __all__ = [
     "successors",
     "transitions",
 ]
-
-RECALL: Final = 0  # inbox encoding: 0 is a recall, n >= 1 is "invalidate, version n committed"
-UPDATE_BASE: Final = 64
-"""Inbox encoding of write-update: UPDATE_BASE + n is "update: version n committed, with its
-value" (the value is the one version n names: `names[n]`)."""
-
-
-def message_version(message: int) -> int:
-    """The version an invalidation or update message announces (0 for a recall)."""
-    return message - UPDATE_BASE if message >= UPDATE_BASE else message
-
-
-def is_update(message: int) -> bool:
-    """Whether an inbox message is a write-update (else an invalidation or a recall)."""
-    return message >= UPDATE_BASE
-
-
-NO_GRANT: Final = 0
-GRANT_LIVE_INCARNATION: Final = 1
-GRANT_DEAD_INCARNATION: Final = 2
-
-
-@unique
-class Request(IntEnum):
-    """What an agent's adapter is waiting for (set by REQUEST_*/AWAIT_* effects)."""
-
-    NONE = 0
-    FILL = 1
-    DATA = 2
-    COMMIT = 3
-    ACQUIRE = 4
-    SETTLE = 5
-    WRITE_BACK = 6
-    FLUSH = 7
-    WAIT_OWNER = 8
 
 
 class AgentState(NamedTuple):
@@ -404,92 +398,50 @@ def _index(defn: ProtocolDefinition) -> dict[tuple[RowKey, Event], _Entry]:
 # guards
 
 
-def _owned_by_other(state: State, a: int) -> bool:
-    return any(
-        (ag.grant != NO_GRANT if i != a else ag.grant == GRANT_DEAD_INCARNATION)
-        for i, ag in enumerate(state.agents)
+_AGENT_INDEX: Final = {name: i for i, name in enumerate(AgentState._fields)}
+_STATE_INDEX: Final = {name: i for i, name in enumerate(State._fields)}
+
+
+_ANNOUNCE: Final = "_announced = payload - _UPDATE_BASE if payload >= _UPDATE_BASE else payload"
+
+
+class _GuardReader(Renderer):
+    """The model's reader of a guard's condition (`meaning.GUARDS`): Python over a `State`."""
+
+    def field(self, field: Field) -> str:
+        if field.owner == "key":
+            return f"state[{_STATE_INDEX[field.name]}]"
+        agent = "ag" if field.owner == "agent" else "_x"
+        return f"{agent}[{_AGENT_INDEX[field.name]}]"
+
+    def agents(self) -> str:
+        return "state[0]"
+
+
+def _compile_guard(guard: Guard) -> Callable[[State, int | None, int], bool]:
+    condition = GUARDS[guard]
+    reader = _GuardReader()
+    prologue: list[str] = []
+    if guard_needs_subject(guard):
+        prologue += ["if a is None:", "    return False", "ag = state[0][a]"]
+    if any(isinstance(n, Announced) for n in nodes(condition)):
+        prologue.append(
+            "_announced = payload - _UPDATE_BASE if payload >= _UPDATE_BASE else payload"
+        )
+    body = [f"    return {reader.expr(condition)}"]
+    function = compile_function(
+        f"guard_{guard.name.lower()}", "state, a, payload", tuple(prologue), body, reader.namespace
     )
+    return cast(Callable[[State, int | None, int], bool], function)
 
 
-def _any_grant(state: State) -> bool:
-    return any(ag.grant != NO_GRANT for ag in state.agents)
-
-
-def _acks_owed(state: State) -> bool:
-    return any(ag.ack_owed for ag in state.agents)
+_GUARD_CODE: Final = {guard: _compile_guard(guard) for guard in GUARDS}
 
 
 def holds(guard: Guard, state: State, a: int | None, payload: int) -> bool:
-    """Whether `guard` holds for subject agent `a` (None for agent-less steps) and payload."""
-    ag = state.agents[a] if a is not None else None
-    match guard:
-        case Guard.ALWAYS:
-            return True
-        case Guard.CONN_OK:
-            return ag is not None and not ag.missed
-        case Guard.CONN_MISSED:
-            return ag is not None and ag.missed
-        case Guard.INV_NEWER:
-            return ag is not None and message_version(payload) > ag.ver
-        case Guard.INV_NOT_NEWER:
-            return ag is not None and message_version(payload) <= ag.ver
-        case Guard.FETCH_L2_HIT:
-            return state.l2 >= 0
-        case Guard.FETCH_OWNED:
-            return state.l2 < 0 and _any_grant(state)
-        case Guard.FETCH_FREE:
-            return state.l2 < 0 and not _any_grant(state)
-        case Guard.FETCH_SETTLED:
-            return (
-                state.l2 < 0
-                and not _any_grant(state)
-                and state.outbox == 0
-                and not _acks_owed(state)
-            )
-        case Guard.FETCH_UNSETTLED:
-            return (
-                state.l2 < 0 and not _any_grant(state) and (state.outbox != 0 or _acks_owed(state))
-            )
-        case Guard.DATA_FRESH:
-            return ag is not None and not ag.missed and ag.data >= ag.floor
-        case Guard.DATA_STALE:
-            return ag is not None and not ag.missed and ag.data < ag.floor
-        case Guard.DATA_NOT_OLDER:
-            return ag is not None and ag.data >= ag.floor
-        case Guard.DATA_OLDER:
-            return ag is not None and ag.data < ag.floor
-        case Guard.OWNED_BY_OTHER:
-            return a is not None and _owned_by_other(state, a)
-        case Guard.NOT_OWNED_BY_OTHER:
-            return a is not None and not _owned_by_other(state, a)
-        case Guard.PUBLISHED:
-            return state.outbox == 0
-        case Guard.UNPUBLISHED:
-            return state.outbox != 0
-        case Guard.ACKNOWLEDGED:
-            return state.outbox == 0 and not _acks_owed(state)
-        case Guard.UNACKNOWLEDGED:
-            return state.outbox != 0 or _acks_owed(state)
-        case Guard.GRANT_HELD:
-            return ag is not None and ag.grant == GRANT_LIVE_INCARNATION
-        case Guard.GRANT_LOST:
-            return ag is not None and ag.grant != GRANT_LIVE_INCARNATION
-        case Guard.OWNER_LEASE_LAPSED:
-            return ag is not None and (
-                ag.grant == GRANT_DEAD_INCARNATION
-                or (ag.grant == GRANT_LIVE_INCARNATION and not ag.lease)
-            )
-        case Guard.OWNER_LEASE_LIVE:
-            return ag is not None and ag.grant == GRANT_LIVE_INCARNATION and ag.lease
-        case Guard.HOLDER_LEASE_LAPSED:
-            return ag is not None and not ag.rlease
-        case Guard.HOLDER_LEASE_LIVE:
-            return ag is not None and ag.rlease
-        case Guard.VALUE_AT_HOME:
-            return state.outbox != 0 and state.outbox == state.home and not state.dirty
-        case Guard.VALUE_AT_OWNER:
-            return state.outbox != 0 and (state.outbox != state.home or state.dirty)
-    raise AssertionError(f"unknown guard {guard!r}")  # pragma: no cover
+    """Whether `guard` holds for subject agent `a` (None for agent-less steps) and payload:
+    its condition in `meaning.GUARDS`, compiled once to Python."""
+    return _GUARD_CODE[guard](state, a, payload)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -529,9 +481,6 @@ class _Work:
 # field positions
 _ST, _VER, _DATA, _FLOOR, _MISSED, _INBOX, _REQ, _LEASE, _RLEASE, _REG, _ACK, _GRANT = range(12)
 _L2L, _UNSAVED, _OP, _TOLD, _VAL, _DVAL, _GONE, _RSTART, _RES = range(12, 21)
-OP_NONE: Final = 0
-OP_READ: Final = 1
-OP_WRITE: Final = 2
 _HOME, _OUTBOX, _DIRTY, _L2, _L2HIGH, _COMMITS, _WRITES, _FAULTS, _DONE, _READMAX, _VIOL = range(11)
 _HVAL, _L2VAL, _NAMES, _COMPLETED, _L2RESTORED = range(11, 16)
 
@@ -635,9 +584,79 @@ def _add_message(ag: list[Any], message: int) -> None:
         ag[_INBOX] = tuple(sorted((*inbox, message)))
 
 
-def _apply(  # one case per effect, by design
-    effect: Effect, w: _Work, mode: Mode, a: int | None, payload: int
-) -> None:
+class _EffectReader(Renderer):
+    """The model's reader of an effect's update (`meaning.EFFECTS`): Python over a `_Work`."""
+
+    def field(self, field: Field) -> str:
+        if field.owner == "key":
+            return f"g[{_STATE_INDEX[field.name] - 1}]"
+        agent = "ag" if field.owner == "agent" else "_x"
+        return f"{agent}[{_AGENT_INDEX[field.name]}]"
+
+    def agents(self) -> str:
+        return "w.agents"
+
+    def fresh_value(self) -> str:
+        return "_fresh_value(w)"
+
+    def name_of(self, version: str) -> str:
+        return f"g[{_NAMES}][{version}]"
+
+    def send(self, kind: str, version: str) -> str:
+        message = {
+            "recall": "_RECALL",
+            "invalidate": version,
+            "update": f"(_UPDATE_BASE + {version})",
+        }[kind]
+        return f"_add_message(_x, {message})"
+
+    def drop(self, which: str) -> str:
+        inbox = f"ag[{_INBOX}]"
+        if which == "all":
+            return f"{inbox} = ()"
+        unwanted = "payload" if which == "payload" else "_RECALL"
+        return f"{inbox} = tuple([m for m in {inbox} if m != {unwanted}])"
+
+    def append_name(self, value: str) -> str:
+        return f"g[{_NAMES}] = (*g[{_NAMES}], {value})"
+
+
+type _EffectCode = Callable[[_Work, int | None, int], None]
+
+
+def _compile_effect(effect: Effect, mode: Mode) -> _EffectCode:
+    reader = _EffectReader(mode)
+    reader.namespace.update(_fresh_value=_fresh_value, _add_message=_add_message)
+    statements = EFFECTS[effect]
+    prologue = ["g = w.g"]
+    if effect_needs_subject(effect):
+        prologue += [
+            "if a is None:",
+            f"    raise ValueError({f'effect {effect.name} needs a subject agent'!r})",
+            "ag = w.agents[a]",
+        ]
+    if any(isinstance(n, Announced) for s in statements for n in nodes(s)):
+        prologue.append(
+            "_announced = payload - _UPDATE_BASE if payload >= _UPDATE_BASE else payload"
+        )
+    body = [line for s in statements for line in reader.stmt(s, "    ")]
+    name = f"effect_{effect.name.lower()}_{mode.value}"
+    function = compile_function(name, "w, a, payload", tuple(prologue), body, reader.namespace)
+    return cast(_EffectCode, function)
+
+
+_EFFECT_CODE: Final[dict[Mode, dict[Effect, _EffectCode]]] = {
+    mode: {effect: _compile_effect(effect, mode) for effect in EFFECTS} for mode in Mode
+}
+
+
+def _apply(effect: Effect, w: _Work, mode: Mode, a: int | None, payload: int) -> None:
+    """Run `effect`: its update in `meaning.EFFECTS` (compiled once), or the code below for the
+    few effects `meaning.EFFECTS_IN_CODE` lists."""
+    compiled = _EFFECT_CODE[mode].get(effect)
+    if compiled is not None:
+        compiled(w, a, payload)
+        return
     g = w.g
     ag: list[Any] = w.agents[a] if a is not None else []
     match effect:
@@ -650,21 +669,6 @@ def _apply(  # one case per effect, by design
             ag[_DATA] = -1
             ag[_DVAL] = -1
             ag[_REQ] = Request.NONE
-        case Effect.INSTALL_COPY:
-            ag[_VER] = ag[_DATA]
-            ag[_VAL] = ag[_DVAL]
-            ag[_DATA] = -1
-            ag[_DVAL] = -1
-            ag[_REQ] = Request.NONE
-        case Effect.DROP_COPY:
-            ag[_VER] = -1
-            ag[_VAL] = -1
-        case Effect.NOTE_INVALIDATION:
-            ag[_FLOOR] = max(int(ag[_FLOOR]), message_version(payload))
-        case Effect.INSTALL_UPDATE:
-            version = message_version(payload)
-            ag[_VER] = version
-            ag[_VAL] = g[_NAMES][version]
         case Effect.ACK_WRITE:
             if ag[_OP] != OP_WRITE:
                 _violate(w, "every_operation_answered: a write was acknowledged twice")
@@ -677,166 +681,10 @@ def _apply(  # one case per effect, by design
             assert a is not None
             _check_write_returned(w, a, int(ag[_VER]))
             g[_COMPLETED] = max(int(g[_COMPLETED]), int(ag[_VER]))
-        case Effect.START_OWNER_LEASE:
-            ag[_LEASE] = True
-        case Effect.LEASE_LAPSED:
-            ag[_LEASE] = False
-            ag[_RLEASE] = False
         case Effect.REPORT_CONFLICT:
             if ag[_OP] != OP_WRITE:
                 _violate(w, "every_operation_answered: a conflict answered no write")
             ag[_OP] = OP_NONE
-            ag[_REQ] = Request.NONE
-        case Effect.REPORT_FENCED:
-            ag[_UNSAVED] = False
-            ag[_VER] = -1
-            ag[_VAL] = -1
-            ag[_REQ] = Request.NONE
-            ag[_LEASE] = False
-        case Effect.RESYNC_CONNECTION:
-            ag[_MISSED] = False
-        case Effect.LOSE_VOLATILE_STATE:
-            ag[_VER] = -1
-            ag[_DATA] = -1
-            ag[_VAL] = -1
-            ag[_DVAL] = -1
-            ag[_RSTART] = 0
-            ag[_FLOOR] = 0
-            ag[_MISSED] = False
-            ag[_INBOX] = ()
-            ag[_REQ] = Request.NONE
-            ag[_LEASE] = False
-            ag[_RLEASE] = False
-            if ag[_GRANT] != NO_GRANT:
-                ag[_GRANT] = GRANT_DEAD_INCARNATION
-            ag[_L2L] = False
-            ag[_UNSAVED] = False
-            ag[_OP] = OP_NONE
-            ag[_TOLD] = 0
-        case Effect.REFETCH:
-            if ag[_RES] and g[_L2RESTORED] and int(ag[_DATA]) < int(ag[_FLOOR]):
-                # Production backs off after discarding stale data (and resets the floor
-                # past `l2_limit_s`); the model lets the back-off last until the restored copy
-                # is gone (its TTL), so a refetch never reads the same restored copy again.
-                g[_L2] = -1
-                g[_L2VAL] = -1
-                g[_L2RESTORED] = False
-            ag[_DATA] = -1
-            ag[_DVAL] = -1
-            ag[_REQ] = Request.FILL
-        case Effect.MARK_DIRTY:
-            g[_DIRTY] = True
-            ag[_VAL] = _fresh_value(w)  # the owner's local write: a new value, same version
-        case Effect.AWAIT_INVALIDATIONS:
-            ag[_REQ] = Request.SETTLE
-        case Effect.AWAIT_OWNER:
-            ag[_REQ] = Request.WAIT_OWNER
-        case Effect.REQUEST_FILL:
-            ag[_DATA] = -1
-            ag[_DVAL] = -1
-            ag[_REQ] = Request.FILL
-        case Effect.REQUEST_COMMIT:
-            ag[_REQ] = Request.COMMIT
-        case Effect.REQUEST_OWNERSHIP:
-            ag[_REQ] = Request.ACQUIRE
-        case Effect.REQUEST_WRITE_BACK:
-            ag[_REQ] = Request.WRITE_BACK
-        case Effect.REQUEST_FLUSH:
-            ag[_REQ] = Request.FLUSH
-        case Effect.SEND_RECALL:
-            for other in w.agents:
-                if other[_GRANT] != NO_GRANT:
-                    _add_message(other, RECALL)
-        case Effect.SEND_ACK:
-            ag[_ACK] = False
-        case Effect.DISCARD_MESSAGE:
-            ag[_INBOX] = tuple(m for m in ag[_INBOX] if m != payload)
-        case Effect.DISCARD_ALL_MESSAGES:
-            ag[_INBOX] = ()
-        case Effect.MARK_MISSED:
-            ag[_MISSED] = True
-        case Effect.DIRECTORY_ADD_HOLDER:
-            ag[_REG] = True
-            if mode is Mode.STRICT:
-                ag[_RLEASE] = True
-        case Effect.DIRECTORY_REMOVE_HOLDER:
-            ag[_REG] = False
-            ag[_RLEASE] = False
-        case Effect.DIRECTORY_EXPIRE_HOLDER:
-            ag[_REG] = False
-            ag[_ACK] = False
-        case Effect.PUBLISH_INVALIDATIONS | Effect.PUBLISH_INVALIDATIONS_AWAIT_ACKS:
-            version = int(g[_OUTBOX])
-            for other in w.agents:
-                if other[_REG]:
-                    _add_message(other, version)
-                    other[_REG] = False
-                    if effect is Effect.PUBLISH_INVALIDATIONS_AWAIT_ACKS:
-                        other[_ACK] = True
-        case Effect.PUBLISH_UPDATES:
-            version = int(g[_OUTBOX])
-            for other in w.agents:
-                if other[_REG]:  # the holders stay registered: the next relay reaches them
-                    _add_message(other, UPDATE_BASE + version)
-        case Effect.L2_READ:
-            ag[_DATA] = g[_L2]
-            ag[_DVAL] = g[_L2VAL]
-            ag[_RES] = g[_L2RESTORED]
-            ag[_L2L] = False
-            ag[_REQ] = Request.DATA
-        case Effect.L2_TAKE_LEASE:
-            for other in w.agents:
-                other[_L2L] = False
-            ag[_L2L] = True
-        case Effect.HOME_READ:
-            ag[_DATA] = g[_HOME]
-            ag[_DVAL] = g[_HVAL]
-            ag[_RES] = False
-            ag[_REQ] = Request.DATA
-        case Effect.L2_LEASED_FILL:
-            if ag[_L2L]:
-                _l2_set(w, int(ag[_DATA]), int(ag[_DVAL]))
-                ag[_L2L] = False
-        case Effect.L2_FILL_IF_NEWER:
-            data = int(ag[_DATA])
-            if data > int(g[_L2]):
-                _l2_set(w, data, int(ag[_DVAL]))
-        case Effect.L2_DELETE:
-            g[_L2] = -1
-            g[_L2VAL] = -1
-            g[_L2RESTORED] = False
-            for other in w.agents:
-                other[_L2L] = False
-        case Effect.L2_EVICT_COPY:
-            g[_L2] = -1
-            g[_L2VAL] = -1
-            g[_L2RESTORED] = False
-        case Effect.L2_ABANDON_LEASE:
-            ag[_L2L] = False
-        case Effect.L2_SET_IF_NEWER:
-            version = int(g[_OUTBOX])
-            if version > int(g[_L2]):
-                _l2_set(w, version, g[_NAMES][version])
-        case Effect.HOME_COMMIT_VERSION:
-            _home_new_version(w, ag)
-            g[_HVAL] = ag[_VAL]
-            if ag[_GRANT] == GRANT_LIVE_INCARNATION:
-                _void_recalls(ag)
-                ag[_GRANT] = NO_GRANT
-                ag[_LEASE] = False
-            g[_DIRTY] = False
-            ag[_UNSAVED] = False
-        case Effect.HOME_RESERVE_AND_GRANT:
-            _home_new_version(w, ag)
-            ag[_GRANT] = GRANT_LIVE_INCARNATION
-            g[_DIRTY] = True
-        case Effect.HOME_STORE_AND_RELEASE:
-            g[_DIRTY] = False
-            g[_HVAL] = ag[_VAL]
-            _void_recalls(ag)
-            ag[_GRANT] = NO_GRANT
-            ag[_UNSAVED] = False
-            ag[_LEASE] = False
             ag[_REQ] = Request.NONE
         case Effect.HOME_STORE_UNFENCED:
             # The write-back's value is stored whoever holds the grant, under the home's
@@ -852,38 +700,6 @@ def _apply(  # one case per effect, by design
             ag[_VAL] = -1
             ag[_LEASE] = False
             ag[_REQ] = Request.NONE
-        case Effect.HOME_COMMIT_KEEP_VERSION:
-            # A delete (or any commit) that changes the value but not the version: ABA.
-            g[_COMMITS] = int(g[_COMMITS]) + 1
-            g[_HVAL] = _fresh_value(w)
-            ag[_VER] = g[_HOME]
-            ag[_RES] = False
-            ag[_VAL] = g[_HVAL]
-            if int(g[_HOME]) > 0:
-                g[_OUTBOX] = g[_HOME]
-            ag[_REQ] = Request.SETTLE
-            if ag[_GRANT] == GRANT_LIVE_INCARNATION:
-                _void_recalls(ag)
-                ag[_GRANT] = NO_GRANT
-                ag[_LEASE] = False
-            g[_DIRTY] = False
-            ag[_UNSAVED] = False
-        case Effect.HOME_STORE_KEEP_GRANT:
-            g[_DIRTY] = False
-            g[_HVAL] = ag[_VAL]
-            ag[_UNSAVED] = False
-            ag[_REQ] = Request.NONE
-        case Effect.HOME_REVOKE_GRANT:
-            _void_recalls(ag)
-            ag[_GRANT] = NO_GRANT
-            g[_DIRTY] = False
-            # The revoked grant's version may name a value the owner acknowledged and the
-            # home never got: the value the home keeps gets a version of its own.
-            g[_HOME] = int(g[_HOME]) + 1
-            g[_COMMITS] = int(g[_COMMITS]) + 1
-            g[_NAMES] = (*g[_NAMES], g[_HVAL])
-        case Effect.HOME_CLEAR_OUTBOX:
-            g[_OUTBOX] = 0
         case _:  # pragma: no cover
             raise AssertionError(f"effect {effect!r} has no meaning in model.py")
 
@@ -892,25 +708,6 @@ def _void_recalls(ag: list[Any]) -> None:
     """A released or revoked grant voids the recalls addressed to it (production tags each
     recall with the grant's epoch, and a stale one is ignored on arrival)."""
     ag[_INBOX] = tuple(m for m in ag[_INBOX] if m != RECALL)
-
-
-def _l2_set(w: _Work, version: int, value: int) -> None:
-    w.g[_L2] = version
-    w.g[_L2VAL] = value
-    w.g[_L2HIGH] = max(int(w.g[_L2HIGH]), version)
-    w.g[_L2RESTORED] = False
-
-
-def _home_new_version(w: _Work, ag: list[Any]) -> None:
-    g = w.g
-    g[_HOME] = int(g[_HOME]) + 1
-    g[_COMMITS] = int(g[_COMMITS]) + 1
-    g[_OUTBOX] = g[_HOME]
-    ag[_VER] = g[_HOME]
-    ag[_RES] = False
-    ag[_VAL] = _fresh_value(w)
-    g[_NAMES] = (*g[_NAMES], ag[_VAL])
-    ag[_REQ] = Request.SETTLE
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ they arrive as the `Payload` of the event that answers a request (the branch the
 took, and the version and value it returned).
 
 `handle(key, event, payload)` looks up the row for (the entry's state, event), evaluates its
-guard from local data and the payload exactly as `sagemem.spec.model.holds` means it, moves the
-entry to the row's target, applies the effects that only change local data, and returns a
+guard as its one statement in `sagemem.spec.meaning` says (compiled over local data and the
+payload; a server-side guard is the branch the server's script took), moves the entry to the
+row's target, applies the effects that only change local data, and returns a
 `Step` listing, in row order, the `Action`s the adapter must perform (requests, publications,
 L2 and directory scripts, returning a value to the caller, acknowledging a write). Every target
 state comes from a row; no transition is decided here. A refusal is reported, not hidden:
@@ -39,6 +40,15 @@ from enum import Enum, IntEnum, unique
 from typing import Final, cast
 
 from sagemem.errors import ConfigurationError, ProtocolError
+from sagemem.spec.meaning import (
+    GUARDS,
+    Announced,
+    Cmp,
+    Field,
+    Renderer,
+    compile_function,
+    server_side,
+)
 from sagemem.spec.model import ProtocolDefinition, Request
 from sagemem.spec.table import REFUSALS, TABLE, Refusal, RefusalKind, RowKey, Rule
 from sagemem.spec.vocabulary import (
@@ -103,30 +113,9 @@ SERVER_STEP_EVENTS: Final[frozenset[Event]] = frozenset(
     }
 )
 
-# Guards that only a server can evaluate; an agent learns them as its script's answer.
-SERVER_GUARDS: Final[frozenset[Guard]] = frozenset(
-    {
-        Guard.FETCH_L2_HIT,
-        Guard.FETCH_OWNED,
-        Guard.FETCH_FREE,
-        Guard.FETCH_SETTLED,
-        Guard.FETCH_UNSETTLED,
-        Guard.OWNED_BY_OTHER,
-        Guard.NOT_OWNED_BY_OTHER,
-        Guard.PUBLISHED,
-        Guard.UNPUBLISHED,
-        Guard.ACKNOWLEDGED,
-        Guard.UNACKNOWLEDGED,
-        Guard.VALUE_AT_HOME,
-        Guard.VALUE_AT_OWNER,
-        Guard.GRANT_HELD,
-        Guard.GRANT_LOST,
-        Guard.OWNER_LEASE_LAPSED,
-        Guard.OWNER_LEASE_LIVE,
-        Guard.HOLDER_LEASE_LAPSED,
-        Guard.HOLDER_LEASE_LIVE,
-    }
-)
+# Guards that only a server can evaluate (their condition in `sagemem.spec.meaning.GUARDS`
+# reads a field outside `meaning.LOCAL_FIELDS`); an agent learns them as its script's answer.
+SERVER_GUARDS: Final[frozenset[Guard]] = frozenset(g for g in Guard if server_side(g))
 
 # Effects that run inside an atomic server script (SQL statement or Lua).
 SCRIPT_EFFECTS: Final[frozenset[Effect]] = frozenset(
@@ -523,7 +512,7 @@ class AgentCore:
         if entry is None or self.tracer is not None:
             return None
         guard = self._hit_guards.get(entry.state)
-        if guard is None or (guard is Guard.CONN_OK and entry.missed):
+        if guard is None or not _GUARD_CODE[guard](entry, entry.data, NO_PAYLOAD):
             return None
         if entry.version > entry.floor:
             entry.floor = entry.version
@@ -657,29 +646,9 @@ class AgentCore:
         return refusal, refusal.guard
 
     def _holds(self, guard: Guard, entry: EntryCore, data: int, payload: Payload) -> bool:
-        """The meaning of each guard (`sagemem.spec.model.holds`) from local data + answer."""
-        match guard:
-            case Guard.ALWAYS:
-                return True
-            case Guard.CONN_OK:
-                return not entry.missed
-            case Guard.CONN_MISSED:
-                return entry.missed
-            case Guard.INV_NEWER:
-                return payload.version is not None and payload.version > entry.version
-            case Guard.INV_NOT_NEWER:
-                return payload.version is not None and payload.version <= entry.version
-            case Guard.DATA_FRESH:
-                return not entry.missed and data >= entry.floor
-            case Guard.DATA_STALE:
-                return not entry.missed and data < entry.floor
-            case Guard.DATA_NOT_OLDER:
-                return data >= entry.floor
-            case Guard.DATA_OLDER:
-                return data < entry.floor
-        if guard in SERVER_GUARDS:
-            return payload.branch is guard
-        raise AssertionError(f"guard {guard!r} has no meaning in the core")  # pragma: no cover
+        """Whether `guard` holds: its condition (`sagemem.spec.meaning.GUARDS`) compiled over
+        local data and the answer, or, server-side, the branch the server's script took."""
+        return _GUARD_CODE[guard](entry, data, payload)
 
     def _check_answer(
         self, where: str, rule: Rule, entry: EntryCore, payload: Payload, data: int
@@ -919,3 +888,50 @@ def _voided_recall(entry: EntryCore, event: Event, payload: Payload) -> bool:
 def _version(payload: Payload) -> int:
     assert payload.version is not None  # _check_answer refused the answer otherwise
     return payload.version
+
+
+class _LocalGuardReader(Renderer):
+    """The core's reader of a guard's condition: Python over an `EntryCore`, the fill data (the
+    answer's, for FILL_DATA) and the payload. A comparison with the message's version is false
+    when the payload carries none."""
+
+    _FIELDS: Final = {
+        "ver": "entry.version",
+        "data": "data",
+        "floor": "entry.floor",
+        "missed": "entry.missed",
+    }
+
+    def field(self, field: Field) -> str:
+        if field.owner != "agent" or field.name not in self._FIELDS:
+            raise ValueError(f"{field} is server-side: the core cannot read it")
+        return self._FIELDS[field.name]
+
+    def announced(self) -> str:
+        return "payload.version"
+
+    def compare(self, cmp: Cmp) -> str:
+        text = super().compare(cmp)
+        if isinstance(cmp.left, Announced) or isinstance(cmp.right, Announced):
+            return f"(payload.version is not None and {text})"
+        return text
+
+
+type _GuardCode = Callable[[EntryCore, int, Payload], bool]
+
+
+def _compile_guard(guard: Guard) -> _GuardCode:
+    if server_side(guard):
+
+        def answered(entry: EntryCore, data: int, payload: Payload, _guard: Guard = guard) -> bool:
+            return payload.branch is _guard
+
+        return answered
+    reader = _LocalGuardReader()
+    body = [f"    return {reader.expr(GUARDS[guard])}"]
+    name = f"guard_{guard.name.lower()}"
+    function = compile_function(name, "entry, data, payload", (), body, reader.namespace)
+    return cast(_GuardCode, function)
+
+
+_GUARD_CODE: Final[dict[Guard, _GuardCode]] = {guard: _compile_guard(guard) for guard in Guard}

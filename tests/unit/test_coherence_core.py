@@ -74,6 +74,7 @@ def test_core_module_does_no_io() -> None:
         "typing",
         "sagemem.errors",
         "sagemem.values",
+        "sagemem.spec.meaning",
         "sagemem.spec.model",
         "sagemem.spec.table",
         "sagemem.spec.vocabulary",
