@@ -23,7 +23,7 @@ from redis.exceptions import NoPermissionError, RedisError
 
 from sagemem._driver_errors import refused_by_server, tier_unavailable
 from sagemem.endpoints import redacted_url
-from sagemem.errors import ConfigurationError
+from sagemem.errors import ConfigurationError, ScopeViolationError
 
 __all__ = [
     "HASH_SLOT_COUNT",
@@ -31,6 +31,7 @@ __all__ = [
     "detect_redis_topology",
     "detect_redis_topology_at",
     "key_hash_slot",
+    "topology_or_single_node",
 ]
 
 
@@ -119,6 +120,16 @@ async def detect_redis_topology(client: redis_asyncio.Redis) -> RedisTopology:
         ) from error
     enabled = info.get("cluster_enabled", 0)
     return RedisTopology.CLUSTER if str(enabled) == "1" else RedisTopology.SINGLE_NODE
+
+
+async def topology_or_single_node(client: redis_asyncio.Redis) -> RedisTopology:
+    """`detect_redis_topology`, except that credentials which may not run `INFO` (a restricted
+    grant's user) are taken to name a single server instead of raising `ScopeViolationError`:
+    what `L2Tier` and `CoherenceBus` decide at connect."""
+    try:
+        return await detect_redis_topology(client)
+    except ScopeViolationError:
+        return RedisTopology.SINGLE_NODE
 
 
 async def detect_redis_topology_at(redis_url: str) -> RedisTopology:

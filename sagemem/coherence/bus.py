@@ -77,10 +77,9 @@ from sagemem.coherence.messages import (
 from sagemem.errors import (
     ClosedResourceError,
     ConfigurationError,
-    ScopeViolationError,
     TierUnavailable,
 )
-from sagemem.redis_topology import RedisTopology, detect_redis_topology
+from sagemem.redis_topology import RedisTopology, topology_or_single_node
 from sagemem.spec.vocabulary import MessageKind
 from sagemem.values import check_key, check_namespace
 
@@ -470,10 +469,7 @@ class CoherenceBus(AsyncResource):
             try:
                 async with asyncio.timeout(self._connect_timeout_s + self._command_timeout_s):
                     await client.ping()
-                try:
-                    topology = await detect_redis_topology(client)
-                except ScopeViolationError:  # may not run INFO: taken as one server
-                    topology = RedisTopology.SINGLE_NODE
+                topology = await topology_or_single_node(client)
                 if topology is RedisTopology.CLUSTER:
                     raise ConfigurationError(
                         f"CoherenceBus url {endpoints.redacted_url(url)!r} is a node of a "

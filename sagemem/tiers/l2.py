@@ -37,10 +37,9 @@ from sagemem._renamed import UNSET, Unset, renamed
 from sagemem.errors import (
     ConfigurationError,
     InvalidValueError,
-    ScopeViolationError,
     TierUnavailable,
 )
-from sagemem.redis_topology import RedisTopology, detect_redis_topology
+from sagemem.redis_topology import RedisTopology, topology_or_single_node
 from sagemem.tiers.base import TierEntry
 from sagemem.values import (
     VALUE_SIZE_MAX_BYTES,
@@ -196,10 +195,7 @@ class L2Tier(AsyncResource):
             client = aioredis.Redis(connection_pool=pool)
             try:
                 await client.ping()
-                try:
-                    topology = await detect_redis_topology(client)
-                except ScopeViolationError:  # may not run INFO: taken as one server
-                    topology = RedisTopology.SINGLE_NODE
+                topology = await topology_or_single_node(client)
             except _DRIVER_ERRORS as error:
                 await self._close_quietly(client, pool)
                 raise tier_unavailable(self.name, "connect", error, hint=_HINT) from error
