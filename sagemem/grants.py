@@ -9,7 +9,7 @@ channels and no commands):
   `%W~...` per write prefix;
 - the L3-labelled copies `sagemem:<ns>:*` (the protocol's L2): read per L3 read prefix when the
   agent has tier 1 and L3 read, written only per L3 write prefix; with L3 read, the coherence
-  directory keys `sagemem-dir:<ns>:{lease,holders,acks}:<prefix>*` of the L3 read prefixes;
+  directory keys `sagemem-dir:<ns>:{lease,holders,acks,relayed}:<prefix>*` of the L3 read prefixes;
 - the bus (channels `sagemem-bus:<ns>:<agent>|<i, u or r>|<key>`, see
   `sagemem.coherence.messages.channel_name`): the root permissions allow only PSUBSCRIBE to the
   agent's own pattern `sagemem-bus:<ns>:<agent>|*`. An agent that may write L3 gets a selector
@@ -221,7 +221,7 @@ def redis_acl_rules(capability: AgentCapability, *, agent_id: str, namespace: st
         if L2_INDEX in capability.tiers:
             rules += [f"%R~{_glob_escape(copies + p)}*" for p in l3_reads]
         rules += list(_COHERENCE_COMMANDS)
-        for kind in ("lease:", "holders:", "acks:"):
+        for kind in ("lease:", "holders:", "acks:", "relayed:"):
             rules += [f"~{_glob_escape(directory + kind + p)}*" for p in l3_reads]
         # The directory's birth key: a strict write checks that no registration was forgotten.
         rules.append(f"~{_glob_escape(DIRECTORY_BIRTH_KEY)}")

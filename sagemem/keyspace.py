@@ -2,8 +2,8 @@
 
 - `sagemem:<namespace>:<key>`: an L2 copy (`L2Tier`; the directory's leased fill writes the
   same key);
-- `sagemem-dir:<namespace>:{lease,holders,acks}:<key>` and `sagemem-dir:born`: the coherence
-  directory (`sagemem.coherence.directory`);
+- `sagemem-dir:<namespace>:{lease,holders,acks,relayed}:<key>` and `sagemem-dir:born`: the
+  coherence directory (`sagemem.coherence.directory`);
 - `sagemem-bus:<namespace>:<agent>|<tag>|<key>` (channels) and `sagemem-bus:<namespace>:
   <agent>:seq` (sequence counters): the bus (`sagemem.coherence.messages`, `.bus`);
 - `sagemem-grant:<...>`: the Redis users `sagemem.grants` creates.

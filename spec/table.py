@@ -319,7 +319,10 @@ def _update_rows() -> tuple[Rule, ...]:
     update may be newer than). Coherent mode only: in strict mode a holder that moved to the
     new version could serve it before the write settles while another agent's fill still
     returns the old one (the explorer finds that trace in 12 steps), so strict mode always
-    invalidates. Appended after every other row, so the rows before keep their numbers."""
+    invalidates. The relay also stores the value in L2 (L2_SET_IF_NEWER, after L2_DELETE has
+    voided the fill leases), so the next miss of the key, the writer's own refetch included,
+    is an L2 hit rather than a home read. Appended after every other row, so the rows before
+    keep their numbers."""
     plain = [
         (
             S,
@@ -340,9 +343,12 @@ def _update_rows() -> tuple[Rule, ...]:
         Event.OUTBOX_RELAY_UPDATE,
         Guard.VALUE_AT_HOME,
         HOME,
-        (X.L2_DELETE, X.PUBLISH_UPDATES, X.HOME_CLEAR_OUTBOX),
+        (X.L2_DELETE, X.L2_SET_IF_NEWER, X.PUBLISH_UPDATES, X.HOME_CLEAR_OUTBOX),
         _COHERENT,
-        note="write-update: delete L2 (voiding fill leases), send the holders the value",
+        note=(
+            "write-update: delete L2 (voiding fill leases), store the value in L2 unless a "
+            "newer version was relayed, send the holders the value"
+        ),
     )
     return (*deliveries, relay)
 

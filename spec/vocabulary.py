@@ -464,7 +464,10 @@ EFFECT_MEANING: Final[dict[Effect, str]] = {
     Effect.L2_DELETE: "delete the L2 copy and void every fill lease",
     Effect.L2_EVICT_COPY: "the L2 copy disappears (leases survive)",
     Effect.L2_ABANDON_LEASE: "forget an unused fill lease token (it expires in L2)",
-    Effect.L2_SET_IF_NEWER: "(not in TABLE) set L2 to the committed version if newer",
+    Effect.L2_SET_IF_NEWER: (
+        "write-update's relay: L2 holds the committed version and its value, unless a newer "
+        "version of the key was relayed"
+    ),
     Effect.L2_FILL_IF_NEWER: "(not in TABLE) set L2 to the fetched version if newer",
     Effect.HOME_READ: "fill data = the home's version (also replaces L2 data below the floor)",
     Effect.HOME_COMMIT_VERSION: "version += 1, release this agent's grant, outbox the version",

@@ -88,6 +88,7 @@ __all__ = [
     "DIRECTORY_BIRTH_KEY",
     "NO_VALUE",
     "RELAY_L2_DELETE",
+    "RELAY_L2_SET",
     "RELAY_PUBLISH",
     "RELAY_PUBLISH_AWAIT_ACKS",
     "RELAY_PUBLISH_UPDATES",
@@ -133,9 +134,16 @@ RELAY_PUBLISH_AWAIT_ACKS: Final = "A"
 """`RedisDirectory.relay` effect: PUBLISH_INVALIDATIONS_AWAIT_ACKS."""
 RELAY_PUBLISH_UPDATES: Final = "U"
 """Relay effect letter: PUBLISH_UPDATES (write-update; the holders stay registered)."""
+RELAY_L2_SET: Final = "S"
+"""Relay effect letter: L2_SET_IF_NEWER (write-update: L2 holds the committed value, unless a
+newer version of the key was already relayed)."""
 _RELAY_EFFECTS: Final = frozenset(
-    {RELAY_L2_DELETE, RELAY_PUBLISH, RELAY_PUBLISH_AWAIT_ACKS, RELAY_PUBLISH_UPDATES}
+    {RELAY_L2_DELETE, RELAY_PUBLISH, RELAY_PUBLISH_AWAIT_ACKS, RELAY_PUBLISH_UPDATES, RELAY_L2_SET}
 )
+_RELAYED_TTL_MS: Final = 24 * 3600 * 1000
+"""How long a key's highest relayed version is remembered (`RedisDirectory.relayed_key`): a
+write-through whose own relay comes later than this after a newer version's relay (a process
+stalled for a day) could store its older value in L2 again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +334,12 @@ class RedisDirectory:
         """The Redis key of `key`'s owed acknowledgements (strict mode)."""
         return f"{self._prefix}acks:{check_key(key)}"
 
+    def relayed_key(self, key: str) -> str:
+        """The Redis key of the highest version of `key` any relay has relayed (every relay
+        raises it): the write-update relay's L2_SET_IF_NEWER stores its value only if no newer
+        version was relayed before it."""
+        return f"{self._prefix}relayed:{check_key(key)}"
+
     def channel_for(self, agent_id: str, key: str) -> str:
         """The channel of `agent_id`'s invalidations of `key` (as `CoherenceBus.channel_for`)."""
         return channel_name(
@@ -369,7 +383,7 @@ class RedisDirectory:
             "fill",
             key,
             self._scripts.fill(
-                keys=keys[1:],
+                keys=keys[1:4],
                 args=[
                     agent,
                     token,
@@ -512,8 +526,12 @@ class RedisDirectory:
         lease lapses (HOLDER_EXPIRE performed by the server's key expiry); False messages every
         registered holder and keeps owed acks until they are acknowledged or `expire_lapsed`
         drops them. `RELAY_PUBLISH_UPDATES` (write-update) publishes an `UpdateMessage` carrying
-        `value`, the value committed as `version` (required then, and only then), and keeps
-        the holders registered."""
+        `value`, the value committed as `version`, and keeps the holders registered;
+        `RELAY_L2_SET` (write-update's L2_SET_IF_NEWER) stores `value` as L2's copy of
+        `version`, unless a relay of a newer version of the key came first: every relay raises
+        the key's highest relayed version (`relayed_key`), so a write-through's own relay that
+        runs late never puts its older value back into L2. `value` is required with either
+        letter, and only then."""
         check_agent_id(sender)
         if type(version) is not int or not 0 <= version <= INTEGER_MAX:
             raise InvalidValueError(
@@ -525,12 +543,19 @@ class RedisDirectory:
                 f"relay effects must be among {sorted(_RELAY_EFFECTS)}, got {unknown!r}"
             )
         updating = RELAY_PUBLISH_UPDATES in effects
-        if updating != (value is not NO_VALUE):
+        needs_value = updating or RELAY_L2_SET in effects
+        if needs_value != (value is not NO_VALUE):
             raise InvalidValueError(
-                "a relay that publishes updates needs the committed value, and only it: pass "
-                f"value= with {RELAY_PUBLISH_UPDATES!r} among the effects (got effects "
+                "a relay that publishes updates or stores the value in L2 needs the committed "
+                f"value, and only it: pass value= with {RELAY_PUBLISH_UPDATES!r} or "
+                f"{RELAY_L2_SET!r} among the effects (got effects "
                 f"{list(effects)!r}, {'a' if value is not NO_VALUE else 'no'} value)"
             )
+        l2_entry = b""
+        if RELAY_L2_SET in effects:
+            assert value is not NO_VALUE
+            text = encode_value(value, size_max_bytes=self._value_size_max_bytes)
+            l2_entry = str(version).encode() + _L2_SEPARATOR + text.encode()
         message: InvalidateMessage | UpdateMessage
         if updating:
             message = UpdateMessage(self.namespace, check_key(key), version, value, sender)
@@ -549,6 +574,10 @@ class RedisDirectory:
                     self._sequence_ttl_ms,
                     channel_suffix(message.kind, key),
                     "".join(effects),
+                    version,
+                    l2_entry,
+                    self._l2_ttl_ms,
+                    _RELAYED_TTL_MS,
                 ],
             ),
         )
@@ -667,7 +696,13 @@ class RedisDirectory:
     # -- internals --------------------------------------------------------------------------
 
     def _keys(self, key: str) -> list[str]:
-        return [self.l2_key(key), self.lease_key(key), self.holders_key(key), self.acks_key(key)]
+        return [
+            self.l2_key(key),
+            self.lease_key(key),
+            self.holders_key(key),
+            self.acks_key(key),
+            self.relayed_key(key),
+        ]
 
     async def _live_members(self, operation: str, key: str, set_key: str) -> tuple[str, ...]:
         reply = await self._run(operation, key, self._scripts.live_members(keys=[set_key]))

@@ -1025,7 +1025,12 @@ class AgentDriver:
                     sender,
                     tuple(redis_batch),
                     holders_lapse=self._holders_lapse,
-                    value=value if Effect.PUBLISH_UPDATES in redis_batch else NO_VALUE,
+                    value=(
+                        value
+                        if Effect.PUBLISH_UPDATES in redis_batch
+                        or Effect.L2_SET_IF_NEWER in redis_batch
+                        else NO_VALUE
+                    ),
                 )
             except ScopeViolationError:
                 if sender != RELAY_SENDER:

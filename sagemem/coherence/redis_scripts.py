@@ -10,7 +10,9 @@ meaning every script implements is the one `spec/model.py` gives the effect it n
 - `LEASED_FILL_SCRIPT`: L2_LEASED_FILL: store the copy only if the caller's lease is still the
   key's lease, and consume the lease.
 - `INVALIDATE_SCRIPT`: the Redis half of OUTBOX_RELAY, executing the effects the row names, in
-  its order: L2_DELETE (the copy and the lease), PUBLISH_INVALIDATIONS (one message per holder
+  its order: L2_DELETE (the copy and the lease), L2_SET_IF_NEWER (write-update: the committed
+  value becomes L2's copy, unless a newer version of the key was relayed first: every relay
+  raises the key's highest relayed version), PUBLISH_INVALIDATIONS (one message per holder
   except the sender, who are then forgotten) or PUBLISH_INVALIDATIONS_AWAIT_ACKS (also record
   an owed ack per holder), or PUBLISH_UPDATES (write-update: the message, an update carrying
   the value, goes to every holder except the sender, who all stay holders); it replies with the
@@ -202,7 +204,10 @@ return 1
 # stay and owed acks are kept until acknowledged or explicitly expired, for at most ARGV[5] ms,
 # ARGV[5] the sequence counters' ttl ms, ARGV[6] the channel suffix '|i|<key>'
 # (`messages.channel_suffix`): holder h's channel is ARGV[1] .. h .. ARGV[6], its counter
-# ARGV[1] .. h .. ':seq'; ARGV[7] the effects to perform (letters, see below).
+# ARGV[1] .. h .. ':seq'; ARGV[7] the effects to perform (letters, see below); ARGV[8] the
+# version relayed; ARGV[9] the L2 entry '<version>;<json>' of L2_SET_IF_NEWER ('' without it);
+# ARGV[10] the L2 ttl ms ('0': none); ARGV[11] the ttl ms of KEYS[5], the highest version of
+# the key any relay has relayed (every relay raises it first).
 # Reply: the effects performed (letters), then the agents messaged.
 INVALIDATE_SCRIPT: Final = (
     _PRELUDE
@@ -216,10 +221,18 @@ if redis.acl_check_cmd and not redis.acl_check_cmd('PUBLISH', probe, '') then
   return redis.error_reply('NOPERM this user may not publish invalidations of this key')
 end
 local now = now_ms()
--- ARGV[7]: the effects to perform, in the row's order, as letters: D L2_DELETE, P
--- PUBLISH_INVALIDATIONS, A PUBLISH_INVALIDATIONS_AWAIT_ACKS, U PUBLISH_UPDATES (ARGV[2] and
--- ARGV[6] are then an update's message and channel suffix). The reply's first element names
--- the effects performed, in order; the agents messaged follow.
+-- The highest version relayed so far: a relay of an older version than one already relayed
+-- (its writer's own relay, run late) must not store its value in L2.
+local version = tonumber(ARGV[8])
+local highest = tonumber(redis.call('GET', KEYS[5]) or '-1')
+local newest = version >= highest
+if version > highest then
+  redis.call('SET', KEYS[5], ARGV[8], 'PX', ARGV[11])
+end
+-- ARGV[7]: the effects to perform, in the row's order, as letters: D L2_DELETE, S
+-- L2_SET_IF_NEWER, P PUBLISH_INVALIDATIONS, A PUBLISH_INVALIDATIONS_AWAIT_ACKS, U
+-- PUBLISH_UPDATES (ARGV[2] and ARGV[6] are then an update's message and channel suffix). The
+-- reply's first element names the effects performed, in order; the agents messaged follow.
 local performed = ''
 local sent = {}
 for step = 1, #ARGV[7] do
@@ -228,6 +241,19 @@ for step = 1, #ARGV[7] do
     -- L2_DELETE: the copy goes, and with the key's lease every fill lease handed out is void.
     redis.call('DEL', KEYS[1], KEYS[2])
     performed = performed .. 'D'
+  elseif effect == 'S' then
+    -- L2_SET_IF_NEWER: L2 holds the committed version unless a newer one was relayed first.
+    if ARGV[9] == '' then
+      return redis.error_reply('ERR L2_SET_IF_NEWER needs the L2 entry')
+    end
+    if newest then
+      if ARGV[10] == '0' then
+        redis.call('SET', KEYS[1], ARGV[9])
+      else
+        redis.call('SET', KEYS[1], ARGV[9], 'PX', ARGV[10])
+      end
+    end
+    performed = performed .. 'S'
   elseif effect == 'P' or effect == 'A' or effect == 'U' then
     local await_acks = effect == 'A'
     local forget = effect ~= 'U'  -- an update's holders stay holders: the next relay reaches them

@@ -19,6 +19,7 @@ from sagemem.coherence.bus import CoherenceBus
 from sagemem.coherence.directory import (
     NO_VALUE,
     RELAY_L2_DELETE,
+    RELAY_L2_SET,
     RELAY_PUBLISH,
     RELAY_PUBLISH_AWAIT_ACKS,
     RELAY_PUBLISH_UPDATES,
@@ -35,6 +36,7 @@ __all__ = ["REDIS_RELAY_EFFECTS", "ServerSteps", "ServerStepsFactory"]
 
 REDIS_RELAY_EFFECTS: Final[dict[Effect, str]] = {
     Effect.L2_DELETE: RELAY_L2_DELETE,
+    Effect.L2_SET_IF_NEWER: RELAY_L2_SET,
     Effect.PUBLISH_INVALIDATIONS: RELAY_PUBLISH,
     Effect.PUBLISH_INVALIDATIONS_AWAIT_ACKS: RELAY_PUBLISH_AWAIT_ACKS,
     Effect.PUBLISH_UPDATES: RELAY_PUBLISH_UPDATES,

@@ -27,7 +27,10 @@ from sagemem.coherence import (
 )
 from sagemem.coherence.directory import (
     RELAY_L2_DELETE,
+    RELAY_L2_SET,
+    RELAY_PUBLISH,
     RELAY_PUBLISH_AWAIT_ACKS,
+    RELAY_PUBLISH_UPDATES,
     DirectoryUnavailable,
     FillKind,
     FillStep,
@@ -373,6 +376,36 @@ async def test_the_sender_is_not_messaged_and_keeps_its_registration(
     assert await directory.holders(KEY) == ("writer",)
     assert await directory.invalidate(KEY, 3, "other") == ("writer",)
     assert await directory.invalidate(KEY, 4, "other") == ()
+
+
+async def test_a_write_update_relay_stores_its_value_in_l2_unless_a_newer_one_was_relayed(
+    directory: RedisDirectory, l2: L2Tier
+) -> None:
+    """L2_SET_IF_NEWER: the update relay leaves its value in L2 (a later fill hits), but a
+    relay of an older version that comes after a newer one's (an invalidation or an update)
+    only deletes, so L2 never goes back to the older value."""
+    update = (RELAY_L2_DELETE, RELAY_L2_SET, RELAY_PUBLISH_UPDATES)
+    relayed = await directory.relay(KEY, 3, "w3", update, value={"v": 3})
+    assert relayed.performed == update
+    assert await l2.read(KEY) == TierEntry({"v": 3}, 3)
+    assert (await directory.fill(KEY, "reader")).kind is FillKind.L2_HIT
+
+    late = await directory.relay(KEY, 2, "w2", update, value={"v": 2})
+    assert late.performed == update  # the conditional effect ran; its condition did not hold
+    assert await l2.read(KEY) is None  # deleted (L2_DELETE), never set back to version 2
+
+    await directory.relay(KEY, 5, "w5", (RELAY_L2_DELETE, RELAY_PUBLISH))
+    await directory.relay(KEY, 4, "w4", update, value={"v": 4})
+    assert await l2.read(KEY) is None  # version 5 was relayed first: 4 stays out of L2
+    await directory.relay(KEY, 6, "w6", update, value=[6])
+    assert await l2.read(KEY) == TierEntry([6], 6)
+
+
+async def test_a_relay_that_stores_in_l2_needs_the_value(directory: RedisDirectory) -> None:
+    """L2_SET_IF_NEWER without the committed value is refused before anything runs."""
+    with pytest.raises(InvalidValueError, match="value"):
+        await directory.relay(KEY, 2, "w", (RELAY_L2_DELETE, RELAY_L2_SET))
+    assert await directory.holders(KEY) == ()
 
 
 async def test_a_removed_holder_is_not_messaged(directory: RedisDirectory) -> None:

@@ -255,7 +255,7 @@ async def _poll(check: Callable[[], Awaitable[bool]], seconds: float) -> bool:
 async def _seed(
     writer: CoherentL1Tier, holder: CoherentL1Tier, l2_holder: CoherentL1Tier, held: CoherentL1Tier
 ) -> bool:
-    for key in ("k1", "k4", "k5", "k9", "k10"):
+    for key in ("k1", "k4", "k5", "k9", "k10", "k11"):
         await writer.write_through(key, "v1")
     await holder.get("k1")  # an L2 miss: the home, then L2 filled
     await l2_holder.get("k1")  # an L2 hit
@@ -395,6 +395,30 @@ async def run_scenario(
                 problems.append("a fresh reader got v1 after a write-update returned (L2)")
             if (await HomeStore(home).outbox("k9")) is not None:
                 problems.append("a write-update's outbox entry was left at the home")
+            # A fill that took its L2 lease before the write-update and stores its older copy
+            # after the relay, once L2's copy is gone again (evicted): the relay must have
+            # voided the lease (L2_DELETE), whatever it stored in L2 after.
+            directory = RedisDirectory(bus.client, namespace)
+            await bus.client.delete(directory.l2_key("k11"))
+            lagging = await directory.fill("k11", "lagger")
+            if lagging.lease_token is None:
+                problems.append("a fill of a key missing from L2 got no lease")
+                return
+            if (
+                await _within(
+                    OPERATION_TIMEOUT_S + 1,
+                    "a write-update over a fill in flight",
+                    updater.write_through("k11", "v2"),
+                    problems,
+                )
+                is None
+            ):
+                return
+            await bus.client.delete(directory.l2_key("k11"))  # evicted
+            if await directory.leased_fill("k11", "lagger", lagging.lease_token, 1, "v1"):
+                problems.append(
+                    "a fill leased before a write-update stored its older copy in L2 after it"
+                )
 
         async def update_left_for_a_sweeper() -> None:
             if broken_updater is None:

@@ -153,6 +153,29 @@ async def test_an_updating_writer_gets_its_copy_back_and_its_next_read_hits(
     assert len(reads) == 1  # the refetch went through the table's read row
 
 
+async def test_the_write_update_leaves_its_value_in_l2_for_the_next_miss(
+    cluster: Cluster,
+) -> None:
+    """The update relay stores the written value in L2 (L2_SET_IF_NEWER): the writer's refetch
+    and a new reader's miss are L2 hits, not home reads; an invalidating write leaves L2
+    empty, so the next miss reads the home."""
+    writer = await cluster.agent("writer", write_policy="update")
+    version = await writer.write_through("k", {"n": 1})
+    await wait_until(lambda: writer.core.state("k") is L1State.S, "the writer refetched")
+    assert (writer.statistics().fills_from_l2, writer.statistics().fills_from_home) == (1, 0)
+    reader = await cluster.agent("reader")
+    entry = await reader.read("k")
+    assert entry is not None
+    assert (entry.value, entry.version) == ({"n": 1}, version)
+    assert (reader.statistics().fills_from_l2, reader.statistics().fills_from_home) == (1, 0)
+
+    plain = await cluster.agent("plain")
+    await plain.write_through("other", "x")
+    late = await cluster.agent("late")
+    assert await late.get("other") == "x"
+    assert (late.statistics().fills_from_l2, late.statistics().fills_from_home) == (0, 1)
+
+
 async def test_a_writer_closed_right_after_its_writes_leaves_no_registration(
     cluster: Cluster,
 ) -> None:
