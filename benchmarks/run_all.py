@@ -28,7 +28,9 @@ report lists them) or an agent process failed (its stderr is in `--out`/logs), 2
 error.
 
 Servers: SAGEMEM_REDIS_URL / SAGEMEM_POSTGRES_DSN, else the embedded ones. Each run uses fresh
-namespaces and a private Postgres schema, removed at the end.
+namespaces and a private Postgres schema, removed at the end. When SAGEMEM_REDIS_URL names a
+Redis Cluster node, the run counts and cleans every node, and the coherent systems (which need
+one Redis server) are refused with exit status 2 before anything starts.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from typing import Any, Final
 
 import asyncpg
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -76,6 +79,7 @@ from benchmarks.agent_workloads import (
 )
 from sagemem.embedding import HashingEmbedder
 from sagemem.errors import SageMemError
+from sagemem.redis_topology import RedisTopology, detect_redis_topology_at
 from sagemem.services import resolve_postgres_dsn, resolve_redis_url
 from sagemem.tiers.dram import DRAMTier
 
@@ -98,6 +102,11 @@ SETTLE_S: Final = 0.1  # after a workload, before the final reads (invalidations
 MESSAGES_SETTLE_S: Final = 2.0  # after the final reads: how long to wait for messages in flight
 ANSWER_TIMEOUT_S: Final = 300.0
 PROBLEMS_SHOWN: Final = 20
+
+type AdminClient = aioredis.Redis | RedisCluster
+CLUSTER_REFUSED_SYSTEMS: Final = ("sagemem-coherent", "sagemem-update", "sagemem-strict")
+"""The systems that do not run on a Redis Cluster (coherent mode's bus and directory need one
+server; `CoherenceBus` refuses a cluster with a `ConfigurationError`)."""
 CONNECTIONS_BUDGET: Final = 32  # Postgres connections the agents may open at once, together
 
 
@@ -347,19 +356,32 @@ class AgentPool:
 
 
 class ServerCounters:
-    """Commands the Redis server executed (`INFO commandstats`, all clients, INFO excluded)."""
+    """Commands the Redis server executed (`INFO commandstats`, all clients, INFO excluded);
+    on a cluster, summed over its primaries."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, topology: RedisTopology = RedisTopology.SINGLE_NODE) -> None:
         self._redis_url = redis_url
-        self._redis: aioredis.Redis | None = None
+        self._topology = topology
+        self._redis: AdminClient | None = None
 
     async def connect(self) -> None:
-        self._redis = aioredis.Redis.from_url(self._redis_url)
+        self._redis = await _admin_client(self._redis_url, self._topology)
 
     async def snapshot(self) -> int:
-        assert self._redis is not None
-        stats = await self._redis.info("commandstats")
-        return sum(int(entry["calls"]) for name, entry in stats.items() if name != "cmdstat_info")
+        if isinstance(self._redis, RedisCluster):
+            replies = await self._redis.info("commandstats", target_nodes=RedisCluster.PRIMARIES)
+            # one reply per primary, keyed by node name (a cluster has 3 or more)
+            single = any(str(name).startswith("cmdstat_") for name in replies)
+            per_node = [replies] if single else list(replies.values())
+        else:
+            assert self._redis is not None
+            per_node = [await self._redis.info("commandstats")]
+        return sum(
+            int(entry["calls"])
+            for stats in per_node
+            for name, entry in stats.items()
+            if name != "cmdstat_info"
+        )
 
     async def aclose(self) -> None:
         if self._redis is not None:
@@ -539,6 +561,29 @@ class _Resources:
     schema: str
     corpus: str
     namespaces: list[str] = field(default_factory=list)
+    topology: RedisTopology = RedisTopology.SINGLE_NODE
+
+
+async def _admin_client(redis_url: str, topology: RedisTopology) -> AdminClient:
+    """A client of the harness's own (counters, clean-up): on a cluster, one that reaches every
+    node (its slot map loaded), else a plain one."""
+    if topology is RedisTopology.CLUSTER:
+        cluster = RedisCluster.from_url(redis_url)
+        await cluster.initialize()
+        return cluster
+    return aioredis.Redis.from_url(redis_url)
+
+
+def check_systems_on(topology: RedisTopology, systems: Sequence[str]) -> None:
+    """Refuse, before anything starts, systems that cannot run on the Redis found."""
+    refused = [s for s in systems if s in CLUSTER_REFUSED_SYSTEMS]
+    if topology is RedisTopology.CLUSTER and refused:
+        allowed = [s for s in systems if s not in CLUSTER_REFUSED_SYSTEMS]
+        raise BenchmarkOptionError(
+            f"SAGEMEM_REDIS_URL names a Redis Cluster node, where {', '.join(refused)} cannot "
+            "run (coherent mode's bus and directory need a single server); pick the others, "
+            f"e.g. --systems {','.join(allowed) or BASELINE}"
+        )
 
 
 async def _prepare(resources: _Resources, with_corpus: bool) -> None:
@@ -577,9 +622,10 @@ async def _remove(resources: _Resources) -> None:
             )
     finally:
         await connection.close(timeout=30)
-    client = aioredis.Redis.from_url(resources.redis_url)
+    client = await _admin_client(resources.redis_url, resources.topology)
     try:
-        # One pass over the keyspace: every namespace of the run starts with the prefix.
+        # One pass over the keyspace (every node's, on a cluster): every namespace of the run
+        # starts with the prefix. A cluster client splits UNLINK by slot.
         batch: list[bytes] = []
         async for raw_key in client.scan_iter(match=f"*{resources.prefix}*", count=1000):
             batch.append(raw_key)
@@ -742,10 +788,20 @@ async def _environment(resources: _Resources) -> dict[str, str]:
     finally:
         await connection.close(timeout=30)
     redis_version = str(info.get("valkey_version") or info.get("redis_version") or "unknown")
+    redis_server = f"{info.get('server_name', 'redis')} {redis_version}"
+    if resources.topology is RedisTopology.CLUSTER:
+        cluster = await _admin_client(resources.redis_url, resources.topology)
+        try:
+            assert isinstance(cluster, RedisCluster)
+            primaries = len(cluster.get_primaries())
+            replicas = len(cluster.get_replicas())
+        finally:
+            await cluster.aclose()
+        redis_server += f", a cluster of {primaries} primaries and {replicas} replicas"
     return {
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)",
-        "redis_server": f"{info.get('server_name', 'redis')} {redis_version}",
+        "redis_server": redis_server,
         "postgres_server": postgres_version,
     }
 
@@ -756,6 +812,8 @@ async def run(options: RunOptions) -> dict[str, Any]:
     _progress("finding or starting Redis and Postgres ...")
     redis_url = await asyncio.to_thread(resolve_redis_url, None)
     postgres_dsn = await asyncio.to_thread(resolve_postgres_dsn, None)
+    topology = await detect_redis_topology_at(redis_url)
+    check_systems_on(topology, options.systems)
     token = secrets.token_hex(4)
     resources = _Resources(
         redis_url=redis_url,
@@ -763,6 +821,7 @@ async def run(options: RunOptions) -> dict[str, Any]:
         prefix=f"bench-all-{token}",
         schema=f"bench_all_{token}",
         corpus=f"bench-all-{token}-corpus",
+        topology=topology,
     )
     environment = await _environment(resources)
     selected = [w for w in WORKLOADS if w.name in options.workloads]
@@ -771,7 +830,7 @@ async def run(options: RunOptions) -> dict[str, Any]:
     plan += [(count, [scaling_workload]) for count in options.scaling]
     histories: dict[tuple[int, str], list[WriteRecord]] = defaultdict(list)
     cells: list[Cell] = []
-    counters = ServerCounters(redis_url)
+    counters = ServerCounters(redis_url, topology)
     try:
         await _prepare(resources, any(w.kind == "research" for w in selected))
         await counters.connect()
@@ -928,6 +987,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         results = asyncio.run(run(options))
+    except BenchmarkOptionError as error:  # found once the servers were known
+        print(f"run_all: {error}", file=sys.stderr)
+        return 2
     except BenchmarkFailure as error:
         _progress(f"run_all failed: {error}")
         return 1
