@@ -176,6 +176,19 @@ async def test_the_write_update_leaves_its_value_in_l2_for_the_next_miss(
     assert (late.statistics().fills_from_l2, late.statistics().fills_from_home) == (0, 1)
 
 
+@pytest.mark.parametrize("value", TRICKY_VALUES, ids=range(len(TRICKY_VALUES)))
+async def test_a_value_the_relay_stored_in_l2_reads_back_equal_to_what_was_written(
+    cluster: Cluster, value: JSONValue
+) -> None:
+    """Every kind of JSON value the update relay stores in L2 is read back as written by an
+    agent whose miss it serves."""
+    writer = await cluster.agent("writer", write_policy="update")
+    await writer.write_through("k", value)
+    reader = await cluster.agent("reader")
+    assert_same_json(await reader.get("k"), value)
+    assert reader.statistics().fills_from_l2 == 1
+
+
 async def test_a_writer_closed_right_after_its_writes_leaves_no_registration(
     cluster: Cluster,
 ) -> None:
