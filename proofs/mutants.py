@@ -357,7 +357,9 @@ _PAIRABLE: frozenset[MutationKind] = frozenset(
 )
 
 
-_UNPAIRED_EVENTS: Final = frozenset({Event.DELIVER_UPDATE, Event.OUTBOX_RELAY_UPDATE})
+_UNPAIRED_EVENTS: Final = frozenset(
+    {Event.DELIVER_UPDATE, Event.OUTBOX_RELAY_UPDATE, Event.OUTBOX_RELAY_STORE}
+)
 
 
 def _pairs(singles: Sequence[Mutant], count: int, seed: int) -> Iterator[Mutant]:

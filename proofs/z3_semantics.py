@@ -408,6 +408,7 @@ class Semantics(Terms):
         yield Event.OUTBOX_RELAY, None, 0, s.g["outbox"] != self.v(0)
         if self.defn.write_update:
             yield Event.OUTBOX_RELAY_UPDATE, None, 0, s.g["outbox"] != self.v(0)
+            yield Event.OUTBOX_RELAY_STORE, None, 0, s.g["outbox"] != self.v(0)
         if Event.L2_EVICT in faults:
             yield Event.L2_EVICT, None, 0, z3.And(fault_ok, s.g["l2"] >= self.v(0))
 

@@ -785,6 +785,7 @@ def _offers(defn: ProtocolDefinition, state: State) -> Iterator[tuple[Event, int
         yield Event.OUTBOX_RELAY, None, 0
         if defn.write_update:
             yield Event.OUTBOX_RELAY_UPDATE, None, 0
+            yield Event.OUTBOX_RELAY_STORE, None, 0
     if state.l2 >= 0 and Event.L2_EVICT in faults:
         yield Event.L2_EVICT, None, 0
     if defn.l2_rollback and faults and state.l2_high >= 0:

@@ -353,6 +353,31 @@ def _update_rows() -> tuple[Rule, ...]:
     return (*deliveries, relay)
 
 
+def _store_rows() -> tuple[Rule, ...]:
+    """The invalidating policy's own relay with the value (coherent mode): a writer relaying the
+    write-through it committed holds the value, so its relay stores it in L2 (after L2_DELETE
+    has voided the fill leases) before invalidating the holders, whose next miss, like the
+    writer's own next read, is then an L2 hit rather than a home read. Any other relay (a
+    sweeper's, an ownership grant's) holds no value and uses OUTBOX_RELAY. Coherent mode only,
+    for the reason write-update is: in strict mode a reader could fill the new version from L2
+    while a holder that has not acknowledged yet still serves the old one. Appended after every
+    other row, so the rows before keep their numbers."""
+    return (
+        Rule(
+            HOME,
+            Event.OUTBOX_RELAY_STORE,
+            Guard.VALUE_AT_HOME,
+            HOME,
+            (X.L2_DELETE, X.L2_SET_IF_NEWER, X.PUBLISH_INVALIDATIONS, X.HOME_CLEAR_OUTBOX),
+            _COHERENT,
+            note=(
+                "the writer's own relay: delete L2 (voiding fill leases), store the value in L2 "
+                "unless a newer version was relayed, invalidate the holders"
+            ),
+        ),
+    )
+
+
 def _recall_rows() -> tuple[Rule, ...]:
     owners = (
         Rule(
@@ -768,6 +793,7 @@ TABLE: Final[tuple[Rule, ...]] = (
     + _resync_rows()
     + _TIME_AND_FAULT_ROWS
     + _update_rows()
+    + _store_rows()
 )
 
 _ONE_AT_A_TIME = "one operation at a time per agent and key: the core queues the caller"
@@ -980,6 +1006,24 @@ REFUSALS: Final[tuple[Refusal, ...]] = (
         RefusalKind.NOT_APPLICABLE,
         "strict mode always invalidates: an updated holder could serve the new version before "
         "the write settles, while another agent's fill still returns the old one",
+        _STRICT,
+    ),
+    # the invalidating policy's relay with the value (appended last, like write-update's)
+    Refusal(
+        HOME,
+        Event.OUTBOX_RELAY_STORE,
+        Guard.VALUE_AT_OWNER,
+        RefusalKind.NOT_APPLICABLE,
+        "an ownership grant's value is at the owner: the relay only invalidates (OUTBOX_RELAY)",
+        _COHERENT,
+    ),
+    Refusal(
+        HOME,
+        Event.OUTBOX_RELAY_STORE,
+        None,
+        RefusalKind.NOT_APPLICABLE,
+        "strict mode never stores a write's value in L2 before the write settles: a reader "
+        "could fill the new version while a holder that has not acknowledged serves the old one",
         _STRICT,
     ),
 )

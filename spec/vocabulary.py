@@ -166,6 +166,7 @@ class Event(Enum):
     # actor steps
     OUTBOX_RELAY = "outbox_relay"
     OUTBOX_RELAY_UPDATE = "outbox_relay_update"
+    OUTBOX_RELAY_STORE = "outbox_relay_store"
     HOME_EXPIRE_OWNER = "home_expire_owner"
     HOLDER_EXPIRE = "holder_expire"
     # time and faults
@@ -199,6 +200,7 @@ EVENT_SITE: Final[dict[Event, Site]] = {
     Event.CRASH: Site.AGENT,
     Event.OUTBOX_RELAY: Site.HOME,
     Event.OUTBOX_RELAY_UPDATE: Site.HOME,
+    Event.OUTBOX_RELAY_STORE: Site.HOME,
     Event.HOME_EXPIRE_OWNER: Site.HOME,
     Event.HOLDER_EXPIRE: Site.REDIS,
     Event.L2_EVICT: Site.REDIS,
@@ -227,6 +229,7 @@ EVENT_KIND: Final[dict[Event, EventKind]] = {
     Event.RETRY: EventKind.TIMER,
     Event.OUTBOX_RELAY: EventKind.INTERNAL,
     Event.OUTBOX_RELAY_UPDATE: EventKind.INTERNAL,
+    Event.OUTBOX_RELAY_STORE: EventKind.INTERNAL,
     Event.HOME_EXPIRE_OWNER: EventKind.TIMER,
     Event.HOLDER_EXPIRE: EventKind.TIMER,
     Event.LEASE_LAPSE: EventKind.TIMER,
@@ -264,6 +267,10 @@ EVENT_MEANING: Final[dict[Event, str]] = {
     Event.OUTBOX_RELAY_UPDATE: (
         "the outbox relay of a write-update namespace runs for a write-through it holds the "
         "value of: L2 delete, publish the version and value to the holders, who stay holders"
+    ),
+    Event.OUTBOX_RELAY_STORE: (
+        "the writer's own outbox relay in an invalidating namespace, for a write-through it "
+        "holds the value of: L2 delete, store the value in L2, invalidate the holders"
     ),
     Event.HOME_EXPIRE_OWNER: "the home expires an owner whose lease has lapsed",
     Event.HOLDER_EXPIRE: "the directory expires a holder that owes an ack and whose lease lapsed",

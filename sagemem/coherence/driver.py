@@ -142,6 +142,9 @@ class DriverSettings:
     # write-update (coherent mode): the encoded size up to which a write-through's relay sends
     # its value to the holders (OUTBOX_RELAY_UPDATE); 0 always invalidates (OUTBOX_RELAY)
     update_value_max_bytes: int = 0
+    # the invalidating policy (coherent mode): the encoded size up to which this agent's own
+    # relay of its write-through stores the value in L2 (OUTBOX_RELAY_STORE); 0 never does
+    store_value_max_bytes: int = 0
     # fetch this agent's copy of a key again, in the background, after its write-through
     # returned (the write leaves it in I): its next read hits
     refetch_after_write: bool = False
@@ -237,6 +240,7 @@ class AgentDriver:
         self._operation_timeout_s: Final = settings.operation_timeout_s
         self._outbox_sweep_after_s: Final = settings.outbox_sweep_after_s
         self._update_value_max_bytes: Final = settings.update_value_max_bytes
+        self._store_value_max_bytes: Final = settings.store_value_max_bytes
         self._refetch_after_write: Final = settings.refetch_after_write
         # How long L2 may keep answering a fill with data older than the agent's floor before
         # the floor is taken as bogus: the sweep's period twice, plus a second.
@@ -996,9 +1000,9 @@ class AgentDriver:
         """OUTBOX_RELAY of `version`, executed from its row: the row's effects are performed in
         its order (consecutive Redis effects in one atomic script, HOME_CLEAR_OUTBOX as the
         home's statement), and what the servers report they performed must be the row's list.
-        With `value` (write-update: the value this agent's write-through committed as
-        `version`, so VALUE_AT_HOME holds) the row is OUTBOX_RELAY_UPDATE's, whose updates
-        carry it.
+        With `value` (the value this agent's write-through committed as `version`, so
+        VALUE_AT_HOME holds) the row is OUTBOX_RELAY_UPDATE's under write-update, whose updates
+        carry it, else OUTBOX_RELAY_STORE's, which stores it in L2 and invalidates.
 
         Returns True if the outbox is empty afterwards as far as this relay knows."""
         steps = self._steps
@@ -1006,8 +1010,13 @@ class AgentDriver:
         if value is NO_VALUE:
             rule = self.core.shared_row(Event.OUTBOX_RELAY, Guard.ALWAYS)
         else:
-            rule = self.core.shared_row(Event.OUTBOX_RELAY_UPDATE, Guard.VALUE_AT_HOME)
-            if not isinstance(rule, Rule):  # no update row (strict mode, or a mutant)
+            event = (
+                Event.OUTBOX_RELAY_UPDATE
+                if self._update_value_max_bytes
+                else Event.OUTBOX_RELAY_STORE
+            )
+            rule = self.core.shared_row(event, Guard.VALUE_AT_HOME)
+            if not isinstance(rule, Rule):  # no such row (strict mode, or a mutant)
                 return await self._relay(key, version, sender)
         if not isinstance(rule, Rule):
             return False  # the table relays nothing (a mutant): the outbox stays
@@ -1042,7 +1051,8 @@ class AgentDriver:
                 return False
             performed.extend(done)
             redis_batch.clear()
-            sent = "invalidations_sent" if value is NO_VALUE else "updates_sent"
+            updating = Effect.PUBLISH_UPDATES in rule.effects
+            sent = "updates_sent" if updating else "invalidations_sent"
             self.counts[sent] += len(messaged)
             if messaged:
                 # Agents of this process may have just received the invalidation: let their
@@ -1072,17 +1082,18 @@ class AgentDriver:
             )
         return emptied
 
-    def _update_value(self, key: str) -> JSONValue | NoValue:
-        """The value a write-update relay of `key` carries: the value of this agent's
-        write-through in flight (WT_A: committed at the home, so VALUE_AT_HOME), if the
-        namespace updates and its JSON text is within the bound; else NO_VALUE (invalidate).
-        An ownership grant's relay (IM_A) always invalidates: its value is at the owner."""
-        limit = self._update_value_max_bytes
+    def _relay_value(self, key: str) -> JSONValue | NoValue:
+        """The value this agent's own relay of `key` carries: the value of its write-through
+        in flight (WT_A: committed at the home, so VALUE_AT_HOME), if its JSON text is within
+        the policy's bound (write-update: the updates carry it; invalidate: it is stored in
+        L2); else NO_VALUE (the relay only invalidates). An ownership grant's relay (IM_A)
+        carries no value: the value is at the owner."""
+        limit = self._update_value_max_bytes or self._store_value_max_bytes
         if not limit or self.core.state(key) is not L1State.WT_A:
             return NO_VALUE
         written = self.core.snapshot(key).write_value
         if written is ABSENT:
-            return NO_VALUE  # a delete: holders drop their copies
+            return NO_VALUE  # a delete: holders drop their copies, L2 stays empty
         value = unpack(written)
         size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
         return value if size <= limit else NO_VALUE
@@ -1094,7 +1105,7 @@ class AgentDriver:
         assert steps is not None
         empty = False
         if state.relayed < version:
-            empty = await self._relay(key, version, self.agent_id, self._update_value(key))
+            empty = await self._relay(key, version, self.agent_id, self._relay_value(key))
             state.relayed = version
         if not empty:
             pending = await steps.outbox(key)

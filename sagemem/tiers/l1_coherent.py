@@ -32,6 +32,9 @@ OUTBOX_RELAY_UPDATE and DELIVER_UPDATE rows). Larger values, deletes and ownersh
 invalidate. The policy is the writer's: every agent understands both kinds of message, so the
 agents of one namespace may mix policies; set the same one on all of them for predictable
 costs. Updates are trusted as the home trusts writes (see `sagemem.coherence.messages`).
+Under either policy (coherent mode) a writer's own relay of its write-through stores the value
+in L2 (OUTBOX_RELAY_STORE, or OUTBOX_RELAY_UPDATE's L2_SET_IF_NEWER) when its JSON text is at
+most `update_value_max_bytes`, so the next miss of the key anywhere is an L2 hit.
 
 A write-through leaves the writer without a copy (the table's WT_A -> I: its version is only
 known once the home has committed it). With `refetch_after_write` (on by default under the
@@ -276,6 +279,11 @@ class CoherentL1Tier(AsyncResource):
                 operation_timeout_s=float(operation_timeout_s),
                 outbox_sweep_after_s=float(outbox_sweep_after_s),
                 update_value_max_bytes=update_value_max_bytes if write_policy == "update" else 0,
+                store_value_max_bytes=(
+                    update_value_max_bytes
+                    if write_policy == "invalidate" and mode is Mode.COHERENT
+                    else 0
+                ),
                 refetch_after_write=refetch_after_write,
             ),
             on_fenced=on_fenced,

@@ -97,6 +97,7 @@ async def agent(
     operation_timeout_s: float = WAIT_S,
     outbox_sweep_after_s: float = 2.0,
     mode: str = "coherent",
+    update_value_max_bytes: int = 8192,
 ) -> AsyncIterator[CoherentL1Tier]:
     """One agent as a separate process would have it: its own bus, home pool and L1."""
     home = L3Tier(
@@ -117,6 +118,7 @@ async def agent(
         outbox_sweep_after_s=outbox_sweep_after_s,
         mode=mode,
         tracer=trace.append,
+        update_value_max_bytes=update_value_max_bytes,
     )
     try:
         await bus.connect()
@@ -695,7 +697,8 @@ async def test_an_operation_after_a_timed_out_one_gets_its_own_answer(
     endpoints = (redis_url, postgres_dsn, namespace, pg_schema)
     async with (
         agent("a", *endpoints, operation_timeout_s=0.5) as impatient,
-        agent("w", *endpoints) as writer,
+        # its relay leaves L2 empty (no value is within 1 byte), so the read goes to the home
+        agent("w", *endpoints, update_value_max_bytes=1) as writer,
     ):
         first = await writer.write_through(key, "v1")
         home_tier = impatient.home_tier

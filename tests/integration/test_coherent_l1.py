@@ -284,7 +284,8 @@ async def test_concurrent_updates_lose_nothing(cluster: Cluster) -> None:
 
 
 async def test_hierarchies_of_coherent_agents_share_l2_and_l3(cluster: Cluster) -> None:
-    a = CoherentL1Tier("a", cluster.bus)
+    a = CoherentL1Tier("a", cluster.bus, update_value_max_bytes=1)  # values of 2 bytes and more:
+    # its relays store none in L2, so b's first read goes to the home
     b = CoherentL1Tier("b", cluster.bus)
     ha = MemoryHierarchy([a, cluster.l2, cluster.home])
     hb = MemoryHierarchy([b, cluster.l2, cluster.home])
@@ -292,18 +293,18 @@ async def test_hierarchies_of_coherent_agents_share_l2_and_l3(cluster: Cluster) 
     await hb.connect()
     try:
         assert a.home_tier is cluster.home
-        version = await ha.set("fact", 1, tier_index=2)
+        version = await ha.set("fact", 10, tier_index=2)
         assert version is not None
-        assert await hb.get("fact") == 1  # from the home: a fill (promotion), nobody invalidated
-        assert await ha.get("fact") == 1  # from L2, filled under b's lease
+        assert await hb.get("fact") == 10  # from the home: a fill (promotion), nobody invalidated
+        assert await ha.get("fact") == 10  # from L2, filled under b's lease
         assert ha.statistics().tier("L2").hits == 1
         assert hb.statistics().tier("L3").hits == 1
         assert await cluster.l2.read("fact") == await cluster.home.read("fact")
         assert b.get_state("fact") is L1State.S
-        assert await ha.set("fact", 2, tier_index=1) == version + 1  # L2 write: a write-through
+        assert await ha.set("fact", 20, tier_index=1) == version + 1  # L2 write: a write-through
         await wait_until(lambda: b.get_state("fact") is L1State.I, "b invalidated")
         assert await cluster.l2.read("fact") is None  # the relay deleted the stale L2 copy
-        assert await hb.get("fact") == 2
+        assert await hb.get("fact") == 20
         await hb.set("fact", 3)  # tier 0: b owns it
         assert await ha.get("fact") == 3
         with pytest.raises(VersionConflict):
@@ -403,7 +404,9 @@ async def test_a_fill_racing_an_invalidation_is_returned_once_and_never_cached(
 
         return read_then_pause
 
-    a = await cluster.agent("a", server_steps=Stepping(relay=relay.wrap))
+    a = await cluster.agent(
+        "a", server_steps=Stepping(relay=relay.wrap), update_value_max_bytes=1
+    )  # relays store no value: b reads the home
     b = await cluster.agent("b", server_steps=Stepping(home_read=pause_after))
     relay.reached.set()  # a's first write passes
     await a.write_through("k", "v1")
@@ -443,7 +446,7 @@ async def test_fill_data_older_than_an_invalidation_is_fetched_again(cluster: Cl
 
         return read_then_pause
 
-    a = await cluster.agent("a")
+    a = await cluster.agent("a", update_value_max_bytes=1)  # relays store no value
     b = await cluster.agent("b", server_steps=Stepping(home_read=pause_once))
     await a.write_through("k", "v1")
     reader = asyncio.create_task(b.get("k"))
@@ -467,7 +470,7 @@ async def test_a_late_fill_cannot_put_an_older_version_back_into_l2_after_an_evi
     never goes back."""
     gate = Gate()
     stepping = Stepping(leased_fill=gate.wrap)
-    a = await cluster.agent("a")
+    a = await cluster.agent("a", update_value_max_bytes=1)  # relays store no value
     b = await cluster.agent("b", server_steps=stepping)
     c = await cluster.agent("c")
     await a.write_through("k", "v1")

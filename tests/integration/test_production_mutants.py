@@ -255,7 +255,7 @@ async def _poll(check: Callable[[], Awaitable[bool]], seconds: float) -> bool:
 async def _seed(
     writer: CoherentL1Tier, holder: CoherentL1Tier, l2_holder: CoherentL1Tier, held: CoherentL1Tier
 ) -> bool:
-    for key in ("k1", "k4", "k5", "k9", "k10", "k11"):
+    for key in ("k1", "k4", "k5", "k9", "k10", "k11", "k12", "k13"):
         await writer.write_through(key, "v1")
     await holder.get("k1")  # an L2 miss: the home, then L2 filled
     await l2_holder.get("k1")  # an L2 hit
@@ -297,7 +297,11 @@ async def run_scenario(
         await home.connect()
         await bus.connect()
         await held_bus.connect()
-        holder, writer, fresh = await agent("holder"), await agent("writer"), await agent("fresh")
+        holder, fresh = await agent("holder"), await agent("fresh")
+        # relays without the value (OUTBOX_RELAY): no value's JSON text is within 1 byte
+        writer = await agent("writer", update_value_max_bytes=1)
+        storer = await agent("storer")  # coherent: its relays store the value (OUTBOX_RELAY_STORE)
+        sholder = await agent("sholder")  # holds k12 only
         l2_holder = await agent("l2holder")
         owner, taker = await agent("owner"), await agent("taker")
         keeper, evictor = await agent("keeper"), await agent("evictor")
@@ -310,7 +314,9 @@ async def run_scenario(
             else None
         )
         crashed_holder = await agent("crashed", holder_ttl_s=SHORT_HOLDER_TTL_S)
-        broken_writer = await agent("broken", server_steps=_failing_relay)
+        broken_writer = await agent(
+            "broken", server_steps=_failing_relay, update_value_max_bytes=1
+        )  # its relay would be OUTBOX_RELAY's
         held = await agent("held", bus=held_bus)
         held_driver = held._driver
         deliver = held_driver.on_bus
@@ -395,30 +401,66 @@ async def run_scenario(
                 problems.append("a fresh reader got v1 after a write-update returned (L2)")
             if (await HomeStore(home).outbox("k9")) is not None:
                 problems.append("a write-update's outbox entry was left at the home")
-            # A fill that took its L2 lease before the write-update and stores its older copy
-            # after the relay, once L2's copy is gone again (evicted): the relay must have
-            # voided the lease (L2_DELETE), whatever it stored in L2 after.
+            await lagging_fill(updater, "k11", "a write-update")
+
+        async def stored_in_l2() -> None:
+            if mode is not Mode.COHERENT:
+                return  # strict mode's relay never stores the value
+            await sholder.get("k12")
+            if (
+                await _within(
+                    OPERATION_TIMEOUT_S + 1,
+                    "a write-through that stores its value",
+                    storer.write_through("k12", "v2"),
+                    problems,
+                )
+                is None
+            ):
+                return
+
+            async def holder_current() -> bool:
+                return await sholder.get("k12") == "v2"
+
+            if not await _poll(holder_current, INVALIDATED_WITHIN_S):
+                problems.append("the holder still serves v1 after a storing write-through returned")
+            if await fresh.get("k12") != "v2":
+                problems.append("a fresh reader got v1 after a storing write-through returned")
+            if (await HomeStore(home).outbox("k12")) is not None:
+                problems.append("a storing write-through's outbox entry was left at the home")
+            await lagging_fill(storer, "k13", "a write-through that stores its value")
+
+        async def lagging_fill(author: CoherentL1Tier, key: str, what: str) -> None:
+            """A fill that took its L2 lease before `author`'s write-through and stores its
+            older copy after the relay, once L2's copy is gone again (evicted): the relay must
+            have voided the lease (L2_DELETE), whatever it stored in L2 after."""
             directory = RedisDirectory(bus.client, namespace)
-            await bus.client.delete(directory.l2_key("k11"))
-            lagging = await directory.fill("k11", "lagger")
+            await bus.client.delete(directory.l2_key(key))
+            # not registered: a strict write would wait for its acknowledgement
+            lagging = await directory.fill(key, "lagger", register_on_miss=False)
             if lagging.lease_token is None:
                 problems.append("a fill of a key missing from L2 got no lease")
                 return
             if (
                 await _within(
                     OPERATION_TIMEOUT_S + 1,
-                    "a write-update over a fill in flight",
-                    updater.write_through("k11", "v2"),
+                    f"{what} over a fill in flight",
+                    author.write_through(key, "v2"),
                     problems,
                 )
                 is None
             ):
                 return
-            await bus.client.delete(directory.l2_key("k11"))  # evicted
-            if await directory.leased_fill("k11", "lagger", lagging.lease_token, 1, "v1"):
-                problems.append(
-                    "a fill leased before a write-update stored its older copy in L2 after it"
-                )
+            if author.refetch_after_write:
+                # its background refetch would take a lease of its own (voiding the lagger's)
+                # if it ran after the eviction below: let it finish first
+
+                async def refetched() -> bool:
+                    return author.core.state(key) is L1State.S
+
+                await _poll(refetched, INVALIDATED_WITHIN_S)
+            await bus.client.delete(directory.l2_key(key))  # evicted
+            if await directory.leased_fill(key, "lagger", lagging.lease_token, 1, "v1"):
+                problems.append(f"a fill leased before {what} stored its older copy in L2 after it")
 
         async def update_left_for_a_sweeper() -> None:
             if broken_updater is None:
@@ -523,6 +565,7 @@ async def run_scenario(
             evicted_owner(),
             flushed_owner(),
             invalidation_and_l2(),
+            stored_in_l2(),
             crashed_owner(),
             crashed_holder_strict(),
             relay_left_for_a_sweeper(),

@@ -157,8 +157,8 @@ async def test_the_write_update_leaves_its_value_in_l2_for_the_next_miss(
     cluster: Cluster,
 ) -> None:
     """The update relay stores the written value in L2 (L2_SET_IF_NEWER): the writer's refetch
-    and a new reader's miss are L2 hits, not home reads; an invalidating write leaves L2
-    empty, so the next miss reads the home."""
+    and a new reader's miss are L2 hits, not home reads; so does an invalidating writer's own
+    relay (OUTBOX_RELAY_STORE); a delete leaves L2 empty, so the next miss reads the home."""
     writer = await cluster.agent("writer", write_policy="update")
     version = await writer.write_through("k", {"n": 1})
     await wait_until(lambda: writer.core.state("k") is L1State.S, "the writer refetched")
@@ -173,7 +173,30 @@ async def test_the_write_update_leaves_its_value_in_l2_for_the_next_miss(
     await plain.write_through("other", "x")
     late = await cluster.agent("late")
     assert await late.get("other") == "x"
-    assert (late.statistics().fills_from_l2, late.statistics().fills_from_home) == (0, 1)
+    assert (late.statistics().fills_from_l2, late.statistics().fills_from_home) == (1, 0)
+    stored = await cluster.l2.read("other")
+    assert stored is not None
+    assert stored.value == "x"
+
+    await plain.delete("other")
+    gone = await cluster.agent("gone")
+    assert await gone.get("other") is None
+    assert (gone.statistics().fills_from_l2, gone.statistics().fills_from_home) == (0, 1)
+
+
+async def test_only_values_within_the_bound_are_stored_in_l2(cluster: Cluster) -> None:
+    """An invalidating writer's relay stores a value whose JSON text is at most
+    `update_value_max_bytes` (OUTBOX_RELAY_STORE) and leaves L2 empty for a longer one
+    (OUTBOX_RELAY): the next miss then reads the home."""
+    writer = await cluster.agent("writer", update_value_max_bytes=4)
+    await writer.write_through("short", "ab")  # '"ab"': 4 bytes
+    await writer.write_through("long", "abc")  # 5 bytes
+    assert (await cluster.l2.read("short")) is not None
+    assert (await cluster.l2.read("long")) is None
+    reader = await cluster.agent("reader")
+    assert await reader.get("short") == "ab"
+    assert await reader.get("long") == "abc"
+    assert (reader.statistics().fills_from_l2, reader.statistics().fills_from_home) == (1, 1)
 
 
 @pytest.mark.parametrize("value", TRICKY_VALUES, ids=range(len(TRICKY_VALUES)))
