@@ -63,7 +63,13 @@ HOME_STATEMENTS = frozenset(
     }
 )
 PRODUCTION_SHARED_EVENTS = frozenset(
-    {Event.OUTBOX_RELAY, Event.OUTBOX_RELAY_UPDATE, Event.HOME_EXPIRE_OWNER, Event.HOLDER_EXPIRE}
+    {
+        Event.OUTBOX_RELAY,
+        Event.OUTBOX_RELAY_UPDATE,
+        Event.OUTBOX_RELAY_STORE,
+        Event.HOME_EXPIRE_OWNER,
+        Event.HOLDER_EXPIRE,
+    }
 )
 BOUNDS = ((2, 1, 1), (3, 1, 1))
 CONCURRENT_SCENARIOS = 6
@@ -140,7 +146,8 @@ def _mutants() -> Iterator[TableMutant]:
                 for n, r in enumerate(TABLE)
             )
 
-        updating = rule.event is Event.OUTBOX_RELAY_UPDATE
+        # the model offers these relays only with `write_update` on
+        updating = rule.event in (Event.OUTBOX_RELAY_UPDATE, Event.OUTBOX_RELAY_STORE)
         for mode in sorted(rule.modes, key=lambda m: m.value):
             where = f"row{index}-{rule.event.name}-{mode.value}"
             yield TableMutant(
@@ -255,7 +262,7 @@ async def _poll(check: Callable[[], Awaitable[bool]], seconds: float) -> bool:
 async def _seed(
     writer: CoherentL1Tier, holder: CoherentL1Tier, l2_holder: CoherentL1Tier, held: CoherentL1Tier
 ) -> bool:
-    for key in ("k1", "k4", "k5", "k9", "k10", "k11", "k12", "k13"):
+    for key in ("k1", "k4", "k5", "k9", "k10", "k11", "k12", "k13", "k14"):
         await writer.write_through(key, "v1")
     await holder.get("k1")  # an L2 miss: the home, then L2 filled
     await l2_holder.get("k1")  # an L2 hit
@@ -302,6 +309,11 @@ async def run_scenario(
         writer = await agent("writer", update_value_max_bytes=1)
         storer = await agent("storer")  # coherent: its relays store the value (OUTBOX_RELAY_STORE)
         sholder = await agent("sholder")  # holds k12 only
+        broken_storer = (
+            await agent("brokenstore", server_steps=_failing_relay)
+            if mode is Mode.COHERENT
+            else None
+        )
         l2_holder = await agent("l2holder")
         owner, taker = await agent("owner"), await agent("taker")
         keeper, evictor = await agent("keeper"), await agent("evictor")
@@ -421,8 +433,14 @@ async def run_scenario(
             async def holder_current() -> bool:
                 return await sholder.get("k12") == "v2"
 
+            directory = RedisDirectory(bus.client, namespace)
+            if await bus.client.get(directory.l2_key("k12")) is None:
+                problems.append("a storing write-through returned with nothing in L2")
             if not await _poll(holder_current, INVALIDATED_WITHIN_S):
                 problems.append("the holder still serves v1 after a storing write-through returned")
+            owed = await directory.pending_acks("k12")
+            if owed:
+                problems.append(f"a storing write-through left acknowledgements owed: {owed}")
             if await fresh.get("k12") != "v2":
                 problems.append("a fresh reader got v1 after a storing write-through returned")
             if (await HomeStore(home).outbox("k12")) is not None:
@@ -519,6 +537,25 @@ async def run_scenario(
                     "serves v1: nobody relayed the outbox"
                 )
 
+        async def store_left_for_a_sweeper() -> None:
+            if broken_storer is None:
+                return
+            await fresh.get("k14")
+            with_error: list[str] = []
+            await _within(
+                OPERATION_TIMEOUT_S + 1, "", broken_storer.write_through("k14", "v2"), with_error
+            )
+            await broken_storer.abandon()
+
+            async def fresh_current() -> bool:
+                return await fresh.get("k14") == "v2"
+
+            if not await _poll(fresh_current, INVALIDATED_WITHIN_S + SWEEP_AFTER_S):
+                problems.append(
+                    "a storing writer died before its relay published, and a holder still "
+                    "serves v1: nobody relayed the outbox"
+                )
+
         async def held_back_holder_strict() -> None:
             if mode is not Mode.STRICT:
                 return
@@ -569,6 +606,7 @@ async def run_scenario(
             crashed_owner(),
             crashed_holder_strict(),
             relay_left_for_a_sweeper(),
+            store_left_for_a_sweeper(),
             held_back_holder_strict(),
             update_to_holders(),
             update_left_for_a_sweeper(),
