@@ -569,7 +569,11 @@ async def _admin_client(redis_url: str, topology: RedisTopology) -> AdminClient:
     node (its slot map loaded), else a plain one."""
     if topology is RedisTopology.CLUSTER:
         cluster = RedisCluster.from_url(redis_url)
-        await cluster.initialize()
+        try:
+            await cluster.initialize()
+        except BaseException:
+            await cluster.aclose()
+            raise
         return cluster
     return aioredis.Redis.from_url(redis_url)
 
@@ -812,7 +816,10 @@ async def run(options: RunOptions) -> dict[str, Any]:
     _progress("finding or starting Redis and Postgres ...")
     redis_url = await asyncio.to_thread(resolve_redis_url, None)
     postgres_dsn = await asyncio.to_thread(resolve_postgres_dsn, None)
-    topology = await detect_redis_topology_at(redis_url)
+    try:
+        topology = await detect_redis_topology_at(redis_url)
+    except SageMemError as error:  # the server does not answer, or the URL is not one
+        raise BenchmarkFailure(f"the Redis server at SAGEMEM_REDIS_URL: {error}") from error
     check_systems_on(topology, options.systems)
     token = secrets.token_hex(4)
     resources = _Resources(

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from benchmarks.agent_workloads import SYSTEMS
 from benchmarks.run_all import BASELINE, main
 from sagemem.services import ServiceEndpoints
@@ -81,3 +83,20 @@ def test_quick_run_measures_every_system_and_every_read_is_consistent(
         assert f"| {system} |" in report
     assert (out / "throughput.png").stat().st_size > 0
     assert (out / "latency.png").stat().st_size > 0
+
+
+def test_a_redis_url_that_does_not_answer_fails_the_run_with_the_reason(
+    service_endpoints: ServiceEndpoints,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Exit 1 naming the server and the fix, no traceback and no results written."""
+    monkeypatch.setenv("SAGEMEM_REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("SAGEMEM_POSTGRES_DSN", service_endpoints.postgres_dsn)
+    out = tmp_path / "results"
+    assert main(["--quick", "--out", str(out)]) == 1
+    message = capsys.readouterr().err
+    assert "the Redis server at SAGEMEM_REDIS_URL" in message
+    assert "Traceback" not in message
+    assert not (out / "results.json").exists()
