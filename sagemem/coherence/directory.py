@@ -464,8 +464,7 @@ class RedisDirectory:
             raise InvalidValueError(
                 f"version must be the home version read (an int >= 0), got {version!r}"
             )
-        text = encode_value(value, size_max_bytes=self._value_size_max_bytes)
-        payload = str(version).encode() + _L2_SEPARATOR + text.encode()
+        payload = self._encode_entry(version, value)
         try:
             reply = await self._run(
                 "leased fill",
@@ -553,9 +552,8 @@ class RedisDirectory:
             )
         l2_entry = b""
         if RELAY_L2_SET in effects:
-            assert value is not NO_VALUE
-            text = encode_value(value, size_max_bytes=self._value_size_max_bytes)
-            l2_entry = str(version).encode() + _L2_SEPARATOR + text.encode()
+            assert not isinstance(value, NoValue)
+            l2_entry = self._encode_entry(version, value)
         message: InvalidateMessage | UpdateMessage
         if updating:
             message = UpdateMessage(self.namespace, check_key(key), version, value, sender)
@@ -725,6 +723,11 @@ class RedisDirectory:
             raise DirectoryUnavailable(
                 str(tier_unavailable(_TIER, operation, error, hint=_HINT, key=key))
             ) from error
+
+    def _encode_entry(self, version: int, value: JSONValue) -> bytes:
+        """An L2 entry as the protocol stores it: `<version>;<json>`."""
+        text = encode_value(value, size_max_bytes=self._value_size_max_bytes)
+        return str(version).encode() + _L2_SEPARATOR + text.encode()
 
     def _decode_entry(self, redis_key: str, raw: object) -> TierEntry:
         data = raw if isinstance(raw, bytes) else _text(raw).encode()

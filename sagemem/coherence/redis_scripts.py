@@ -176,10 +176,23 @@ LEASED_FILL_OCCUPIED: Final = 2
 """`LEASED_FILL_SCRIPT` reply: the lease was valid (now consumed) but L2 already holds a copy
 written outside the protocol; it is left alone rather than overwritten by a maybe older one."""
 
+# Store an L2 copy, with the L2 ttl in ms ('0': none). Prepended to the scripts that store one.
+_SET_COPY: Final = """
+local function set_copy(key, entry, ttl_ms)
+  if ttl_ms == '0' then
+    redis.call('SET', key, entry)
+  else
+    redis.call('SET', key, entry, 'PX', ttl_ms)
+  end
+end
+"""
+
 # KEYS[1] the L2 copy, KEYS[2] the key's fill lease.
 # ARGV[1] agent, ARGV[2] lease token, ARGV[3] the L2 entry ('<version>;<json>'), ARGV[4] L2
 # ttl ms ('0': none).
-LEASED_FILL_SCRIPT: Final = """
+LEASED_FILL_SCRIPT: Final = (
+    _SET_COPY
+    + """
 local lease = redis.call('HMGET', KEYS[2], 'token', 'agent')
 if lease[1] ~= ARGV[2] or lease[2] ~= ARGV[1] then
   return 0
@@ -188,13 +201,10 @@ redis.call('DEL', KEYS[2])
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 2
 end
-if ARGV[4] == '0' then
-  redis.call('SET', KEYS[1], ARGV[3])
-else
-  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
-end
+set_copy(KEYS[1], ARGV[3], ARGV[4])
 return 1
 """
+)
 
 # KEYS[1] the L2 copy, KEYS[2] the key's fill lease, KEYS[3] holders, KEYS[4] owed acks.
 # ARGV[1] the bus's channel prefix 'sagemem-bus:<namespace>:', ARGV[2] the invalidation's wire
@@ -211,6 +221,7 @@ return 1
 # Reply: the effects performed (letters), then the agents messaged.
 INVALIDATE_SCRIPT: Final = (
     _PRELUDE
+    + _SET_COPY
     + LUA_SEQUENCED
     + """
 -- A restricted caller may publish invalidations only of the keys it may write (its ACL): check
@@ -247,11 +258,7 @@ for step = 1, #ARGV[7] do
       return redis.error_reply('ERR L2_SET_IF_NEWER needs the L2 entry')
     end
     if newest then
-      if ARGV[10] == '0' then
-        redis.call('SET', KEYS[1], ARGV[9])
-      else
-        redis.call('SET', KEYS[1], ARGV[9], 'PX', ARGV[10])
-      end
+      set_copy(KEYS[1], ARGV[9], ARGV[10])
     end
     performed = performed .. 'S'
   elseif effect == 'P' or effect == 'A' or effect == 'U' then
