@@ -253,7 +253,9 @@ class _Run:
         try:
             for namespace in self.namespaces:
                 # L2 copies (sagemem:), directory (sagemem-dir:), bus counters (sagemem-bus:).
-                async for raw_key in client.scan_iter(match=f"sagemem*:{namespace}:*", count=500):
+                async for raw_key in client.scan_iter(
+                    match=f"sagemem*:{{{namespace}}}:*", count=500
+                ):
                     await client.unlink(raw_key)
         finally:
             await client.aclose()

@@ -139,7 +139,7 @@ async def measure(
         await bus.aclose()
         client = aioredis.Redis.from_url(redis_url)
         try:
-            async for key in client.scan_iter(match=f"sagemem*:{namespace}:*", count=500):
+            async for key in client.scan_iter(match=f"sagemem*:{{{namespace}}}:*", count=500):
                 await client.unlink(key)
         finally:
             await client.aclose()

@@ -104,7 +104,6 @@ ANSWER_TIMEOUT_S: Final = 300.0
 PROBLEMS_SHOWN: Final = 20
 
 type AdminClient = aioredis.Redis | RedisCluster
-CLUSTER_REFUSED_SYSTEMS: Final = ("sagemem-coherent", "sagemem-update", "sagemem-strict")
 """The systems that do not run on a Redis Cluster (coherent mode's bus and directory need one
 server; `CoherenceBus` refuses a cluster with a `ConfigurationError`)."""
 CONNECTIONS_BUDGET: Final = 32  # Postgres connections the agents may open at once, together
@@ -578,18 +577,6 @@ async def _admin_client(redis_url: str, topology: RedisTopology) -> AdminClient:
     return aioredis.Redis.from_url(redis_url)
 
 
-def check_systems_on(topology: RedisTopology, systems: Sequence[str]) -> None:
-    """Refuse, before anything starts, systems that cannot run on the Redis found."""
-    refused = [s for s in systems if s in CLUSTER_REFUSED_SYSTEMS]
-    if topology is RedisTopology.CLUSTER and refused:
-        allowed = [s for s in systems if s not in CLUSTER_REFUSED_SYSTEMS]
-        raise BenchmarkOptionError(
-            f"SAGEMEM_REDIS_URL names a Redis Cluster node, where {', '.join(refused)} cannot "
-            "run (coherent mode's bus and directory need a single server); pick the others, "
-            f"e.g. --systems {','.join(allowed) or BASELINE}"
-        )
-
-
 async def _prepare(resources: _Resources, with_corpus: bool) -> None:
     connection = await asyncpg.connect(resources.postgres_dsn, timeout=30)
     try:
@@ -820,7 +807,6 @@ async def run(options: RunOptions) -> dict[str, Any]:
         topology = await detect_redis_topology_at(redis_url)
     except SageMemError as error:  # the server does not answer, or the URL is not one
         raise BenchmarkFailure(f"the Redis server at SAGEMEM_REDIS_URL: {error}") from error
-    check_systems_on(topology, options.systems)
     token = secrets.token_hex(4)
     resources = _Resources(
         redis_url=redis_url,

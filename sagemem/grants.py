@@ -63,13 +63,11 @@ from redis.exceptions import RedisError
 from sagemem import keyspace
 from sagemem.coherence.home import HomeStore
 from sagemem.coherence.messages import (
-    CHANNEL_PREFIX,
     channel_suffix,
     check_agent_id,
     subscription_pattern,
 )
 from sagemem.errors import ConfigurationError, SageMemError
-from sagemem.keyspace import DIRECTORY_BIRTH_KEY
 from sagemem.scope import DRAM_INDEX, L2_INDEX, L2_SPACE_SUFFIX, L3_INDEX, AgentCapability
 from sagemem.services import (
     POSTGRES_DSN_ENV,
@@ -118,6 +116,7 @@ _L2_COMMANDS: Final = (
 _COHERENCE_COMMANDS: Final = (
     "+evalsha",
     "+eval",
+    "+cluster|myid",  # the strict settle script's server identity (directory_birth_key)
     "+script|load",
     "+script|exists",
     "+zadd",
@@ -224,9 +223,9 @@ def redis_acl_rules(capability: AgentCapability, *, agent_id: str, namespace: st
         for kind in ("lease:", "holders:", "acks:", "relayed:"):
             rules += [f"~{_glob_escape(directory + kind + p)}*" for p in l3_reads]
         # The directory's birth key: a strict write checks that no registration was forgotten.
-        rules.append(f"~{_glob_escape(DIRECTORY_BIRTH_KEY)}")
+        rules.append(f"~{_glob_escape(keyspace.directory_birth_key(namespace))}")
         # The bus's listener reads its own sequence counter (MGET) when it (re)subscribes.
-        rules.append(f"%R~{_glob_escape(f'{CHANNEL_PREFIX}:{namespace}:{agent}:seq')}")
+        rules.append(f"%R~{_glob_escape(f'{keyspace.bus_prefix(namespace)}{agent}:seq')}")
     # PSUBSCRIBE is allowed only for a pattern that literally equals an allowed one.
     own = subscription_pattern(namespace, agent)
     rules += [f"&{_glob_escape(own[:-1])}*", "+psubscribe", "+punsubscribe"]
@@ -239,7 +238,7 @@ def redis_acl_rules(capability: AgentCapability, *, agent_id: str, namespace: st
         # nothing else. A channel holds exactly two '|' (agent ids have none, channel_key
         # encodes the key's), so `*|i|P*` matches exactly the invalidations of the keys
         # starting with P.
-        bus = _glob_escape(f"{CHANNEL_PREFIX}:{namespace}:")
+        bus = _glob_escape(keyspace.bus_prefix(namespace))
         channels = [
             f"&{bus}*{_glob_escape(channel_suffix(kind, p))}*"
             for kind in (MessageKind.INVALIDATE, MessageKind.UPDATE)

@@ -1,12 +1,22 @@
 """Every Redis key space sagemem uses, in one place.
 
-- `sagemem:<namespace>:<key>`: an L2 copy (`L2Tier`; the directory's leased fill writes the
+- `sagemem:{<namespace>}:<key>`: an L2 copy (`L2Tier`; the directory's leased fill writes the
   same key);
-- `sagemem-dir:<namespace>:{lease,holders,acks,relayed}:<key>` and `sagemem-dir:born`: the
-  coherence directory (`sagemem.coherence.directory`);
-- `sagemem-bus:<namespace>:<agent>|<tag>|<key>` (channels) and `sagemem-bus:<namespace>:
+- `sagemem-dir:{<namespace>}:{lease,holders,acks,relayed}:<key>` and
+  `sagemem-dir:{<namespace>}:born`: the coherence directory (`sagemem.coherence.directory`);
+- `sagemem-bus:{<namespace>}:<agent>|<tag>|<key>` (channels) and `sagemem-bus:{<namespace>}:
   <agent>:seq` (sequence counters): the bus (`sagemem.coherence.messages`, `.bus`);
 - `sagemem-grant:<...>`: the Redis users `sagemem.grants` creates.
+
+The namespace is written between braces: it is the key's *hash tag*, so on a Redis/Valkey
+Cluster every key of one namespace lives in the same hash slot (`redis_topology.key_hash_slot`)
+and therefore on one primary. That is what lets every protocol script (a fill registers a
+holder and reads the L2 copy; a relay deletes the copy, bumps each holder's sequence counter
+and publishes) stay a single-slot script on a cluster, and what makes one namespace's directory
+fail over as one unit (see `docs/architecture.md`). A cluster spreads namespaces over its
+primaries, not the keys of one namespace. Namespaces never contain braces
+(`values.NAMESPACE_PATTERN`), so the tag is exactly the namespace, and keys (which may contain
+braces) come after it and never change the slot.
 
 `sagemem.grants` builds its ACL key and channel rules from these prefixes, so a new key space
 added here is one a grant must also cover.
@@ -18,11 +28,11 @@ from typing import Final
 
 __all__ = [
     "BUS_PREFIX",
-    "DIRECTORY_BIRTH_KEY",
     "DIRECTORY_PREFIX",
     "GRANT_USER_PREFIX",
     "L2_PREFIX",
     "bus_prefix",
+    "directory_birth_key",
     "directory_prefix",
     "l2_prefix",
 ]
@@ -31,20 +41,27 @@ L2_PREFIX: Final = "sagemem"
 DIRECTORY_PREFIX: Final = "sagemem-dir"
 BUS_PREFIX: Final = "sagemem-bus"
 GRANT_USER_PREFIX: Final = "sagemem-grant:"
-DIRECTORY_BIRTH_KEY: Final = f"{DIRECTORY_PREFIX}:born"
-"""The key holding when this Redis server's directory was first used (server clock, ms)."""
 
 
 def l2_prefix(namespace: str) -> str:
-    """The prefix of a namespace's L2 copies: `sagemem:<namespace>:`."""
-    return f"{L2_PREFIX}:{namespace}:"
+    """The prefix of a namespace's L2 copies: `sagemem:{<namespace>}:`."""
+    return f"{L2_PREFIX}:{{{namespace}}}:"
 
 
 def directory_prefix(namespace: str) -> str:
-    """The prefix of a namespace's directory keys: `sagemem-dir:<namespace>:`."""
-    return f"{DIRECTORY_PREFIX}:{namespace}:"
+    """The prefix of a namespace's directory keys: `sagemem-dir:{<namespace>}:`."""
+    return f"{DIRECTORY_PREFIX}:{{{namespace}}}:"
+
+
+def directory_birth_key(namespace: str) -> str:
+    """The key holding when a namespace's directory was born on the server that serves it:
+    `sagemem-dir:{<namespace>}:born`, a hash of the server's identity (its run id, or its
+    cluster node id) and the server's clock (ms) when that server first used it. A restarted
+    server, or a replica promoted by a failover, is a new identity: the directory is born
+    again there, since it may have forgotten registrations."""
+    return f"{DIRECTORY_PREFIX}:{{{namespace}}}:born"
 
 
 def bus_prefix(namespace: str) -> str:
-    """The prefix of a namespace's bus channels and counters: `sagemem-bus:<namespace>:`."""
-    return f"{BUS_PREFIX}:{namespace}:"
+    """The prefix of a namespace's bus channels and counters: `sagemem-bus:{<namespace>}:`."""
+    return f"{BUS_PREFIX}:{{{namespace}}}:"

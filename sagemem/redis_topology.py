@@ -15,6 +15,7 @@ and the slot computation does no I/O at all.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
@@ -23,11 +24,14 @@ from redis.exceptions import NoPermissionError, RedisError
 
 from sagemem._driver_errors import refused_by_server, tier_unavailable
 from sagemem.endpoints import redacted_url
-from sagemem.errors import ConfigurationError, ScopeViolationError
+from sagemem.errors import ConfigurationError, ScopeViolationError, TierUnavailable
 
 __all__ = [
     "HASH_SLOT_COUNT",
+    "Address",
+    "ClusterMap",
     "RedisTopology",
+    "cluster_map",
     "detect_redis_topology",
     "detect_redis_topology_at",
     "key_hash_slot",
@@ -124,12 +128,85 @@ async def detect_redis_topology(client: redis_asyncio.Redis) -> RedisTopology:
 
 async def topology_or_single_node(client: redis_asyncio.Redis) -> RedisTopology:
     """`detect_redis_topology`, except that credentials which may not run `INFO` (a restricted
-    grant's user) are taken to name a single server instead of raising `ScopeViolationError`:
+    grant's user) are asked `CLUSTER SLOTS` instead (which a grant allows: a single server
+    answers it with an error), and are taken to name a single server if that is refused too:
     what `L2Tier` and `CoherenceBus` decide at connect."""
     try:
         return await detect_redis_topology(client)
     except ScopeViolationError:
+        pass
+    try:
+        async with asyncio.timeout(_DETECT_TIMEOUT_S):
+            await client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+    except (RedisError, OSError, TimeoutError):
         return RedisTopology.SINGLE_NODE
+    return RedisTopology.CLUSTER
+
+
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterMap:
+    """What one node of a cluster said about one hash slot (`CLUSTER SLOTS`)."""
+
+    slot: int
+    primary: Address  # the node serving the slot
+    replicas: tuple[Address, ...]  # its replicas, in the order the node listed them
+    nodes: tuple[Address, ...]  # every node the answer names, the slot's primary first
+
+
+def _address(entry: object) -> Address | None:
+    if not isinstance(entry, list) or len(entry) < 2:
+        return None
+    host, port = entry[0], entry[1]
+    if isinstance(host, bytes):
+        host = host.decode()
+    if not isinstance(host, str) or not isinstance(port, int) or not host or host == "?":
+        return None
+    return host, port
+
+
+async def cluster_map(client: redis_asyncio.Redis, slot: int) -> ClusterMap:
+    """Ask the cluster node behind `client` which node serves `slot` (`CLUSTER SLOTS`).
+
+    The client is borrowed. Raises `TierUnavailable` when the node does not answer within
+    5 s, or answers that no node serves the slot (a cluster still forming, or one that lost
+    every copy of the slot), `ScopeViolationError` when the credentials may not ask.
+    """
+    if type(slot) is not int or not 0 <= slot < HASH_SLOT_COUNT:
+        raise ConfigurationError(f"slot {slot!r} is not a hash slot; use an int in 0..16383")
+    try:
+        async with asyncio.timeout(_DETECT_TIMEOUT_S):
+            reply = await client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+    except NoPermissionError as error:
+        raise refused_by_server(_TIER, "CLUSTER SLOTS", None, error) from error
+    except (RedisError, OSError, TimeoutError) as error:
+        raise tier_unavailable(
+            _TIER,
+            "CLUSTER SLOTS",
+            error,
+            hint="check that the cluster node at the configured URL runs and answers",
+        ) from error
+    everyone: list[Address] = []
+    owner: tuple[Address, tuple[Address, ...]] | None = None
+    for entry in reply if isinstance(reply, list) else ():
+        if not isinstance(entry, list) or len(entry) < 3:
+            continue
+        addresses = [a for a in map(_address, entry[2:]) if a is not None]
+        everyone.extend(a for a in addresses if a not in everyone)
+        start, end = entry[0], entry[1]
+        if addresses and isinstance(start, int) and isinstance(end, int) and start <= slot <= end:
+            owner = addresses[0], tuple(addresses[1:])
+    if owner is None:
+        raise TierUnavailable(
+            f"Redis CLUSTER SLOTS: no node of the cluster serves hash slot {slot}; wait for "
+            "the cluster to form or to finish a failover (CLUSTER INFO says cluster_state:ok)",
+            tier=_TIER,
+        )
+    primary, replicas = owner
+    nodes = (primary, *(a for a in everyone if a != primary))
+    return ClusterMap(slot=slot, primary=primary, replicas=replicas, nodes=nodes)
 
 
 async def detect_redis_topology_at(redis_url: str) -> RedisTopology:

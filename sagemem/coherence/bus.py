@@ -47,14 +47,13 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoPermissionError, RedisError
+from redis.exceptions import MovedError, NoPermissionError, RedisError
 
-from sagemem import endpoints
+from sagemem import endpoints, keyspace
 from sagemem._driver_errors import refused_by_server, tier_unavailable
 from sagemem._lifecycle import AsyncResource
 from sagemem._renamed import UNSET, Unset, renamed
 from sagemem.coherence.messages import (
-    CHANNEL_PREFIX,
     LUA_SEQUENCED,
     BusEvent,
     BusHandler,
@@ -79,7 +78,13 @@ from sagemem.errors import (
     ConfigurationError,
     TierUnavailable,
 )
-from sagemem.redis_topology import RedisTopology, topology_or_single_node
+from sagemem.redis_topology import (
+    Address,
+    RedisTopology,
+    cluster_map,
+    key_hash_slot,
+    topology_or_single_node,
+)
 from sagemem.spec.vocabulary import MessageKind
 from sagemem.values import check_key, check_namespace
 
@@ -165,6 +170,10 @@ class BusStatistics:
     subscriptions: int
     connected: bool
     updates_received: int = 0  # write-update messages (UpdateMessage)
+    # On a Redis/Valkey Cluster: the node serving the namespace's hash slot, and how often the
+    # bus moved to another one (a failover or a slot migration). None / 0 on a single server.
+    cluster_node: str | None = None
+    rehomes: int = 0
 
 
 def _log_dropped(count: int, message: str, *args: object) -> None:
@@ -176,6 +185,32 @@ def _log_dropped(count: int, message: str, *args: object) -> None:
 
 class _HealthCheckFailed(Exception):
     """The pub/sub connection did not answer a PING in time: treat it as dead."""
+
+
+def _pool_address(pool: aioredis.ConnectionPool) -> Address | None:
+    """The TCP address a pool's new connections go to (None for a unix socket)."""
+    host, port = pool.connection_kwargs.get("host"), pool.connection_kwargs.get("port")
+    if isinstance(host, str) and isinstance(port, int):
+        return host, port
+    return None
+
+
+def _unique(addresses: Iterable[Address]) -> tuple[Address, ...]:
+    return tuple(dict.fromkeys(addresses))
+
+
+async def _repoint(pool: aioredis.ConnectionPool, address: Address) -> None:
+    """Make every connection of `pool`, open or not, talk to `address` from its next connect
+    on; open ones are disconnected (a command in flight on one fails and is reported)."""
+    host, port = address
+    pool.update_connection_kwargs(host=host, port=port)
+    # redis-py keeps each connection's address on the connection: move them too.
+    for name in ("_available_connections", "_in_use_connections"):
+        for connection in list(getattr(pool, name, ())):
+            if getattr(connection, "host", None) is not None:
+                connection.host, connection.port = host, port
+    with contextlib.suppress(*_DRIVER_ERRORS, RuntimeError):
+        await pool.disconnect(inuse_connections=True)
 
 
 def _check_seconds(name: str, value: object) -> float:
@@ -232,6 +267,8 @@ class _Link:
         self.opened_at = asyncio.get_running_loop().time()
         self.last_frame_at = self.opened_at
         self.ping_deadline: float | None = None
+        # Set by the cluster probe when the link's node no longer serves the namespace's slot.
+        self.moved: str | None = None
 
     async def send(self, *args: bytes | str) -> None:
         async with asyncio.timeout(self._command_timeout_s), self._send_lock:
@@ -378,7 +415,7 @@ class CoherenceBus(AsyncResource):
                 f"CoherenceBus pool_size_max must be a positive int, got {connections_max!r}"
             )
         self._connections_max: Final = connections_max
-        self._prefix: Final = f"{CHANNEL_PREFIX}:{self.namespace}:"
+        self._prefix: Final = keyspace.bus_prefix(self.namespace)
 
         self._lifecycle_lock = asyncio.Lock()
         self._client: aioredis.Redis | None = None
@@ -392,9 +429,17 @@ class CoherenceBus(AsyncResource):
         self._link: _Link | None = None
         self._channels: dict[bytes, _Channel] = {}
         self._awaiting_baseline: dict[bytes, _Channel] = {}
+        # On a cluster: the namespace's hash slot (every key and channel of the namespace has
+        # the namespace as its hash tag), the node serving it (both clients talk to it only),
+        # and every node the last slot map named (asked, in turn, after a failover).
+        self._slot: Final = key_hash_slot(self._prefix)
+        self._home: Address | None = None
+        self._cluster_nodes: tuple[Address, ...] = ()
+        self._probe: asyncio.Task[None] | None = None
         self._zero_statistics()
 
     def _zero_statistics(self) -> None:
+        self._rehomes = 0
         self._invalidations_sent = 0
         self._recalls_sent = 0
         self._invalidations_received = 0
@@ -470,14 +515,14 @@ class CoherenceBus(AsyncResource):
                 async with asyncio.timeout(self._connect_timeout_s + self._command_timeout_s):
                     await client.ping()
                 topology = await topology_or_single_node(client)
+                self._home, self._cluster_nodes = None, ()
                 if topology is RedisTopology.CLUSTER:
-                    raise ConfigurationError(
-                        f"CoherenceBus url {endpoints.redacted_url(url)!r} is a node of a "
-                        "Redis/Valkey Cluster: the coherence bus, directory and scripts need "
-                        "a single Redis or Valkey server for now (coherent and strict modes); "
-                        "point SAGEMEM_REDIS_URL (or redis_url) at a single server, or use a "
-                        "plain MemoryHierarchy, whose L2Tier runs on a cluster"
-                    )
+                    slot_map = await cluster_map(client, self._slot)
+                    seed = _pool_address(publish_pool)
+                    self._cluster_nodes = _unique((*slot_map.nodes, *filter(None, [seed])))
+                    self._home = slot_map.primary
+                    for pool in (publish_pool, subscriber_pool):
+                        await _repoint(pool, slot_map.primary)
                 self._subscriber_pool = subscriber_pool
                 link = await self._open_link()
             except _DRIVER_ERRORS as error:
@@ -599,6 +644,8 @@ class CoherenceBus(AsyncResource):
             sequence_gaps=self._gaps,
             subscriptions=len(self._channels),
             connected=self._link is not None and self._link.alive,
+            cluster_node=None if self._home is None else f"{self._home[0]}:{self._home[1]}",
+            rehomes=self._rehomes,
         )
 
     # -- publishing ---------------------------------------------------------------------------
@@ -750,8 +797,10 @@ class CoherenceBus(AsyncResource):
                 if link is None:
                     await asyncio.sleep(self._reconnect_delay_s(failures))
                     try:
+                        if self._cluster_nodes:
+                            await self._rehome()
                         link = await self._open_link()
-                    except _DRIVER_ERRORS as error:
+                    except (*_DRIVER_ERRORS, TierUnavailable) as error:
                         failures += 1
                         _logger.warning(
                             "bus %s: reconnect attempt %d failed: %s",
@@ -811,29 +860,108 @@ class CoherenceBus(AsyncResource):
             await link.subscribe([channel.name for channel in channels])
         loop = asyncio.get_running_loop()
         link.last_frame_at = loop.time()
-        while True:
-            now = loop.time()
-            wait_s = await self._check_health(link, now)
-            if self._awaiting_baseline:
-                wait_s = min(wait_s, _BASELINE_WAIT_MAX_S)
-            frame = await link.read(max(_READ_WAIT_MIN_S, min(wait_s, _READ_WAIT_MAX_S)))
-            now = loop.time()
-            if frame is None and link.ping_deadline is not None and now >= link.ping_deadline:
-                # Judged only after a read found nothing: a stalled event loop whose answer
-                # already waits in the socket must not be mistaken for a dead connection.
-                raise _HealthCheckFailed(f"no answer to PING within {self._health_timeout_s} s")
-            if frame is not None:
-                link.last_frame_at = now
-                if link.ping_deadline is not None:  # frames still flow: the link is alive
-                    link.ping_deadline = max(link.ping_deadline, now + self._health_timeout_s)
-                await self._handle_frame(link, frame, now)
-            if self._awaiting_baseline and (
-                not link.outstanding
-                or len(self._awaiting_baseline) >= _BASELINE_BATCH_MAX
-                or now - min(c.awaiting_since for c in self._awaiting_baseline.values())
-                >= _BASELINE_WAIT_MAX_S
-            ):
-                await self._fetch_baselines(link)
+        probe_at = link.last_frame_at + self._health_interval_s
+        try:
+            while True:
+                now = loop.time()
+                if self._cluster_nodes and now >= probe_at:
+                    probe_at = now + self._health_interval_s
+                    if self._probe is None or self._probe.done():
+                        self._probe = asyncio.create_task(self._probe_home(link))
+                if link.moved is not None:
+                    raise _HealthCheckFailed(
+                        "the node no longer serves the namespace's hash slot (a failover or a "
+                        f"slot migration): {link.moved}"
+                    )
+                await self._listen_once(link, loop)
+        finally:
+            probe, self._probe = self._probe, None
+            if probe is not None and not probe.done():
+                probe.cancel()
+
+    async def _listen_once(self, link: _Link, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait for one frame (PINGing after a silence) and handle it."""
+        now = loop.time()
+        wait_s = await self._check_health(link, now)
+        if self._awaiting_baseline:
+            wait_s = min(wait_s, _BASELINE_WAIT_MAX_S)
+        frame = await link.read(max(_READ_WAIT_MIN_S, min(wait_s, _READ_WAIT_MAX_S)))
+        now = loop.time()
+        if frame is None and link.ping_deadline is not None and now >= link.ping_deadline:
+            # Judged only after a read found nothing: a stalled event loop whose answer
+            # already waits in the socket must not be mistaken for a dead connection.
+            raise _HealthCheckFailed(f"no answer to PING within {self._health_timeout_s} s")
+        if frame is not None:
+            link.last_frame_at = now
+            if link.ping_deadline is not None:  # frames still flow: the link is alive
+                link.ping_deadline = max(link.ping_deadline, now + self._health_timeout_s)
+            await self._handle_frame(link, frame, now)
+        if self._awaiting_baseline and (
+            not link.outstanding
+            or len(self._awaiting_baseline) >= _BASELINE_BATCH_MAX
+            or now - min(c.awaiting_since for c in self._awaiting_baseline.values())
+            >= _BASELINE_WAIT_MAX_S
+        ):
+            await self._fetch_baselines(link)
+
+    async def _rehome(self) -> None:
+        """On a cluster, before a reconnect: ask the nodes in turn which one serves the
+        namespace's slot now, and point both clients at it. Raises the last node's error
+        (`TierUnavailable`, or a driver error) when none answers."""
+        publish_pool, subscriber_pool = self._publish_pool, self._subscriber_pool
+        if publish_pool is None or subscriber_pool is None:
+            return
+        last: BaseException | None = None
+        for address in _unique([*filter(None, [self._home]), *self._cluster_nodes]):
+            kwargs = dict(publish_pool.connection_kwargs)
+            kwargs.update(host=address[0], port=address[1], retry=Retry(NoBackoff(), 0))
+            probe_pool = aioredis.ConnectionPool(
+                connection_class=publish_pool.connection_class, max_connections=1, **kwargs
+            )
+            client = aioredis.Redis(connection_pool=probe_pool)
+            try:
+                async with asyncio.timeout(self._connect_timeout_s + self._command_timeout_s):
+                    slot_map = await cluster_map(client, self._slot)
+            except (*_DRIVER_ERRORS, TierUnavailable) as error:
+                last = error
+                continue
+            finally:
+                with contextlib.suppress(*_DRIVER_ERRORS, RuntimeError):
+                    await client.aclose()
+                    await probe_pool.aclose()
+            self._cluster_nodes = _unique((*slot_map.nodes, *self._cluster_nodes))
+            if slot_map.primary != self._home:
+                _logger.warning(
+                    "bus %s: hash slot %d is now served by %s:%d (was %s)",
+                    self.namespace,
+                    self._slot,
+                    *slot_map.primary,
+                    "unknown" if self._home is None else f"{self._home[0]}:{self._home[1]}",
+                )
+                self._home = slot_map.primary
+                self._rehomes += 1
+                for pool in (publish_pool, subscriber_pool):
+                    await _repoint(pool, slot_map.primary)
+            return
+        assert last is not None
+        raise last
+
+    async def _probe_home(self, link: _Link) -> None:
+        """On a cluster, once per health-check interval: does the node the clients talk to
+        still serve the namespace's slot? A replica (an old primary demoted by a failover) or
+        a node the slot migrated from answers MOVED: the link is then given up, so every
+        subscriber resynchronises and the listener finds the slot's new node."""
+        client = self._client
+        if client is None:
+            return
+        try:
+            async with asyncio.timeout(self._command_timeout_s), self._slots:
+                await client.exists(keyspace.directory_birth_key(self.namespace))
+        except MovedError as error:
+            link.moved = str(error)
+            link.alive = False  # `link_heard_at` stops confirming the link at once
+        except (*_DRIVER_ERRORS, NoPermissionError):
+            pass  # a dead node shows on the link itself; a grant may not read the key
 
     async def _check_health(self, link: _Link, now: float) -> float:
         """Send a PING after a silence. Returns how long to wait for the next frame."""

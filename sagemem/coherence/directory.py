@@ -72,7 +72,6 @@ from sagemem.errors import (
     ScopeViolationError,
     TierUnavailable,
 )
-from sagemem.keyspace import DIRECTORY_BIRTH_KEY
 from sagemem.spec.vocabulary import MessageKind
 from sagemem.values import (
     VALUE_SIZE_MAX_BYTES,
@@ -85,7 +84,6 @@ from sagemem.values import (
 )
 
 __all__ = [
-    "DIRECTORY_BIRTH_KEY",
     "NO_VALUE",
     "RELAY_L2_DELETE",
     "RELAY_L2_SET",
@@ -297,6 +295,7 @@ class RedisDirectory:
         self._slots: Final = command_slots
         self._scripts: Final = register_directory_scripts(client)
         self._prefix: Final = keyspace.directory_prefix(self.namespace)
+        self._birth_key: Final = keyspace.directory_birth_key(self.namespace)
         self._l2_prefix: Final = keyspace.l2_prefix(self.namespace)  # L2Tier's own keys
         self._channel_prefix: Final = keyspace.bus_prefix(self.namespace)
         self._fills = 0
@@ -600,13 +599,15 @@ class RedisDirectory:
     async def settle_facts(self, key: str) -> tuple[tuple[str, ...], float]:
         """What a strict write of `key` settles on, in one script: the agents that still owe an
         ack (lapsed ones included: only HOLDER_EXPIRE, `expire_lapsed`, drops them), and how
-        long ago (seconds, the Redis server's clock) this server's directory was born. Its
-        birth key `DIRECTORY_BIRTH_KEY` is created on first use after each server start, so a
-        young directory may have forgotten registrations a restarted server lost."""
+        long ago (seconds, the Redis server's clock) the namespace's directory was born on
+        the server serving it. Its birth key (`keyspace.directory_birth_key`) is created on
+        first use after each server start and again after a cluster failover moved the
+        namespace to a promoted replica, so a young directory may have forgotten
+        registrations a restarted server or an old primary lost."""
         age_ms, owed = await self._run(
             "settle facts",
             key,
-            self._scripts.settle_facts(keys=[self.acks_key(key), DIRECTORY_BIRTH_KEY]),
+            self._scripts.settle_facts(keys=[self.acks_key(key), self._birth_key]),
         )
         return tuple(sorted(_text(agent) for agent in owed)), int(age_ms) / 1000.0
 

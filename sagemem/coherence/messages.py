@@ -127,12 +127,12 @@ def channel_suffix(kind: MessageKind, key: str) -> str:
 
 def channel_name(namespace: str, agent_id: str, kind: MessageKind, key: str) -> str:
     """The channel on which `agent_id` receives messages of `kind` about `key`."""
-    return f"{CHANNEL_PREFIX}:{namespace}:{agent_id}{channel_suffix(kind, key)}"
+    return f"{keyspace.bus_prefix(namespace)}{agent_id}{channel_suffix(kind, key)}"
 
 
 def subscription_pattern(namespace: str, agent_id: str) -> str:
     """The pattern through which `agent_id` receives all its messages (one PSUBSCRIBE)."""
-    return f"{CHANNEL_PREFIX}:{namespace}:{agent_id}|*"
+    return f"{keyspace.bus_prefix(namespace)}{agent_id}|*"
 
 
 def _check_integer(name: str, value: object) -> int:

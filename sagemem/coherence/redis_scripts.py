@@ -22,19 +22,20 @@ meaning every script implements is the one `spec/model.py` gives the effect it n
 - `EXPIRE_LAPSED_SCRIPT`: HOLDER_EXPIRE for every lapsed holder and owed ack of a key.
 - `LIVE_MEMBERS_SCRIPT`: read-only: the members of a holders/acks set whose deadline is ahead.
 - `SETTLE_FACTS_SCRIPT`: read-only but for the birth key: the holders that still owe an ack for
-  a key, and how long ago this server's directory was born (its birth key is set on first use
-  after each server start: a restarted Redis has forgotten every registration).
+  a key, and how long ago the namespace's directory was born on the server that serves it (its
+  birth key is set on first use after each server start, and again when a cluster failover
+  moved the namespace to another node: either may have forgotten registrations).
 
 Time is the Redis server's clock (`TIME`), never a client's, so every deadline in the
 directory is compared with one clock. Holder and ack sets are sorted sets scored by the
 registration's deadline in milliseconds; every key the scripts create carries an expiry.
 
 The invalidation script publishes exactly what `CoherenceBus.publish_invalidate` publishes:
-on channel `sagemem-bus:<namespace>:<agent>|i|<key>` the message `encode_unsequenced(message)`
-followed by the target's next sequence number (INCR of `sagemem-bus:<namespace>:<agent>:seq`)
-and `}`. The holder set names the agents, so those keys are built inside the script: the
-scripts need a single
-Redis server (or a cluster slot holding the whole namespace), as the bus does.
+on channel `sagemem-bus:{<namespace>}:<agent>|i|<key>` the message `encode_unsequenced(message)`
+followed by the target's next sequence number (INCR of `sagemem-bus:{<namespace>}:<agent>:seq`)
+and `}`. The holder set names the agents, so those keys are built inside the script: every
+key of a namespace carries the namespace as its hash tag (`sagemem.keyspace`), so on a cluster
+the script's keys all live in the slot of the node it runs on.
 
 `register_directory_scripts(client)` wraps each source in redis-py's `register_script`: every
 call is an EVALSHA that falls back to SCRIPT LOAD and retries once on NOSCRIPT (a restarted or
@@ -367,18 +368,30 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ms(now_ms()), '+inf')
 """
 )
 
-# KEYS[1] a key's owed acks, KEYS[2] the server's directory birth key, created (with the
-# server's time) when missing, which happens once per server start: the directory (and
-# everything else in Redis) is new. What a strict write's settling asks, in one round trip.
-# Reply {milliseconds since the directory was born, every agent that owes an ack, lapsed or
-# not: lapsed ones are dropped only by HOLDER_EXPIRE (`EXPIRE_LAPSED_SCRIPT`)}.
+# KEYS[1] a key's owed acks, KEYS[2] the namespace's directory birth key (a hash: the server
+# that serves the directory and when it first did, server clock in ms). The directory is born
+# again when the key is missing (a server started without the data: everything in Redis is
+# new) or names another server: on a cluster, `CLUSTER MYID` of the node running the script,
+# which changes when a failover promotes a replica that may lack the last registrations its
+# primary took (a single server answers an error there and counts as '-'). What a strict
+# write's settling asks, in one round trip. Reply {milliseconds since the directory was born,
+# every agent that owes an ack, lapsed or not: lapsed ones are dropped only by HOLDER_EXPIRE
+# (`EXPIRE_LAPSED_SCRIPT`)}.
 SETTLE_FACTS_SCRIPT: Final = (
     _PRELUDE
     + """
 local now = now_ms()
-redis.call('SET', KEYS[2], ms(now), 'NX')
-local age = now - tonumber(redis.call('GET', KEYS[2]))
-return {age, redis.call('ZRANGE', KEYS[1], 0, -1)}
+local server = redis.pcall('CLUSTER', 'MYID')
+if type(server) ~= 'string' then
+  server = '-'
+end
+local born = redis.call('HMGET', KEYS[2], 'server', 'ms')
+local born_ms = tonumber(born[2])
+if born[1] ~= server or not born_ms then
+  born_ms = now
+  redis.call('HSET', KEYS[2], 'server', server, 'ms', ms(now))
+end
+return {now - born_ms, redis.call('ZRANGE', KEYS[1], 0, -1)}
 """
 )
 

@@ -125,7 +125,7 @@ async def test_a_foreign_l2_entry_in_the_protocol_space_is_a_miss(
         await memory.set("k", "home value", tier_index=2)
         raw = aioredis.from_url(redis_url)
         try:
-            await raw.set(f"sagemem:{namespace}:k", b"\xff not sagemem")
+            await raw.set(f"sagemem:{{{namespace}}}:k", b"\xff not sagemem")
         finally:
             await raw.aclose()
         coherent = memory.tiers[0]

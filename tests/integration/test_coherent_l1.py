@@ -561,7 +561,7 @@ async def test_a_forged_invalidation_cannot_stall_reads(
     await b.write_through("k", "current")
     assert await a.get("k") == "current"  # a holds it; its fill also put the copy in L2
     if not l2_copy:
-        await cluster.redis.delete(f"sagemem:{cluster.bus.namespace}:k")
+        await cluster.redis.delete(cluster.l2.redis_key("k"))
     forger = CoherenceBus(url=redis_url, namespace=cluster.bus.namespace)
     await forger.connect()
     try:

@@ -118,8 +118,8 @@ def test_keys_match_l2_tier_and_bus_and_never_collide(
         "agent-1", MessageKind.INVALIDATE, "k|x"
     )
     for name in (directory.lease_key(KEY), directory.holders_key(KEY), directory.acks_key(KEY)):
-        assert name.startswith(f"sagemem-dir:{namespace}:")
-        assert not name.startswith(f"sagemem:{namespace}:")
+        assert name.startswith(f"sagemem-dir:{{{namespace}}}:")
+        assert not name.startswith(f"sagemem:{{{namespace}}}:")
 
 
 def test_bad_configuration_and_arguments_are_refused(

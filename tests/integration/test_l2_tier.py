@@ -42,7 +42,7 @@ async def raw_redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 
 async def _namespace_keys(client: aioredis.Redis, namespace: str) -> list[bytes]:
-    return sorted([key async for key in client.scan_iter(match=f"sagemem:{namespace}:*")])
+    return sorted([key async for key in client.scan_iter(match=f"sagemem:{{{namespace}}}:*")])
 
 
 def _closed_port() -> int:
@@ -79,7 +79,7 @@ async def test_clear_removes_more_keys_than_one_batch(
     """clear() removes every key of the namespace even when there are several batches."""
     async with raw_redis.pipeline(transaction=False) as pipe:
         for index in range(1_234):
-            pipe.set(f"sagemem:{namespace}:bulk{index}", b";1")
+            pipe.set(f"sagemem:{{{namespace}}}:bulk{index}", b";1")
         await pipe.execute()
     assert len(await _namespace_keys(raw_redis, namespace)) == 1_234
     await l2.clear()
@@ -94,7 +94,7 @@ async def test_entries_expire_after_the_ttl(
         await tier.set("short", "lived")
         await tier.fill("filled", TierEntry("copy", 3))
         for key in ("short", "filled"):
-            remaining_ms = await raw_redis.pttl(f"sagemem:{namespace}:{key}")
+            remaining_ms = await raw_redis.pttl(f"sagemem:{{{namespace}}}:{key}")
             assert 0 < remaining_ms <= 250
         deadline = time.monotonic() + 10.0
         while await tier.read("short") is not None:
@@ -108,7 +108,7 @@ async def test_without_ttl_entries_do_not_expire(
 ) -> None:
     """The default tier sets no expiry (PTTL -1)."""
     await l2.set("forever", 1)
-    assert await raw_redis.pttl(f"sagemem:{namespace}:forever") == -1
+    assert await raw_redis.pttl(f"sagemem:{{{namespace}}}:forever") == -1
 
 
 @pytest.mark.parametrize(
@@ -223,7 +223,7 @@ async def test_server_errors_during_commands_are_wrapped(
     l2: L2Tier, namespace: str, raw_redis: aioredis.Redis
 ) -> None:
     """A Redis error reply (WRONGTYPE) surfaces as TierUnavailable with the ResponseError cause."""
-    await raw_redis.rpush(f"sagemem:{namespace}:listkey", "x")
+    await raw_redis.rpush(f"sagemem:{{{namespace}}}:listkey", "x")
     with pytest.raises(TierUnavailable) as caught:
         await l2.read("listkey")
     assert isinstance(caught.value.__cause__, redis.exceptions.ResponseError)
@@ -234,7 +234,7 @@ async def test_foreign_data_in_the_namespace_is_reported_not_misread(
     l2: L2Tier, namespace: str, raw_redis: aioredis.Redis
 ) -> None:
     """A string that sagemem did not write raises TierUnavailable instead of a wrong value."""
-    await raw_redis.set(f"sagemem:{namespace}:foreign", b"not sagemem")
+    await raw_redis.set(f"sagemem:{{{namespace}}}:foreign", b"not sagemem")
     with pytest.raises(TierUnavailable, match="not in sagemem's format"):
         await l2.read("foreign")
 

@@ -178,7 +178,7 @@ async def test_promoted_l3_value_stays_invisible_to_agent_without_l3_read(
     privileged = ScopedHierarchy(hierarchy, AgentCapability.unrestricted(3), agent_id="boss")
     restricted = ScopedHierarchy(hierarchy, RESTRICTED, agent_id="intern")
     assert await privileged.get("fact:secret") == "launch code"
-    promoted = await admin_redis.get(f"sagemem:{namespace}:fact:secret")
+    promoted = await admin_redis.get(f"sagemem:{{{namespace}}}:fact:secret")
     assert isinstance(promoted, bytes)
     assert promoted.endswith(b'"launch code"')
     assert await restricted.get("fact:secret") is None
@@ -187,7 +187,7 @@ async def test_promoted_l3_value_stays_invisible_to_agent_without_l3_read(
     raw = aioredis.Redis.from_url(credentials.redis_url)
     try:
         with pytest.raises(NoPermissionError):
-            await raw.get(f"sagemem:{namespace}:fact:secret")
+            await raw.get(f"sagemem:{{{namespace}}}:fact:secret")
     finally:
         await raw.aclose()
     for view in (privileged, restricted):
@@ -207,22 +207,22 @@ async def test_restricted_l2_write_does_not_shadow_l3_for_other_agents(
     await hierarchy.set("belief:x", "truth", tier_index=2)
     reader = ScopedHierarchy(hierarchy, AgentCapability.unrestricted(3), agent_id="reader")
     assert await reader.get("belief:x") == "truth"  # now also cached in the shared L2
-    before = await admin_redis.get(f"sagemem:{namespace}:belief:x")
+    before = await admin_redis.get(f"sagemem:{{{namespace}}}:belief:x")
     restricted = ScopedHierarchy(hierarchy, RESTRICTED, agent_id="intern")
     await restricted.set("belief:x", "forged", tier_index=1)
     fresh_reader = ScopedHierarchy(hierarchy, AgentCapability.unrestricted(3), agent_id="other")
     assert await fresh_reader.get("belief:x") == "truth"
     assert await hierarchy.get("belief:x") == "truth"
-    assert await admin_redis.get(f"sagemem:{namespace}:belief:x") == before
+    assert await admin_redis.get(f"sagemem:{{{namespace}}}:belief:x") == before
     assert await restricted.get("belief:x") == "forged"  # its own L2 space
     credentials = await provision(RESTRICTED, "intern")
     raw = aioredis.Redis.from_url(credentials.redis_url)
     try:
         with pytest.raises(NoPermissionError):
-            await raw.set(f"sagemem:{namespace}:belief:x", b';"forged"')
+            await raw.set(f"sagemem:{{{namespace}}}:belief:x", b';"forged"')
     finally:
         await raw.aclose()
-    assert await admin_redis.get(f"sagemem:{namespace}:belief:x") == before
+    assert await admin_redis.get(f"sagemem:{{{namespace}}}:belief:x") == before
     for view in (reader, restricted, fresh_reader):
         await view.aclose()
 
@@ -259,7 +259,7 @@ async def test_redis_user_is_confined_to_its_grant(
         write_prefixes={1: ("agent:a:",)},
     )
     credentials = await provision(capability, "a")
-    space = f"sagemem:{namespace}.l2:"
+    space = f"sagemem:{{{namespace}.l2}}:"
     raw = aioredis.Redis.from_url(credentials.redis_url)
     try:
         assert await raw.set(space + "agent:a:x", b";1") is True
@@ -268,28 +268,28 @@ async def test_redis_user_is_confined_to_its_grant(
         for forbidden in (
             raw.set(space + "team:y", b";2"),
             raw.get(space + "secret"),
-            raw.get(f"sagemem:{namespace}:agent:a:x"),
-            raw.get(f"sagemem:other{namespace}.l2:agent:a:x"),
+            raw.get(f"sagemem:{{{namespace}}}:agent:a:x"),
+            raw.get(f"sagemem:{{other{namespace}.l2}}:agent:a:x"),
             raw.keys("*"),
             raw.scan(0),
             raw.flushall(),
             raw.config_get("*"),
             raw.acl_list(),
             raw.client_list(),
-            raw.publish(f"sagemem-bus:{namespace}:b|i|agent:a:x", b"forged"),
-            raw.publish(f"sagemem-bus:{namespace}:a|i|agent:a:x", b"forged"),
+            raw.publish(f"sagemem-bus:{{{namespace}}}:b|i|agent:a:x", b"forged"),
+            raw.publish(f"sagemem-bus:{{{namespace}}}:a|i|agent:a:x", b"forged"),
         ):
             with pytest.raises(NoPermissionError):
                 await forbidden
         assert await admin_redis.exists(space + "team:y") == 0
         pubsub = raw.pubsub()
-        own = f"sagemem-bus:{namespace}:a|*"
+        own = f"sagemem-bus:{{{namespace}}}:a|*"
         assert await _subscribe(pubsub, own, pattern=True) == "psubscribe"
         await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
         for channel, pattern in (
-            (f"sagemem-bus:{namespace}:*", True),
-            (f"sagemem-bus:{namespace}:b|*", True),
-            (f"sagemem-bus:{namespace}:b|i|team:y", False),
+            (f"sagemem-bus:{{{namespace}}}:*", True),
+            (f"sagemem-bus:{{{namespace}}}:b|*", True),
+            (f"sagemem-bus:{{{namespace}}}:b|i|team:y", False),
         ):
             refused = raw.pubsub()
             with pytest.raises(NoPermissionError):
@@ -309,7 +309,7 @@ async def test_l3_writer_may_publish_but_not_listen_to_other_agents(
     write prefixes only."""
     credentials = await provision(TEAM_READER, "a")
     raw = aioredis.Redis.from_url(credentials.redis_url)
-    bus = f"sagemem-bus:{namespace}:b"
+    bus = f"sagemem-bus:{{{namespace}}}:b"
     try:
         assert await raw.publish(f"{bus}|i|agent:a:k", b"x") == 0
         assert await raw.publish(f"{bus}|r|team:k", b"x") == 0
@@ -317,18 +317,18 @@ async def test_l3_writer_may_publish_but_not_listen_to_other_agents(
         for channel in (f"{bus}|i|team:k", f"{bus}|i|secret:k", f"{bus}|r|secret:k", bus):
             with pytest.raises(NoPermissionError):
                 await raw.publish(channel, b"forged")
-        assert await raw.set(f"sagemem:{namespace}:agent:a:k", b"1;1") is True
-        assert await raw.get(f"sagemem:{namespace}:team:k") is None
+        assert await raw.set(f"sagemem:{{{namespace}}}:agent:a:k", b"1;1") is True
+        assert await raw.get(f"sagemem:{{{namespace}}}:team:k") is None
         with pytest.raises(NoPermissionError):
-            await raw.set(f"sagemem:{namespace}:team:k", b"1;1")
+            await raw.set(f"sagemem:{{{namespace}}}:team:k", b"1;1")
         with pytest.raises(NoPermissionError):
-            await raw.get(f"sagemem:{namespace}:secret:k")
+            await raw.get(f"sagemem:{{{namespace}}}:secret:k")
         pubsub = raw.pubsub()
         with pytest.raises(NoPermissionError):
-            await _subscribe(pubsub, f"sagemem-bus:{namespace}:b")
+            await _subscribe(pubsub, f"sagemem-bus:{{{namespace}}}:b")
         await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
     finally:
-        await raw.unlink(f"sagemem:{namespace}:agent:a:k")
+        await raw.unlink(f"sagemem:{{{namespace}}}:agent:a:k")
         await raw.aclose()
 
 
@@ -582,12 +582,14 @@ async def test_bus_carries_no_invalidation_for_keys_outside_the_grant(
     raw = aioredis.Redis.from_url(credentials.redis_url)
     pubsub = raw.pubsub()
     try:
-        own = f"sagemem-bus:{namespace}:intern|*"
+        own = f"sagemem-bus:{{{namespace}}}:intern|*"
         assert await _subscribe(pubsub, own, pattern=True) == "psubscribe"
         far_ms = 2**52
         with pytest.raises(NoPermissionError):
-            await raw.zadd(f"sagemem-dir:{namespace}:holders:secret:k", {"intern": far_ms})
-        assert await raw.zadd(f"sagemem-dir:{namespace}:holders:team:x", {"intern": far_ms}) == 1
+            await raw.zadd(f"sagemem-dir:{{{namespace}}}:holders:secret:k", {"intern": far_ms})
+        assert (
+            await raw.zadd(f"sagemem-dir:{{{namespace}}}:holders:team:x", {"intern": far_ms}) == 1
+        )
         await coherent_hierarchy.set("secret:k", "hidden", tier_index=2)
         await coherent_hierarchy.set("team:x", "plan", tier_index=2)
         async with asyncio.timeout(10):
@@ -596,7 +598,7 @@ async def test_bus_carries_no_invalidation_for_keys_outside_the_grant(
                 message = await pubsub.get_message(timeout=1.0)
         assert b"team:x" in message["data"]
         assert b"secret" not in message["data"]
-        assert message["channel"] == f"sagemem-bus:{namespace}:intern|i|team:x".encode()
+        assert message["channel"] == f"sagemem-bus:{{{namespace}}}:intern|i|team:x".encode()
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
         await raw.aclose()
@@ -645,7 +647,7 @@ async def test_a_restricted_coherent_agent_runs_on_its_credentials_and_cannot_fo
     assert await coherent_hierarchy.get("agent:a:note") == "draft"
     assert boss.get_state("team:plan") is L1State.S
     assert boss.get_state("agent:a:note") is L1State.S
-    copy_key = f"sagemem:{namespace}:team:plan"
+    copy_key = f"sagemem:{{{namespace}}}:team:plan"
 
     credentials = await provision(TEAM_READER, "a")
     bus = CoherenceBus(url=credentials.redis_url, namespace=namespace)
@@ -682,9 +684,9 @@ async def test_a_restricted_coherent_agent_runs_on_its_credentials_and_cannot_fo
         with pytest.raises(ScopeViolationError, match="team:plan"):
             await bus.publish_invalidate("team:plan", 99, ["boss"], sender="a")
         with pytest.raises(NoPermissionError):
-            await raw.publish(f"sagemem-bus:{namespace}:boss|i|team:plan", b"forged")
+            await raw.publish(f"sagemem-bus:{{{namespace}}}:boss|i|team:plan", b"forged")
         forged = InvalidateMessage(namespace, "team:plan", 99, "a", seq=1)
-        hidden = f"sagemem-bus:{namespace}:boss|i|x|i|agent:a:y"  # admitted by `*|i|agent:a:*`
+        hidden = f"sagemem-bus:{{{namespace}}}:boss|i|x|i|agent:a:y"  # admitted by `*|i|agent:a:*`
         assert await raw.publish(hidden, encode(forged)) == 1
         boss_bus = boss.bus
         await wait_until(
@@ -840,8 +842,8 @@ async def test_a_restricted_writer_sends_updates_only_of_keys_it_may_write(
         assert await coherent_hierarchy.get("agent:a:note") == {"final": True}
         forged = UpdateMessage(namespace, "team:plan", 99, "forged", "a", seq=1)
         with pytest.raises(NoPermissionError):
-            await raw.publish(f"sagemem-bus:{namespace}:boss|u|team:plan", encode(forged))
-        copy_key = f"sagemem:{namespace}:team:plan"
+            await raw.publish(f"sagemem-bus:{{{namespace}}}:boss|u|team:plan", encode(forged))
+        copy_key = f"sagemem:{{{namespace}}}:team:plan"
         copy_before = await admin_redis.get(copy_key)
         directory = RedisDirectory(bus.client, namespace=namespace)
         with pytest.raises(ScopeViolationError, match="team:plan"):

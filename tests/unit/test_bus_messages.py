@@ -302,7 +302,7 @@ def test_a_channel_name_has_exactly_two_separators(
     name = channel_name(namespace, agent, kind, key)
     assert name.count("|") == 2
     head, tag, tail = name.split("|")
-    assert head == f"sagemem-bus:{namespace}:{agent}"
+    assert head == f"sagemem-bus:{{{namespace}}}:{agent}"
     assert (
         tag == {MessageKind.INVALIDATE: "i", MessageKind.RECALL: "r", MessageKind.UPDATE: "u"}[kind]
     )

@@ -267,7 +267,7 @@ def test_restricted_redis_rules_name_only_the_l2_space_and_own_channel() -> None
     rules = redis_acl_rules(RESTRICTED, agent_id="a", namespace="ns")
     assert rules[:4] == ["reset", "resetkeys", "resetchannels", "-@all"]
     patterns = [rule for rule in rules if "~" in rule or rule.startswith("&")]
-    assert patterns == ["%R~sagemem:ns.l2:*", "%W~sagemem:ns.l2:*", "&sagemem-bus:ns:a|*"]
+    assert patterns == ["%R~sagemem:{ns.l2}:*", "%W~sagemem:{ns.l2}:*", "&sagemem-bus:{ns}:a|*"]
     assert not any(rule in ("+publish", "+keys", "+scan", "allkeys", "+@all") for rule in rules)
     assert "+psubscribe" in rules
     assert "+subscribe" not in rules
@@ -277,7 +277,7 @@ def test_prefix_glob_characters_are_escaped() -> None:
     """A prefix containing glob characters matches only itself in the Redis key pattern."""
     capability = AgentCapability(tiers={1}, read_prefixes={1: ("a*[b]?",)})
     rules = redis_acl_rules(capability, agent_id="a", namespace="ns")
-    assert "%R~sagemem:ns.l2:a\\*\\[b\\]\\?*" in rules
+    assert "%R~sagemem:{ns.l2}:a\\*\\[b\\]\\?*" in rules
 
 
 def test_l3_writer_gets_a_publish_only_selector() -> None:
@@ -292,13 +292,13 @@ def test_l3_writer_gets_a_publish_only_selector() -> None:
     rules = redis_acl_rules(capability, agent_id="a", namespace="ns")
     selectors = [rule for rule in rules if rule.startswith("(")]
     assert selectors == [
-        "(+publish +evalsha +eval +incr +pexpire &sagemem-bus:ns:*|i|agent:a:* "
-        "&sagemem-bus:ns:*|i|x%7C\\*%25* &sagemem-bus:ns:*|u|agent:a:* "
-        "&sagemem-bus:ns:*|u|x%7C\\*%25* &sagemem-bus:ns:*|r|agent:a:* "
-        "&sagemem-bus:ns:*|r|team:* ~sagemem-bus:ns:*:seq)"
+        "(+publish +evalsha +eval +incr +pexpire &sagemem-bus:{ns}:*|i|agent:a:* "
+        "&sagemem-bus:{ns}:*|i|x%7C\\*%25* &sagemem-bus:{ns}:*|u|agent:a:* "
+        "&sagemem-bus:{ns}:*|u|x%7C\\*%25* &sagemem-bus:{ns}:*|r|agent:a:* "
+        "&sagemem-bus:{ns}:*|r|team:* ~sagemem-bus:{ns}:*:seq)"
     ]
-    assert "%W~sagemem:ns:agent:a:*" in rules
-    assert not any(rule.startswith("&sagemem-bus:ns:*") for rule in rules)
+    assert "%W~sagemem:{ns}:agent:a:*" in rules
+    assert not any(rule.startswith("&sagemem-bus:{ns}:*") for rule in rules)
 
 
 def test_postgres_statements_follow_the_grant() -> None:

@@ -1,6 +1,7 @@
 """L2Tier and the plain hierarchy on a real local Valkey cluster (3 primaries + 3 replicas):
 found from the server, nothing to configure; every value reads back as written; clear()
-reaches every primary; coherent mode refuses a cluster with a typed error that says why."""
+reaches every primary a namespace lives on (one: the namespace is its keys' hash tag) and no
+other namespace."""
 
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ import secrets
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from sagemem.coherence.bus import CoherenceBus
-from sagemem.errors import ConfigurationError
 from sagemem.hierarchy import MemoryHierarchy
 from sagemem.redis_topology import key_hash_slot
 from sagemem.tiers.base import TierEntry
@@ -29,21 +28,28 @@ def _namespace() -> str:
     return f"l2c{secrets.token_hex(4)}"
 
 
-async def test_l2_on_a_cluster_reads_back_every_value_from_keys_on_every_slot_owner(
+async def test_l2_on_a_cluster_reads_back_every_value_from_namespaces_on_every_primary(
     valkey_cluster: LocalCluster,
 ) -> None:
-    """Through one node's URL, L2 finds the cluster, and keys spread over every primary read
-    back equal to what was written, with their versions; deletes and exists too."""
-    l2 = L2Tier(redis_url=valkey_cluster.url, namespace=_namespace())
-    async with l2:
-        assert l2.on_cluster
-        keys = [f"k{i}" for i in range(KEYS)]
-        slots = {key_hash_slot(l2.redis_key(key)) * 3 // 16384 for key in keys}
-        assert slots == {0, 1, 2}  # the keys reach every third of the slot space
-        for i, key in enumerate(keys):
-            await l2.fill(key, TierEntry({"i": i, "key": key}, i + 1))
-        for i, key in enumerate(keys):
-            assert await l2.read(key) == TierEntry({"i": i, "key": key}, i + 1)
+    """Through one node's URL, L2 finds the cluster; a namespace's keys share its hash slot,
+    and namespaces spread over every primary; every value reads back equal to what was
+    written, with its version; deletes and exists too."""
+    tiers = [L2Tier(redis_url=valkey_cluster.url, namespace=_namespace()) for _ in range(12)]
+    keys = [f"k{i}" for i in range(KEYS // len(tiers))]
+    thirds: set[int] = set()
+    for l2 in tiers:
+        async with l2:
+            assert l2.on_cluster
+            slots = {key_hash_slot(l2.redis_key(key)) for key in keys}
+            assert slots == {key_hash_slot(l2.namespace)}  # the namespace is the hash tag
+            thirds |= {slot * 3 // 16384 for slot in slots}
+            for i, key in enumerate(keys):
+                await l2.fill(key, TierEntry({"i": i, "key": key}, i + 1))
+            for i, key in enumerate(keys):
+                assert await l2.read(key) == TierEntry({"i": i, "key": key}, i + 1)
+    assert thirds == {0, 1, 2}  # the namespaces reach every third of the slot space
+    l2 = tiers[0]
+    async with L2Tier(redis_url=valkey_cluster.url, namespace=l2.namespace) as l2:
         for value in TRICKY_VALUES:
             await l2.write("tricky", value)
             entry = await l2.read("tricky")
@@ -72,7 +78,8 @@ async def test_clear_on_a_cluster_removes_the_namespace_on_every_primary_and_not
         assert [await other.get(f"k{i}") for i in range(KEYS)] == list(range(KEYS))
         client = RedisCluster.from_url(valkey_cluster.url)
         try:
-            left = [key async for key in client.scan_iter(match=f"sagemem:{mine.namespace}:*")]
+            pattern = mine.redis_key("*")
+            left = [key async for key in client.scan_iter(match=pattern)]
         finally:
             await client.aclose()
         assert left == []
@@ -91,16 +98,3 @@ async def test_a_plain_hierarchy_runs_on_a_cluster(
         entry = await memory.read("belief")
         assert entry == TierEntry({"sky": "blue"}, version)
         assert await l2.read("belief") == TierEntry({"sky": "blue"}, version)
-
-
-async def test_coherent_mode_refuses_a_cluster_with_a_configuration_error(
-    valkey_cluster: LocalCluster,
-) -> None:
-    """The coherence bus, directory and scripts do not run on a cluster yet: connecting the
-    bus to one raises ConfigurationError naming the cluster and the fix, and opens nothing."""
-    bus = CoherenceBus(redis_url=valkey_cluster.url, namespace=_namespace())
-    with pytest.raises(ConfigurationError, match="Cluster") as raised:
-        await bus.connect()
-    assert "single Redis" in str(raised.value)
-    assert not bus.connected
-    await bus.aclose()

@@ -1,6 +1,6 @@
 """`python -m benchmarks.run_all` pointed at a Redis Cluster (SAGEMEM_REDIS_URL names a node):
-the systems that run on one measure there, counted over every primary and cleaned up on every
-node; the coherent systems are refused before anything starts."""
+every system measures there (the coherent ones too), counted over every primary and cleaned up
+on every node."""
 
 from __future__ import annotations
 
@@ -11,15 +11,19 @@ from pathlib import Path
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from benchmarks.agent_workloads import BenchmarkOptionError
-from benchmarks.run_all import check_systems_on, main
-from sagemem.redis_topology import RedisTopology
+from benchmarks.run_all import main
 from sagemem.services import ServiceEndpoints
 from tests.integration.cluster.conftest import LocalCluster
 
 pytestmark = pytest.mark.cluster
 
-SYSTEMS = ("plain-hierarchy", "uncached-postgres", "broadcast-invalidation")
+SYSTEMS = (
+    "sagemem-coherent",
+    "sagemem-strict",
+    "plain-hierarchy",
+    "uncached-postgres",
+    "broadcast-invalidation",
+)
 
 
 async def _bench_keys(url: str) -> list[bytes]:
@@ -49,36 +53,12 @@ def test_a_quick_run_on_a_cluster_measures_counts_and_cleans_every_node(
     assert "a cluster of 3 primaries" in results["environment"]["redis_server"]
     cells = {cell["system"]: cell for cell in results["cells"]}
     assert sorted(cells) == sorted(SYSTEMS)
-    for system in ("plain-hierarchy", "broadcast-invalidation"):
+    for system in (
+        "sagemem-coherent",
+        "sagemem-strict",
+        "plain-hierarchy",
+        "broadcast-invalidation",
+    ):
         assert cells[system]["problems"] == [], system
         assert cells[system]["redis_commands_per_op"] > 0, system  # summed over the primaries
     assert set(asyncio.run(_bench_keys(valkey_cluster.url))) <= before
-
-
-def test_coherent_systems_are_refused_on_a_cluster_before_anything_runs(
-    valkey_cluster: LocalCluster,
-    service_endpoints: ServiceEndpoints,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    """Exit 2 with the systems named and the ones that can run offered; no results written."""
-    monkeypatch.setenv("SAGEMEM_REDIS_URL", valkey_cluster.url)
-    monkeypatch.setenv("SAGEMEM_POSTGRES_DSN", service_endpoints.postgres_dsn)
-    out = tmp_path / "results"
-    systems = "sagemem-update,plain-hierarchy,uncached-postgres"
-    assert main(["--quick", "--systems", systems, "--out", str(out)]) == 2
-    message = capsys.readouterr().err
-    assert "sagemem-update" in message
-    assert "--systems plain-hierarchy,uncached-postgres" in message
-    assert not (out / "results.json").exists()
-
-
-def test_the_refusal_names_every_coherent_system_and_a_single_node_refuses_none() -> None:
-    """`check_systems_on`: every coherent system is refused on a cluster, none on one node."""
-    coherent = ("sagemem-coherent", "sagemem-update", "sagemem-strict")
-    with pytest.raises(BenchmarkOptionError) as refused:
-        check_systems_on(RedisTopology.CLUSTER, (*coherent, "uncached-postgres"))
-    assert all(name in str(refused.value) for name in coherent)
-    check_systems_on(RedisTopology.SINGLE_NODE, (*coherent, "uncached-postgres"))
-    check_systems_on(RedisTopology.CLUSTER, SYSTEMS)

@@ -1,0 +1,107 @@
+"""Coherent and strict mode on a real local Valkey cluster (3 primaries + 3 replicas): the
+coherent L1's own integration tests run again here, unchanged, with the bus, directory, L2
+and scripts on the cluster (a namespace's keys share one hash slot, so every protocol script
+runs on the node serving it), plus what only a cluster has: the bus talks to the node that
+serves the namespace's slot, and namespaces spread over the primaries."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import pytest
+import redis.asyncio as aioredis
+
+from sagemem.coherence.bus import CoherenceBus
+from sagemem.redis_topology import key_hash_slot
+from sagemem.tiers.l2 import L2Tier
+from tests.integration.cluster.conftest import LocalCluster
+from tests.integration.coherent_cluster import Cluster
+from tests.integration.test_coherent_l1 import (  # re-run on the cluster by the fixtures below
+    test_a_fill_racing_an_invalidation_is_returned_once_and_never_cached,
+    test_a_forged_invalidation_cannot_stall_reads,
+    test_a_late_fill_cannot_put_an_older_version_back_into_l2_after_an_eviction,
+    test_an_owners_write_back_racing_a_recall_is_not_lost,
+    test_compare_and_swap_commits_only_at_the_expected_version,
+    test_concurrent_updates_lose_nothing,
+    test_delete_is_a_committed_version_that_every_agent_sees,
+    test_fill_data_older_than_an_invalidation_is_fetched_again,
+    test_flush_and_close_write_owned_data_back,
+    test_hierarchies_of_coherent_agents_share_l2_and_l3,
+    test_l1_write_takes_ownership_and_a_reader_recalls_the_value,
+    test_of_two_concurrent_deletes_exactly_one_removed_the_value,
+    test_values_read_back_equal_from_l1_l2_and_the_home,
+    test_write_through_invalidates_a_holder_and_the_next_read_refetches,
+)
+
+pytestmark = pytest.mark.cluster
+
+__all__ = [
+    "test_a_fill_racing_an_invalidation_is_returned_once_and_never_cached",
+    "test_a_forged_invalidation_cannot_stall_reads",
+    "test_a_late_fill_cannot_put_an_older_version_back_into_l2_after_an_eviction",
+    "test_an_owners_write_back_racing_a_recall_is_not_lost",
+    "test_compare_and_swap_commits_only_at_the_expected_version",
+    "test_concurrent_updates_lose_nothing",
+    "test_delete_is_a_committed_version_that_every_agent_sees",
+    "test_fill_data_older_than_an_invalidation_is_fetched_again",
+    "test_flush_and_close_write_owned_data_back",
+    "test_hierarchies_of_coherent_agents_share_l2_and_l3",
+    "test_l1_write_takes_ownership_and_a_reader_recalls_the_value",
+    "test_of_two_concurrent_deletes_exactly_one_removed_the_value",
+    "test_values_read_back_equal_from_l1_l2_and_the_home",
+    "test_write_through_invalidates_a_holder_and_the_next_read_refetches",
+]
+
+
+@pytest.fixture
+def redis_url(valkey_cluster: LocalCluster) -> str:
+    """Here the Redis URL names a node of the cluster (its first primary)."""
+    return valkey_cluster.url
+
+
+@pytest.fixture
+async def cluster(
+    redis_url: str, postgres_dsn: str, namespace: str, pg_schema: str
+) -> AsyncIterator[Cluster]:
+    """The coherent tests' `cluster` fixture on the Valkey cluster; its raw client talks to
+    the node serving the namespace's slot (where every key of the namespace lives)."""
+    made = Cluster(redis_url, postgres_dsn, namespace, pg_schema)
+    await made.bus.connect()
+    await made.home.connect()
+    await made.l2.connect()
+    node = made.bus.statistics().cluster_node
+    assert node is not None, "the bus did not find the cluster"
+    host, port = node.rsplit(":", 1)
+    await made.redis.aclose()
+    made.redis = aioredis.Redis(
+        host=host,
+        port=int(port),
+        password=made.redis.connection_pool.connection_kwargs.get("password"),
+    )
+    try:
+        yield made
+    finally:
+        await made.aclose()
+
+
+async def test_the_bus_talks_to_the_node_serving_the_namespaces_slot(
+    valkey_cluster: LocalCluster,
+) -> None:
+    """Through any node's URL, the bus of each namespace finds the primary that serves the
+    namespace's hash slot; namespaces spread over all three primaries."""
+    primaries = {
+        urlsplit(url).port for url in valkey_cluster.node_urls()[: valkey_cluster.shape.primaries]
+    }
+    served_by: dict[str, int] = {}
+    for i in range(24):
+        namespace = f"spread{i}{secrets.token_hex(3)}"
+        bus = CoherenceBus(redis_url=valkey_cluster.url, namespace=namespace)
+        async with bus:
+            node = bus.statistics().cluster_node
+        assert node is not None
+        served_by[namespace] = int(node.rsplit(":", 1)[1])
+        l2_key = L2Tier(redis_url=valkey_cluster.url, namespace=namespace).redis_key("k")
+        assert key_hash_slot(l2_key) == key_hash_slot(namespace)  # the namespace is the tag
+    assert set(served_by.values()) == primaries  # every primary serves some namespace
