@@ -55,10 +55,10 @@ if __package__ in (None, ""):
 
 from benchmarks.baselines import LRU_AWAITED, LruBaseline, await_subscribed, interleaved
 from benchmarks.stats import LatencySummary, format_table, summarise
+from sagemem import keyspace
 from sagemem.coherence.bus import CoherenceBus
 from sagemem.coherence.core import TraceRecord
 from sagemem.coherence.messages import (
-    CHANNEL_PREFIX,
     BusEvent,
     Delivered,
     InvalidateMessage,
@@ -664,7 +664,7 @@ class _WireCounter(_PubSubListener):
 
     def __init__(self, client: aioredis.Redis, bus: CoherenceBus) -> None:
         super().__init__(client)
-        self._pattern: Final = f"{CHANNEL_PREFIX}:{bus.namespace}:*"
+        self._pattern: Final = f"{keyspace.bus_prefix(bus.namespace)}*"
         self._sentinel: Final = bus.channel_for(
             "zz-bench-sentinel", MessageKind.INVALIDATE, "sentinel"
         ).encode()

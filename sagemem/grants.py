@@ -223,6 +223,7 @@ def redis_acl_rules(capability: AgentCapability, *, agent_id: str, namespace: st
         for kind in ("lease:", "holders:", "acks:", "relayed:"):
             rules += [f"~{_glob_escape(directory + kind + p)}*" for p in l3_reads]
         # The directory's birth key: a strict write checks that no registration was forgotten.
+        rules.append(f"~{_glob_escape(keyspace.DIRECTORY_BIRTH_KEY)}")
         rules.append(f"~{_glob_escape(keyspace.directory_birth_key(namespace))}")
         # The bus's listener reads its own sequence counter (MGET) when it (re)subscribes.
         rules.append(f"%R~{_glob_escape(f'{keyspace.bus_prefix(namespace)}{agent}:seq')}")

@@ -2,8 +2,9 @@
 
 - `sagemem:{<namespace>}:<key>`: an L2 copy (`L2Tier`; the directory's leased fill writes the
   same key);
-- `sagemem-dir:{<namespace>}:{lease,holders,acks,relayed}:<key>` and
-  `sagemem-dir:{<namespace>}:born`: the coherence directory (`sagemem.coherence.directory`);
+- `sagemem-dir:{<namespace>}:{lease,holders,acks,relayed}:<key>`, and `sagemem-dir:birth`
+  (one server) or `sagemem-dir:{<namespace>}:born` (a cluster): the coherence directory
+  (`sagemem.coherence.directory`);
 - `sagemem-bus:{<namespace>}:<agent>|<tag>|<key>` (channels) and `sagemem-bus:{<namespace>}:
   <agent>:seq` (sequence counters): the bus (`sagemem.coherence.messages`, `.bus`);
 - `sagemem-grant:<...>`: the Redis users `sagemem.grants` creates.
@@ -28,6 +29,7 @@ from typing import Final
 
 __all__ = [
     "BUS_PREFIX",
+    "DIRECTORY_BIRTH_KEY",
     "DIRECTORY_PREFIX",
     "GRANT_USER_PREFIX",
     "L2_PREFIX",
@@ -41,6 +43,9 @@ L2_PREFIX: Final = "sagemem"
 DIRECTORY_PREFIX: Final = "sagemem-dir"
 BUS_PREFIX: Final = "sagemem-bus"
 GRANT_USER_PREFIX: Final = "sagemem-grant:"
+DIRECTORY_BIRTH_KEY: Final = f"{DIRECTORY_PREFIX}:birth"
+"""On a single server: the hash recording when this server's directory was born (first used
+after the server started with no data; see `directory_birth_key` for a cluster's)."""
 
 
 def l2_prefix(namespace: str) -> str:
@@ -54,11 +59,11 @@ def directory_prefix(namespace: str) -> str:
 
 
 def directory_birth_key(namespace: str) -> str:
-    """The key holding when a namespace's directory was born on the server that serves it:
-    `sagemem-dir:{<namespace>}:born`, a hash of the server's identity (its run id, or its
-    cluster node id) and the server's clock (ms) when that server first used it. A restarted
-    server, or a replica promoted by a failover, is a new identity: the directory is born
-    again there, since it may have forgotten registrations."""
+    """On a cluster: the hash recording when a namespace's directory was born on the node that
+    serves it, `sagemem-dir:{<namespace>}:born` (in the namespace's slot, as every key a
+    script touches must be): the node's id (`CLUSTER MYID`) and its clock (ms) when that node
+    first settled a strict write of the namespace. A replica promoted by a failover is another
+    node: the directory is born again there, since it may lack the last registrations."""
     return f"{DIRECTORY_PREFIX}:{{{namespace}}}:born"
 
 

@@ -601,6 +601,12 @@ class CoherenceBus(AsyncResource):
         return self._require_connected()
 
     @property
+    def on_cluster(self) -> bool:
+        """Whether the bus talks to a Redis/Valkey Cluster (the node serving the namespace's
+        hash slot); False before `connect()`."""
+        return self._home is not None
+
+    @property
     def command_slots(self) -> asyncio.Semaphore:
         """What bounds the commands in flight on `client` to its pool's connections: a
         borrower (the namespace's `RedisDirectory`) takes a slot per call, as the bus does."""

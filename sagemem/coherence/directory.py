@@ -242,7 +242,8 @@ class RedisDirectory:
     `command_slots` bounds the calls in flight on the borrowed client, so that its pool never
     needs more connections than it may open (redis-py fails a call with "Too many
     connections" instead of waiting): pass the bus's `command_slots` when the client is the
-    bus's; None makes one of the size of the client's pool.
+    bus's; None makes one of the size of the client's pool. `on_cluster` (the bus's
+    `on_cluster`) says the client talks to the cluster node serving the namespace's slot.
     """
 
     def __init__(
@@ -258,6 +259,7 @@ class RedisDirectory:
         value_size_max_bytes: int = VALUE_SIZE_MAX_BYTES,
         command_timeout_s: float = 10.0,
         command_slots: asyncio.Semaphore | None = None,
+        on_cluster: bool = False,
     ) -> None:
         if not isinstance(client, aioredis.Redis):
             raise ConfigurationError(
@@ -295,7 +297,18 @@ class RedisDirectory:
         self._slots: Final = command_slots
         self._scripts: Final = register_directory_scripts(client)
         self._prefix: Final = keyspace.directory_prefix(self.namespace)
-        self._birth_key: Final = keyspace.directory_birth_key(self.namespace)
+        if type(on_cluster) is not bool:
+            raise ConfigurationError(
+                f"RedisDirectory on_cluster must be a bool (the bus's `on_cluster`), got "
+                f"{on_cluster!r:.80}"
+            )
+        # A script may touch only keys of its own slot on a cluster: the birth is then the
+        # namespace's; one server keeps one birth for every namespace.
+        self._birth_key: Final = (
+            keyspace.directory_birth_key(self.namespace)
+            if on_cluster
+            else keyspace.DIRECTORY_BIRTH_KEY
+        )
         self._l2_prefix: Final = keyspace.l2_prefix(self.namespace)  # L2Tier's own keys
         self._channel_prefix: Final = keyspace.bus_prefix(self.namespace)
         self._fills = 0
@@ -599,11 +612,12 @@ class RedisDirectory:
     async def settle_facts(self, key: str) -> tuple[tuple[str, ...], float]:
         """What a strict write of `key` settles on, in one script: the agents that still owe an
         ack (lapsed ones included: only HOLDER_EXPIRE, `expire_lapsed`, drops them), and how
-        long ago (seconds, the Redis server's clock) the namespace's directory was born on
-        the server serving it. Its birth key (`keyspace.directory_birth_key`) is created on
-        first use after each server start and again after a cluster failover moved the
-        namespace to a promoted replica, so a young directory may have forgotten
-        registrations a restarted server or an old primary lost."""
+        long ago (seconds, the Redis server's clock) the directory was born on the server
+        serving it. Its birth key (`keyspace.DIRECTORY_BIRTH_KEY` on one server,
+        `keyspace.directory_birth_key(namespace)` on a cluster) is created on first use after
+        each server start, and on a cluster again when a failover moved the namespace to a
+        promoted replica, so a young directory may have forgotten registrations a restarted
+        server or an old primary lost."""
         age_ms, owed = await self._run(
             "settle facts",
             key,

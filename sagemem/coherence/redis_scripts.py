@@ -368,12 +368,13 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ms(now_ms()), '+inf')
 """
 )
 
-# KEYS[1] a key's owed acks, KEYS[2] the namespace's directory birth key (a hash: the server
-# that serves the directory and when it first did, server clock in ms). The directory is born
-# again when the key is missing (a server started without the data: everything in Redis is
-# new) or names another server: on a cluster, `CLUSTER MYID` of the node running the script,
-# which changes when a failover promotes a replica that may lack the last registrations its
-# primary took (a single server answers an error there and counts as '-'). What a strict
+# KEYS[1] a key's owed acks, KEYS[2] the directory's birth key (a hash: the server that serves
+# the directory and when it first did, server clock in ms; the server's on one server, the
+# namespace's on a cluster). The directory is born again when the key is missing (a server
+# started without the data: everything in Redis is new) or names another server: on a
+# cluster, `CLUSTER MYID` of the node running the script, which changes when a failover
+# promotes a replica that may lack the last registrations its primary took (a single server
+# answers an error there and counts as '-'). What a strict
 # write's settling asks, in one round trip. Reply {milliseconds since the directory was born,
 # every agent that owes an ack, lapsed or not: lapsed ones are dropped only by HOLDER_EXPIRE
 # (`EXPIRE_LAPSED_SCRIPT`)}.
