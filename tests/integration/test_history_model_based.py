@@ -251,7 +251,7 @@ async def _run_program(
     Redis at the program's mark), and collect the histories, summaries and the home's values."""
     namespace = f"t{uuid.uuid4().hex}"
     if mode == "strict":
-        await _directory_matured(redis_url)
+        await _directory_matured(redis_url, namespace)
     home = L3Tier(dsn=postgres_dsn, namespace=namespace, schema=schema)
     await home.connect()  # creates the schema and table once, before the agents start
     workers: dict[str, _Worker] = {}

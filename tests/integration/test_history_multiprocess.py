@@ -121,13 +121,14 @@ class _Run:
     workload_s: float
 
 
-async def _directory_matured(redis_url: str) -> None:
-    """Wait until the server's directory is old enough for strict writes to settle on it (a
-    young one holds them back for the holders' link trust): so that the workload measures the
-    protocol, not the server's start."""
-    bus = CoherenceBus(url=redis_url, namespace="matured")
+async def _directory_matured(redis_url: str, namespace: str) -> None:
+    """Wait until the directory serving `namespace` (the server's; on a cluster, the
+    namespace's own) is old enough for strict writes to settle on it (a young one holds them
+    back for the holders' link trust): so that the workload measures the protocol, not the
+    server's start."""
+    bus = CoherenceBus(url=redis_url, namespace=namespace)
     async with bus:
-        directory = RedisDirectory(bus.client, "matured")
+        directory = RedisDirectory(bus.client, namespace, on_cluster=bus.on_cluster)
         settled_s = bus.link_trust_s * 1.1 + 0.1
         age_s = (await directory.settle_facts("k"))[1]
         if age_s < settled_s:
@@ -196,7 +197,7 @@ async def _run_agents(
     `during` runs once the workload has started (a fault), and must end before it does."""
     seed = random.randrange(1 << 30)
     print(f"\nagents {modes}, {seconds} s, mix {mix}, seed {seed}, histories in {directory}")
-    await _directory_matured(redis_url)
+    await _directory_matured(redis_url, namespace)
     home = L3Tier(dsn=postgres_dsn, namespace=namespace, schema=schema)
     await home.connect()  # creates the schema and table once, before the agents start
     workers: list[_Worker] = []
