@@ -67,7 +67,14 @@ from sagemem.coherence.messages import (
     check_agent_id,
     subscription_pattern,
 )
+from sagemem.endpoints import redacted_url
 from sagemem.errors import ConfigurationError, SageMemError
+from sagemem.redis_topology import (
+    Address,
+    RedisTopology,
+    cluster_map,
+    topology_or_single_node,
+)
 from sagemem.scope import DRAM_INDEX, L2_INDEX, L2_SPACE_SUFFIX, L3_INDEX, AgentCapability
 from sagemem.services import (
     POSTGRES_DSN_ENV,
@@ -111,12 +118,17 @@ _L2_COMMANDS: Final = (
     "+client|setinfo",
     "+client|setname",
     "+client|getname",
+    # On a Redis/Valkey Cluster: where the namespace's slot lives (the bus, L2Tier's cluster
+    # client), the key positions of commands (the cluster client), the node's id (the strict
+    # settle script's directory birth).
+    "+cluster|slots",
+    "+command",
+    "+cluster|myid",
 )
 # What the coherence directory and bus send for an agent taking part in the protocol.
 _COHERENCE_COMMANDS: Final = (
     "+evalsha",
     "+eval",
-    "+cluster|myid",  # the strict settle script's server identity (directory_birth_key)
     "+script|load",
     "+script|exists",
     "+zadd",
@@ -355,6 +367,30 @@ async def _admin_redis(url: str) -> aioredis.Redis:
     return client
 
 
+def _at_node(url: str, address: Address) -> str:
+    """`url` (credentials, database and options kept) pointed at another node."""
+    parts = urlsplit(url)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    host = f"[{address[0]}]" if ":" in address[0] else address[0]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}{at}{host}:{address[1]}"))
+
+
+async def _redis_nodes(url: str) -> list[str]:
+    """The administrator URL of every server that must know a grant's user: the server at
+    `url`, or on a Redis/Valkey Cluster every node, replicas too (ACL users are not shared
+    by a cluster's nodes, and a replica promoted by a failover must know them)."""
+    client = await _admin_redis(url)
+    try:
+        if await topology_or_single_node(client) is not RedisTopology.CLUSTER:
+            return [url]
+        slot_map = await cluster_map(client, 0)
+    except SageMemError as error:
+        raise GrantError(f"cannot find the Redis servers to provision: {error}") from error
+    finally:
+        await client.aclose()
+    return [_at_node(url, address) for address in slot_map.nodes]
+
+
 async def _admin_postgres(dsn: str) -> asyncpg.Connection:
     try:
         connection: asyncpg.Connection = await asyncpg.connect(dsn, timeout=_TIMEOUT_S)
@@ -403,14 +439,23 @@ async def create_grant(
     redis_password = secrets.token_hex(24)
     postgres_password = secrets.token_hex(24)
     rules = redis_acl_rules(capability, agent_id=agent, namespace=namespace)
-    client = await _admin_redis(admin_redis)
     try:
-        async with asyncio.timeout(_TIMEOUT_S):
-            await _command(client, "ACL", "SETUSER", username, *rules, "on", f">{redis_password}")
-    except (RedisError, OSError) as error:
-        raise GrantError(f"Redis refused ACL SETUSER for {username!r}: {error}") from error
-    finally:
-        await client.aclose()
+        for node in await _redis_nodes(admin_redis):
+            client = await _admin_redis(node)
+            try:
+                async with asyncio.timeout(_TIMEOUT_S):
+                    await _command(
+                        client, "ACL", "SETUSER", username, *rules, "on", f">{redis_password}"
+                    )
+            except (RedisError, OSError) as error:
+                raise GrantError(
+                    f"Redis at {redacted_url(node)} refused ACL SETUSER for {username!r}: {error}"
+                ) from error
+            finally:
+                await client.aclose()
+    except BaseException:
+        await _delete_redis_user(admin_redis, username)  # from the nodes that took it
+        raise
     try:
         connection = await _admin_postgres(admin_postgres)
         try:
@@ -477,15 +522,20 @@ async def _ensure_tables(
 
 
 async def _delete_redis_user(url: str, username: str) -> bool:
-    client = await _admin_redis(url)
-    try:
-        async with asyncio.timeout(_TIMEOUT_S):
-            deleted = await _command(client, "ACL", "DELUSER", username)
-    except (RedisError, OSError) as error:
-        raise GrantError(f"Redis refused ACL DELUSER for {username!r}: {error}") from error
-    finally:
-        await client.aclose()
-    return bool(deleted)
+    """Delete the user from every server that knows it (`_redis_nodes`); True if one did."""
+    deleted = False
+    for node in await _redis_nodes(url):
+        client = await _admin_redis(node)
+        try:
+            async with asyncio.timeout(_TIMEOUT_S):
+                deleted = bool(await _command(client, "ACL", "DELUSER", username)) or deleted
+        except (RedisError, OSError) as error:
+            raise GrantError(
+                f"Redis at {redacted_url(node)} refused ACL DELUSER for {username!r}: {error}"
+            ) from error
+        finally:
+            await client.aclose()
+    return deleted
 
 
 async def _drop_role(connection: asyncpg.Connection, role: str, schema: str) -> bool:

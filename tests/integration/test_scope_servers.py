@@ -687,7 +687,9 @@ async def test_a_restricted_coherent_agent_runs_on_its_credentials_and_cannot_fo
             await raw.publish(f"sagemem-bus:{{{namespace}}}:boss|i|team:plan", b"forged")
         forged = InvalidateMessage(namespace, "team:plan", 99, "a", seq=1)
         hidden = f"sagemem-bus:{{{namespace}}}:boss|i|x|i|agent:a:y"  # admitted by `*|i|agent:a:*`
-        assert await raw.publish(hidden, encode(forged)) == 1
+        # Delivered (the counter below shows it); the count PUBLISH answers is not asserted:
+        # on a cluster it counts only the subscribers of the node the client talks to.
+        await raw.publish(hidden, encode(forged))
         boss_bus = boss.bus
         await wait_until(
             lambda: boss_bus.statistics().misaddressed_messages >= 1, "the forgery to be dropped"
