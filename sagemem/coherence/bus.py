@@ -76,6 +76,7 @@ from sagemem.coherence.messages import (
 from sagemem.errors import (
     ClosedResourceError,
     ConfigurationError,
+    SageMemError,
     TierUnavailable,
 )
 from sagemem.redis_topology import (
@@ -804,9 +805,9 @@ class CoherenceBus(AsyncResource):
                     await asyncio.sleep(self._reconnect_delay_s(failures))
                     try:
                         if self._cluster_nodes:
-                            await self._rehome()
+                            await self._rehome_or_stay()
                         link = await self._open_link()
-                    except (*_DRIVER_ERRORS, TierUnavailable) as error:
+                    except _DRIVER_ERRORS as error:
                         failures += 1
                         _logger.warning(
                             "bus %s: reconnect attempt %d failed: %s",
@@ -909,6 +910,19 @@ class CoherenceBus(AsyncResource):
             >= _BASELINE_WAIT_MAX_S
         ):
             await self._fetch_baselines(link)
+
+    async def _rehome_or_stay(self) -> None:
+        """`_rehome`, or, when no node says where the slot is, a warning and the node the
+        clients already talk to (connecting to it then fails, or works, as it may)."""
+        try:
+            await self._rehome()
+        except (*_DRIVER_ERRORS, SageMemError) as error:
+            _logger.warning(
+                "bus %s: cannot locate hash slot %d on the cluster: %s",
+                self.namespace,
+                self._slot,
+                error,
+            )
 
     async def _rehome(self) -> None:
         """On a cluster, before a reconnect: ask the nodes in turn which one serves the
