@@ -704,6 +704,8 @@ class CoherenceBus(AsyncResource):
                     _TIER, f"publish {message.kind.value}", message.key, error
                 ) from error
             except _DRIVER_ERRORS as error:
+                if isinstance(error, MovedError):
+                    self.home_moved(str(error))
                 raise _bus_unavailable(
                     f"publish {message.kind.value}", error, message.key
                 ) from error
@@ -911,6 +913,16 @@ class CoherenceBus(AsyncResource):
         ):
             await self._fetch_baselines(link)
 
+    def home_moved(self, detail: str) -> None:
+        """Say that the node the clients talk to answered MOVED (it no longer serves the
+        namespace's slot): the listener gives its link up at once (every subscriber
+        resynchronises) and finds the slot's node before reconnecting. What the probe does
+        once per health-check interval; the directory calls it when a script meets MOVED."""
+        link = self._link
+        if link is not None and link.moved is None:
+            link.moved = detail
+            link.alive = False
+
     async def _rehome_or_stay(self) -> None:
         """`_rehome`, or, when no node says where the slot is, a warning and the node the
         clients already talk to (connecting to it then fails, or works, as it may)."""
@@ -978,8 +990,7 @@ class CoherenceBus(AsyncResource):
             async with asyncio.timeout(self._command_timeout_s), self._slots:
                 await client.exists(keyspace.directory_birth_key(self.namespace))
         except MovedError as error:
-            link.moved = str(error)
-            link.alive = False  # `link_heard_at` stops confirming the link at once
+            self.home_moved(str(error))  # `link_heard_at` stops confirming the link at once
         except (*_DRIVER_ERRORS, NoPermissionError):
             pass  # a dead node shows on the link itself; a grant may not read the key
 

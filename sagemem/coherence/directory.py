@@ -37,12 +37,12 @@ from __future__ import annotations
 import asyncio
 import math
 import secrets
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoPermissionError, RedisError, ResponseError
+from redis.exceptions import MovedError, NoPermissionError, RedisError, ResponseError
 
 from sagemem import keyspace
 from sagemem._driver_errors import refused_by_server as _refused
@@ -243,7 +243,8 @@ class RedisDirectory:
     needs more connections than it may open (redis-py fails a call with "Too many
     connections" instead of waiting): pass the bus's `command_slots` when the client is the
     bus's; None makes one of the size of the client's pool. `on_cluster` (the bus's
-    `on_cluster`) says the client talks to the cluster node serving the namespace's slot.
+    `on_cluster`) says the client talks to the cluster node serving the namespace's slot;
+    `on_moved` (the bus's `home_moved`) is told when that node answers MOVED.
     """
 
     def __init__(
@@ -260,6 +261,7 @@ class RedisDirectory:
         command_timeout_s: float = 10.0,
         command_slots: asyncio.Semaphore | None = None,
         on_cluster: bool = False,
+        on_moved: Callable[[str], None] | None = None,
     ) -> None:
         if not isinstance(client, aioredis.Redis):
             raise ConfigurationError(
@@ -302,6 +304,7 @@ class RedisDirectory:
                 f"RedisDirectory on_cluster must be a bool (the bus's `on_cluster`), got "
                 f"{on_cluster!r:.80}"
             )
+        self._on_moved: Final = on_moved
         # A script may touch only keys of its own slot on a cluster: the birth is then the
         # namespace's; one server keeps one birth for every namespace.
         self._birth_key: Final = (
@@ -728,6 +731,12 @@ class RedisDirectory:
                 return await call
         except NoPermissionError as error:
             raise _refused(_TIER, operation, key, error) from error
+        except MovedError as error:  # the node no longer serves the namespace's slot
+            if self._on_moved is not None:
+                self._on_moved(str(error))
+            raise DirectoryUnavailable(
+                str(tier_unavailable(_TIER, operation, error, hint=_HINT, key=key))
+            ) from error
         except ResponseError as error:
             if str(error).startswith(_ACL_FAILURE):  # a command refused inside a script
                 raise _refused(_TIER, operation, key, error) from error

@@ -31,7 +31,7 @@ from sagemem.tiers.l2 import L2Tier
 from sagemem.tiers.l3 import L3Tier
 from sagemem.values import JSONValue
 from tests.integration.coherent_cluster import Cluster
-from tests.integration.polling import wait_until
+from tests.integration.polling import poll_until, wait_until
 from tests.json_samples import TRICKY_VALUES, assert_same_json
 
 WAIT_S = 10.0
@@ -480,7 +480,11 @@ async def test_a_late_fill_cannot_put_an_older_version_back_into_l2_after_an_evi
     await a.write_through("k", "v2")
     await cluster.redis.delete(directory.l2_key("k"))  # L2 evicts the key
     assert await c.get("k") == "v2"
-    assert (await cluster.l2.read("k") or None) is not None
+
+    async def c_filled_l2() -> bool:  # c's leased fill runs after its read returned
+        return await cluster.l2.read("k") is not None
+
+    await poll_until(c_filled_l2, "c's fill of L2")
     assert await reader == "v1"  # the read returns without waiting for its L2 fill
     gate.opened.set()
     await wait_until(
