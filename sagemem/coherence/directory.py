@@ -374,6 +374,7 @@ class RedisDirectory:
         holders_lapse: bool = True,
         read_on_hit: bool = True,
         lease_on_miss: bool = True,
+        directory_settled_s: float = 0.0,
     ) -> FillStep:
         """The Redis half of FILL_FETCH: DIRECTORY_ADD_HOLDER, then L2_READ or L2_TAKE_LEASE.
 
@@ -389,8 +390,17 @@ class RedisDirectory:
         `holders_lapse` says whether the table's HOLDER_EXPIRE row expires lapsed holders: only
         then does the script drop lapsed registrations and owed acks before it counts them.
         `read_on_hit` and `lease_on_miss` say whether the L2-hit row has L2_READ and the miss
-        row L2_TAKE_LEASE: without them the step carries no entry / no lease token.
+        row L2_TAKE_LEASE: without them the step carries no entry / no lease token. With
+        `strict=True` and `directory_settled_s` > 0 the fill also returns
+        `FillKind.UNSETTLED`, changing nothing, while the directory is younger than that
+        (born after a server restart or a cluster failover, see `settle_facts`): a holder the
+        directory forgot may still serve its copy, so no new version may be read yet.
         """
+        if type(directory_settled_s) not in (int, float) or not 0 <= directory_settled_s < 1e6:
+            raise ConfigurationError(
+                "RedisDirectory.fill directory_settled_s must be seconds from 0 (no check) "
+                f"up to 1e6, got {directory_settled_s!r}"
+            )
         keys = self._keys(key)
         agent = check_agent_id(agent_id)
         token = secrets.token_hex(_TOKEN_BYTES)
@@ -398,7 +408,7 @@ class RedisDirectory:
             "fill",
             key,
             self._scripts.fill(
-                keys=keys[1:4],
+                keys=[*keys[1:4], self._birth_key],
                 args=[
                     agent,
                     token,
@@ -412,6 +422,7 @@ class RedisDirectory:
                     1 if holders_lapse else 0,
                     1 if read_on_hit else 0,
                     1 if lease_on_miss else 0,
+                    _ms(directory_settled_s) if strict and directory_settled_s > 0 else 0,
                 ],
             ),
         )

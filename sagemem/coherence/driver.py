@@ -922,6 +922,7 @@ class AgentDriver:
             holders_lapse=self._holders_lapse,
             read_on_hit=Effect.L2_READ in hit_effects,
             lease_on_miss=Effect.L2_TAKE_LEASE in miss_effects,
+            directory_settled_s=self._directory_settled_s if strict else 0.0,
         )
         verdict = answers.fetch_verdict(self.mode, self._me, fill, None)
         if verdict.read_home:

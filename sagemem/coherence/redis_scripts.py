@@ -81,6 +81,23 @@ end
 local function ms(n)
   return string.format('%d', n)
 end
+-- How long ago (ms) the directory was born on the server running the script: its birth key
+-- (a hash: the server, its clock when born) is set when missing (a server started without the
+-- data) or naming another server (on a cluster, `CLUSTER MYID`, which a failover changes: the
+-- promoted replica may lack the last registrations; a single server answers an error, '-').
+local function directory_age(birth_key, now)
+  local server = redis.pcall('CLUSTER', 'MYID')
+  if type(server) ~= 'string' then
+    server = '-'
+  end
+  local born = redis.call('HMGET', birth_key, 'server', 'ms')
+  local born_ms = tonumber(born[2])
+  if born[1] ~= server or not born_ms then
+    born_ms = now
+    redis.call('HSET', birth_key, 'server', server, 'ms', string.format('%d', now))
+  end
+  return now - born_ms
+end
 local function expire_at_newest(key)
   local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
   if newest[2] then
@@ -94,9 +111,11 @@ FILL_L2_HIT: Final = 1
 FILL_LEASED: Final = 2
 """`FILL_SCRIPT` reply kind: L2 missed and a fill lease was handed out; the payload is its token."""
 FILL_UNSETTLED: Final = 3
-"""`FILL_SCRIPT` reply kind (strict): L2 missed while acks are owed: nothing was done."""
+"""`FILL_SCRIPT` reply kind (strict): L2 missed while acks are owed, or the directory is too
+young to list every holder still serving a copy: nothing was done."""
 
-# KEYS[1] the key's fill lease, KEYS[2] holders, KEYS[3] owed acks.
+# KEYS[1] the key's fill lease, KEYS[2] holders, KEYS[3] owed acks, KEYS[4] the directory's
+# birth key (see SETTLE_FACTS_SCRIPT).
 # ARGV[1] agent, ARGV[2] a fresh random lease token, ARGV[3] lease ttl ms, ARGV[4] holder
 # ttl ms, ARGV[5] holders max, ARGV[6] '1' in strict mode, ARGV[7] the L2 copy's key, ARGV[8]
 # and ARGV[9] '1' if the FILL_FETCH row of an L2 hit / of a miss has DIRECTORY_ADD_HOLDER (the
@@ -105,7 +124,10 @@ FILL_UNSETTLED: Final = 3
 # '1' if the L2-hit row has L2_READ (else the copy is not returned), ARGV[12] '1' if the miss
 # row has L2_TAKE_LEASE (else no lease is handed out; the script acts before the home says
 # whether an owner holds the key, so a lease the owned branch does not use simply expires, as
-# L2_ABANDON_LEASE does). The copy
+# L2_ABANDON_LEASE does). ARGV[13] (strict) the age in ms the directory must have reached
+# (else FETCH_UNSETTLED, nothing done: a young directory may have forgotten registrations of
+# holders that still serve their copies, as a strict settle waits too); '0' checks nothing.
+# The copy
 # is only read here, so it is not declared: Redis checks declared keys for reading AND
 # writing, and an agent whose grant lets it read a key but not write it (sagemem.grants) may
 # read the copy, never write it.
@@ -117,6 +139,9 @@ FILL_SCRIPT: Final = (
 local agent = ARGV[1]
 local COPY = ARGV[7]
 local now = now_ms()
+if ARGV[6] == '1' and ARGV[13] ~= '0' and directory_age(KEYS[4], now) < tonumber(ARGV[13]) then
+  return {3, 0, '', 0}
+end
 local copy = redis.call('GET', COPY)
 -- A copy without a version (a plain hierarchy's write) or in a foreign format is no copy of
 -- the protocol's: a miss, so the fill reads the home (the leased fill then leaves it alone).
@@ -382,17 +407,7 @@ SETTLE_FACTS_SCRIPT: Final = (
     _PRELUDE
     + """
 local now = now_ms()
-local server = redis.pcall('CLUSTER', 'MYID')
-if type(server) ~= 'string' then
-  server = '-'
-end
-local born = redis.call('HMGET', KEYS[2], 'server', 'ms')
-local born_ms = tonumber(born[2])
-if born[1] ~= server or not born_ms then
-  born_ms = now
-  redis.call('HSET', KEYS[2], 'server', server, 'ms', ms(now))
-end
-return {now - born_ms, redis.call('ZRANGE', KEYS[1], 0, -1)}
+return {directory_age(KEYS[2], now), redis.call('ZRANGE', KEYS[1], 0, -1)}
 """
 )
 

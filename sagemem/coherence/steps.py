@@ -65,9 +65,11 @@ class ServerSteps:
         holders_lapse: bool = True,
         read_on_hit: bool = True,
         lease_on_miss: bool = True,
+        directory_settled_s: float = 0.0,
     ) -> FillStep:
         """The fill script: register as holder (where the entry's rows say), L2 get, else a fill
-        lease (strict: or wait), each where the entry's rows say; lapsed registrations and acks
+        lease (strict: or wait, also while the directory is younger than
+        `directory_settled_s`), each where the entry's rows say; lapsed registrations and acks
         dropped first if `holders_lapse` (the HOLDER_EXPIRE row)."""
         return await self.directory.fill(
             key,
@@ -78,6 +80,7 @@ class ServerSteps:
             holders_lapse=holders_lapse,
             read_on_hit=read_on_hit,
             lease_on_miss=lease_on_miss,
+            directory_settled_s=directory_settled_s,
         )
 
     async def home_read(self, key: str) -> HomeRead:
