@@ -6,6 +6,7 @@ serves the namespace's slot, and namespaces spread over the primaries."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
@@ -13,7 +14,10 @@ from urllib.parse import urlsplit
 import pytest
 import redis.asyncio as aioredis
 
+from sagemem.coherence.answers import FillKind
 from sagemem.coherence.bus import CoherenceBus
+from sagemem.coherence.directory import RedisDirectory
+from sagemem.errors import ConfigurationError
 from sagemem.redis_topology import key_hash_slot
 from sagemem.tiers.l2 import L2Tier
 from tests.integration.cluster.conftest import LocalCluster
@@ -105,3 +109,24 @@ async def test_the_bus_talks_to_the_node_serving_the_namespaces_slot(
         l2_key = L2Tier(redis_url=valkey_cluster.url, namespace=namespace).redis_key("k")
         assert key_hash_slot(l2_key) == key_hash_slot(namespace)  # the namespace is the tag
     assert set(served_by.values()) == primaries  # every primary serves some namespace
+
+
+async def test_a_strict_fill_waits_while_the_namespaces_directory_is_young(
+    valkey_cluster: LocalCluster, namespace: str
+) -> None:
+    """On a cluster a namespace's directory is born on the node serving it at its first
+    strict step: a strict fill then answers UNSETTLED (nothing registered, no lease) until
+    the directory is older than the settle time it is given; a coherent fill never waits."""
+    bus = CoherenceBus(redis_url=valkey_cluster.url, namespace=namespace)
+    async with bus:
+        directory = RedisDirectory(bus.client, namespace, on_cluster=bus.on_cluster)
+        young = await directory.fill("k", "a", strict=True, directory_settled_s=0.5)
+        assert young.kind is FillKind.UNSETTLED
+        assert await directory.holders("k") == ()
+        assert (await directory.fill("k", "b", strict=False)).kind is FillKind.LEASED
+        await asyncio.sleep(0.6)
+        grown = await directory.fill("k", "a", strict=True, directory_settled_s=0.5)
+        assert grown.kind is FillKind.LEASED
+        assert await directory.holders("k") == ("a", "b")
+        with pytest.raises(ConfigurationError):
+            await directory.fill("k", "a", strict=True, directory_settled_s=-1.0)
