@@ -34,7 +34,13 @@ async def test_l2_on_a_cluster_reads_back_every_value_from_namespaces_on_every_p
     """Through one node's URL, L2 finds the cluster; a namespace's keys share its hash slot,
     and namespaces spread over every primary; every value reads back equal to what was
     written, with its version; deletes and exists too."""
-    tiers = [L2Tier(redis_url=valkey_cluster.url, namespace=_namespace()) for _ in range(12)]
+    by_third: dict[int, str] = {}  # four namespaces in each third of the slot space
+    while len(by_third) < 12:
+        name = _namespace()
+        third = key_hash_slot(name) * 3 // 16384
+        if sum(1 for t in by_third.values() if key_hash_slot(t) * 3 // 16384 == third) < 4:
+            by_third[len(by_third)] = name
+    tiers = [L2Tier(redis_url=valkey_cluster.url, namespace=name) for name in by_third.values()]
     keys = [f"k{i}" for i in range(KEYS // len(tiers))]
     thirds: set[int] = set()
     for l2 in tiers:
