@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from sagemem.spec.invariants import invariants_for
 from sagemem.spec.model import (
+    DEEP_FORGET_BOUNDS,
     Bounds,
     ProtocolDefinition,
     deep,
@@ -337,7 +338,7 @@ def _explore_task(defn: ProtocolDefinition) -> _Task:
     label = (
         f"explore  {defn.mode.value:<8} {defn.agents} agents, {defn.writes} writes, "
         f"fault budget {defn.fault_budget}"
-        + (", directory forgets" if defn.directory_forgets else "")
+        + (", the directory forgets (its only fault)" if defn.directory_forgets else "")
     )
 
     def run(line: ProgressLine) -> CheckReport:
@@ -437,8 +438,9 @@ def explored_definitions(
                 ),
             ),
         )
-    spec = deep(mode, table=table) if options.deep else quick(mode, table=table)
-    return (*spec, *forgetting(mode, deep=options.deep, table=table))
+    if options.deep:
+        return (*deep(mode, table=table), *forgetting(mode, DEEP_FORGET_BOUNDS, table=table))
+    return (*quick(mode, table=table), *forgetting(mode, table=table))
 
 
 def _plan(options: CheckOptions, table: tuple[Rule, ...]) -> list[_Task]:

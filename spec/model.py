@@ -17,6 +17,7 @@ and runs those. The few effects `meaning.EFFECTS_IN_CODE` lists keep code here (
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, cast
@@ -253,18 +254,12 @@ DEEP_BOUNDS: Final[tuple[Bounds, ...]] = (Bounds(3, 2, 1), Bounds(4, 1, 1))
 
 
 def definitions(
-    mode: Mode,
-    bounds: tuple[Bounds, ...],
-    *,
-    table: tuple[Rule, ...] = TABLE,
-    directory_forgets: bool = False,
+    mode: Mode, bounds: tuple[Bounds, ...], *, table: tuple[Rule, ...] = TABLE
 ) -> tuple[ProtocolDefinition, ...]:
     """One ProtocolDefinition per bound, all with every fault event enabled, the L2
     rollback included (`l2_rollback`: an environment fault outside the table), and the
     write-update relay offered beside the invalidating one (`write_update`: production picks
-    one per relay, so the definitions offer both); with `directory_forgets`, the directory
-    forgetting too (DIRECTORY_FORGETS, named "...-forgets")."""
-    suffix = "-forgets" if directory_forgets else ""
+    one per relay, so the definitions offer both)."""
     return tuple(
         ProtocolDefinition(
             mode=mode,
@@ -272,40 +267,43 @@ def definitions(
             agents=b.agents,
             writes=b.writes,
             fault_budget=b.fault_budget,
-            name=f"{mode.value}-{b.agents}agents-{b.writes}writes-{b.fault_budget}faults{suffix}",
+            name=f"{mode.value}-{b.agents}agents-{b.writes}writes-{b.fault_budget}faults",
             l2_rollback=True,
             write_update=True,
-            directory_forgets=directory_forgets,
         )
         for b in bounds
     )
 
 
-FORGET_BOUNDS: Final[dict[Mode, tuple[Bounds, ...]]] = {
-    Mode.COHERENT: (Bounds(2, 1, 1),),
-    Mode.STRICT: (Bounds(3, 1, 1),),
-}
-"""`sagemem check`: the bounds explored again with the directory forgetting (DIRECTORY_FORGETS),
-beside the quick ones. It multiplies the states by 2.5 (strict) to 7 (coherent, 3 agents), so
-the quick check takes the smallest bound that shows each mode's hazard: coherent, a holder the
-forgotten directory no longer lists (2 agents); strict, a fill of the unsettled version while a
-cut holder still serves the old one (3 agents)."""
+FORGET_BOUNDS: Final[tuple[Bounds, ...]] = (Bounds(2, 1, 1),)
+"""`sagemem check`: the bounds explored with the directory forgetting (`forgetting`), beside
+the quick ones: 2 agents, 1 write, the forget as the run's one fault."""
 
-DEEP_FORGET_BOUNDS: Final[dict[Mode, tuple[Bounds, ...]]] = {
-    Mode.COHERENT: (Bounds(3, 1, 1), Bounds(2, 2, 1)),
-    Mode.STRICT: (Bounds(2, 2, 1), Bounds(4, 1, 1)),
-}
+DEEP_FORGET_BOUNDS: Final[tuple[Bounds, ...]] = (Bounds(3, 1, 1), Bounds(2, 2, 1))
 """`sagemem check --deep`: the bounds explored with the directory forgetting, beside the deep
-ones (the deep bounds themselves with it would take hours: see FORGET_BOUNDS)."""
+ones (3 agents/1 write is the smallest bound where a strict fill could read an unsettled
+version while a cut holder serves the old one; `tests/unit/test_directory_forgets.py` runs
+it too)."""
 
 
 def forgetting(
-    mode: Mode, *, deep: bool = False, table: tuple[Rule, ...] = TABLE
+    mode: Mode, bounds: tuple[Bounds, ...] = FORGET_BOUNDS, *, table: tuple[Rule, ...] = TABLE
 ) -> tuple[ProtocolDefinition, ...]:
-    """The definitions of `mode` explored with the directory forgetting (FORGET_BOUNDS, or
-    DEEP_FORGET_BOUNDS with `deep`)."""
-    bounds = (DEEP_FORGET_BOUNDS if deep else FORGET_BOUNDS)[mode]
-    return definitions(mode, bounds, table=table, directory_forgets=True)
+    """One definition per bound in which the directory forgets (DIRECTORY_FORGETS) as the
+    run's one fault: no other fault event is offered (nor the L2 rollback), since a run with
+    one of them and no forget is a run of the quick (or deep) definitions. The forget
+    multiplies the states after it several times over (it cuts every link), so it has bounds
+    of its own rather than being on in the quick ones."""
+    return tuple(
+        dataclasses.replace(
+            defn,
+            faults=frozenset(),
+            l2_rollback=False,
+            directory_forgets=True,
+            name=f"{defn.name}-forgets",
+        )
+        for defn in definitions(mode, bounds, table=table)
+    )
 
 
 def quick(mode: Mode, *, table: tuple[Rule, ...] = TABLE) -> tuple[ProtocolDefinition, ...]:
@@ -802,7 +800,8 @@ SITE_KEY: Final[dict[Site, ActorState]] = {
 def _offers(defn: ProtocolDefinition, state: State) -> Iterator[tuple[Event, int | None, int]]:
     """Every (event, subject agent, payload) the environment offers in `state`."""
     budget = defn.fault_budget
-    faults = defn.faults if budget is None or state.faults < budget else frozenset()
+    budget_left = budget is None or state.faults < budget
+    faults = defn.faults if budget_left else frozenset()
     for a, ag in enumerate(state.agents):
         if ag.gone:  # a departed agent's records only expire
             if ag.grant != NO_GRANT:
@@ -851,7 +850,7 @@ def _offers(defn: ProtocolDefinition, state: State) -> Iterator[tuple[Event, int
             yield Event.OUTBOX_RELAY_STORE, None, 0
     if state.l2 >= 0 and Event.L2_EVICT in faults:
         yield Event.L2_EVICT, None, 0
-    if defn.directory_forgets and faults:
+    if defn.directory_forgets and budget_left:
         yield Event.L2_EVICT, None, DIRECTORY_FORGETS
     if defn.l2_rollback and faults and state.l2_high >= 0:
         # any version up to the newest L2 held, older than its copy (see `_rollback`)
