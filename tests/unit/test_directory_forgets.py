@@ -195,6 +195,15 @@ def test_the_real_table_passes_with_the_directory_forgetting(
     assert int(report.summary["states"]) > 2 * int(without.summary["states"])
 
 
+def test_strict_passes_with_the_forget_and_one_more_fault() -> None:
+    """Strict, 2 agents, 1 write, fault budget 2: the forget with any other fault (a crash or
+    a lapsed lease of a cut agent, a disconnect, a lost message...) in the same run; the L2
+    rollback is off, as in every 2-fault bound (see test_l2_rollback)."""
+    defn = dataclasses.replace(_defn(Mode.STRICT), fault_budget=2, l2_rollback=False)
+    report = explore(defn)
+    assert report.ok, _trace_text(report)
+
+
 def _keeps_links(forget: object) -> object:
     """A forget that only clears the directory: the agents' links survive (a bus that is not
     pinned to the directory's primary)."""
