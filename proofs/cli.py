@@ -41,7 +41,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
 from sagemem.spec.invariants import invariants_for
-from sagemem.spec.model import Bounds, ProtocolDefinition, deep, definitions, quick
+from sagemem.spec.model import (
+    DEEP_FORGET_BOUNDS,
+    Bounds,
+    ProtocolDefinition,
+    deep,
+    definitions,
+    forgetting,
+    quick,
+)
 from sagemem.spec.table import TABLE, Rule
 from sagemem.spec.vocabulary import Mode
 
@@ -330,6 +338,7 @@ def _explore_task(defn: ProtocolDefinition) -> _Task:
     label = (
         f"explore  {defn.mode.value:<8} {defn.agents} agents, {defn.writes} writes, "
         f"fault budget {defn.fault_budget}"
+        + (", the directory forgets (its only fault)" if defn.directory_forgets else "")
     )
 
     def run(line: ProgressLine) -> CheckReport:
@@ -414,8 +423,9 @@ def _bmc_task(defn: ProtocolDefinition, depth: int, workers: int) -> _Task:
 def explored_definitions(
     options: CheckOptions, mode: Mode, table: tuple[Rule, ...]
 ) -> tuple[ProtocolDefinition, ...]:
-    """The definitions the explorer checks in `mode`: the spec's quick or deep set, or one
-    definition with the bounds given on the command line."""
+    """The definitions the explorer checks in `mode`: the spec's quick or deep set and the
+    bounds explored with the directory forgetting (`forgetting`), or one definition with the
+    bounds given on the command line."""
     if options.custom_bounds:
         base = ProtocolDefinition(mode=mode, table=table, write_update=True)
         return (
@@ -428,7 +438,9 @@ def explored_definitions(
                 ),
             ),
         )
-    return deep(mode, table=table) if options.deep else quick(mode, table=table)
+    if options.deep:
+        return (*deep(mode, table=table), *forgetting(mode, DEEP_FORGET_BOUNDS, table=table))
+    return (*quick(mode, table=table), *forgetting(mode, table=table))
 
 
 def _plan(options: CheckOptions, table: tuple[Rule, ...]) -> list[_Task]:

@@ -85,9 +85,9 @@ from sagemem.spec.model import (
     State,
     Transition,
     canonical,
+    consults_no_row,
     describe,
     initial_state,
-    is_rollback,
     offer_transitions,
     offers,
     transitions,
@@ -1123,12 +1123,13 @@ def _counterexample(
 
 def _offer_key(state: State, event: Event, agent: int | None, payload: int) -> OfferKey | None:
     """The (row key, event) whose rows and refusals decide this offer of `state`, or None for
-    an offer that consults no row (an L2 rollback, an Invalid agent leaving)."""
+    an offer that consults no row (an L2 rollback, the directory forgetting or an agent noticing
+    it, an Invalid agent leaving)."""
     if event is Event.EVICT and payload == LEAVE:
         if agent is not None and state.agents[agent].st is L1State.S:
             return L1State.S, Event.EVICT  # a Shared copy leaves through its EVICT row
         return None
-    if is_rollback(event, payload):
+    if consults_no_row(event, payload):
         return None
     site = EVENT_SITE[event]
     if site is Site.AGENT and agent is not None:

@@ -52,9 +52,9 @@ from sagemem.spec.model import (
     ProtocolDefinition,
     State,
     consulted_refusals,
+    consults_no_row,
     definitions,
     describe,
-    is_rollback,
     offer_transitions,
     offers,
     quick,
@@ -984,7 +984,7 @@ def compare_state_spaces(
         for event, agent, payload in offers(original, state):
             if agent is not None and payload == LEAVE and event is Event.EVICT:
                 names = by_key.get((L1State.S, Event.EVICT), [])  # LEAVE runs (S, EVICT)
-            elif is_rollback(event, payload):
+            elif consults_no_row(event, payload):
                 continue  # an environment step: no row is consulted
             else:
                 site = EVENT_SITE[event]

@@ -16,17 +16,20 @@ condition and the successor state, built by applying the row's effects in order 
 A state that breaks no invariant but reaches a (state, event) that the table leaves undefined,
 doubles, or lists as impossible steps into a state whose `viol` code is `VIOLATION_DEFECT`.
 
-Two environment events of the model are NOT encoded, by design: an agent leaving
-(`ProtocolDefinition.leaves`) and an L2 rollback (`ProtocolDefinition.l2_rollback`, the L2
-copy going back to an older snapshot; `sagemem.spec.model.ROLLBACK_TO`). Neither is a row of
+Three environment events of the model are NOT encoded, by design: an agent leaving
+(`ProtocolDefinition.leaves`), the directory forgetting (`ProtocolDefinition.directory_forgets`,
+`sagemem.spec.model.DIRECTORY_FORGETS`: its `cut` field, the LINK_LOST step and the strict
+wait on a young directory are the explorer's, like the rollback's marks) and an L2 rollback
+(`ProtocolDefinition.l2_rollback`, the L2
+copy going back to an older snapshot; `sagemem.spec.model.ROLLBACK_TO`). None is a row of
 the table, so the one-step checks (totality, determinism, rows keeping the type invariant) do
 not concern them; the rollback also needs what this version-level abstraction leaves out:
 the values of older versions (`names`), and the marks that exempt a restored copy, and the
 copies read from it, from the global recency properties (`l2_restored`, `restored`), which
-would have to be encoded in every invariant they relax. The offers below ignore both flags,
+would have to be encoded in every invariant they relax. The offers below ignore the flags,
 so an `Encoding` of a definition with them set is the encoding of that definition without
 them; the explorer (`proofs.explore`, whose quick and deep definitions turn the rollback on)
-is the checker of both events, and the cross-checks with the model run on definitions
+is the checker of these events, and the cross-checks with the model run on definitions
 without them.
 
 This module must never import the production package `sagemem` (only `sagemem.spec`).

@@ -209,8 +209,8 @@ def fill_respects_invalidations(defn: ProtocolDefinition, state: State) -> str |
 
 
 def _covered(ag: AgentState, version: int, state: State) -> bool:
-    if ag.missed:
-        return True
+    if ag.missed or ag.cut:
+        return True  # a detected loss, or a link cut by a forgetting directory (bound to be)
     if any(m != RECALL for m in ag.inbox):
         return True  # any invalidation drops an S copy and turns a fill into IS_D_I
     return ag.registered and state.outbox > version
@@ -254,7 +254,7 @@ def shared_copies_registered(defn: ProtocolDefinition, state: State) -> str | No
     """Every Shared copy is listed in the directory (so the next write's relay reaches it),
     unless an invalidation is already on its way to it or its loss was detected."""
     for i, ag in enumerate(state.agents, start=1):
-        being_invalidated = ag.missed or any(m != RECALL for m in ag.inbox)
+        being_invalidated = ag.missed or ag.cut or any(m != RECALL for m in ag.inbox)
         if ag.st is L1State.S and not ag.registered and not being_invalidated:
             return f"agent{i} holds a Shared copy the directory does not list"
     return None
@@ -486,7 +486,7 @@ def is_quiescent(defn: ProtocolDefinition, state: State) -> bool:
     for ag in state.agents:
         if ag.st not in STABLE_STATES or ag.req is not Request.NONE:
             return False
-        if ag.inbox or ag.missed or ag.ack_owed or ag.grant == GRANT_DEAD_INCARNATION:
+        if ag.inbox or ag.missed or ag.cut or ag.ack_owed or ag.grant == GRANT_DEAD_INCARNATION:
             return False
         if ag.grant == GRANT_LIVE_INCARNATION and not ag.lease:
             return False

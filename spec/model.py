@@ -17,6 +17,7 @@ and runs those. The few effects `meaning.EFFECTS_IN_CODE` lists keep code here (
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, cast
@@ -62,11 +63,18 @@ from .vocabulary import (
 
 __all__ = [
     "ALL_FAULTS",
+    "CUT_NOTICED",
+    "CUT_UNNOTICED",
     "DEEP_BOUNDS",
+    "DEEP_FORGET_BOUNDS",
+    "DIRECTORY_FORGETS",
+    "DIRECTORY_WAITS",
     "FAULT_EVENT_SET",
+    "FORGET_BOUNDS",
     "GRANT_DEAD_INCARNATION",
     "GRANT_LIVE_INCARNATION",
     "LEAVE",
+    "LINK_LOST",
     "MESSAGE_EVENTS",
     "NO_GRANT",
     "OPERATION",
@@ -92,11 +100,16 @@ __all__ = [
     "Transition",
     "canonical",
     "consulted_refusals",
+    "consults_no_row",
     "deep",
     "definitions",
     "describe",
+    "directory_young",
+    "forgetting",
     "holds",
     "initial_state",
+    "is_forget",
+    "is_link_lost",
     "is_rollback",
     "is_update",
     "message_version",
@@ -139,6 +152,10 @@ class AgentState(NamedTuple):
     # if that is above its floor (else 0: the floor check is stronger; strict mode's
     # linearizable_reads is stronger still)
     restored: bool  # ghost: its fill data or copy came from an L2 copy a rollback restored
+    # the directory forgetting (see DIRECTORY_FORGETS; not encoded for Z3)
+    cut: int = 0  # its bus link went down with the directory's primary (the directory forgot):
+    # CUT_UNNOTICED (it hears nothing and still serves its copies), CUT_NOTICED (missed
+    # messages noticed, not yet resynchronised), else 0
 
 
 class State(NamedTuple):
@@ -165,7 +182,7 @@ class State(NamedTuple):
     l2_restored: bool  # ghost: the L2 copy was put back by a rollback, not by a protocol step
 
 
-UNENCODED_AGENT_FIELDS: Final = frozenset({"val", "dval", "rstart", "gone", "restored"})
+UNENCODED_AGENT_FIELDS: Final = frozenset({"val", "dval", "rstart", "gone", "restored", "cut"})
 """Agent fields of the value level and the read guarantees: checked by the explorer (and the
 hostile scenarios), not encoded for Z3 (the Z3 encoding is the version-level abstraction)."""
 UNENCODED_GLOBAL_FIELDS: Final = frozenset({"hval", "l2val", "names", "completed", "l2_restored"})
@@ -202,6 +219,8 @@ class ProtocolDefinition:
     # write-update: a write-through's relay may publish updates (OUTBOX_RELAY_UPDATE) instead
     # of invalidations; both relays stay offered, as production falls back to invalidating
     write_update: bool = False
+    # environment: the directory's Redis primary fails over and forgets (DIRECTORY_FORGETS)
+    directory_forgets: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.agents <= 6:
@@ -256,6 +275,37 @@ def definitions(
     )
 
 
+FORGET_BOUNDS: Final[tuple[Bounds, ...]] = (Bounds(2, 1, 1),)
+"""`sagemem check`: the bounds explored with the directory forgetting (`forgetting`), beside
+the quick ones: 2 agents, 1 write, the forget as the run's one fault."""
+
+DEEP_FORGET_BOUNDS: Final[tuple[Bounds, ...]] = (Bounds(3, 1, 1), Bounds(2, 2, 1))
+"""`sagemem check --deep`: the bounds explored with the directory forgetting, beside the deep
+ones (3 agents/1 write is the smallest bound where a strict fill could read an unsettled
+version while a cut holder serves the old one; `tests/unit/test_directory_forgets.py` runs
+it too)."""
+
+
+def forgetting(
+    mode: Mode, bounds: tuple[Bounds, ...] = FORGET_BOUNDS, *, table: tuple[Rule, ...] = TABLE
+) -> tuple[ProtocolDefinition, ...]:
+    """One definition per bound in which the directory forgets (DIRECTORY_FORGETS) as the
+    run's one fault: no other fault event is offered (nor the L2 rollback), since a run with
+    one of them and no forget is a run of the quick (or deep) definitions. The forget
+    multiplies the states after it several times over (it cuts every link), so it has bounds
+    of its own rather than being on in the quick ones."""
+    return tuple(
+        dataclasses.replace(
+            defn,
+            faults=frozenset(),
+            l2_rollback=False,
+            directory_forgets=True,
+            name=f"{defn.name}-forgets",
+        )
+        for defn in definitions(mode, bounds, table=table)
+    )
+
+
 def quick(mode: Mode, *, table: tuple[Rule, ...] = TABLE) -> tuple[ProtocolDefinition, ...]:
     """The quick definitions of `mode` (see QUICK_BOUNDS)."""
     return definitions(mode, QUICK_BOUNDS, table=table)
@@ -288,6 +338,7 @@ _EMPTY_AGENT: Final = AgentState(
     gone=False,
     rstart=0,
     restored=False,
+    cut=0,
 )
 
 
@@ -346,6 +397,13 @@ class Transition(NamedTuple):
                 f"L2 goes back to v{version} (w{self.target.l2val}), an older copy (Redis "
                 "restored from an older snapshot)"
             )
+        elif is_forget(self.event, self.payload):
+            detail = (
+                "the directory's primary fails over and its replica forgets every holder, owed "
+                "ack and fill lease; every agent's bus link drops (messages in flight lost)"
+            )
+        elif is_link_lost(self.event, self.payload):
+            detail = "the agent notices its bus link dropped (missed messages: RESYNC follows)"
         elif self.refusal is not None:
             detail = f"{self.refusal.source.name} not applicable: {self.refusal.reason}"
             if self.target.violation:
@@ -480,7 +538,7 @@ class _Work:
 
 # field positions
 _ST, _VER, _DATA, _FLOOR, _MISSED, _INBOX, _REQ, _LEASE, _RLEASE, _REG, _ACK, _GRANT = range(12)
-_L2L, _UNSAVED, _OP, _TOLD, _VAL, _DVAL, _GONE, _RSTART, _RES = range(12, 21)
+_L2L, _UNSAVED, _OP, _TOLD, _VAL, _DVAL, _GONE, _RSTART, _RES, _CUT = range(12, 22)
 _HOME, _OUTBOX, _DIRTY, _L2, _L2HIGH, _COMMITS, _WRITES, _FAULTS, _DONE, _READMAX, _VIOL = range(11)
 _HVAL, _L2VAL, _NAMES, _COMPLETED, _L2RESTORED = range(11, 16)
 
@@ -494,8 +552,9 @@ def _violate(w: _Work, text: str) -> None:
 def _in_flight(ag: list[Any]) -> bool:
     """An invalidation is addressed to the agent (in its inbox: any one drops a Shared copy and
     turns a fill into IS_D_I), or the loss of one was detected (reads of shared copies wait
-    for RESYNC)."""
-    return bool(ag[_MISSED]) or any(m != RECALL for m in ag[_INBOX])
+    for RESYNC), or its link went down with a forgetting directory (`cut`: it is bound to
+    notice, and a strict write waits until it has resynchronised, see `directory_young`)."""
+    return bool(ag[_MISSED]) or ag[_CUT] != 0 or any(m != RECALL for m in ag[_INBOX])
 
 
 def _check_read(w: _Work, mode: Mode, a: int, version: int, value: int) -> None:
@@ -576,8 +635,8 @@ def _fresh_value(w: _Work) -> int:
 
 
 def _add_message(ag: list[Any], message: int) -> None:
-    if ag[_GONE]:
-        return  # nobody listens for a departed agent
+    if ag[_GONE] or ag[_CUT] == CUT_UNNOTICED:
+        return  # nobody listens for a departed agent; a cut link (DIRECTORY_FORGETS) hears nothing
     inbox = ag[_INBOX]
     assert isinstance(inbox, tuple)
     if message not in inbox:
@@ -741,7 +800,8 @@ SITE_KEY: Final[dict[Site, ActorState]] = {
 def _offers(defn: ProtocolDefinition, state: State) -> Iterator[tuple[Event, int | None, int]]:
     """Every (event, subject agent, payload) the environment offers in `state`."""
     budget = defn.fault_budget
-    faults = defn.faults if budget is None or state.faults < budget else frozenset()
+    budget_left = budget is None or state.faults < budget
+    faults = defn.faults if budget_left else frozenset()
     for a, ag in enumerate(state.agents):
         if ag.gone:  # a departed agent's records only expire
             if ag.grant != NO_GRANT:
@@ -773,6 +833,8 @@ def _offers(defn: ProtocolDefinition, state: State) -> Iterator[tuple[Event, int
                 yield alternative, a, 0
         if ag.missed:
             yield Event.RESYNC, a, 0
+        if ag.cut == CUT_UNNOTICED:
+            yield Event.RESYNC, a, LINK_LOST
         if Event.LEASE_LAPSE in faults:
             yield Event.LEASE_LAPSE, a, 0
         if Event.CRASH in faults:
@@ -788,6 +850,8 @@ def _offers(defn: ProtocolDefinition, state: State) -> Iterator[tuple[Event, int
             yield Event.OUTBOX_RELAY_STORE, None, 0
     if state.l2 >= 0 and Event.L2_EVICT in faults:
         yield Event.L2_EVICT, None, 0
+    if defn.directory_forgets and budget_left:
+        yield Event.L2_EVICT, None, DIRECTORY_FORGETS
     if defn.l2_rollback and faults and state.l2_high >= 0:
         # any version up to the newest L2 held, older than its copy (see `_rollback`)
         newest = min(state.l2 if state.l2 >= 0 else state.home + 1, state.l2_high + 1)
@@ -801,6 +865,10 @@ def _label(event: Event, a: int | None, payload: int, detail: str) -> str:
         what = "LEAVE (close)"
     elif is_rollback(event, payload):
         what = f"L2_ROLLBACK(v{payload - ROLLBACK_TO})"
+    elif is_forget(event, payload):
+        what = "DIRECTORY_FORGETS"
+    elif is_link_lost(event, payload):
+        what = "LINK_LOST (noticed)"
     elif event in (Event.DELIVER_INVALIDATE, Event.DROP_MESSAGE) and payload != RECALL:
         what = f"{event.name}(v{payload})"
     elif event is Event.DROP_MESSAGE:
@@ -850,6 +918,15 @@ def _offer_steps(
     if payload >= ROLLBACK_TO and event is Event.L2_EVICT:
         yield _rollback(state, payload)
         return
+    if is_forget(event, payload):
+        yield _forget(state)
+        return
+    if is_link_lost(event, payload):
+        assert a is not None
+        yield _link_lost(state, a)
+        return
+    if defn.mode is Mode.STRICT and event in DIRECTORY_WAITS and directory_young(state):
+        return  # strict: waits for a directory old enough (see directory_young)
     site = EVENT_SITE[event]
     key: RowKey = state.agents[a].st if site is Site.AGENT and a is not None else SITE_KEY[site]
     entry = index.get((key, event))
@@ -930,6 +1007,11 @@ def _offer_steps(
             w.agents[a][_RSTART] = completed if completed > w.agents[a][_FLOOR] else 0
     for effect in rule.effects:
         _apply(effect, w, defn.mode, a, payload)
+    if a is not None and w.agents[a][_CUT]:
+        if Effect.LOSE_VOLATILE_STATE in rule.effects:
+            w.agents[a][_CUT] = 0  # the restarted process connects afresh, to the new primary
+        elif event is Event.RESYNC and w.agents[a][_CUT] == CUT_NOTICED:
+            w.agents[a][_CUT] = 0  # resubscribed on the new primary, its copies revalidated
     yield Transition(event, kind, a, payload, rule, w.freeze())
 
 
@@ -971,6 +1053,7 @@ def _leave(
     left[_L2L] = False
     left[_OP] = OP_NONE
     left[_RSTART] = 0
+    left[_CUT] = 0
     left[_GONE] = True
     return Transition(Event.EVICT, EventKind.FAULT, a, LEAVE, rule, w.freeze())
 
@@ -1007,6 +1090,90 @@ def _rollback(state: State, payload: int) -> Transition:
     w.g[_L2VAL] = state.names[version]
     w.g[_L2RESTORED] = True
     return Transition(Event.L2_EVICT, EventKind.FAULT, None, payload, None, w.freeze())
+
+
+CUT_UNNOTICED: Final = 1
+"""`AgentState.cut`: the agent's link went down with the forgetting directory's primary and it
+has not noticed: it hears nothing (messages to it are lost) and still serves its copies."""
+CUT_NOTICED: Final = 2
+"""`AgentState.cut`: it noticed (LINK_LOST: its bus has missed messages) and has not yet
+resynchronised (RESYNC) nor restarted (CRASH) nor left."""
+
+DIRECTORY_FORGETS: Final = -2
+"""Payload of the L2_EVICT step that is the directory forgetting (see `_forget`)."""
+LINK_LOST: Final = -3
+"""Payload of the RESYNC step in which an agent notices that its bus link went down with the
+directory's primary (see `_link_lost`)."""
+
+
+def is_forget(event: Event, payload: int) -> bool:
+    """Whether the step (event, payload) is the directory forgetting (DIRECTORY_FORGETS)."""
+    return event is Event.L2_EVICT and payload == DIRECTORY_FORGETS
+
+
+def is_link_lost(event: Event, payload: int) -> bool:
+    """Whether the step (event, payload) is an agent noticing its cut bus link (LINK_LOST)."""
+    return event is Event.RESYNC and payload == LINK_LOST
+
+
+def consults_no_row(event: Event, payload: int) -> bool:
+    """Whether the step is an environment step that consults no row of the table: an L2
+    rollback, the directory forgetting, or an agent noticing its cut link."""
+    return is_rollback(event, payload) or is_forget(event, payload) or is_link_lost(event, payload)
+
+
+DIRECTORY_WAITS: Final = frozenset({Event.WRITE_SETTLED, Event.FILL_FETCH})
+"""Strict: the steps that wait while the directory is young (`directory_young`): a write's
+settling, and a fill's fetch (else a fill could return the unsettled new version while a
+holder whose link went down still serves the old one: a newer read, then an older one)."""
+
+
+def directory_young(state: State) -> bool:
+    """Strict: the directory is too young for a write to settle, as some agent whose link went
+    down when it forgot has not yet resynchronised (nor restarted, nor left): `AgentState.cut`.
+    Production's rule, with clocks: a strict write settles only on a directory older than
+    `CoherenceBus.link_trust_s` plus a margin (`settle_guard`'s `directory_settled_s`; the
+    directory's birth key is set anew on the new primary), and a strict holder serves a
+    Shared copy only while a frame confirmed its link within `link_trust_s`
+    (`answers.trusted`; otherwise the copy lapses and the read refetches): once the directory
+    is that old, no holder of the forgotten directory still serves a copy from before it
+    forgot. The model has no clocks: its counterpart of that moment is every such agent's
+    RESYNC (which drops a Shared copy and turns a fill into IS_D_I)."""
+    return any(ag.cut for ag in state.agents)
+
+
+def _forget(state: State) -> Transition:
+    """The directory's Redis primary fails over (`ProtocolDefinition(directory_forgets=True)`;
+    or a single Redis restarts without persistence): the promoted replica has lost the
+    primary's recent writes. Worst case, the directory forgets everything it holds for the key:
+    every holder registration, owed acknowledgement and fill lease. Every agent's bus listener
+    is pinned to that primary, so every link drops at once: each agent's messages in flight
+    are lost, and until it notices (LINK_LOST, then RESYNC as after DISCONNECT) it hears
+    nothing and still serves its copies (`cut`). The home (versions, outbox, grants) is not
+    affected; L2's loss is the L2 rollback (ROLLBACK_TO). An environment fault outside the
+    table, counted against the fault budget."""
+    w = _Work(state)
+    w.g[_FAULTS] = state.faults + 1
+    for ag in w.agents:
+        ag[_REG] = False
+        ag[_ACK] = False
+        ag[_L2L] = False
+        if not ag[_GONE]:
+            ag[_INBOX] = ()
+            ag[_CUT] = CUT_UNNOTICED
+    return Transition(Event.L2_EVICT, EventKind.FAULT, None, DIRECTORY_FORGETS, None, w.freeze())
+
+
+def _link_lost(state: State, a: int) -> Transition:
+    """The agent notices that its bus link went down with the forgetting directory's primary
+    (a failed health check, the connection's error, or its link trust lapsing): its bus has
+    missed messages, and RESYNC follows as after DISCONNECT. A protocol-internal step, owed
+    to every cut agent (weak fairness covers RESYNC)."""
+    w = _Work(state)
+    ag = w.agents[a]
+    ag[_CUT] = CUT_NOTICED
+    ag[_MISSED] = True
+    return Transition(Event.RESYNC, EventKind.INTERNAL, a, LINK_LOST, None, w.freeze())
 
 
 _ANSWERED_OPERATIONS: Final = {
@@ -1080,7 +1247,7 @@ def consulted_refusals(defn: ProtocolDefinition, state: State) -> Iterator[Refus
         return
     index = _index(defn)
     for event, a, payload in _offers(defn, state):
-        if (payload == LEAVE and event is Event.EVICT) or is_rollback(event, payload):
+        if (payload == LEAVE and event is Event.EVICT) or consults_no_row(event, payload):
             continue
         site = EVENT_SITE[event]
         key: RowKey = state.agents[a].st if site is Site.AGENT and a is not None else SITE_KEY[site]
@@ -1121,6 +1288,8 @@ def describe(state: State) -> str:
             bits.append(f"floor=v{ag.floor}")
         if ag.missed:
             bits.append("MISSED")
+        if ag.cut:
+            bits.append("LINK_CUT" if ag.cut == CUT_UNNOTICED else "cut_unsynced")
         if ag.inbox:
             msgs = ",".join(
                 "recall"
