@@ -242,9 +242,9 @@ class RedisDirectory:
     `command_slots` bounds the calls in flight on the borrowed client, so that its pool never
     needs more connections than it may open (redis-py fails a call with "Too many
     connections" instead of waiting): pass the bus's `command_slots` when the client is the
-    bus's; None makes one of the size of the client's pool. `on_cluster` (the bus's
-    `on_cluster`) says the client talks to the cluster node serving the namespace's slot;
-    `on_moved` (the bus's `home_moved`) is told when that node answers MOVED.
+    bus's; None makes one of the size of the client's pool. `on_moved` (the bus's
+    `home_moved`) is told when the server answers MOVED (on a cluster, the node no longer
+    serves the namespace's slot).
     """
 
     def __init__(
@@ -260,7 +260,6 @@ class RedisDirectory:
         value_size_max_bytes: int = VALUE_SIZE_MAX_BYTES,
         command_timeout_s: float = 10.0,
         command_slots: asyncio.Semaphore | None = None,
-        on_cluster: bool = False,
         on_moved: Callable[[str], None] | None = None,
     ) -> None:
         if not isinstance(client, aioredis.Redis):
@@ -299,19 +298,10 @@ class RedisDirectory:
         self._slots: Final = command_slots
         self._scripts: Final = register_directory_scripts(client)
         self._prefix: Final = keyspace.directory_prefix(self.namespace)
-        if type(on_cluster) is not bool:
-            raise ConfigurationError(
-                f"RedisDirectory on_cluster must be a bool (the bus's `on_cluster`), got "
-                f"{on_cluster!r:.80}"
-            )
         self._on_moved: Final = on_moved
         # A script may touch only keys of its own slot on a cluster: the birth is then the
-        # namespace's; one server keeps one birth for every namespace.
-        self._birth_key: Final = (
-            keyspace.directory_birth_key(self.namespace)
-            if on_cluster
-            else keyspace.DIRECTORY_BIRTH_KEY
-        )
+        # namespace's; one server keeps one birth for every namespace (the scripts pick).
+        self._birth_key: Final = keyspace.directory_birth_key(self.namespace)
         self._l2_prefix: Final = keyspace.l2_prefix(self.namespace)  # L2Tier's own keys
         self._channel_prefix: Final = keyspace.bus_prefix(self.namespace)
         self._fills = 0
@@ -423,6 +413,7 @@ class RedisDirectory:
                     1 if read_on_hit else 0,
                     1 if lease_on_miss else 0,
                     _ms(directory_settled_s) if strict and directory_settled_s > 0 else 0,
+                    keyspace.DIRECTORY_BIRTH_KEY,
                 ],
             ),
         )
@@ -635,7 +626,9 @@ class RedisDirectory:
         age_ms, owed = await self._run(
             "settle facts",
             key,
-            self._scripts.settle_facts(keys=[self.acks_key(key), self._birth_key]),
+            self._scripts.settle_facts(
+                keys=[self.acks_key(key), self._birth_key], args=[keyspace.DIRECTORY_BIRTH_KEY]
+            ),
         )
         return tuple(sorted(_text(agent) for agent in owed)), int(age_ms) / 1000.0
 

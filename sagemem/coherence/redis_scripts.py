@@ -84,11 +84,16 @@ end
 -- How long ago (ms) the directory was born on the server running the script: its birth key
 -- (a hash: the server, its clock when born) is set when missing (a server started without the
 -- data) or naming another server (on a cluster, `CLUSTER MYID`, which a failover changes: the
--- promoted replica may lack the last registrations; a single server answers an error, '-').
-local function directory_age(birth_key, now)
+-- promoted replica may lack the last registrations). On a cluster the birth is the
+-- namespace's (`namespace_key`, declared: in the script's slot); a single server answers
+-- CLUSTER MYID with an error, and keeps one birth for every namespace (`server_key`, passed as
+-- an argument: a single server runs scripts that touch undeclared keys).
+local function directory_age(namespace_key, server_key, now)
   local server = redis.pcall('CLUSTER', 'MYID')
+  local birth_key = namespace_key
   if type(server) ~= 'string' then
     server = '-'
+    birth_key = server_key
   end
   local born = redis.call('HMGET', birth_key, 'server', 'ms')
   local born_ms = tonumber(born[2])
@@ -114,8 +119,8 @@ FILL_UNSETTLED: Final = 3
 """`FILL_SCRIPT` reply kind (strict): L2 missed while acks are owed, or the directory is too
 young to list every holder still serving a copy: nothing was done."""
 
-# KEYS[1] the key's fill lease, KEYS[2] holders, KEYS[3] owed acks, KEYS[4] the directory's
-# birth key (see SETTLE_FACTS_SCRIPT).
+# KEYS[1] the key's fill lease, KEYS[2] holders, KEYS[3] owed acks, KEYS[4] the namespace's
+# directory birth key, ARGV[14] the server's (see SETTLE_FACTS_SCRIPT).
 # ARGV[1] agent, ARGV[2] a fresh random lease token, ARGV[3] lease ttl ms, ARGV[4] holder
 # ttl ms, ARGV[5] holders max, ARGV[6] '1' in strict mode, ARGV[7] the L2 copy's key, ARGV[8]
 # and ARGV[9] '1' if the FILL_FETCH row of an L2 hit / of a miss has DIRECTORY_ADD_HOLDER (the
@@ -139,8 +144,10 @@ FILL_SCRIPT: Final = (
 local agent = ARGV[1]
 local COPY = ARGV[7]
 local now = now_ms()
-if ARGV[6] == '1' and ARGV[13] ~= '0' and directory_age(KEYS[4], now) < tonumber(ARGV[13]) then
-  return {3, 0, '', 0}
+if ARGV[6] == '1' and ARGV[13] ~= '0' then
+  if directory_age(KEYS[4], ARGV[14], now) < tonumber(ARGV[13]) then
+    return {3, 0, '', 0}
+  end
 end
 local copy = redis.call('GET', COPY)
 -- A copy without a version (a plain hierarchy's write) or in a foreign format is no copy of
@@ -393,9 +400,10 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ms(now_ms()), '+inf')
 """
 )
 
-# KEYS[1] a key's owed acks, KEYS[2] the directory's birth key (a hash: the server that serves
-# the directory and when it first did, server clock in ms; the server's on one server, the
-# namespace's on a cluster). The directory is born again when the key is missing (a server
+# KEYS[1] a key's owed acks, KEYS[2] the namespace's directory birth key, ARGV[1] the server's
+# (a hash: the server that serves the directory and when it first did, server clock in ms;
+# the namespace's is used on a cluster, the server's on one server: `directory_age`). The
+# directory is born again when the key is missing (a server
 # started without the data: everything in Redis is new) or names another server: on a
 # cluster, `CLUSTER MYID` of the node running the script, which changes when a failover
 # promotes a replica that may lack the last registrations its primary took (a single server
@@ -407,7 +415,7 @@ SETTLE_FACTS_SCRIPT: Final = (
     _PRELUDE
     + """
 local now = now_ms()
-return {directory_age(KEYS[2], now), redis.call('ZRANGE', KEYS[1], 0, -1)}
+return {directory_age(KEYS[2], ARGV[1], now), redis.call('ZRANGE', KEYS[1], 0, -1)}
 """
 )
 

@@ -354,7 +354,6 @@ class CoherentL1Tier(AsyncResource):
                 lease_ttl_s=self._fill_lease_s,
                 holder_ttl_s=self._holder_ttl_s,
                 value_size_max_bytes=home.value_size_max_bytes,
-                on_cluster=self.bus.on_cluster,
                 on_moved=self.bus.home_moved,
             )
             steps = self._server_steps(self._home_steps(home), directory, self.bus)

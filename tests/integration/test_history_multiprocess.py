@@ -128,7 +128,7 @@ async def _directory_matured(redis_url: str, namespace: str) -> None:
     server's start."""
     bus = CoherenceBus(url=redis_url, namespace=namespace)
     async with bus:
-        directory = RedisDirectory(bus.client, namespace, on_cluster=bus.on_cluster)
+        directory = RedisDirectory(bus.client, namespace)
         settled_s = bus.link_trust_s * 1.1 + 0.1
         age_s = (await directory.settle_facts("k"))[1]
         if age_s < settled_s:

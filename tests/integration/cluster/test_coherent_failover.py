@@ -275,7 +275,7 @@ async def test_a_promoted_replica_is_a_new_birth_of_the_directory(
     namespace = f"t{uuid.uuid4().hex}"
     bus = CoherenceBus(redis_url=doomed_cluster.url, namespace=namespace)
     async with bus:
-        directory = RedisDirectory(bus.client, namespace, on_cluster=bus.on_cluster)
+        directory = RedisDirectory(bus.client, namespace)
         await directory.settle_facts("k")  # born now, on the primary
         await asyncio.sleep(1.0)
         age_before = (await directory.settle_facts("k"))[1]

@@ -120,7 +120,7 @@ async def test_a_strict_fill_waits_while_the_namespaces_directory_is_young(
     the directory is older than the settle time it is given; a coherent fill never waits."""
     bus = CoherenceBus(redis_url=valkey_cluster.url, namespace=namespace)
     async with bus:
-        directory = RedisDirectory(bus.client, namespace, on_cluster=bus.on_cluster)
+        directory = RedisDirectory(bus.client, namespace)
         young = await directory.fill("k", "a", strict=True, directory_settled_s=0.5)
         assert young.kind is FillKind.UNSETTLED
         assert await directory.holders("k") == ()
