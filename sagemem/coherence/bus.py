@@ -3,12 +3,12 @@
 The bus delivers `InvalidateMessage`s and `RecallMessage`s to agent ids; who must receive a
 message (the holders of a key, the owner to recall) is the directory's decision, not the bus's.
 A message of kind K about key k to agent a travels on the channel
-`sagemem-bus:<namespace>:<a>|<K's tag>|<k>` (`messages.channel_name`), so that Redis ACLs can
-confine who may publish about which keys (`sagemem.grants`); agent a receives all of its
-messages through one pattern subscription, `sagemem-bus:<namespace>:<a>|*`, and checks that
+`sagemem-bus:{<namespace>}:<a>|<K's tag>|<k>` (`messages.channel_name`), so that Redis ACLs
+can confine who may publish about which keys (`sagemem.grants`); agent a receives all of its
+messages through one pattern subscription, `sagemem-bus:{<namespace>}:<a>|*`, and checks that
 each message's channel names the kind and key the message carries (a message published on
 another key's channel is dropped and counted as misaddressed). Each agent has one sequence
-counter `sagemem-bus:<namespace>:<a>:seq`. Publishing runs one Lua script per call that, for
+counter `sagemem-bus:{<namespace>}:<a>:seq`. Publishing runs one Lua script per call that, for
 every target, INCRs the target's counter and PUBLISHes the message stamped with that number,
 atomically, so the receiving listener can tell when a message went missing.
 
@@ -25,6 +25,14 @@ The subscriber side drives a raw redis-py connection (send a command, read a rep
 `redis.asyncio.PubSub`, because `PubSub` reconnects and resubscribes by itself on a read error
 and so can lose messages without telling anyone, which is the failure this module exists to
 prevent.
+
+On a Redis/Valkey Cluster (found from the server at `connect()`) both clients talk to the
+primary serving the namespace's hash slot (the namespace is the hash tag of every key and
+channel of it, `sagemem.keyspace`), where every script of the namespace runs and publishes.
+When that node dies the link drops as above; a node that stays up but no longer serves the
+slot answers MOVED, to a probe once per health-check interval or to a publish or directory
+script (`home_moved`), and the link is given up the same way. Before reconnecting, the listener
+asks the nodes it knows which one serves the slot now and moves both clients there.
 
 This module must never let a redis exception escape: driver errors become `BusUnavailable`
 (a `TierUnavailable`) with the driver's exception as the cause.
@@ -268,7 +276,7 @@ class _Link:
         self.opened_at = asyncio.get_running_loop().time()
         self.last_frame_at = self.opened_at
         self.ping_deadline: float | None = None
-        # Set by the cluster probe when the link's node no longer serves the namespace's slot.
+        # Set (`home_moved`) when the link's node no longer serves the namespace's slot.
         self.moved: str | None = None
 
     async def send(self, *args: bytes | str) -> None:
