@@ -18,6 +18,7 @@ import asyncio
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as redis_asyncio
 from redis.exceptions import NoPermissionError, RedisError
@@ -25,6 +26,7 @@ from redis.exceptions import NoPermissionError, RedisError
 from sagemem._driver_errors import refused_by_server, tier_unavailable
 from sagemem.endpoints import redacted_url
 from sagemem.errors import ConfigurationError, ScopeViolationError, TierUnavailable
+from sagemem.values import check_namespace
 
 __all__ = [
     "HASH_SLOT_COUNT",
@@ -35,6 +37,7 @@ __all__ = [
     "detect_redis_topology",
     "detect_redis_topology_at",
     "key_hash_slot",
+    "namespace_node_url",
     "topology_or_single_node",
 ]
 
@@ -222,3 +225,32 @@ async def detect_redis_topology_at(redis_url: str) -> RedisTopology:
         return await detect_redis_topology(client)
     finally:
         await client.aclose()
+
+
+async def namespace_node_url(redis_url: str, namespace: str) -> str:
+    """The URL of the server that holds `namespace`'s keys: `redis_url` itself on one server;
+    on a cluster the same URL (credentials, database) pointed at the primary serving the
+    namespace's hash slot (every key of a namespace carries the namespace as its hash tag,
+    `sagemem.keyspace`). For tools that look at a namespace's keys or clients directly (the
+    demo's fault injection, tests); the library's own clients find the node themselves.
+
+    Raises `ConfigurationError` for a bad URL or namespace, `TierUnavailable` when the server
+    does not answer."""
+    check_namespace(namespace)
+    try:
+        client = redis_asyncio.Redis.from_url(redis_url, socket_timeout=_DETECT_TIMEOUT_S)
+    except ValueError as error:
+        raise ConfigurationError(
+            f"Redis URL {redacted_url(redis_url)!r} cannot be used: {error}; use a URL such "
+            "as 'redis://127.0.0.1:6379/0'"
+        ) from error
+    try:
+        if await topology_or_single_node(client) is not RedisTopology.CLUSTER:
+            return redis_url
+        host, port = (await cluster_map(client, key_hash_slot(namespace))).primary
+    finally:
+        await client.aclose()
+    parts = urlsplit(redis_url)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    netloc_host = f"[{host}]" if ":" in host else host
+    return urlunsplit(parts._replace(netloc=f"{userinfo}{at}{netloc_host}:{port}"))

@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 from sagemem.coherence.home import HomeStore
 from sagemem.errors import SageMemError
 from sagemem.hierarchy import MemoryHierarchy
+from sagemem.redis_topology import namespace_node_url
 from sagemem.tiers.l1 import L1Tier
 from sagemem.tiers.l2 import L2Tier
 from sagemem.tiers.l3 import L3Tier
@@ -188,7 +189,9 @@ class DemoRun(_Faults):
 
     async def _open(self) -> None:
         self._publish_run()
-        self._raw = aioredis.Redis.from_url(self._redis_url, socket_timeout=5.0)
+        # On a cluster: the node holding the namespace, where its agents' connections are.
+        node_url = await namespace_node_url(self._redis_url, self.namespace)
+        self._raw = aioredis.Redis.from_url(node_url, socket_timeout=5.0)
         self._monitor_home = L3Tier(
             dsn=self._postgres_dsn, namespace=self.namespace, schema=self.schema, pool_size_max=2
         )

@@ -20,11 +20,14 @@ __all__ = ["Cluster"]
 class Cluster:
     """A bus, a shared home and L2, and coherent agents over them (one process)."""
 
-    def __init__(self, redis_url: str, dsn: str, namespace: str, schema: str) -> None:
+    def __init__(
+        self, redis_url: str, dsn: str, namespace: str, schema: str, raw_url: str | None = None
+    ) -> None:
         self.bus = CoherenceBus(url=redis_url, namespace=namespace)
         self.home = L3Tier(dsn=dsn, namespace=namespace, schema=schema)
         self.l2 = L2Tier(url=redis_url, namespace=namespace)
-        self.redis = aioredis.Redis.from_url(redis_url)
+        # The server holding the namespace's keys (`raw_url`: on a cluster, its slot's node).
+        self.redis = aioredis.Redis.from_url(raw_url or redis_url)
         self.agents: list[CoherentL1Tier] = []
         self.traces: dict[str, list[TraceRecord]] = {}
 

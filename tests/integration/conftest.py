@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import asyncpg
 import pytest
 
+from sagemem.redis_topology import namespace_node_url
 from sagemem.services import (
     POSTGRES_DSN_ENV,
     REDIS_URL_ENV,
@@ -138,7 +139,8 @@ async def cluster(
     redis_url: str, postgres_dsn: str, namespace: str, pg_schema: str
 ) -> AsyncIterator[Cluster]:
     """A bus, a shared home and L2 in a fresh namespace and schema; agents via `agent()`."""
-    made = Cluster(redis_url, postgres_dsn, namespace, pg_schema)
+    raw_url = await namespace_node_url(redis_url, namespace)
+    made = Cluster(redis_url, postgres_dsn, namespace, pg_schema, raw_url=raw_url)
     await made.bus.connect()
     await made.home.connect()
     await made.l2.connect()

@@ -23,6 +23,7 @@ from sagemem.errors import (
     VersionConflict,
 )
 from sagemem.hierarchy import MemoryHierarchy
+from sagemem.redis_topology import namespace_node_url
 from sagemem.scope import AgentCapability, ScopedHierarchy
 from sagemem.spec.vocabulary import Guard, L1State
 from sagemem.tiers.base import TierEntry
@@ -123,7 +124,7 @@ async def test_a_foreign_l2_entry_in_the_protocol_space_is_a_miss(
     """Bytes in the protocol's L2 key that sagemem did not write are a miss, not a spin."""
     async with _agent(namespace, "a") as memory:
         await memory.set("k", "home value", tier_index=2)
-        raw = aioredis.from_url(redis_url)
+        raw = aioredis.from_url(await namespace_node_url(redis_url, namespace))
         try:
             await raw.set(f"sagemem:{{{namespace}}}:k", b"\xff not sagemem")
         finally:

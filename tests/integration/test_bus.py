@@ -28,6 +28,7 @@ from sagemem.coherence import (
 )
 from sagemem.coherence.messages import MESSAGE_SIZE_MAX_BYTES, Message, encode
 from sagemem.errors import ClosedResourceError, ConfigurationError
+from sagemem.redis_topology import namespace_node_url
 from sagemem.spec.vocabulary import MessageKind
 
 WAIT_S = 10.0
@@ -75,9 +76,12 @@ async def bus(redis_url: str, namespace: str) -> AsyncIterator[CoherenceBus]:
 
 
 @pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    """A plain redis client, for doing things behind the bus's back."""
-    client = aioredis.Redis.from_url(redis_url, socket_timeout=WAIT_S)
+async def raw(redis_url: str, namespace: str) -> AsyncIterator[aioredis.Redis]:
+    """A plain redis client, for doing things behind the bus's back (on the server that holds
+    the namespace's keys)."""
+    client = aioredis.Redis.from_url(
+        await namespace_node_url(redis_url, namespace), socket_timeout=WAIT_S
+    )
     try:
         yield client
     finally:

@@ -42,6 +42,7 @@ from sagemem.coherence.core import TraceRecord
 from sagemem.coherence.home import ABSENT, HomeRead, HomeStore
 from sagemem.coherence.messages import BusEvent
 from sagemem.errors import TierUnavailable
+from sagemem.redis_topology import namespace_node_url
 from sagemem.services import EmbeddedServices, create_private_runtime_dir, process_alive
 from sagemem.spec.conformance import divergences
 from sagemem.spec.model import Request
@@ -75,9 +76,12 @@ class BusOptions(TypedDict, total=False):
 
 
 @pytest.fixture
-async def raw_redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    """A plain redis client, for doing things behind the bus's back."""
-    client = aioredis.Redis.from_url(redis_url, socket_timeout=WAIT_S)
+async def raw_redis(redis_url: str, namespace: str) -> AsyncIterator[aioredis.Redis]:
+    """A plain redis client, for doing things behind the bus's back (on the server that holds
+    the namespace's keys)."""
+    client = aioredis.Redis.from_url(
+        await namespace_node_url(redis_url, namespace), socket_timeout=WAIT_S
+    )
     try:
         yield client
     finally:

@@ -37,6 +37,7 @@ from sagemem.coherence.directory import (
     RedisDirectory,
 )
 from sagemem.errors import ConfigurationError, InvalidValueError
+from sagemem.redis_topology import namespace_node_url
 from sagemem.spec.vocabulary import MessageKind
 from sagemem.tiers.base import TierEntry
 from sagemem.tiers.l2 import L2Tier
@@ -48,9 +49,12 @@ KEY = "belief:x"
 
 
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    """A redis client owned by the test (the directory only borrows it)."""
-    owned = aioredis.Redis.from_url(redis_url, socket_timeout=WAIT_S)
+async def client(redis_url: str, namespace: str) -> AsyncIterator[aioredis.Redis]:
+    """A redis client owned by the test (the directory only borrows it), on the server that
+    holds the namespace's keys."""
+    owned = aioredis.Redis.from_url(
+        await namespace_node_url(redis_url, namespace), socket_timeout=WAIT_S
+    )
     try:
         yield owned
     finally:
@@ -143,7 +147,9 @@ async def test_calls_beyond_the_client_pool_wait_for_a_connection(
 ) -> None:
     """Forty concurrent fills through a one-connection client all succeed: a call waits for
     the connection instead of failing with redis-py's "Too many connections"."""
-    pool = aioredis.ConnectionPool.from_url(redis_url, max_connections=1)
+    pool = aioredis.ConnectionPool.from_url(
+        await namespace_node_url(redis_url, namespace), max_connections=1
+    )
     one = aioredis.Redis(connection_pool=pool)
     try:
         directory = RedisDirectory(one, namespace)

@@ -19,6 +19,7 @@ from sagemem.errors import (
     TierUnavailable,
     ValueTooLargeError,
 )
+from sagemem.redis_topology import namespace_node_url
 from sagemem.tiers.base import TierEntry
 from sagemem.tiers.l2 import L2Tier
 
@@ -32,9 +33,10 @@ async def l2(redis_url: str, namespace: str) -> AsyncIterator[L2Tier]:
 
 
 @pytest.fixture
-async def raw_redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    """A plain redis-py client on the same server, to look behind the tier's back."""
-    client = aioredis.Redis.from_url(redis_url)
+async def raw_redis(redis_url: str, namespace: str) -> AsyncIterator[aioredis.Redis]:
+    """A plain redis-py client on the server that holds the namespace's keys, to look behind
+    the tier's back."""
+    client = aioredis.Redis.from_url(await namespace_node_url(redis_url, namespace))
     try:
         yield client
     finally:

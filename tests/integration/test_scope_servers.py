@@ -33,6 +33,7 @@ from sagemem.grants import (
     revoke_grant,
 )
 from sagemem.hierarchy import MemoryHierarchy
+from sagemem.redis_topology import namespace_node_url
 from sagemem.scope import AgentCapability, ScopedHierarchy
 from sagemem.spec.vocabulary import L1State, MessageKind
 from sagemem.tiers.dram import DRAMTier
@@ -135,9 +136,10 @@ async def hierarchy(
 
 
 @pytest.fixture
-async def admin_redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    """A privileged raw Redis client, to look behind the tiers' backs."""
-    client = aioredis.Redis.from_url(redis_url)
+async def admin_redis(redis_url: str, namespace: str) -> AsyncIterator[aioredis.Redis]:
+    """A privileged raw Redis client on the server that holds the namespace's keys, to look
+    behind the tiers' backs."""
+    client = aioredis.Redis.from_url(await namespace_node_url(redis_url, namespace))
     try:
         yield client
     finally:

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
 
 import pytest
-import redis.asyncio as aioredis
 
 from sagemem.coherence.answers import FillKind
 from sagemem.coherence.bus import CoherenceBus
@@ -21,7 +19,6 @@ from sagemem.redis_topology import key_hash_slot
 from sagemem.tiers.l2 import L2Tier
 from tests.integration.cluster.conftest import LocalCluster
 from tests.integration.cluster.topology import cluster_nodes
-from tests.integration.coherent_cluster import Cluster
 from tests.integration.test_coherent_l1 import (  # re-run on the cluster by the fixtures below
     test_a_fill_racing_an_invalidation_is_returned_once_and_never_cached,
     test_a_forged_invalidation_cannot_stall_reads,
@@ -63,31 +60,6 @@ __all__ = [
 def redis_url(valkey_cluster: LocalCluster) -> str:
     """Here the Redis URL names a node of the cluster (its first primary)."""
     return valkey_cluster.url
-
-
-@pytest.fixture
-async def cluster(
-    redis_url: str, postgres_dsn: str, namespace: str, pg_schema: str
-) -> AsyncIterator[Cluster]:
-    """The coherent tests' `cluster` fixture on the Valkey cluster; its raw client talks to
-    the node serving the namespace's slot (where every key of the namespace lives)."""
-    made = Cluster(redis_url, postgres_dsn, namespace, pg_schema)
-    await made.bus.connect()
-    await made.home.connect()
-    await made.l2.connect()
-    node = made.bus.statistics().cluster_node
-    assert node is not None, "the bus did not find the cluster"
-    host, port = node.rsplit(":", 1)
-    await made.redis.aclose()
-    made.redis = aioredis.Redis(
-        host=host,
-        port=int(port),
-        password=made.redis.connection_pool.connection_kwargs.get("password"),
-    )
-    try:
-        yield made
-    finally:
-        await made.aclose()
 
 
 async def test_the_bus_talks_to_the_node_serving_the_namespaces_slot(

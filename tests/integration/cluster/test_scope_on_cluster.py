@@ -6,8 +6,6 @@ on the cluster."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 import redis.asyncio as aioredis
 
@@ -17,6 +15,7 @@ from tests.integration.cluster.conftest import LocalCluster
 from tests.integration.test_scope_servers import (  # re-run on the cluster by the fixtures below
     TEAM_READER,
     Provision,
+    admin_redis,
     coherent_hierarchy,
     provision,
     test_a_restricted_coherent_agent_runs_on_its_credentials_and_cannot_forge,
@@ -27,6 +26,7 @@ from tests.integration.test_scope_servers import (  # re-run on the cluster by t
 pytestmark = pytest.mark.cluster
 
 __all__ = [
+    "admin_redis",
     "coherent_hierarchy",
     "provision",
     "test_a_restricted_coherent_agent_runs_on_its_credentials_and_cannot_forge",
@@ -39,23 +39,6 @@ __all__ = [
 def redis_url(valkey_cluster: LocalCluster) -> str:
     """Here the Redis URL names a node of the cluster (its first primary)."""
     return valkey_cluster.url
-
-
-@pytest.fixture
-async def admin_redis(redis_url: str, namespace: str) -> AsyncIterator[aioredis.Redis]:
-    """A privileged raw client of the node serving the namespace's slot (where every key of
-    the namespace lives), to look behind the tiers' backs."""
-    bus = CoherenceBus(redis_url=redis_url, namespace=namespace)
-    async with bus:
-        node = bus.statistics().cluster_node
-    assert node is not None
-    host, port = node.rsplit(":", 1)
-    password = aioredis.Redis.from_url(redis_url).connection_pool.connection_kwargs["password"]
-    client = aioredis.Redis(host=host, port=int(port), password=password)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def _users_per_node(cluster: LocalCluster) -> list[set[str]]:
