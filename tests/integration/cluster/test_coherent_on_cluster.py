@@ -15,7 +15,7 @@ from sagemem.coherence.answers import FillKind
 from sagemem.coherence.bus import CoherenceBus
 from sagemem.coherence.directory import RedisDirectory
 from sagemem.errors import ConfigurationError
-from sagemem.redis_topology import key_hash_slot
+from sagemem.redis_topology import key_hash_slot, namespace_node_url
 from sagemem.tiers.l2 import L2Tier
 from tests.integration.cluster.conftest import LocalCluster
 from tests.integration.cluster.topology import cluster_nodes
@@ -103,3 +103,17 @@ async def test_a_strict_fill_waits_while_the_namespaces_directory_is_young(
         assert await directory.holders("k") == ("a", "b")
         with pytest.raises(ConfigurationError):
             await directory.fill("k", "a", strict=True, directory_settled_s=-1.0)
+
+
+async def test_namespace_node_url_names_the_node_the_bus_talks_to(
+    valkey_cluster: LocalCluster, redis_url: str, namespace: str
+) -> None:
+    """`namespace_node_url` keeps the URL's credentials and points it at the primary serving
+    the namespace (the bus's node); a bad namespace is a ConfigurationError."""
+    url = await namespace_node_url(valkey_cluster.url, namespace)
+    bus = CoherenceBus(redis_url=valkey_cluster.url, namespace=namespace)
+    async with bus:
+        assert url.endswith(f"@{bus.statistics().cluster_node}/0")
+    assert url.split("@")[0] == valkey_cluster.url.split("@")[0]  # same credentials
+    with pytest.raises(ConfigurationError):
+        await namespace_node_url(valkey_cluster.url, "bad{tag}")
