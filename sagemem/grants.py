@@ -440,19 +440,7 @@ async def create_grant(
     postgres_password = secrets.token_hex(24)
     rules = redis_acl_rules(capability, agent_id=agent, namespace=namespace)
     try:
-        for node in await _redis_nodes(admin_redis):
-            client = await _admin_redis(node)
-            try:
-                async with asyncio.timeout(_TIMEOUT_S):
-                    await _command(
-                        client, "ACL", "SETUSER", username, *rules, "on", f">{redis_password}"
-                    )
-            except (RedisError, OSError) as error:
-                raise GrantError(
-                    f"Redis at {redacted_url(node)} refused ACL SETUSER for {username!r}: {error}"
-                ) from error
-            finally:
-                await client.aclose()
+        await _on_every_node(admin_redis, username, "SETUSER", *rules, "on", f">{redis_password}")
     except BaseException:
         await _delete_redis_user(admin_redis, username)  # from the nodes that took it
         raise
@@ -521,21 +509,27 @@ async def _ensure_tables(
             pass
 
 
-async def _delete_redis_user(url: str, username: str) -> bool:
-    """Delete the user from every server that knows it (`_redis_nodes`); True if one did."""
-    deleted = False
+async def _on_every_node(url: str, username: str, subcommand: str, *rules: str) -> list[object]:
+    """`ACL <subcommand> <username> <rules...>` on every server that must know the user
+    (`_redis_nodes`); their replies, in order. A refusal is a `GrantError` naming the node."""
+    replies: list[object] = []
     for node in await _redis_nodes(url):
         client = await _admin_redis(node)
         try:
             async with asyncio.timeout(_TIMEOUT_S):
-                deleted = bool(await _command(client, "ACL", "DELUSER", username)) or deleted
+                replies.append(await _command(client, "ACL", subcommand, username, *rules))
         except (RedisError, OSError) as error:
             raise GrantError(
-                f"Redis at {redacted_url(node)} refused ACL DELUSER for {username!r}: {error}"
+                f"Redis at {redacted_url(node)} refused ACL {subcommand} for {username!r}: {error}"
             ) from error
         finally:
             await client.aclose()
-    return deleted
+    return replies
+
+
+async def _delete_redis_user(url: str, username: str) -> bool:
+    """Delete the user from every server that knows it; True if one did."""
+    return any(bool(reply) for reply in await _on_every_node(url, username, "DELUSER"))
 
 
 async def _drop_role(connection: asyncpg.Connection, role: str, schema: str) -> bool:

@@ -99,6 +99,25 @@ def key_hash_slot(key: str | bytes) -> int:
     return _crc16(_hashed_part(encoded)) % HASH_SLOT_COUNT
 
 
+async def _ask(client: redis_asyncio.Redis, *command: str) -> object:
+    """One command within 5 s; a refusal for lack of permission is `ScopeViolationError`,
+    anything else that fails `TierUnavailable`."""
+    what = " ".join(command)
+    try:
+        async with asyncio.timeout(_DETECT_TIMEOUT_S):
+            reply: object = await client.execute_command(*command)  # type: ignore[no-untyped-call]  # untyped in redis-py
+    except NoPermissionError as error:
+        raise refused_by_server(_TIER, what, None, error) from error
+    except (RedisError, OSError, TimeoutError) as error:
+        raise tier_unavailable(
+            _TIER,
+            what,
+            error,
+            hint="check that the Redis server at the configured URL runs and answers",
+        ) from error
+    return reply
+
+
 class RedisTopology(StrEnum):
     """What a Redis URL names."""
 
@@ -113,19 +132,8 @@ async def detect_redis_topology(client: redis_asyncio.Redis) -> RedisTopology:
     `TierUnavailable` when the server does not answer within 5 s, `ScopeViolationError`
     when the credentials may not run `INFO` (a restricted grant).
     """
-    try:
-        async with asyncio.timeout(_DETECT_TIMEOUT_S):
-            info = await client.info("cluster")
-    except NoPermissionError as error:
-        raise refused_by_server(_TIER, "INFO cluster", None, error) from error
-    except (RedisError, OSError, TimeoutError) as error:
-        raise tier_unavailable(
-            _TIER,
-            "INFO cluster",
-            error,
-            hint="check that the Redis server at the configured URL runs and answers",
-        ) from error
-    enabled = info.get("cluster_enabled", 0)
+    info = await _ask(client, "INFO", "cluster")
+    enabled = info.get("cluster_enabled", 0) if isinstance(info, dict) else 0
     return RedisTopology.CLUSTER if str(enabled) == "1" else RedisTopology.SINGLE_NODE
 
 
@@ -179,18 +187,7 @@ async def cluster_map(client: redis_asyncio.Redis, slot: int) -> ClusterMap:
     """
     if type(slot) is not int or not 0 <= slot < HASH_SLOT_COUNT:
         raise ConfigurationError(f"slot {slot!r} is not a hash slot; use an int in 0..16383")
-    try:
-        async with asyncio.timeout(_DETECT_TIMEOUT_S):
-            reply = await client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
-    except NoPermissionError as error:
-        raise refused_by_server(_TIER, "CLUSTER SLOTS", None, error) from error
-    except (RedisError, OSError, TimeoutError) as error:
-        raise tier_unavailable(
-            _TIER,
-            "CLUSTER SLOTS",
-            error,
-            hint="check that the cluster node at the configured URL runs and answers",
-        ) from error
+    reply = await _ask(client, "CLUSTER", "SLOTS")
     everyone: list[Address] = []
     owner: tuple[Address, tuple[Address, ...]] | None = None
     for entry in reply if isinstance(reply, list) else ():

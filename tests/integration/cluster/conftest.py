@@ -73,3 +73,20 @@ def valkey_cluster() -> Iterator[LocalCluster]:
         yield cluster
     finally:
         stop_local_cluster(cluster.services)
+
+
+@pytest.fixture
+def doomed_cluster() -> Iterator[LocalCluster]:
+    """A 3 + 3 cluster of the test's own, which it may break (kill a node); stopped after."""
+    cluster = start_local_cluster(SESSION_SHAPE)
+    try:
+        yield cluster
+    finally:
+        stop_local_cluster(cluster.services)
+
+
+@pytest.fixture
+def cluster_redis_url(valkey_cluster: LocalCluster) -> str:
+    """The URL of a node of the session's cluster (its first primary): modules that re-run
+    single-server tests on the cluster override `redis_url` with it."""
+    return valkey_cluster.url

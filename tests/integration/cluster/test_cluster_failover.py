@@ -9,7 +9,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import pytest
 import redis.asyncio as redis_asyncio
@@ -19,10 +19,7 @@ from redis.exceptions import RedisError
 from sagemem.redis_topology import key_hash_slot
 from sagemem.services import ServerState
 from tests.integration.cluster.conftest import (
-    SESSION_SHAPE,
     LocalCluster,
-    start_local_cluster,
-    stop_local_cluster,
 )
 from tests.integration.cluster.topology import cluster_nodes, info_fields, url_with_port
 
@@ -31,16 +28,6 @@ pytestmark = pytest.mark.cluster
 _RECOVERY_TIMEOUT_S = 30.0  # a bound on waiting, not a claim about speed
 _POLL_S = 0.02
 _KEYS_PER_VICTIM = 20
-
-
-@pytest.fixture
-def doomed_cluster() -> Iterator[LocalCluster]:
-    """A 3 + 3 cluster of this test's own, which it may break; stopped after."""
-    cluster = start_local_cluster(SESSION_SHAPE)
-    try:
-        yield cluster
-    finally:
-        stop_local_cluster(cluster.services)
 
 
 async def _eventually[T](what: str, attempt: Callable[[], Awaitable[T | None]]) -> T:

@@ -19,7 +19,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -39,10 +39,7 @@ from sagemem.keyspace import directory_birth_key, l2_prefix
 from sagemem.redis_topology import key_hash_slot
 from sagemem.verify import analyze_staleness, check_invalidation_coverage
 from tests.integration.cluster.conftest import (
-    SESSION_SHAPE,
     LocalCluster,
-    start_local_cluster,
-    stop_local_cluster,
 )
 from tests.integration.cluster.topology import cluster_nodes, info_fields, url_with_port
 from tests.integration.test_history_multiprocess import (
@@ -64,16 +61,6 @@ _PROMOTION_TIMEOUT_S = 30.0  # a bound on waiting, not a claim about speed
 # (at once for a killed process; a health check otherwise) or an invalidation arrives: far
 # below this bound, which is there to catch a copy nobody will ever invalidate.
 _MAX_STALENESS_NS = 5_000_000_000
-
-
-@pytest.fixture
-def doomed_cluster() -> Iterator[LocalCluster]:
-    """A 3 + 3 cluster of this test's own, whose primary it kills; stopped after."""
-    cluster = start_local_cluster(SESSION_SHAPE)
-    try:
-        yield cluster
-    finally:
-        stop_local_cluster(cluster.services)
 
 
 class _Failover:

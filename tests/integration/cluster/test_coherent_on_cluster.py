@@ -57,9 +57,9 @@ __all__ = [
 
 
 @pytest.fixture
-def redis_url(valkey_cluster: LocalCluster) -> str:
-    """Here the Redis URL names a node of the cluster (its first primary)."""
-    return valkey_cluster.url
+def redis_url(cluster_redis_url: str) -> str:
+    """Here the Redis URL names a node of the cluster."""
+    return cluster_redis_url
 
 
 async def test_the_bus_talks_to_the_node_serving_the_namespaces_slot(
