@@ -209,15 +209,20 @@ async def cluster_map(client: redis_asyncio.Redis, slot: int) -> ClusterMap:
     return ClusterMap(slot=slot, primary=primary, replicas=replicas, nodes=nodes)
 
 
-async def detect_redis_topology_at(redis_url: str) -> RedisTopology:
-    """`detect_redis_topology` on a client of its own for `redis_url`, closed before returning."""
+def _client_for(redis_url: str) -> redis_asyncio.Redis:
+    """A client of its own for `redis_url`; a URL redis-py cannot use is a ConfigurationError."""
     try:
-        client = redis_asyncio.Redis.from_url(redis_url, socket_timeout=_DETECT_TIMEOUT_S)
+        return redis_asyncio.Redis.from_url(redis_url, socket_timeout=_DETECT_TIMEOUT_S)
     except ValueError as error:
         raise ConfigurationError(
             f"Redis URL {redacted_url(redis_url)!r} cannot be used: {error}; use a URL such "
             "as 'redis://127.0.0.1:6379/0'"
         ) from error
+
+
+async def detect_redis_topology_at(redis_url: str) -> RedisTopology:
+    """`detect_redis_topology` on a client of its own for `redis_url`, closed before returning."""
+    client = _client_for(redis_url)
     try:
         return await detect_redis_topology(client)
     finally:
@@ -234,13 +239,7 @@ async def namespace_node_url(redis_url: str, namespace: str) -> str:
     Raises `ConfigurationError` for a bad URL or namespace, `TierUnavailable` when the server
     does not answer."""
     check_namespace(namespace)
-    try:
-        client = redis_asyncio.Redis.from_url(redis_url, socket_timeout=_DETECT_TIMEOUT_S)
-    except ValueError as error:
-        raise ConfigurationError(
-            f"Redis URL {redacted_url(redis_url)!r} cannot be used: {error}; use a URL such "
-            "as 'redis://127.0.0.1:6379/0'"
-        ) from error
+    client = _client_for(redis_url)
     try:
         if await topology_or_single_node(client) is not RedisTopology.CLUSTER:
             return redis_url

@@ -65,24 +65,24 @@ def stop_local_cluster(services: EmbeddedServices) -> None:
     assert survivors == [], f"cluster nodes {survivors} survived `down()`"
 
 
-@pytest.fixture(scope="session")
-def valkey_cluster() -> Iterator[LocalCluster]:
-    """The session's 3-primary + 3-replica cluster (do not kill its nodes)."""
+def _cluster_for_a_while() -> Iterator[LocalCluster]:
     cluster = start_local_cluster(SESSION_SHAPE)
     try:
         yield cluster
     finally:
         stop_local_cluster(cluster.services)
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster() -> Iterator[LocalCluster]:
+    """The session's 3-primary + 3-replica cluster (do not kill its nodes)."""
+    yield from _cluster_for_a_while()
 
 
 @pytest.fixture
 def doomed_cluster() -> Iterator[LocalCluster]:
     """A 3 + 3 cluster of the test's own, which it may break (kill a node); stopped after."""
-    cluster = start_local_cluster(SESSION_SHAPE)
-    try:
-        yield cluster
-    finally:
-        stop_local_cluster(cluster.services)
+    yield from _cluster_for_a_while()
 
 
 @pytest.fixture
