@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import secrets
@@ -442,7 +443,8 @@ async def create_grant(
     try:
         await _on_every_node(admin_redis, username, "SETUSER", *rules, "on", f">{redis_password}")
     except BaseException:
-        await _delete_redis_user(admin_redis, username)  # from the nodes that took it
+        with contextlib.suppress(GrantError):  # the first failure is the one to report
+            await _delete_redis_user(admin_redis, username)  # from the nodes that took it
         raise
     try:
         connection = await _admin_postgres(admin_postgres)
