@@ -92,8 +92,14 @@ local function directory_age(namespace_key, server_key, now)
   local server = redis.pcall('CLUSTER', 'MYID')
   local birth_key = namespace_key
   if type(server) ~= 'string' then
-    server = '-'
-    birth_key = server_key
+    -- 'cluster support disabled': one server. Any other error (a grant made before
+    -- `+cluster|myid` was in the rules) keeps the namespace's key with an unknown server.
+    if string.find(tostring(server.err), 'disabled', 1, true) then
+      birth_key = server_key
+      server = '-'
+    else
+      server = '?'
+    end
   end
   local born = redis.call('HMGET', birth_key, 'server', 'ms')
   local born_ms = tonumber(born[2])
