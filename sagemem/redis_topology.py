@@ -238,7 +238,7 @@ async def namespace_node_url(redis_url: str, namespace: str) -> str:
 
     Raises `ConfigurationError` for a bad URL or namespace, `TierUnavailable` when the server
     does not answer."""
-    check_namespace(namespace)
+    check_namespace(namespace, derived=True)  # a scope's L2 space is a namespace's too
     client = _client_for(redis_url)
     try:
         if await topology_or_single_node(client) is not RedisTopology.CLUSTER:

@@ -186,7 +186,7 @@ async def test_promoted_l3_value_stays_invisible_to_agent_without_l3_read(
     assert await restricted.get("fact:secret") is None
     assert await restricted.exists("fact:secret") is False
     credentials = await provision(RESTRICTED, "intern")
-    raw = aioredis.Redis.from_url(credentials.redis_url)
+    raw = aioredis.Redis.from_url(await namespace_node_url(credentials.redis_url, namespace))
     try:
         with pytest.raises(NoPermissionError):
             await raw.get(f"sagemem:{{{namespace}}}:fact:secret")
@@ -218,7 +218,7 @@ async def test_restricted_l2_write_does_not_shadow_l3_for_other_agents(
     assert await admin_redis.get(f"sagemem:{{{namespace}}}:belief:x") == before
     assert await restricted.get("belief:x") == "forged"  # its own L2 space
     credentials = await provision(RESTRICTED, "intern")
-    raw = aioredis.Redis.from_url(credentials.redis_url)
+    raw = aioredis.Redis.from_url(await namespace_node_url(credentials.redis_url, namespace))
     try:
         with pytest.raises(NoPermissionError):
             await raw.set(f"sagemem:{{{namespace}}}:belief:x", b';"forged"')
@@ -249,7 +249,7 @@ async def test_restricted_process_runs_on_its_credentials_alone(
 
 
 async def test_redis_user_is_confined_to_its_grant(
-    provision: Provision, namespace: str, admin_redis: aioredis.Redis
+    provision: Provision, namespace: str, redis_url: str
 ) -> None:
     """Bypass: a raw client with the agent's Redis credentials can read and write only its
     key prefixes of the L2 space, cannot list keys or administer the server, and can listen
@@ -262,7 +262,11 @@ async def test_redis_user_is_confined_to_its_grant(
     )
     credentials = await provision(capability, "a")
     space = f"sagemem:{{{namespace}.l2}}:"
-    raw = aioredis.Redis.from_url(credentials.redis_url)
+    # The server holding the L2 space's keys (on a cluster, found on the grant's credentials).
+    raw = aioredis.Redis.from_url(
+        await namespace_node_url(credentials.redis_url, f"{namespace}.l2")
+    )
+    admin_redis = aioredis.Redis.from_url(await namespace_node_url(redis_url, f"{namespace}.l2"))
     try:
         assert await raw.set(space + "agent:a:x", b";1") is True
         assert await raw.get(space + "agent:a:x") == b";1"
@@ -299,6 +303,7 @@ async def test_redis_user_is_confined_to_its_grant(
             await refused.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
     finally:
         await raw.aclose()
+        await admin_redis.aclose()
 
 
 async def test_l3_writer_may_publish_but_not_listen_to_other_agents(
@@ -310,7 +315,7 @@ async def test_l3_writer_may_publish_but_not_listen_to_other_agents(
     to them (it would learn the keys they hold); it writes the L3-labelled L2 copies of its
     write prefixes only."""
     credentials = await provision(TEAM_READER, "a")
-    raw = aioredis.Redis.from_url(credentials.redis_url)
+    raw = aioredis.Redis.from_url(await namespace_node_url(credentials.redis_url, namespace))
     bus = f"sagemem-bus:{{{namespace}}}:b"
     try:
         assert await raw.publish(f"{bus}|i|agent:a:k", b"x") == 0
@@ -581,7 +586,7 @@ async def test_bus_carries_no_invalidation_for_keys_outside_the_grant(
     and receive the key names of every write."""
     capability = AgentCapability(tiers={0, 1, 2}, l3_write=False, read_prefixes={2: ("team:",)})
     credentials = await provision(capability, "intern")
-    raw = aioredis.Redis.from_url(credentials.redis_url)
+    raw = aioredis.Redis.from_url(await namespace_node_url(credentials.redis_url, namespace))
     pubsub = raw.pubsub()
     try:
         own = f"sagemem-bus:{{{namespace}}}:intern|*"
@@ -655,7 +660,7 @@ async def test_a_restricted_coherent_agent_runs_on_its_credentials_and_cannot_fo
     bus = CoherenceBus(url=credentials.redis_url, namespace=namespace)
     home = L3Tier(dsn=credentials.postgres_dsn, namespace=namespace, schema=pg_schema)
     agent = CoherentL1Tier(agent_id="a", bus=bus, home=home)
-    raw = aioredis.Redis.from_url(credentials.redis_url)
+    raw = aioredis.Redis.from_url(await namespace_node_url(credentials.redis_url, namespace))
     try:
         await bus.connect()
         await home.connect()
@@ -835,7 +840,7 @@ async def test_a_restricted_writer_sends_updates_only_of_keys_it_may_write(
     bus = CoherenceBus(url=credentials.redis_url, namespace=namespace)
     home = L3Tier(dsn=credentials.postgres_dsn, namespace=namespace, schema=pg_schema)
     agent = CoherentL1Tier(agent_id="a", bus=bus, home=home, write_policy="update")
-    raw = aioredis.Redis.from_url(credentials.redis_url)
+    raw = aioredis.Redis.from_url(await namespace_node_url(credentials.redis_url, namespace))
     try:
         await bus.connect()
         await home.connect()
