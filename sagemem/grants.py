@@ -71,10 +71,10 @@ from sagemem.coherence.messages import (
 from sagemem.endpoints import redacted_url
 from sagemem.errors import ConfigurationError, SageMemError
 from sagemem.redis_topology import (
-    Address,
     RedisTopology,
     cluster_map,
     topology_or_single_node,
+    url_at,
 )
 from sagemem.scope import DRAM_INDEX, L2_INDEX, L2_SPACE_SUFFIX, L3_INDEX, AgentCapability
 from sagemem.services import (
@@ -368,14 +368,6 @@ async def _admin_redis(url: str) -> aioredis.Redis:
     return client
 
 
-def _at_node(url: str, address: Address) -> str:
-    """`url` (credentials, database and options kept) pointed at another node."""
-    parts = urlsplit(url)
-    userinfo, at, _ = parts.netloc.rpartition("@")
-    host = f"[{address[0]}]" if ":" in address[0] else address[0]
-    return urlunsplit(parts._replace(netloc=f"{userinfo}{at}{host}:{address[1]}"))
-
-
 async def _redis_nodes(url: str) -> list[str]:
     """The administrator URL of every server that must know a grant's user: the server at
     `url`, or on a Redis/Valkey Cluster every node, replicas too (ACL users are not shared
@@ -389,7 +381,7 @@ async def _redis_nodes(url: str) -> list[str]:
         raise GrantError(f"cannot find the Redis servers to provision: {error}") from error
     finally:
         await client.aclose()
-    return [_at_node(url, address) for address in slot_map.nodes]
+    return [url_at(url, address) for address in slot_map.nodes]
 
 
 async def _admin_postgres(dsn: str) -> asyncpg.Connection:

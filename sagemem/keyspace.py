@@ -62,8 +62,9 @@ def directory_birth_key(namespace: str) -> str:
     """On a cluster: the hash recording when a namespace's directory was born on the node that
     serves it, `sagemem-dir:{<namespace>}:born` (in the namespace's slot, as every key a
     script touches must be): the node's id (`CLUSTER MYID`) and its clock (ms) when that node
-    first settled a strict write of the namespace. A replica promoted by a failover is another
-    node: the directory is born again there, since it may lack the last registrations."""
+    first took a strict step of the namespace (a fill or a write's settling). A replica
+    promoted by a failover is another node: the directory is born again there, since it may
+    lack the last registrations."""
     return f"{DIRECTORY_PREFIX}:{{{namespace}}}:born"
 
 

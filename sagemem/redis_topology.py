@@ -39,6 +39,7 @@ __all__ = [
     "key_hash_slot",
     "namespace_node_url",
     "topology_or_single_node",
+    "url_at",
 ]
 
 
@@ -246,7 +247,13 @@ async def namespace_node_url(redis_url: str, namespace: str) -> str:
         host, port = (await cluster_map(client, key_hash_slot(namespace))).primary
     finally:
         await client.aclose()
+    return url_at(redis_url, (host, port))
+
+
+def url_at(redis_url: str, address: Address) -> str:
+    """`redis_url` (credentials, database and options kept) pointed at another node."""
     parts = urlsplit(redis_url)
     userinfo, at, _ = parts.netloc.rpartition("@")
+    host, port = address
     netloc_host = f"[{host}]" if ":" in host else host
     return urlunsplit(parts._replace(netloc=f"{userinfo}{at}{netloc_host}:{port}"))
