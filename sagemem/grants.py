@@ -12,12 +12,12 @@ channels and no commands):
   directory keys `sagemem-dir:<ns>:{lease,holders,acks,relayed}:<prefix>*` of the L3 read prefixes;
 - the bus (channels `sagemem-bus:<ns>:<agent>|<i, u or r>|<key>`, see
   `sagemem.coherence.messages.channel_name`): the root permissions allow only PSUBSCRIBE to the
-  agent's own pattern `sagemem-bus:<ns>:<agent>|*`. An agent that may write L3 gets a selector
-  allowing PUBLISH of invalidations (`|i|`) and updates (`|u|`, write-update) of its L3 write
-  prefixes and of recalls (`|r|`) of
-  its L3 read prefixes, to any agent, plus the sequence counters those bump, and nothing else:
-  it cannot forge an invalidation of a key it may not write, and cannot listen to anyone
-  else's messages;
+  agent's own pattern `sagemem-bus:<ns>:<agent>|*` and, for sharded pub/sub, SSUBSCRIBE to the
+  agent's own channels. An agent that may write L3 gets a selector allowing PUBLISH (or
+  SPUBLISH) of invalidations (`|i|`) and updates (`|u|`, write-update) of its L3 write prefixes
+  and of recalls (`|r|`) of its L3 read prefixes, to any agent, plus the sequence counters
+  those bump, and nothing else: it cannot forge an invalidation of a key it may not write,
+  and cannot listen to anyone else's messages;
 - commands: only those sagemem's tiers send (GET, SET, UNLINK, EXISTS, PING, ...; the scripting
   and sorted-set commands of the coherence directory when L3 is granted). No SCAN or KEYS (they
   list key names regardless of key patterns), no FLUSH*, CONFIG, ACL, CLIENT LIST, MONITOR.
@@ -240,9 +240,16 @@ def redis_acl_rules(capability: AgentCapability, *, agent_id: str, namespace: st
         rules.append(f"~{_glob_escape(keyspace.directory_birth_key(namespace))}")
         # The bus's listener reads its own sequence counter (MGET) when it (re)subscribes.
         rules.append(f"%R~{_glob_escape(f'{keyspace.bus_prefix(namespace)}{agent}:seq')}")
-    # PSUBSCRIBE is allowed only for a pattern that literally equals an allowed one.
+    # PSUBSCRIBE is allowed only for a pattern that literally equals an allowed one; SSUBSCRIBE
+    # (sharded pub/sub) for the agent's own channels, whatever key they name.
     own = subscription_pattern(namespace, agent)
-    rules += [f"&{_glob_escape(own[:-1])}*", "+psubscribe", "+punsubscribe"]
+    rules += [
+        f"&{_glob_escape(own[:-1])}*",
+        "+psubscribe",
+        "+punsubscribe",
+        "+ssubscribe",
+        "+sunsubscribe",
+    ]
     if capability.l3_write:
         l3_writes = _prefixes(writes, L3_INDEX)
         if L2_INDEX in capability.tiers:
@@ -262,7 +269,9 @@ def redis_acl_rules(capability: AgentCapability, *, agent_id: str, namespace: st
             f"&{bus}*{_glob_escape(channel_suffix(MessageKind.RECALL, p))}*"
             for p in _prefixes(reads, L3_INDEX)
         ]
-        rules.append(f"(+publish +evalsha +eval +incr +pexpire {' '.join(channels)} ~{bus}*:seq)")
+        rules.append(
+            f"(+publish +spublish +evalsha +eval +incr +pexpire {' '.join(channels)} ~{bus}*:seq)"
+        )
     return rules
 
 

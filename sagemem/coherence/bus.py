@@ -123,23 +123,33 @@ _CLOSE_TIMEOUT_S: Final = 5.0
 _MALFORMED_LOG_FIRST: Final = 10
 _MALFORMED_LOG_EVERY: Final = 1000
 _PING_TOKEN: Final = b"sagemem-bus-health"
+# Channels named in one SSUBSCRIBE/SUNSUBSCRIBE/PSUBSCRIBE command.
+_SUBSCRIBE_BATCH_MAX: Final = 512
+# The kinds of message a follower of a key receives, each on its own channel (sharded pub/sub).
+_FOLLOWED_KINDS: Final = (MessageKind.INVALIDATE, MessageKind.UPDATE, MessageKind.RECALL)
+_PUBSUB_CHOICES: Final = ("auto", "classic", "sharded")
 
 # KEYS[i]: target i's sequence counter. ARGV[1]: the message up to its seq (encode_unsequenced);
-# ARGV[2]: the counters' time to live in ms; ARGV[2 + i]: target i's channel for this message.
+# ARGV[2]: the counters' time to live in ms; ARGV[3]: the publishing command, PUBLISH or
+# SPUBLISH (sharded pub/sub); ARGV[3 + i]: target i's channel for this message.
 # Returns the number of messages published; refuses (NOPERM) before changing anything when the
 # caller's ACL does not allow the publication. The counter lives as long as its channel is used:
 # a counter that expired restarts at 1, which the listener reports as a sequence gap (safe).
 _PUBLISH_SCRIPT: Final = (
     LUA_SEQUENCED
     + """
-if #KEYS > 0 and redis.acl_check_cmd and not redis.acl_check_cmd('PUBLISH', ARGV[3], '') then
+local publish = ARGV[3]
+if publish ~= 'PUBLISH' and publish ~= 'SPUBLISH' then
+  return redis.error_reply('ERR the publishing command must be PUBLISH or SPUBLISH')
+end
+if #KEYS > 0 and redis.acl_check_cmd and not redis.acl_check_cmd(publish, ARGV[4], '') then
   return redis.error_reply('NOPERM this user may not publish this message')
 end
 local sent = 0
 for i = 1, #KEYS do
   local seq = redis.call('INCR', KEYS[i])
   redis.call('PEXPIRE', KEYS[i], ARGV[2])
-  redis.call('PUBLISH', ARGV[2 + i], sequenced(ARGV[1], seq))
+  redis.call(publish, ARGV[3 + i], sequenced(ARGV[1], seq))
   sent = sent + 1
 end
 return sent
@@ -183,6 +193,10 @@ class BusStatistics:
     # bus moved to another one (a failover or a slot migration). None / 0 on a single server.
     cluster_node: str | None = None
     rehomes: int = 0
+    # "classic" (PUBLISH, one pattern subscription per agent) or "sharded" (SPUBLISH, one
+    # shard-channel subscription per key an agent follows); how many channels are followed.
+    pubsub: str = "classic"
+    followed_channels: int = 0
 
 
 def _log_dropped(count: int, message: str, *args: object) -> None:
@@ -250,6 +264,9 @@ class _Channel:
     missed: bool = False  # a Missed was reported and its Resynced is still due
     awaiting_since: float = 0.0
     closed: bool = False
+    # Sharded pub/sub only: the shard channels this agent follows (`CoherenceBus.follow`), in
+    # the order followed; subscribed on every connection before the agent's anchor.
+    follows: dict[bytes, None] = field(default_factory=dict)
 
     def reset(self) -> None:
         """Forget the connection: nothing is known about the sequence until a new baseline."""
@@ -271,7 +288,10 @@ class _Link:
         self.connection = connection
         self._command_timeout_s = command_timeout_s
         self._send_lock = asyncio.Lock()
-        self.outstanding: dict[bytes, int] = {}  # pattern -> PSUBSCRIBE replies still due
+        self.outstanding: dict[bytes, int] = {}  # name -> (P|S)SUBSCRIBE replies still due
+        self.unsubscribing: dict[bytes, int] = {}  # shard channel -> SUNSUBSCRIBE replies due
+        # Sharded pub/sub: who waits for a channel's SSUBSCRIBE to be confirmed on this link.
+        self.waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self.alive = True
         self.opened_at = asyncio.get_running_loop().time()
         self.last_frame_at = self.opened_at
@@ -283,19 +303,59 @@ class _Link:
         async with asyncio.timeout(self._command_timeout_s), self._send_lock:
             await self.connection.send_command(*args, check_health=False)
 
-    async def subscribe(self, patterns: list[bytes]) -> None:
-        for name in patterns:  # counted before sending: the reply may be read at once
+    async def subscribe(self, names: list[bytes], *, sharded: bool = False) -> None:
+        """PSUBSCRIBE patterns, or (sharded) SSUBSCRIBE shard channels, in batches."""
+        for name in names:  # counted before sending: the reply may be read at once
             self.outstanding[name] = self.outstanding.get(name, 0) + 1
-        await self.send("PSUBSCRIBE", *patterns)
+        command = "SSUBSCRIBE" if sharded else "PSUBSCRIBE"
+        for start in range(0, len(names), _SUBSCRIBE_BATCH_MAX):
+            await self.send(command, *names[start : start + _SUBSCRIBE_BATCH_MAX])
+
+    async def unsubscribe_shard(self, names: list[bytes]) -> None:
+        for name in names:
+            self.unsubscribing[name] = self.unsubscribing.get(name, 0) + 1
+        for start in range(0, len(names), _SUBSCRIBE_BATCH_MAX):
+            await self.send("SUNSUBSCRIBE", *names[start : start + _SUBSCRIBE_BATCH_MAX])
 
     def confirm(self, name: bytes) -> bool:
-        """Count a PSUBSCRIBE reply; True when the pattern has no more replies due."""
+        """Count a (P|S)SUBSCRIBE reply; True when the name has no more replies due."""
         left = self.outstanding.get(name, 0) - 1
         if left > 0:
             self.outstanding[name] = left
             return False
         self.outstanding.pop(name, None)
+        for waiter in self.waiters.pop(name, ()):
+            if not waiter.done():
+                waiter.set_result(None)
         return True
+
+    def confirm_unsubscribe(self, name: bytes) -> bool:
+        """Count a SUNSUBSCRIBE reply; False when none was due: the server dropped the
+        subscription by itself (its node no longer serves the channel's slot)."""
+        left = self.unsubscribing.get(name, 0)
+        if left <= 0:
+            return False
+        if left > 1:
+            self.unsubscribing[name] = left - 1
+        else:
+            del self.unsubscribing[name]
+        return True
+
+    def waiter(self, name: bytes) -> asyncio.Future[None]:
+        """A future done when `name`'s SSUBSCRIBE replies are all in (or the link closes)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if name in self.outstanding and self.alive:
+            self.waiters.setdefault(name, []).append(waiter)
+        else:
+            waiter.set_result(None)
+        return waiter
+
+    def release_waiters(self) -> None:
+        waiters, self.waiters = self.waiters, {}
+        for pending in waiters.values():
+            for waiter in pending:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     async def read(self, timeout_s: float) -> object:
         """The next frame, or None when none arrived within `timeout_s`."""
@@ -303,6 +363,7 @@ class _Link:
 
     async def close(self) -> None:
         self.alive = False
+        self.release_waiters()
         with contextlib.suppress(*_DRIVER_ERRORS, RuntimeError):
             async with asyncio.timeout(_CLOSE_TIMEOUT_S):
                 await self.connection.disconnect(nowait=True)
@@ -333,6 +394,14 @@ class Subscription:
     def __repr__(self) -> str:
         state = "closed" if self._channel.closed else "active" if self.active else "resyncing"
         return f"Subscription(agent_id={self.agent_id!r}, {state})"
+
+    async def follow(self, keys: Iterable[str]) -> None:
+        """Receive this agent's messages about `keys` from now on (`CoherenceBus.follow`)."""
+        await self._bus.follow(self.agent_id, keys)
+
+    async def unfollow(self, keys: Iterable[str]) -> None:
+        """Stop receiving this agent's messages about `keys` (`CoherenceBus.unfollow`)."""
+        await self._bus.unfollow(self.agent_id, keys)
 
     async def aclose(self) -> None:
         """Unsubscribe; the handler receives nothing afterwards (idempotent)."""
@@ -369,6 +438,13 @@ class CoherenceBus(AsyncResource):
     `health_check_interval_s` of silence and declares it dead if no frame arrives within
     `health_check_timeout_s`; it reconnects after a delay growing from `reconnect_delay_min_s`
     to `reconnect_delay_max_s`.
+
+    `pubsub` chooses the pub/sub flavour: "classic" (PUBLISH; each agent receives every
+    message addressed to it through one pattern subscription), "sharded" (SPUBLISH; each agent
+    receives messages only about the keys it follows, one shard channel per key and kind, see
+    `follow`), or "auto" (the default: sharded on a Redis/Valkey Cluster, where classic
+    messages travel to every node, classic on a single server). Every bus of a namespace must
+    use the same flavour; `CoherentL1Tier` follows the keys it touches by itself.
     """
 
     def __init__(
@@ -386,6 +462,7 @@ class CoherenceBus(AsyncResource):
         reconnect_delay_max_s: float = 2.0,
         sequence_ttl_s: float = 7 * 24 * 3600.0,
         pool_size_max: int = 16,
+        pubsub: str = "auto",
         url: str | Unset | None = UNSET,
         connections_max: int | Unset = UNSET,
     ) -> None:
@@ -400,6 +477,13 @@ class CoherenceBus(AsyncResource):
             )
         self.namespace: Final = check_namespace(namespace)
         self._url_argument: Final = url
+        if type(pubsub) is not str or pubsub not in _PUBSUB_CHOICES:
+            raise ConfigurationError(
+                f"CoherenceBus pubsub must be one of {', '.join(map(repr, _PUBSUB_CHOICES))}, "
+                f"got {pubsub!r:.80}; 'auto' uses sharded pub/sub on a cluster"
+            )
+        self._pubsub_choice: Final = pubsub
+        self._sharded = pubsub == "sharded"  # settled by connect() for "auto"
         self._connect_timeout_s: Final = _check_seconds("connect_timeout_s", connect_timeout_s)
         self._command_timeout_s: Final = _check_seconds("command_timeout_s", command_timeout_s)
         self._subscribe_timeout_s: Final = _check_seconds(
@@ -425,6 +509,7 @@ class CoherenceBus(AsyncResource):
             )
         self._connections_max: Final = connections_max
         self._prefix: Final = keyspace.bus_prefix(self.namespace)
+        self._prefix_bytes: Final = self._prefix.encode()
 
         self._lifecycle_lock = asyncio.Lock()
         self._client: aioredis.Redis | None = None
@@ -525,6 +610,9 @@ class CoherenceBus(AsyncResource):
                     await client.ping()
                 topology = await topology_or_single_node(client)
                 self._home, self._cluster_nodes = None, ()
+                self._sharded = self._pubsub_choice == "sharded" or (
+                    self._pubsub_choice == "auto" and topology is RedisTopology.CLUSTER
+                )
                 if topology is RedisTopology.CLUSTER:
                     slot_map = await cluster_map(client, self._slot)
                     seed = _pool_address(publish_pool)
@@ -616,6 +704,17 @@ class CoherenceBus(AsyncResource):
         return self._home is not None
 
     @property
+    def sharded(self) -> bool:
+        """Whether the bus uses sharded pub/sub (SPUBLISH/SSUBSCRIBE): `pubsub="sharded"`, or
+        `"auto"` on a cluster (settled by `connect()`)."""
+        return self._sharded
+
+    @property
+    def publish_command(self) -> str:
+        """The command every publisher of the namespace uses: "SPUBLISH" or "PUBLISH"."""
+        return "SPUBLISH" if self._sharded else "PUBLISH"
+
+    @property
     def command_slots(self) -> asyncio.Semaphore:
         """What bounds the commands in flight on `client` to its pool's connections: a
         borrower (the namespace's `RedisDirectory`) takes a slot per call, as the bus does."""
@@ -661,6 +760,8 @@ class CoherenceBus(AsyncResource):
             connected=self._link is not None and self._link.alive,
             cluster_node=None if self._home is None else f"{self._home[0]}:{self._home[1]}",
             rehomes=self._rehomes,
+            pubsub="sharded" if self._sharded else "classic",
+            followed_channels=sum(len(c.follows) for c in self._channels.values()),
         )
 
     # -- publishing ---------------------------------------------------------------------------
@@ -701,7 +802,7 @@ class CoherenceBus(AsyncResource):
         for start in range(0, len(unique), _TARGETS_PER_SCRIPT_MAX):
             batch = unique[start : start + _TARGETS_PER_SCRIPT_MAX]
             keys = [self.sequence_key_for(agent) for agent in batch]
-            args: list[bytes | str | int] = [prefix, self._sequence_ttl_ms]
+            args: list[bytes | str | int] = [prefix, self._sequence_ttl_ms, self.publish_command]
             args.extend(self._prefix + agent + suffix for agent in batch)
             assert script is not None
             try:
@@ -753,7 +854,9 @@ class CoherenceBus(AsyncResource):
                 channel.requested_on = link
                 with contextlib.suppress(*_DRIVER_ERRORS):
                     # A failed send fails the link too: the listener then resubscribes all.
-                    await link.subscribe([name])
+                    # Sharded: the pattern's text is the agent's anchor, a shard channel nobody
+                    # publishes on, whose confirmation says the agent's channels are live.
+                    await link.subscribe([name], sharded=self._sharded)
             async with asyncio.timeout(self._subscribe_timeout_s):
                 await channel.ready.wait()
         except TimeoutError as error:
@@ -784,7 +887,94 @@ class CoherenceBus(AsyncResource):
         link = self._link
         if link is not None and link.alive and channel.requested_on is link:
             with contextlib.suppress(*_DRIVER_ERRORS):
-                await link.send("PUNSUBSCRIBE", channel.name)
+                if self._sharded:
+                    await link.unsubscribe_shard([*channel.follows, channel.name])
+                else:
+                    await link.send("PUNSUBSCRIBE", channel.name)
+        channel.follows.clear()
+
+    @staticmethod
+    def _checked_keys(keys: Iterable[str]) -> list[str]:
+        """Every key checked before anything changes."""
+        if isinstance(keys, str | bytes):
+            raise ConfigurationError(
+                f"keys must be an iterable of keys, got the single {type(keys).__name__} "
+                f"{keys!r:.80}; wrap one key in a list"
+            )
+        return [check_key(key) for key in keys]
+
+    @staticmethod
+    def _followed_names(channel: _Channel, keys: list[str]) -> list[bytes]:
+        """The shard channels of `channel`'s agent about `keys`, one per kind of message."""
+        return [
+            channel.prefix + channel_suffix(kind, key)[1:].encode()
+            for key in keys
+            for kind in _FOLLOWED_KINDS
+        ]
+
+    async def follow(self, agent_id: str, keys: Iterable[str]) -> None:
+        """Sharded pub/sub: let `agent_id` receive its messages about `keys` (invalidations,
+        updates, recalls). Returns once the server has confirmed the new shard subscriptions,
+        so every message published afterwards reaches the agent or is reported missed; a
+        message to the agent about a key it does not follow is dropped by the server and shows
+        as a sequence gap (Missed, then Resynced) when the next one arrives. Follow a key
+        before the step that makes the agent a holder or owner of it. With classic pub/sub
+        (a single server by default) every message reaches the agent anyway: nothing to do.
+
+        Raises `ConfigurationError` when `agent_id` is not subscribed on this bus, and
+        `BusUnavailable` when the server does not confirm within `subscribe_timeout_s`. While
+        the connection is down the keys are recorded and subscribed by the reconnection (the
+        agent is resynchronised then)."""
+        self._require_connected()
+        channel = self._channels.get(self.pattern_for(agent_id).encode())
+        if channel is None or channel.closed:
+            raise ConfigurationError(
+                f"agent {agent_id!r} is not subscribed on this bus: `await bus.subscribe(...)` "
+                "before following keys"
+            )
+        checked = self._checked_keys(keys)
+        if not self._sharded:
+            return
+        names = self._followed_names(channel, checked)
+        new = [name for name in names if name not in channel.follows]
+        for name in new:
+            channel.follows[name] = None
+        link = self._link
+        if link is None or not link.alive or channel.requested_on is not link:
+            return  # the listener subscribes every followed channel when it (re)connects
+        if new:
+            with contextlib.suppress(*_DRIVER_ERRORS):
+                # A failed send fails the link too: the listener then resubscribes all.
+                await link.subscribe(new, sharded=True)
+        waiters = [link.waiter(name) for name in dict.fromkeys(names) if name in link.outstanding]
+        if not waiters:
+            return
+        try:
+            async with asyncio.timeout(self._subscribe_timeout_s):
+                await asyncio.gather(*waiters)
+        except TimeoutError as error:
+            raise BusUnavailable(
+                f"bus: agent {agent_id!r}'s shard subscriptions were not confirmed within "
+                f"{self._subscribe_timeout_s} s; " + _HINT
+            ) from error
+
+    async def unfollow(self, agent_id: str, keys: Iterable[str]) -> None:
+        """Sharded pub/sub: stop `agent_id`'s subscriptions about `keys` (after the agent
+        stopped being a holder or owner of them: a message it is still sent would be dropped
+        and show as a sequence gap). Nothing to do with classic pub/sub, for keys not
+        followed, or for an agent not subscribed."""
+        checked = self._checked_keys(keys)
+        channel = self._channels.get(self.pattern_for(agent_id).encode())
+        if channel is None or not self._sharded:
+            return
+        names = self._followed_names(channel, checked)
+        gone = [name for name in names if name in channel.follows]
+        for name in gone:
+            del channel.follows[name]
+        link = self._link
+        if gone and link is not None and link.alive and channel.requested_on is link:
+            with contextlib.suppress(*_DRIVER_ERRORS):
+                await link.unsubscribe_shard(gone)
 
     # -- the listener ---------------------------------------------------------------------------
 
@@ -874,7 +1064,15 @@ class CoherenceBus(AsyncResource):
         for channel in channels:
             channel.requested_on = link
         if channels:
-            await link.subscribe([channel.name for channel in channels])
+            # Sharded: each agent's followed channels before its anchor, whose confirmation
+            # (replies come in order) then says all of them are live.
+            names = [
+                name
+                for channel in channels
+                for name in (*channel.follows, channel.name)
+                if self._sharded or name == channel.name
+            ]
+            await link.subscribe(names, sharded=self._sharded)
         loop = asyncio.get_running_loop()
         link.last_frame_at = loop.time()
         probe_at = link.last_frame_at + self._health_interval_s
@@ -1022,7 +1220,20 @@ class CoherenceBus(AsyncResource):
         kind = frame[0]
         if kind == b"pmessage" and len(frame) == 4:
             await self._on_message(frame[1], frame[2], frame[3])
-        elif kind == b"psubscribe" and len(frame) == 3:
+        elif kind == b"smessage" and len(frame) == 3:
+            sent_on = frame[1]
+            if type(sent_on) is bytes and sent_on.startswith(self._prefix_bytes):
+                agent_end = sent_on.find(b"|", len(self._prefix_bytes))
+                if agent_end > 0:
+                    await self._on_message(sent_on[: agent_end + 1] + b"*", sent_on, frame[2])
+        elif kind == b"sunsubscribe" and len(frame) == 3:
+            name = frame[1]
+            if type(name) is bytes and not link.confirm_unsubscribe(name) and link.moved is None:
+                # Not asked for: the node dropped the subscription, because it no longer serves
+                # the slot (a failover, a slot migration). The link is given up at once.
+                link.moved = f"the server ended the shard subscription {name.decode()!r}"
+                link.alive = False
+        elif kind in (b"psubscribe", b"ssubscribe") and len(frame) == 3:
             name = frame[1]
             if type(name) is bytes and link.confirm(name):
                 channel = self._channels.get(name)

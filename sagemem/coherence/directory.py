@@ -44,7 +44,7 @@ from typing import Final, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import MovedError, NoPermissionError, RedisError, ResponseError
 
-from sagemem import keyspace
+from sagemem import keyspace, redis_topology
 from sagemem._driver_errors import refused_by_server as _refused
 from sagemem._driver_errors import tier_unavailable
 from sagemem.coherence.answers import FillKind
@@ -244,7 +244,9 @@ class RedisDirectory:
     connections" instead of waiting): pass the bus's `command_slots` when the client is the
     bus's; None makes one of the size of the client's pool. `on_moved` (the bus's
     `home_moved`) is told when the server answers MOVED (on a cluster, the node no longer
-    serves the namespace's slot).
+    serves the namespace's slot). `pubsub` is the namespace bus's pub/sub flavour, which the
+    relay publishes with: "classic" (PUBLISH), "sharded" (SPUBLISH) or "auto" (the bus's
+    default: sharded on a cluster, found from the server before the first relay).
     """
 
     def __init__(
@@ -261,6 +263,7 @@ class RedisDirectory:
         command_timeout_s: float = 10.0,
         command_slots: asyncio.Semaphore | None = None,
         on_moved: Callable[[str], None] | None = None,
+        pubsub: str = "auto",
     ) -> None:
         if not isinstance(client, aioredis.Redis):
             raise ConfigurationError(
@@ -299,6 +302,14 @@ class RedisDirectory:
         self._scripts: Final = register_directory_scripts(client)
         self._prefix: Final = keyspace.directory_prefix(self.namespace)
         self._on_moved: Final = on_moved
+        if type(pubsub) is not str or pubsub not in ("auto", "classic", "sharded"):
+            raise ConfigurationError(
+                "RedisDirectory pubsub must be 'auto', 'classic' or 'sharded' (as the "
+                f"namespace's CoherenceBus), got {pubsub!r:.80}"
+            )
+        self._publish_command: str | None = {"classic": "PUBLISH", "sharded": "SPUBLISH"}.get(
+            pubsub
+        )
         # A script may touch only keys of its own slot on a cluster: the birth is then the
         # namespace's; one server keeps one birth for every namespace (the scripts pick).
         self._birth_key: Final = keyspace.directory_birth_key(self.namespace)
@@ -576,6 +587,7 @@ class RedisDirectory:
             message = UpdateMessage(self.namespace, check_key(key), version, value, sender)
         else:
             message = InvalidateMessage(self.namespace, check_key(key), version, sender)
+        publish_command = self._publish_command or await self._detect_publish_command()
         reply = await self._run(
             "invalidate",
             key,
@@ -593,6 +605,7 @@ class RedisDirectory:
                     l2_entry,
                     self._l2_ttl_ms,
                     _RELAYED_TTL_MS,
+                    publish_command,
                 ],
             ),
         )
@@ -723,6 +736,17 @@ class RedisDirectory:
             self.acks_key(key),
             self.relayed_key(key),
         ]
+
+    async def _detect_publish_command(self) -> str:
+        """`pubsub="auto"`: SPUBLISH on a cluster, PUBLISH on a single server (as the bus)."""
+        try:
+            async with self._slots:
+                topology = await redis_topology.topology_or_single_node(self._client)
+        except TierUnavailable as error:
+            raise DirectoryUnavailable(str(error)) from error
+        sharded = topology is redis_topology.RedisTopology.CLUSTER
+        self._publish_command = "SPUBLISH" if sharded else "PUBLISH"
+        return self._publish_command
 
     async def _live_members(self, operation: str, key: str, set_key: str) -> tuple[str, ...]:
         reply = await self._run(operation, key, self._scripts.live_members(keys=[set_key]))

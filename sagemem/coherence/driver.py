@@ -1277,16 +1277,20 @@ class AgentDriver:
                 if now - last_sweep >= self._outbox_sweep_after_s:
                     last_sweep = now
                     await self._sweep_outboxes()
-                    self.forget_idle(now)
+                    forgotten = self.forget_idle(now)
+                    if forgotten:
+                        assert self._steps is not None
+                        await self._steps.forget(forgotten, self.agent_id)
             except SageMemError as error:
                 _logger.warning("L1 %s: maintenance failed: %s", self.agent_id, error)
 
-    def forget_idle(self, now: float) -> None:
+    def forget_idle(self, now: float) -> list[str]:
         """Drop what is kept for keys with no copy and nothing in flight, idle for a while, so
         an agent touching many keys does not grow without bound. Only the floor is lost: after
         `FORGET_IDLE_S` every invalidation the floor records has long been relayed (the
         relay deletes L2 first, and outboxes are swept every `outbox_sweep_after_s`), so no
-        fill can return a version older than it."""
+        fill can return a version older than it. Returns the keys forgotten."""
+        forgotten: list[str] = []
         for key in list(self.keys):
             state = self.keys[key]
             if (
@@ -1303,6 +1307,8 @@ class AgentDriver:
                 state.idle_since = now
             elif now - state.idle_since >= FORGET_IDLE_S and self.core.forget(key):
                 del self.keys[key]
+                forgotten.append(key)
+        return forgotten
 
     async def _renew_grants(self) -> None:
         steps = self._steps

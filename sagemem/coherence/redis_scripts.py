@@ -256,7 +256,8 @@ return 1
 # ARGV[1] .. h .. ':seq'; ARGV[7] the effects to perform (letters, see below); ARGV[8] the
 # version relayed; ARGV[9] the L2 entry '<version>;<json>' of L2_SET_IF_NEWER ('' without it);
 # ARGV[10] the L2 ttl ms ('0': none); ARGV[11] the ttl ms of KEYS[5], the highest version of
-# the key any relay has relayed (every relay raises it first).
+# the key any relay has relayed (every relay raises it first); ARGV[12] the publishing command
+# of the namespace's bus, PUBLISH or SPUBLISH (sharded pub/sub).
 # Reply: the effects performed (letters), then the agents messaged.
 INVALIDATE_SCRIPT: Final = (
     _PRELUDE
@@ -266,8 +267,12 @@ INVALIDATE_SCRIPT: Final = (
 -- A restricted caller may publish invalidations only of the keys it may write (its ACL): check
 -- before changing anything, since a command refused half-way would not undo the earlier ones.
 -- (redis.acl_check_cmd exists from Redis 7.0 on; older servers have no channel ACLs anyway.)
+local publish = ARGV[12] or 'PUBLISH'
+if publish ~= 'PUBLISH' and publish ~= 'SPUBLISH' then
+  return redis.error_reply('ERR the publishing command must be PUBLISH or SPUBLISH')
+end
 local probe = ARGV[1] .. ARGV[3] .. ARGV[6]
-if redis.acl_check_cmd and not redis.acl_check_cmd('PUBLISH', probe, '') then
+if redis.acl_check_cmd and not redis.acl_check_cmd(publish, probe, '') then
   return redis.error_reply('NOPERM this user may not publish invalidations of this key')
 end
 local now = now_ms()
@@ -315,7 +320,7 @@ for step = 1, #ARGV[7] do
         local counter = ARGV[1] .. agent .. ':seq'
         local seq = redis.call('INCR', counter)
         redis.call('PEXPIRE', counter, ARGV[5])
-        redis.call('PUBLISH', ARGV[1] .. agent .. ARGV[6],
+        redis.call(publish, ARGV[1] .. agent .. ARGV[6],
           sequenced(ARGV[2], seq))
         if forget then
           redis.call('ZREM', KEYS[3], agent)

@@ -355,6 +355,7 @@ class CoherentL1Tier(AsyncResource):
                 holder_ttl_s=self._holder_ttl_s,
                 value_size_max_bytes=home.value_size_max_bytes,
                 on_moved=self.bus.home_moved,
+                pubsub="sharded" if self.bus.sharded else "classic",
             )
             steps = self._server_steps(self._home_steps(home), directory, self.bus)
             try:

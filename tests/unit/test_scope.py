@@ -270,6 +270,7 @@ def test_restricted_redis_rules_name_only_the_l2_space_and_own_channel() -> None
     assert patterns == ["%R~sagemem:{ns.l2}:*", "%W~sagemem:{ns.l2}:*", "&sagemem-bus:{ns}:a|*"]
     assert not any(rule in ("+publish", "+keys", "+scan", "allkeys", "+@all") for rule in rules)
     assert "+psubscribe" in rules
+    assert "+ssubscribe" in rules
     assert "+subscribe" not in rules
 
 
@@ -292,7 +293,7 @@ def test_l3_writer_gets_a_publish_only_selector() -> None:
     rules = redis_acl_rules(capability, agent_id="a", namespace="ns")
     selectors = [rule for rule in rules if rule.startswith("(")]
     assert selectors == [
-        "(+publish +evalsha +eval +incr +pexpire &sagemem-bus:{ns}:*|i|agent:a:* "
+        "(+publish +spublish +evalsha +eval +incr +pexpire &sagemem-bus:{ns}:*|i|agent:a:* "
         "&sagemem-bus:{ns}:*|i|x%7C\\*%25* &sagemem-bus:{ns}:*|u|agent:a:* "
         "&sagemem-bus:{ns}:*|u|x%7C\\*%25* &sagemem-bus:{ns}:*|r|agent:a:* "
         "&sagemem-bus:{ns}:*|r|team:* ~sagemem-bus:{ns}:*:seq)"

@@ -206,9 +206,10 @@ async def test_a_demoted_primary_is_left_and_every_subscriber_resynchronises(
     doomed_cluster: LocalCluster,
 ) -> None:
     """A manual failover demotes the node serving the namespace to a replica that stays up
-    (its connections too): the bus's probe sees MOVED, gives the link up (the subscriber is
-    told it missed messages, then resynchronised), finds the promoted node, and messages
-    flow again through it."""
+    (its connections too): the demoted node ends the bus's shard subscriptions (or the
+    probe sees MOVED), the bus gives the link up (the subscriber is told it missed messages,
+    then resynchronised), finds the promoted node, resubscribes the keys it follows there,
+    and messages flow again through it."""
     namespace = f"t{uuid.uuid4().hex}"
     events: list[BusEvent] = []
 
@@ -218,7 +219,8 @@ async def test_a_demoted_primary_is_left_and_every_subscriber_resynchronises(
     bus = CoherenceBus(redis_url=doomed_cluster.url, namespace=namespace)
     sender = CoherenceBus(redis_url=doomed_cluster.url, namespace=namespace)
     async with bus, sender:
-        await bus.subscribe("a", handler)
+        subscription = await bus.subscribe("a", handler)
+        await subscription.follow(["k"])  # sharded pub/sub, the default on a cluster
         before = bus.statistics().cluster_node
         assert before is not None
         old_port = int(before.rsplit(":", 1)[1])
