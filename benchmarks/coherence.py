@@ -416,7 +416,7 @@ async def measure_delivery(
         if isinstance(event, Delivered) and probe_waiter and not probe_waiter[0].done():
             probe_waiter[0].set_result(now)
 
-    probe = await bus.subscribe("probe", on_probe)
+    probe = await bus.subscribe("probe", on_probe, keys=[key])  # sharded pub/sub: follow it
     run.stack.push_async_callback(probe.aclose)
     await writer.write_through(key, -1)
 

@@ -26,6 +26,16 @@ The subscriber side drives a raw redis-py connection (send a command, read a rep
 and so can lose messages without telling anyone, which is the failure this module exists to
 prevent.
 
+With sharded pub/sub (`pubsub="sharded"`, or `"auto"` on a cluster) the channels keep their
+names but are published with SPUBLISH, and since a shard subscription names one channel, an
+agent receives messages only about the keys it follows (`follow`; `CoherentL1Tier` follows a
+key before any step that can make it a holder or owner of it). Each agent also subscribes an
+anchor, a shard channel named like its classic pattern that nobody publishes on, after its
+followed channels: its confirmation says they are all live, and only then is the counter read.
+A message about a key the agent does not follow reaches nobody and shows as a sequence gap at
+the next message. A shard subscription that the server ends by itself (its node no longer
+serves the slot) gives the link up, as MOVED does below.
+
 On a Redis/Valkey Cluster (found from the server at `connect()`) both clients talk to the
 primary serving the namespace's hash slot (the namespace is the hash tag of every key and
 channel of it, `sagemem.keyspace`), where every script of the namespace runs and publishes.
@@ -823,16 +833,23 @@ class CoherenceBus(AsyncResource):
 
     # -- subscribing --------------------------------------------------------------------------
 
-    async def subscribe(self, agent_id: str, handler: BusHandler) -> Subscription:
+    async def subscribe(
+        self, agent_id: str, handler: BusHandler, *, keys: Iterable[str] = ()
+    ) -> Subscription:
         """Deliver `agent_id`'s messages (and Missed/Resynced events) to `handler`.
 
         Returns once the channel is subscribed and its sequence is known, so every message
         published afterwards is delivered or reported missed. One subscription per agent id.
-        Raises `BusUnavailable` if that takes longer than `subscribe_timeout_s`.
+        With sharded pub/sub the agent receives messages only about the keys it follows:
+        `keys` (followed from the start, before the sequence is read) and those given to
+        `follow` later; classic pub/sub delivers every message to the agent and ignores `keys`
+        (they are still checked). Raises `BusUnavailable` if that takes longer than
+        `subscribe_timeout_s`.
         """
         self._require_connected()
         pattern = self.pattern_for(agent_id)
         name = pattern.encode()
+        checked = self._checked_keys(keys)
         if not callable(handler):
             raise ConfigurationError(f"handler must be an async callable, got {handler!r:.80}")
         if name in self._channels:
@@ -847,6 +864,8 @@ class CoherenceBus(AsyncResource):
             sequence_key=self.sequence_key_for(agent_id),
             handler=handler,
         )
+        if self._sharded:
+            channel.follows.update(dict.fromkeys(self._followed_names(channel, checked)))
         self._channels[name] = channel
         try:
             link = self._link
@@ -855,8 +874,9 @@ class CoherenceBus(AsyncResource):
                 with contextlib.suppress(*_DRIVER_ERRORS):
                     # A failed send fails the link too: the listener then resubscribes all.
                     # Sharded: the pattern's text is the agent's anchor, a shard channel nobody
-                    # publishes on, whose confirmation says the agent's channels are live.
-                    await link.subscribe([name], sharded=self._sharded)
+                    # publishes on, subscribed after the followed ones: its confirmation says
+                    # they are all live (replies come in order).
+                    await link.subscribe([*channel.follows, name], sharded=self._sharded)
             async with asyncio.timeout(self._subscribe_timeout_s):
                 await channel.ready.wait()
         except TimeoutError as error:

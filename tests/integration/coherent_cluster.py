@@ -21,9 +21,16 @@ class Cluster:
     """A bus, a shared home and L2, and coherent agents over them (one process)."""
 
     def __init__(
-        self, redis_url: str, dsn: str, namespace: str, schema: str, raw_url: str | None = None
+        self,
+        redis_url: str,
+        dsn: str,
+        namespace: str,
+        schema: str,
+        raw_url: str | None = None,
+        *,
+        pubsub: str = "auto",
     ) -> None:
-        self.bus = CoherenceBus(url=redis_url, namespace=namespace)
+        self.bus = CoherenceBus(url=redis_url, namespace=namespace, pubsub=pubsub)
         self.home = L3Tier(dsn=dsn, namespace=namespace, schema=schema)
         self.l2 = L2Tier(url=redis_url, namespace=namespace)
         # The server holding the namespace's keys (`raw_url`: on a cluster, its slot's node).

@@ -2,6 +2,11 @@
 
 Every wait is an event with a timeout (`EventRecorder.wait_for`); nothing sleeps to let things
 happen. `measure_one_way_latency` is reused by the coherence benchmark.
+
+Every test taking the `bus` fixture runs with classic pub/sub and with sharded pub/sub (the
+default on a cluster): a sharded subscriber receives messages only about the keys it follows,
+so each test's subscribers follow the keys it publishes about (a no-op with classic pub/sub),
+and messages published behind the bus's back use the bus's publishing command.
 """
 
 from __future__ import annotations
@@ -61,12 +66,15 @@ class EventRecorder:
         return [event.message for event in self.events if isinstance(event, Delivered)]
 
 
-@pytest.fixture
-async def bus(redis_url: str, namespace: str) -> AsyncIterator[CoherenceBus]:
-    """A connected bus with a fast health check, closed after the test."""
+@pytest.fixture(params=["classic", "sharded"])
+async def bus(
+    redis_url: str, namespace: str, request: pytest.FixtureRequest
+) -> AsyncIterator[CoherenceBus]:
+    """A connected bus with a fast health check, closed after the test; classic or sharded."""
     async with CoherenceBus(
         redis_url,
         namespace=namespace,
+        pubsub=request.param,
         health_check_interval_s=0.2,
         health_check_timeout_s=0.6,
         reconnect_delay_min_s=0.02,
@@ -88,11 +96,17 @@ async def raw(redis_url: str, namespace: str) -> AsyncIterator[aioredis.Redis]:
         await client.aclose()
 
 
+async def raw_publish(raw: aioredis.Redis, bus: CoherenceBus, channel: str, payload: bytes) -> int:
+    """Publish behind the bus's back with the bus's command (PUBLISH or SPUBLISH)."""
+    return int(await raw.execute_command(bus.publish_command, channel, payload))  # type: ignore[no-untyped-call]  # untyped in redis-py
+
+
 async def test_invalidation_reaches_only_targeted_agents(bus: CoherenceBus) -> None:
     """Holders a and b receive the invalidation; c, not a target, receives nothing."""
     recorders = {agent: EventRecorder() for agent in ("a", "b", "c")}
+    follows = {"a": ["belief:x"], "b": ["belief:x"], "c": ["belief:x", "belief:y"]}
     for agent, recorder in recorders.items():
-        await bus.subscribe(agent, recorder)
+        await bus.subscribe(agent, recorder, keys=follows[agent])
 
     sent = await bus.publish_invalidate("belief:x", 3, ["a", "b", "a"], sender="writer")
     await bus.publish_invalidate("belief:y", 1, ["c"], sender="writer")
@@ -111,7 +125,7 @@ async def test_invalidation_reaches_only_targeted_agents(bus: CoherenceBus) -> N
 async def test_recall_is_delivered_with_its_owner_epoch(bus: CoherenceBus) -> None:
     """A recall reaches the owner with the epoch the sender saw; statistics count it."""
     recorder = EventRecorder()
-    await bus.subscribe("owner", recorder)
+    await bus.subscribe("owner", recorder, keys=["k"])
 
     assert await bus.publish_recall("k", ["owner"], sender="reader", owner_epoch=7) == 1
 
@@ -175,13 +189,13 @@ async def test_hostile_messages_are_counted_and_dropped_and_delivery_goes_on(
 ) -> None:
     """Garbage on an agent's channel is counted as malformed; a valid message still arrives."""
     recorder = EventRecorder()
-    await bus.subscribe("victim", recorder)
+    await bus.subscribe("victim", recorder, keys=["k"])
     channel = bus.channel_for("victim", MessageKind.INVALIDATE, "k")
     foreign = InvalidateMessage("another-namespace", "k", 1, "w", 1)
     payloads = [*HOSTILE_PAYLOADS, encode(foreign)]
 
     for payload in payloads:
-        assert await raw.publish(channel, payload) == 1
+        assert await raw_publish(raw, bus, channel, payload) == 1
     await bus.publish_invalidate("k", 5, ["victim"], sender="w")
 
     events = await recorder.wait_for_count(1)
@@ -197,25 +211,27 @@ async def test_a_message_on_another_keys_channel_is_dropped_as_misaddressed(
     """A message whose channel names another key or kind (what a publisher allowed to publish
     about some keys would send to forge one about others, see sagemem.grants) is dropped and
     counted before its sequence number is looked at; a bus that trusted the body alone would
-    deliver it. Keys holding the channel's separators travel encoded and arrive intact."""
+    deliver it. Keys holding the channel's separators travel encoded and arrive intact. With
+    sharded pub/sub a channel of a key the agent does not follow reaches nobody."""
     recorder = EventRecorder()
-    await bus.subscribe("victim", recorder)
+    awkward = "a|i|b%7C|r|*?[x]%"
+    await bus.subscribe("victim", recorder, keys=[awkward, "agent:m:x", "team:secret"])
     forged = InvalidateMessage(bus.namespace, "team:secret", 9, "mallory", seq=1)
     recall = RecallMessage(bus.namespace, "agent:m:x", "mallory", None, seq=1)
     for channel, payload in (
         (bus.channel_for("victim", MessageKind.INVALIDATE, "agent:m:x"), encode(forged)),
         (bus.channel_for("victim", MessageKind.INVALIDATE, "agent:m:x"), encode(recall)),
         (bus.channel_for("victim", MessageKind.RECALL, "team:secret"), encode(forged)),
-        (bus.pattern_for("victim")[:-1] + "i|team:secret|x", encode(forged)),
     ):
-        assert await raw.publish(channel, payload) == 1
-    awkward = "a|i|b%7C|r|*?[x]%"
+        assert await raw_publish(raw, bus, channel, payload) == 1
+    unfollowed = bus.pattern_for("victim")[:-1] + "i|team:secret|x"  # no key's channel
+    assert await raw_publish(raw, bus, unfollowed, encode(forged)) == (0 if bus.sharded else 1)
     await bus.publish_invalidate(awkward, 4, ["victim"], sender="w")
 
     events = await recorder.wait_for_count(1)
     assert events == [Delivered(InvalidateMessage(bus.namespace, awkward, 4, "w", 1))]
     stats = bus.statistics()
-    assert stats.misaddressed_messages == 4
+    assert stats.misaddressed_messages == (3 if bus.sharded else 4)
     assert (stats.malformed_messages, stats.sequence_gaps) == (0, 0)
 
 
@@ -224,7 +240,7 @@ async def test_a_raising_handler_is_counted_and_does_not_stop_delivery(
 ) -> None:
     """The handler raises on the first message; the second is delivered all the same."""
     recorder = EventRecorder(fail_on=lambda event: len(recorder.events) == 1)
-    await bus.subscribe("a", recorder)
+    await bus.subscribe("a", recorder, keys=["k"])
 
     await bus.publish_invalidate("k", 1, ["a"], sender="w")
     await bus.publish_invalidate("k", 2, ["a"], sender="w")
@@ -240,7 +256,7 @@ async def test_killed_pubsub_connection_reports_missed_then_resynced(
     """CLIENT KILL TYPE pubsub: Missed at once, then Resynced, then new messages arrive."""
     recorders = {agent: EventRecorder() for agent in ("a", "b")}
     for agent, recorder in recorders.items():
-        await bus.subscribe(agent, recorder)
+        await bus.subscribe(agent, recorder, keys=["k"])
 
     killed = await raw.client_kill_filter(_type="pubsub")
     assert killed >= 1
@@ -268,7 +284,7 @@ async def test_many_subscribers_are_all_resynced_after_a_kill(
     """Forty agents on one bus: each gets Missed, then Resynced, then the next message."""
     recorders = {f"agent-{index}": EventRecorder() for index in range(40)}
     for agent, recorder in recorders.items():
-        await bus.subscribe(agent, recorder)
+        await bus.subscribe(agent, recorder, keys=["k"])
 
     await raw.client_kill_filter(_type="pubsub")
     for recorder in recorders.values():
@@ -284,11 +300,11 @@ async def test_subscribing_during_a_reconnection_completes_once_resynced(
     bus: CoherenceBus, raw: aioredis.Redis
 ) -> None:
     """A subscribe() racing a dropped connection returns in sync; it had nothing to miss."""
-    await bus.subscribe("early", EventRecorder())
+    await bus.subscribe("early", EventRecorder(), keys=["k"])
     await raw.client_kill_filter(_type="pubsub")
 
     late = EventRecorder()
-    await bus.subscribe("late", late)
+    await bus.subscribe("late", late, keys=["k"])
     await bus.publish_invalidate("k", 1, ["late"], sender="w")
 
     events = await late.wait_for(lambda events: any(isinstance(e, Delivered) for e in events))
@@ -302,7 +318,7 @@ async def test_messages_published_while_disconnected_are_reported_not_silently_l
 ) -> None:
     """Whatever was published around the kill, a subscriber saw it or was told it missed it."""
     recorder = EventRecorder()
-    await bus.subscribe("a", recorder)
+    await bus.subscribe("a", recorder, keys=["k"])
 
     await raw.client_kill_filter(_type="pubsub")
     await bus.publish_invalidate("k", 1, ["a"], sender="w")  # likely lands in the gap
@@ -331,7 +347,7 @@ async def test_joining_a_busy_channel_delivers_a_contiguous_sequence_without_fal
     publisher = asyncio.create_task(publish_until_stopped())
     try:
         recorder = EventRecorder()
-        await bus.subscribe("busy", recorder)
+        await bus.subscribe("busy", recorder, keys=["k"])
         await recorder.wait_for_count(50)
     finally:
         stop.set()
@@ -353,7 +369,7 @@ async def test_a_skipped_sequence_number_reports_missed_then_resynced(
 ) -> None:
     """A counter bumped behind the bus's back looks like a lost message: Missed, Resynced."""
     recorder = EventRecorder()
-    await bus.subscribe("a", recorder)
+    await bus.subscribe("a", recorder, keys=["k"])
     await bus.publish_invalidate("k", 1, ["a"], sender="w")
     await recorder.wait_for_count(1)
 
@@ -375,13 +391,13 @@ async def test_a_forged_out_of_sequence_message_reports_missed(
 ) -> None:
     """A well-formed message with a seq that goes backwards is a gap too (at worst a refetch)."""
     recorder = EventRecorder()
-    await bus.subscribe("a", recorder)
+    await bus.subscribe("a", recorder, keys=["k"])
     await bus.publish_invalidate("k", 1, ["a"], sender="w")
     await bus.publish_invalidate("k", 2, ["a"], sender="w")
     await recorder.wait_for_count(2)
 
     forged = InvalidateMessage(bus.namespace, "k", 99, "mallory", seq=1)
-    await raw.publish(bus.channel_for("a", MessageKind.INVALIDATE, "k"), encode(forged))
+    await raw_publish(raw, bus, bus.channel_for("a", MessageKind.INVALIDATE, "k"), encode(forged))
 
     events = await recorder.wait_for_count(5)
     assert [type(event) for event in events[2:]] == [Missed, Resynced, Delivered]
@@ -393,7 +409,7 @@ async def test_health_check_detects_an_unresponsive_connection(
 ) -> None:
     """A server that stops answering PINGs (CLIENT PAUSE) is declared dead and resynced."""
     recorder = EventRecorder()
-    await bus.subscribe("a", recorder)
+    await bus.subscribe("a", recorder, keys=["k"])
 
     await raw.client_pause(2000, all=True)
     events = await recorder.wait_for(lambda events: any(isinstance(e, Resynced) for e in events))
@@ -408,15 +424,15 @@ async def test_a_closed_subscription_receives_nothing_and_can_be_renewed(
 ) -> None:
     """After aclose() the old handler hears nothing; a new subscription gets only new messages."""
     first = EventRecorder()
-    subscription = await bus.subscribe("a", first)
+    subscription = await bus.subscribe("a", first, keys=["k"])
     with pytest.raises(ConfigurationError, match="already subscribed"):
-        await bus.subscribe("a", EventRecorder())
+        await bus.subscribe("a", EventRecorder(), keys=["k"])
 
     await subscription.aclose()
     await subscription.aclose()
     await bus.publish_invalidate("k", 1, ["a"], sender="w")
     second = EventRecorder()
-    async with await bus.subscribe("a", second) as renewed:
+    async with await bus.subscribe("a", second, keys=["k"]) as renewed:
         assert renewed.active
         await bus.publish_invalidate("k", 2, ["a"], sender="w")
         events = await second.wait_for_count(1)
@@ -438,7 +454,7 @@ async def test_aclose_is_idempotent_and_leaves_no_task(redis_url: str, namespace
     bus = CoherenceBus(redis_url, namespace=namespace)
     await bus.connect()
     await bus.connect()
-    subscription = await bus.subscribe("a", EventRecorder())
+    subscription = await bus.subscribe("a", EventRecorder(), keys=["k"])
     assert len(_bus_tasks()) == 1
 
     await bus.aclose()
@@ -450,7 +466,7 @@ async def test_aclose_is_idempotent_and_leaves_no_task(redis_url: str, namespace
     with pytest.raises(ClosedResourceError):
         await bus.publish_invalidate("k", 1, ["a"], sender="w")
     with pytest.raises(ClosedResourceError):
-        await bus.subscribe("b", EventRecorder())
+        await bus.subscribe("b", EventRecorder(), keys=["k"])
 
 
 async def test_a_handler_may_close_the_bus(redis_url: str, namespace: str) -> None:
@@ -463,7 +479,7 @@ async def test_a_handler_may_close_the_bus(redis_url: str, namespace: str) -> No
         await bus.aclose()
         closed.set()
 
-    await bus.subscribe("a", close_on_first_event)
+    await bus.subscribe("a", close_on_first_event, keys=["k"])
     listeners = _bus_tasks()
     await bus.publish_invalidate("k", 1, ["a"], sender="w")
 
@@ -509,7 +525,7 @@ async def measure_one_way_latency(
         async def on_event(event: BusEvent) -> None:
             arrived.set()
 
-        await bus.subscribe("latency", on_event)
+        await bus.subscribe("latency", on_event, keys=["k"])
         for version in range(samples):
             arrived.clear()
             started = time.perf_counter()
@@ -554,3 +570,115 @@ async def test_one_way_latency_is_measured(redis_url: str, namespace: str) -> No
     )
     assert latency.bus_median_s > 0
     assert latency.raw_median_s > 0
+
+
+async def _pubsub_client(raw: aioredis.Redis, bus: CoherenceBus) -> dict[str, str]:
+    """The server's CLIENT LIST entry of the bus's pub/sub connection."""
+    name = f"sagemem-bus-{bus.namespace}"
+    [entry] = [client for client in await raw.client_list() if client.get("name") == name]
+    return entry
+
+
+async def test_a_sharded_subscriber_hears_only_the_keys_it_follows(
+    redis_url: str, namespace: str, raw: aioredis.Redis
+) -> None:
+    """Sharded pub/sub: the bus holds shard subscriptions only (one anchor per agent, one
+    channel per followed key and kind of message), a message about a key the agent does not
+    follow reaches nobody and shows as a gap at the next message (never a silent loss),
+    following and unfollowing change what arrives, and a reconnection resubscribes every
+    followed key."""
+    async with CoherenceBus(
+        redis_url, namespace=namespace, pubsub="sharded", reconnect_delay_max_s=0.2
+    ) as bus:
+        recorder = EventRecorder()
+        subscription = await bus.subscribe("a", recorder, keys=["k"])
+        assert bus.sharded
+        assert bus.publish_command == "SPUBLISH"
+        stats = bus.statistics()
+        assert (stats.pubsub, stats.followed_channels) == ("sharded", 3)
+        entry = await _pubsub_client(raw, bus)
+        assert (entry["psub"], entry["ssub"]) == ("0", "4")  # the anchor and k's 3 kinds
+
+        await bus.publish_invalidate("other", 1, ["a"], sender="w")  # seq 1: not followed
+        await bus.publish_invalidate("k", 2, ["a"], sender="w")  # seq 2
+        events = await recorder.wait_for_count(3)
+        assert isinstance(events[0], Missed)
+        assert events[0].reason is MissedReason.SEQUENCE_GAP
+        assert events[1:] == [
+            Resynced(),
+            Delivered(InvalidateMessage(bus.namespace, "k", 2, "w", 2)),
+        ]
+
+        await subscription.follow(["other", "k"])  # k: already followed, nothing sent
+        assert bus.statistics().followed_channels == 6
+        await bus.publish_recall("other", ["a"], sender="w", owner_epoch=4)
+        events = await recorder.wait_for_count(4)
+        assert events[3] == Delivered(RecallMessage(bus.namespace, "other", "w", 4, 3))
+
+        await raw.client_kill_filter(_type="pubsub")
+        await recorder.wait_for(lambda events: isinstance(events[-1], Resynced))
+        assert (await _pubsub_client(raw, bus))["ssub"] == "7"
+        await bus.publish_invalidate("other", 5, ["a"], sender="w")
+        events = await recorder.wait_for(lambda events: isinstance(events[-1], Delivered))
+        assert events[-1] == Delivered(InvalidateMessage(bus.namespace, "other", 5, "w", 4))
+
+        await subscription.unfollow(["k"])
+        await subscription.unfollow(["k", "never-followed"])  # nothing to do: no error
+        assert bus.statistics().followed_channels == 3
+        await bus.publish_invalidate("other", 6, ["a"], sender="w")
+        await recorder.wait_for(
+            lambda events: events[-1] == Delivered(InvalidateMessage(namespace, "other", 6, "w", 5))
+        )
+        assert (await _pubsub_client(raw, bus))["ssub"] == "4"
+        await subscription.aclose()
+        assert bus.statistics().followed_channels == 0
+
+
+async def test_classic_pub_sub_delivers_without_following(
+    redis_url: str, namespace: str, raw: aioredis.Redis
+) -> None:
+    """Classic pub/sub (the default on a single server): one pattern subscription per agent
+    hears every message addressed to it; `follow` checks its keys and does nothing else."""
+    async with CoherenceBus(redis_url, namespace=namespace, pubsub="classic") as bus:
+        recorder = EventRecorder()
+        subscription = await bus.subscribe("a", recorder)
+        await subscription.follow(["k"])
+        stats = bus.statistics()
+        assert (stats.pubsub, stats.followed_channels) == ("classic", 0)
+        assert bus.publish_command == "PUBLISH"
+        entry = await _pubsub_client(raw, bus)
+        assert (entry["psub"], entry["ssub"]) == ("1", "0")
+        await bus.publish_invalidate("anything", 1, ["a"], sender="w")
+        events = await recorder.wait_for_count(1)
+        assert events == [Delivered(InvalidateMessage(namespace, "anything", 1, "w", 1))]
+        with pytest.raises(ValueError, match="key"):
+            await subscription.follow([""])
+
+
+@pytest.mark.parametrize("pubsub", ["classic", "sharded"])
+async def test_bad_pubsub_choices_and_followed_keys_are_refused_and_change_nothing(
+    redis_url: str, namespace: str, pubsub: str
+) -> None:
+    """Typed errors, each saying what to pass instead, and nothing followed or subscribed."""
+    for wrong in ("fast", "", "SHARDED", None, 1):
+        with pytest.raises(ConfigurationError, match="pubsub must be one of"):
+            CoherenceBus(redis_url, namespace=namespace, pubsub=wrong)  # type: ignore[arg-type]  # on purpose
+    bus = CoherenceBus(redis_url, namespace=namespace, pubsub=pubsub)
+    with pytest.raises(ClosedResourceError):
+        await bus.follow("a", ["k"])
+    async with bus:
+        with pytest.raises(ConfigurationError, match="not subscribed"):
+            await bus.follow("a", ["k"])
+        with pytest.raises(ConfigurationError, match="wrap one key in a list"):
+            await bus.subscribe("a", EventRecorder(), keys="k")
+        with pytest.raises(ValueError, match="key"):
+            await bus.subscribe("a", EventRecorder(), keys=["k", ""])
+        assert bus.statistics().subscriptions == 0
+        subscription = await bus.subscribe("a", EventRecorder(), keys=["k"])
+        with pytest.raises(ConfigurationError, match="wrap one key in a list"):
+            await subscription.follow("other")
+        with pytest.raises(ValueError, match="key"):
+            await subscription.follow(["other", ""])  # the good key is not followed either
+        with pytest.raises(ConfigurationError, match="wrap one key in a list"):
+            await subscription.unfollow("k")
+        assert bus.statistics().followed_channels == (3 if pubsub == "sharded" else 0)

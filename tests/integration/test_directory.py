@@ -342,7 +342,10 @@ async def test_invalidation_goes_only_to_the_holders(
     agents = [f"agent-{i}" for i in range(32)]
     inboxes = {agent: Inbox() for agent in agents}
     async with CoherenceBus(redis_url, namespace=namespace) as bus:
-        await asyncio.gather(*(bus.subscribe(agent, inboxes[agent]) for agent in agents))
+        # Every agent follows both keys (sharded pub/sub, a cluster's default; else a no-op).
+        await asyncio.gather(
+            *(bus.subscribe(agent, inboxes[agent], keys=[KEY, "sentinel"]) for agent in agents)
+        )
         for holder in ("agent-3", "agent-17"):
             await directory.fill(KEY, holder)
 
