@@ -64,6 +64,7 @@ from sagemem.coherence.messages import (
     InvalidateMessage,
     encode,
 )
+from sagemem.redis_topology import namespace_node_url
 from sagemem.services import resolve_postgres_dsn, resolve_redis_url
 from sagemem.spec.vocabulary import Event, MessageKind
 from sagemem.tiers.l1 import L1Tier
@@ -660,23 +661,38 @@ async def measure_delivery_across_processes(
 
 
 class _WireCounter(_PubSubListener):
-    """Counts the messages published on a namespace's bus channels (a raw PSUBSCRIBE)."""
+    """Counts the messages published on a namespace's bus channels: a raw PSUBSCRIBE of them
+    all, or with sharded pub/sub (no patterns) a raw SSUBSCRIBE of every channel `agents` may
+    be sent about `key` (the only key written while it counts)."""
 
-    def __init__(self, client: aioredis.Redis, bus: CoherenceBus) -> None:
+    def __init__(
+        self, client: aioredis.Redis, bus: CoherenceBus, agents: list[str], key: str
+    ) -> None:
         super().__init__(client)
         self._pattern: Final = f"{keyspace.bus_prefix(bus.namespace)}*"
         self._sentinel: Final = bus.channel_for(
             "zz-bench-sentinel", MessageKind.INVALIDATE, "sentinel"
         ).encode()
+        self._sharded: Final = bus.sharded
+        self._channels: Final = [
+            bus.channel_for(agent, kind, key) for agent in agents for kind in MessageKind
+        ]
         self.count = 0
         self._sentinel_seen: asyncio.Event = asyncio.Event()
 
     async def start(self) -> None:
-        await self._start(self._pattern, pattern=True, name="bench-wire-counter")
+        if not self._sharded:
+            await self._start(self._pattern, pattern=True, name="bench-wire-counter")
+            return
+        channels = [*self._channels, self._sentinel.decode()]
+        await self._pubsub.ssubscribe(*channels)
+        for _ in channels:
+            await await_subscribed(self._pubsub, "ssubscribe", WAIT_S)
+        self._task = asyncio.create_task(self._listen(), name="bench-wire-counter")
 
     async def _listen(self) -> None:
         async for message in self._pubsub.listen():
-            if message["type"] != "pmessage":
+            if message["type"] not in ("pmessage", "smessage"):
                 continue
             if message["channel"] == self._sentinel:
                 self._sentinel_seen.set()
@@ -686,7 +702,10 @@ class _WireCounter(_PubSubListener):
     async def settle(self, publisher: aioredis.Redis) -> int:
         """The count once every message published before now has been read."""
         self._sentinel_seen.clear()
-        await publisher.publish(self._sentinel, b"sentinel")
+        if self._sharded:
+            await publisher.spublish(self._sentinel, b"sentinel")
+        else:
+            await publisher.publish(self._sentinel, b"sentinel")
         async with asyncio.timeout(WAIT_S):
             await self._sentinel_seen.wait()
         return self.count
@@ -703,11 +722,13 @@ async def measure_messages(run: _Run, writes: int) -> MessagesPerWrite:
     for holder, transition_clock in zip(holders, clocks, strict=True):
         holder.core.tracer = transition_clock
     key = "fanout:key"
-    client = aioredis.Redis.from_url(run.redis_url)
+    # On a cluster: the node serving the namespace (where shard messages are published).
+    node_url = await namespace_node_url(run.redis_url, bus.namespace)
+    client = aioredis.Redis.from_url(node_url)
     run.stack.push_async_callback(client.aclose)
-    subscriber_client = aioredis.Redis.from_url(run.redis_url)
+    subscriber_client = aioredis.Redis.from_url(node_url)
     run.stack.push_async_callback(subscriber_client.aclose)
-    wire = _WireCounter(subscriber_client, bus)
+    wire = _WireCounter(subscriber_client, bus, [agent.agent_id for agent in agents], key)
     await wire.start()
     run.stack.push_async_callback(wire.aclose)
     await writer.write_through(key, 0)

@@ -597,14 +597,23 @@ async def test_bus_carries_no_invalidation_for_keys_outside_the_grant(
     """The bus: invalidations go only to registered holders, and the agent's Redis user can
     register (in the coherence directory) only for keys it may read, so it learns nothing of
     other keys; a naive grant (all of `sagemem-dir:<ns>:*`) would let it register for any key
-    and receive the key names of every write."""
+    and receive the key names of every write. With sharded pub/sub (a cluster's default) the
+    agent listens on its own channels of both keys, which its grant allows."""
     capability = AgentCapability(tiers={0, 1, 2}, l3_write=False, read_prefixes={2: ("team:",)})
     credentials = await provision(capability, "intern")
     raw = aioredis.Redis.from_url(await namespace_node_url(credentials.redis_url, namespace))
     pubsub = raw.pubsub()
+    boss = coherent_hierarchy.tiers[0]
+    assert isinstance(boss, CoherentL1Tier)
+    sharded = boss.bus.sharded
     try:
         own = f"sagemem-bus:{{{namespace}}}:intern|*"
-        assert await _subscribe(pubsub, own, pattern=True) == "psubscribe"
+        if sharded:
+            for key in ("secret:k", "team:x"):
+                channel = f"sagemem-bus:{{{namespace}}}:intern|i|{key}"
+                assert await _subscribe(pubsub, channel, sharded=True) == "ssubscribe"
+        else:
+            assert await _subscribe(pubsub, own, pattern=True) == "psubscribe"
         far_ms = 2**52
         with pytest.raises(NoPermissionError):
             await raw.zadd(f"sagemem-dir:{{{namespace}}}:holders:secret:k", {"intern": far_ms})
@@ -615,7 +624,7 @@ async def test_bus_carries_no_invalidation_for_keys_outside_the_grant(
         await coherent_hierarchy.set("team:x", "plan", tier_index=2)
         async with asyncio.timeout(10):
             message = None
-            while message is None or message["type"] != "pmessage":
+            while message is None or message["type"] not in ("pmessage", "smessage"):
                 message = await pubsub.get_message(timeout=1.0)
         assert b"team:x" in message["data"]
         assert b"secret" not in message["data"]
