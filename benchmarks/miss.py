@@ -30,9 +30,9 @@ from dataclasses import asdict
 from typing import Final
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from benchmarks.baselines import interleaved
+from benchmarks.cleanup import remove_namespace_keys
 from benchmarks.stats import LatencySummary, format_table, summarise
 from sagemem.coherence.bus import CoherenceBus
 from sagemem.services import resolve_postgres_dsn, resolve_redis_url
@@ -137,12 +137,7 @@ async def measure(
             await connection.close()
         await home.aclose()
         await bus.aclose()
-        client = aioredis.Redis.from_url(redis_url)
-        try:
-            async for key in client.scan_iter(match=f"sagemem*:{{{namespace}}}:*", count=500):
-                await client.unlink(key)
-        finally:
-            await client.aclose()
+        await remove_namespace_keys(redis_url, namespace)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

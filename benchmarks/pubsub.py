@@ -37,6 +37,7 @@ from typing import Final
 import asyncpg
 import redis.asyncio as aioredis
 
+from benchmarks.cleanup import remove_namespace_keys
 from benchmarks.stats import LatencySummary, format_table, summarise
 from sagemem.coherence.bus import CoherenceBus
 from sagemem.coherence.messages import BusEvent, Delivered
@@ -267,12 +268,7 @@ async def measure(redis_url: str, postgres_dsn: str, iterations: int) -> dict[st
         finally:
             await connection.close()
         for namespace in namespaces.values():
-            client = aioredis.Redis.from_url(await namespace_node_url(redis_url, namespace))
-            try:
-                async for key in client.scan_iter(match=f"sagemem*:{{{namespace}}}:*", count=500):
-                    await client.unlink(key)
-            finally:
-                await client.aclose()
+            await remove_namespace_keys(redis_url, namespace)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
