@@ -63,18 +63,21 @@ async def interleaved(
     iterations: int, tier_op: Op, baseline_op: Op, *, warmup: int = 200
 ) -> tuple[list[int], list[int]]:
     """Time both operations `iterations` times each, alternating which goes first, after
-    `warmup` untimed rounds (caches, statement plans); returns both lists of nanoseconds."""
+    `min(iterations, warmup)` untimed rounds (caches, statement plans); returns both lists of
+    nanoseconds. The rounds get the numbers 0, 1, ... in order, warm-up first, so an operation
+    that uses a fresh key per number (a miss) never meets a warm-up's key in a timed round."""
     tier_ns: list[int] = []
     base_ns: list[int] = []
     clock = time.perf_counter_ns
-    for i in range(min(iterations, warmup)):
+    warm = min(iterations, warmup)
+    for i in range(warm):
         await tier_op(i)
         await baseline_op(i)
     for i in range(iterations):
         for which in (0, 1) if i % 2 == 0 else (1, 0):
             op = tier_op if which == 0 else baseline_op
             started = clock()
-            await op(i)
+            await op(warm + i)
             elapsed = clock() - started
             (tier_ns if which == 0 else base_ns).append(elapsed)
     return tier_ns, base_ns

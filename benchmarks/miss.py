@@ -30,11 +30,14 @@ from dataclasses import asdict
 from typing import Final
 
 import asyncpg
+import redis.asyncio as aioredis
 
 from benchmarks.baselines import interleaved
 from benchmarks.cleanup import remove_namespace_keys
 from benchmarks.stats import LatencySummary, format_table, summarise
+from sagemem import keyspace
 from sagemem.coherence.bus import CoherenceBus
+from sagemem.redis_topology import namespace_node_url
 from sagemem.services import resolve_postgres_dsn, resolve_redis_url
 from sagemem.tiers.l1_coherent import CoherentL1Tier
 from sagemem.tiers.l3 import L3Tier
@@ -86,6 +89,13 @@ async def measure(
         for i in range(count):
             for kind in ("l2", "home", "select"):
                 await writer.write_through(f"{kind}:{i}", _value(i))
+        # A write-through's relay leaves the value in L2 (OUTBOX_RELAY_STORE): remove the home
+        # keys' copies, so that their misses go to the home.
+        raw = aioredis.Redis.from_url(await namespace_node_url(redis_url, namespace))
+        try:
+            await raw.unlink(*(keyspace.l2_prefix(namespace) + f"home:{i}" for i in range(count)))
+        finally:
+            await raw.aclose()
         _progress("filling L2 for the L2-hit keys through another agent ...")
         for i in range(count):
             await filler.get(f"l2:{i}")
@@ -123,6 +133,10 @@ async def measure(
             rows.append((summarise(name, miss_ns), baseline))
             rows.append((baseline, None))
         statistics = reader.statistics()
+        expected = {"fills_from_l2": count, "fills_from_home": count}
+        found = {name: getattr(statistics, name) for name in expected}
+        if found != expected:
+            raise RuntimeError(f"the reader's fills were {found}, expected {expected}")
         return {
             "rows": [(asdict(a), asdict(b) if b else None) for a, b in rows],
             "table": format_table(rows),
