@@ -8,8 +8,8 @@ decides anything (the answers are read by `sagemem.coherence.answers` and the co
 On sharded pub/sub (`CoherenceBus(pubsub="sharded")`, the default on a cluster) an agent
 receives only the messages about keys it follows: the steps that can make the agent a holder
 (a fill, DIRECTORY_ADD_HOLDER) or an owner (HOME_ACQUIRE, whose recalls it must receive) first
-follow the key on the bus; `leave` and `forget` stop following. With classic pub/sub those calls
-do nothing.
+follow the key on the bus; `leave` and `forget` stop following. With classic pub/sub nothing is
+followed.
 
 A test replaces steps without touching the tier's private attributes: pass
 `CoherentL1Tier(..., server_steps=factory)` where `factory(home, directory, bus)` returns a
@@ -77,7 +77,7 @@ class ServerSteps:
         lease (strict: or wait, also while the directory is younger than
         `directory_settled_s`), each where the entry's rows say; lapsed registrations and acks
         dropped first if `holders_lapse` (the HOLDER_EXPIRE row)."""
-        if register_on_hit or register_on_miss:
+        if self.bus.sharded and (register_on_hit or register_on_miss):
             await self.bus.follow(agent_id, (key,))
         return await self.directory.fill(
             key,
@@ -115,7 +115,8 @@ class ServerSteps:
 
     async def acquire(self, key: str, me: str, lease_ms: int) -> CommitAnswer:
         """HOME_ACQUIRE: grant ownership and reserve a version, or name the owner."""
-        await self.bus.follow(owner_agent(me), (key,))
+        if self.bus.sharded:
+            await self.bus.follow(owner_agent(me), (key,))
         return await self.home.acquire(key, me, lease_ms)
 
     async def write_back(
@@ -207,7 +208,8 @@ class ServerSteps:
 
     async def add_holder(self, key: str, agent_id: str, *, holders_lapse: bool = True) -> bool:
         """DIRECTORY_ADD_HOLDER; False if the holder set is full (the copy is not served)."""
-        await self.bus.follow(agent_id, (key,))
+        if self.bus.sharded:
+            await self.bus.follow(agent_id, (key,))
         return await self.directory.add_holder(key, agent_id, holders_lapse=holders_lapse)
 
     async def remove_holder(self, key: str, agent_id: str) -> bool:
@@ -218,12 +220,14 @@ class ServerSteps:
         """On close: drop the agent's registrations and owed acks for `keys`, then stop
         following them on the bus."""
         await self.directory.leave(keys, agent_id)
-        await self.bus.unfollow(agent_id, keys)
+        if self.bus.sharded:
+            await self.bus.unfollow(agent_id, keys)
 
     async def forget(self, keys: Sequence[str], agent_id: str) -> None:
         """The agent forgot `keys` (no copy, nothing in flight, idle for long): stop following
         them on the bus. Transport only: no server step of the spec."""
-        await self.bus.unfollow(agent_id, keys)
+        if self.bus.sharded:
+            await self.bus.unfollow(agent_id, keys)
 
     async def recall(
         self, key: str, owner_agent: str, *, sender: str, owner_epoch: int | None
