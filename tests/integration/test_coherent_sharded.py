@@ -1,8 +1,8 @@
 """The coherent L1's integration tests (and write-update's) again, on one server, with the bus on
 sharded pub/sub (`CoherenceBus(pubsub="sharded")`, the default on a cluster, where
 `tests/integration/cluster/` runs them too): an agent receives only the messages about keys it
-follows, so every test here fails if some step that makes an agent a holder or an owner does not
-follow the key first (an invalidation would then reach nobody)."""
+follows, so the tests that invalidate, update or recall fail if a step that makes an agent a
+holder or an owner does not follow the key first (the message would reach nobody)."""
 
 from __future__ import annotations
 
