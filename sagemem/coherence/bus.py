@@ -87,9 +87,11 @@ from sagemem.coherence.messages import (
     channel_name,
     channel_suffix,
     check_agent_id,
+    check_pubsub,
     decode,
     encode_unsequenced,
     subscription_pattern,
+    uses_sharded_pubsub,
 )
 from sagemem.errors import (
     ClosedResourceError,
@@ -137,7 +139,6 @@ _PING_TOKEN: Final = b"sagemem-bus-health"
 _SUBSCRIBE_BATCH_MAX: Final = 512
 # The kinds of message a follower of a key receives, each on its own channel (sharded pub/sub).
 _FOLLOWED_KINDS: Final = (MessageKind.INVALIDATE, MessageKind.UPDATE, MessageKind.RECALL)
-_PUBSUB_CHOICES: Final = ("auto", "classic", "sharded")
 
 # KEYS[i]: target i's sequence counter. ARGV[1]: the message up to its seq (encode_unsequenced);
 # ARGV[2]: the counters' time to live in ms; ARGV[3]: the publishing command, PUBLISH or
@@ -487,12 +488,7 @@ class CoherenceBus(AsyncResource):
             )
         self.namespace: Final = check_namespace(namespace)
         self._url_argument: Final = url
-        if type(pubsub) is not str or pubsub not in _PUBSUB_CHOICES:
-            raise ConfigurationError(
-                f"CoherenceBus pubsub must be one of {', '.join(map(repr, _PUBSUB_CHOICES))}, "
-                f"got {pubsub!r:.80}; 'auto' uses sharded pub/sub on a cluster"
-            )
-        self._pubsub_choice: Final = pubsub
+        self._pubsub_choice: Final = check_pubsub("CoherenceBus", pubsub)
         self._sharded = pubsub == "sharded"  # settled by connect() for "auto"
         self._connect_timeout_s: Final = _check_seconds("connect_timeout_s", connect_timeout_s)
         self._command_timeout_s: Final = _check_seconds("command_timeout_s", command_timeout_s)
@@ -620,8 +616,8 @@ class CoherenceBus(AsyncResource):
                     await client.ping()
                 topology = await topology_or_single_node(client)
                 self._home, self._cluster_nodes = None, ()
-                self._sharded = self._pubsub_choice == "sharded" or (
-                    self._pubsub_choice == "auto" and topology is RedisTopology.CLUSTER
+                self._sharded = uses_sharded_pubsub(
+                    self._pubsub_choice, on_cluster=topology is RedisTopology.CLUSTER
                 )
                 if topology is RedisTopology.CLUSTER:
                     slot_map = await cluster_map(client, self._slot)

@@ -55,7 +55,9 @@ from sagemem.coherence.messages import (
     channel_name,
     channel_suffix,
     check_agent_id,
+    check_pubsub,
     encode_unsequenced,
+    uses_sharded_pubsub,
 )
 from sagemem.coherence.redis_scripts import (
     FILL_L2_HIT,
@@ -210,6 +212,10 @@ def _check_seconds(name: str, value: object) -> float:
     return float(value)
 
 
+def _publish_command(pubsub: str, *, on_cluster: bool) -> str:
+    return "SPUBLISH" if uses_sharded_pubsub(pubsub, on_cluster=on_cluster) else "PUBLISH"
+
+
 def _ms(seconds: float) -> int:
     # Redis expiries are whole milliseconds; round up so a tiny TTL never becomes "no TTL".
     return max(1, math.ceil(seconds * 1000))
@@ -302,13 +308,9 @@ class RedisDirectory:
         self._scripts: Final = register_directory_scripts(client)
         self._prefix: Final = keyspace.directory_prefix(self.namespace)
         self._on_moved: Final = on_moved
-        if type(pubsub) is not str or pubsub not in ("auto", "classic", "sharded"):
-            raise ConfigurationError(
-                "RedisDirectory pubsub must be 'auto', 'classic' or 'sharded' (as the "
-                f"namespace's CoherenceBus), got {pubsub!r:.80}"
-            )
-        self._publish_command: str | None = {"classic": "PUBLISH", "sharded": "SPUBLISH"}.get(
-            pubsub
+        self._pubsub: Final = check_pubsub("RedisDirectory", pubsub)
+        self._publish_command: str | None = (
+            None if pubsub == "auto" else _publish_command(pubsub, on_cluster=False)
         )
         # A script may touch only keys of its own slot on a cluster: the birth is then the
         # namespace's; one server keeps one birth for every namespace (the scripts pick).
@@ -744,8 +746,8 @@ class RedisDirectory:
                 topology = await redis_topology.topology_or_single_node(self._client)
         except TierUnavailable as error:
             raise DirectoryUnavailable(str(error)) from error
-        sharded = topology is redis_topology.RedisTopology.CLUSTER
-        self._publish_command = "SPUBLISH" if sharded else "PUBLISH"
+        on_cluster = topology is redis_topology.RedisTopology.CLUSTER
+        self._publish_command = _publish_command(self._pubsub, on_cluster=on_cluster)
         return self._publish_command
 
     async def _live_members(self, operation: str, key: str, set_key: str) -> tuple[str, ...]:

@@ -41,6 +41,7 @@ __all__ = [
     "INTEGER_MAX",
     "LUA_SEQUENCED",
     "MESSAGE_SIZE_MAX_BYTES",
+    "PUBSUB_CHOICES",
     "UPDATE_VALUE_MAX_BYTES",
     "BusEvent",
     "BusHandler",
@@ -57,10 +58,12 @@ __all__ = [
     "channel_name",
     "channel_suffix",
     "check_agent_id",
+    "check_pubsub",
     "decode",
     "encode",
     "encode_unsequenced",
     "subscription_pattern",
+    "uses_sharded_pubsub",
 ]
 
 FORMAT_VERSION: Final = 1
@@ -128,6 +131,26 @@ def channel_suffix(kind: MessageKind, key: str) -> str:
 def channel_name(namespace: str, agent_id: str, kind: MessageKind, key: str) -> str:
     """The channel on which `agent_id` receives messages of `kind` about `key`."""
     return f"{keyspace.bus_prefix(namespace)}{agent_id}{channel_suffix(kind, key)}"
+
+
+PUBSUB_CHOICES: Final = ("auto", "classic", "sharded")
+"""The pub/sub flavours a namespace's bus (and its directory's relay) may use."""
+
+
+def check_pubsub(owner: str, pubsub: object) -> str:
+    """`pubsub` if it is one of `PUBSUB_CHOICES`, else a `ConfigurationError` naming `owner`."""
+    if type(pubsub) is not str or pubsub not in PUBSUB_CHOICES:
+        raise ConfigurationError(
+            f"{owner} pubsub must be one of {', '.join(map(repr, PUBSUB_CHOICES))}, got "
+            f"{pubsub!r:.80}; 'auto' uses sharded pub/sub on a cluster, classic on one server"
+        )
+    return pubsub
+
+
+def uses_sharded_pubsub(pubsub: str, *, on_cluster: bool) -> bool:
+    """Whether a `pubsub` choice means SPUBLISH/SSUBSCRIBE: "sharded", or "auto" on a cluster
+    (where a classic message is forwarded to every node)."""
+    return pubsub == "sharded" or (pubsub == "auto" and on_cluster)
 
 
 def subscription_pattern(namespace: str, agent_id: str) -> str:

@@ -140,6 +140,9 @@ def test_bad_configuration_and_arguments_are_refused(
         RedisDirectory("redis://localhost", namespace)  # type: ignore[arg-type]  # on purpose
     with pytest.raises(ConfigurationError, match="command_slots"):
         RedisDirectory(client, namespace, command_slots=4)  # type: ignore[arg-type]  # on purpose
+    for wrong in ("fast", "PUBLISH", None):
+        with pytest.raises(ConfigurationError, match="RedisDirectory pubsub must be one of"):
+            RedisDirectory(client, namespace, pubsub=wrong)  # type: ignore[arg-type]  # on purpose
 
 
 async def test_calls_beyond_the_client_pool_wait_for_a_connection(
