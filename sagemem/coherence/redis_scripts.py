@@ -267,7 +267,7 @@ INVALIDATE_SCRIPT: Final = (
 -- A restricted caller may publish invalidations only of the keys it may write (its ACL): check
 -- before changing anything, since a command refused half-way would not undo the earlier ones.
 -- (redis.acl_check_cmd exists from Redis 7.0 on; older servers have no channel ACLs anyway.)
-local publish = ARGV[12] or 'PUBLISH'
+local publish = ARGV[12]
 if publish ~= 'PUBLISH' and publish ~= 'SPUBLISH' then
   return redis.error_reply('ERR the publishing command must be PUBLISH or SPUBLISH')
 end
