@@ -530,6 +530,39 @@ async def test_strict_histories_across_a_redis_restart_are_linearizable(
     _check_strict_run(request, run, agents, "strict history across a Redis restart")
 
 
+def _check_coherent_run(
+    request: pytest.FixtureRequest,
+    run: _Run,
+    agents: list[str],
+    title: str,
+    *notes: str,
+    max_staleness_ns: int = _MAX_STALENESS_NS,
+) -> None:
+    """Report and check a coherent run: every stale read covered by an invalidation in flight
+    within `max_staleness_ns` (and none once every agent said it stopped: the last reads start
+    after that and must already see the final values), sessions hold, and `_check_common`."""
+    report = analyze_staleness(run.operations)
+    uncovered = check_invalidation_coverage(
+        report, max_staleness_ns=max_staleness_ns, quiescent_since_ns=run.stopped_at_ns
+    )
+    _report(
+        request,
+        title,
+        [
+            _describe_counts(run),
+            report.summary(),
+            f"max staleness age {report.max_staleness_ns / 1e6:.3f} ms "
+            f"(bound {max_staleness_ns / 1e6:.0f} ms), {len(uncovered)} uncovered",
+            *(stale.read.describe() for stale in report.stale_reads[:5]),
+            *notes,
+        ],
+    )
+    assert not uncovered, _explain([found.reason for found in uncovered])
+    violations = report.monotonic_read_violations + report.read_your_writes_violations
+    assert not violations, _explain([violation.message for violation in violations])
+    _check_common(run, agents)
+
+
 async def test_coherent_stale_reads_are_covered_by_invalidations_in_flight(
     request: pytest.FixtureRequest,
     redis_url: str,
@@ -550,28 +583,9 @@ async def test_coherent_stale_reads_are_covered_by_invalidations_in_flight(
         schema=pg_schema,
         directory=tmp_path,
     )
-    report = analyze_staleness(run.operations)
-    # Stricter than "last write plus the delivery bound": the last reads start after every agent
-    # said it stopped, and must already see the final values.
-    uncovered = check_invalidation_coverage(
-        report, max_staleness_ns=_MAX_STALENESS_NS, quiescent_since_ns=run.stopped_at_ns
+    _check_coherent_run(
+        request, run, agents, "coherent history", f"whole test {time.monotonic() - started:.1f} s"
     )
-    _report(
-        request,
-        "coherent history",
-        [
-            _describe_counts(run),
-            report.summary(),
-            f"max staleness age {report.max_staleness_ns / 1e6:.3f} ms "
-            f"(bound {_MAX_STALENESS_NS / 1e6:.0f} ms), {len(uncovered)} uncovered",
-            *(stale.read.describe() for stale in report.stale_reads[:5]),
-            f"whole test {time.monotonic() - started:.1f} s",
-        ],
-    )
-    assert not uncovered, _explain([found.reason for found in uncovered])
-    violations = report.monotonic_read_violations + report.read_your_writes_violations
-    assert not violations, _explain([violation.message for violation in violations])
-    _check_common(run, agents)
 
 
 async def test_a_reader_nothing_invalidates_fails_the_checkers(

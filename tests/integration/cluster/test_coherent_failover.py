@@ -37,17 +37,13 @@ from sagemem.coherence.messages import (
 from sagemem.errors import TierUnavailable
 from sagemem.keyspace import directory_birth_key, l2_prefix
 from sagemem.redis_topology import key_hash_slot
-from sagemem.verify import analyze_staleness, check_invalidation_coverage
 from tests.integration.cluster.conftest import (
     LocalCluster,
 )
 from tests.integration.cluster.topology import cluster_nodes, info_fields, url_with_port
 from tests.integration.test_history_multiprocess import (
-    _check_common,
+    _check_coherent_run,
     _check_strict_run,
-    _describe_counts,
-    _explain,
-    _report,
     _Run,
     _run_agents,
 )
@@ -172,25 +168,14 @@ async def test_coherent_histories_through_a_failover_leave_nothing_stale(
         during=failover,
     )
     assert failover.killed_at_ns > 0
-    report = analyze_staleness(run.operations)
-    uncovered = check_invalidation_coverage(
-        report, max_staleness_ns=_MAX_STALENESS_NS, quiescent_since_ns=run.stopped_at_ns
-    )
-    _report(
+    _check_coherent_run(
         request,
+        run,
+        agents,
         "coherent history through a failover",
-        [
-            _describe_counts(run),
-            report.summary(),
-            f"max staleness age {report.max_staleness_ns / 1e6:.3f} ms "
-            f"(bound {_MAX_STALENESS_NS / 1e6:.0f} ms), {len(uncovered)} uncovered",
-            failover.recovery(run),
-        ],
+        failover.recovery(run),
+        max_staleness_ns=_MAX_STALENESS_NS,
     )
-    assert not uncovered, _explain([found.reason for found in uncovered])
-    violations = report.monotonic_read_violations + report.read_your_writes_violations
-    assert not violations, _explain([violation.message for violation in violations])
-    _check_common(run, agents)
 
 
 async def _wait_for(what: str, condition: Callable[[], Awaitable[bool]]) -> None:
